@@ -1,0 +1,13 @@
+//! Compiles the .proto files with protox (pure Rust), so a fresh machine
+//! builds without a system `protoc`.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["proto/aquifer/v1/aquifer.proto"];
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .bytes(".aquifer.v1")
+        .compile_fds(fds)?;
+    Ok(())
+}

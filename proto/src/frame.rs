@@ -1,0 +1,252 @@
+//! Event framing: how one event is laid out in segment bytes (see the top of
+//! `aquifer.proto`). Appends carry framed events, segments store them as they
+//! are, reads return them whole.
+//!
+//! Decoding never trusts its input: every length is bounds-checked and every
+//! body is checked against its CRC before it is handed out.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Bytes before the body: body length and CRC.
+pub const HEADER_BYTES: usize = 8;
+/// The routing key's length prefix inside the body.
+pub const KEY_LEN_BYTES: usize = 2;
+/// Longest routing key, in bytes of UTF-8.
+pub const MAX_ROUTING_KEY_BYTES: usize = u16::MAX as usize;
+
+/// Why a run of bytes is not a valid sequence of framed events.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("event at offset {offset} is cut short: {available} of {needed} bytes present")]
+    Truncated {
+        offset: u64,
+        needed: usize,
+        available: usize,
+    },
+    #[error("event at offset {offset} fails its checksum (corrupt data or a read at an offset that is not an event boundary)")]
+    Checksum { offset: u64 },
+    #[error("event at offset {offset} has a malformed body: {why}")]
+    Malformed { offset: u64, why: &'static str },
+    #[error("event at offset {offset} is {size} bytes, over the limit of {limit}")]
+    TooLarge { offset: u64, size: usize, limit: usize },
+}
+
+/// One decoded event, borrowing nothing: key and payload share the input's
+/// buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FramedEvent {
+    /// Offset of the event's first byte in its segment.
+    pub offset: u64,
+    /// None when the event was written without a routing key.
+    pub routing_key: Option<String>,
+    pub payload: Bytes,
+    /// Total framed size, header included.
+    pub framed_len: usize,
+}
+
+/// Framed size of an event with this key and payload.
+pub fn framed_len(routing_key: Option<&str>, payload_len: usize) -> usize {
+    HEADER_BYTES + KEY_LEN_BYTES + routing_key.map_or(0, str::len) + payload_len
+}
+
+/// Appends one framed event to `out`. Keys longer than
+/// [`MAX_ROUTING_KEY_BYTES`] are the caller's to reject first.
+pub fn encode_event(out: &mut BytesMut, routing_key: Option<&str>, payload: &[u8]) {
+    let key = routing_key.unwrap_or("").as_bytes();
+    debug_assert!(key.len() <= MAX_ROUTING_KEY_BYTES);
+    let body_len = KEY_LEN_BYTES + key.len() + payload.len();
+    let mut crc = crc32fast::Hasher::new();
+    let key_len = (key.len() as u16).to_le_bytes();
+    crc.update(&key_len);
+    crc.update(key);
+    crc.update(payload);
+    out.reserve(HEADER_BYTES + body_len);
+    out.put_u32_le(body_len as u32);
+    out.put_u32_le(crc.finalize());
+    out.put_slice(&key_len);
+    out.put_slice(key);
+    out.put_slice(payload);
+}
+
+/// Iterates over the framed events in `data`, whose first byte sits at
+/// segment offset `base_offset`. Stops at the first error; a partial event at
+/// the end is an error ([`FrameError::Truncated`]).
+pub struct FrameIter {
+    data: Bytes,
+    pos: usize,
+    base_offset: u64,
+    max_event_bytes: usize,
+}
+
+impl FrameIter {
+    /// `max_event_bytes` bounds the framed size of each event.
+    pub fn new(data: Bytes, base_offset: u64, max_event_bytes: usize) -> Self {
+        FrameIter {
+            data,
+            pos: 0,
+            base_offset,
+            max_event_bytes,
+        }
+    }
+
+    /// Bytes consumed so far.
+    pub fn consumed(&self) -> usize {
+        self.pos
+    }
+
+    fn decode_next(&mut self) -> Result<FramedEvent, FrameError> {
+        let offset = self.base_offset + self.pos as u64;
+        let rest = &self.data[self.pos..];
+        if rest.len() < HEADER_BYTES {
+            return Err(FrameError::Truncated {
+                offset,
+                needed: HEADER_BYTES,
+                available: rest.len(),
+            });
+        }
+        let body_len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+        let framed = HEADER_BYTES + body_len;
+        if framed > self.max_event_bytes {
+            return Err(FrameError::TooLarge {
+                offset,
+                size: framed,
+                limit: self.max_event_bytes,
+            });
+        }
+        if rest.len() < framed {
+            return Err(FrameError::Truncated {
+                offset,
+                needed: framed,
+                available: rest.len(),
+            });
+        }
+        let body = &rest[HEADER_BYTES..framed];
+        if crc32fast::hash(body) != crc {
+            return Err(FrameError::Checksum { offset });
+        }
+        if body.len() < KEY_LEN_BYTES {
+            return Err(FrameError::Malformed {
+                offset,
+                why: "body shorter than its key length field",
+            });
+        }
+        let key_len = u16::from_le_bytes([body[0], body[1]]) as usize;
+        if body.len() < KEY_LEN_BYTES + key_len {
+            return Err(FrameError::Malformed {
+                offset,
+                why: "routing key runs past the body",
+            });
+        }
+        let routing_key = if key_len == 0 {
+            None
+        } else {
+            let key = &body[KEY_LEN_BYTES..KEY_LEN_BYTES + key_len];
+            match std::str::from_utf8(key) {
+                Ok(k) => Some(k.to_owned()),
+                Err(_) => {
+                    return Err(FrameError::Malformed {
+                        offset,
+                        why: "routing key is not UTF-8",
+                    })
+                }
+            }
+        };
+        let payload_start = self.pos + HEADER_BYTES + KEY_LEN_BYTES + key_len;
+        let payload = self.data.slice(payload_start..self.pos + framed);
+        self.pos += framed;
+        Ok(FramedEvent {
+            offset,
+            routing_key,
+            payload,
+            framed_len: framed,
+        })
+    }
+}
+
+impl Iterator for FrameIter {
+    type Item = Result<FramedEvent, FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.data.len() {
+            return None;
+        }
+        let item = self.decode_next();
+        if item.is_err() {
+            // Stop after the first error: what follows cannot be located.
+            self.pos = self.data.len();
+        }
+        Some(item)
+    }
+}
+
+/// Length of the longest prefix of `data` made of whole events, reading only
+/// the length fields (no checksums): used to cut reads at event boundaries.
+pub fn whole_events_prefix(data: &[u8], limit: usize) -> usize {
+    let mut pos = 0usize;
+    while data.len() - pos >= HEADER_BYTES {
+        let b = &data[pos..pos + 4];
+        let framed = HEADER_BYTES + u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        if data.len() - pos < framed || (pos + framed > limit && pos > 0) {
+            break;
+        }
+        pos += framed;
+    }
+    pos
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_with_and_without_key() {
+        let mut buf = BytesMut::new();
+        encode_event(&mut buf, Some("k1"), b"hello");
+        encode_event(&mut buf, None, b"");
+        let data = buf.freeze();
+        let events: Vec<_> = FrameIter::new(data.clone(), 100, 1 << 20)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].offset, 100);
+        assert_eq!(events[0].routing_key.as_deref(), Some("k1"));
+        assert_eq!(&events[0].payload[..], b"hello");
+        assert_eq!(events[0].framed_len, framed_len(Some("k1"), 5));
+        assert_eq!(events[1].offset, 100 + events[0].framed_len as u64);
+        assert_eq!(events[1].routing_key, None);
+        assert_eq!(whole_events_prefix(&data, usize::MAX), data.len());
+        assert_eq!(whole_events_prefix(&data[..data.len() - 1], usize::MAX), events[0].framed_len);
+    }
+
+    #[test]
+    fn detects_corruption_truncation_and_oversize() {
+        let mut buf = BytesMut::new();
+        encode_event(&mut buf, Some("key"), b"payload");
+        let good = buf.freeze();
+        let mut bad = good.to_vec();
+        *bad.last_mut().unwrap() ^= 1;
+        let err = FrameIter::new(bad.into(), 0, 1 << 20).next().unwrap();
+        assert_eq!(err, Err(FrameError::Checksum { offset: 0 }));
+        let cut = good.slice(..good.len() - 2);
+        assert!(matches!(
+            FrameIter::new(cut, 0, 1 << 20).next(),
+            Some(Err(FrameError::Truncated { .. }))
+        ));
+        assert!(matches!(
+            FrameIter::new(good, 0, 10).next(),
+            Some(Err(FrameError::TooLarge { .. }))
+        ));
+    }
+
+    #[test]
+    fn whole_events_prefix_respects_limit_but_keeps_one() {
+        let mut buf = BytesMut::new();
+        encode_event(&mut buf, None, &[0u8; 100]);
+        encode_event(&mut buf, None, &[0u8; 100]);
+        let one = framed_len(None, 100);
+        assert_eq!(whole_events_prefix(&buf, one + 1), one);
+        // A single event larger than the limit is still returned whole.
+        assert_eq!(whole_events_prefix(&buf, 10), one);
+    }
+}

@@ -1,0 +1,12 @@
+//! aquifer-proto: the gRPC protocol (generated from `proto/aquifer/v1`) and
+//! the event framing shared by the client and the server.
+//!
+//! Owns the wire formats only; it must never hold policy (limits, retries).
+
+pub mod frame;
+
+/// Generated messages and services of `aquifer.v1`.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("aquifer.v1");
+}

@@ -1,0 +1,199 @@
+//! One `ServerConfig` for a node: read from TOML (unknown keys rejected),
+//! overridden by command-line flags, validated once at start-up.
+//!
+//! Owns defaults and limits; it must never be mutated after `validate()`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The port `aquifer serve` listens on by default (and the CLI dials).
+pub const DEFAULT_PORT: u16 = 7450;
+const MIB: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where log files, snapshots and (by default) tier-2 live.
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Segment containers on this node. Fixed when the data dir is created.
+    pub containers: u32,
+    /// Largest framed event accepted, in bytes.
+    pub max_event_bytes: u64,
+    /// Budget for bytes applied but not yet in tier-2, over all segments.
+    /// At the budget, appends wait (back-pressure).
+    pub tail_buffer_bytes_max: u64,
+    /// Budget for the block cache of bytes read back from tier-2.
+    pub cache_bytes_max: u64,
+    /// Bytes proposed to raft but not yet applied, per container; at the
+    /// limit new batches wait.
+    pub in_flight_bytes_max: u64,
+    pub tier2: Tier2Config,
+    pub raft: RaftConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tier2Config {
+    /// `file:///abs/path` or absent for `<data_dir>/tier2`.
+    pub url: Option<String>,
+    /// A segment's unflushed bytes are put to tier-2 as a chunk when they
+    /// reach this size ...
+    pub chunk_bytes: u64,
+    /// ... or when the oldest of them is this old.
+    pub flush_interval_ms: u64,
+    /// Concurrent tier-2 reads for catch-up readers, per node.
+    pub read_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    pub tick_ms: u64,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from("aquifer-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            containers: 4,
+            max_event_bytes: 8 * MIB,
+            tail_buffer_bytes_max: 256 * MIB,
+            cache_bytes_max: 256 * MIB,
+            in_flight_bytes_max: 64 * MIB,
+            tier2: Tier2Config::default(),
+            raft: RaftConfig::default(),
+        }
+    }
+}
+
+impl Default for Tier2Config {
+    fn default() -> Self {
+        Tier2Config {
+            url: None,
+            chunk_bytes: 8 * MIB,
+            flush_interval_ms: 10_000,
+            read_concurrency: 8,
+        }
+    }
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+        }
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl ServerConfig {
+    /// Reads a TOML config file; every key is optional.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Checks the relations between limits; called once before serving.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |why: String| Err(ConfigError::Invalid(why));
+        if self.containers == 0 || self.containers > 4096 {
+            return bad(format!("containers must be 1..=4096, not {}", self.containers));
+        }
+        if self.max_event_bytes < 64 || self.max_event_bytes > 64 * MIB {
+            return bad(format!(
+                "max_event_bytes must be 64..=67108864, not {}",
+                self.max_event_bytes
+            ));
+        }
+        // One event must always fit, or a writer of a large event would wait forever.
+        if self.tail_buffer_bytes_max < 2 * self.max_event_bytes {
+            return bad(format!(
+                "tail_buffer_bytes_max ({}) must be at least twice max_event_bytes ({})",
+                self.tail_buffer_bytes_max, self.max_event_bytes
+            ));
+        }
+        if self.in_flight_bytes_max < 2 * self.max_event_bytes {
+            return bad(format!(
+                "in_flight_bytes_max ({}) must be at least twice max_event_bytes ({})",
+                self.in_flight_bytes_max, self.max_event_bytes
+            ));
+        }
+        if self.tier2.chunk_bytes == 0 || self.tier2.chunk_bytes > self.tail_buffer_bytes_max / 2 {
+            return bad(format!(
+                "tier2.chunk_bytes ({}) must be 1..=tail_buffer_bytes_max/2",
+                self.tier2.chunk_bytes
+            ));
+        }
+        if self.tier2.flush_interval_ms == 0 || self.tier2.read_concurrency == 0 {
+            return bad("tier2.flush_interval_ms and tier2.read_concurrency must be > 0".into());
+        }
+        if self.raft.tick_ms == 0 || self.raft.heartbeat_ticks == 0 {
+            return bad("raft.tick_ms and raft.heartbeat_ticks must be > 0".into());
+        }
+        if self.raft.election_ticks <= self.raft.heartbeat_ticks {
+            return bad("raft.election_ticks must be greater than raft.heartbeat_ticks".into());
+        }
+        Ok(())
+    }
+
+    /// The largest gRPC message either side may send: one maximal event plus
+    /// framing slack.
+    pub fn max_message_bytes(&self) -> usize {
+        (self.max_event_bytes + MIB) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_file_overrides_parse() {
+        ServerConfig::default().validate().unwrap();
+        let c: ServerConfig = toml::from_str("containers = 2\n[tier2]\nchunk_bytes = 1024\n").unwrap();
+        assert_eq!(c.containers, 2);
+        assert_eq!(c.tier2.chunk_bytes, 1024);
+        assert_eq!(c.tier2.flush_interval_ms, 10_000);
+        assert!(toml::from_str::<ServerConfig>("contaners = 2").is_err());
+    }
+
+    #[test]
+    fn rejects_inconsistent_limits() {
+        let c = ServerConfig {
+            tail_buffer_bytes_max: MIB,
+            ..ServerConfig::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}
