@@ -28,7 +28,11 @@ pub enum FrameError {
     #[error("event at offset {offset} has a malformed body: {why}")]
     Malformed { offset: u64, why: &'static str },
     #[error("event at offset {offset} is {size} bytes, over the limit of {limit}")]
-    TooLarge { offset: u64, size: usize, limit: usize },
+    TooLarge {
+        offset: u64,
+        size: usize,
+        limit: usize,
+    },
 }
 
 /// One decoded event, borrowing nothing: key and payload share the input's
@@ -216,7 +220,10 @@ mod tests {
         assert_eq!(events[1].offset, 100 + events[0].framed_len as u64);
         assert_eq!(events[1].routing_key, None);
         assert_eq!(whole_events_prefix(&data, usize::MAX), data.len());
-        assert_eq!(whole_events_prefix(&data[..data.len() - 1], usize::MAX), events[0].framed_len);
+        assert_eq!(
+            whole_events_prefix(&data[..data.len() - 1], usize::MAX),
+            events[0].framed_len
+        );
     }
 
     #[test]

@@ -128,7 +128,10 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |why: String| Err(ConfigError::Invalid(why));
         if self.containers == 0 || self.containers > 4096 {
-            return bad(format!("containers must be 1..=4096, not {}", self.containers));
+            return bad(format!(
+                "containers must be 1..=4096, not {}",
+                self.containers
+            ));
         }
         if self.max_event_bytes < 64 || self.max_event_bytes > 64 * MIB {
             return bad(format!(
@@ -181,7 +184,8 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_file_overrides_parse() {
         ServerConfig::default().validate().unwrap();
-        let c: ServerConfig = toml::from_str("containers = 2\n[tier2]\nchunk_bytes = 1024\n").unwrap();
+        let c: ServerConfig =
+            toml::from_str("containers = 2\n[tier2]\nchunk_bytes = 1024\n").unwrap();
         assert_eq!(c.containers, 2);
         assert_eq!(c.tier2.chunk_bytes, 1024);
         assert_eq!(c.tier2.flush_interval_ms, 10_000);

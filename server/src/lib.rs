@@ -1,20 +1,47 @@
 //! aquifer-server: the segment store of one node.
 //!
-//! Data path (see DESIGN.md): `api` takes appends and proposes them to a
-//! `container`'s raft group, whose entries the `log` makes durable; applied
-//! bytes go to the `cache` tail buffers, the `tier` storage writer moves them
-//! to tier-2, and `read` serves them back from tail buffer, cache or tier-2.
+//! Data path (see DESIGN.md): `api` takes appends and submits them to a
+//! `container`'s raft group (`group`), whose entries the `log` makes durable;
+//! applied bytes go to the segments' tail buffers (budgeted by `cache`), the
+//! `tier` storage writer moves them to tier-2, and `read` serves them back
+//! from tail buffer, cache or tier-2. `controller` keeps stream metadata in
+//! its own group; `node` wires it all together.
 #![deny(clippy::unwrap_used)]
 
+pub mod api;
+pub mod cache;
 pub mod config;
+pub mod container;
+pub mod controller;
+pub mod error;
+pub mod group;
+pub mod log;
+pub mod node;
+pub mod read;
+pub mod tier;
 
 pub use config::ServerConfig;
+pub use error::Error;
 
-/// Runs a node until `shutdown` resolves.
+/// Runs a node until `shutdown` resolves: replays the logs, then serves
+/// gRPC on `config.listen`.
 pub async fn serve(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let _ = (config, shutdown);
-    Err("not yet".into())
+) -> Result<(), Error> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
+    let node = node::Node::open(config).await?;
+    let addr = api::local_addr(&listener);
+    tracing::info!(
+        addr = ?addr,
+        data_dir = %node.config.data_dir.display(),
+        containers = node.config.containers,
+        "aquifer serving"
+    );
+    let served = api::serve(node.clone(), listener, shutdown).await;
+    node.shutdown().await;
+    tracing::info!("aquifer stopped");
+    served.map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")))
 }

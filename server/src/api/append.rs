@@ -1,0 +1,214 @@
+//! The `Append` service: one bidirectional session per (writer, segment).
+//!
+//! Batches are checked (framing, checksums, sizes, event numbers), wait for
+//! room in the tail budget, and are submitted to the container in arrival
+//! order; acks go back in the same order once each batch is applied. The
+//! first failed batch ends the session with its status: the client then
+//! sets up again and resends from the last applied event number, and the
+//! container's contiguity check keeps later batches of the failed session
+//! from being applied out of order.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use aquifer_proto::frame::{FrameError, FrameIter};
+use aquifer_proto::v1::append_request::Kind as RequestKind;
+use aquifer_proto::v1::append_response::Kind as ResponseKind;
+use aquifer_proto::v1::append_server::Append;
+use aquifer_proto::v1::{
+    AppendAck, AppendBatch, AppendRequest, AppendResponse, SetupAppendResponse,
+};
+use futures::stream::FuturesOrdered;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::container::command::{self, Cmd};
+use crate::container::state::Applied;
+use crate::container::Container;
+use crate::error::Error;
+use crate::node::Node;
+
+/// Batches a session may have submitted but not yet acknowledged.
+const SESSION_BATCHES_IN_FLIGHT_MAX: usize = 256;
+/// Acks buffered towards a client that does not read them.
+const ACK_QUEUE_MAX: usize = 64;
+const WRITER_ID_BYTES_MAX: usize = 255;
+
+pub struct AppendService {
+    node: Arc<Node>,
+}
+
+impl AppendService {
+    pub fn new(node: Arc<Node>) -> Self {
+        AppendService { node }
+    }
+}
+
+type Acks = mpsc::Sender<Result<AppendResponse, Status>>;
+
+#[tonic::async_trait]
+impl Append for AppendService {
+    type AppendSessionStream = Pin<Box<dyn Stream<Item = Result<AppendResponse, Status>> + Send>>;
+
+    async fn append_session(
+        &self,
+        req: Request<Streaming<AppendRequest>>,
+    ) -> Result<Response<Self::AppendSessionStream>, Status> {
+        let mut inbound = req.into_inner();
+        let setup = match inbound.message().await? {
+            Some(AppendRequest {
+                kind: Some(RequestKind::Setup(s)),
+            }) => s,
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "an append session must start with setup".into(),
+                )
+                .into())
+            }
+        };
+        if setup.writer_id.is_empty() || setup.writer_id.len() > WRITER_ID_BYTES_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "writer id must be 1 to {WRITER_ID_BYTES_MAX} bytes"
+            ))
+            .into());
+        }
+        let container = self.node.container_of(setup.segment_id).clone();
+        let segment = container
+            .segment(setup.segment_id)
+            .ok_or(Error::SegmentNotFound(setup.segment_id))?;
+        let last = container
+            .last_event_number(setup.segment_id, setup.writer_id.clone())
+            .await?;
+        let (tx, rx) = mpsc::channel(ACK_QUEUE_MAX);
+        let first = AppendResponse {
+            kind: Some(ResponseKind::Setup(SetupAppendResponse {
+                last_event_number: last,
+                segment_length: segment.view().length,
+            })),
+        };
+        // Cannot fail: the channel is new and empty.
+        let _ = tx.try_send(Ok(first));
+        let session = Session {
+            node: self.node.clone(),
+            container,
+            segment_id: setup.segment_id,
+            writer_id: setup.writer_id,
+        };
+        tokio::spawn(async move {
+            if let Err(status) = session.run(inbound, &tx).await {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+struct Session {
+    node: Arc<Node>,
+    container: Arc<Container>,
+    segment_id: u64,
+    writer_id: String,
+}
+
+impl Session {
+    async fn run(self, mut inbound: Streaming<AppendRequest>, acks: &Acks) -> Result<(), Status> {
+        let mut pending = FuturesOrdered::new();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                biased;
+                Some(done) = pending.next(), if !pending.is_empty() => {
+                    let done: Result<AppendResponse, Error> = done;
+                    let ack = done.map_err(Status::from)?;
+                    if acks.send(Ok(ack)).await.is_err() {
+                        return Ok(()); // the client left
+                    }
+                }
+                msg = inbound.message(), if open && pending.len() < SESSION_BATCHES_IN_FLIGHT_MAX => {
+                    match msg {
+                        Ok(Some(AppendRequest { kind: Some(RequestKind::Batch(batch)) })) => {
+                            let last = batch.first_event_number + i64::from(batch.event_count) - 1;
+                            let (cmd, bytes) = self.check(batch)?;
+                            self.node.budget.wait_for_room(u64::from(bytes)).await;
+                            let outcome = self.container.submit(cmd, bytes).await?;
+                            pending.push_back(async move { ack(outcome.await?, last) });
+                        }
+                        Ok(Some(_)) => {
+                            return Err(Error::InvalidArgument("setup may only be sent once per session".into()).into())
+                        }
+                        Ok(None) => open = false, // finish the acks, then end
+                        Err(_) => return Ok(()),  // the client is gone
+                    }
+                }
+                else => return Ok(()),
+            }
+        }
+    }
+
+    /// Checks a batch and turns it into an append command and its size.
+    fn check(&self, batch: AppendBatch) -> Result<(Cmd, u32), Error> {
+        if batch.event_count == 0 || batch.events.is_empty() {
+            return Err(Error::InvalidArgument(
+                "an append batch must hold at least one event".into(),
+            ));
+        }
+        if batch.first_event_number < 1
+            || batch
+                .first_event_number
+                .checked_add(i64::from(batch.event_count))
+                .is_none()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "event numbers start at 1; got first event number {}",
+                batch.first_event_number
+            )));
+        }
+        let max_event = self.node.config.max_event_bytes as usize;
+        // Framing adds a header and the key length to every event.
+        let max_framed =
+            max_event + aquifer_proto::frame::HEADER_BYTES + aquifer_proto::frame::KEY_LEN_BYTES;
+        let mut count = 0u32;
+        for event in FrameIter::new(batch.events.clone(), 0, max_framed) {
+            match event {
+                Ok(_) => count += 1,
+                Err(FrameError::TooLarge { size, .. }) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "event of {size} bytes is over the limit of {max_event} bytes (max_event_bytes)"
+                    )))
+                }
+                Err(e) => return Err(Error::InvalidArgument(format!("malformed batch: {e}"))),
+            }
+        }
+        if count != batch.event_count {
+            return Err(Error::InvalidArgument(format!(
+                "batch says it holds {} events but holds {count}",
+                batch.event_count
+            )));
+        }
+        let bytes = u32::try_from(batch.events.len())
+            .map_err(|_| Error::InvalidArgument("append batch over 4 GiB".into()))?;
+        let cmd = Cmd::Append(command::Append {
+            segment_id: self.segment_id,
+            writer_id: self.writer_id.clone(),
+            first_event_number: batch.first_event_number,
+            event_count: batch.event_count,
+            events: batch.events,
+        });
+        Ok((cmd, bytes))
+    }
+}
+
+fn ack(applied: Applied, last_event_number: i64) -> Result<AppendResponse, Error> {
+    match applied {
+        Applied::Appended { offset, duplicate } => Ok(AppendResponse {
+            kind: Some(ResponseKind::Ack(AppendAck {
+                last_event_number,
+                offset,
+                duplicate,
+            })),
+        }),
+        other => Err(Error::Internal(format!("append answered with {other:?}"))),
+    }
+}

@@ -1,0 +1,65 @@
+//! Commands a container's raft log carries, encoded with prost. They are a
+//! storage format: add fields with new tags, never reuse or renumber one.
+
+use bytes::Bytes;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ContainerCommand {
+    #[prost(oneof = "Cmd", tags = "1, 2, 3, 4, 5")]
+    pub cmd: Option<Cmd>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Cmd {
+    #[prost(message, tag = "1")]
+    Create(SegmentRef),
+    #[prost(message, tag = "2")]
+    Append(Append),
+    #[prost(message, tag = "3")]
+    Seal(SegmentRef),
+    #[prost(message, tag = "4")]
+    Delete(SegmentRef),
+    #[prost(message, tag = "5")]
+    ChunkFlushed(ChunkFlushed),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SegmentRef {
+    #[prost(uint64, tag = "1")]
+    pub segment_id: u64,
+}
+
+/// A batch of framed events from one writer, already validated by the API.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Append {
+    #[prost(uint64, tag = "1")]
+    pub segment_id: u64,
+    #[prost(string, tag = "2")]
+    pub writer_id: String,
+    #[prost(int64, tag = "3")]
+    pub first_event_number: i64,
+    #[prost(uint32, tag = "4")]
+    pub event_count: u32,
+    #[prost(bytes = "bytes", tag = "5")]
+    pub events: Bytes,
+}
+
+/// The storage writer put `[start, end)` of a segment to tier-2 as object
+/// `name`; once applied the chunk is part of the segment.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ChunkFlushed {
+    #[prost(uint64, tag = "1")]
+    pub segment_id: u64,
+    #[prost(uint64, tag = "2")]
+    pub start: u64,
+    #[prost(uint64, tag = "3")]
+    pub end: u64,
+    #[prost(string, tag = "4")]
+    pub name: String,
+}
+
+impl ContainerCommand {
+    pub fn encode(cmd: Cmd) -> Vec<u8> {
+        prost::Message::encode_to_vec(&ContainerCommand { cmd: Some(cmd) })
+    }
+}

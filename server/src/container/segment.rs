@@ -1,0 +1,175 @@
+//! One segment's state as its container applied it, shared with readers.
+//!
+//! The container's thread is the only writer (under the mutex, never across
+//! an await); readers take short locks to copy out `Bytes` handles. The tail
+//! buffer holds exactly the bytes `[tier2_length, length)`, one block per
+//! applied batch, so every block starts and ends at an event boundary.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::watch;
+
+/// A tier-2 object holding bytes `[start, end)` of a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub start: u64,
+    pub end: u64,
+    pub name: String,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SegmentState {
+    pub length: u64,
+    pub sealed: bool,
+    pub deleted: bool,
+    pub tier2_length: u64,
+    /// Contiguous, in offset order, ending at `tier2_length`.
+    pub chunks: Vec<Chunk>,
+    /// `(offset, bytes)` per applied batch, covering `[tier2_length, length)`.
+    pub tail: VecDeque<(u64, Bytes)>,
+    /// Last applied event number per writer id.
+    pub writers: HashMap<String, i64>,
+}
+
+impl SegmentState {
+    pub fn tail_bytes(&self) -> u64 {
+        self.length - self.tier2_length
+    }
+}
+
+/// Counters of a segment at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentView {
+    pub head: u64,
+    pub length: u64,
+    pub sealed: bool,
+    pub tier2_length: u64,
+    pub chunk_count: u32,
+    pub tail_bytes: u64,
+}
+
+/// Where the bytes at a read offset are.
+#[derive(Debug)]
+pub enum ReadSource {
+    /// Whole events from the tail buffer, starting at the read offset.
+    Tail(Bytes),
+    /// In tier-2, in this chunk.
+    Tier2(Chunk),
+    /// At the end: nothing more now. `sealed`: nothing more ever.
+    End { sealed: bool },
+    /// The segment was deleted.
+    Deleted,
+    /// The offset is past the segment's length.
+    PastEnd { length: u64 },
+}
+
+pub struct Segment {
+    pub id: u64,
+    pub(crate) state: Mutex<SegmentState>,
+    /// Bumped on every change readers may wait for (append, seal, delete).
+    changed: watch::Sender<u64>,
+}
+
+impl Segment {
+    pub(crate) fn new(id: u64) -> Self {
+        Segment {
+            id,
+            state: Mutex::new(SegmentState::default()),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, SegmentState> {
+        // A panic while holding this lock is a bug that already stopped the
+        // container thread; readers keep going with the state as it is.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn notify(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Subscribe before checking for data so no change is missed.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub fn view(&self) -> SegmentView {
+        let s = self.lock();
+        SegmentView {
+            head: s.chunks.first().map_or(s.tier2_length, |c| c.start),
+            length: s.length,
+            sealed: s.sealed,
+            tier2_length: s.tier2_length,
+            chunk_count: s.chunks.len() as u32,
+            tail_bytes: s.tail_bytes(),
+        }
+    }
+
+    /// Decides where a read at `offset` is served from; tail bytes come back
+    /// whole events only, about `max_bytes` (at least one batch).
+    pub fn locate(&self, offset: u64, max_bytes: usize) -> ReadSource {
+        let s = self.lock();
+        if s.deleted {
+            return ReadSource::Deleted;
+        }
+        if offset > s.length {
+            return ReadSource::PastEnd { length: s.length };
+        }
+        if offset == s.length {
+            return ReadSource::End { sealed: s.sealed };
+        }
+        if offset < s.tier2_length {
+            let i = s.chunks.partition_point(|c| c.end <= offset);
+            return match s.chunks.get(i) {
+                Some(c) => ReadSource::Tier2(c.clone()),
+                None => ReadSource::PastEnd { length: s.length },
+            };
+        }
+        // The block holding `offset`: the last one starting at or before it.
+        let i = s
+            .tail
+            .partition_point(|(o, _)| *o <= offset)
+            .saturating_sub(1);
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut total = 0usize;
+        for (block_offset, bytes) in s.tail.iter().skip(i) {
+            let part = if parts.is_empty() {
+                bytes.slice((offset - block_offset) as usize..)
+            } else {
+                bytes.clone()
+            };
+            if !parts.is_empty() && total + part.len() > max_bytes {
+                break;
+            }
+            total += part.len();
+            parts.push(part);
+        }
+        drop(s);
+        if parts.len() == 1 {
+            return ReadSource::Tail(parts.swap_remove(0));
+        }
+        let mut out = BytesMut::with_capacity(total);
+        for p in parts {
+            out.extend_from_slice(&p);
+        }
+        ReadSource::Tail(out.freeze())
+    }
+
+    /// The oldest unflushed bytes, whole batches, about `max_bytes` (at least
+    /// one batch): what the storage writer puts next. None when all is flushed.
+    pub fn unflushed(&self, max_bytes: u64) -> Option<(u64, Bytes)> {
+        let s = self.lock();
+        let start = s.tail.front()?.0;
+        let mut out = BytesMut::new();
+        for (_, bytes) in s.tail.iter() {
+            if !out.is_empty() && (out.len() + bytes.len()) as u64 > max_bytes {
+                break;
+            }
+            out.extend_from_slice(bytes);
+        }
+        Some((start, out.freeze()))
+    }
+}

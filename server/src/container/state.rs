@@ -1,0 +1,380 @@
+//! The container state machine: applies committed commands to its segments.
+//!
+//! Deterministic: it reads only the command and its own state (never clocks
+//! or tier-2), so replaying the log rebuilds exactly the state that was
+//! acknowledged. It must never apply a writer's event number twice.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+use super::command::{Append, ChunkFlushed, Cmd, ContainerCommand};
+use super::segment::{Chunk, Segment};
+use crate::cache::TailBudget;
+use crate::group::StateMachine;
+
+/// Segments of one container by id, shared with the read path.
+pub type SegmentMap = Arc<RwLock<HashMap<u64, Arc<Segment>>>>;
+
+/// What an applied command answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Created,
+    /// `offset` of the batch's first event; a duplicate was applied before.
+    Appended {
+        offset: u64,
+        duplicate: bool,
+    },
+    Sealed {
+        length: u64,
+    },
+    /// The segment is gone; its chunks are left for tier-2 to delete.
+    Deleted {
+        chunks: Vec<Chunk>,
+    },
+    ChunkRecorded,
+}
+
+/// Why a command was refused (deterministically, on every replica).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("segment {0} not found")]
+    SegmentNotFound(u64),
+    #[error("segment {0} is sealed")]
+    SegmentSealed(u64),
+    #[error("batch event numbers {first}..={last} overlap the last applied number {applied} of writer {writer}: resend whole batches with the numbers they had")]
+    EventNumberOverlap {
+        writer: String,
+        first: i64,
+        last: i64,
+        applied: i64,
+    },
+    #[error("batch of writer {writer} starts at event number {first} but {expected} is next: an earlier batch was not applied; reconnect and resend from the last acknowledged event number")]
+    EventNumberGap {
+        writer: String,
+        first: i64,
+        expected: i64,
+    },
+    #[error("chunk [{start}, {end}) does not continue tier-2 at {tier2_length}: orphan")]
+    StaleChunk {
+        start: u64,
+        end: u64,
+        tier2_length: u64,
+    },
+    #[error("undecodable command: {0}")]
+    Malformed(String),
+}
+
+pub struct ContainerState {
+    segments: SegmentMap,
+    budget: Arc<TailBudget>,
+}
+
+impl ContainerState {
+    pub fn new(segments: SegmentMap, budget: Arc<TailBudget>) -> Self {
+        ContainerState { segments, budget }
+    }
+
+    fn segment(&self, id: u64) -> Result<Arc<Segment>, ApplyError> {
+        let map = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        map.get(&id).cloned().ok_or(ApplyError::SegmentNotFound(id))
+    }
+
+    /// Last applied event number of `writer` on `segment` (0: none).
+    pub fn last_event_number(&self, segment: u64, writer: &str) -> Result<i64, ApplyError> {
+        let seg = self.segment(segment)?;
+        let s = seg.lock();
+        if s.deleted {
+            return Err(ApplyError::SegmentNotFound(segment));
+        }
+        Ok(s.writers.get(writer).copied().unwrap_or(0))
+    }
+
+    fn create(&mut self, id: u64) -> Applied {
+        let mut map = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(id).or_insert_with(|| Arc::new(Segment::new(id)));
+        Applied::Created
+    }
+
+    fn append(&mut self, a: Append) -> Result<Applied, ApplyError> {
+        let seg = self.segment(a.segment_id)?;
+        let mut s = seg.lock();
+        if s.deleted {
+            return Err(ApplyError::SegmentNotFound(a.segment_id));
+        }
+        let applied = s.writers.get(&a.writer_id).copied().unwrap_or(0);
+        let last = a.first_event_number + i64::from(a.event_count) - 1;
+        if last <= applied {
+            return Ok(Applied::Appended {
+                offset: 0,
+                duplicate: true,
+            });
+        }
+        if a.first_event_number <= applied {
+            return Err(ApplyError::EventNumberOverlap {
+                writer: a.writer_id,
+                first: a.first_event_number,
+                last,
+                applied,
+            });
+        }
+        if a.first_event_number != applied + 1 {
+            // Event numbers are contiguous per (segment, writer): a gap means
+            // an earlier pipelined batch failed, and applying this one would
+            // make that batch look like a duplicate on retry.
+            return Err(ApplyError::EventNumberGap {
+                writer: a.writer_id,
+                first: a.first_event_number,
+                expected: applied + 1,
+            });
+        }
+        if s.sealed {
+            return Err(ApplyError::SegmentSealed(a.segment_id));
+        }
+        let offset = s.length;
+        let len = a.events.len() as u64;
+        s.length += len;
+        s.tail.push_back((offset, a.events));
+        s.writers.insert(a.writer_id, last);
+        drop(s);
+        self.budget.add(len);
+        seg.notify();
+        Ok(Applied::Appended {
+            offset,
+            duplicate: false,
+        })
+    }
+
+    fn seal(&mut self, id: u64) -> Result<Applied, ApplyError> {
+        let seg = self.segment(id)?;
+        let mut s = seg.lock();
+        if s.deleted {
+            return Err(ApplyError::SegmentNotFound(id));
+        }
+        s.sealed = true;
+        let length = s.length;
+        drop(s);
+        seg.notify();
+        Ok(Applied::Sealed { length })
+    }
+
+    fn delete(&mut self, id: u64) -> Applied {
+        let seg = self
+            .segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        let Some(seg) = seg else {
+            return Applied::Deleted { chunks: Vec::new() };
+        };
+        let mut s = seg.lock();
+        s.deleted = true;
+        let freed = s.tail_bytes();
+        s.tail.clear();
+        let chunks = std::mem::take(&mut s.chunks);
+        drop(s);
+        self.budget.release(freed);
+        seg.notify();
+        Applied::Deleted { chunks }
+    }
+
+    fn chunk_flushed(&mut self, c: ChunkFlushed) -> Result<Applied, ApplyError> {
+        let seg = self.segment(c.segment_id)?;
+        let mut s = seg.lock();
+        let stale = ApplyError::StaleChunk {
+            start: c.start,
+            end: c.end,
+            tier2_length: s.tier2_length,
+        };
+        if s.deleted || c.start != s.tier2_length || c.end > s.length || c.end <= c.start {
+            return Err(stale);
+        }
+        // The storage writer cuts chunks at batch boundaries.
+        let mut freed = 0u64;
+        while let Some((offset, bytes)) = s.tail.front() {
+            let block_end = offset + bytes.len() as u64;
+            if block_end > c.end {
+                break;
+            }
+            freed += bytes.len() as u64;
+            s.tail.pop_front();
+        }
+        if s.tail.front().is_some_and(|(o, _)| *o != c.end) {
+            // Cannot happen for chunks this node's writer made; refuse rather
+            // than leave a tail buffer that does not line up.
+            return Err(stale);
+        }
+        s.tier2_length = c.end;
+        s.chunks.push(Chunk {
+            start: c.start,
+            end: c.end,
+            name: c.name,
+        });
+        drop(s);
+        self.budget.release(freed);
+        Ok(Applied::ChunkRecorded)
+    }
+}
+
+impl StateMachine for ContainerState {
+    type Output = Result<Applied, ApplyError>;
+
+    fn apply(&mut self, _index: u64, command: Bytes) -> Self::Output {
+        let cmd: ContainerCommand =
+            prost::Message::decode(command).map_err(|e| ApplyError::Malformed(e.to_string()))?;
+        match cmd.cmd {
+            Some(Cmd::Create(r)) => Ok(self.create(r.segment_id)),
+            Some(Cmd::Append(a)) => self.append(a),
+            Some(Cmd::Seal(r)) => self.seal(r.segment_id),
+            Some(Cmd::Delete(r)) => Ok(self.delete(r.segment_id)),
+            Some(Cmd::ChunkFlushed(c)) => self.chunk_flushed(c),
+            None => Err(ApplyError::Malformed("empty command".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::command::SegmentRef;
+    use super::*;
+    use bytes::BytesMut;
+
+    fn state() -> (ContainerState, Arc<TailBudget>) {
+        let budget = TailBudget::new(1 << 30);
+        (
+            ContainerState::new(SegmentMap::default(), budget.clone()),
+            budget,
+        )
+    }
+
+    fn apply(s: &mut ContainerState, cmd: Cmd) -> Result<Applied, ApplyError> {
+        s.apply(0, ContainerCommand::encode(cmd).into())
+    }
+
+    fn append(writer: &str, first: i64, count: u32) -> Cmd {
+        let mut events = BytesMut::new();
+        for i in 0..count {
+            aquifer_proto::frame::encode_event(
+                &mut events,
+                None,
+                format!("e{}", first + i as i64).as_bytes(),
+            );
+        }
+        Cmd::Append(Append {
+            segment_id: 7,
+            writer_id: writer.into(),
+            first_event_number: first,
+            event_count: count,
+            events: events.freeze(),
+        })
+    }
+
+    #[test]
+    fn retried_batches_apply_once() {
+        let (mut s, budget) = state();
+        apply(&mut s, Cmd::Create(SegmentRef { segment_id: 7 })).unwrap();
+        let first = apply(&mut s, append("w", 1, 3)).unwrap();
+        assert_eq!(
+            first,
+            Applied::Appended {
+                offset: 0,
+                duplicate: false
+            }
+        );
+        let again = apply(&mut s, append("w", 1, 3)).unwrap();
+        assert_eq!(
+            again,
+            Applied::Appended {
+                offset: 0,
+                duplicate: true
+            }
+        );
+        assert!(matches!(
+            apply(&mut s, append("w", 3, 2)),
+            Err(ApplyError::EventNumberOverlap { .. })
+        ));
+        assert!(matches!(
+            apply(&mut s, append("w", 5, 1)),
+            Err(ApplyError::EventNumberGap { expected: 4, .. })
+        ));
+        let next = apply(&mut s, append("w", 4, 1)).unwrap();
+        assert!(matches!(
+            next,
+            Applied::Appended {
+                duplicate: false,
+                ..
+            }
+        ));
+        // Another writer has its own numbers.
+        assert!(matches!(
+            apply(&mut s, append("other", 1, 1)).unwrap(),
+            Applied::Appended {
+                duplicate: false,
+                ..
+            }
+        ));
+        assert_eq!(s.last_event_number(7, "w").unwrap(), 4);
+        let seg = s.segment(7).unwrap();
+        assert_eq!(budget.used(), seg.view().length);
+    }
+
+    #[test]
+    fn sealed_refuses_new_events_but_acks_retries() {
+        let (mut s, _) = state();
+        apply(&mut s, Cmd::Create(SegmentRef { segment_id: 7 })).unwrap();
+        apply(&mut s, append("w", 1, 1)).unwrap();
+        apply(&mut s, Cmd::Seal(SegmentRef { segment_id: 7 })).unwrap();
+        assert_eq!(
+            apply(&mut s, append("w", 2, 1)),
+            Err(ApplyError::SegmentSealed(7))
+        );
+        assert!(matches!(
+            apply(&mut s, append("w", 1, 1)).unwrap(),
+            Applied::Appended {
+                duplicate: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn chunk_flushed_moves_bytes_out_of_the_tail_and_rejects_orphans() {
+        let (mut s, budget) = state();
+        apply(&mut s, Cmd::Create(SegmentRef { segment_id: 7 })).unwrap();
+        apply(&mut s, append("w", 1, 2)).unwrap();
+        apply(&mut s, append("w", 3, 2)).unwrap();
+        let seg = s.segment(7).unwrap();
+        let (start, bytes) = seg.unflushed(1).unwrap();
+        assert_eq!(start, 0);
+        let end = bytes.len() as u64;
+        let flushed = |start, end, name: &str| {
+            Cmd::ChunkFlushed(ChunkFlushed {
+                segment_id: 7,
+                start,
+                end,
+                name: name.into(),
+            })
+        };
+        apply(&mut s, flushed(0, end, "a")).unwrap();
+        // A second writer's chunk for the same range is an orphan.
+        assert!(matches!(
+            apply(&mut s, flushed(0, end, "b")),
+            Err(ApplyError::StaleChunk { .. })
+        ));
+        let v = seg.view();
+        assert_eq!((v.tier2_length, v.chunk_count), (end, 1));
+        assert_eq!(budget.used(), v.length - end);
+        assert!(
+            matches!(seg.locate(0, 1 << 20), super::super::segment::ReadSource::Tier2(c) if c.name == "a")
+        );
+        assert!(
+            matches!(seg.locate(end, 1 << 20), super::super::segment::ReadSource::Tail(b) if b.len() as u64 == v.length - end)
+        );
+        match apply(&mut s, Cmd::Delete(SegmentRef { segment_id: 7 })).unwrap() {
+            Applied::Deleted { chunks } => assert_eq!(chunks.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(budget.used(), 0);
+    }
+}

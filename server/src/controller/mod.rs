@@ -1,0 +1,95 @@
+//! The controller: stream metadata (scopes, streams, their segments and key
+//! ranges) in its own raft group, `meta`.
+//!
+//! It owns names and segment ids; it never touches segment data. Changes to
+//! containers that a stream change implies (create, seal, delete segments)
+//! are driven by `node`, which re-runs them at start-up so a crash between
+//! the metadata change and the container changes heals.
+
+mod command;
+mod state;
+
+pub use state::{SegmentRecord, StreamKey, StreamRecord};
+
+use crate::error::Error;
+use crate::group::{Group, GroupConfig};
+use crate::log::LogError;
+use command::{MetaCmd, MetaCommand};
+use state::{MetaError, MetaState, StreamMap};
+
+impl From<MetaError> for Error {
+    fn from(e: MetaError) -> Self {
+        match e {
+            MetaError::NotFound(name) => Error::StreamNotFound(name),
+            MetaError::Exists(name) => Error::StreamExists(name),
+            MetaError::Malformed(why) => Error::Internal(why),
+        }
+    }
+}
+
+pub struct Controller {
+    group: Group<MetaState>,
+    streams: StreamMap,
+}
+
+impl Controller {
+    pub fn start(group: GroupConfig) -> Result<Self, LogError> {
+        let streams = StreamMap::default();
+        let group = Group::start(group, MetaState::new(streams.clone()))?;
+        Ok(Controller { group, streams })
+    }
+
+    pub async fn wait_ready(&self) -> Result<(), Error> {
+        Ok(self.group.wait_ready().await?)
+    }
+
+    /// The stream, unless it does not exist or is being deleted.
+    pub fn get(&self, key: &StreamKey) -> Result<StreamRecord, Error> {
+        let map = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        match map.get(key) {
+            Some(s) if !s.deleting => Ok(s.clone()),
+            _ => Err(Error::StreamNotFound(key.to_string())),
+        }
+    }
+
+    /// Every stream record, those being deleted included (for reconciling).
+    pub fn all(&self) -> Vec<StreamRecord> {
+        let map = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        map.values().cloned().collect()
+    }
+
+    async fn propose(&self, cmd: MetaCmd) -> Result<StreamRecord, Error> {
+        let data = prost::Message::encode_to_vec(&MetaCommand { cmd: Some(cmd) });
+        Ok(self.group.propose(data).await??)
+    }
+
+    pub async fn create(
+        &self,
+        key: &StreamKey,
+        segment_count: u32,
+        containers: u32,
+    ) -> Result<StreamRecord, Error> {
+        self.propose(MetaCmd::Create(command::CreateStream {
+            scope: key.scope.clone(),
+            stream: key.stream.clone(),
+            segment_count,
+            containers,
+        }))
+        .await
+    }
+
+    pub async fn seal(&self, key: &StreamKey) -> Result<StreamRecord, Error> {
+        self.propose(MetaCmd::Seal(command::StreamRef::from(key)))
+            .await
+    }
+
+    pub async fn mark_deleting(&self, key: &StreamKey) -> Result<StreamRecord, Error> {
+        self.propose(MetaCmd::MarkDeleting(command::StreamRef::from(key)))
+            .await
+    }
+
+    pub async fn remove(&self, key: &StreamKey) -> Result<StreamRecord, Error> {
+        self.propose(MetaCmd::Remove(command::StreamRef::from(key)))
+            .await
+    }
+}

@@ -1,0 +1,189 @@
+//! The `meta` state machine: streams and their segments.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+use super::command::{MetaCmd, MetaCommand, StreamRef};
+use crate::container::container_of;
+use crate::group::StateMachine;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamKey {
+    pub scope: String,
+    pub stream: String,
+}
+
+impl std::fmt::Display for StreamKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.scope, self.stream)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentRecord {
+    pub id: u64,
+    pub number: u32,
+    pub container: u32,
+    pub key_low: f64,
+    pub key_high: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamRecord {
+    pub key: StreamKey,
+    pub segments: Vec<SegmentRecord>,
+    pub sealed: bool,
+    /// Delete started: invisible to users, segments being removed.
+    pub deleting: bool,
+}
+
+pub type StreamMap = Arc<RwLock<BTreeMap<StreamKey, StreamRecord>>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetaError {
+    #[error("stream {0} not found")]
+    NotFound(String),
+    #[error("stream {0} already exists")]
+    Exists(String),
+    #[error("undecodable metadata command: {0}")]
+    Malformed(String),
+}
+
+pub struct MetaState {
+    streams: StreamMap,
+    /// Segment ids are never reused; 0 is never an id.
+    next_segment_id: u64,
+}
+
+impl MetaState {
+    pub fn new(streams: StreamMap) -> Self {
+        MetaState {
+            streams,
+            next_segment_id: 1,
+        }
+    }
+
+    fn key(r: StreamRef) -> StreamKey {
+        StreamKey {
+            scope: r.scope,
+            stream: r.stream,
+        }
+    }
+
+    fn update(
+        &mut self,
+        r: StreamRef,
+        f: impl FnOnce(&mut StreamRecord),
+    ) -> Result<StreamRecord, MetaError> {
+        let key = Self::key(r);
+        let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        let s = map
+            .get_mut(&key)
+            .ok_or_else(|| MetaError::NotFound(key.to_string()))?;
+        f(s);
+        Ok(s.clone())
+    }
+}
+
+impl StateMachine for MetaState {
+    type Output = Result<StreamRecord, MetaError>;
+
+    fn apply(&mut self, _index: u64, command: Bytes) -> Self::Output {
+        let cmd: MetaCommand =
+            prost::Message::decode(command).map_err(|e| MetaError::Malformed(e.to_string()))?;
+        match cmd.cmd {
+            Some(MetaCmd::Create(c)) => {
+                let key = StreamKey {
+                    scope: c.scope,
+                    stream: c.stream,
+                };
+                let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
+                if map.contains_key(&key) {
+                    return Err(MetaError::Exists(key.to_string()));
+                }
+                let n = c.segment_count.max(1);
+                let containers = c.containers.max(1);
+                let segments = (0..n)
+                    .map(|i| {
+                        let id = self.next_segment_id + u64::from(i);
+                        SegmentRecord {
+                            id,
+                            number: i,
+                            container: container_of(id, containers),
+                            key_low: f64::from(i) / f64::from(n),
+                            key_high: if i + 1 == n {
+                                1.0
+                            } else {
+                                f64::from(i + 1) / f64::from(n)
+                            },
+                        }
+                    })
+                    .collect();
+                self.next_segment_id += u64::from(n);
+                let record = StreamRecord {
+                    key: key.clone(),
+                    segments,
+                    sealed: false,
+                    deleting: false,
+                };
+                map.insert(key, record.clone());
+                Ok(record)
+            }
+            Some(MetaCmd::Seal(r)) => self.update(r, |s| s.sealed = true),
+            Some(MetaCmd::MarkDeleting(r)) => self.update(r, |s| {
+                s.sealed = true;
+                s.deleting = true;
+            }),
+            Some(MetaCmd::Remove(r)) => {
+                let key = Self::key(r);
+                let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
+                map.remove(&key)
+                    .ok_or_else(|| MetaError::NotFound(key.to_string()))
+            }
+            None => Err(MetaError::Malformed("empty command".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::command::CreateStream;
+    use super::*;
+
+    fn apply(s: &mut MetaState, cmd: MetaCmd) -> Result<StreamRecord, MetaError> {
+        s.apply(
+            0,
+            prost::Message::encode_to_vec(&MetaCommand { cmd: Some(cmd) }).into(),
+        )
+    }
+
+    #[test]
+    fn segments_split_the_key_space_and_ids_are_never_reused() {
+        let mut s = MetaState::new(StreamMap::default());
+        let create = |name: &str, n| {
+            MetaCmd::Create(CreateStream {
+                scope: "sc".into(),
+                stream: name.into(),
+                segment_count: n,
+                containers: 4,
+            })
+        };
+        let a = apply(&mut s, create("a", 3)).unwrap();
+        let highs: Vec<f64> = a.segments.iter().map(|g| g.key_high).collect();
+        assert_eq!(a.segments[0].key_low, 0.0);
+        assert_eq!(highs[2], 1.0);
+        assert!(matches!(
+            apply(&mut s, create("a", 1)),
+            Err(MetaError::Exists(_))
+        ));
+        let r = StreamRef {
+            scope: "sc".into(),
+            stream: "a".into(),
+        };
+        apply(&mut s, MetaCmd::Remove(r)).unwrap();
+        let again = apply(&mut s, create("a", 1)).unwrap();
+        assert_eq!(again.segments[0].id, 4);
+    }
+}

@@ -1,0 +1,78 @@
+//! The server's error enum and its one mapping to `tonic::Status`.
+//!
+//! Messages are for users: each says what went wrong and, where there is
+//! one, what to do about it.
+
+use tonic::{Code, Status};
+
+use crate::group::ProposeError;
+use crate::log::LogError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("stream {0} not found")]
+    StreamNotFound(String),
+    #[error("segment {0} not found (never created, or its stream was deleted)")]
+    SegmentNotFound(u64),
+    #[error("stream {0} already exists")]
+    StreamExists(String),
+    #[error("segment {0} is sealed: its stream takes no more events (reads still work)")]
+    SegmentSealed(u64),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("offset {offset} is past the end of segment {segment} (length {length})")]
+    OffsetOutOfRange {
+        segment: u64,
+        offset: u64,
+        length: u64,
+    },
+    #[error("tier-2 storage: {0}")]
+    Tier2(String),
+    #[error("{0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A chunk that a committed entry refused: safe to delete.
+    #[error("orphan chunk: {0}")]
+    OrphanChunk(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<ProposeError> for Error {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::Dropped { .. } => Error::ResourceExhausted(e.to_string()),
+            ProposeError::NotLeader { .. }
+            | ProposeError::Lost { .. }
+            | ProposeError::Stopped { .. } => Error::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<object_store::Error> for Error {
+    fn from(e: object_store::Error) -> Self {
+        Error::Tier2(e.to_string())
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let code = match &e {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::StreamNotFound(_) | Error::SegmentNotFound(_) => Code::NotFound,
+            Error::StreamExists(_) => Code::AlreadyExists,
+            Error::SegmentSealed(_) => Code::FailedPrecondition,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Unavailable(_) | Error::Tier2(_) => Code::Unavailable,
+            Error::OffsetOutOfRange { .. } => Code::OutOfRange,
+            Error::Corrupt(_) => Code::DataLoss,
+            Error::Log(_) | Error::OrphanChunk(_) | Error::Internal(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,186 @@
+//! A raft group: one OS thread owns a raft-rs `RawNode` over a [`LogStorage`]
+//! and a [`StateMachine`]; everyone else talks to it through a bounded
+//! channel ([`Group`]).
+//!
+//! The thread's loop: wait for a command or a tick, drain every command that
+//! is queued (so all proposals that arrived during the last fsync share the
+//! next one: group commit), handle the `Ready` (persist with one fdatasync,
+//! advance, apply committed entries in order) and answer proposers once their
+//! entry is applied. Both the metadata group and every segment container run
+//! on it; they differ only in their state machine.
+//!
+//! It must never acknowledge a proposal before its entry is committed and
+//! applied, and never keep running after the log failed to persist.
+
+mod runner;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::log::{LogError, LogStorage};
+
+/// Commands waiting for a group's thread; senders wait when it is full.
+const COMMAND_QUEUE_MAX: usize = 4096;
+
+/// The replicated state a group applies its committed entries to.
+pub trait StateMachine: Send + 'static {
+    /// What applying one command answers to its proposer.
+    type Output: Send + 'static;
+
+    /// Applies the committed command at raft `index`. Must be deterministic:
+    /// the same log always yields the same state (it is replayed on restart).
+    fn apply(&mut self, index: u64, command: bytes::Bytes) -> Self::Output;
+}
+
+/// Why a proposal did not produce an output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("this node is not the leader of group {group}")]
+    NotLeader { group: String },
+    #[error("group {group} is over its limit of uncommitted bytes; retry")]
+    Dropped { group: String },
+    #[error("leadership of group {group} changed before the proposal committed; retry")]
+    Lost { group: String },
+    #[error("group {group} is shutting down")]
+    Stopped { group: String },
+}
+
+pub(crate) type Query<S> = Box<dyn FnOnce(&mut S) + Send>;
+
+pub(crate) enum Command<S: StateMachine> {
+    Propose {
+        data: Vec<u8>,
+        done: oneshot::Sender<Result<S::Output, ProposeError>>,
+    },
+    Query(Query<S>),
+}
+
+/// How to run one group.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// `meta` or `container-N`: names the log directory and log lines.
+    pub name: String,
+    pub log_dir: PathBuf,
+    pub node_id: u64,
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// raft's `max_uncommitted_size`: proposals past it are dropped
+    /// (back-pressure).
+    pub uncommitted_bytes_max: u64,
+}
+
+/// A handle to a running group. Dropping every handle stops the thread.
+pub struct Group<S: StateMachine> {
+    name: String,
+    tx: mpsc::Sender<Command<S>>,
+    ready: watch::Receiver<Option<u64>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl<S: StateMachine> Group<S> {
+    /// Opens the group's log (replaying it; corruption is an error here) and
+    /// starts its thread. The state machine is rebuilt by re-applying the log.
+    pub fn start(config: GroupConfig, state: S) -> Result<Self, LogError> {
+        let storage = LogStorage::open(&config.log_dir)?;
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
+        let (ready_tx, ready) = watch::channel(None);
+        let name = config.name.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-{name}"))
+            .spawn(move || runner::run(config, storage, state, rx, ready_tx))
+            .map_err(|source| LogError::Io {
+                path: PathBuf::from(&name),
+                source,
+            })?;
+        Ok(Group {
+            name,
+            tx,
+            ready,
+            thread: std::sync::Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Proposes `data`; resolves with the state machine's output once the
+    /// entry is committed and applied.
+    pub async fn propose(&self, data: Vec<u8>) -> Result<S::Output, ProposeError> {
+        self.submit(data).await?.await
+    }
+
+    /// Queues `data` for proposal and returns a future of its output. Entries
+    /// enter the log in the order `submit` calls return, which is what keeps
+    /// one writer's pipelined batches in order.
+    pub async fn submit(
+        &self,
+        data: Vec<u8>,
+    ) -> Result<
+        impl std::future::Future<Output = Result<S::Output, ProposeError>> + Send + 'static,
+        ProposeError,
+    > {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Propose { data, done })
+            .await
+            .map_err(|_| self.stopped())?;
+        let stopped = self.stopped();
+        Ok(async move { rx.await.map_err(|_| stopped)? })
+    }
+
+    /// Runs `f` on the group's thread against the applied state.
+    pub async fn query<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut S) -> R + Send + 'static,
+    ) -> Result<R, ProposeError> {
+        let (tx, rx) = oneshot::channel();
+        let q: Query<S> = Box::new(move |s| {
+            let _ = tx.send(f(s));
+        });
+        self.tx
+            .send(Command::Query(q))
+            .await
+            .map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())
+    }
+
+    /// Waits until this node leads the group and has applied every entry
+    /// committed before its term began.
+    pub async fn wait_ready(&self) -> Result<(), ProposeError> {
+        let mut ready = self.ready.clone();
+        ready
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| self.stopped())?;
+        Ok(())
+    }
+
+    /// The raft term this node leads the group in, once ready; None while
+    /// it is not the (caught-up) leader.
+    pub fn leader_term(&self) -> Option<u64> {
+        *self.ready.borrow()
+    }
+
+    fn stopped(&self) -> ProposeError {
+        ProposeError::Stopped {
+            group: self.name.clone(),
+        }
+    }
+}
+
+impl<S: StateMachine> Drop for Group<S> {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop after its current Ready.
+        let (closed_tx, _) = mpsc::channel(1);
+        self.tx = closed_tx;
+        if let Ok(mut t) = self.thread.lock() {
+            if let Some(t) = t.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The group thread: the raft-rs Ready loop.
+
+use std::collections::BTreeMap;
+
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType};
+use raft::{RawNode, StateRole};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Command, GroupConfig, ProposeError, StateMachine};
+use crate::log::LogStorage;
+
+/// Commands drained per loop turn before handling a Ready: bounds the time
+/// between fsyncs under a flood of proposals.
+const COMMANDS_PER_TURN_MAX: usize = 1024;
+/// Committed bytes handed out per Ready (replay after a restart included).
+const COMMITTED_BYTES_PER_READY_MAX: u64 = 16 * 1024 * 1024;
+
+type Done<S> = oneshot::Sender<Result<<S as StateMachine>::Output, ProposeError>>;
+
+struct Runner<S: StateMachine> {
+    name: String,
+    node: RawNode<LogStorage>,
+    state: S,
+    /// Proposals waiting for their entry, by raft index, with the term they
+    /// were proposed in: another term at that index means the entry was lost.
+    pending: BTreeMap<u64, (u64, Done<S>)>,
+    ready_tx: watch::Sender<Option<u64>>,
+}
+
+fn raft_config(config: &GroupConfig, applied: u64) -> raft::Config {
+    raft::Config {
+        id: config.node_id,
+        election_tick: config.election_ticks,
+        heartbeat_tick: config.heartbeat_ticks,
+        applied,
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        batch_append: true,
+        max_uncommitted_size: config.uncommitted_bytes_max,
+        max_committed_size_per_ready: COMMITTED_BYTES_PER_READY_MAX,
+        ..Default::default()
+    }
+}
+
+/// Stops the process: the log could not persist, so nothing more may be
+/// acknowledged, and continuing as if it had been written would lose data.
+fn fatal(group: &str, what: &str, err: &dyn std::fmt::Display) -> ! {
+    tracing::error!(group, error = %err, "{what}; stopping the process");
+    eprintln!("error: group {group}: {what}: {err}");
+    std::process::exit(2);
+}
+
+pub(super) fn run<S: StateMachine>(
+    config: GroupConfig,
+    mut storage: LogStorage,
+    state: S,
+    mut rx: mpsc::Receiver<Command<S>>,
+    ready_tx: watch::Sender<Option<u64>>,
+) {
+    let name = config.name.clone();
+    if storage.conf_state().voters.is_empty() {
+        // First start: this node is the group's only voter.
+        let cs = ConfState {
+            voters: vec![config.node_id],
+            ..Default::default()
+        };
+        if let Err(e) = storage.set_conf_state(cs) {
+            fatal(&name, "cannot bootstrap the log", &e);
+        }
+    }
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let node = match RawNode::new(&raft_config(&config, 0), storage, &logger) {
+        Ok(n) => n,
+        Err(e) => fatal(&name, "cannot start raft", &e),
+    };
+    let mut runner = Runner {
+        name,
+        node,
+        state,
+        pending: BTreeMap::new(),
+        ready_tx,
+    };
+    if runner.node.raft.prs().conf().voters().ids().len() == 1 {
+        // A single voter need not wait out an election timeout.
+        if let Err(e) = runner.node.campaign() {
+            fatal(&runner.name, "cannot campaign", &e);
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => fatal(&runner.name, "cannot build the group runtime", &e),
+    };
+    rt.block_on(async move {
+        let mut ticker = tokio::time::interval(config.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    runner.node.tick();
+                }
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => runner.handle(cmd),
+                    None => break,
+                },
+            }
+            for _ in 0..COMMANDS_PER_TURN_MAX {
+                match rx.try_recv() {
+                    Ok(cmd) => runner.handle(cmd),
+                    Err(_) => break,
+                }
+            }
+            runner.on_ready();
+        }
+        runner.fail_pending();
+    });
+}
+
+impl<S: StateMachine> Runner<S> {
+    fn handle(&mut self, cmd: Command<S>) {
+        match cmd {
+            Command::Query(q) => q(&mut self.state),
+            Command::Propose { data, done } => {
+                if self.node.raft.state != StateRole::Leader {
+                    let _ = done.send(Err(ProposeError::NotLeader {
+                        group: self.name.clone(),
+                    }));
+                    return;
+                }
+                match self.node.propose(Vec::new(), data) {
+                    Ok(()) => {
+                        let index = self.node.raft.raft_log.last_index();
+                        self.pending.insert(index, (self.node.raft.term, done));
+                    }
+                    Err(_) => {
+                        let _ = done.send(Err(ProposeError::Dropped {
+                            group: self.name.clone(),
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_ready(&mut self) {
+        if !self.node.has_ready() {
+            return;
+        }
+        let mut rd = self.node.ready();
+        if let Some(ss) = rd.ss() {
+            if ss.raft_state != StateRole::Leader {
+                self.ready_tx.send_replace(None);
+                self.fail_pending();
+            }
+        }
+        // Messages to peers arrive with the cluster; a single voter sends none.
+        debug_assert!(rd.messages().is_empty() && rd.persisted_messages().is_empty());
+        self.apply(rd.take_committed_entries());
+        let hs = rd.hs().cloned();
+        if let Err(e) = self.node.mut_store().persist(rd.entries(), hs.as_ref()) {
+            fatal(&self.name, "cannot persist the log", &e);
+        }
+        let mut light = self.node.advance(rd);
+        self.apply(light.take_committed_entries());
+        self.node.advance_apply();
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) {
+        for e in entries {
+            match e.get_entry_type() {
+                EntryType::EntryNormal if e.data.is_empty() => {
+                    // A new leader's empty entry: everything before it is applied.
+                    if e.term == self.node.raft.term && self.node.raft.state == StateRole::Leader {
+                        self.ready_tx.send_replace(Some(e.term));
+                        tracing::info!(group = %self.name, term = e.term, index = e.index, "group ready");
+                    }
+                }
+                EntryType::EntryNormal => {
+                    let out = self.state.apply(e.index, e.data.clone());
+                    self.answer(e.index, e.term, out);
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(&e)
+                }
+            }
+        }
+    }
+
+    fn apply_conf_change(&mut self, e: &Entry) {
+        let applied = if e.get_entry_type() == EntryType::EntryConfChange {
+            ConfChange::parse_from_bytes(&e.data).map(|cc| self.node.apply_conf_change(&cc))
+        } else {
+            ConfChangeV2::parse_from_bytes(&e.data).map(|cc| self.node.apply_conf_change(&cc))
+        };
+        match applied {
+            Ok(Ok(cs)) => {
+                if let Err(err) = self.node.mut_store().set_conf_state(cs) {
+                    fatal(&self.name, "cannot persist the conf state", &err);
+                }
+            }
+            Ok(Err(err)) => fatal(&self.name, "cannot apply a committed conf change", &err),
+            Err(err) => fatal(&self.name, "committed conf change does not decode", &err),
+        }
+    }
+
+    fn answer(&mut self, index: u64, term: u64, out: S::Output) {
+        // Proposals at lower indexes whose entries never came were lost.
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() >= index {
+                break;
+            }
+            let (_, done) = entry.remove();
+            let _ = done.send(Err(ProposeError::Lost {
+                group: self.name.clone(),
+            }));
+        }
+        if let Some((proposed_term, done)) = self.pending.remove(&index) {
+            let reply = if proposed_term == term {
+                Ok(out)
+            } else {
+                Err(ProposeError::Lost {
+                    group: self.name.clone(),
+                })
+            };
+            let _ = done.send(reply);
+        }
+    }
+
+    fn fail_pending(&mut self) {
+        for (_, (_, done)) in std::mem::take(&mut self.pending) {
+            let _ = done.send(Err(ProposeError::Lost {
+                group: self.name.clone(),
+            }));
+        }
+    }
+}

@@ -1,0 +1,532 @@
+//! `LogStorage`: log files on disk plus the in-memory index raft reads.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use protobuf::Message as _;
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+use super::record::{self, Decoded, RecordKind};
+
+/// A log file is closed and a new one started past this size.
+const LOG_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Recent entries kept in memory so raft rarely reads the disk.
+const ENTRY_CACHE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Why the log cannot be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log i/o on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("corrupt log file {path} at offset {offset}: {why}; refusing to start (restore the file or remove the data directory)")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        why: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Where an entry's record payload lives.
+#[derive(Debug, Clone, Copy)]
+struct EntryLoc {
+    term: u64,
+    file_seq: u64,
+    offset: u64,
+    len: u32,
+}
+
+struct LogFile {
+    seq: u64,
+    path: PathBuf,
+    file: File,
+}
+
+/// A raft group's log on disk. Owned by the group's thread (raft-rs's
+/// `RawNode` is single threaded), so no locks.
+pub struct LogStorage {
+    dir: PathBuf,
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the last entry compacted away (0, 0: none yet).
+    compacted: (u64, u64),
+    /// Locations of entries `compacted.0 + 1 ..= last_index`.
+    locs: VecDeque<EntryLoc>,
+    files: Vec<LogFile>,
+    active_len: u64,
+    /// The newest entries, in index order, ending at `last_index`.
+    cache: VecDeque<Entry>,
+    cache_bytes: usize,
+}
+
+fn file_name(seq: u64) -> String {
+    format!("{seq:020}.log")
+}
+
+fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+impl LogStorage {
+    /// Opens (or creates) the log in `dir`, replaying every file: torn tail
+    /// truncated, corruption elsewhere an error naming file and offset.
+    pub fn open(dir: &Path) -> Result<Self, LogError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut seqs = Vec::new();
+        for item in std::fs::read_dir(dir).map_err(io_err(dir))? {
+            let item = item.map_err(io_err(dir))?;
+            let name = item.file_name();
+            let name = name.to_string_lossy();
+            if let Some(seq) = name
+                .strip_suffix(".log")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                seqs.push(seq);
+            }
+        }
+        seqs.sort_unstable();
+        let mut log = LogStorage {
+            dir: dir.to_owned(),
+            hard_state: HardState::default(),
+            conf_state: ConfState::default(),
+            compacted: (0, 0),
+            locs: VecDeque::new(),
+            files: Vec::new(),
+            active_len: 0,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+        };
+        for (i, &seq) in seqs.iter().enumerate() {
+            let is_last = i + 1 == seqs.len();
+            log.replay_file(seq, is_last)?;
+        }
+        if log.files.is_empty() {
+            log.start_file(1)?;
+        }
+        Ok(log)
+    }
+
+    fn replay_file(&mut self, seq: u64, is_last: bool) -> Result<(), LogError> {
+        let path = self.dir.join(file_name(seq));
+        let buf = std::fs::read(&path).map_err(io_err(&path))?;
+        let corrupt = |offset: usize, why: String| LogError::Corrupt {
+            path: path.clone(),
+            offset: offset as u64,
+            why,
+        };
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            match record::decode(&buf[pos..]) {
+                Decoded::Record {
+                    kind,
+                    payload,
+                    framed_len,
+                } => {
+                    let payload_at = (pos + record::HEADER_BYTES) as u64;
+                    self.replay_record(seq, kind, payload, payload_at)
+                        .map_err(|why| corrupt(pos, why))?;
+                    pos += framed_len;
+                }
+                Decoded::Invalid { why } => {
+                    if !is_last {
+                        return Err(corrupt(pos, why.into()));
+                    }
+                    if let Some(next) = record::valid_record_after(&buf, pos + 1) {
+                        return Err(corrupt(
+                            pos,
+                            format!("{why}, with a valid record after it at offset {next}"),
+                        ));
+                    }
+                    tracing::warn!(
+                        file = %path.display(),
+                        offset = pos,
+                        dropped_bytes = buf.len() - pos,
+                        "truncating torn tail of log file"
+                    );
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(io_err(&path))?;
+                    f.set_len(pos as u64).map_err(io_err(&path))?;
+                    f.sync_all().map_err(io_err(&path))?;
+                    break;
+                }
+            }
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        self.active_len = pos as u64;
+        self.files.push(LogFile { seq, path, file });
+        Ok(())
+    }
+
+    fn replay_record(
+        &mut self,
+        seq: u64,
+        kind: RecordKind,
+        payload: &[u8],
+        payload_at: u64,
+    ) -> Result<(), String> {
+        match kind {
+            RecordKind::Entry => {
+                let entry =
+                    Entry::parse_from_bytes(payload).map_err(|e| format!("bad entry: {e}"))?;
+                let loc = EntryLoc {
+                    term: entry.term,
+                    file_seq: seq,
+                    offset: payload_at,
+                    len: payload.len() as u32,
+                };
+                self.index_entry(entry.index, loc)
+            }
+            RecordKind::HardState => {
+                self.hard_state = HardState::parse_from_bytes(payload)
+                    .map_err(|e| format!("bad hard state: {e}"))?;
+                Ok(())
+            }
+            RecordKind::ConfState => {
+                self.conf_state = ConfState::parse_from_bytes(payload)
+                    .map_err(|e| format!("bad conf state: {e}"))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Records where entry `index` lives, replacing any suffix from `index` on.
+    fn index_entry(&mut self, index: u64, loc: EntryLoc) -> Result<(), String> {
+        let first = self.compacted.0 + 1;
+        if index < first {
+            return Ok(()); // below the compaction point: already in a snapshot
+        }
+        let next = first + self.locs.len() as u64;
+        if index > next {
+            return Err(format!("entry {index} leaves a gap after {}", next - 1));
+        }
+        self.truncate_from(index);
+        self.locs.push_back(loc);
+        Ok(())
+    }
+
+    fn truncate_from(&mut self, index: u64) {
+        let first = self.compacted.0 + 1;
+        self.locs.truncate((index - first) as usize);
+        while self.cache.back().is_some_and(|e| e.index >= index) {
+            if let Some(e) = self.cache.pop_back() {
+                self.cache_bytes -= e.data.len();
+            }
+        }
+    }
+
+    fn start_file(&mut self, seq: u64) -> Result<(), LogError> {
+        let path = self.dir.join(file_name(seq));
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        sync_dir(&self.dir)?;
+        self.files.push(LogFile { seq, path, file });
+        self.active_len = 0;
+        Ok(())
+    }
+
+    fn active(&self) -> &LogFile {
+        // `open` always leaves at least one file.
+        &self.files[self.files.len() - 1]
+    }
+
+    /// Writes `entries` and `hard_state` and fdatasyncs them: on return they
+    /// are durable. An error here is fatal to the process.
+    pub fn persist(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), LogError> {
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        if self.active_len >= LOG_FILE_BYTES_MAX {
+            let next = self.active().seq + 1;
+            self.start_file(next)?;
+        }
+        let mut buf =
+            Vec::with_capacity(entries.iter().map(|e| e.data.len() + 64).sum::<usize>() + 64);
+        let mut placed = Vec::with_capacity(entries.len());
+        for e in entries {
+            let bytes = e.write_to_bytes().map_err(|err| LogError::Io {
+                path: self.active().path.clone(),
+                source: std::io::Error::other(err),
+            })?;
+            let at = self.active_len + (buf.len() + record::HEADER_BYTES) as u64;
+            placed.push((e.index, at, bytes.len() as u32, e.term));
+            record::encode(&mut buf, RecordKind::Entry, &bytes);
+        }
+        if let Some(hs) = hard_state {
+            let bytes = hs.write_to_bytes().map_err(|err| LogError::Io {
+                path: self.active().path.clone(),
+                source: std::io::Error::other(err),
+            })?;
+            record::encode(&mut buf, RecordKind::HardState, &bytes);
+        }
+        let active = self.active();
+        let (seq, path) = (active.seq, active.path.clone());
+        let mut f = &active.file;
+        f.write_all(&buf).map_err(io_err(&path))?;
+        f.sync_data().map_err(io_err(&path))?;
+        self.active_len += buf.len() as u64;
+
+        for ((index, offset, len, term), e) in placed.into_iter().zip(entries) {
+            let loc = EntryLoc {
+                term,
+                file_seq: seq,
+                offset,
+                len,
+            };
+            if let Err(why) = self.index_entry(index, loc) {
+                // raft hands entries in order; a gap is a bug, not bad input.
+                panic!("raft appended out of order: {why}");
+            }
+            self.cache_bytes += e.data.len();
+            self.cache.push_back(e.clone());
+        }
+        if let Some(hs) = hard_state {
+            self.hard_state = hs.clone();
+        }
+        while self.cache_bytes > ENTRY_CACHE_BYTES_MAX && self.cache.len() > 1 {
+            if let Some(e) = self.cache.pop_front() {
+                self.cache_bytes -= e.data.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// Persists a new conf state (bootstrap and membership changes).
+    pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), LogError> {
+        let path = self.active().path.clone();
+        let bytes = cs.write_to_bytes().map_err(|e| LogError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let mut buf = Vec::new();
+        record::encode(&mut buf, RecordKind::ConfState, &bytes);
+        let mut f = &self.active().file;
+        f.write_all(&buf).map_err(io_err(&path))?;
+        f.sync_data().map_err(io_err(&path))?;
+        self.active_len += buf.len() as u64;
+        self.conf_state = cs;
+        Ok(())
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    fn last(&self) -> u64 {
+        self.compacted.0 + self.locs.len() as u64
+    }
+
+    fn read_entry(&self, index: u64) -> raft::Result<Entry> {
+        if let Some(front) = self.cache.front() {
+            if index >= front.index {
+                if let Some(e) = self.cache.get((index - front.index) as usize) {
+                    return Ok(e.clone());
+                }
+            }
+        }
+        let loc = self.locs[(index - self.compacted.0 - 1) as usize];
+        let file = self
+            .files
+            .iter()
+            .find(|f| f.seq == loc.file_seq)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))?;
+        let mut buf = vec![0u8; loc.len as usize];
+        file.file
+            .read_exact_at(&mut buf, loc.offset)
+            .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
+        Entry::parse_from_bytes(&buf).map_err(raft::Error::CodecError)
+    }
+}
+
+impl raft::Storage for LogStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.compacted.0 {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        for index in low..high {
+            let e = self.read_entry(index)?;
+            size += e.data.len() as u64 + 16;
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.compacted.0 {
+            return Ok(self.compacted.1);
+        }
+        if idx < self.compacted.0 {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(self.locs[(idx - self.compacted.0 - 1) as usize].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.compacted.0 + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Snapshots arrive with log truncation (tiering) and new replicas (cluster).
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+        Entry {
+            index,
+            term,
+            data: data.to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    fn hs(term: u64, commit: u64) -> HardState {
+        HardState {
+            term,
+            commit,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn persists_replays_and_overwrites_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = LogStorage::open(dir.path()).unwrap();
+            log.persist(
+                &[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")],
+                Some(&hs(1, 2)),
+            )
+            .unwrap();
+            // A new leader overwrote index 3 onwards.
+            log.persist(&[entry(3, 2, b"C"), entry(4, 2, b"D")], Some(&hs(2, 4)))
+                .unwrap();
+        }
+        let log = LogStorage::open(dir.path()).unwrap();
+        assert_eq!(log.last_index().unwrap(), 4);
+        assert_eq!(log.term(3).unwrap(), 2);
+        assert_eq!(log.hard_state().commit, 4);
+        let es = log
+            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
+        let data: Vec<&[u8]> = es.iter().map(|e| &e.data[..]).collect();
+        assert_eq!(data, vec![&b"a"[..], b"b", b"C", b"D"]);
+    }
+
+    #[test]
+    fn torn_tail_is_truncated_and_middle_corruption_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = LogStorage::open(dir.path()).unwrap();
+            for i in 1..=10 {
+                log.persist(&[entry(i, 1, &[i as u8; 100])], None).unwrap();
+            }
+        }
+        let path = dir.path().join(file_name(1));
+        let len = std::fs::metadata(&path).unwrap().len();
+        // Torn tail: cut the last record in half.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 50).unwrap();
+        drop(f);
+        let log = LogStorage::open(dir.path()).unwrap();
+        assert_eq!(log.last_index().unwrap(), 9);
+        drop(log);
+        // Flip a byte in the second record: valid records follow it.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[200] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = LogStorage::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("corrupt log file"), "{err}");
+        assert!(err.contains("offset"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn entries_past_the_cache_come_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStorage::open(dir.path()).unwrap();
+        let big = vec![7u8; 1024 * 1024];
+        for i in 1..=24 {
+            log.persist(&[entry(i, 1, &big)], None).unwrap();
+        }
+        assert!(log.cache_bytes <= ENTRY_CACHE_BYTES_MAX);
+        let es = log
+            .entries(1, 3, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(es.len(), 2);
+        assert_eq!(es[1].data.len(), big.len());
+        // max_size still returns at least one entry.
+        let es = log
+            .entries(1, 3, 10, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(es.len(), 1);
+    }
+}

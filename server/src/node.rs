@@ -1,0 +1,283 @@
+//! A node: opens the data directory, starts the `meta` group and the
+//! containers, the storage writers and tier-2, and carries out stream admin,
+//! which spans the controller and the containers.
+//!
+//! Admin changes are written to `meta` first and then to the containers;
+//! `reconcile` redoes the container half at start-up, so a crash between the
+//! two heals. The node never serves before every group replayed its log.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::cache::TailBudget;
+use crate::config::ServerConfig;
+use crate::container::command::{Cmd, SegmentRef};
+use crate::container::state::Applied;
+use crate::container::{container_of, Container};
+use crate::controller::{Controller, StreamKey, StreamRecord};
+use crate::error::Error;
+use crate::group::GroupConfig;
+use crate::tier::writer::StorageWriter;
+use crate::tier::Tier2;
+
+/// The raft node id of a single-node deployment.
+const SINGLE_NODE_ID: u64 = 1;
+
+pub struct Node {
+    pub config: ServerConfig,
+    pub controller: Controller,
+    pub containers: Vec<Arc<Container>>,
+    pub tier2: Arc<Tier2>,
+    pub budget: Arc<TailBudget>,
+    stop_writers: watch::Sender<bool>,
+    writers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Held for the node's life: one process per data directory.
+    _lock: File,
+}
+
+/// Checks a scope or stream name: `[A-Za-z0-9_-]{1,255}`.
+pub fn validate_name(what: &str, name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid {what} name {name:?}: use 1 to 255 characters from A-Z a-z 0-9 _ -"
+        )))
+    }
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::Internal(format!("{what} {}: {e}", path.display()))
+}
+
+/// Takes the data directory's lock and checks (or, on first start, records)
+/// the number of containers, which can never change for a data directory.
+fn prepare_data_dir(config: &ServerConfig) -> Result<File, Error> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| io_error("cannot create data directory", dir, e))?;
+    let lock_path = dir.join("LOCK");
+    let lock = File::create(&lock_path).map_err(|e| io_error("cannot open", &lock_path, e))?;
+    if lock.try_lock().is_err() {
+        return Err(Error::Unavailable(format!(
+            "data directory {} is in use by another aquifer process",
+            dir.display()
+        )));
+    }
+    let marker = dir.join("CONTAINERS");
+    match std::fs::read_to_string(&marker) {
+        Ok(text) => {
+            let found: u32 = text.trim().parse().map_err(|_| {
+                Error::Corrupt(format!("{} does not hold a number", marker.display()))
+            })?;
+            if found != config.containers {
+                return Err(Error::InvalidArgument(format!(
+                    "data directory {} was created with {found} containers, but the configuration says {}; \
+                     the number of containers cannot change",
+                    dir.display(),
+                    config.containers
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            durable_write(&marker, format!("{}\n", config.containers).as_bytes())
+                .map_err(|e| io_error("cannot write", &marker, e))?;
+        }
+        Err(e) => return Err(io_error("cannot read", &marker, e)),
+    }
+    Ok(lock)
+}
+
+/// Write to a temporary file, fsync, rename into place, fsync the directory.
+fn durable_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl Node {
+    /// Opens the node: replays every log (errors here stop start-up) and
+    /// finishes admin changes a crash interrupted.
+    pub async fn open(config: ServerConfig) -> Result<Arc<Node>, Error> {
+        config
+            .validate()
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let lock = prepare_data_dir(&config)?;
+        let group = |name: String| GroupConfig {
+            log_dir: config.data_dir.join("log").join(&name),
+            name,
+            node_id: SINGLE_NODE_ID,
+            tick: Duration::from_millis(config.raft.tick_ms),
+            election_ticks: config.raft.election_ticks,
+            heartbeat_ticks: config.raft.heartbeat_ticks,
+            uncommitted_bytes_max: config.in_flight_bytes_max * 2,
+        };
+        let budget = TailBudget::new(config.tail_buffer_bytes_max);
+        let tier2 = Arc::new(Tier2::open(&config)?);
+        let controller = Controller::start(group("meta".into()))?;
+        let mut containers = Vec::new();
+        for id in 0..config.containers {
+            let c = Container::start(
+                id,
+                group(format!("container-{id}")),
+                budget.clone(),
+                config.in_flight_bytes_max,
+            )?;
+            containers.push(Arc::new(c));
+        }
+        controller.wait_ready().await?;
+        for c in &containers {
+            c.wait_ready().await?;
+        }
+        let (stop_writers, stop) = watch::channel(false);
+        let writers = containers
+            .iter()
+            .map(|c| {
+                let w = StorageWriter {
+                    container: c.clone(),
+                    tier2: tier2.clone(),
+                    budget: budget.clone(),
+                    chunk_bytes: config.tier2.chunk_bytes,
+                    flush_interval: Duration::from_millis(config.tier2.flush_interval_ms),
+                };
+                tokio::spawn(w.run(stop.clone()))
+            })
+            .collect();
+        let node = Arc::new(Node {
+            config,
+            controller,
+            containers,
+            tier2,
+            budget,
+            stop_writers,
+            writers: std::sync::Mutex::new(writers),
+            _lock: lock,
+        });
+        node.reconcile().await?;
+        Ok(node)
+    }
+
+    /// Stops the storage writers (the groups stop when the node is dropped).
+    pub async fn shutdown(&self) {
+        self.stop_writers.send_replace(true);
+        let writers = std::mem::take(&mut *self.writers.lock().unwrap_or_else(|p| p.into_inner()));
+        for w in writers {
+            let _ = w.await;
+        }
+    }
+
+    /// The container hosting `segment_id`.
+    pub fn container_of(&self, segment_id: u64) -> &Arc<Container> {
+        let i = container_of(segment_id, self.config.containers) as usize;
+        &self.containers[i]
+    }
+
+    async fn reconcile(&self) -> Result<(), Error> {
+        for stream in self.controller.all() {
+            if stream.deleting {
+                self.finish_delete(&stream).await?;
+                continue;
+            }
+            self.ensure_segments(&stream).await?;
+            if stream.sealed {
+                self.seal_segments(&stream).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn ensure_segments(&self, stream: &StreamRecord) -> Result<(), Error> {
+        for seg in &stream.segments {
+            let c = self.container_of(seg.id);
+            if c.segment(seg.id).is_none() {
+                c.propose(Cmd::Create(SegmentRef { segment_id: seg.id }), 0)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn seal_segments(&self, stream: &StreamRecord) -> Result<(), Error> {
+        for seg in &stream.segments {
+            let c = self.container_of(seg.id);
+            if c.segment(seg.id).is_some_and(|s| !s.view().sealed) {
+                c.propose(Cmd::Seal(SegmentRef { segment_id: seg.id }), 0)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish_delete(&self, stream: &StreamRecord) -> Result<(), Error> {
+        for seg in &stream.segments {
+            let c = self.container_of(seg.id);
+            if let Applied::Deleted { chunks } = c
+                .propose(Cmd::Delete(SegmentRef { segment_id: seg.id }), 0)
+                .await?
+            {
+                for chunk in chunks {
+                    if let Err(e) = self.tier2.delete_chunk(&chunk.name).await {
+                        // Left behind as an orphan; nothing refers to it.
+                        tracing::warn!(chunk = %chunk.name, error = %e, "cannot delete chunk of deleted segment");
+                    }
+                }
+            }
+        }
+        self.controller.remove(&stream.key).await?;
+        Ok(())
+    }
+
+    pub async fn create_stream(
+        &self,
+        key: &StreamKey,
+        segment_count: u32,
+    ) -> Result<StreamRecord, Error> {
+        validate_name("scope", &key.scope)?;
+        validate_name("stream", &key.stream)?;
+        if segment_count > 1024 {
+            return Err(Error::InvalidArgument(format!(
+                "a stream can have at most 1024 segments, not {segment_count}"
+            )));
+        }
+        let stream = self
+            .controller
+            .create(key, segment_count.max(1), self.config.containers)
+            .await?;
+        self.ensure_segments(&stream).await?;
+        Ok(stream)
+    }
+
+    pub fn stream(&self, key: &StreamKey) -> Result<StreamRecord, Error> {
+        validate_name("scope", &key.scope)?;
+        validate_name("stream", &key.stream)?;
+        self.controller.get(key)
+    }
+
+    pub async fn seal_stream(&self, key: &StreamKey) -> Result<StreamRecord, Error> {
+        self.stream(key)?;
+        let stream = self.controller.seal(key).await?;
+        self.seal_segments(&stream).await?;
+        Ok(stream)
+    }
+
+    pub async fn delete_stream(&self, key: &StreamKey) -> Result<(), Error> {
+        self.stream(key)?;
+        let stream = self.controller.mark_deleting(key).await?;
+        self.finish_delete(&stream).await
+    }
+}

@@ -1,0 +1,123 @@
+//! Reads of one segment: from the tail buffer, or from tier-2 through the
+//! block cache, in offset order; with follow, waits on the segment's change
+//! notification (never polls) and ends after the last event of a sealed
+//! segment.
+//!
+//! Memory is bounded per reader: each response holds about
+//! [`READ_RESPONSE_BYTES`] and the channel to the client holds a few.
+
+use std::sync::Arc;
+
+use aquifer_proto::frame::whole_events_prefix;
+use aquifer_proto::v1::ReadSegmentResponse;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::container::{ReadSource, Segment};
+use crate::error::Error;
+use crate::tier::Tier2;
+
+/// Bytes of events per response (a single larger event goes alone).
+pub const READ_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// What to read.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadRange {
+    pub offset: u64,
+    /// Stop here (an event boundary); None: no end.
+    pub end: Option<u64>,
+    pub follow: bool,
+}
+
+type Out = mpsc::Sender<Result<ReadSegmentResponse, tonic::Status>>;
+
+/// Streams `range` of `segment` into `out` until done, the client leaves, or
+/// an error (which is sent as the last item).
+pub async fn stream_segment(segment: Arc<Segment>, tier2: Arc<Tier2>, range: ReadRange, out: Out) {
+    if let Err(e) = stream_inner(&segment, &tier2, range, &out).await {
+        tracing::debug!(segment = segment.id, error = %e, "read ended with an error");
+        let _ = out.send(Err(e.into())).await;
+    }
+}
+
+async fn stream_inner(
+    segment: &Segment,
+    tier2: &Tier2,
+    range: ReadRange,
+    out: &Out,
+) -> Result<(), Error> {
+    let mut changed = segment.subscribe();
+    let end = match range.end {
+        Some(e) => Some(e),
+        None if range.follow => None,
+        None => Some(segment.view().length),
+    };
+    let mut offset = range.offset;
+    loop {
+        if end.is_some_and(|e| offset >= e) {
+            return Ok(());
+        }
+        changed.borrow_and_update();
+        let limit = end.map_or(READ_RESPONSE_BYTES, |e| {
+            READ_RESPONSE_BYTES.min((e - offset) as usize)
+        });
+        let events: Bytes = match segment.locate(offset, limit) {
+            ReadSource::Tail(b) => b,
+            ReadSource::Tier2(chunk) => tier2.read(segment.id, &chunk, offset, limit).await?,
+            ReadSource::End { sealed: true } => {
+                let last = ReadSegmentResponse {
+                    offset,
+                    events: Bytes::new(),
+                    end_of_segment: true,
+                };
+                let _ = out.send(Ok(last)).await;
+                return Ok(());
+            }
+            ReadSource::End { sealed: false } => {
+                if end.is_some() {
+                    return Ok(()); // cannot happen: end <= length; stop rather than wait
+                }
+                tokio::select! {
+                    r = changed.changed() => if r.is_err() { return Ok(()) },
+                    _ = out.closed() => return Ok(()),
+                }
+                continue;
+            }
+            ReadSource::Deleted => return Err(Error::SegmentNotFound(segment.id)),
+            ReadSource::PastEnd { length } => {
+                return Err(Error::OffsetOutOfRange {
+                    segment: segment.id,
+                    offset,
+                    length,
+                })
+            }
+        };
+        // Cut at the end offset, on an event boundary.
+        let events = match end {
+            Some(e) if offset + events.len() as u64 > e => {
+                let cut = whole_events_prefix(&events[..(e - offset) as usize], usize::MAX);
+                events.slice(..cut)
+            }
+            _ => events,
+        };
+        if events.is_empty() {
+            return Err(Error::Corrupt(format!(
+                "no whole event at offset {offset} of segment {} (not an event boundary?)",
+                segment.id
+            )));
+        }
+        let n = events.len() as u64;
+        if out
+            .send(Ok(ReadSegmentResponse {
+                offset,
+                events,
+                end_of_segment: false,
+            }))
+            .await
+            .is_err()
+        {
+            return Ok(()); // the client left
+        }
+        offset += n;
+    }
+}

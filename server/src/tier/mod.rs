@@ -1,0 +1,218 @@
+//! Tier-2: segment bytes in object storage, as chunks.
+//!
+//! [`Tier2`] opens the object store (local filesystem under the data dir by
+//! default), puts chunks under unique names, and reads byte ranges of them
+//! back through the block cache with readahead and a bounded number of
+//! concurrent GETs. [`writer::StorageWriter`] decides when a segment's tail
+//! buffer becomes a chunk.
+//!
+//! Chunk names never repeat (segment, start offset, container, raft term and
+//! a random suffix) and are created with `PutMode::Create`, so a deposed
+//! leader can never overwrite a chunk that a committed entry refers to. Only
+//! chunks recorded by an applied "chunk flushed" entry are part of a
+//! segment; anything else under `segments/` is an orphan.
+
+pub mod writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use tokio::sync::Semaphore;
+
+use crate::cache::{BlockCache, BlockKey, BLOCK_BYTES};
+use crate::config::ServerConfig;
+use crate::container::Chunk;
+use crate::error::Error;
+
+/// Blocks fetched by one GET on a cache miss: the block asked for and the
+/// ones after it (readahead for sequential catch-up readers).
+const READAHEAD_BLOCKS: u64 = 4;
+
+pub struct Tier2 {
+    store: Arc<dyn ObjectStore>,
+    /// Set for the local filesystem back end, whose puts we fsync ourselves.
+    local_root: Option<PathBuf>,
+    cache: BlockCache,
+    reads: Semaphore,
+}
+
+/// The object name of a new chunk.
+pub fn chunk_name(container: u32, term: u64, segment_id: u64, start: u64) -> String {
+    let suffix: u64 = rand::random();
+    format!("segments/{segment_id}/{start:020}-c{container}-t{term}-{suffix:016x}.chunk")
+}
+
+impl Tier2 {
+    pub fn open(config: &ServerConfig) -> Result<Self, Error> {
+        let root = match &config.tier2.url {
+            None => config.data_dir.join("tier2"),
+            Some(url) => match url.strip_prefix("file://") {
+                Some(path) => PathBuf::from(path),
+                None => {
+                    return Err(Error::InvalidArgument(format!(
+                        "tier2.url {url:?} is not supported yet: use file:///absolute/path or leave it out"
+                    )))
+                }
+            },
+        };
+        std::fs::create_dir_all(&root)
+            .map_err(|e| Error::Tier2(format!("cannot create {}: {e}", root.display())))?;
+        let store = LocalFileSystem::new_with_prefix(&root)?;
+        Ok(Tier2 {
+            store: Arc::new(store),
+            local_root: Some(root),
+            cache: BlockCache::new(config.cache_bytes_max),
+            reads: Semaphore::new(config.tier2.read_concurrency),
+        })
+    }
+
+    /// Puts a new chunk; fails if the name exists.
+    pub async fn put_chunk(&self, name: &str, bytes: Bytes) -> Result<(), Error> {
+        let path = ObjectPath::from(name);
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        self.store
+            .put_opts(&path, PutPayload::from(bytes), opts)
+            .await?;
+        if let Some(root) = &self.local_root {
+            // The local back end renames into place without fsync; a chunk
+            // must be durable before its "chunk flushed" entry is proposed.
+            let file = root.join(name);
+            let dir = file.parent().map(|p| p.to_owned());
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                std::fs::File::open(&file)?.sync_all()?;
+                if let Some(dir) = dir {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(|e| Error::Tier2(format!("fsync of chunk {name}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    pub async fn delete_chunk(&self, name: &str) -> Result<(), Error> {
+        match self.store.delete(&ObjectPath::from(name)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whole events of `chunk` from `offset` on, about `max_bytes` (at least
+    /// one event).
+    pub async fn read(
+        &self,
+        segment_id: u64,
+        chunk: &Chunk,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Bytes, Error> {
+        let end = chunk.end.min(offset + max_bytes as u64);
+        let data = self.read_range(segment_id, chunk, offset, end).await?;
+        let whole = aquifer_proto::frame::whole_events_prefix(&data, usize::MAX);
+        if whole > 0 {
+            return Ok(data.slice(..whole));
+        }
+        // The first event is longer than max_bytes: read all of it.
+        let framed = match data.get(..4) {
+            Some(b) => {
+                aquifer_proto::frame::HEADER_BYTES as u64
+                    + u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            }
+            None => u64::MAX,
+        };
+        if offset.saturating_add(framed) > chunk.end {
+            return Err(Error::Corrupt(format!(
+                "chunk {} holds no whole event at offset {offset} of segment {segment_id}",
+                chunk.name
+            )));
+        }
+        self.read_range(segment_id, chunk, offset, offset + framed)
+            .await
+    }
+
+    async fn read_range(
+        &self,
+        segment_id: u64,
+        chunk: &Chunk,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes, Error> {
+        let mut out = BytesMut::with_capacity((end - start) as usize);
+        let mut pos = start;
+        while pos < end {
+            let b = (pos - chunk.start) / BLOCK_BYTES;
+            let block = self.block(segment_id, chunk, b).await?;
+            let block_start = chunk.start + b * BLOCK_BYTES;
+            let from = (pos - block_start) as usize;
+            let to = ((end - block_start) as usize).min(block.len());
+            if from >= to {
+                return Err(Error::Corrupt(format!(
+                    "chunk {} is shorter than recorded",
+                    chunk.name
+                )));
+            }
+            out.extend_from_slice(&block[from..to]);
+            pos = block_start + to as u64;
+        }
+        Ok(out.freeze())
+    }
+
+    async fn block(&self, segment_id: u64, chunk: &Chunk, b: u64) -> Result<Bytes, Error> {
+        let key = |block| BlockKey {
+            segment_id,
+            chunk_start: chunk.start,
+            block,
+        };
+        if let Some(hit) = self.cache.get(&key(b)) {
+            return Ok(hit);
+        }
+        let _permit = self
+            .reads
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable("tier-2 reads are shutting down".into()))?;
+        if let Some(hit) = self.cache.get(&key(b)) {
+            return Ok(hit); // another reader fetched it while we waited
+        }
+        let blocks = (chunk.end - chunk.start).div_ceil(BLOCK_BYTES);
+        let last = (b + READAHEAD_BLOCKS).min(blocks);
+        let range = b * BLOCK_BYTES..(last * BLOCK_BYTES).min(chunk.end - chunk.start);
+        let expected = range.end - range.start;
+        let data = match self
+            .store
+            .get_range(&ObjectPath::from(chunk.name.as_str()), range)
+            .await
+        {
+            Ok(d) => d,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::Corrupt(format!(
+                    "tier-2 chunk {} of segment {segment_id} is missing",
+                    chunk.name
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if data.len() as u64 != expected {
+            return Err(Error::Corrupt(format!(
+                "tier-2 chunk {} of segment {segment_id} is shorter than recorded",
+                chunk.name
+            )));
+        }
+        let mut first = None;
+        for (i, at) in (0..expected).step_by(BLOCK_BYTES as usize).enumerate() {
+            let block = data.slice(at as usize..((at + BLOCK_BYTES).min(expected)) as usize);
+            first.get_or_insert_with(|| block.clone());
+            self.cache.insert(key(b + i as u64), block);
+        }
+        first.ok_or_else(|| Error::Corrupt(format!("empty read of chunk {}", chunk.name)))
+    }
+}
