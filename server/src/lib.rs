@@ -40,7 +40,13 @@ pub async fn serve(
         containers = node.config.containers,
         "aquifer serving"
     );
-    let served = api::serve(node.clone(), listener, shutdown).await;
+    let closing = node.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        closing.begin_close();
+    };
+    let served = api::serve(node.clone(), listener, signal).await;
     node.shutdown().await;
     tracing::info!("aquifer stopped");
     served.map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")))

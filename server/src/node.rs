@@ -35,6 +35,9 @@ pub struct Node {
     pub tier2: Arc<Tier2>,
     pub budget: Arc<TailBudget>,
     stop_writers: watch::Sender<bool>,
+    /// Turns true when the node begins to shut down: long-lived sessions
+    /// (follow reads, append sessions) end then instead of holding it up.
+    closing: watch::Sender<bool>,
     writers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Held for the node's life: one process per data directory.
     _lock: File,
@@ -165,11 +168,25 @@ impl Node {
             tier2,
             budget,
             stop_writers,
+            closing: watch::channel(false).0,
             writers: std::sync::Mutex::new(writers),
             _lock: lock,
         });
         node.reconcile().await?;
         Ok(node)
+    }
+
+    /// Tells long-lived sessions to end.
+    pub fn begin_close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once the node begins to shut down.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
     }
 
     /// Stops the storage writers (the groups stop when the node is dropped).

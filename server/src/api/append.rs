@@ -22,7 +22,7 @@ use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::container::command::{self, Cmd};
 use crate::container::state::Applied;
@@ -96,8 +96,13 @@ impl Append for AppendService {
             segment_id: setup.segment_id,
             writer_id: setup.writer_id,
         };
+        let closed = self.node.closed();
         tokio::spawn(async move {
-            if let Err(status) = session.run(inbound, &tx).await {
+            let result = tokio::select! {
+                r = session.run(inbound, &tx) => r,
+                _ = closed => Err(Status::unavailable("the server is shutting down; retry")),
+            };
+            if let Err(status) = result {
                 let _ = tx.send(Err(status)).await;
             }
         });
@@ -139,7 +144,16 @@ impl Session {
                             return Err(Error::InvalidArgument("setup may only be sent once per session".into()).into())
                         }
                         Ok(None) => open = false, // finish the acks, then end
-                        Err(_) => return Ok(()),  // the client is gone
+                        Err(status) if matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted) => {
+                            // The message did not decode because of its size.
+                            return Err(Error::InvalidArgument(format!(
+                                "append batch is over the limit of {} bytes: events may be at most {} bytes (max_event_bytes)",
+                                self.node.config.max_message_bytes(),
+                                self.node.config.max_event_bytes
+                            ))
+                            .into());
+                        }
+                        Err(_) => return Ok(()), // the client is gone
                     }
                 }
                 else => return Ok(()),

@@ -33,8 +33,18 @@ type Out = mpsc::Sender<Result<ReadSegmentResponse, tonic::Status>>;
 
 /// Streams `range` of `segment` into `out` until done, the client leaves, or
 /// an error (which is sent as the last item).
-pub async fn stream_segment(segment: Arc<Segment>, tier2: Arc<Tier2>, range: ReadRange, out: Out) {
-    if let Err(e) = stream_inner(&segment, &tier2, range, &out).await {
+pub async fn stream_segment(
+    segment: Arc<Segment>,
+    tier2: Arc<Tier2>,
+    range: ReadRange,
+    out: Out,
+    closed: impl std::future::Future<Output = ()>,
+) {
+    let result = tokio::select! {
+        r = stream_inner(&segment, &tier2, range, &out) => r,
+        _ = closed => Err(Error::Unavailable("the server is shutting down; resume reading elsewhere or later".into())),
+    };
+    if let Err(e) = result {
         tracing::debug!(segment = segment.id, error = %e, "read ended with an error");
         let _ = out.send(Err(e.into())).await;
     }

@@ -1,0 +1,478 @@
+//! The pure bookkeeping of one append session: batching framed events,
+//! numbering them, matching acks, and deciding what to resend after a
+//! reconnect. No I/O, no clocks beyond remembering when a batch opened, so
+//! the exactly-once rules are unit-tested here without a server.
+//!
+//! Rules it enforces:
+//! - a batch holds whole framed events, at most `max_batch_bytes` of them
+//!   unless a single event is larger (then it travels alone);
+//! - event numbers are given out once, when a batch is first sent, in send
+//!   order and contiguously; a batch keeps its numbers and its bytes forever
+//!   (never renumbered, never re-batched);
+//! - after a reconnect, batches whose last number is at or below the
+//!   server's last applied number are done (duplicates); the rest are sent
+//!   again in their original order;
+//! - tokens (one per event) come out in the order the events went in.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::proto::AppendBatch;
+
+/// Offset reported for an event whose offset is not known (acked as a
+/// duplicate after a retry).
+pub const UNKNOWN_OFFSET: u64 = u64::MAX;
+
+/// A batch under construction.
+#[derive(Debug)]
+struct Open<T> {
+    data: BytesMut,
+    events: Vec<(u32, T)>,
+    opened_at: Instant,
+}
+
+/// A sealed batch: its bytes never change again.
+#[derive(Debug)]
+struct Batch<T> {
+    /// Given out when the batch is first sent.
+    first_event_number: Option<i64>,
+    data: Bytes,
+    /// Framed length and token of each event, in order.
+    events: Vec<(u32, T)>,
+}
+
+impl<T> Batch<T> {
+    fn count(&self) -> i64 {
+        self.events.len() as i64
+    }
+
+    /// Last event number, if numbered.
+    fn last_event_number(&self) -> Option<i64> {
+        self.first_event_number.map(|f| f + self.count() - 1)
+    }
+
+    fn to_proto(&self, first: i64) -> AppendBatch {
+        AppendBatch {
+            first_event_number: first,
+            event_count: self.events.len() as u32,
+            events: self.data.clone(),
+        }
+    }
+
+    /// Tokens with each event's offset: consecutive from `base`, or all
+    /// unknown.
+    fn resolve(self, base: Option<u64>, out: &mut Vec<(T, u64)>) {
+        let mut offset = base;
+        for (len, token) in self.events {
+            out.push((token, offset.unwrap_or(UNKNOWN_OFFSET)));
+            offset = offset.map(|o| o.saturating_add(u64::from(len)));
+        }
+    }
+}
+
+/// An ack that does not fit the batches in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolViolation(pub String);
+
+/// Batches of one (writer, segment) session, from first event to ack.
+#[derive(Debug)]
+pub struct BatchQueue<T> {
+    max_batch_bytes: usize,
+    open: Option<Open<T>>,
+    /// Sealed, not sent on the current connection (numbered ones first).
+    ready: VecDeque<Batch<T>>,
+    /// Sent on the current connection, waiting for their acks, in order.
+    in_flight: VecDeque<Batch<T>>,
+    /// The number the next unnumbered batch starts at; None until the first
+    /// setup answered.
+    next_event_number: Option<i64>,
+    pushed: u64,
+    resolved: u64,
+}
+
+impl<T> BatchQueue<T> {
+    /// An empty queue cutting batches at `max_batch_bytes` (at least 1).
+    pub fn new(max_batch_bytes: usize) -> Self {
+        BatchQueue {
+            max_batch_bytes: max_batch_bytes.max(1),
+            open: None,
+            ready: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            next_event_number: None,
+            pushed: 0,
+            resolved: 0,
+        }
+    }
+
+    /// Adds one framed event. It joins the open batch if it fits, else the
+    /// open batch is sealed and a new one started; an event of at least
+    /// `max_batch_bytes` is sealed alone at once.
+    pub fn push(&mut self, framed: &[u8], token: T, now: Instant) {
+        let len = framed.len();
+        if let Some(open) = &self.open {
+            if open.data.len() + len > self.max_batch_bytes {
+                self.seal();
+            }
+        }
+        let max = self.max_batch_bytes;
+        let open = self.open.get_or_insert_with(|| Open {
+            data: BytesMut::with_capacity(len.max(max.min(64 * 1024))),
+            events: Vec::new(),
+            opened_at: now,
+        });
+        open.data.extend_from_slice(framed);
+        open.events.push((len as u32, token));
+        self.pushed += 1;
+        if open.data.len() >= self.max_batch_bytes {
+            self.seal();
+        }
+    }
+
+    /// Seals the open batch (linger expired, flush, close).
+    pub fn seal(&mut self) {
+        if let Some(open) = self.open.take() {
+            if !open.events.is_empty() {
+                self.ready.push_back(Batch {
+                    first_event_number: None,
+                    data: open.data.freeze(),
+                    events: open.events,
+                });
+            }
+        }
+    }
+
+    /// When the open batch got its first event, if there is one.
+    pub fn open_since(&self) -> Option<Instant> {
+        self.open.as_ref().map(|o| o.opened_at)
+    }
+
+    /// The next batch to send on the current connection, numbered; None when
+    /// nothing is ready or numbering is not known yet (no setup answer).
+    pub fn next_to_send(&mut self) -> Option<AppendBatch> {
+        let next = self.next_event_number?;
+        let mut batch = self.ready.pop_front()?;
+        let first = match batch.first_event_number {
+            Some(first) => first,
+            None => {
+                batch.first_event_number = Some(next);
+                self.next_event_number = Some(next + batch.count());
+                next
+            }
+        };
+        let msg = batch.to_proto(first);
+        self.in_flight.push_back(batch);
+        Some(msg)
+    }
+
+    /// Handles an ack: resolves the acked batch (and, leniently, earlier
+    /// batches the ack also covers). Each token comes with its event's
+    /// offset ([`UNKNOWN_OFFSET`] for duplicates).
+    pub fn on_ack(
+        &mut self,
+        last_event_number: i64,
+        offset: u64,
+        duplicate: bool,
+    ) -> Result<Vec<(T, u64)>, ProtocolViolation> {
+        let front_last = match self.in_flight.front().and_then(Batch::last_event_number) {
+            Some(last) => last,
+            None => {
+                return Err(ProtocolViolation(format!(
+                    "server acknowledged event {last_event_number} but no batch was in flight"
+                )))
+            }
+        };
+        if last_event_number < front_last {
+            return Err(ProtocolViolation(format!(
+                "server acknowledged event {last_event_number} but the oldest batch in flight ends at event {front_last}"
+            )));
+        }
+        let mut out = Vec::new();
+        while let Some(last) = self.in_flight.front().and_then(Batch::last_event_number) {
+            if last > last_event_number {
+                break;
+            }
+            if let Some(batch) = self.in_flight.pop_front() {
+                let exact = last == last_event_number && !duplicate;
+                batch.resolve(exact.then_some(offset), &mut out);
+            }
+        }
+        self.resolved += out.len() as u64;
+        Ok(out)
+    }
+
+    /// The connection is gone: what was in flight must go again, ahead of
+    /// what was never sent.
+    pub fn on_disconnect(&mut self) {
+        while let Some(batch) = self.in_flight.pop_back() {
+            self.ready.push_front(batch);
+        }
+    }
+
+    /// A (re)connected session's setup answered `server_last` (the last
+    /// event number the server applied for this writer). Returns the tokens
+    /// of batches the server already has (done, offsets unknown); keeps the
+    /// rest, with their numbers, for resending. Calls `on_disconnect` first.
+    pub fn on_setup(&mut self, server_last: i64) -> Vec<(T, u64)> {
+        self.on_disconnect();
+        let mut out = Vec::new();
+        while let Some(last) = self.ready.front().and_then(Batch::last_event_number) {
+            if last > server_last {
+                break;
+            }
+            if let Some(batch) = self.ready.pop_front() {
+                batch.resolve(None, &mut out);
+            }
+        }
+        self.resolved += out.len() as u64;
+        let server_next = server_last.saturating_add(1).max(1);
+        let next = match self.next_event_number {
+            None => server_next,
+            Some(next) => {
+                if server_next > next {
+                    // The server has numbers this writer never gave out:
+                    // another writer uses the same writer id.
+                    tracing::warn!(
+                        server_last,
+                        next,
+                        "the server knows event numbers this writer never sent; is the writer id shared?"
+                    );
+                }
+                next.max(server_next)
+            }
+        };
+        self.next_event_number = Some(next);
+        out
+    }
+
+    /// Removes every event (open, ready, in flight), e.g. to fail them.
+    pub fn drain_all(&mut self) -> Vec<T> {
+        self.on_disconnect();
+        self.seal();
+        let mut out = Vec::new();
+        for batch in self.ready.drain(..) {
+            out.extend(batch.events.into_iter().map(|(_, t)| t));
+        }
+        self.resolved += out.len() as u64;
+        out
+    }
+
+    /// Events pushed so far.
+    pub fn pushed(&self) -> u64 {
+        self.pushed
+    }
+
+    /// Events resolved (acked, duplicate or drained) so far; tokens resolve
+    /// in push order, so every event up to this count is done.
+    pub fn resolved(&self) -> u64 {
+        self.resolved
+    }
+
+    /// No event is waiting for anything.
+    pub fn is_empty(&self) -> bool {
+        self.pushed == self.resolved
+    }
+
+    /// Batches sealed but not sent on the current connection.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// Batches sent and not yet acked.
+    pub fn in_flight_batches(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto;
+    use aquifer_proto::frame;
+
+    fn framed(payload: &[u8]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        frame::encode_event(&mut b, None, payload);
+        b.to_vec()
+    }
+
+    fn tokens(v: Vec<(u32, u64)>) -> Vec<u32> {
+        v.into_iter().map(|(t, _)| t).collect()
+    }
+
+    #[test]
+    fn cuts_batches_by_size_and_keeps_big_events_alone() {
+        let ev = framed(&[7u8; 90]); // 100 bytes framed
+        assert_eq!(ev.len(), 100);
+        let now = Instant::now();
+        let mut q = BatchQueue::new(250);
+        q.push(&ev, 1, now);
+        q.push(&ev, 2, now);
+        assert!(!q.has_ready());
+        q.push(&ev, 3, now); // would make 300 > 250: seals [1, 2]
+        assert!(q.has_ready());
+        let big = framed(&[1u8; 500]);
+        q.push(&big, 4, now); // seals [3], then [4] alone at once
+        assert!(q.open_since().is_none());
+        q.push(&ev, 5, now);
+        q.seal();
+        assert!(q.open_since().is_none());
+
+        q.on_setup(0);
+        let sent: Vec<proto::AppendBatch> = std::iter::from_fn(|| q.next_to_send()).collect();
+        let shape: Vec<(i64, u32, usize)> = sent
+            .iter()
+            .map(|b| (b.first_event_number, b.event_count, b.events.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![(1, 2, 200), (3, 1, 100), (4, 1, big.len()), (5, 1, 100)]
+        );
+        // The bytes are the framed events, decodable.
+        let evs: Vec<_> = frame::FrameIter::new(sent[0].events.clone(), 0, 1 << 20)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(evs.len(), 2);
+    }
+
+    #[test]
+    fn numbering_starts_after_server_last_and_acks_carry_offsets() {
+        let ev = framed(b"0123456789"); // 20 bytes framed
+        let now = Instant::now();
+        let mut q = BatchQueue::new(40);
+        for t in 0..5 {
+            q.push(&ev, t, now);
+        }
+        q.seal();
+        // Nothing goes out before setup tells the numbering.
+        assert!(q.next_to_send().is_none());
+        assert!(q.on_setup(41).is_empty());
+        let b1 = q.next_to_send().unwrap();
+        let b2 = q.next_to_send().unwrap();
+        let b3 = q.next_to_send().unwrap();
+        assert!(q.next_to_send().is_none());
+        assert_eq!((b1.first_event_number, b1.event_count), (42, 2));
+        assert_eq!((b2.first_event_number, b2.event_count), (44, 2));
+        assert_eq!((b3.first_event_number, b3.event_count), (46, 1));
+        assert_eq!(q.in_flight_batches(), 3);
+
+        let done = q.on_ack(43, 1000, false).unwrap();
+        assert_eq!(done, vec![(0, 1000), (1, 1020)]);
+        // A duplicate ack: offsets unknown.
+        let done = q.on_ack(45, 0, true).unwrap();
+        assert_eq!(done, vec![(2, UNKNOWN_OFFSET), (3, UNKNOWN_OFFSET)]);
+        assert_eq!(q.resolved(), 4);
+        assert!(!q.is_empty());
+        // An ack that goes backwards is a protocol violation.
+        assert!(q.on_ack(45, 0, false).is_err());
+        assert_eq!(tokens(q.on_ack(46, 1080, false).unwrap()), vec![4]);
+        assert!(q.is_empty());
+        assert!(q.on_ack(47, 0, false).is_err());
+    }
+
+    #[test]
+    fn resend_after_reconnect_drops_what_the_server_has_and_never_renumbers() {
+        let ev = framed(b"0123456789"); // 20 bytes
+        let now = Instant::now();
+        let mut q = BatchQueue::new(40);
+        for t in 0..6 {
+            q.push(&ev, t, now);
+        }
+        q.seal();
+        q.on_setup(0);
+        let first: Vec<_> = std::iter::from_fn(|| q.next_to_send()).collect();
+        assert_eq!(
+            first
+                .iter()
+                .map(|b| b.first_event_number)
+                .collect::<Vec<_>>(),
+            vec![1, 3, 5]
+        );
+        // Batch 1-2 acked; then the connection dies with 3-4 and 5-6 in
+        // flight, and two more events arrive meanwhile.
+        assert_eq!(tokens(q.on_ack(2, 0, false).unwrap()), vec![0, 1]);
+        q.on_disconnect();
+        q.push(&ev, 6, now);
+        q.push(&ev, 7, now);
+        q.seal();
+        // The server had applied 3-4 before dying: they are done.
+        let dups = q.on_setup(4);
+        assert_eq!(dups, vec![(2, UNKNOWN_OFFSET), (3, UNKNOWN_OFFSET)]);
+        let resent: Vec<_> = std::iter::from_fn(|| q.next_to_send()).collect();
+        assert_eq!(resent.len(), 2);
+        // 5-6 goes again with the same numbers and the same bytes ...
+        assert_eq!(resent[0].first_event_number, 5);
+        assert_eq!(resent[0].event_count, 2);
+        assert_eq!(resent[0].events, first[2].events);
+        // ... and the new events continue the numbering.
+        assert_eq!(
+            (resent[1].first_event_number, resent[1].event_count),
+            (7, 2)
+        );
+        assert_eq!(tokens(q.on_ack(6, 0, false).unwrap()), vec![4, 5]);
+        assert_eq!(tokens(q.on_ack(8, 0, false).unwrap()), vec![6, 7]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn reconnect_where_the_server_lost_nothing_and_had_nothing() {
+        let ev = framed(b"x");
+        let now = Instant::now();
+        let mut q = BatchQueue::new(1);
+        q.push(&ev, 0, now);
+        q.push(&ev, 1, now);
+        q.on_setup(10);
+        let a = q.next_to_send().unwrap();
+        let b = q.next_to_send().unwrap();
+        assert_eq!((a.first_event_number, b.first_event_number), (11, 12));
+        // Reconnect twice; the server never got either batch.
+        assert!(q.on_setup(10).is_empty());
+        assert!(q.on_setup(10).is_empty());
+        let again: Vec<_> = std::iter::from_fn(|| q.next_to_send()).collect();
+        assert_eq!(
+            again
+                .iter()
+                .map(|b| b.first_event_number)
+                .collect::<Vec<_>>(),
+            vec![11, 12]
+        );
+        // The server got both before the next failure.
+        let dups = q.on_setup(12);
+        assert_eq!(tokens(dups), vec![0, 1]);
+        assert!(q.is_empty());
+        // New events continue after 12.
+        q.push(&ev, 2, now);
+        assert_eq!(q.next_to_send().unwrap().first_event_number, 13);
+    }
+
+    #[test]
+    fn writer_id_clash_moves_unsent_numbers_past_the_server() {
+        let ev = framed(b"x");
+        let now = Instant::now();
+        let mut q = BatchQueue::<u32>::new(1);
+        q.on_setup(0);
+        q.push(&ev, 0, now);
+        assert_eq!(q.next_to_send().unwrap().first_event_number, 1);
+        assert_eq!(tokens(q.on_ack(1, 0, false).unwrap()), vec![0]);
+        q.push(&ev, 1, now);
+        assert!(q.on_setup(100).is_empty());
+        assert_eq!(q.next_to_send().unwrap().first_event_number, 101);
+    }
+
+    #[test]
+    fn drain_all_returns_every_pending_token_in_order() {
+        let ev = framed(b"abc");
+        let now = Instant::now();
+        let mut q = BatchQueue::new(ev.len() * 2);
+        for t in 0..5 {
+            q.push(&ev, t, now);
+        }
+        q.on_setup(0);
+        let _ = q.next_to_send();
+        assert_eq!(q.drain_all(), vec![0, 1, 2, 3, 4]);
+        assert!(q.is_empty());
+        assert_eq!(q.pushed(), 5);
+        assert_eq!(q.resolved(), 5);
+    }
+}

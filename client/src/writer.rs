@@ -1,0 +1,319 @@
+//! The event writer: routing, framing, the in-flight byte budget, and the
+//! handles of its per-segment append sessions (see `session.rs`).
+//!
+//! Owns the public writing API: [`EventWriter`], [`WriterConfig`],
+//! [`PendingWrite`] and [`Position`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use aquifer_proto::frame;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::conn::{Conn, MAX_MESSAGE_BYTES};
+use crate::routing::{writable_segments, Router};
+use crate::session::{Cmd, EventToken, Session, SessionConfig};
+use crate::{Error, SegmentInfo, StreamName};
+
+/// Largest framed event the client will send: a gRPC message must hold it
+/// plus the batch fields. (The server's own limit, 8 MiB by default, is
+/// usually lower and answered with `InvalidArgument`.)
+pub const MAX_CLIENT_EVENT_BYTES: usize = MAX_MESSAGE_BYTES - 64 * 1024;
+
+/// Longest writer id the server accepts, in bytes.
+pub const MAX_WRITER_ID_BYTES: usize = 255;
+
+/// Where an event is: its segment and the byte offset of its first byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Position {
+    /// The segment holding the event.
+    pub segment_id: u64,
+    /// Byte offset of the event in the segment; `u64::MAX` when unknown (an
+    /// event acknowledged as a duplicate after a retry).
+    pub offset: u64,
+}
+
+/// How an [`EventWriter`] batches, bounds memory and retries.
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    /// Identity for exactly-once appends: the server remembers the last
+    /// event number per (segment, writer id) and drops retried batches.
+    /// Keep it stable across restarts of one logical writer and never share
+    /// it between concurrent writers. Default: 16 random hex characters.
+    pub writer_id: String,
+    /// A batch is sent once it holds this many bytes of framed events
+    /// (an event larger than this travels alone). Default: 1 MiB.
+    pub max_batch_bytes: usize,
+    /// ... or once its first event has waited this long. Default: 1 ms.
+    pub linger: Duration,
+    /// Framed bytes queued or waiting for an ack, over all segments; at the
+    /// limit `write_event` waits. Default: 32 MiB.
+    pub max_in_flight_bytes: usize,
+    /// How long to keep retrying a segment after a retryable failure (with
+    /// no ack since) before failing its pending writes. Default: 60 s.
+    pub retry_timeout: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            writer_id: random_writer_id(),
+            max_batch_bytes: 1024 * 1024,
+            linger: Duration::from_millis(1),
+            max_in_flight_bytes: 32 * 1024 * 1024,
+            retry_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// 16 random lowercase hex characters.
+fn random_writer_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// One segment's session, as the writer sees it.
+struct SessionHandle {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    /// Set when the session failed for good.
+    failed: Arc<OnceLock<Error>>,
+    task: JoinHandle<()>,
+}
+
+/// Appends events to one stream, batching them per segment, exactly once
+/// per writer id.
+///
+/// `Send + Sync`: every method takes `&self`, so share it through an `Arc`.
+/// Events with the same routing key keep their order. Dropping the writer
+/// without [`close`](EventWriter::close) still delivers what was queued, in
+/// the background.
+pub struct EventWriter {
+    stream: StreamName,
+    writer_id: String,
+    router: Router,
+    sessions: Vec<SessionHandle>,
+    /// Byte permits of the in-flight budget.
+    budget: Arc<Semaphore>,
+    /// Permits in the budget (what one event may take at most).
+    budget_total: u32,
+}
+
+impl EventWriter {
+    pub(crate) fn new(
+        conn: Arc<Conn>,
+        stream: StreamName,
+        segments: Vec<SegmentInfo>,
+        config: WriterConfig,
+    ) -> Result<EventWriter, Error> {
+        if config.writer_id.is_empty() || config.writer_id.len() > MAX_WRITER_ID_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "writer id must be 1 to {MAX_WRITER_ID_BYTES} bytes, not {}",
+                config.writer_id.len()
+            )));
+        }
+        if config.max_batch_bytes == 0 || config.max_in_flight_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "max_batch_bytes and max_in_flight_bytes must be greater than 0".into(),
+            ));
+        }
+        let segments = writable_segments(segments);
+        if segments.is_empty() {
+            return Err(Error::Server(format!("stream {stream} has no segments")));
+        }
+        let budget_total = config
+            .max_in_flight_bytes
+            .min(Semaphore::MAX_PERMITS)
+            .min(u32::MAX as usize) as u32;
+        let session_config = SessionConfig {
+            writer_id: config.writer_id.clone(),
+            max_batch_bytes: config.max_batch_bytes.min(MAX_CLIENT_EVENT_BYTES),
+            linger: config.linger,
+            retry_timeout: config.retry_timeout,
+        };
+        let sessions = segments
+            .iter()
+            .map(|s| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let failed = Arc::new(OnceLock::new());
+                let session = Session::new(
+                    s.segment_id,
+                    conn.clone(),
+                    session_config.clone(),
+                    failed.clone(),
+                );
+                SessionHandle {
+                    cmds: tx,
+                    failed,
+                    task: tokio::spawn(session.run(rx)),
+                }
+            })
+            .collect();
+        Ok(EventWriter {
+            stream,
+            writer_id: config.writer_id,
+            router: Router::new(&segments),
+            sessions,
+            budget: Arc::new(Semaphore::new(budget_total as usize)),
+            budget_total,
+        })
+    }
+
+    /// Queues one event; waits first while the in-flight budget
+    /// (`max_in_flight_bytes`) is used up (back-pressure).
+    ///
+    /// Returns once the event is queued; await the returned [`PendingWrite`]
+    /// for its [`Position`] once it is durable (acknowledged). Events with
+    /// the same routing key are appended in the order of the calls; events
+    /// without a key are spread round-robin over the segments.
+    ///
+    /// Fails at once with [`Error::InvalidArgument`] for a routing key over
+    /// `frame::MAX_ROUTING_KEY_BYTES` bytes or an event the client cannot
+    /// send (over [`MAX_CLIENT_EVENT_BYTES`]), and with the segment's error
+    /// when its session already failed for good.
+    pub async fn write_event(
+        &self,
+        routing_key: Option<&str>,
+        payload: impl Into<Bytes>,
+    ) -> Result<PendingWrite, Error> {
+        let payload: Bytes = payload.into();
+        if let Some(key) = routing_key {
+            if key.len() > frame::MAX_ROUTING_KEY_BYTES {
+                return Err(Error::InvalidArgument(format!(
+                    "routing key is {} bytes, over the limit of {}",
+                    key.len(),
+                    frame::MAX_ROUTING_KEY_BYTES
+                )));
+            }
+        }
+        let len = frame::framed_len(routing_key, payload.len());
+        if len > MAX_CLIENT_EVENT_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "event is {len} bytes framed, over the client's limit of {MAX_CLIENT_EVENT_BYTES}"
+            )));
+        }
+        let index = self.router.route(routing_key);
+        let session = self.sessions.get(index).ok_or(Error::Closed)?;
+        if let Some(e) = session.failed.get() {
+            return Err(e.clone());
+        }
+        let cost = (len.min(self.budget_total as usize) as u32).max(1);
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| Error::Closed)?;
+        let mut framed = BytesMut::with_capacity(len);
+        frame::encode_event(&mut framed, routing_key, &payload);
+        let (tx, rx) = oneshot::channel();
+        let cmd = Cmd::Event {
+            framed: framed.freeze(),
+            token: EventToken {
+                tx,
+                _permit: permit,
+            },
+        };
+        session.cmds.send(cmd).map_err(|_| Error::Closed)?;
+        Ok(PendingWrite { rx })
+    }
+
+    /// Waits until every event queued so far (by any caller) is durable;
+    /// returns the first error of a segment that failed instead.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let mut replies = Vec::with_capacity(self.sessions.len());
+        for session in &self.sessions {
+            let (tx, rx) = oneshot::channel();
+            session
+                .cmds
+                .send(Cmd::Flush(tx))
+                .map_err(|_| Error::Closed)?;
+            replies.push(rx);
+        }
+        let mut first_error = None;
+        for rx in replies {
+            let result = rx.await.unwrap_or(Err(Error::Closed));
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes, then ends every append session. Returns the flush's error,
+    /// if any.
+    pub async fn close(self) -> Result<(), Error> {
+        let flushed = self.flush().await;
+        let EventWriter { sessions, .. } = self;
+        let mut tasks = Vec::with_capacity(sessions.len());
+        for s in sessions {
+            drop(s.cmds);
+            tasks.push(s.task);
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        flushed
+    }
+
+    /// This writer's id (see [`WriterConfig::writer_id`]).
+    pub fn writer_id(&self) -> &str {
+        &self.writer_id
+    }
+
+    /// The stream this writer appends to.
+    pub fn stream(&self) -> &StreamName {
+        &self.stream
+    }
+}
+
+/// An event on its way: resolves to its [`Position`] once the server
+/// acknowledged it as durable, or to the error that stopped it.
+///
+/// Dropping it does not cancel the write.
+pub struct PendingWrite {
+    rx: oneshot::Receiver<Result<Position, Error>>,
+}
+
+impl Future for PendingWrite {
+    type Output = Result<Position, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(Ok(result)) => Poll::Ready(result),
+            Poll::Ready(Err(_)) => Poll::Ready(Err(Error::Closed)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config() {
+        let c = WriterConfig::default();
+        assert_eq!(c.writer_id.len(), 16);
+        assert!(c.writer_id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(c.writer_id, WriterConfig::default().writer_id);
+        assert_eq!(c.max_batch_bytes, 1 << 20);
+        assert_eq!(c.linger, Duration::from_millis(1));
+        assert_eq!(c.max_in_flight_bytes, 32 << 20);
+        assert_eq!(c.retry_timeout, Duration::from_secs(60));
+    }
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn writer_is_send_and_sync() {
+        assert_send_sync::<EventWriter>();
+        assert_send_sync::<PendingWrite>();
+    }
+}

@@ -1,0 +1,513 @@
+//! The writer and readers against an in-memory mock node (`mock/`): exact
+//! positions, per-key order, exactly-once across injected failures and hard
+//! restarts, back-pressure, and non-retryable errors.
+
+mod mock;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aquifer_client::{
+    Client, Error, EventWriter, Position, ReaderConfig, StartFrom, StreamName, WriterConfig,
+};
+use aquifer_proto::frame;
+use bytes::Bytes;
+use mock::{MockServer, State};
+
+const T: Duration = Duration::from_secs(30);
+
+async fn setup(segments: u32) -> (Arc<State>, MockServer, Client, StreamName) {
+    let state = State::new();
+    let server = MockServer::start(state.clone(), "127.0.0.1:0".parse().unwrap());
+    let client = Client::connect(&server.addr.to_string()).await.unwrap();
+    let name: StreamName = "test/s".parse().unwrap();
+    client.admin().create_stream(&name, segments).await.unwrap();
+    (state, server, client, name)
+}
+
+fn config(id: &str) -> WriterConfig {
+    WriterConfig {
+        writer_id: id.into(),
+        ..Default::default()
+    }
+}
+
+/// Every event in every segment, decoded from the mock's bytes.
+fn stored(state: &State, segment_ids: &[u64]) -> Vec<(u64, frame::FramedEvent)> {
+    let mut out = Vec::new();
+    for &id in segment_ids {
+        let data = Bytes::from(state.segment_data(id));
+        for ev in frame::FrameIter::new(data, 0, 1 << 30) {
+            out.push((id, ev.unwrap()));
+        }
+    }
+    out
+}
+
+/// Checks each key's payloads `key:seq` are 0..n in order, exactly once.
+fn assert_once_in_order(events: &[(Option<String>, Bytes)], keys: usize, per_key: u64) {
+    let mut next: HashMap<String, u64> = HashMap::new();
+    for (key, payload) in events {
+        let key = key.clone().unwrap();
+        let text = std::str::from_utf8(payload).unwrap();
+        let (k, seq) = text.split_once(':').unwrap();
+        assert_eq!(k, key);
+        let seq: u64 = seq.parse().unwrap();
+        let n = next.entry(key.clone()).or_default();
+        assert_eq!(seq, *n, "key {key}: duplicate or reordered");
+        *n += 1;
+    }
+    assert_eq!(next.len(), keys);
+    assert!(next.values().all(|&n| n == per_key), "{next:?}");
+}
+
+async fn write_keyed(
+    writer: &EventWriter,
+    keys: usize,
+    per_key: u64,
+) -> Vec<(String, u64, Position)> {
+    let mut pending = Vec::new();
+    for seq in 0..per_key {
+        for k in 0..keys {
+            let key = format!("key-{k}");
+            let p = writer
+                .write_event(Some(&key), format!("{key}:{seq}"))
+                .await
+                .unwrap();
+            pending.push((key, seq, p));
+        }
+    }
+    writer.flush().await.unwrap();
+    let mut out = Vec::new();
+    for (key, seq, p) in pending {
+        out.push((key, seq, tokio::time::timeout(T, p).await.unwrap().unwrap()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_then_read_back_exactly_at_acked_positions() {
+    let (state, _server, client, name) = setup(4).await;
+    let writer = client
+        .writer(
+            &name,
+            WriterConfig {
+                max_batch_bytes: 4096,
+                ..config("w1")
+            },
+        )
+        .await
+        .unwrap();
+    let acked = write_keyed(&writer, 40, 50).await;
+    writer.close().await.unwrap();
+
+    let info = client.admin().describe_stream(&name).await.unwrap();
+    let ids: Vec<u64> = info.segments.iter().map(|s| s.segment_id).collect();
+    assert!(
+        info.segments.iter().all(|s| s.length > 0),
+        "all segments used"
+    );
+
+    // The stored bytes: each key's events once, in order, at acked offsets.
+    let stored = stored(&state, &ids);
+    assert_eq!(stored.len(), 2000);
+    let at: HashMap<Position, &frame::FramedEvent> = stored
+        .iter()
+        .map(|(id, e)| {
+            (
+                Position {
+                    segment_id: *id,
+                    offset: e.offset,
+                },
+                e,
+            )
+        })
+        .collect();
+    for (key, seq, pos) in &acked {
+        let e = at[pos];
+        assert_eq!(e.routing_key.as_deref(), Some(key.as_str()));
+        assert_eq!(e.payload, format!("{key}:{seq}").as_bytes());
+    }
+
+    // The reader gives back the same, per-key ordered.
+    let mut reader = client.reader(&name, ReaderConfig::default()).await.unwrap();
+    let mut read = Vec::new();
+    while let Some(ev) = tokio::time::timeout(T, reader.next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        let e = at[&ev.position];
+        assert_eq!(ev.next_offset, ev.position.offset + e.framed_len as u64);
+        read.push((ev.routing_key, ev.payload));
+    }
+    assert_once_in_order(&read, 40, 50);
+
+    // Tail without follow: nothing.
+    let mut reader = client
+        .reader(
+            &name,
+            ReaderConfig {
+                from: StartFrom::Tail,
+                follow: false,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(reader.next().await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_after_apply_are_retried_without_duplicates() {
+    let (state, _server, client, name) = setup(2).await;
+    let writer = client
+        .writer(
+            &name,
+            WriterConfig {
+                max_batch_bytes: 512,
+                linger: Duration::from_millis(2),
+                ..config("w-retry")
+            },
+        )
+        .await
+        .unwrap();
+    // Fail 6 batches after applying them, spread over the run.
+    let mut pending = Vec::new();
+    for seq in 0..400u64 {
+        if seq % 60 == 10 {
+            state.fail_after_apply.fetch_add(1, Ordering::SeqCst);
+        }
+        for k in 0..8 {
+            let key = format!("k{k}");
+            pending.push(
+                writer
+                    .write_event(Some(&key), format!("{key}:{seq}"))
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    state.fail_setups.store(3, Ordering::SeqCst);
+    writer.flush().await.unwrap();
+    let mut unknown = 0;
+    for p in pending {
+        if p.await.unwrap().offset == u64::MAX {
+            unknown += 1;
+        }
+    }
+    writer.close().await.unwrap();
+    assert!(
+        state.setups.load(Ordering::SeqCst) > 2,
+        "sessions were set up again"
+    );
+    assert!(unknown > 0, "some events were acked as already applied");
+
+    let info = client.admin().describe_stream(&name).await.unwrap();
+    let ids: Vec<u64> = info.segments.iter().map(|s| s.segment_id).collect();
+    let events: Vec<_> = stored(&state, &ids)
+        .into_iter()
+        .map(|(_, e)| (e.routing_key, e.payload))
+        .collect();
+    assert_once_in_order(&events, 8, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_and_reader_survive_a_restart_on_the_same_port() {
+    let (state, server, client, name) = setup(3).await;
+    let addr: SocketAddr = server.addr;
+    let writer = Arc::new(client.writer(&name, config("w-restart")).await.unwrap());
+    let mut follower = client
+        .reader(
+            &name,
+            ReaderConfig {
+                from: StartFrom::Head,
+                follow: true,
+            },
+        )
+        .await
+        .unwrap();
+
+    let first = write_keyed(&writer, 6, 20).await;
+    assert_eq!(first.len(), 120);
+
+    // Kill the node with events in flight, restart it a bit later.
+    let w = writer.clone();
+    let during = tokio::spawn(async move {
+        let mut pending = Vec::new();
+        for seq in 20..60u64 {
+            for k in 0..6 {
+                let key = format!("key-{k}");
+                pending.push(
+                    w.write_event(Some(&key), format!("{key}:{seq}"))
+                        .await
+                        .unwrap(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for p in pending {
+            p.await.unwrap();
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _server = MockServer::start(state.clone(), addr);
+    tokio::time::timeout(T, during).await.unwrap().unwrap();
+    writer.flush().await.unwrap();
+
+    let info = client.admin().describe_stream(&name).await.unwrap();
+    let ids: Vec<u64> = info.segments.iter().map(|s| s.segment_id).collect();
+    let events: Vec<_> = stored(&state, &ids)
+        .into_iter()
+        .map(|(_, e)| (e.routing_key, e.payload))
+        .collect();
+    assert_once_in_order(&events, 6, 60);
+
+    // The following reader got everything once, across the restart.
+    let mut read = Vec::new();
+    while read.len() < 360 {
+        let ev = tokio::time::timeout(T, follower.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        read.push((ev.routing_key, ev.payload));
+    }
+    assert_once_in_order(&read, 6, 60);
+    // Sealing ends the following reader.
+    client.admin().seal_stream(&name).await.unwrap();
+    assert!(tokio::time::timeout(T, follower.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_resume_after_cuts_without_duplicates() {
+    let (state, _server, client, name) = setup(2).await;
+    let writer = client.writer(&name, config("w")).await.unwrap();
+    write_keyed(&writer, 10, 100).await;
+    writer.close().await.unwrap();
+    state.read_chunk.store(300, Ordering::SeqCst);
+    state.cut_reads.store(20, Ordering::SeqCst);
+    let mut reader = client.reader(&name, ReaderConfig::default()).await.unwrap();
+    let mut read = Vec::new();
+    while let Some(ev) = tokio::time::timeout(T, reader.next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        read.push((ev.routing_key, ev.payload));
+    }
+    assert_once_in_order(&read, 10, 100);
+    assert_eq!(state.cut_reads.load(Ordering::SeqCst), 0);
+
+    // A segment reader from a saved position.
+    let info = client.admin().describe_stream(&name).await.unwrap();
+    let seg = &info.segments[0];
+    let mut all = client
+        .segment_reader(seg.segment_id, 0, false)
+        .await
+        .unwrap();
+    let first = all.next().await.unwrap().unwrap();
+    let second = all.next().await.unwrap().unwrap();
+    let mut from = client
+        .segment_reader(seg.segment_id, first.next_offset, false)
+        .await
+        .unwrap();
+    assert_eq!(from.next().await.unwrap().unwrap(), second);
+    let mut reader = client
+        .reader(
+            &name,
+            ReaderConfig {
+                from: StartFrom::Positions(vec![Position {
+                    segment_id: seg.segment_id,
+                    offset: seg.length,
+                }]),
+                follow: false,
+            },
+        )
+        .await
+        .unwrap();
+    let mut n = 0;
+    while let Some(ev) = reader.next().await.unwrap() {
+        assert_ne!(ev.position.segment_id, seg.segment_id);
+        n += 1;
+    }
+    assert!(n > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_event_waits_while_the_budget_is_used_up() {
+    let (state, _server, client, name) = setup(1).await;
+    let writer = client
+        .writer(
+            &name,
+            WriterConfig {
+                max_in_flight_bytes: 10_000,
+                ..config("w-bp")
+            },
+        )
+        .await
+        .unwrap();
+    state.pause_acks.send_replace(true);
+    let payload = vec![b'x'; 990]; // 1000 bytes framed
+    let mut pending = Vec::new();
+    for _ in 0..10 {
+        pending.push(writer.write_event(None, payload.clone()).await.unwrap());
+    }
+    // The budget is full: the next write waits.
+    let blocked = tokio::time::timeout(
+        Duration::from_millis(300),
+        writer.write_event(None, payload.clone()),
+    )
+    .await;
+    assert!(blocked.is_err(), "write_event did not wait for the budget");
+    state.pause_acks.send_replace(false);
+    let p = tokio::time::timeout(T, writer.write_event(None, payload.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    pending.push(p);
+    for p in pending {
+        p.await.unwrap();
+    }
+    // An event larger than the whole budget still goes through.
+    let big = writer.write_event(None, vec![b'y'; 50_000]).await.unwrap();
+    big.await.unwrap();
+    writer.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_and_bad_input_errors_are_final_and_clear() {
+    let (state, _server, client, name) = setup(1).await;
+    let writer = client.writer(&name, config("w-seal")).await.unwrap();
+    writer
+        .write_event(Some("k"), "a")
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    state.seal("test", "s");
+    let err = writer
+        .write_event(Some("k"), "b")
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Sealed(_)), "{err:?}");
+    assert!(err.to_string().contains("sealed"));
+    // Later writes fail at once, and flush reports it.
+    assert!(matches!(
+        writer.write_event(Some("k"), "c").await,
+        Err(Error::Sealed(_))
+    ));
+    assert!(matches!(writer.flush().await, Err(Error::Sealed(_))));
+
+    // Bad input never reaches the server.
+    let long_key = "k".repeat(frame::MAX_ROUTING_KEY_BYTES + 1);
+    assert!(matches!(
+        writer.write_event(Some(&long_key), "x").await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(writer.close().await, Err(Error::Sealed(_))));
+
+    // Unknown streams and duplicates.
+    let missing: StreamName = "test/missing".parse().unwrap();
+    assert!(matches!(
+        client.writer(&missing, config("x")).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        client.reader(&missing, ReaderConfig::default()).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        client.admin().create_stream(&name, 1).await,
+        Err(Error::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        client.admin().list_streams(Some("bad scope")).await,
+        Err(Error::InvalidName(_))
+    ));
+    assert_eq!(
+        client
+            .admin()
+            .list_streams(Some("test"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    client.admin().delete_stream(&name).await.unwrap();
+    assert!(matches!(
+        client.admin().delete_stream(&name).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_writer_id_continues_numbering() {
+    let (state, _server, client, name) = setup(1).await;
+    let writer = client.writer(&name, config("same")).await.unwrap();
+    write_keyed(&writer, 1, 10).await;
+    writer.close().await.unwrap();
+    // A new writer with the same id continues after event 10 (not deduped).
+    let writer = client.writer(&name, config("same")).await.unwrap();
+    let p = writer.write_event(Some("key-0"), "key-0:10").await.unwrap();
+    assert_ne!(p.await.unwrap().offset, u64::MAX);
+    writer.close().await.unwrap();
+    let info = client.admin().describe_stream(&name).await.unwrap();
+    let events: Vec<_> = stored(&state, &[info.segments[0].segment_id])
+        .into_iter()
+        .map(|(_, e)| (e.routing_key, e.payload))
+        .collect();
+    assert_once_in_order(&events, 1, 11);
+    assert_eq!(state.duplicates.load(Ordering::SeqCst), 0);
+}
+
+/// Not a test: serves a mock node for manual CLI checks, e.g.
+/// `MOCK_ADDR=127.0.0.1:7461 MOCK_SECS=60 cargo test -p aquifer-client
+/// --test against_mock -- --ignored serve_mock_for_manual_checks`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "manual tool: serves a mock node for MOCK_SECS seconds"]
+async fn serve_mock_for_manual_checks() {
+    let addr: SocketAddr = std::env::var("MOCK_ADDR")
+        .unwrap_or_else(|_| "127.0.0.1:7461".into())
+        .parse()
+        .unwrap();
+    let secs: u64 = std::env::var("MOCK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let _server = MockServer::start(State::new(), addr);
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_error_still_reports_what_the_server_applied() {
+    let (state, _server, client, name) = setup(1).await;
+    let writer = client.writer(&name, config("w-final")).await.unwrap();
+    state.invalid_after_apply.store(1, Ordering::SeqCst);
+    // The batch is applied, then the session ends with INVALID_ARGUMENT
+    // before its ack: the writer learns from a setup that it is written.
+    let p = writer.write_event(Some("k"), "k:0").await.unwrap();
+    assert_eq!(p.await.unwrap().offset, u64::MAX);
+    // The segment is failed for good for this writer.
+    assert!(matches!(
+        writer.write_event(Some("k"), "k:1").await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        writer.flush().await,
+        Err(Error::InvalidArgument(_))
+    ));
+    drop(writer);
+    let info = client.admin().describe_stream(&name).await.unwrap();
+    assert_eq!(state.applied_batches(info.segments[0].segment_id), 1);
+}
