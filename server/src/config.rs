@@ -31,6 +31,10 @@ pub struct ServerConfig {
     /// Bytes proposed to raft but not yet applied, per container; at the
     /// limit new batches wait.
     pub in_flight_bytes_max: u64,
+    /// A raft group snapshots its state (metadata plus the unflushed tail)
+    /// and drops its log once this many bytes were applied since the last
+    /// snapshot: bounds local log disk and replay time.
+    pub snapshot_log_bytes: u64,
     pub tier2: Tier2Config,
     pub raft: RaftConfig,
 }
@@ -67,6 +71,7 @@ impl Default for ServerConfig {
             tail_buffer_bytes_max: 256 * MIB,
             cache_bytes_max: 256 * MIB,
             in_flight_bytes_max: 64 * MIB,
+            snapshot_log_bytes: 256 * MIB,
             tier2: Tier2Config::default(),
             raft: RaftConfig::default(),
         }
@@ -150,6 +155,12 @@ impl ServerConfig {
             return bad(format!(
                 "in_flight_bytes_max ({}) must be at least twice max_event_bytes ({})",
                 self.in_flight_bytes_max, self.max_event_bytes
+            ));
+        }
+        if self.snapshot_log_bytes < MIB {
+            return bad(format!(
+                "snapshot_log_bytes must be at least 1048576, not {}",
+                self.snapshot_log_bytes
             ));
         }
         if self.tier2.chunk_bytes == 0 || self.tier2.chunk_bytes > self.tail_buffer_bytes_max / 2 {

@@ -129,6 +129,7 @@ impl Node {
             election_ticks: config.raft.election_ticks,
             heartbeat_ticks: config.raft.heartbeat_ticks,
             uncommitted_bytes_max: config.in_flight_bytes_max * 2,
+            snapshot_log_bytes: config.snapshot_log_bytes,
         };
         let budget = TailBudget::new(config.tail_buffer_bytes_max);
         let tier2 = Arc::new(Tier2::open(&config)?);

@@ -52,7 +52,13 @@ impl Read for ReadService {
             follow: req.follow,
         };
         let (tx, rx) = mpsc::channel(READ_QUEUE_MAX);
-        tokio::spawn(stream_segment(segment, self.node.tier2.clone(), range, tx, self.node.closed()));
+        tokio::spawn(stream_segment(
+            segment,
+            self.node.tier2.clone(),
+            range,
+            tx,
+            self.node.closed(),
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

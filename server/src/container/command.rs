@@ -63,3 +63,45 @@ impl ContainerCommand {
         prost::Message::encode_to_vec(&ContainerCommand { cmd: Some(cmd) })
     }
 }
+
+/// A container's applied state in its raft snapshot: segment metadata, the
+/// writer dedup table and the tail buffers (bytes not yet in tier-2).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ContainerSnapshot {
+    #[prost(message, repeated, tag = "1")]
+    pub segments: Vec<SegmentSnapshot>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SegmentSnapshot {
+    #[prost(uint64, tag = "1")]
+    pub segment_id: u64,
+    #[prost(uint64, tag = "2")]
+    pub length: u64,
+    #[prost(bool, tag = "3")]
+    pub sealed: bool,
+    #[prost(uint64, tag = "4")]
+    pub tier2_length: u64,
+    #[prost(message, repeated, tag = "5")]
+    pub chunks: Vec<ChunkFlushed>,
+    #[prost(message, repeated, tag = "6")]
+    pub writers: Vec<WriterPosition>,
+    #[prost(message, repeated, tag = "7")]
+    pub tail: Vec<TailBlock>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WriterPosition {
+    #[prost(string, tag = "1")]
+    pub writer_id: String,
+    #[prost(int64, tag = "2")]
+    pub last_event_number: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TailBlock {
+    #[prost(uint64, tag = "1")]
+    pub offset: u64,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub events: Bytes,
+}

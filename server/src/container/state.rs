@@ -9,7 +9,10 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
-use super::command::{Append, ChunkFlushed, Cmd, ContainerCommand};
+use super::command::{
+    Append, ChunkFlushed, Cmd, ContainerCommand, ContainerSnapshot, SegmentSnapshot, TailBlock,
+    WriterPosition,
+};
 use super::segment::{Chunk, Segment};
 use crate::cache::TailBudget;
 use crate::group::StateMachine;
@@ -232,6 +235,95 @@ impl StateMachine for ContainerState {
             None => Err(ApplyError::Malformed("empty command".into())),
         }
     }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let map = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        let mut ids: Vec<u64> = map.keys().copied().collect();
+        ids.sort_unstable();
+        let segments = ids
+            .iter()
+            .filter_map(|id| map.get(id))
+            .map(|seg| {
+                let s = seg.lock();
+                let mut writers: Vec<WriterPosition> = s
+                    .writers
+                    .iter()
+                    .map(|(w, n)| WriterPosition {
+                        writer_id: w.clone(),
+                        last_event_number: *n,
+                    })
+                    .collect();
+                writers.sort_by(|a, b| a.writer_id.cmp(&b.writer_id));
+                SegmentSnapshot {
+                    segment_id: seg.id,
+                    length: s.length,
+                    sealed: s.sealed,
+                    tier2_length: s.tier2_length,
+                    chunks: s
+                        .chunks
+                        .iter()
+                        .map(|c| ChunkFlushed {
+                            segment_id: seg.id,
+                            start: c.start,
+                            end: c.end,
+                            name: c.name.clone(),
+                        })
+                        .collect(),
+                    writers,
+                    tail: s
+                        .tail
+                        .iter()
+                        .map(|(offset, events)| TailBlock {
+                            offset: *offset,
+                            events: events.clone(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        prost::Message::encode_to_vec(&ContainerSnapshot { segments })
+    }
+
+    fn restore(&mut self, snapshot: Bytes) -> Result<(), String> {
+        let snap: ContainerSnapshot =
+            prost::Message::decode(snapshot).map_err(|e| e.to_string())?;
+        let mut map = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        map.clear();
+        for g in snap.segments {
+            let seg = Segment::new(g.segment_id);
+            let mut s = seg.lock();
+            s.length = g.length;
+            s.sealed = g.sealed;
+            s.tier2_length = g.tier2_length;
+            s.chunks = g
+                .chunks
+                .into_iter()
+                .map(|c| Chunk {
+                    start: c.start,
+                    end: c.end,
+                    name: c.name,
+                })
+                .collect();
+            s.writers = g
+                .writers
+                .into_iter()
+                .map(|w| (w.writer_id, w.last_event_number))
+                .collect();
+            s.tail = g.tail.into_iter().map(|b| (b.offset, b.events)).collect();
+            let tail_len: u64 = s.tail.iter().map(|(_, b)| b.len() as u64).sum();
+            if tail_len != s.tail_bytes() {
+                return Err(format!(
+                    "segment {} tail holds {tail_len} bytes, expected {}",
+                    g.segment_id,
+                    s.tail_bytes()
+                ));
+            }
+            self.budget.add(tail_len);
+            drop(s);
+            map.insert(g.segment_id, Arc::new(seg));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -317,6 +409,35 @@ mod tests {
         assert_eq!(s.last_event_number(7, "w").unwrap(), 4);
         let seg = s.segment(7).unwrap();
         assert_eq!(budget.used(), seg.view().length);
+    }
+
+    #[test]
+    fn snapshot_restores_segments_writers_and_tail() {
+        let (mut s, _) = state();
+        apply(&mut s, Cmd::Create(SegmentRef { segment_id: 7 })).unwrap();
+        apply(&mut s, append("w", 1, 2)).unwrap();
+        let seg = s.segment(7).unwrap();
+        let (_, bytes) = seg.unflushed(1).unwrap();
+        apply(
+            &mut s,
+            Cmd::ChunkFlushed(ChunkFlushed {
+                segment_id: 7,
+                start: 0,
+                end: bytes.len() as u64,
+                name: "c".into(),
+            }),
+        )
+        .unwrap();
+        apply(&mut s, append("w", 3, 1)).unwrap();
+        apply(&mut s, Cmd::Seal(SegmentRef { segment_id: 7 })).unwrap();
+        let snap = s.snapshot();
+        let (mut restored, budget) = state();
+        restored.restore(snap.clone().into()).unwrap();
+        assert_eq!(restored.snapshot(), snap);
+        let v = restored.segment(7).unwrap().view();
+        assert_eq!(v, seg.view());
+        assert_eq!(budget.used(), v.tail_bytes);
+        assert_eq!(restored.last_event_number(7, "w").unwrap(), 3);
     }
 
     #[test]

@@ -51,3 +51,40 @@ impl From<&StreamKey> for StreamRef {
         }
     }
 }
+
+/// The `meta` group's applied state in its raft snapshot.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MetaSnapshot {
+    #[prost(uint64, tag = "1")]
+    pub next_segment_id: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub streams: Vec<StreamSnapshot>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StreamSnapshot {
+    #[prost(string, tag = "1")]
+    pub scope: String,
+    #[prost(string, tag = "2")]
+    pub stream: String,
+    #[prost(bool, tag = "3")]
+    pub sealed: bool,
+    #[prost(bool, tag = "4")]
+    pub deleting: bool,
+    #[prost(message, repeated, tag = "5")]
+    pub segments: Vec<SegmentPlacement>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SegmentPlacement {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint32, tag = "2")]
+    pub number: u32,
+    #[prost(uint32, tag = "3")]
+    pub container: u32,
+    #[prost(double, tag = "4")]
+    pub key_low: f64,
+    #[prost(double, tag = "5")]
+    pub key_high: f64,
+}

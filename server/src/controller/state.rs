@@ -5,7 +5,9 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
-use super::command::{MetaCmd, MetaCommand, StreamRef};
+use super::command::{
+    MetaCmd, MetaCommand, MetaSnapshot, SegmentPlacement, StreamRef, StreamSnapshot,
+};
 use crate::container::container_of;
 use crate::group::StateMachine;
 
@@ -145,6 +147,66 @@ impl StateMachine for MetaState {
             None => Err(MetaError::Malformed("empty command".into())),
         }
     }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let map = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        let streams = map
+            .values()
+            .map(|s| StreamSnapshot {
+                scope: s.key.scope.clone(),
+                stream: s.key.stream.clone(),
+                sealed: s.sealed,
+                deleting: s.deleting,
+                segments: s
+                    .segments
+                    .iter()
+                    .map(|g| SegmentPlacement {
+                        id: g.id,
+                        number: g.number,
+                        container: g.container,
+                        key_low: g.key_low,
+                        key_high: g.key_high,
+                    })
+                    .collect(),
+            })
+            .collect();
+        prost::Message::encode_to_vec(&MetaSnapshot {
+            next_segment_id: self.next_segment_id,
+            streams,
+        })
+    }
+
+    fn restore(&mut self, snapshot: Bytes) -> Result<(), String> {
+        let snap: MetaSnapshot = prost::Message::decode(snapshot).map_err(|e| e.to_string())?;
+        let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        map.clear();
+        for s in snap.streams {
+            let key = StreamKey {
+                scope: s.scope,
+                stream: s.stream,
+            };
+            let segments = s
+                .segments
+                .into_iter()
+                .map(|g| SegmentRecord {
+                    id: g.id,
+                    number: g.number,
+                    container: g.container,
+                    key_low: g.key_low,
+                    key_high: g.key_high,
+                })
+                .collect();
+            let record = StreamRecord {
+                key: key.clone(),
+                segments,
+                sealed: s.sealed,
+                deleting: s.deleting,
+            };
+            map.insert(key, record);
+        }
+        self.next_segment_id = snap.next_segment_id;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -185,5 +247,9 @@ mod tests {
         apply(&mut s, MetaCmd::Remove(r)).unwrap();
         let again = apply(&mut s, create("a", 1)).unwrap();
         assert_eq!(again.segments[0].id, 4);
+        let mut restored = MetaState::new(StreamMap::default());
+        restored.restore(s.snapshot().into()).unwrap();
+        assert_eq!(restored.snapshot(), s.snapshot());
+        assert_eq!(restored.next_segment_id, 5);
     }
 }

@@ -32,6 +32,13 @@ pub trait StateMachine: Send + 'static {
     /// Applies the committed command at raft `index`. Must be deterministic:
     /// the same log always yields the same state (it is replayed on restart).
     fn apply(&mut self, index: u64, command: bytes::Bytes) -> Self::Output;
+
+    /// The whole applied state, for the group's snapshot: with it the log up
+    /// to the applied index can go.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Replaces the state with a snapshot's (at start-up, before replay).
+    fn restore(&mut self, snapshot: bytes::Bytes) -> Result<(), String>;
 }
 
 /// Why a proposal did not produce an output.
@@ -70,6 +77,9 @@ pub struct GroupConfig {
     /// raft's `max_uncommitted_size`: proposals past it are dropped
     /// (back-pressure).
     pub uncommitted_bytes_max: u64,
+    /// Snapshot and drop the log once this many entry bytes were applied
+    /// since the last snapshot.
+    pub snapshot_log_bytes: u64,
 }
 
 /// A handle to a running group. Dropping every handle stops the thread.
@@ -83,14 +93,23 @@ pub struct Group<S: StateMachine> {
 impl<S: StateMachine> Group<S> {
     /// Opens the group's log (replaying it; corruption is an error here) and
     /// starts its thread. The state machine is rebuilt by re-applying the log.
-    pub fn start(config: GroupConfig, state: S) -> Result<Self, LogError> {
+    pub fn start(config: GroupConfig, mut state: S) -> Result<Self, LogError> {
         let storage = LogStorage::open(&config.log_dir)?;
+        let mut applied = 0;
+        if let Some((index, data)) = storage.load_snapshot()? {
+            state.restore(data).map_err(|why| LogError::Corrupt {
+                path: config.log_dir.join("snapshot"),
+                offset: 0,
+                why,
+            })?;
+            applied = index;
+        }
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
         let (ready_tx, ready) = watch::channel(None);
         let name = config.name.clone();
         let thread = std::thread::Builder::new()
             .name(format!("raft-{name}"))
-            .spawn(move || runner::run(config, storage, state, rx, ready_tx))
+            .spawn(move || runner::run(config, storage, state, applied, rx, ready_tx))
             .map_err(|source| LogError::Io {
                 path: PathBuf::from(&name),
                 source,

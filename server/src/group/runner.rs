@@ -26,6 +26,11 @@ struct Runner<S: StateMachine> {
     /// were proposed in: another term at that index means the entry was lost.
     pending: BTreeMap<u64, (u64, Done<S>)>,
     ready_tx: watch::Sender<Option<u64>>,
+    /// Index of the last applied entry.
+    applied: u64,
+    /// Entry bytes applied since the last snapshot.
+    applied_bytes: u64,
+    snapshot_log_bytes: u64,
 }
 
 fn raft_config(config: &GroupConfig, applied: u64) -> raft::Config {
@@ -57,6 +62,7 @@ pub(super) fn run<S: StateMachine>(
     config: GroupConfig,
     mut storage: LogStorage,
     state: S,
+    applied: u64,
     mut rx: mpsc::Receiver<Command<S>>,
     ready_tx: watch::Sender<Option<u64>>,
 ) {
@@ -72,7 +78,7 @@ pub(super) fn run<S: StateMachine>(
         }
     }
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let node = match RawNode::new(&raft_config(&config, 0), storage, &logger) {
+    let node = match RawNode::new(&raft_config(&config, applied), storage, &logger) {
         Ok(n) => n,
         Err(e) => fatal(&name, "cannot start raft", &e),
     };
@@ -82,6 +88,9 @@ pub(super) fn run<S: StateMachine>(
         state,
         pending: BTreeMap::new(),
         ready_tx,
+        applied,
+        applied_bytes: 0,
+        snapshot_log_bytes: config.snapshot_log_bytes,
     };
     if runner.node.raft.prs().conf().voters().ids().len() == 1 {
         // A single voter need not wait out an election timeout.
@@ -168,10 +177,25 @@ impl<S: StateMachine> Runner<S> {
         let mut light = self.node.advance(rd);
         self.apply(light.take_committed_entries());
         self.node.advance_apply();
+        if self.applied_bytes >= self.snapshot_log_bytes {
+            self.snapshot();
+        }
+    }
+
+    fn snapshot(&mut self) {
+        let data = self.state.snapshot();
+        let bytes = data.len();
+        if let Err(e) = self.node.mut_store().save_snapshot(self.applied, data) {
+            fatal(&self.name, "cannot save a snapshot", &e);
+        }
+        tracing::info!(group = %self.name, index = self.applied, bytes, "snapshot saved; log truncated");
+        self.applied_bytes = 0;
     }
 
     fn apply(&mut self, entries: Vec<Entry>) {
         for e in entries {
+            self.applied = e.index;
+            self.applied_bytes += e.data.len() as u64;
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {
                     // A new leader's empty entry: everything before it is applied.

@@ -22,6 +22,8 @@ pub enum RecordKind {
     HardState = 2,
     /// A raft `ConfState` (protobuf); the last one wins.
     ConfState = 3,
+    /// A raft `Snapshot` (protobuf), alone in the group's snapshot file.
+    Snapshot = 4,
 }
 
 impl RecordKind {
@@ -30,6 +32,7 @@ impl RecordKind {
             1 => Some(RecordKind::Entry),
             2 => Some(RecordKind::HardState),
             3 => Some(RecordKind::ConfState),
+            4 => Some(RecordKind::Snapshot),
             _ => None,
         }
     }

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
@@ -53,6 +54,9 @@ struct LogFile {
     seq: u64,
     path: PathBuf,
     file: File,
+    /// Highest entry index written to the file (0: none): the file can go
+    /// once a snapshot covers it.
+    max_index: u64,
 }
 
 /// A raft group's log on disk. Owned by the group's thread (raft-rs's
@@ -80,6 +84,57 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
+}
+
+/// The snapshot of a group's state machine, next to its log files.
+const SNAPSHOT_FILE: &str = "snapshot";
+
+fn encode_message(
+    out: &mut Vec<u8>,
+    kind: RecordKind,
+    m: &impl protobuf::Message,
+) -> std::io::Result<()> {
+    let bytes = m.write_to_bytes().map_err(std::io::Error::other)?;
+    record::encode(out, kind, &bytes);
+    Ok(())
+}
+
+/// Write to a temporary file, fsync, rename into place, fsync the directory.
+fn durable_write(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, LogError> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let buf = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    let corrupt = |why: String| LogError::Corrupt {
+        path: path.clone(),
+        offset: 0,
+        why,
+    };
+    match record::decode(&buf) {
+        Decoded::Record {
+            kind: RecordKind::Snapshot,
+            payload,
+            framed_len,
+        } if framed_len == buf.len() => Snapshot::parse_from_bytes(payload)
+            .map(Some)
+            .map_err(|e| corrupt(format!("bad snapshot: {e}"))),
+        Decoded::Record { .. } => Err(corrupt("not a single snapshot record".into())),
+        Decoded::Invalid { why } => Err(corrupt(why.into())),
+    }
 }
 
 impl LogStorage {
@@ -111,9 +166,22 @@ impl LogStorage {
             cache: VecDeque::new(),
             cache_bytes: 0,
         };
+        if let Some(snap) = read_snapshot(dir)? {
+            let meta = snap.get_metadata();
+            log.compacted = (meta.index, meta.term);
+            log.conf_state = meta.get_conf_state().clone();
+        }
         for (i, &seq) in seqs.iter().enumerate() {
             let is_last = i + 1 == seqs.len();
             log.replay_file(seq, is_last)?;
+        }
+        // The snapshot holds only committed entries, so the commit index is
+        // at least its index even if the hard state saying so was not saved.
+        if log.hard_state.commit < log.compacted.0 {
+            log.hard_state.commit = log.compacted.0;
+        }
+        if log.hard_state.term < log.compacted.1 {
+            log.hard_state.term = log.compacted.1;
         }
         if log.files.is_empty() {
             log.start_file(1)?;
@@ -130,6 +198,7 @@ impl LogStorage {
             why,
         };
         let mut pos = 0usize;
+        let mut replay_max_index = 0u64;
         while pos < buf.len() {
             match record::decode(&buf[pos..]) {
                 Decoded::Record {
@@ -138,8 +207,10 @@ impl LogStorage {
                     framed_len,
                 } => {
                     let payload_at = (pos + record::HEADER_BYTES) as u64;
-                    self.replay_record(seq, kind, payload, payload_at)
+                    let index = self
+                        .replay_record(seq, kind, payload, payload_at)
                         .map_err(|why| corrupt(pos, why))?;
+                    replay_max_index = replay_max_index.max(index);
                     pos += framed_len;
                 }
                 Decoded::Invalid { why } => {
@@ -174,7 +245,12 @@ impl LogStorage {
             .open(&path)
             .map_err(io_err(&path))?;
         self.active_len = pos as u64;
-        self.files.push(LogFile { seq, path, file });
+        self.files.push(LogFile {
+            seq,
+            path,
+            file,
+            max_index: replay_max_index,
+        });
         Ok(())
     }
 
@@ -184,7 +260,7 @@ impl LogStorage {
         kind: RecordKind,
         payload: &[u8],
         payload_at: u64,
-    ) -> Result<(), String> {
+    ) -> Result<u64, String> {
         match kind {
             RecordKind::Entry => {
                 let entry =
@@ -195,18 +271,20 @@ impl LogStorage {
                     offset: payload_at,
                     len: payload.len() as u32,
                 };
-                self.index_entry(entry.index, loc)
+                self.index_entry(entry.index, loc)?;
+                Ok(entry.index)
             }
             RecordKind::HardState => {
                 self.hard_state = HardState::parse_from_bytes(payload)
                     .map_err(|e| format!("bad hard state: {e}"))?;
-                Ok(())
+                Ok(0)
             }
             RecordKind::ConfState => {
                 self.conf_state = ConfState::parse_from_bytes(payload)
                     .map_err(|e| format!("bad conf state: {e}"))?;
-                Ok(())
+                Ok(0)
             }
+            RecordKind::Snapshot => Err("snapshot record inside a log file".into()),
         }
     }
 
@@ -244,8 +322,31 @@ impl LogStorage {
             .open(&path)
             .map_err(io_err(&path))?;
         sync_dir(&self.dir)?;
-        self.files.push(LogFile { seq, path, file });
+        self.files.push(LogFile {
+            seq,
+            path,
+            file,
+            max_index: 0,
+        });
         self.active_len = 0;
+        // Each file starts with the current hard and conf state, so deleting
+        // older files never loses them.
+        let hs = self.hard_state.clone();
+        let cs = self.conf_state.clone();
+        let mut buf = Vec::new();
+        encode_message(&mut buf, RecordKind::HardState, &hs).map_err(io_err(&self.dir))?;
+        encode_message(&mut buf, RecordKind::ConfState, &cs).map_err(io_err(&self.dir))?;
+        self.write_active(&buf)
+    }
+
+    /// Appends `buf` to the active file and fdatasyncs it.
+    fn write_active(&mut self, buf: &[u8]) -> Result<(), LogError> {
+        let active = self.active();
+        let path = active.path.clone();
+        let mut f = &active.file;
+        f.write_all(buf).map_err(io_err(&path))?;
+        f.sync_data().map_err(io_err(&path))?;
+        self.active_len += buf.len() as u64;
         Ok(())
     }
 
@@ -265,48 +366,39 @@ impl LogStorage {
             return Ok(());
         }
         if self.active_len >= LOG_FILE_BYTES_MAX {
-            let next = self.active().seq + 1;
-            self.start_file(next)?;
+            self.start_file(self.active().seq + 1)?;
         }
         let mut buf =
             Vec::with_capacity(entries.iter().map(|e| e.data.len() + 64).sum::<usize>() + 64);
         let mut placed = Vec::with_capacity(entries.len());
         for e in entries {
-            let bytes = e.write_to_bytes().map_err(|err| LogError::Io {
-                path: self.active().path.clone(),
-                source: std::io::Error::other(err),
-            })?;
-            let at = self.active_len + (buf.len() + record::HEADER_BYTES) as u64;
-            placed.push((e.index, at, bytes.len() as u32, e.term));
-            record::encode(&mut buf, RecordKind::Entry, &bytes);
+            let start = buf.len();
+            encode_message(&mut buf, RecordKind::Entry, e).map_err(io_err(&self.dir))?;
+            let len = (buf.len() - start - record::HEADER_BYTES) as u32;
+            placed.push((self.active_len + (start + record::HEADER_BYTES) as u64, len));
         }
         if let Some(hs) = hard_state {
-            let bytes = hs.write_to_bytes().map_err(|err| LogError::Io {
-                path: self.active().path.clone(),
-                source: std::io::Error::other(err),
-            })?;
-            record::encode(&mut buf, RecordKind::HardState, &bytes);
+            encode_message(&mut buf, RecordKind::HardState, hs).map_err(io_err(&self.dir))?;
         }
-        let active = self.active();
-        let (seq, path) = (active.seq, active.path.clone());
-        let mut f = &active.file;
-        f.write_all(&buf).map_err(io_err(&path))?;
-        f.sync_data().map_err(io_err(&path))?;
-        self.active_len += buf.len() as u64;
-
-        for ((index, offset, len, term), e) in placed.into_iter().zip(entries) {
+        self.write_active(&buf)?;
+        let seq = self.active().seq;
+        for ((offset, len), e) in placed.into_iter().zip(entries) {
             let loc = EntryLoc {
-                term,
+                term: e.term,
                 file_seq: seq,
                 offset,
                 len,
             };
-            if let Err(why) = self.index_entry(index, loc) {
+            if let Err(why) = self.index_entry(e.index, loc) {
                 // raft hands entries in order; a gap is a bug, not bad input.
                 panic!("raft appended out of order: {why}");
             }
             self.cache_bytes += e.data.len();
             self.cache.push_back(e.clone());
+        }
+        if let Some(last) = entries.last() {
+            let n = self.files.len() - 1;
+            self.files[n].max_index = self.files[n].max_index.max(last.index);
         }
         if let Some(hs) = hard_state {
             self.hard_state = hs.clone();
@@ -321,19 +413,80 @@ impl LogStorage {
 
     /// Persists a new conf state (bootstrap and membership changes).
     pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), LogError> {
-        let path = self.active().path.clone();
-        let bytes = cs.write_to_bytes().map_err(|e| LogError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
         let mut buf = Vec::new();
-        record::encode(&mut buf, RecordKind::ConfState, &bytes);
-        let mut f = &self.active().file;
-        f.write_all(&buf).map_err(io_err(&path))?;
-        f.sync_data().map_err(io_err(&path))?;
-        self.active_len += buf.len() as u64;
+        encode_message(&mut buf, RecordKind::ConfState, &cs).map_err(io_err(&self.dir))?;
+        self.write_active(&buf)?;
         self.conf_state = cs;
         Ok(())
+    }
+
+    /// Saves a snapshot of the state machine at `index` (applied, so
+    /// committed and persisted), then drops the log up to it: entries from the
+    /// index and log files wholly below it.
+    pub fn save_snapshot(&mut self, index: u64, data: Vec<u8>) -> Result<(), LogError> {
+        let term = raft::Storage::term(self, index)
+            .map_err(|e| io_err(&self.dir)(std::io::Error::other(e.to_string())))?;
+        let mut snap = Snapshot::default();
+        snap.data = data.into();
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.conf_state.clone());
+        let mut buf = Vec::new();
+        encode_message(&mut buf, RecordKind::Snapshot, &snap).map_err(io_err(&self.dir))?;
+        durable_write(&self.dir.join(SNAPSHOT_FILE), &buf)?;
+        self.compact(index, term)
+    }
+
+    fn compact(&mut self, index: u64, term: u64) -> Result<(), LogError> {
+        if index <= self.compacted.0 {
+            return Ok(());
+        }
+        let drop_locs = ((index - self.compacted.0) as usize).min(self.locs.len());
+        self.locs.drain(..drop_locs);
+        self.compacted = (index, term);
+        while self.cache.front().is_some_and(|e| e.index <= index) {
+            if let Some(e) = self.cache.pop_front() {
+                self.cache_bytes -= e.data.len();
+            }
+        }
+        if self.active().max_index <= index && self.active_len >= LOG_FILE_BYTES_MAX / 4 {
+            // Close a large active file that holds nothing needed any more.
+            self.start_file(self.active().seq + 1)?;
+        }
+        let active_seq = self.active().seq;
+        let mut kept = Vec::with_capacity(self.files.len());
+        for f in std::mem::take(&mut self.files) {
+            if f.seq != active_seq && f.max_index <= index {
+                std::fs::remove_file(&f.path).map_err(io_err(&f.path))?;
+                tracing::debug!(file = %f.path.display(), "removed log file below snapshot");
+            } else {
+                kept.push(f);
+            }
+        }
+        self.files = kept;
+        sync_dir(&self.dir)
+    }
+
+    /// The saved snapshot's index and state machine data, if one exists.
+    pub fn load_snapshot(&self) -> Result<Option<(u64, Bytes)>, LogError> {
+        if self.compacted.0 == 0 {
+            return Ok(None);
+        }
+        let snap = read_snapshot(&self.dir)?.ok_or_else(|| LogError::Corrupt {
+            path: self.dir.join(SNAPSHOT_FILE),
+            offset: 0,
+            why: "snapshot file vanished".into(),
+        })?;
+        Ok(Some((snap.get_metadata().index, snap.data)))
+    }
+
+    /// Bytes of log files on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .map(|f| f.file.metadata().map_or(0, |m| m.len()))
+            .sum()
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -507,6 +660,38 @@ mod tests {
         assert!(err.contains("corrupt log file"), "{err}");
         assert!(err.contains("offset"), "{err}");
         assert!(err.contains(&path.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn snapshot_compacts_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![1u8; 1024 * 1024];
+        {
+            let mut log = LogStorage::open(dir.path()).unwrap();
+            for i in 1..=80 {
+                log.persist(&[entry(i, 1, &big)], Some(&hs(1, i))).unwrap();
+            }
+            let before = log.disk_bytes();
+            log.save_snapshot(75, b"state".to_vec()).unwrap();
+            assert!(log.disk_bytes() < before / 2, "old log files are removed");
+            assert_eq!(log.first_index().unwrap(), 76);
+            assert_eq!(log.term(75).unwrap(), 1);
+            assert!(log
+                .entries(70, 77, None, GetEntriesContext::empty(false))
+                .is_err());
+            log.persist(&[entry(81, 1, b"x")], Some(&hs(1, 81)))
+                .unwrap();
+        }
+        let log = LogStorage::open(dir.path()).unwrap();
+        let (index, data) = log.load_snapshot().unwrap().unwrap();
+        assert_eq!((index, &data[..]), (75, &b"state"[..]));
+        assert_eq!(log.first_index().unwrap(), 76);
+        assert_eq!(log.last_index().unwrap(), 81);
+        assert_eq!(log.hard_state().commit, 81);
+        let es = log
+            .entries(76, 82, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(es.len(), 6);
     }
 
     #[test]
