@@ -426,8 +426,10 @@ impl LogStorage {
     pub fn save_snapshot(&mut self, index: u64, data: Vec<u8>) -> Result<(), LogError> {
         let term = raft::Storage::term(self, index)
             .map_err(|e| io_err(&self.dir)(std::io::Error::other(e.to_string())))?;
-        let mut snap = Snapshot::default();
-        snap.data = data.into();
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
         let meta = snap.mut_metadata();
         meta.index = index;
         meta.term = term;
