@@ -92,8 +92,10 @@ async fn run(args: &Args) -> String {
             Duration::from_secs(2),
         )
     };
+    // AQUIFER_BENCH_CONFIG adds top-level TOML lines (experiments only).
+    let extra = std::env::var("AQUIFER_BENCH_CONFIG").unwrap_or_default();
     let config = format!(
-        "tail_buffer_bytes_max = {TAIL_BUFFER_BYTES_MAX}\ncache_bytes_max = {CACHE_BYTES_MAX}\n"
+        "{extra}\ntail_buffer_bytes_max = {TAIL_BUFFER_BYTES_MAX}\ncache_bytes_max = {CACHE_BYTES_MAX}\n"
     );
     let server = ServerProcess::start(ServerOpts::with_config(&config)).await;
     let pid = server.pid().expect("server pid");

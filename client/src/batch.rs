@@ -143,6 +143,11 @@ impl<T> BatchQueue<T> {
         }
     }
 
+    /// Sealed batches not yet acknowledged (waiting to be sent or in flight).
+    pub fn unacked_batches(&self) -> usize {
+        self.ready.len() + self.in_flight.len()
+    }
+
     /// When the open batch got its first event, if there is one.
     pub fn open_since(&self) -> Option<Instant> {
         self.open.as_ref().map(|o| o.opened_at)

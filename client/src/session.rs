@@ -121,6 +121,12 @@ impl Session {
                     continue;
                 }
             }
+            // Natural batching: with nothing unacknowledged, send the open
+            // batch now (latency = one round trip at low load); otherwise it
+            // fills until an ack comes back, it is full, or linger expires.
+            if self.live.is_some() && self.queue.unacked_batches() < EAGER_UNACKED_BATCHES {
+                self.queue.seal();
+            }
             self.send_ready();
 
             // Arm the linger timer for the open batch, if not yet armed.
@@ -418,6 +424,9 @@ impl Session {
         }
     }
 }
+
+/// Below this many unacknowledged batches the open batch is sent at once.
+const EAGER_UNACKED_BATCHES: usize = 1;
 
 /// A deadline that never comes in practice (for a huge linger).
 fn far_future() -> Instant {

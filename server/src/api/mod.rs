@@ -37,9 +37,12 @@ pub async fn serve(
     let read = ReadServer::new(read::ReadService::new(node))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Our own listener: the builder's TCP settings do not reach it, so set
+    // them here (without TCP_NODELAY small acks wait on delayed ACKs).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))

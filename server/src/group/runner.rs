@@ -16,6 +16,9 @@ const COMMANDS_PER_TURN_MAX: usize = 1024;
 /// Committed bytes handed out per Ready (replay after a restart included).
 const COMMITTED_BYTES_PER_READY_MAX: u64 = 16 * 1024 * 1024;
 
+/// A log write slower than this is logged.
+const SLOW_PERSIST: std::time::Duration = std::time::Duration::from_millis(100);
+
 type Done<S> = oneshot::Sender<Result<<S as StateMachine>::Output, ProposeError>>;
 
 struct Runner<S: StateMachine> {
@@ -171,8 +174,14 @@ impl<S: StateMachine> Runner<S> {
         debug_assert!(rd.messages().is_empty() && rd.persisted_messages().is_empty());
         self.apply(rd.take_committed_entries());
         let hs = rd.hs().cloned();
+        let started = std::time::Instant::now();
         if let Err(e) = self.node.mut_store().persist(rd.entries(), hs.as_ref()) {
             fatal(&self.name, "cannot persist the log", &e);
+        }
+        let took = started.elapsed();
+        if took >= SLOW_PERSIST {
+            let bytes: usize = rd.entries().iter().map(|e| e.data.len()).sum();
+            tracing::warn!(group = %self.name, took_ms = took.as_millis() as u64, entries = rd.entries().len(), bytes, "slow log write");
         }
         let mut light = self.node.advance(rd);
         self.apply(light.take_committed_entries());

@@ -40,17 +40,36 @@ impl RecordKind {
 
 /// Appends one framed record to `out`.
 pub fn encode(out: &mut Vec<u8>, kind: RecordKind, payload: &[u8]) {
-    debug_assert!(payload.len() <= MAX_PAYLOAD_BYTES);
-    let len = (payload.len() as u32).to_le_bytes();
+    encode_with(out, kind, |out| {
+        out.extend_from_slice(payload);
+        Ok::<(), std::convert::Infallible>(())
+    })
+    .unwrap_or_else(|never| match never {});
+}
+
+/// Appends one framed record whose payload `write` appends to `out` in
+/// place (no intermediate buffer); the header is filled in afterwards.
+pub fn encode_with<E>(
+    out: &mut Vec<u8>,
+    kind: RecordKind,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), E> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER_BYTES]);
+    write(out)?;
+    let payload_len = out.len() - start - HEADER_BYTES;
+    debug_assert!(payload_len <= MAX_PAYLOAD_BYTES);
+    let len = (payload_len as u32).to_le_bytes();
     let mut crc = crc32fast::Hasher::new();
     crc.update(&len);
     crc.update(&[kind as u8]);
-    crc.update(payload);
-    out.extend_from_slice(&MAGIC.to_le_bytes());
-    out.extend_from_slice(&len);
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.push(kind as u8);
-    out.extend_from_slice(payload);
+    crc.update(&out[start + HEADER_BYTES..]);
+    let header = &mut out[start..start + HEADER_BYTES];
+    header[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    header[4..8].copy_from_slice(&len);
+    header[8..12].copy_from_slice(&crc.finalize().to_le_bytes());
+    header[12] = kind as u8;
+    Ok(())
 }
 
 /// The result of decoding at the start of a buffer.

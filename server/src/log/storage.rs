@@ -94,8 +94,7 @@ fn encode_message(
     kind: RecordKind,
     m: &impl protobuf::Message,
 ) -> std::io::Result<()> {
-    let bytes = m.write_to_bytes().map_err(std::io::Error::other)?;
-    record::encode(out, kind, &bytes);
+    record::encode_with(out, kind, |out| m.write_to_vec(out)).map_err(std::io::Error::other)?;
     Ok(())
 }
 
