@@ -286,7 +286,7 @@ fn report(r: &Report) -> String {
     let kib = |v: Option<u64>| v.map_or("-".into(), |k| format!("{:.0} MiB", k as f64 / 1024.0));
     let _ = writeln!(
         out,
-        "\n| memory | peak RSS (VmHWM) | RSS at end | tail_buffer_bytes_max + cache_bytes_max |"
+        "\n| memory | peak RSS (VmHWM) | RSS at end | memory budget (tail buffers + cache + containers × in-flight) |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|");
     let _ = writeln!(
@@ -294,7 +294,13 @@ fn report(r: &Report) -> String {
         "| e. server after a-d | {} | {} | {} MiB |",
         kib(r.rss_hwm_kib),
         kib(r.rss_now_kib),
-        (TAIL_BUFFER_BYTES_MAX + CACHE_BYTES_MAX) / MIB
+        aquifer_server::ServerConfig {
+            tail_buffer_bytes_max: TAIL_BUFFER_BYTES_MAX,
+            cache_bytes_max: CACHE_BYTES_MAX,
+            ..Default::default()
+        }
+        .memory_budget_bytes()
+            / MIB
     );
 
     let _ = writeln!(

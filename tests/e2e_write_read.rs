@@ -269,3 +269,52 @@ async fn cli_round_trip() {
         "follower did not receive a line written after it started; its stderr:\n{stderr}"
     );
 }
+
+/// With budgets far below what the writers push (a 1 MiB tail buffer, 128
+/// KiB in flight per container, chunks of 256 KiB), writers are slowed, never
+/// stuck: 20 MB from 4 pipelining writers all land, and read back whole.
+/// (Regression: a session blocked on the in-flight budget once held the
+/// budget of its own applied batches, and the node stalled.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tiny_budgets_slow_writers_down_without_stalling() {
+    let config =
+        "max_event_bytes = 65536\nin_flight_bytes_max = 131072\ntail_buffer_bytes_max = 1048576\n\
+                  [tier2]\nchunk_bytes = 262144\nflush_interval_ms = 100\n";
+    let server = ServerProcess::start(ServerOpts::with_config(config)).await;
+    let client = server.client().await;
+    let name = stream_name("e2e/tiny-budgets");
+    client
+        .admin()
+        .create_stream(&name, 4)
+        .await
+        .expect("create");
+    const PER_WRITER: usize = 5000;
+    let payload = bytes::Bytes::from(vec![b'x'; 1000]);
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let writer = client
+            .writer(&name, WriterConfig::default())
+            .await
+            .expect("writer");
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..PER_WRITER {
+                let key = format!("w{w}-k{}", i % 16);
+                writer
+                    .write_event(Some(&key), payload.clone())
+                    .await
+                    .expect("queue");
+            }
+            writer.flush().await.expect("flush");
+        }));
+    }
+    tokio::time::timeout(Duration::from_secs(120), async {
+        for t in tasks {
+            t.await.expect("writer task");
+        }
+    })
+    .await
+    .expect("writers finished in time: the node must not stall at its budgets");
+    let events = read_all(&client, &name, READ_TIMEOUT).await;
+    assert_eq!(events.len(), WRITERS * PER_WRITER);
+}

@@ -70,7 +70,7 @@ impl Default for ServerConfig {
             max_event_bytes: 8 * MIB,
             tail_buffer_bytes_max: 256 * MIB,
             cache_bytes_max: 256 * MIB,
-            in_flight_bytes_max: 64 * MIB,
+            in_flight_bytes_max: 16 * MIB,
             snapshot_log_bytes: 256 * MIB,
             tier2: Tier2Config::default(),
             raft: RaftConfig::default(),
@@ -157,6 +157,12 @@ impl ServerConfig {
                 self.in_flight_bytes_max, self.max_event_bytes
             ));
         }
+        if self.in_flight_bytes_max > 1024 * MIB {
+            return bad(format!(
+                "in_flight_bytes_max must be at most 1073741824, not {}",
+                self.in_flight_bytes_max
+            ));
+        }
         if self.snapshot_log_bytes < MIB {
             return bad(format!(
                 "snapshot_log_bytes must be at least 1048576, not {}",
@@ -179,6 +185,15 @@ impl ServerConfig {
             return bad("raft.election_ticks must be greater than raft.heartbeat_ticks".into());
         }
         Ok(())
+    }
+
+    /// What the node's byte budgets allow in memory: tail buffers, block
+    /// cache and every container's in-flight bytes. Peak RSS stays below
+    /// this plus a constant (code, raft entry caches, connection buffers).
+    pub fn memory_budget_bytes(&self) -> u64 {
+        self.tail_buffer_bytes_max
+            + self.cache_bytes_max
+            + u64::from(self.containers) * self.in_flight_bytes_max
     }
 
     /// The largest gRPC message either side may send: one maximal event plus

@@ -128,7 +128,8 @@ impl Node {
             tick: Duration::from_millis(config.raft.tick_ms),
             election_ticks: config.raft.election_ticks,
             heartbeat_ticks: config.raft.heartbeat_ticks,
-            uncommitted_bytes_max: config.in_flight_bytes_max * 2,
+            // A backstop behind the in-flight budget; raft wants it above max_size_per_msg.
+            uncommitted_bytes_max: (config.in_flight_bytes_max * 2).max(4 << 20),
             snapshot_log_bytes: config.snapshot_log_bytes,
         };
         let budget = TailBudget::new(config.tail_buffer_bytes_max);
@@ -223,7 +224,7 @@ impl Node {
         for seg in &stream.segments {
             let c = self.container_of(seg.id);
             if c.segment(seg.id).is_none() {
-                c.propose(Cmd::Create(SegmentRef { segment_id: seg.id }), 0)
+                c.propose(Cmd::Create(SegmentRef { segment_id: seg.id }))
                     .await?;
             }
         }
@@ -234,7 +235,7 @@ impl Node {
         for seg in &stream.segments {
             let c = self.container_of(seg.id);
             if c.segment(seg.id).is_some_and(|s| !s.view().sealed) {
-                c.propose(Cmd::Seal(SegmentRef { segment_id: seg.id }), 0)
+                c.propose(Cmd::Seal(SegmentRef { segment_id: seg.id }))
                     .await?;
             }
         }
@@ -245,7 +246,7 @@ impl Node {
         for seg in &stream.segments {
             let c = self.container_of(seg.id);
             if let Applied::Deleted { chunks } = c
-                .propose(Cmd::Delete(SegmentRef { segment_id: seg.id }), 0)
+                .propose(Cmd::Delete(SegmentRef { segment_id: seg.id }))
                 .await?
             {
                 for chunk in chunks {

@@ -40,6 +40,7 @@ pub struct Container {
     group: Group<ContainerState>,
     segments: SegmentMap,
     in_flight: Arc<Semaphore>,
+    in_flight_max: u32,
 }
 
 impl From<ApplyError> for Error {
@@ -65,14 +66,14 @@ impl Container {
         let segments = SegmentMap::default();
         let state = ContainerState::new(segments.clone(), budget);
         let group = Group::start(group, state)?;
-        let permits = usize::try_from(in_flight_bytes_max)
-            .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS);
+        // The config bounds it far below u32::MAX (and Semaphore::MAX_PERMITS).
+        let in_flight_max = u32::try_from(in_flight_bytes_max).unwrap_or(u32::MAX);
         Ok(Container {
             id,
             group,
             segments,
-            in_flight: Arc::new(Semaphore::new(permits)),
+            in_flight: Arc::new(Semaphore::new(in_flight_max as usize)),
+            in_flight_max,
         })
     }
 
@@ -96,14 +97,16 @@ impl Container {
         map.keys().copied().collect()
     }
 
-    /// Proposes `cmd` and waits until it is applied.
-    pub async fn propose(&self, cmd: Cmd, bytes: u32) -> Result<Applied, Error> {
-        self.submit(cmd, bytes).await?.await
+    /// Proposes a control command (create, seal, delete, chunk flushed) and
+    /// waits until it is applied. Control commands bypass the in-flight
+    /// budget, so flushing can always free room for appends.
+    pub async fn propose(&self, cmd: Cmd) -> Result<Applied, Error> {
+        Ok(self.group.propose(ContainerCommand::encode(cmd)).await??)
     }
 
-    /// Queues `cmd` (see [`Group::submit`] for ordering) and returns a future
-    /// of its outcome. `bytes` of the in-flight budget are held until it is
-    /// applied; this waits while the budget is used up.
+    /// Queues an append (see [`Group::submit`] for ordering) and returns a
+    /// future of its outcome. `bytes` of the in-flight budget are held until
+    /// it is applied; this waits while the budget is used up.
     pub async fn submit(
         &self,
         cmd: Cmd,
@@ -113,15 +116,15 @@ impl Container {
         let permit = self
             .in_flight
             .clone()
-            .acquire_many_owned(bytes.max(1))
+            // A batch larger than the whole budget waits for all of it.
+            .acquire_many_owned(bytes.clamp(1, self.in_flight_max))
             .await
             .map_err(|_| Error::Unavailable(format!("container {} is shutting down", self.id)))?;
-        let outcome = self.group.submit(ContainerCommand::encode(cmd)).await?;
-        Ok(async move {
-            let applied = outcome.await;
-            drop(permit);
-            Ok(applied??)
-        })
+        let outcome = self
+            .group
+            .submit(ContainerCommand::encode(cmd), Some(permit))
+            .await?;
+        Ok(async move { Ok(outcome.await??) })
     }
 
     /// The last event number applied for `writer` on `segment` (0: none).

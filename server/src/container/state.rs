@@ -236,7 +236,9 @@ impl StateMachine for ContainerState {
         }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
+    type Snapshot = ContainerSnapshot;
+
+    fn snapshot(&self) -> ContainerSnapshot {
         let map = self.segments.read().unwrap_or_else(|p| p.into_inner());
         let mut ids: Vec<u64> = map.keys().copied().collect();
         ids.sort_unstable();
@@ -281,7 +283,7 @@ impl StateMachine for ContainerState {
                 }
             })
             .collect();
-        prost::Message::encode_to_vec(&ContainerSnapshot { segments })
+        ContainerSnapshot { segments }
     }
 
     fn restore(&mut self, snapshot: Bytes) -> Result<(), String> {
@@ -432,7 +434,9 @@ mod tests {
         apply(&mut s, Cmd::Seal(SegmentRef { segment_id: 7 })).unwrap();
         let snap = s.snapshot();
         let (mut restored, budget) = state();
-        restored.restore(snap.clone().into()).unwrap();
+        restored
+            .restore(prost::Message::encode_to_vec(&snap).into())
+            .unwrap();
         assert_eq!(restored.snapshot(), snap);
         let v = restored.segment(7).unwrap().view();
         assert_eq!(v, seg.view());

@@ -148,7 +148,9 @@ impl StateMachine for MetaState {
         }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
+    type Snapshot = MetaSnapshot;
+
+    fn snapshot(&self) -> MetaSnapshot {
         let map = self.streams.read().unwrap_or_else(|p| p.into_inner());
         let streams = map
             .values()
@@ -170,10 +172,10 @@ impl StateMachine for MetaState {
                     .collect(),
             })
             .collect();
-        prost::Message::encode_to_vec(&MetaSnapshot {
+        MetaSnapshot {
             next_segment_id: self.next_segment_id,
             streams,
-        })
+        }
     }
 
     fn restore(&mut self, snapshot: Bytes) -> Result<(), String> {
@@ -248,7 +250,9 @@ mod tests {
         let again = apply(&mut s, create("a", 1)).unwrap();
         assert_eq!(again.segments[0].id, 4);
         let mut restored = MetaState::new(StreamMap::default());
-        restored.restore(s.snapshot().into()).unwrap();
+        restored
+            .restore(prost::Message::encode_to_vec(&s.snapshot()).into())
+            .unwrap();
         assert_eq!(restored.snapshot(), s.snapshot());
         assert_eq!(restored.next_segment_id, 5);
     }

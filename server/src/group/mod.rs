@@ -17,7 +17,7 @@ mod runner;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 
 use crate::log::{LogError, LogStorage};
 
@@ -33,9 +33,12 @@ pub trait StateMachine: Send + 'static {
     /// the same log always yields the same state (it is replayed on restart).
     fn apply(&mut self, index: u64, command: bytes::Bytes) -> Self::Output;
 
-    /// The whole applied state, for the group's snapshot: with it the log up
-    /// to the applied index can go.
-    fn snapshot(&self) -> Vec<u8>;
+    /// The whole applied state as a value that is cheap to take (handles to
+    /// shared bytes, not copies): the group encodes and writes it on another
+    /// thread, then drops its log up to the applied index.
+    type Snapshot: prost::Message + Send + 'static;
+
+    fn snapshot(&self) -> Self::Snapshot;
 
     /// Replaces the state with a snapshot's (at start-up, before replay).
     fn restore(&mut self, snapshot: bytes::Bytes) -> Result<(), String>;
@@ -56,11 +59,24 @@ pub enum ProposeError {
 
 pub(crate) type Query<S> = Box<dyn FnOnce(&mut S) + Send>;
 
+/// Where a proposal's outcome goes, with the budget it holds until the
+/// outcome is known. The runner drops both when it answers, whether or not
+/// anyone polls the answer: a proposer blocked on the same budget for its
+/// next proposal must not keep its applied ones' budget.
+pub(crate) struct Reply<S: StateMachine> {
+    tx: oneshot::Sender<Result<S::Output, ProposeError>>,
+    _held: Option<OwnedSemaphorePermit>,
+}
+
+impl<S: StateMachine> Reply<S> {
+    pub(crate) fn send(self, outcome: Result<S::Output, ProposeError>) {
+        // The proposer may be gone; the outcome is then nobody's concern.
+        let _ = self.tx.send(outcome);
+    }
+}
+
 pub(crate) enum Command<S: StateMachine> {
-    Propose {
-        data: Vec<u8>,
-        done: oneshot::Sender<Result<S::Output, ProposeError>>,
-    },
+    Propose { data: Vec<u8>, done: Reply<S> },
     Query(Query<S>),
 }
 
@@ -129,20 +145,23 @@ impl<S: StateMachine> Group<S> {
     /// Proposes `data`; resolves with the state machine's output once the
     /// entry is committed and applied.
     pub async fn propose(&self, data: Vec<u8>) -> Result<S::Output, ProposeError> {
-        self.submit(data).await?.await
+        self.submit(data, None).await?.await
     }
 
     /// Queues `data` for proposal and returns a future of its output. Entries
     /// enter the log in the order `submit` calls return, which is what keeps
-    /// one writer's pipelined batches in order.
+    /// one writer's pipelined batches in order. `held` is released as soon
+    /// as the outcome is known.
     pub async fn submit(
         &self,
         data: Vec<u8>,
+        held: Option<OwnedSemaphorePermit>,
     ) -> Result<
         impl std::future::Future<Output = Result<S::Output, ProposeError>> + Send + 'static,
         ProposeError,
     > {
-        let (done, rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
+        let done = Reply { tx, _held: held };
         self.tx
             .send(Command::Propose { data, done })
             .await

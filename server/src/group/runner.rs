@@ -7,8 +7,8 @@ use raft::prelude::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType};
 use raft::{RawNode, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Command, GroupConfig, ProposeError, StateMachine};
-use crate::log::LogStorage;
+use super::{Command, GroupConfig, ProposeError, Reply, StateMachine};
+use crate::log::{LogError, LogStorage};
 
 /// Commands drained per loop turn before handling a Ready: bounds the time
 /// between fsyncs under a flood of proposals.
@@ -19,7 +19,7 @@ const COMMITTED_BYTES_PER_READY_MAX: u64 = 16 * 1024 * 1024;
 /// A log write slower than this is logged.
 const SLOW_PERSIST: std::time::Duration = std::time::Duration::from_millis(100);
 
-type Done<S> = oneshot::Sender<Result<<S as StateMachine>::Output, ProposeError>>;
+type Done<S> = Reply<S>;
 
 struct Runner<S: StateMachine> {
     name: String,
@@ -33,6 +33,8 @@ struct Runner<S: StateMachine> {
     applied: u64,
     /// Entry bytes applied since the last snapshot.
     applied_bytes: u64,
+    /// A snapshot being written on its own thread: (index, term) once durable.
+    snapshotting: Option<oneshot::Receiver<Result<(u64, u64), LogError>>>,
     snapshot_log_bytes: u64,
 }
 
@@ -50,6 +52,22 @@ fn raft_config(config: &GroupConfig, applied: u64) -> raft::Config {
         max_uncommitted_size: config.uncommitted_bytes_max,
         max_committed_size_per_ready: COMMITTED_BYTES_PER_READY_MAX,
         ..Default::default()
+    }
+}
+
+/// Resolves when the snapshot in progress is written; never without one.
+async fn snapshot_written(
+    pending: &mut Option<oneshot::Receiver<Result<(u64, u64), LogError>>>,
+) -> Result<(u64, u64), LogError> {
+    match pending {
+        Some(rx) => match rx.await {
+            Ok(written) => written,
+            Err(_) => Err(LogError::Io {
+                path: std::path::PathBuf::from("snapshot"),
+                source: std::io::Error::other("the snapshot thread died"),
+            }),
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -93,6 +111,7 @@ pub(super) fn run<S: StateMachine>(
         ready_tx,
         applied,
         applied_bytes: 0,
+        snapshotting: None,
         snapshot_log_bytes: config.snapshot_log_bytes,
     };
     if runner.node.raft.prs().conf().voters().ids().len() == 1 {
@@ -120,6 +139,7 @@ pub(super) fn run<S: StateMachine>(
                     Some(cmd) => runner.handle(cmd),
                     None => break,
                 },
+                written = snapshot_written(&mut runner.snapshotting) => runner.on_snapshot_written(written),
             }
             for _ in 0..COMMANDS_PER_TURN_MAX {
                 match rx.try_recv() {
@@ -139,7 +159,7 @@ impl<S: StateMachine> Runner<S> {
             Command::Query(q) => q(&mut self.state),
             Command::Propose { data, done } => {
                 if self.node.raft.state != StateRole::Leader {
-                    let _ = done.send(Err(ProposeError::NotLeader {
+                    done.send(Err(ProposeError::NotLeader {
                         group: self.name.clone(),
                     }));
                     return;
@@ -150,7 +170,7 @@ impl<S: StateMachine> Runner<S> {
                         self.pending.insert(index, (self.node.raft.term, done));
                     }
                     Err(_) => {
-                        let _ = done.send(Err(ProposeError::Dropped {
+                        done.send(Err(ProposeError::Dropped {
                             group: self.name.clone(),
                         }));
                     }
@@ -191,14 +211,40 @@ impl<S: StateMachine> Runner<S> {
         }
     }
 
+    /// Takes the state (cheap) and writes it on a thread of its own, so the
+    /// group keeps committing meanwhile; the log is compacted when it is done.
     fn snapshot(&mut self) {
-        let data = self.state.snapshot();
-        let bytes = data.len();
-        if let Err(e) = self.node.mut_store().save_snapshot(self.applied, data) {
-            fatal(&self.name, "cannot save a snapshot", &e);
+        if self.snapshotting.is_some() {
+            return;
         }
-        tracing::info!(group = %self.name, index = self.applied, bytes, "snapshot saved; log truncated");
+        let writer = match self.node.store().snapshot_writer(self.applied) {
+            Ok(w) => w,
+            Err(e) => fatal(&self.name, "cannot start a snapshot", &e),
+        };
+        let state = self.state.snapshot();
+        let (tx, rx) = oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name(format!("snap-{}", self.name))
+            .spawn(move || {
+                let _ = tx.send(writer.write(prost::Message::encode_to_vec(&state)));
+            });
+        if let Err(e) = spawned {
+            fatal(&self.name, "cannot start the snapshot thread", &e);
+        }
+        self.snapshotting = Some(rx);
         self.applied_bytes = 0;
+    }
+
+    fn on_snapshot_written(&mut self, written: Result<(u64, u64), LogError>) {
+        self.snapshotting = None;
+        let (index, term) = match written {
+            Ok(it) => it,
+            Err(e) => fatal(&self.name, "cannot save a snapshot", &e),
+        };
+        if let Err(e) = self.node.mut_store().compact(index, term) {
+            fatal(&self.name, "cannot drop the log below a snapshot", &e);
+        }
+        tracing::info!(group = %self.name, index, "snapshot saved; log truncated");
     }
 
     fn apply(&mut self, entries: Vec<Entry>) {
@@ -248,7 +294,7 @@ impl<S: StateMachine> Runner<S> {
                 break;
             }
             let (_, done) = entry.remove();
-            let _ = done.send(Err(ProposeError::Lost {
+            done.send(Err(ProposeError::Lost {
                 group: self.name.clone(),
             }));
         }
@@ -260,13 +306,13 @@ impl<S: StateMachine> Runner<S> {
                     group: self.name.clone(),
                 })
             };
-            let _ = done.send(reply);
+            done.send(reply);
         }
     }
 
     fn fail_pending(&mut self) {
         for (_, (_, done)) in std::mem::take(&mut self.pending) {
-            let _ = done.send(Err(ProposeError::Lost {
+            done.send(Err(ProposeError::Lost {
                 group: self.name.clone(),
             }));
         }

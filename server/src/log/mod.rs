@@ -15,4 +15,4 @@
 pub mod record;
 mod storage;
 
-pub use storage::{LogError, LogStorage};
+pub use storage::{LogError, LogStorage, SnapshotWriter};

@@ -16,7 +16,7 @@ use super::record::{self, Decoded, RecordKind};
 /// A log file is closed and a new one started past this size.
 const LOG_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Recent entries kept in memory so raft rarely reads the disk.
-const ENTRY_CACHE_BYTES_MAX: usize = 16 * 1024 * 1024;
+const ENTRY_CACHE_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Why the log cannot be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +133,33 @@ fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, LogError> {
             .map_err(|e| corrupt(format!("bad snapshot: {e}"))),
         Decoded::Record { .. } => Err(corrupt("not a single snapshot record".into())),
         Decoded::Invalid { why } => Err(corrupt(why.into())),
+    }
+}
+
+/// Writes one snapshot file (durably), off the group thread.
+pub struct SnapshotWriter {
+    path: PathBuf,
+    index: u64,
+    term: u64,
+    conf_state: ConfState,
+}
+
+impl SnapshotWriter {
+    /// Writes the state machine's `data`; returns the snapshot's index and
+    /// term for [`LogStorage::compact`].
+    pub fn write(self, data: Vec<u8>) -> Result<(u64, u64), LogError> {
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
+        let meta = snap.mut_metadata();
+        meta.index = self.index;
+        meta.term = self.term;
+        meta.set_conf_state(self.conf_state);
+        let mut buf = Vec::new();
+        encode_message(&mut buf, RecordKind::Snapshot, &snap).map_err(io_err(&self.path))?;
+        durable_write(&self.path, &buf)?;
+        Ok((self.index, self.term))
     }
 }
 
@@ -419,27 +446,23 @@ impl LogStorage {
         Ok(())
     }
 
-    /// Saves a snapshot of the state machine at `index` (applied, so
-    /// committed and persisted), then drops the log up to it: entries from the
-    /// index and log files wholly below it.
-    pub fn save_snapshot(&mut self, index: u64, data: Vec<u8>) -> Result<(), LogError> {
+    /// Starts a snapshot at `index` (applied, so committed and persisted):
+    /// the returned writer may run on another thread; once it has written,
+    /// [`LogStorage::compact`] drops the log up to the index.
+    pub fn snapshot_writer(&self, index: u64) -> Result<SnapshotWriter, LogError> {
         let term = raft::Storage::term(self, index)
             .map_err(|e| io_err(&self.dir)(std::io::Error::other(e.to_string())))?;
-        let mut snap = Snapshot {
-            data: data.into(),
-            ..Default::default()
-        };
-        let meta = snap.mut_metadata();
-        meta.index = index;
-        meta.term = term;
-        meta.set_conf_state(self.conf_state.clone());
-        let mut buf = Vec::new();
-        encode_message(&mut buf, RecordKind::Snapshot, &snap).map_err(io_err(&self.dir))?;
-        durable_write(&self.dir.join(SNAPSHOT_FILE), &buf)?;
-        self.compact(index, term)
+        Ok(SnapshotWriter {
+            path: self.dir.join(SNAPSHOT_FILE),
+            index,
+            term,
+            conf_state: self.conf_state.clone(),
+        })
     }
 
-    fn compact(&mut self, index: u64, term: u64) -> Result<(), LogError> {
+    /// Drops entries up to `index` (covered by a durable snapshot at
+    /// `index`/`term`) and the log files wholly below it.
+    pub fn compact(&mut self, index: u64, term: u64) -> Result<(), LogError> {
         if index <= self.compacted.0 {
             return Ok(());
         }
@@ -673,7 +696,12 @@ mod tests {
                 log.persist(&[entry(i, 1, &big)], Some(&hs(1, i))).unwrap();
             }
             let before = log.disk_bytes();
-            log.save_snapshot(75, b"state".to_vec()).unwrap();
+            let (index, term) = log
+                .snapshot_writer(75)
+                .unwrap()
+                .write(b"state".to_vec())
+                .unwrap();
+            log.compact(index, term).unwrap();
             assert!(log.disk_bytes() < before / 2, "old log files are removed");
             assert_eq!(log.first_index().unwrap(), 76);
             assert_eq!(log.term(75).unwrap(), 1);

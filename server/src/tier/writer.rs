@@ -90,7 +90,7 @@ impl StorageWriter {
                 end,
                 name: name.clone(),
             });
-            match self.container.propose(cmd, 0).await {
+            match self.container.propose(cmd).await {
                 Ok(Applied::ChunkRecorded) => {
                     tracing::debug!(
                         container = self.container.id,
