@@ -9,7 +9,7 @@ use std::str::FromStr;
 use crate::{proto, Error};
 
 /// Longest scope or stream name, in characters.
-pub const MAX_NAME_LEN: usize = 255;
+pub use aquifer_proto::name::MAX_NAME_LEN;
 
 const RULE: &str = "scope and stream must each be 1 to 255 characters of A-Z, a-z, 0-9, '_' or '-'";
 
@@ -46,12 +46,7 @@ impl StreamName {
 
 /// Checks one part (scope or stream) against the naming rule.
 pub(crate) fn validate_part(what: &str, part: &str) -> Result<(), Error> {
-    let ok = !part.is_empty()
-        && part.len() <= MAX_NAME_LEN
-        && part
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
+    if aquifer_proto::name::is_valid_name(part) {
         Ok(())
     } else {
         Err(Error::InvalidName(format!(

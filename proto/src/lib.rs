@@ -4,6 +4,7 @@
 //! Owns the wire formats only; it must never hold policy (limits, retries).
 
 pub mod frame;
+pub mod name;
 
 /// Generated messages and services of `aquifer.v1`.
 pub mod v1 {

@@ -1,0 +1,33 @@
+//! The naming rule for scopes and streams, shared by every client and the
+//! server so both refuse exactly the same names.
+
+/// Longest scope or stream name, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// The rule in words, for error messages.
+pub const NAME_RULE: &str = "use 1 to 255 characters from A-Z a-z 0-9 _ -";
+
+/// Whether `name` is a valid scope or stream name: `[A-Za-z0-9_-]{1,255}`.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_rule_and_nothing_else() {
+        assert!(is_valid_name("a-Z_09"));
+        assert!(is_valid_name(&"x".repeat(255)));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name(&"x".repeat(256)));
+        assert!(!is_valid_name("a b"));
+        assert!(!is_valid_name("a/b"));
+        assert!(!is_valid_name("é"));
+    }
+}
