@@ -577,3 +577,59 @@ async fn send_and_drain(addr: &str, bytes: &[u8]) {
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
 }
+
+/// At `max_connections` the node stops accepting: a further client cannot
+/// get through until another one closes, and then it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_makes_extra_clients_wait() {
+    let server = ServerProcess::start(ServerOpts::with_config("max_connections = 2\n")).await;
+    // The harness's own readiness probe may still hold a slot for a moment.
+    let first = server.client().await;
+    first
+        .admin()
+        .list_streams(None)
+        .await
+        .expect("first client");
+    let second = Client::connect(&server.addr())
+        .await
+        .expect("second client");
+    second
+        .admin()
+        .list_streams(None)
+        .await
+        .expect("second client");
+
+    let third = tokio::time::timeout(Duration::from_secs(3), async {
+        let c = Client::connect(&server.addr()).await?;
+        c.admin().list_streams(None).await
+    })
+    .await;
+    assert!(
+        !matches!(third, Ok(Ok(_))),
+        "a third connection was served past max_connections = 2"
+    );
+
+    drop(first);
+    let third = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(c) = Client::connect(&server.addr()).await {
+                if c.admin().list_streams(None).await.is_ok() {
+                    return c;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("a slot frees once a client closes");
+    third
+        .admin()
+        .list_streams(None)
+        .await
+        .expect("third client");
+    second
+        .admin()
+        .list_streams(None)
+        .await
+        .expect("second client still served");
+}

@@ -35,6 +35,8 @@ pub struct ServerConfig {
     /// and drops its log once this many bytes were applied since the last
     /// snapshot: bounds local log disk and replay time.
     pub snapshot_log_bytes: u64,
+    /// Open client connections; past it new ones wait to be accepted.
+    pub max_connections: usize,
     pub tier2: Tier2Config,
     pub raft: RaftConfig,
 }
@@ -72,6 +74,7 @@ impl Default for ServerConfig {
             cache_bytes_max: 256 * MIB,
             in_flight_bytes_max: 16 * MIB,
             snapshot_log_bytes: 256 * MIB,
+            max_connections: 1024,
             tier2: Tier2Config::default(),
             raft: RaftConfig::default(),
         }
@@ -162,6 +165,9 @@ impl ServerConfig {
                 "in_flight_bytes_max must be at most 1073741824, not {}",
                 self.in_flight_bytes_max
             ));
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections must be at least 1".into());
         }
         if self.snapshot_log_bytes < MIB {
             return bad(format!(
