@@ -44,8 +44,19 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tier2Config {
-    /// `file:///abs/path` or absent for `<data_dir>/tier2`.
+    /// `file:///abs/path`, `s3://bucket/prefix`, or absent for
+    /// `<data_dir>/tier2`.
     pub url: Option<String>,
+    /// S3 only: endpoint of an S3-compatible server (default: AWS, or
+    /// `AWS_ENDPOINT`).
+    pub endpoint: Option<String>,
+    /// S3 only: region (default: `AWS_REGION`, else us-east-1).
+    pub region: Option<String>,
+    /// S3 only: credentials (default: the standard AWS environment variables).
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// S3 only: allow plain http endpoints (local test servers).
+    pub allow_http: bool,
     /// A segment's unflushed bytes are put to tier-2 as a chunk when they
     /// reach this size ...
     pub chunk_bytes: u64,
@@ -85,6 +96,11 @@ impl Default for Tier2Config {
     fn default() -> Self {
         Tier2Config {
             url: None,
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
             chunk_bytes: 8 * MIB,
             flush_interval_ms: 10_000,
             read_concurrency: 8,

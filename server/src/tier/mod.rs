@@ -1,7 +1,7 @@
 //! Tier-2: segment bytes in object storage, as chunks.
 //!
 //! [`Tier2`] opens the object store (local filesystem under the data dir by
-//! default), puts chunks under unique names, and reads byte ranges of them
+//! default, or S3 and S3-compatible servers), puts chunks under unique names, and reads byte ranges of them
 //! back through the block cache with readahead and a bounded number of
 //! concurrent GETs. [`writer::StorageWriter`] decides when a segment's tail
 //! buffer becomes a chunk.
@@ -18,8 +18,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::sync::Semaphore;
 
@@ -48,26 +50,78 @@ pub fn chunk_name(container: u32, term: u64, segment_id: u64, start: u64) -> Str
 
 impl Tier2 {
     pub fn open(config: &ServerConfig) -> Result<Self, Error> {
-        let root = match &config.tier2.url {
-            None => config.data_dir.join("tier2"),
-            Some(url) => match url.strip_prefix("file://") {
-                Some(path) => PathBuf::from(path),
-                None => {
+        let t = &config.tier2;
+        let (store, local_root): (Arc<dyn ObjectStore>, _) = match t.url.as_deref() {
+            None => Self::local(config.data_dir.join("tier2"))?,
+            Some(url) => {
+                if let Some(path) = url.strip_prefix("file://") {
+                    Self::local(PathBuf::from(path))?
+                } else if let Some(rest) = url.strip_prefix("s3://") {
+                    (Self::s3(t, rest)?, None)
+                } else {
                     return Err(Error::InvalidArgument(format!(
-                        "tier2.url {url:?} is not supported yet: use file:///absolute/path or leave it out"
-                    )))
+                        "tier2.url {url:?} is not supported: use file:///absolute/path or s3://bucket/prefix"
+                    )));
                 }
-            },
+            }
         };
+        Ok(Tier2 {
+            store,
+            local_root,
+            cache: BlockCache::new(config.cache_bytes_max),
+            reads: Semaphore::new(t.read_concurrency),
+        })
+    }
+
+    fn local(root: PathBuf) -> Result<(Arc<dyn ObjectStore>, Option<PathBuf>), Error> {
         std::fs::create_dir_all(&root)
             .map_err(|e| Error::Tier2(format!("cannot create {}: {e}", root.display())))?;
         let store = LocalFileSystem::new_with_prefix(&root)?;
-        Ok(Tier2 {
-            store: Arc::new(store),
-            local_root: Some(root),
-            cache: BlockCache::new(config.cache_bytes_max),
-            reads: Semaphore::new(config.tier2.read_concurrency),
-        })
+        Ok((Arc::new(store), Some(root)))
+    }
+
+    /// `bucket/prefix` on S3 or an S3-compatible server; settings from the
+    /// config, else the standard AWS environment variables.
+    fn s3(
+        t: &crate::config::Tier2Config,
+        bucket_and_prefix: &str,
+    ) -> Result<Arc<dyn ObjectStore>, Error> {
+        let (bucket, prefix) = match bucket_and_prefix.split_once('/') {
+            Some((b, p)) => (b, p.trim_matches('/')),
+            None => (bucket_and_prefix, ""),
+        };
+        if bucket.is_empty() {
+            return Err(Error::InvalidArgument(
+                "tier2.url s3:// names no bucket".into(),
+            ));
+        }
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_allow_http(t.allow_http);
+        if let Some(endpoint) = &t.endpoint {
+            // S3-compatible servers are addressed by path, not by host name.
+            b = b
+                .with_endpoint(endpoint)
+                .with_virtual_hosted_style_request(false);
+        }
+        b =
+            b.with_region(t.region.clone().unwrap_or_else(|| {
+                std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into())
+            }));
+        if let Some(k) = &t.access_key_id {
+            b = b.with_access_key_id(k);
+        }
+        if let Some(k) = &t.secret_access_key {
+            b = b.with_secret_access_key(k);
+        }
+        let store = b
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("tier2 S3 settings: {e}")))?;
+        if prefix.is_empty() {
+            Ok(Arc::new(store))
+        } else {
+            Ok(Arc::new(PrefixStore::new(store, prefix)))
+        }
     }
 
     /// Puts a new chunk; fails if the name exists.
