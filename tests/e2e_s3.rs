@@ -19,9 +19,9 @@ const BUCKET: &str = "aquifer";
 /// A SeaweedFS S3 server this test started (and stops, by PID).
 struct S3Server {
     script: PathBuf,
-    pid: String,
+    pid: Option<String>,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl S3Server {
@@ -41,7 +41,6 @@ impl S3Server {
                 String::from_utf8_lossy(&install.stderr)
             ));
         }
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let mut rng = rand::rng();
         for _ in 0..20 {
             let port: u16 = rng.random_range(20_000..40_000);
@@ -52,33 +51,49 @@ impl S3Server {
             if !free {
                 continue;
             }
-            let out = Command::new("bash")
-                .arg(&script)
-                .args(["start", &port.to_string()])
-                .arg(dir.path())
-                .arg(BUCKET)
-                .output()
-                .map_err(|e| e.to_string())?;
-            if out.status.success() {
-                let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-                return Ok(S3Server {
-                    script,
-                    pid,
-                    port,
-                    _dir: dir,
-                });
+            let mut server = S3Server {
+                script: script.clone(),
+                pid: None,
+                port,
+                dir: tempfile::tempdir().map_err(|e| e.to_string())?,
+            };
+            match server.run() {
+                Ok(()) => return Ok(server),
+                Err(why) => eprintln!("s3 test: start on port {port} failed: {why}"),
             }
-            eprintln!(
-                "s3 test: start on port {port} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
         }
         Err("no port range free for the S3 server".into())
     }
 
+    /// Starts the server process on this port and data dir (again).
+    fn run(&mut self) -> Result<(), String> {
+        let out = Command::new("bash")
+            .arg(&self.script)
+            .args(["start", &self.port.to_string()])
+            .arg(self.dir.path())
+            .arg(BUCKET)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        self.pid = Some(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+        Ok(())
+    }
+
+    /// Stops the server process (its data stays).
+    fn stop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = Command::new("bash")
+                .arg(&self.script)
+                .args(["stop", &pid])
+                .output();
+        }
+    }
+
     fn tier2_config(&self, prefix: &str) -> String {
         format!(
-            "[tier2]\nurl = \"s3://{BUCKET}/{prefix}\"\nendpoint = \"http://127.0.0.1:{}\"\n\
+            "tail_buffer_bytes_max = 16777216\n[tier2]\nurl = \"s3://{BUCKET}/{prefix}\"\nendpoint = \"http://127.0.0.1:{}\"\n\
              region = \"us-east-1\"\naccess_key_id = \"testkey\"\nsecret_access_key = \"testsecret\"\n\
              allow_http = true\nchunk_bytes = 65536\nflush_interval_ms = 200\n",
             self.port
@@ -88,10 +103,7 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(&self.script)
-            .args(["stop", &self.pid])
-            .output();
+        self.stop();
     }
 }
 
@@ -167,5 +179,93 @@ async fn segments_flush_to_s3_and_read_back_after_kill9() {
     for (key, seqs) in per_key_sequences(&events) {
         let expected: Vec<u64> = (0..PER_KEY).collect();
         assert_eq!(seqs, expected, "key {key} in order, no gap, no duplicate");
+    }
+}
+
+/// S3 stopped while writers keep going: appends are still acknowledged while
+/// the tail buffers have room, nothing is lost, and once S3 is back flushing
+/// catches up by itself and every event reads back once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_survive_an_s3_outage_and_flushing_catches_up() {
+    let mut s3 = match S3Server::start() {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("SKIPPING S3 test: the S3 test server is not available here: {why}");
+            return;
+        }
+    };
+    let server = ServerProcess::start(ServerOpts::with_config(&s3.tier2_config("node-b"))).await;
+    let client = server.client().await;
+    let name = stream_name("s3/outage");
+    client
+        .admin()
+        .create_stream(&name, 2)
+        .await
+        .expect("create");
+    let writer = client
+        .writer(&name, WriterConfig::default())
+        .await
+        .expect("writer");
+    const KEYS: u64 = 10;
+    let write = |from: u64, to: u64| {
+        let writer = &writer;
+        async move {
+            for seq in from..to {
+                for k in 0..KEYS {
+                    let payload = format!("k{k}:{seq}:{}", "y".repeat(500));
+                    writer
+                        .write_event(Some(&format!("k{k}")), payload)
+                        .await
+                        .expect("queue");
+                }
+            }
+            writer.flush().await.expect("acknowledged");
+        }
+    };
+    let admin = client.admin();
+    let all_flushed = || {
+        let admin = admin.clone();
+        let name = name.clone();
+        async move {
+            admin.describe_stream(&name).await.is_ok_and(|info| {
+                info.segments
+                    .iter()
+                    .all(|s| s.length > 0 && s.tier2_length == s.length)
+            })
+        }
+    };
+    write(0, 100).await;
+    wait_for(
+        "first events flushed to S3",
+        Duration::from_secs(60),
+        all_flushed,
+    )
+    .await;
+
+    s3.stop();
+    // 2,000 events of ~0.5 KiB fit the 16 MiB tail budget: still acknowledged.
+    write(100, 300).await;
+    let info = admin.describe_stream(&name).await.expect("describe");
+    let in_tail: u64 = info.segments.iter().map(|s| s.tail_buffer_bytes).sum();
+    assert!(
+        in_tail > 0,
+        "with S3 down the new bytes wait in the tail buffers"
+    );
+
+    s3.run().expect("S3 server restarts");
+    wait_for(
+        "flushing catches up after the outage",
+        Duration::from_secs(120),
+        all_flushed,
+    )
+    .await;
+    let events = read_all(&client, &name, Duration::from_secs(60)).await;
+    assert_eq!(
+        events.len() as u64,
+        KEYS * 300,
+        "every acknowledged event, once"
+    );
+    for (key, seqs) in per_key_sequences(&events) {
+        assert_eq!(seqs, (0..300).collect::<Vec<u64>>(), "key {key} in order");
     }
 }
