@@ -100,6 +100,40 @@ fn prepare_data_dir(config: &ServerConfig) -> Result<File, Error> {
     Ok(lock)
 }
 
+/// Deletes chunk objects that no applied "chunk flushed" entry refers to:
+/// puts that a crash cut off from their entry, and chunks of deleted
+/// segments. Runs before the storage writers start, so no put is in flight.
+/// Best effort: tier-2 being unreachable only leaves the orphans for later.
+async fn collect_orphans(tier2: &Tier2, containers: &[Arc<Container>], count: u32) {
+    let names = match tier2.list_chunks().await {
+        Ok(names) => names,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list tier-2 to collect orphan chunks");
+            return;
+        }
+    };
+    let mut live: std::collections::HashMap<u64, std::collections::HashSet<String>> =
+        Default::default();
+    for name in names {
+        let Some(segment) = crate::tier::chunk_segment(&name) else {
+            continue;
+        };
+        let chunks = live.entry(segment).or_insert_with(|| {
+            containers[container_of(segment, count) as usize]
+                .segment(segment)
+                .map(|s| s.chunk_names().into_iter().collect())
+                .unwrap_or_default()
+        });
+        if chunks.contains(&name) {
+            continue;
+        }
+        match tier2.delete_chunk(&name).await {
+            Ok(()) => tracing::info!(chunk = %name, "deleted orphan chunk"),
+            Err(e) => tracing::warn!(chunk = %name, error = %e, "cannot delete orphan chunk"),
+        }
+    }
+}
+
 /// Write to a temporary file, fsync, rename into place, fsync the directory.
 fn durable_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -149,6 +183,7 @@ impl Node {
         for c in &containers {
             c.wait_ready().await?;
         }
+        collect_orphans(&tier2, &containers, config.containers).await;
         let (stop_writers, stop) = watch::channel(false);
         let writers = containers
             .iter()

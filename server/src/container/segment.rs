@@ -108,6 +108,11 @@ impl Segment {
         }
     }
 
+    /// Names of the chunks that make up the segment in tier-2.
+    pub fn chunk_names(&self) -> Vec<String> {
+        self.lock().chunks.iter().map(|c| c.name.clone()).collect()
+    }
+
     /// Decides where a read at `offset` is served from; tail bytes come back
     /// whole events only, about `max_bytes` (at least one batch).
     pub fn locate(&self, offset: u64, max_bytes: usize) -> ReadSource {
@@ -161,14 +166,28 @@ impl Segment {
     /// The oldest unflushed bytes, whole batches, about `max_bytes` (at least
     /// one batch): what the storage writer puts next. None when all is flushed.
     pub fn unflushed(&self, max_bytes: u64) -> Option<(u64, Bytes)> {
-        let s = self.lock();
-        let start = s.tail.front()?.0;
-        let mut out = BytesMut::new();
-        for (_, bytes) in s.tail.iter() {
-            if !out.is_empty() && (out.len() + bytes.len()) as u64 > max_bytes {
-                break;
+        // Take handles under the lock and copy after it: the container's
+        // thread must not wait on a multi-MiB copy to apply the next batch.
+        let (start, mut parts) = {
+            let s = self.lock();
+            let start = s.tail.front()?.0;
+            let mut parts: Vec<Bytes> = Vec::new();
+            let mut len = 0u64;
+            for (_, bytes) in s.tail.iter() {
+                if !parts.is_empty() && len + bytes.len() as u64 > max_bytes {
+                    break;
+                }
+                len += bytes.len() as u64;
+                parts.push(bytes.clone());
             }
-            out.extend_from_slice(bytes);
+            (start, parts)
+        };
+        if parts.len() == 1 {
+            return parts.pop().map(|b| (start, b));
+        }
+        let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+        for p in parts {
+            out.extend_from_slice(&p);
         }
         Some((start, out.freeze()))
     }

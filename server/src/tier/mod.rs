@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
@@ -42,10 +43,23 @@ pub struct Tier2 {
     reads: Semaphore,
 }
 
+/// Where chunk objects live: `segments/<segment id>/<chunk>`.
+const SEGMENTS_DIR: &str = "segments";
+
 /// The object name of a new chunk.
 pub fn chunk_name(container: u32, term: u64, segment_id: u64, start: u64) -> String {
     let suffix: u64 = rand::random();
-    format!("segments/{segment_id}/{start:020}-c{container}-t{term}-{suffix:016x}.chunk")
+    format!("{SEGMENTS_DIR}/{segment_id}/{start:020}-c{container}-t{term}-{suffix:016x}.chunk")
+}
+
+/// The segment a chunk name belongs to.
+pub fn chunk_segment(name: &str) -> Option<u64> {
+    name.strip_prefix(SEGMENTS_DIR)?
+        .strip_prefix('/')?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
 }
 
 impl Tier2 {
@@ -158,6 +172,16 @@ impl Tier2 {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Every chunk object in tier-2, by name (for orphan collection).
+    pub async fn list_chunks(&self) -> Result<Vec<String>, Error> {
+        let mut names = Vec::new();
+        let mut listing = self.store.list(Some(&ObjectPath::from(SEGMENTS_DIR)));
+        while let Some(meta) = listing.next().await {
+            names.push(meta?.location.to_string());
+        }
+        Ok(names)
     }
 
     /// Whole events of `chunk` from `offset` on, about `max_bytes` (at least
