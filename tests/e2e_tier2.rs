@@ -150,3 +150,91 @@ async fn orphan_chunks_are_collected_at_start_up() {
         400
     );
 }
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Writing many times the log budget keeps the local log within it: groups
+/// snapshot and drop their log files, the bytes live on in tier-2, and every
+/// event reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_log_disk_stays_bounded_while_tier2_grows() {
+    let config = "max_event_bytes = 1048576\nin_flight_bytes_max = 2097152\n\
+                  tail_buffer_bytes_max = 4194304\nsnapshot_log_bytes = 2097152\n\
+                  [tier2]\nchunk_bytes = 262144\nflush_interval_ms = 100\n";
+    let server = ServerProcess::start(ServerOpts::with_config(config)).await;
+    let client = server.client().await;
+    let name = stream_name("tier/bounded");
+    client
+        .admin()
+        .create_stream(&name, 1)
+        .await
+        .expect("create");
+    let writer = client
+        .writer(&name, WriterConfig::default())
+        .await
+        .expect("writer");
+    let log_dir = server.data_dir().join("log");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let log_dir = log_dir.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            // Bounded: at most 2 minutes of samples.
+            for _ in 0..2400 {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                peak = peak.max(dir_bytes(&log_dir));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            peak
+        })
+    };
+    // 60,000 events of ~330 bytes: about 10 times the 2 MiB snapshot interval.
+    write_keyed(&writer, 10, 0, 6000).await;
+    let admin = client.admin();
+    wait_for("everything in tier-2", Duration::from_secs(60), || {
+        let admin = admin.clone();
+        let name = name.clone();
+        async move {
+            admin
+                .describe_stream(&name)
+                .await
+                .is_ok_and(|i| i.segments.iter().all(|s| s.tier2_length == s.length))
+        }
+    })
+    .await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.await.expect("sampler").max(dir_bytes(&log_dir));
+    eprintln!("local log peak: {peak} bytes");
+    let length = admin
+        .describe_stream(&name)
+        .await
+        .expect("describe")
+        .segments[0]
+        .length;
+    assert!(length > 18 * 1024 * 1024, "wrote {length} bytes");
+    let tier2 = dir_bytes(&server.data_dir().join("tier2"));
+    assert!(tier2 >= length, "tier-2 holds {tier2} of {length} bytes");
+    // Budget per busy group: the interval, two files of a quarter of it, and
+    // a snapshot holding at most the 4 MiB tail budget.
+    assert!(
+        peak < 16 * 1024 * 1024,
+        "local log held up to {peak} bytes while {length} were written with a 2 MiB snapshot interval"
+    );
+    let events = read_all(&client, &name, Duration::from_secs(60)).await;
+    assert_eq!(events.len(), 60_000);
+}

@@ -110,7 +110,10 @@ impl<S: StateMachine> Group<S> {
     /// Opens the group's log (replaying it; corruption is an error here) and
     /// starts its thread. The state machine is rebuilt by re-applying the log.
     pub fn start(config: GroupConfig, mut state: S) -> Result<Self, LogError> {
-        let storage = LogStorage::open(&config.log_dir)?;
+        // Files of a quarter of the snapshot interval: the log on disk stays
+        // within about 1.5 intervals.
+        let storage =
+            LogStorage::open(&config.log_dir)?.with_file_bytes_max(config.snapshot_log_bytes / 4);
         let mut applied = 0;
         if let Some((index, data)) = storage.load_snapshot()? {
             state.restore(data).map_err(|why| LogError::Corrupt {

@@ -13,7 +13,8 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 
 use super::record::{self, Decoded, RecordKind};
 
-/// A log file is closed and a new one started past this size.
+/// A log file is closed and a new one started past this size (unless set
+/// smaller with [`LogStorage::with_file_bytes_max`]).
 const LOG_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Recent entries kept in memory so raft rarely reads the disk.
 const ENTRY_CACHE_BYTES_MAX: usize = 8 * 1024 * 1024;
@@ -71,6 +72,7 @@ pub struct LogStorage {
     locs: VecDeque<EntryLoc>,
     files: Vec<LogFile>,
     active_len: u64,
+    file_bytes_max: u64,
     /// The newest entries, in index order, ending at `last_index`.
     cache: VecDeque<Entry>,
     cache_bytes: usize,
@@ -189,6 +191,7 @@ impl LogStorage {
             locs: VecDeque::new(),
             files: Vec::new(),
             active_len: 0,
+            file_bytes_max: LOG_FILE_BYTES_MAX,
             cache: VecDeque::new(),
             cache_bytes: 0,
         };
@@ -213,6 +216,13 @@ impl LogStorage {
             log.start_file(1)?;
         }
         Ok(log)
+    }
+
+    /// Log files are closed past `bytes` (at most the default of 64 MiB):
+    /// smaller files let compaction free disk in smaller steps.
+    pub fn with_file_bytes_max(mut self, bytes: u64) -> Self {
+        self.file_bytes_max = bytes.clamp(64 * 1024, LOG_FILE_BYTES_MAX);
+        self
     }
 
     fn replay_file(&mut self, seq: u64, is_last: bool) -> Result<(), LogError> {
@@ -391,7 +401,7 @@ impl LogStorage {
         if entries.is_empty() && hard_state.is_none() {
             return Ok(());
         }
-        if self.active_len >= LOG_FILE_BYTES_MAX {
+        if self.active_len >= self.file_bytes_max {
             self.start_file(self.active().seq + 1)?;
         }
         let mut buf =
@@ -474,7 +484,7 @@ impl LogStorage {
                 self.cache_bytes -= e.data.len();
             }
         }
-        if self.active().max_index <= index && self.active_len >= LOG_FILE_BYTES_MAX / 4 {
+        if self.active().max_index <= index && self.active_len >= self.file_bytes_max / 4 {
             // Close a large active file that holds nothing needed any more.
             self.start_file(self.active().seq + 1)?;
         }
