@@ -94,6 +94,17 @@ enum StreamCommand {
         /// Number of segments (parallelism of writes and reads).
         #[arg(long, default_value_t = 1, value_name = "N")]
         segments: u32,
+        #[command(flatten)]
+        retention: RetentionArgs,
+    },
+    /// Change a stream's retention; data past the new limits leaves the head
+    /// within seconds (whole tier-2 chunks at a time).
+    Update {
+        /// The stream, as SCOPE/STREAM.
+        #[arg(value_name = "SCOPE/STREAM")]
+        name: String,
+        #[command(flatten)]
+        retention: RetentionArgs,
     },
     /// List streams, of one scope or of all scopes.
     List {
@@ -119,6 +130,76 @@ enum StreamCommand {
         #[arg(value_name = "SCOPE/STREAM")]
         name: String,
     },
+}
+
+/// How much of a stream to keep. Without either flag: everything, forever.
+#[derive(Args, Debug, Default)]
+struct RetentionArgs {
+    /// Keep events for this long after they reach tier-2: NUMBER with s, m,
+    /// h or d (e.g. 7d, 12h); 0 for no time limit.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+    retention_time: Option<u64>,
+    /// Keep about this much of the stream: NUMBER with B, KiB, MiB, GiB or
+    /// TiB (e.g. 100GiB); 0 for no size limit.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_bytes)]
+    retention_size: Option<u64>,
+}
+
+impl RetentionArgs {
+    fn retention(&self) -> aquifer_client::Retention {
+        aquifer_client::Retention {
+            time_ms: self.retention_time.unwrap_or(0),
+            size_bytes: self.retention_size.unwrap_or(0),
+        }
+    }
+}
+
+/// `7d`, `12h`, `30m`, `45s` (or `0`) to milliseconds.
+fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(0);
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: use a number with s, m, h or d, e.g. 7d"))?;
+    let ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "{s:?} is not a duration: use a number with s, m, h or d, e.g. 7d"
+            ))
+        }
+    };
+    n.checked_mul(ms)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+/// `100GiB`, `512MiB`, `4096` (bytes) to bytes.
+fn parse_size_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a size: use a number with B, KiB, MiB, GiB or TiB, e.g. 100GiB")
+    })?;
+    let unit_bytes: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{s:?} is not a size: use a number with B, KiB, MiB, GiB or TiB, e.g. 100GiB"
+            ))
+        }
+    };
+    n.checked_mul(unit_bytes)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[derive(Args, Debug)]
@@ -279,6 +360,7 @@ async fn stream_command(addr: &str, cmd: StreamCommand) -> anyhow::Result<()> {
     // Validate names before dialling, so a typo is reported as such.
     let name = match &cmd {
         StreamCommand::Create { name, .. }
+        | StreamCommand::Update { name, .. }
         | StreamCommand::Describe { name }
         | StreamCommand::Seal { name }
         | StreamCommand::Delete { name } => Some(name.parse::<StreamName>()?),
@@ -288,17 +370,42 @@ async fn stream_command(addr: &str, cmd: StreamCommand) -> anyhow::Result<()> {
     let admin = client.admin();
     let mut out = std::io::stdout().lock();
     match (cmd, name) {
-        (StreamCommand::Create { segments, .. }, Some(name)) => {
+        (
+            StreamCommand::Create {
+                segments,
+                retention,
+                ..
+            },
+            Some(name),
+        ) => {
             if segments == 0 {
                 bail!("--segments must be at least 1");
             }
-            let info = admin.create_stream(&name, segments).await?;
+            let info = admin
+                .create_stream_with_retention(&name, segments, retention.retention())
+                .await?;
             writeln!(
                 out,
                 "created stream {name} with {} segment{}",
                 info.segments.len(),
                 plural(info.segments.len())
             )?;
+        }
+        (StreamCommand::Update { retention, .. }, Some(name)) => {
+            if retention.retention_time.is_none() && retention.retention_size.is_none() {
+                bail!("nothing to change: give --retention-time and/or --retention-size (0 removes a limit)");
+            }
+            let current = admin
+                .describe_stream(&name)
+                .await?
+                .retention
+                .unwrap_or_default();
+            let wanted = aquifer_client::Retention {
+                time_ms: retention.retention_time.unwrap_or(current.time_ms),
+                size_bytes: retention.retention_size.unwrap_or(current.size_bytes),
+            };
+            let info = admin.update_retention(&name, wanted).await?;
+            describe(&mut out, &info)?;
         }
         (StreamCommand::List { scope }, _) => {
             let mut streams = admin.list_streams(scope.as_deref()).await?;
@@ -377,6 +484,20 @@ fn describe(out: &mut impl Write, info: &StreamInfo) -> std::io::Result<()> {
         info.segments.len(),
         plural(info.segments.len()),
         yes_no(info.sealed)
+    )?;
+    let r = info.retention.unwrap_or_default();
+    let limit = |v: u64, unit: &str| {
+        if v == 0 {
+            "none".to_string()
+        } else {
+            format!("{v} {unit}")
+        }
+    };
+    writeln!(
+        out,
+        "retention: time {}, size {}",
+        limit(r.time_ms / 1000, "s"),
+        limit(r.size_bytes, "bytes")
     )?;
     let mut segments = info.segments.clone();
     segments.sort_by_key(|s| s.number);
@@ -628,7 +749,7 @@ mod tests {
     fn parses_commands_and_defaults() {
         let cli = Cli::try_parse_from(["aquifer", "stream", "create", "a/b"]).unwrap();
         match cli.command {
-            Command::Stream(StreamCommand::Create { name, segments }) => {
+            Command::Stream(StreamCommand::Create { name, segments, .. }) => {
                 assert_eq!(name, "a/b");
                 assert_eq!(segments, 1);
             }
@@ -648,6 +769,17 @@ mod tests {
             Cli::try_parse_from(["aquifer", "write", "a/b", "--key", "k", "--key-field-tab"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn parses_retention_durations_and_sizes() {
+        assert_eq!(parse_duration_ms("7d"), Ok(7 * 86_400_000));
+        assert_eq!(parse_duration_ms("90s"), Ok(90_000));
+        assert_eq!(parse_duration_ms("0"), Ok(0));
+        assert!(parse_duration_ms("7 days").is_err());
+        assert_eq!(parse_size_bytes("100GiB"), Ok(100 << 30));
+        assert_eq!(parse_size_bytes("4096"), Ok(4096));
+        assert!(parse_size_bytes("1PB").is_err());
     }
 
     #[test]

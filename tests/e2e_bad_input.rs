@@ -339,6 +339,7 @@ async fn server_validates_raw_requests() {
             .create_stream(pb::CreateStreamRequest {
                 name: pb_name(scope, stream),
                 segment_count: 1,
+                retention: None,
             })
             .await
             .expect_err("a bad name is refused by the server");
@@ -352,6 +353,7 @@ async fn server_validates_raw_requests() {
         .create_stream(pb::CreateStreamRequest {
             name: None,
             segment_count: 1,
+            retention: None,
         })
         .await
         .expect_err("a missing name is refused");
@@ -361,6 +363,7 @@ async fn server_validates_raw_requests() {
         .create_stream(pb::CreateStreamRequest {
             name: pb_name("raw", "s"),
             segment_count: 1,
+            retention: None,
         })
         .await
         .expect("create")

@@ -238,3 +238,157 @@ async fn local_log_disk_stays_bounded_while_tier2_grows() {
     let events = read_all(&client, &name, Duration::from_secs(60)).await;
     assert_eq!(events.len(), 60_000);
 }
+
+/// Retention by size truncates the head whole chunks at a time and deletes
+/// them from tier-2; a read below the new head fails with an error naming
+/// it; `stream update` sets retention on an existing stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_size_removes_chunks_from_the_head() {
+    let server = ServerProcess::start(ServerOpts::with_config(CONFIG)).await;
+    let client = server.client().await;
+    let name = stream_name("tier/retained");
+    let retention = aquifer_client::Retention {
+        time_ms: 0,
+        size_bytes: 256 * 1024,
+    };
+    let info = client
+        .admin()
+        .create_stream_with_retention(&name, 1, retention)
+        .await
+        .expect("create");
+    assert_eq!(info.retention, Some(retention));
+    let segment = info.segments[0].segment_id;
+    // Small batches make small chunks: retention drops whole chunks, and a
+    // chunk is up to chunk_bytes plus one batch.
+    let small_batches = || WriterConfig {
+        max_batch_bytes: 16 * 1024,
+        ..Default::default()
+    };
+    let writer = client.writer(&name, small_batches()).await.expect("writer");
+    write_keyed(&writer, 4, 0, 1500).await; // ~2 MB
+    let admin = client.admin();
+    let retained = |name: aquifer_client::StreamName, limit: u64| {
+        let admin = admin.clone();
+        async move {
+            admin.describe_stream(&name).await.is_ok_and(|i| {
+                let s = &i.segments[0];
+                s.head_offset > 0 && s.tier2_length == s.length && s.length - s.head_offset <= limit
+            })
+        }
+    };
+    // The limit, plus at most one chunk (64 KiB and a 16 KiB batch).
+    wait_for(
+        "retention to truncate the head",
+        Duration::from_secs(30),
+        || retained(name.clone(), 256 * 1024 + 2 * 65536),
+    )
+    .await;
+    let on_disk = dir_bytes(
+        &server
+            .data_dir()
+            .join("tier2/segments")
+            .join(segment.to_string()),
+    );
+    assert!(
+        on_disk <= 256 * 1024 + 2 * 65536,
+        "tier-2 still holds {on_disk} bytes of the segment"
+    );
+
+    let mut below_head = client
+        .segment_reader(segment, 0, false)
+        .await
+        .expect("segment reader");
+    match below_head.next().await {
+        Err(aquifer_client::Error::OutOfRange(msg)) => {
+            assert!(
+                msg.contains("retention") && msg.contains("starts at"),
+                "{msg}"
+            );
+        }
+        other => panic!("a read below the head must fail with the new head: {other:?}"),
+    }
+    // Reading from the head gets the newest events, each key's in order.
+    let events = read_all(&client, &name, Duration::from_secs(30)).await;
+    assert!(
+        !events.is_empty() && events.len() < 6000,
+        "{} events kept",
+        events.len()
+    );
+    for (key, seqs) in per_key_sequences(&events) {
+        assert_eq!(
+            seqs.last(),
+            Some(&1499),
+            "key {key} keeps its newest events"
+        );
+    }
+
+    // Retention set later, through the CLI.
+    let later = stream_name("tier/later");
+    client
+        .admin()
+        .create_stream(&later, 1)
+        .await
+        .expect("create");
+    let writer = client
+        .writer(&later, small_batches())
+        .await
+        .expect("writer");
+    write_keyed(&writer, 4, 0, 1000).await;
+    let out = server.cli(
+        &[
+            "stream",
+            "update",
+            "tier/later",
+            "--retention-size",
+            "128KiB",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("retention set by update", Duration::from_secs(30), || {
+        retained(later.clone(), 128 * 1024 + 2 * 65536)
+    })
+    .await;
+}
+
+/// Retention by time: chunks flushed longer ago than the limit leave the
+/// head, so an idle stream ends up with nothing but its (empty) tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_time_expires_old_chunks() {
+    let server = ServerProcess::start(ServerOpts::with_config(CONFIG)).await;
+    let client = server.client().await;
+    let name = stream_name("tier/expiring");
+    let retention = aquifer_client::Retention {
+        time_ms: 500,
+        size_bytes: 0,
+    };
+    client
+        .admin()
+        .create_stream_with_retention(&name, 1, retention)
+        .await
+        .expect("create");
+    let writer = client
+        .writer(&name, WriterConfig::default())
+        .await
+        .expect("writer");
+    write_keyed(&writer, 2, 0, 500).await;
+    let admin = client.admin();
+    wait_for("every chunk expired", Duration::from_secs(30), || {
+        let admin = admin.clone();
+        let name = name.clone();
+        async move {
+            admin.describe_stream(&name).await.is_ok_and(|i| {
+                let s = &i.segments[0];
+                s.length > 0 && s.head_offset == s.length && s.chunk_count == 0
+            })
+        }
+    })
+    .await;
+    assert!(read_all(&client, &name, Duration::from_secs(10))
+        .await
+        .is_empty());
+}

@@ -9,8 +9,8 @@ use tonic::Request;
 use crate::conn::{Conn, ADMIN_TIMEOUT};
 use crate::name::validate_part;
 use crate::proto::{
-    CreateStreamRequest, DeleteStreamRequest, DescribeStreamRequest, ListStreamsRequest,
-    SealStreamRequest,
+    CreateStreamRequest, DeleteStreamRequest, DescribeStreamRequest, ListStreamsRequest, Retention,
+    SealStreamRequest, UpdateStreamRequest,
 };
 use crate::{Error, StreamInfo, StreamName};
 
@@ -41,14 +41,46 @@ impl Admin {
         name: &StreamName,
         segment_count: u32,
     ) -> Result<StreamInfo, Error> {
+        self.create_stream_with_retention(name, segment_count, Retention::default())
+            .await
+    }
+
+    /// Like [`Admin::create_stream`], keeping only what `retention` says
+    /// (0 in a field: no limit on it).
+    pub async fn create_stream_with_retention(
+        &self,
+        name: &StreamName,
+        segment_count: u32,
+        retention: Retention,
+    ) -> Result<StreamInfo, Error> {
         let req = CreateStreamRequest {
             name: Some(name.to_proto()),
             segment_count,
+            retention: Some(retention),
         };
         Ok(self
             .conn
             .admin()
             .create_stream(request(req))
+            .await?
+            .into_inner())
+    }
+
+    /// Changes a stream's retention; data past the new limits leaves the
+    /// head within seconds.
+    pub async fn update_retention(
+        &self,
+        name: &StreamName,
+        retention: Retention,
+    ) -> Result<StreamInfo, Error> {
+        let req = UpdateStreamRequest {
+            name: Some(name.to_proto()),
+            retention: Some(retention),
+        };
+        Ok(self
+            .conn
+            .admin()
+            .update_stream(request(req))
             .await?
             .into_inner())
     }

@@ -42,6 +42,10 @@ pub enum Error {
     /// by the client or found by the server (`DATA_LOSS`).
     #[error("{0}")]
     Corrupt(String),
+    /// The offset is outside the segment: removed by retention (the message
+    /// names the new head) or past its end (`OUT_OF_RANGE`).
+    #[error("{0}")]
+    OutOfRange(String),
     /// Any other gRPC status: its code and message.
     #[error("{0}")]
     Server(String),
@@ -69,6 +73,7 @@ impl From<Status> for Error {
             Code::FailedPrecondition => Error::Sealed(msg),
             Code::ResourceExhausted => Error::ResourceExhausted(msg),
             Code::DataLoss => Error::Corrupt(msg),
+            Code::OutOfRange => Error::OutOfRange(msg),
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Error::Unavailable(msg),
             Code::Unknown | Code::Internal if is_transport_failure(&status) => {
                 Error::Unavailable(format!("connection to the server failed: {msg}"))

@@ -26,7 +26,7 @@ mod writer;
 use std::sync::Arc;
 
 pub use aquifer_proto::v1 as proto;
-pub use proto::{SegmentInfo, StreamInfo};
+pub use proto::{Retention, SegmentInfo, StreamInfo};
 
 pub use admin::Admin;
 pub use batch::UNKNOWN_OFFSET;

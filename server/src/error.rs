@@ -24,6 +24,12 @@ pub enum Error {
     ResourceExhausted(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("offset {offset} of segment {segment} was removed by retention; the segment now starts at offset {head}")]
+    Truncated {
+        segment: u64,
+        offset: u64,
+        head: u64,
+    },
     #[error("offset {offset} is past the end of segment {segment} (length {length})")]
     OffsetOutOfRange {
         segment: u64,
@@ -69,7 +75,7 @@ impl From<Error> for Status {
             Error::SegmentSealed(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Unavailable(_) | Error::Tier2(_) => Code::Unavailable,
-            Error::OffsetOutOfRange { .. } => Code::OutOfRange,
+            Error::OffsetOutOfRange { .. } | Error::Truncated { .. } => Code::OutOfRange,
             Error::Corrupt(_) => Code::DataLoss,
             Error::Log(_) | Error::OrphanChunk(_) | Error::Internal(_) => Code::Internal,
         };

@@ -18,6 +18,7 @@ pub mod group;
 pub mod log;
 pub mod node;
 pub mod read;
+pub mod retention;
 pub mod tier;
 
 pub use config::ServerConfig;

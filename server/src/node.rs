@@ -19,7 +19,7 @@ use crate::config::ServerConfig;
 use crate::container::command::{Cmd, SegmentRef};
 use crate::container::state::Applied;
 use crate::container::{container_of, Container};
-use crate::controller::{Controller, StreamKey, StreamRecord};
+use crate::controller::{Controller, Retention, StreamKey, StreamRecord};
 use crate::error::Error;
 use crate::group::GroupConfig;
 use crate::tier::writer::StorageWriter;
@@ -121,7 +121,7 @@ async fn collect_orphans(tier2: &Tier2, containers: &[Arc<Container>], count: u3
         let chunks = live.entry(segment).or_insert_with(|| {
             containers[container_of(segment, count) as usize]
                 .segment(segment)
-                .map(|s| s.chunk_names().into_iter().collect())
+                .map(|s| s.chunks().into_iter().map(|c| c.name).collect())
                 .unwrap_or_default()
         });
         if chunks.contains(&name) {
@@ -210,6 +210,14 @@ impl Node {
             _lock: lock,
         });
         node.reconcile().await?;
+        let retention = tokio::spawn(crate::retention::run(
+            node.clone(),
+            node.stop_writers.subscribe(),
+        ));
+        node.writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(retention);
         Ok(node)
     }
 
@@ -226,7 +234,8 @@ impl Node {
         }
     }
 
-    /// Stops the storage writers (the groups stop when the node is dropped).
+    /// Stops the storage writers and retention (the groups stop when the
+    /// node is dropped).
     pub async fn shutdown(&self) {
         self.stop_writers.send_replace(true);
         let writers = std::mem::take(&mut *self.writers.lock().unwrap_or_else(|p| p.into_inner()));
@@ -300,6 +309,7 @@ impl Node {
         &self,
         key: &StreamKey,
         segment_count: u32,
+        retention: Retention,
     ) -> Result<StreamRecord, Error> {
         validate_name("scope", &key.scope)?;
         validate_name("stream", &key.stream)?;
@@ -310,7 +320,7 @@ impl Node {
         }
         let stream = self
             .controller
-            .create(key, segment_count.max(1), self.config.containers)
+            .create(key, segment_count.max(1), self.config.containers, retention)
             .await?;
         self.ensure_segments(&stream).await?;
         Ok(stream)
@@ -320,6 +330,15 @@ impl Node {
         validate_name("scope", &key.scope)?;
         validate_name("stream", &key.stream)?;
         self.controller.get(key)
+    }
+
+    pub async fn set_retention(
+        &self,
+        key: &StreamKey,
+        retention: Retention,
+    ) -> Result<StreamRecord, Error> {
+        self.stream(key)?;
+        self.controller.set_retention(key, retention).await
     }
 
     pub async fn seal_stream(&self, key: &StreamKey) -> Result<StreamRecord, Error> {

@@ -117,6 +117,7 @@ impl State {
             }),
             sealed: infos.iter().all(|s| s.sealed),
             segments: infos,
+            retention: None,
         })
     }
 
@@ -212,6 +213,13 @@ impl stream_admin_server::StreamAdmin for Svc {
             .info(&key)
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("stream {}/{} not found", key.0, key.1)))
+    }
+
+    async fn update_stream(
+        &self,
+        _req: Request<proto::UpdateStreamRequest>,
+    ) -> Result<Response<proto::StreamInfo>, Status> {
+        Err(Status::unimplemented("the mock node keeps no retention"))
     }
 
     async fn delete_stream(

@@ -2,15 +2,16 @@
 
 use std::sync::Arc;
 
+use aquifer_proto::v1 as pb;
 use aquifer_proto::v1::stream_admin_server::StreamAdmin;
 use aquifer_proto::v1::{
     CreateStreamRequest, DeleteStreamRequest, DeleteStreamResponse, DescribeStreamRequest,
     ListStreamsRequest, ListStreamsResponse, SealStreamRequest, SegmentInfo, StreamInfo,
-    StreamName,
+    StreamName, UpdateStreamRequest,
 };
 use tonic::{Request, Response, Status};
 
-use crate::controller::{StreamKey, StreamRecord};
+use crate::controller::{Retention, StreamKey, StreamRecord};
 use crate::error::Error;
 use crate::node::{validate_name, Node};
 
@@ -55,8 +56,19 @@ impl AdminService {
             }),
             sealed: s.sealed,
             segments,
+            retention: (!s.retention.is_unlimited()).then_some(pb::Retention {
+                time_ms: s.retention.time_ms,
+                size_bytes: s.retention.bytes,
+            }),
         }
     }
+}
+
+fn retention(r: Option<pb::Retention>) -> Retention {
+    r.map_or_else(Retention::default, |r| Retention {
+        time_ms: r.time_ms,
+        bytes: r.size_bytes,
+    })
 }
 
 fn key(name: Option<StreamName>) -> Result<StreamKey, Error> {
@@ -75,7 +87,10 @@ impl StreamAdmin for AdminService {
     ) -> Result<Response<StreamInfo>, Status> {
         let req = req.into_inner();
         let key = key(req.name)?;
-        let stream = self.node.create_stream(&key, req.segment_count).await?;
+        let stream = self
+            .node
+            .create_stream(&key, req.segment_count, retention(req.retention))
+            .await?;
         tracing::info!(stream = %key, segments = stream.segments.len(), "stream created");
         Ok(Response::new(self.info(&stream)))
     }
@@ -115,6 +130,20 @@ impl StreamAdmin for AdminService {
         let key = key(req.into_inner().name)?;
         let stream = self.node.seal_stream(&key).await?;
         tracing::info!(stream = %key, "stream sealed");
+        Ok(Response::new(self.info(&stream)))
+    }
+
+    async fn update_stream(
+        &self,
+        req: Request<UpdateStreamRequest>,
+    ) -> Result<Response<StreamInfo>, Status> {
+        let req = req.into_inner();
+        let key = key(req.name)?;
+        let stream = self
+            .node
+            .set_retention(&key, retention(req.retention))
+            .await?;
+        tracing::info!(stream = %key, retention = ?stream.retention, "stream retention changed");
         Ok(Response::new(self.info(&stream)))
     }
 

@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ContainerCommand {
-    #[prost(oneof = "Cmd", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "Cmd", tags = "1, 2, 3, 4, 5, 6")]
     pub cmd: Option<Cmd>,
 }
 
@@ -21,6 +21,18 @@ pub enum Cmd {
     Delete(SegmentRef),
     #[prost(message, tag = "5")]
     ChunkFlushed(ChunkFlushed),
+    #[prost(message, tag = "6")]
+    Truncate(Truncate),
+}
+
+/// Retention: the segment now starts at `head`, the end of one of its
+/// chunks; chunks below it leave the segment (and are deleted from tier-2).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Truncate {
+    #[prost(uint64, tag = "1")]
+    pub segment_id: u64,
+    #[prost(uint64, tag = "2")]
+    pub head: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -56,6 +68,10 @@ pub struct ChunkFlushed {
     pub end: u64,
     #[prost(string, tag = "4")]
     pub name: String,
+    /// Wall-clock time of the flush (ms since the epoch), for retention by
+    /// time. Decided by the storage writer, so replay sees the same value.
+    #[prost(uint64, tag = "5")]
+    pub flushed_at_ms: u64,
 }
 
 impl ContainerCommand {
@@ -88,6 +104,8 @@ pub struct SegmentSnapshot {
     pub writers: Vec<WriterPosition>,
     #[prost(message, repeated, tag = "7")]
     pub tail: Vec<TailBlock>,
+    #[prost(uint64, tag = "8")]
+    pub head: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

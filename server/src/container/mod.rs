@@ -51,7 +51,9 @@ impl From<ApplyError> for Error {
             ApplyError::EventNumberOverlap { .. } => Error::InvalidArgument(e.to_string()),
             ApplyError::EventNumberGap { .. } => Error::Unavailable(e.to_string()),
             ApplyError::StaleChunk { .. } => Error::OrphanChunk(e.to_string()),
-            ApplyError::Malformed(_) => Error::Internal(e.to_string()),
+            ApplyError::BadTruncate { .. } | ApplyError::Malformed(_) => {
+                Error::Internal(e.to_string())
+            }
         }
     }
 }

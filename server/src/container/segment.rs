@@ -17,10 +17,14 @@ pub struct Chunk {
     pub start: u64,
     pub end: u64,
     pub name: String,
+    /// When it was flushed (ms since the epoch): retention by time.
+    pub flushed_at_ms: u64,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct SegmentState {
+    /// First readable offset: retention moves it forward.
+    pub head: u64,
     pub length: u64,
     pub sealed: bool,
     pub deleted: bool,
@@ -61,6 +65,8 @@ pub enum ReadSource {
     End { sealed: bool },
     /// The segment was deleted.
     Deleted,
+    /// Retention removed the offset; the segment now starts at `head`.
+    Truncated { head: u64 },
     /// The offset is past the segment's length.
     PastEnd { length: u64 },
 }
@@ -99,7 +105,7 @@ impl Segment {
     pub fn view(&self) -> SegmentView {
         let s = self.lock();
         SegmentView {
-            head: s.chunks.first().map_or(s.tier2_length, |c| c.start),
+            head: s.head,
             length: s.length,
             sealed: s.sealed,
             tier2_length: s.tier2_length,
@@ -108,9 +114,9 @@ impl Segment {
         }
     }
 
-    /// Names of the chunks that make up the segment in tier-2.
-    pub fn chunk_names(&self) -> Vec<String> {
-        self.lock().chunks.iter().map(|c| c.name.clone()).collect()
+    /// The chunks that make up the segment in tier-2, oldest first.
+    pub fn chunks(&self) -> Vec<Chunk> {
+        self.lock().chunks.clone()
     }
 
     /// Decides where a read at `offset` is served from; tail bytes come back
@@ -122,6 +128,9 @@ impl Segment {
         }
         if offset > s.length {
             return ReadSource::PastEnd { length: s.length };
+        }
+        if offset < s.head {
+            return ReadSource::Truncated { head: s.head };
         }
         if offset == s.length {
             return ReadSource::End { sealed: s.sealed };

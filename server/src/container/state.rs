@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::command::{
     Append, ChunkFlushed, Cmd, ContainerCommand, ContainerSnapshot, SegmentSnapshot, TailBlock,
-    WriterPosition,
+    Truncate, WriterPosition,
 };
 use super::segment::{Chunk, Segment};
 use crate::cache::TailBudget;
@@ -37,6 +37,10 @@ pub enum Applied {
         chunks: Vec<Chunk>,
     },
     ChunkRecorded,
+    /// Retention moved the head; these chunks left the segment.
+    Truncated {
+        chunks: Vec<Chunk>,
+    },
 }
 
 /// Why a command was refused (deterministically, on every replica).
@@ -65,6 +69,8 @@ pub enum ApplyError {
         end: u64,
         tier2_length: u64,
     },
+    #[error("segment {segment} cannot start at {head}: not the end of one of its chunks")]
+    BadTruncate { segment: u64, head: u64 },
     #[error("undecodable command: {0}")]
     Malformed(String),
 }
@@ -213,10 +219,36 @@ impl ContainerState {
             start: c.start,
             end: c.end,
             name: c.name,
+            flushed_at_ms: c.flushed_at_ms,
         });
         drop(s);
         self.budget.release(freed);
         Ok(Applied::ChunkRecorded)
+    }
+}
+
+impl ContainerState {
+    fn truncate(&mut self, t: Truncate) -> Result<Applied, ApplyError> {
+        let seg = self.segment(t.segment_id)?;
+        let mut s = seg.lock();
+        if s.deleted {
+            return Err(ApplyError::SegmentNotFound(t.segment_id));
+        }
+        if t.head <= s.head {
+            return Ok(Applied::Truncated { chunks: Vec::new() });
+        }
+        // Only whole chunks go: the new head is the end of a chunk.
+        let Some(last) = s.chunks.iter().position(|c| c.end == t.head) else {
+            return Err(ApplyError::BadTruncate {
+                segment: t.segment_id,
+                head: t.head,
+            });
+        };
+        let chunks: Vec<Chunk> = s.chunks.drain(..=last).collect();
+        s.head = t.head;
+        drop(s);
+        seg.notify();
+        Ok(Applied::Truncated { chunks })
     }
 }
 
@@ -232,6 +264,7 @@ impl StateMachine for ContainerState {
             Some(Cmd::Seal(r)) => self.seal(r.segment_id),
             Some(Cmd::Delete(r)) => Ok(self.delete(r.segment_id)),
             Some(Cmd::ChunkFlushed(c)) => self.chunk_flushed(c),
+            Some(Cmd::Truncate(t)) => self.truncate(t),
             None => Err(ApplyError::Malformed("empty command".into())),
         }
     }
@@ -258,6 +291,7 @@ impl StateMachine for ContainerState {
                 writers.sort_by(|a, b| a.writer_id.cmp(&b.writer_id));
                 SegmentSnapshot {
                     segment_id: seg.id,
+                    head: s.head,
                     length: s.length,
                     sealed: s.sealed,
                     tier2_length: s.tier2_length,
@@ -269,6 +303,7 @@ impl StateMachine for ContainerState {
                             start: c.start,
                             end: c.end,
                             name: c.name.clone(),
+                            flushed_at_ms: c.flushed_at_ms,
                         })
                         .collect(),
                     writers,
@@ -294,6 +329,7 @@ impl StateMachine for ContainerState {
         for g in snap.segments {
             let seg = Segment::new(g.segment_id);
             let mut s = seg.lock();
+            s.head = g.head;
             s.length = g.length;
             s.sealed = g.sealed;
             s.tier2_length = g.tier2_length;
@@ -304,6 +340,7 @@ impl StateMachine for ContainerState {
                     start: c.start,
                     end: c.end,
                     name: c.name,
+                    flushed_at_ms: c.flushed_at_ms,
                 })
                 .collect();
             s.writers = g
@@ -427,6 +464,7 @@ mod tests {
                 start: 0,
                 end: bytes.len() as u64,
                 name: "c".into(),
+                flushed_at_ms: 0,
             }),
         )
         .unwrap();
@@ -479,6 +517,7 @@ mod tests {
                 start,
                 end,
                 name: name.into(),
+                flushed_at_ms: 0,
             })
         };
         apply(&mut s, flushed(0, end, "a")).unwrap();
@@ -501,5 +540,49 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn truncate_drops_whole_chunks_and_reads_below_the_head_fail() {
+        let (mut s, _) = state();
+        apply(&mut s, Cmd::Create(SegmentRef { segment_id: 7 })).unwrap();
+        apply(&mut s, append("w", 1, 2)).unwrap();
+        let seg = s.segment(7).unwrap();
+        let end = seg.view().length;
+        apply(
+            &mut s,
+            Cmd::ChunkFlushed(ChunkFlushed {
+                segment_id: 7,
+                start: 0,
+                end,
+                name: "a".into(),
+                flushed_at_ms: 5,
+            }),
+        )
+        .unwrap();
+        let truncate = |head| {
+            Cmd::Truncate(Truncate {
+                segment_id: 7,
+                head,
+            })
+        };
+        assert!(matches!(
+            apply(&mut s, truncate(end - 1)),
+            Err(ApplyError::BadTruncate { .. })
+        ));
+        match apply(&mut s, truncate(end)).unwrap() {
+            Applied::Truncated { chunks } => assert_eq!(chunks[0].name, "a"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(seg.view().head, end);
+        assert!(matches!(
+            seg.locate(0, 1 << 20),
+            super::super::segment::ReadSource::Truncated { head } if head == end
+        ));
+        // Idempotent: an older head changes nothing.
+        assert_eq!(
+            apply(&mut s, truncate(end)).unwrap(),
+            Applied::Truncated { chunks: Vec::new() }
+        );
     }
 }

@@ -5,7 +5,7 @@ use super::state::StreamKey;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetaCommand {
-    #[prost(oneof = "MetaCmd", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "MetaCmd", tags = "1, 2, 3, 4, 5")]
     pub cmd: Option<MetaCmd>,
 }
 
@@ -19,6 +19,20 @@ pub enum MetaCmd {
     MarkDeleting(StreamRef),
     #[prost(message, tag = "4")]
     Remove(StreamRef),
+    #[prost(message, tag = "5")]
+    SetRetention(SetRetention),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetRetention {
+    #[prost(string, tag = "1")]
+    pub scope: String,
+    #[prost(string, tag = "2")]
+    pub stream: String,
+    #[prost(uint64, tag = "3")]
+    pub retention_time_ms: u64,
+    #[prost(uint64, tag = "4")]
+    pub retention_bytes: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -33,6 +47,11 @@ pub struct CreateStream {
     /// replay places segments exactly as the first apply did.
     #[prost(uint32, tag = "4")]
     pub containers: u32,
+    /// Retention (0: no limit).
+    #[prost(uint64, tag = "5")]
+    pub retention_time_ms: u64,
+    #[prost(uint64, tag = "6")]
+    pub retention_bytes: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -73,6 +92,10 @@ pub struct StreamSnapshot {
     pub deleting: bool,
     #[prost(message, repeated, tag = "5")]
     pub segments: Vec<SegmentPlacement>,
+    #[prost(uint64, tag = "6")]
+    pub retention_time_ms: u64,
+    #[prost(uint64, tag = "7")]
+    pub retention_bytes: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

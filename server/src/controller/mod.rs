@@ -9,7 +9,7 @@
 mod command;
 mod state;
 
-pub use state::{SegmentRecord, StreamKey, StreamRecord};
+pub use state::{Retention, SegmentRecord, StreamKey, StreamRecord};
 
 use crate::error::Error;
 use crate::group::{Group, GroupConfig};
@@ -68,12 +68,29 @@ impl Controller {
         key: &StreamKey,
         segment_count: u32,
         containers: u32,
+        retention: Retention,
     ) -> Result<StreamRecord, Error> {
         self.propose(MetaCmd::Create(command::CreateStream {
             scope: key.scope.clone(),
             stream: key.stream.clone(),
             segment_count,
             containers,
+            retention_time_ms: retention.time_ms,
+            retention_bytes: retention.bytes,
+        }))
+        .await
+    }
+
+    pub async fn set_retention(
+        &self,
+        key: &StreamKey,
+        retention: Retention,
+    ) -> Result<StreamRecord, Error> {
+        self.propose(MetaCmd::SetRetention(command::SetRetention {
+            scope: key.scope.clone(),
+            stream: key.stream.clone(),
+            retention_time_ms: retention.time_ms,
+            retention_bytes: retention.bytes,
         }))
         .await
     }

@@ -32,10 +32,24 @@ pub struct SegmentRecord {
     pub key_high: f64,
 }
 
+/// How much of a stream to keep; 0 means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub time_ms: u64,
+    pub bytes: u64,
+}
+
+impl Retention {
+    pub fn is_unlimited(&self) -> bool {
+        self.time_ms == 0 && self.bytes == 0
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamRecord {
     pub key: StreamKey,
     pub segments: Vec<SegmentRecord>,
+    pub retention: Retention,
     pub sealed: bool,
     /// Delete started: invisible to users, segments being removed.
     pub deleting: bool,
@@ -127,6 +141,10 @@ impl StateMachine for MetaState {
                 let record = StreamRecord {
                     key: key.clone(),
                     segments,
+                    retention: Retention {
+                        time_ms: c.retention_time_ms,
+                        bytes: c.retention_bytes,
+                    },
                     sealed: false,
                     deleting: false,
                 };
@@ -138,6 +156,17 @@ impl StateMachine for MetaState {
                 s.sealed = true;
                 s.deleting = true;
             }),
+            Some(MetaCmd::SetRetention(r)) => {
+                let retention = Retention {
+                    time_ms: r.retention_time_ms,
+                    bytes: r.retention_bytes,
+                };
+                let key = StreamRef {
+                    scope: r.scope,
+                    stream: r.stream,
+                };
+                self.update(key, |s| s.retention = retention)
+            }
             Some(MetaCmd::Remove(r)) => {
                 let key = Self::key(r);
                 let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
@@ -159,6 +188,8 @@ impl StateMachine for MetaState {
                 stream: s.key.stream.clone(),
                 sealed: s.sealed,
                 deleting: s.deleting,
+                retention_time_ms: s.retention.time_ms,
+                retention_bytes: s.retention.bytes,
                 segments: s
                     .segments
                     .iter()
@@ -201,6 +232,10 @@ impl StateMachine for MetaState {
             let record = StreamRecord {
                 key: key.clone(),
                 segments,
+                retention: Retention {
+                    time_ms: s.retention_time_ms,
+                    bytes: s.retention_bytes,
+                },
                 sealed: s.sealed,
                 deleting: s.deleting,
             };
@@ -232,6 +267,7 @@ mod tests {
                 stream: name.into(),
                 segment_count: n,
                 containers: 4,
+                ..Default::default()
             })
         };
         let a = apply(&mut s, create("a", 3)).unwrap();

@@ -94,6 +94,13 @@ async fn stream_inner(
                 continue;
             }
             ReadSource::Deleted => return Err(Error::SegmentNotFound(segment.id)),
+            ReadSource::Truncated { head } => {
+                return Err(Error::Truncated {
+                    segment: segment.id,
+                    offset,
+                    head,
+                })
+            }
             ReadSource::PastEnd { length } => {
                 return Err(Error::OffsetOutOfRange {
                     segment: segment.id,

@@ -26,6 +26,13 @@ const PASS_INTERVAL: Duration = Duration::from_millis(50);
 /// Pause after a failed put before the next pass tries again.
 const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 
+/// Wall-clock milliseconds since the epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 pub struct StorageWriter {
     pub container: Arc<Container>,
     pub tier2: Arc<Tier2>,
@@ -89,6 +96,7 @@ impl StorageWriter {
                 start,
                 end,
                 name: name.clone(),
+                flushed_at_ms: now_ms(),
             });
             match self.container.propose(cmd).await {
                 Ok(Applied::ChunkRecorded) => {
