@@ -165,6 +165,12 @@ async fn run(args: &Args) -> String {
         window,
     )
     .await;
+    // f. Catch-up: the backlog of a, mostly in tier-2 by now, read from the
+    // head; then the same range again, now from the block cache.
+    eprintln!("core bench: f. catch-up reads of a from the head");
+    let catch_up_bytes = CACHE_BYTES_MAX * 3 / 4;
+    let f_tier2 = workloads::run_catch_up(&client, "bench/a-max-1k", catch_up_bytes).await;
+    let f_cache = workloads::run_catch_up(&client, "bench/a-max-1k", catch_up_bytes).await;
     let rss = proc_status_kib(pid, "VmHWM");
     let rss_now = proc_status_kib(pid, "VmRSS");
     drop(client);
@@ -179,6 +185,8 @@ async fn run(args: &Args) -> String {
         half,
         c,
         d,
+        f_tier2,
+        f_cache,
         rss_hwm_kib: rss,
         rss_now_kib: rss_now,
     })
@@ -193,6 +201,8 @@ struct Report {
     half: f64,
     c: WriteResult,
     d: TailResult,
+    f_tier2: workloads::CatchUp,
+    f_cache: workloads::CatchUp,
     rss_hwm_kib: Option<u64>,
     rss_now_kib: Option<u64>,
 }
@@ -291,7 +301,7 @@ fn report(r: &Report) -> String {
     let _ = writeln!(out, "|---|---:|---:|---:|");
     let _ = writeln!(
         out,
-        "| e. server after a-d | {} | {} | {} MiB |",
+        "| e. server after a-f | {} | {} | {} MiB |",
         kib(r.rss_hwm_kib),
         kib(r.rss_now_kib),
         aquifer_server::ServerConfig {
@@ -302,6 +312,27 @@ fn report(r: &Report) -> String {
         .memory_budget_bytes()
             / MIB
     );
+
+    let _ = writeln!(
+        out,
+        "\n| catch-up read (1 reader, 4 segments, from the head of a) | MB/s | events/s | bytes |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    for (label, f) in [
+        (
+            "f. first pass: tier-2 (local filesystem) through the read path",
+            &r.f_tier2,
+        ),
+        ("f. same range again: block cache", &r.f_cache),
+    ] {
+        let _ = writeln!(
+            out,
+            "| {label} | {:.1} | {:.0} | {} |",
+            f.mb_s(),
+            f.events as f64 / f.took.as_secs_f64().max(1e-9),
+            f.bytes
+        );
+    }
 
     let _ = writeln!(
         out,

@@ -349,3 +349,45 @@ pub async fn run_tail(client: &Client, load: &WriteLoad, window: Window) -> Tail
         received,
     }
 }
+
+/// One catch-up read: bytes of payload read and how long it took.
+pub struct CatchUp {
+    pub bytes: u64,
+    pub events: u64,
+    pub took: Duration,
+}
+
+impl CatchUp {
+    pub fn mb_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.took.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Reads `stream` from its head (no follow) until `bytes_max` payload bytes
+/// or its end: a consumer catching up on a backlog.
+pub async fn run_catch_up(client: &Client, stream: &str, bytes_max: u64) -> CatchUp {
+    let name: StreamName = stream.parse().expect("bench stream name");
+    let config = ReaderConfig {
+        from: StartFrom::Head,
+        follow: false,
+    };
+    let started = Instant::now();
+    let mut reader = client.reader(&name, config).await.expect("catch-up reader");
+    let (mut bytes, mut events) = (0u64, 0u64);
+    while bytes < bytes_max {
+        match tokio::time::timeout(DRAIN_TIMEOUT, reader.next()).await {
+            Ok(Ok(Some(e))) => {
+                bytes += e.payload.len() as u64;
+                events += 1;
+            }
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => panic!("catch-up reader: {e}"),
+            Err(_) => panic!("catch-up reader stalled for {DRAIN_TIMEOUT:?}"),
+        }
+    }
+    CatchUp {
+        bytes,
+        events,
+        took: started.elapsed(),
+    }
+}
