@@ -12,7 +12,10 @@ use std::time::Duration;
 use aquifer_client::WriterConfig;
 use rand::Rng;
 
-use common::{per_key_sequences, read_all, stream_name, wait_for, ServerOpts, ServerProcess};
+use common::{
+    per_key_sequences, read_all, stream_name, wait_all_in_tier2, write_keyed_range, ServerOpts,
+    ServerProcess,
+};
 
 const BUCKET: &str = "aquifer";
 
@@ -135,35 +138,10 @@ async fn segments_flush_to_s3_and_read_back_after_kill9() {
         .expect("writer");
     const KEYS: u64 = 20;
     const PER_KEY: u64 = 150;
-    for seq in 0..PER_KEY {
-        for k in 0..KEYS {
-            let payload = format!("k{k}:{seq}:{}", "x".repeat(1000));
-            writer
-                .write_event(Some(&format!("k{k}")), payload)
-                .await
-                .expect("queue");
-        }
-    }
-    writer.flush().await.expect("flush");
+    write_keyed_range(&writer, KEYS, 0, PER_KEY, 1000).await;
 
-    // Wait until every byte is in tier-2 (S3) and nothing is left in the tail.
-    let admin = client.admin();
-    wait_for(
-        "every segment flushed to S3",
-        Duration::from_secs(60),
-        || {
-            let admin = admin.clone();
-            let name = name.clone();
-            async move {
-                admin.describe_stream(&name).await.is_ok_and(|info| {
-                    info.segments
-                        .iter()
-                        .all(|s| s.length > 0 && s.tier2_length == s.length && s.chunk_count > 0)
-                })
-            }
-        },
-    )
-    .await;
+    // Every byte in tier-2 (S3), nothing left in the tail.
+    wait_all_in_tier2(&client, &name, Duration::from_secs(60)).await;
     assert!(
         !server.data_dir().join("tier2").exists(),
         "with an s3:// url nothing of tier-2 may be on local disk"
@@ -209,45 +187,17 @@ async fn appends_survive_an_s3_outage_and_flushing_catches_up() {
         .await
         .expect("writer");
     const KEYS: u64 = 10;
-    let write = |from: u64, to: u64| {
-        let writer = &writer;
-        async move {
-            for seq in from..to {
-                for k in 0..KEYS {
-                    let payload = format!("k{k}:{seq}:{}", "y".repeat(500));
-                    writer
-                        .write_event(Some(&format!("k{k}")), payload)
-                        .await
-                        .expect("queue");
-                }
-            }
-            writer.flush().await.expect("acknowledged");
-        }
-    };
-    let admin = client.admin();
-    let all_flushed = || {
-        let admin = admin.clone();
-        let name = name.clone();
-        async move {
-            admin.describe_stream(&name).await.is_ok_and(|info| {
-                info.segments
-                    .iter()
-                    .all(|s| s.length > 0 && s.tier2_length == s.length)
-            })
-        }
-    };
-    write(0, 100).await;
-    wait_for(
-        "first events flushed to S3",
-        Duration::from_secs(60),
-        all_flushed,
-    )
-    .await;
+    write_keyed_range(&writer, KEYS, 0, 100, 500).await;
+    wait_all_in_tier2(&client, &name, Duration::from_secs(60)).await;
 
     s3.stop();
     // 2,000 events of ~0.5 KiB fit the 16 MiB tail budget: still acknowledged.
-    write(100, 300).await;
-    let info = admin.describe_stream(&name).await.expect("describe");
+    write_keyed_range(&writer, KEYS, 100, 300, 500).await;
+    let info = client
+        .admin()
+        .describe_stream(&name)
+        .await
+        .expect("describe");
     let in_tail: u64 = info.segments.iter().map(|s| s.tail_buffer_bytes).sum();
     assert!(
         in_tail > 0,
@@ -255,12 +205,7 @@ async fn appends_survive_an_s3_outage_and_flushing_catches_up() {
     );
 
     s3.run().expect("S3 server restarts");
-    wait_for(
-        "flushing catches up after the outage",
-        Duration::from_secs(120),
-        all_flushed,
-    )
-    .await;
+    wait_all_in_tier2(&client, &name, Duration::from_secs(120)).await;
     let events = read_all(&client, &name, Duration::from_secs(60)).await;
     assert_eq!(
         events.len() as u64,

@@ -7,22 +7,12 @@ use std::time::Duration;
 
 use aquifer_client::{ReaderConfig, StartFrom, WriterConfig};
 
-use common::{per_key_sequences, read_all, stream_name, wait_for, ServerOpts, ServerProcess};
+use common::{
+    per_key_sequences, read_all, stream_name, wait_all_in_tier2, wait_for, write_keyed_range,
+    ServerOpts, ServerProcess,
+};
 
 const CONFIG: &str = "[tier2]\nchunk_bytes = 65536\nflush_interval_ms = 100\n";
-
-async fn write_keyed(writer: &aquifer_client::EventWriter, keys: u64, from: u64, to: u64) {
-    for seq in from..to {
-        for k in 0..keys {
-            let payload = format!("k{k}:{seq}:{}", "z".repeat(300));
-            writer
-                .write_event(Some(&format!("k{k}")), payload)
-                .await
-                .expect("queue");
-        }
-    }
-    writer.flush().await.expect("acknowledged");
-}
 
 /// A follow reader from the head reads flushed chunks from tier-2, then the
 /// tail buffer, then events written after it started: each exactly once.
@@ -41,22 +31,10 @@ async fn reader_from_head_crosses_from_tier2_into_the_live_tail() {
         .await
         .expect("writer");
     const KEYS: u64 = 8;
-    write_keyed(&writer, KEYS, 0, 200).await;
-    let admin = client.admin();
-    wait_for("chunks in tier-2", Duration::from_secs(30), || {
-        let admin = admin.clone();
-        let name = name.clone();
-        async move {
-            admin.describe_stream(&name).await.is_ok_and(|i| {
-                i.segments
-                    .iter()
-                    .all(|s| s.chunk_count > 0 && s.tier2_length == s.length)
-            })
-        }
-    })
-    .await;
+    write_keyed_range(&writer, KEYS, 0, 200, 300).await;
+    wait_all_in_tier2(&client, &name, Duration::from_secs(30)).await;
     // More events that stay in the tail for now, then a reader from the head.
-    write_keyed(&writer, KEYS, 200, 250).await;
+    write_keyed_range(&writer, KEYS, 200, 250, 300).await;
     let mut reader = client
         .reader(
             &name,
@@ -68,7 +46,7 @@ async fn reader_from_head_crosses_from_tier2_into_the_live_tail() {
         .await
         .expect("reader");
     // ... and events written while it reads.
-    write_keyed(&writer, KEYS, 250, 300).await;
+    write_keyed_range(&writer, KEYS, 250, 300, 300).await;
     let mut events = Vec::new();
     while events.len() < (KEYS * 300) as usize {
         match tokio::time::timeout(Duration::from_secs(30), reader.next()).await {
@@ -105,20 +83,8 @@ async fn orphan_chunks_are_collected_at_start_up() {
         .writer(&name, WriterConfig::default())
         .await
         .expect("writer");
-    write_keyed(&writer, 4, 0, 100).await;
-    let admin = client.admin();
-    wait_for("chunks in tier-2", Duration::from_secs(30), || {
-        let admin = admin.clone();
-        let name = name.clone();
-        async move {
-            admin.describe_stream(&name).await.is_ok_and(|i| {
-                i.segments
-                    .iter()
-                    .all(|s| s.chunk_count > 0 && s.tier2_length == s.length)
-            })
-        }
-    })
-    .await;
+    write_keyed_range(&writer, 4, 0, 100, 300).await;
+    wait_all_in_tier2(&client, &name, Duration::from_secs(30)).await;
     server.kill9();
     let segments = server.data_dir().join("tier2").join("segments");
     let cut_off = segments
@@ -204,19 +170,9 @@ async fn local_log_disk_stays_bounded_while_tier2_grows() {
         })
     };
     // 60,000 events of ~330 bytes: about 10 times the 2 MiB snapshot interval.
-    write_keyed(&writer, 10, 0, 6000).await;
+    write_keyed_range(&writer, 10, 0, 6000, 300).await;
+    wait_all_in_tier2(&client, &name, Duration::from_secs(60)).await;
     let admin = client.admin();
-    wait_for("everything in tier-2", Duration::from_secs(60), || {
-        let admin = admin.clone();
-        let name = name.clone();
-        async move {
-            admin
-                .describe_stream(&name)
-                .await
-                .is_ok_and(|i| i.segments.iter().all(|s| s.tier2_length == s.length))
-        }
-    })
-    .await;
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let peak = sampler.await.expect("sampler").max(dir_bytes(&log_dir));
     eprintln!("local log peak: {peak} bytes");
@@ -265,7 +221,7 @@ async fn retention_by_size_removes_chunks_from_the_head() {
         ..Default::default()
     };
     let writer = client.writer(&name, small_batches()).await.expect("writer");
-    write_keyed(&writer, 4, 0, 1500).await; // ~2 MB
+    write_keyed_range(&writer, 4, 0, 1500, 300).await; // ~2 MB
     let admin = client.admin();
     let retained = |name: aquifer_client::StreamName, limit: u64| {
         let admin = admin.clone();
@@ -333,7 +289,7 @@ async fn retention_by_size_removes_chunks_from_the_head() {
         .writer(&later, small_batches())
         .await
         .expect("writer");
-    write_keyed(&writer, 4, 0, 1000).await;
+    write_keyed_range(&writer, 4, 0, 1000, 300).await;
     let out = server.cli(
         &[
             "stream",
@@ -375,7 +331,7 @@ async fn retention_by_time_expires_old_chunks() {
         .writer(&name, WriterConfig::default())
         .await
         .expect("writer");
-    write_keyed(&writer, 2, 0, 500).await;
+    write_keyed_range(&writer, 2, 0, 500, 300).await;
     let admin = client.admin();
     wait_for("every chunk expired", Duration::from_secs(30), || {
         let admin = admin.clone();

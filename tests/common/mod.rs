@@ -662,3 +662,43 @@ pub fn put_byte(path: &Path, offset: u64, byte: u8) {
     f.write_all(&[byte]).expect("write byte");
     f.sync_all().expect("fsync");
 }
+
+/// Writes `key:seq:padding` events (routing key = key) for keys `k0..k{keys}`
+/// and seqs `from..to`, with `pad` bytes of padding, and waits until every
+/// one is durable.
+pub async fn write_keyed_range(
+    writer: &aquifer_client::EventWriter,
+    keys: u64,
+    from: u64,
+    to: u64,
+    pad: usize,
+) {
+    let padding = "p".repeat(pad);
+    for seq in from..to {
+        for k in 0..keys {
+            writer
+                .write_event(Some(&format!("k{k}")), format!("k{k}:{seq}:{padding}"))
+                .await
+                .expect("queue");
+        }
+    }
+    writer.flush().await.expect("acknowledged");
+}
+
+/// Waits until every segment of `name` holds bytes and all of them are in
+/// tier-2 (nothing left in a tail buffer).
+pub async fn wait_all_in_tier2(client: &Client, name: &StreamName, timeout: Duration) {
+    let admin = client.admin();
+    wait_for("every segment's bytes in tier-2", timeout, || {
+        let admin = admin.clone();
+        let name = name.clone();
+        async move {
+            admin.describe_stream(&name).await.is_ok_and(|i| {
+                i.segments
+                    .iter()
+                    .all(|s| s.length > 0 && s.tier2_length == s.length)
+            })
+        }
+    })
+    .await;
+}
