@@ -100,72 +100,105 @@ impl FrameIter {
 
     fn decode_next(&mut self) -> Result<FramedEvent, FrameError> {
         let offset = self.base_offset + self.pos as u64;
-        let rest = &self.data[self.pos..];
-        if rest.len() < HEADER_BYTES {
-            return Err(FrameError::Truncated {
-                offset,
-                needed: HEADER_BYTES,
-                available: rest.len(),
-            });
-        }
-        let body_len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-        let framed = HEADER_BYTES + body_len;
-        if framed > self.max_event_bytes {
-            return Err(FrameError::TooLarge {
-                offset,
-                size: framed,
-                limit: self.max_event_bytes,
-            });
-        }
-        if rest.len() < framed {
-            return Err(FrameError::Truncated {
-                offset,
-                needed: framed,
-                available: rest.len(),
-            });
-        }
-        let body = &rest[HEADER_BYTES..framed];
-        if crc32fast::hash(body) != crc {
-            return Err(FrameError::Checksum { offset });
-        }
-        if body.len() < KEY_LEN_BYTES {
-            return Err(FrameError::Malformed {
-                offset,
-                why: "body shorter than its key length field",
-            });
-        }
-        let key_len = u16::from_le_bytes([body[0], body[1]]) as usize;
-        if body.len() < KEY_LEN_BYTES + key_len {
-            return Err(FrameError::Malformed {
-                offset,
-                why: "routing key runs past the body",
-            });
-        }
-        let routing_key = if key_len == 0 {
-            None
-        } else {
-            let key = &body[KEY_LEN_BYTES..KEY_LEN_BYTES + key_len];
-            match std::str::from_utf8(key) {
-                Ok(k) => Some(k.to_owned()),
-                Err(_) => {
-                    return Err(FrameError::Malformed {
-                        offset,
-                        why: "routing key is not UTF-8",
-                    })
-                }
-            }
+        let event = check_event(&self.data[self.pos..], offset, self.max_event_bytes)?;
+        let at = |r: std::ops::Range<usize>| self.pos + r.start..self.pos + r.end;
+        let routing_key = match event.key {
+            Some(r) => Some(String::from_utf8_lossy(&self.data[at(r)]).into_owned()),
+            None => None,
         };
-        let payload_start = self.pos + HEADER_BYTES + KEY_LEN_BYTES + key_len;
-        let payload = self.data.slice(payload_start..self.pos + framed);
-        self.pos += framed;
+        let payload = self.data.slice(at(event.payload));
+        self.pos += event.framed_len;
         Ok(FramedEvent {
             offset,
             routing_key,
             payload,
-            framed_len: framed,
+            framed_len: event.framed_len,
         })
     }
+}
+
+/// Where the parts of one checked event lie, relative to its first byte.
+struct CheckedEvent {
+    framed_len: usize,
+    key: Option<std::ops::Range<usize>>,
+    payload: std::ops::Range<usize>,
+}
+
+/// Checks the event at the start of `rest` (lengths, checksum, UTF-8 key)
+/// without copying anything out of it.
+fn check_event(
+    rest: &[u8],
+    offset: u64,
+    max_event_bytes: usize,
+) -> Result<CheckedEvent, FrameError> {
+    if rest.len() < HEADER_BYTES {
+        return Err(FrameError::Truncated {
+            offset,
+            needed: HEADER_BYTES,
+            available: rest.len(),
+        });
+    }
+    let body_len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    let framed = HEADER_BYTES + body_len;
+    if framed > max_event_bytes {
+        return Err(FrameError::TooLarge {
+            offset,
+            size: framed,
+            limit: max_event_bytes,
+        });
+    }
+    if rest.len() < framed {
+        return Err(FrameError::Truncated {
+            offset,
+            needed: framed,
+            available: rest.len(),
+        });
+    }
+    let body = &rest[HEADER_BYTES..framed];
+    if crc32fast::hash(body) != crc {
+        return Err(FrameError::Checksum { offset });
+    }
+    if body.len() < KEY_LEN_BYTES {
+        return Err(FrameError::Malformed {
+            offset,
+            why: "body shorter than its key length field",
+        });
+    }
+    let key_len = u16::from_le_bytes([body[0], body[1]]) as usize;
+    if body.len() < KEY_LEN_BYTES + key_len {
+        return Err(FrameError::Malformed {
+            offset,
+            why: "routing key runs past the body",
+        });
+    }
+    let key_start = HEADER_BYTES + KEY_LEN_BYTES;
+    let key = (key_len > 0).then_some(key_start..key_start + key_len);
+    if let Some(k) = &key {
+        if std::str::from_utf8(&rest[k.clone()]).is_err() {
+            return Err(FrameError::Malformed {
+                offset,
+                why: "routing key is not UTF-8",
+            });
+        }
+    }
+    Ok(CheckedEvent {
+        framed_len: framed,
+        key,
+        payload: key_start + key_len..framed,
+    })
+}
+
+/// Checks every event in `data` (as [`FrameIter`] would, but allocating
+/// nothing) and returns how many there are: the server's check of an append.
+pub fn count_events(data: &[u8], max_event_bytes: usize) -> Result<u32, FrameError> {
+    let mut pos = 0usize;
+    let mut count = 0u32;
+    while pos < data.len() {
+        pos += check_event(&data[pos..], pos as u64, max_event_bytes)?.framed_len;
+        count += 1;
+    }
+    Ok(count)
 }
 
 impl Iterator for FrameIter {
@@ -243,6 +276,29 @@ mod tests {
         assert!(matches!(
             FrameIter::new(good, 0, 10).next(),
             Some(Err(FrameError::TooLarge { .. }))
+        ));
+    }
+
+    #[test]
+    fn count_events_checks_like_the_iterator() {
+        let mut buf = BytesMut::new();
+        encode_event(&mut buf, Some("k"), b"one");
+        encode_event(&mut buf, None, b"two");
+        assert_eq!(count_events(&buf, 1 << 20), Ok(2));
+        let mut bad = buf.to_vec();
+        *bad.last_mut().unwrap() ^= 1;
+        let second = framed_len(Some("k"), 3) as u64;
+        assert_eq!(
+            count_events(&bad, 1 << 20),
+            Err(FrameError::Checksum { offset: second })
+        );
+        assert!(matches!(
+            count_events(&buf, 8),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            count_events(&buf[..buf.len() - 1], 1 << 20),
+            Err(FrameError::Truncated { .. })
         ));
     }
 

@@ -11,7 +11,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use aquifer_proto::frame::{FrameError, FrameIter};
+use aquifer_proto::frame::{count_events, FrameError};
 use aquifer_proto::v1::append_request::Kind as RequestKind;
 use aquifer_proto::v1::append_response::Kind as ResponseKind;
 use aquifer_proto::v1::append_server::Append;
@@ -183,18 +183,15 @@ impl Session {
         // Framing adds a header and the key length to every event.
         let max_framed =
             max_event + aquifer_proto::frame::HEADER_BYTES + aquifer_proto::frame::KEY_LEN_BYTES;
-        let mut count = 0u32;
-        for event in FrameIter::new(batch.events.clone(), 0, max_framed) {
-            match event {
-                Ok(_) => count += 1,
-                Err(FrameError::TooLarge { size, .. }) => {
-                    return Err(Error::InvalidArgument(format!(
-                        "event of {size} bytes is over the limit of {max_event} bytes (max_event_bytes)"
-                    )))
-                }
-                Err(e) => return Err(Error::InvalidArgument(format!("malformed batch: {e}"))),
+        let count = match count_events(&batch.events, max_framed) {
+            Ok(n) => n,
+            Err(FrameError::TooLarge { size, .. }) => {
+                return Err(Error::InvalidArgument(format!(
+                    "event of {size} bytes is over the limit of {max_event} bytes (max_event_bytes)"
+                )))
             }
-        }
+            Err(e) => return Err(Error::InvalidArgument(format!("malformed batch: {e}"))),
+        };
         if count != batch.event_count {
             return Err(Error::InvalidArgument(format!(
                 "batch says it holds {} events but holds {count}",
