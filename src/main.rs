@@ -62,6 +62,25 @@ enum Command {
     /// --with-key: "KEY<TAB>PAYLOAD"). Events of one segment, hence of one
     /// routing key, come in the order they were written.
     Read(ReadArgs),
+    /// Scan a whole stream as a batch: every event from the head to the tail
+    /// as of now, the segments read in parallel (no follow).
+    ///
+    /// Events of one segment (hence one routing key) keep their order; events
+    /// of different segments interleave.
+    Scan(ScanArgs),
+}
+
+#[derive(Args, Debug)]
+struct ScanArgs {
+    /// The stream to scan, as SCOPE/STREAM.
+    #[arg(value_name = "SCOPE/STREAM")]
+    name: String,
+    /// Segment ranges read at the same time.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    parallel: usize,
+    /// Print only a count, bytes and MB/s instead of the events.
+    #[arg(long)]
+    count: bool,
 }
 
 #[derive(Args, Debug)]
@@ -291,6 +310,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Read(args) => {
             init_client_logging();
             read(&cli.addr, args).await
+        }
+        Command::Scan(args) => {
+            init_client_logging();
+            scan(&cli.addr, args).await
         }
     }
 }
@@ -685,6 +708,89 @@ async fn read(addr: &str, args: ReadArgs) -> anyhow::Result<()> {
         out.write_all(&event.payload)?;
         out.write_all(b"\n")?;
         count += 1;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Events per message from a scan task to the printer.
+const SCAN_CHUNK_EVENTS: u64 = 1024;
+
+/// Part of one range's events, from a scan task to the printer; with
+/// --count only the numbers travel.
+#[derive(Default)]
+struct ScanChunk {
+    events: u64,
+    bytes: u64,
+    payloads: Vec<Bytes>,
+}
+
+async fn scan(addr: &str, args: ScanArgs) -> anyhow::Result<()> {
+    if args.parallel == 0 {
+        bail!("--parallel must be at least 1");
+    }
+    let name: StreamName = args.name.parse()?;
+    let client = Client::connect(addr).await?;
+    let batch = client.batch();
+    let (from, to) = (batch.head_cut(&name).await?, batch.tail_cut(&name).await?);
+    let ranges = batch.segment_ranges(&name, &from, &to).await?;
+    let started = Instant::now();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(args.parallel));
+    // Bounded: a slow stdout holds the readers back.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<anyhow::Result<ScanChunk>>(args.parallel * 2);
+    for range in ranges {
+        let (batch, slots, tx, keep) = (batch.clone(), slots.clone(), tx.clone(), !args.count);
+        tokio::spawn(async move {
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
+            };
+            let mut reader = batch.read_range(&range);
+            let mut chunk = ScanChunk::default();
+            loop {
+                match reader.next().await {
+                    Ok(Some(e)) => {
+                        chunk.events += 1;
+                        chunk.bytes += e.payload.len() as u64;
+                        if keep {
+                            chunk.payloads.push(e.payload);
+                        }
+                        if chunk.events == SCAN_CHUNK_EVENTS
+                            && tx.send(Ok(std::mem::take(&mut chunk))).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(Ok(chunk)).await;
+        });
+    }
+    drop(tx);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout.lock());
+    let (mut events, mut bytes) = (0u64, 0u64);
+    while let Some(chunk) = rx.recv().await {
+        let chunk = chunk?;
+        events += chunk.events;
+        bytes += chunk.bytes;
+        for payload in chunk.payloads {
+            out.write_all(&payload)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    if args.count {
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        writeln!(
+            out,
+            "{events} events, {:.2} MB in {secs:.2} s ({:.1} MB/s)",
+            bytes as f64 / 1e6,
+            bytes as f64 / 1e6 / secs
+        )?;
     }
     out.flush()?;
     Ok(())

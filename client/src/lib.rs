@@ -20,6 +20,7 @@ mod error;
 mod name;
 mod reader;
 mod routing;
+mod scan;
 mod session;
 mod writer;
 
@@ -35,6 +36,7 @@ pub use error::Error;
 pub use name::{StreamName, MAX_NAME_LEN};
 pub use reader::{Event, EventReader, ReaderConfig, SegmentReader, StartFrom};
 pub use routing::{fmix64, fnv1a_64, key_position};
+pub use scan::{BatchClient, SegmentRange, StreamCut};
 pub use writer::{
     EventWriter, PendingWrite, Position, WriterConfig, MAX_CLIENT_EVENT_BYTES, MAX_WRITER_ID_BYTES,
 };
@@ -111,6 +113,11 @@ impl Client {
         let mut segments = info.segments;
         segments.sort_by_key(|s| s.number);
         EventReader::new(&self.conn, &segments, &config)
+    }
+
+    /// Batch scans: stream cuts, segment ranges, bounded range reads.
+    pub fn batch(&self) -> BatchClient {
+        BatchClient::new(self.conn.clone(), self.admin())
     }
 
     /// A reader of one segment from `offset` (an event boundary), tailing

@@ -209,6 +209,19 @@ impl SegmentReader {
         }
     }
 
+    /// Reads `[start, end)` of a segment (event boundaries), then ends.
+    pub(crate) fn bounded(
+        conn: &Arc<Conn>,
+        segment_id: u64,
+        start: u64,
+        end: u64,
+    ) -> SegmentReader {
+        let read = SegmentRead::new(conn.clone(), segment_id, start, false, end);
+        SegmentReader {
+            source: EventSource::new(vec![read]),
+        }
+    }
+
     /// The next event of the segment. Without `follow`: `None` at the
     /// segment's length as of the (last) request. With `follow`: waits for
     /// new events; `None` once the segment is sealed and fully read.

@@ -1,0 +1,139 @@
+//! Batch scans for compute engines: stream cuts, the segment ranges between
+//! two cuts, and bounded reads of a range, to be run in parallel.
+//!
+//! Owns the cut and range arithmetic; the reads themselves are ordinary
+//! segment reads with an end offset, so retries and framing checks are the
+//! reader's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::conn::Conn;
+use crate::reader::SegmentReader;
+use crate::{Admin, Error, Position, StreamName};
+
+/// One position per segment of a stream: a consistent point in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamCut {
+    /// At most one position per segment.
+    pub positions: Vec<Position>,
+}
+
+impl StreamCut {
+    fn offset_of(&self, segment_id: u64) -> Option<u64> {
+        self.positions
+            .iter()
+            .find(|p| p.segment_id == segment_id)
+            .map(|p| p.offset)
+    }
+}
+
+/// The bytes `[start, end)` of one segment, with where they are stored:
+/// `[start, tier2_end)` is in tier-2 chunks, the rest in the server's tail
+/// buffer (as of when the range was listed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SegmentRange {
+    /// The segment.
+    pub segment_id: u64,
+    /// The slice of the key space the segment owns: `[key_low, key_high)`.
+    pub key_low: f64,
+    /// See `key_low`.
+    pub key_high: f64,
+    /// First byte of the range (an event boundary).
+    pub start: u64,
+    /// One past its last byte (an event boundary).
+    pub end: u64,
+    /// Where tier-2 ends inside the range (`start..=end`).
+    pub tier2_end: u64,
+}
+
+/// Batch access to streams; get one from [`crate::Client::batch`].
+#[derive(Clone, Debug)]
+pub struct BatchClient {
+    conn: Arc<Conn>,
+    admin: Admin,
+}
+
+impl BatchClient {
+    pub(crate) fn new(conn: Arc<Conn>, admin: Admin) -> Self {
+        BatchClient { conn, admin }
+    }
+
+    /// The first readable position of every segment.
+    pub async fn head_cut(&self, stream: &StreamName) -> Result<StreamCut, Error> {
+        let info = self.admin.describe_stream(stream).await?;
+        Ok(StreamCut {
+            positions: info
+                .segments
+                .iter()
+                .map(|s| Position {
+                    segment_id: s.segment_id,
+                    offset: s.head_offset,
+                })
+                .collect(),
+        })
+    }
+
+    /// The end of every segment now: everything committed so far.
+    pub async fn tail_cut(&self, stream: &StreamName) -> Result<StreamCut, Error> {
+        let info = self.admin.describe_stream(stream).await?;
+        Ok(StreamCut {
+            positions: info
+                .segments
+                .iter()
+                .map(|s| Position {
+                    segment_id: s.segment_id,
+                    offset: s.length,
+                })
+                .collect(),
+        })
+    }
+
+    /// The non-empty ranges between two cuts, one per segment. A segment
+    /// missing from `from` starts at its head; missing from `to`, it ends at
+    /// its current length.
+    pub async fn segment_ranges(
+        &self,
+        stream: &StreamName,
+        from: &StreamCut,
+        to: &StreamCut,
+    ) -> Result<Vec<SegmentRange>, Error> {
+        let info = self.admin.describe_stream(stream).await?;
+        let known: HashMap<u64, ()> = info.segments.iter().map(|s| (s.segment_id, ())).collect();
+        if let Some(p) = from
+            .positions
+            .iter()
+            .chain(&to.positions)
+            .find(|p| !known.contains_key(&p.segment_id))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "segment {} in the cut is not a segment of {stream}",
+                p.segment_id
+            )));
+        }
+        let mut ranges = Vec::new();
+        for s in &info.segments {
+            let start = from
+                .offset_of(s.segment_id)
+                .unwrap_or(s.head_offset)
+                .max(s.head_offset);
+            let end = to.offset_of(s.segment_id).unwrap_or(s.length).min(s.length);
+            if start < end {
+                ranges.push(SegmentRange {
+                    segment_id: s.segment_id,
+                    key_low: s.key_low,
+                    key_high: s.key_high,
+                    start,
+                    end,
+                    tier2_end: s.tier2_length.clamp(start, end),
+                });
+            }
+        }
+        Ok(ranges)
+    }
+
+    /// Reads one range: its events in order, then `None` at its end.
+    pub fn read_range(&self, range: &SegmentRange) -> SegmentReader {
+        SegmentReader::bounded(&self.conn, range.segment_id, range.start, range.end)
+    }
+}
