@@ -31,6 +31,8 @@ const MIB: u64 = 1024 * 1024;
 /// The node's memory budgets, set explicitly so the RSS line can name them.
 const TAIL_BUFFER_BYTES_MAX: u64 = 256 * MIB;
 const CACHE_BYTES_MAX: u64 = 256 * MIB;
+/// Rate of the append-with-catch-up-reader workload (g), events/s.
+const G_RATE: f64 = 10_000.0;
 /// Fixed rate of the tail-latency workload, events/s.
 const TAIL_RATE: f64 = 10_000.0;
 
@@ -171,6 +173,45 @@ async fn run(args: &Args) -> String {
     let catch_up_bytes = CACHE_BYTES_MAX * 3 / 4;
     let f_tier2 = workloads::run_catch_up(&client, "bench/a-max-1k", catch_up_bytes).await;
     let f_cache = workloads::run_catch_up(&client, "bench/a-max-1k", catch_up_bytes).await;
+    // g. Append latency at a moderate fixed rate, alone and while a catch-up
+    // reader drains the backlog of c from tier-2.
+    let g_load = |stream: &str| WriteLoad {
+        stream: stream.into(),
+        segments: 1,
+        writers: 1,
+        keys_per_writer: 16,
+        payload_bytes: 1024,
+        rate: Some(G_RATE),
+        timestamped: false,
+    };
+    eprintln!("core bench: g. 1 KiB at {G_RATE} events/s, alone");
+    let g_alone = workloads::run_write(&client, &g_load("bench/g-alone"), window, base).await;
+    eprintln!("core bench: g. the same with a catch-up reader of c");
+    let reader = {
+        let client = client.clone();
+        tokio::spawn(
+            async move { workloads::run_catch_up(&client, "bench/c-max-100b", u64::MAX).await },
+        )
+    };
+    let g_reader =
+        workloads::run_write(&client, &g_load("bench/g-with-reader"), window, base).await;
+    reader.abort();
+    // h. Tier-2 PUTs per GiB written, 1 segment and 100 segments.
+    eprintln!("core bench: h. tier-2 puts per GiB, 1 and 100 segments");
+    let h_1 = workloads::run_put_count(
+        &client,
+        &server.data_dir().join("tier2"),
+        "bench/h-1-segment",
+        1,
+    )
+    .await;
+    let h_100 = workloads::run_put_count(
+        &client,
+        &server.data_dir().join("tier2"),
+        "bench/h-100-segments",
+        100,
+    )
+    .await;
     let rss = proc_status_kib(pid, "VmHWM");
     let rss_now = proc_status_kib(pid, "VmRSS");
     drop(client);
@@ -187,6 +228,9 @@ async fn run(args: &Args) -> String {
         d,
         f_tier2,
         f_cache,
+        g_alone,
+        g_reader,
+        h: [h_1, h_100],
         rss_hwm_kib: rss,
         rss_now_kib: rss_now,
     })
@@ -203,6 +247,9 @@ struct Report {
     d: TailResult,
     f_tier2: workloads::CatchUp,
     f_cache: workloads::CatchUp,
+    g_alone: WriteResult,
+    g_reader: WriteResult,
+    h: [workloads::PutCount; 2],
     rss_hwm_kib: Option<u64>,
     rss_now_kib: Option<u64>,
 }
@@ -301,7 +348,7 @@ fn report(r: &Report) -> String {
     let _ = writeln!(out, "|---|---:|---:|---:|");
     let _ = writeln!(
         out,
-        "| e. server after a-f | {} | {} | {} MiB |",
+        "| e. server after a-h | {} | {} | {} MiB |",
         kib(r.rss_hwm_kib),
         kib(r.rss_now_kib),
         aquifer_server::ServerConfig {
@@ -331,6 +378,37 @@ fn report(r: &Report) -> String {
             f.mb_s(),
             f.events as f64 / f.took.as_secs_f64().max(1e-9),
             f.bytes
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "\n| append with a catch-up reader (1 KiB, 1 writer, {G_RATE} events/s) | ack p50 | ack p99 | ack p99.9 | ack max |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    for (label, g) in [
+        ("g. alone", &r.g_alone),
+        ("g. while a reader catches up on c from tier-2", &r.g_reader),
+    ] {
+        let h = &g.ack_us;
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {} | {} |",
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.value_at_quantile(0.999)),
+            ms(h.max())
+        );
+    }
+    let _ = writeln!(out, "\n| tier-2 puts (default chunk_bytes, flush interval) | bytes written | chunk objects | PUTs per GiB |");
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    for (label, h) in [("h. 1 segment", &r.h[0]), ("h. 100 segments", &r.h[1])] {
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {:.0} |",
+            h.bytes,
+            h.objects,
+            h.objects as f64 / (h.bytes as f64 / (1u64 << 30) as f64)
         );
     }
 

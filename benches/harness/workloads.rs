@@ -391,3 +391,67 @@ pub async fn run_catch_up(client: &Client, stream: &str, bytes_max: u64) -> Catc
         took: started.elapsed(),
     }
 }
+
+/// Tier-2 objects made for a stream's bytes.
+pub struct PutCount {
+    pub bytes: u64,
+    pub objects: u64,
+}
+
+/// Writes 64 MiB of 1 KiB events to a new stream of `segments` segments
+/// (keys spread over all of them), waits until every byte is in tier-2, and
+/// counts the chunk objects under `tier2_dir` that hold them.
+pub async fn run_put_count(
+    client: &Client,
+    tier2_dir: &std::path::Path,
+    stream: &str,
+    segments: u32,
+) -> PutCount {
+    const BYTES: u64 = 64 << 20;
+    let name: StreamName = stream.parse().expect("bench stream name");
+    let info = client
+        .admin()
+        .create_stream(&name, segments)
+        .await
+        .expect("create bench stream");
+    let writer = client
+        .writer(&name, WriterConfig::default())
+        .await
+        .expect("writer");
+    let payload = Bytes::from(vec![b'p'; 1024]);
+    for i in 0..BYTES / 1024 {
+        let key = format!("k{}", i % (u64::from(segments) * 8));
+        // Durability is checked once, by the flush below.
+        drop(
+            writer
+                .write_event(Some(&key), payload.clone())
+                .await
+                .expect("queue"),
+        );
+    }
+    writer.flush().await.expect("acknowledged");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let d = client
+            .admin()
+            .describe_stream(&name)
+            .await
+            .expect("describe");
+        if d.segments.iter().all(|s| s.tier2_length == s.length) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let objects = info
+        .segments
+        .iter()
+        .map(|s| {
+            std::fs::read_dir(tier2_dir.join("segments").join(s.segment_id.to_string()))
+                .map_or(0, |d| d.count() as u64)
+        })
+        .sum();
+    PutCount {
+        bytes: BYTES,
+        objects,
+    }
+}

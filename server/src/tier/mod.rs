@@ -287,7 +287,12 @@ impl Tier2 {
         }
         let mut first = None;
         for (i, at) in (0..expected).step_by(BLOCK_BYTES as usize).enumerate() {
-            let block = data.slice(at as usize..((at + BLOCK_BYTES).min(expected)) as usize);
+            // A block of its own: a slice would keep the whole readahead
+            // buffer alive after its neighbours are evicted, and the cache
+            // would hold more than it counts.
+            let block = Bytes::copy_from_slice(
+                &data[at as usize..((at + BLOCK_BYTES).min(expected)) as usize],
+            );
             first.get_or_insert_with(|| block.clone());
             self.cache.insert(key(b + i as u64), block);
         }
