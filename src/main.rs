@@ -81,6 +81,11 @@ struct ScanArgs {
     /// Print only a count, bytes and MB/s instead of the events.
     #[arg(long)]
     count: bool,
+    /// Read the data already in tier-2 straight from the object store (the
+    /// brokers only say where it is and serve the unflushed rest). S3
+    /// credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    #[arg(long)]
+    direct: bool,
 }
 
 #[derive(Args, Debug)]
@@ -534,6 +539,7 @@ fn describe(out: &mut impl Write, info: &StreamInfo) -> std::io::Result<()> {
         "TIER2 LENGTH",
         "CHUNKS",
         "TAIL BUFFER",
+        "LOG",
         "SEALED",
     ]
     .map(str::to_string)
@@ -549,6 +555,7 @@ fn describe(out: &mut impl Write, info: &StreamInfo) -> std::io::Result<()> {
             s.tier2_length.to_string(),
             s.chunk_count.to_string(),
             s.tail_buffer_bytes.to_string(),
+            s.log_bytes.to_string(),
             yes_no(s.sealed),
         ]);
     }
@@ -740,11 +747,16 @@ async fn scan(addr: &str, args: ScanArgs) -> anyhow::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<anyhow::Result<ScanChunk>>(args.parallel * 2);
     for range in ranges {
         let (batch, slots, tx, keep) = (batch.clone(), slots.clone(), tx.clone(), !args.count);
+        let direct = args.direct;
         tokio::spawn(async move {
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
             };
-            let mut reader = batch.read_range(&range);
+            let mut reader = if direct {
+                batch.read_range_direct(&range)
+            } else {
+                batch.read_range(&range)
+            };
             let mut chunk = ScanChunk::default();
             loop {
                 match reader.next().await {

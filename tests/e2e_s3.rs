@@ -160,6 +160,43 @@ async fn segments_flush_to_s3_and_read_back_after_kill9() {
         let expected: Vec<u64> = (0..PER_KEY).collect();
         assert_eq!(seqs, expected, "key {key} in order, no gap, no duplicate");
     }
+
+    // A direct scan reads the chunks from S3 itself (credentials from the
+    // standard environment variables) and prints the same events.
+    let scan = |direct: bool| {
+        let mut args = vec!["scan", "s3/events", "--addr"];
+        let addr = server.addr();
+        args.push(&addr);
+        if direct {
+            args.push("--direct");
+        }
+        let out = Command::new(common::BIN)
+            .args(&args)
+            .env("AWS_ACCESS_KEY_ID", "testkey")
+            .env("AWS_SECRET_ACCESS_KEY", "testsecret")
+            .output()
+            .expect("run scan");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut lines: Vec<Vec<u8>> = out
+            .stdout
+            .split(|&b| b == b'\n')
+            .map(<[u8]>::to_vec)
+            .collect();
+        lines.pop();
+        lines.sort();
+        lines
+    };
+    let brokered = scan(false);
+    assert_eq!(brokered.len() as u64, KEYS * PER_KEY);
+    assert_eq!(
+        scan(true),
+        brokered,
+        "--direct from S3 prints the same events"
+    );
 }
 
 /// S3 stopped while writers keep going: appends are still acknowledged while

@@ -78,7 +78,7 @@ async fn orphan_chunks_are_collected_at_start_up() {
         .create_stream(&name, 1)
         .await
         .expect("create");
-    let segment = info.segments[0].segment_id;
+    let container = info.segments[0].container;
     let writer = client
         .writer(&name, WriterConfig::default())
         .await
@@ -86,34 +86,71 @@ async fn orphan_chunks_are_collected_at_start_up() {
     write_keyed_range(&writer, 4, 0, 100, 300).await;
     wait_all_in_tier2(&client, &name, Duration::from_secs(30)).await;
     server.kill9();
-    let segments = server.data_dir().join("tier2").join("segments");
-    let cut_off = segments
-        .join(segment.to_string())
-        .join("00000000000000999999-c0-t9-00000000deadbeef.chunk");
-    let gone_segment = segments.join("987654321");
+    let chunks = server.data_dir().join("tier2").join("chunks");
+    let live = chunks.join(format!("c{container}"));
+    let cut_off = live.join("t000000000009-0000000000000-00000000deadbeef.chunk");
+    let other = chunks.join(format!("c{}", (container + 1) % 4));
     std::fs::write(&cut_off, b"never recorded").expect("plant orphan");
-    std::fs::create_dir_all(&gone_segment).expect("dir");
-    std::fs::write(gone_segment.join("x.chunk"), b"deleted segment").expect("plant orphan");
-    let real_before = std::fs::read_dir(segments.join(segment.to_string()))
-        .expect("chunks")
-        .count();
+    std::fs::create_dir_all(&other).expect("dir");
+    std::fs::write(other.join("x.chunk"), b"deleted segment").expect("plant orphan");
+    let real_before = std::fs::read_dir(&live).expect("chunks").count();
 
     server.restart().await;
-    assert!(!cut_off.exists(), "orphan of a live segment is deleted");
+    assert!(!cut_off.exists(), "orphan next to live chunks is deleted");
     assert!(
-        !gone_segment.join("x.chunk").exists(),
-        "chunk of an unknown segment is deleted"
+        !other.join("x.chunk").exists(),
+        "object of a container without segments is deleted"
     );
-    let real_after = std::fs::read_dir(segments.join(segment.to_string()))
-        .expect("chunks")
-        .count();
-    assert_eq!(real_after, real_before - 1, "every recorded chunk is kept");
+    let real_after = std::fs::read_dir(&live).expect("chunks").count();
+    assert_eq!(real_after, real_before - 1, "every recorded object is kept");
     let client = server.client().await;
     assert_eq!(
         read_all(&client, &name, Duration::from_secs(30))
             .await
             .len(),
         400
+    );
+}
+
+/// Many small segments share objects: far fewer tier-2 objects (PUTs) than
+/// chunks, and everything reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_segments_share_tier2_objects() {
+    let config = "containers = 1\n[tier2]\nchunk_bytes = 262144\nflush_interval_ms = 200\n";
+    let server = ServerProcess::start(ServerOpts::with_config(config)).await;
+    let client = server.client().await;
+    let name = stream_name("tier/many");
+    client
+        .admin()
+        .create_stream(&name, 32)
+        .await
+        .expect("create");
+    let writer = client
+        .writer(&name, WriterConfig::default())
+        .await
+        .expect("writer");
+    // ~1 MB; enough keys that every segment gets some.
+    write_keyed_range(&writer, 512, 0, 6, 300).await;
+    wait_all_in_tier2(&client, &name, Duration::from_secs(30)).await;
+    let info = client
+        .admin()
+        .describe_stream(&name)
+        .await
+        .expect("describe");
+    let chunks: u32 = info.segments.iter().map(|s| s.chunk_count).sum();
+    let objects = std::fs::read_dir(server.data_dir().join("tier2/chunks/c0"))
+        .expect("objects")
+        .count() as u32;
+    assert!(chunks >= 32, "every segment has a chunk: {chunks}");
+    assert!(
+        objects * 4 <= chunks,
+        "{objects} objects for {chunks} chunks: segments do not share objects"
+    );
+    assert_eq!(
+        read_all(&client, &name, Duration::from_secs(30))
+            .await
+            .len(),
+        512 * 6
     );
 }
 
@@ -239,16 +276,18 @@ async fn retention_by_size_removes_chunks_from_the_head() {
         || retained(name.clone(), 256 * 1024 + 2 * 65536),
     )
     .await;
-    let on_disk = dir_bytes(
-        &server
-            .data_dir()
-            .join("tier2/segments")
-            .join(segment.to_string()),
-    );
-    assert!(
-        on_disk <= 256 * 1024 + 2 * 65536,
-        "tier-2 still holds {on_disk} bytes of the segment"
-    );
+    // The only stream on the node: every object is this segment's. The
+    // objects go just after the truncation commits.
+    let chunks_dir = server.data_dir().join("tier2/chunks");
+    wait_for(
+        "truncated objects to be deleted",
+        Duration::from_secs(10),
+        || {
+            let on_disk = dir_bytes(&chunks_dir);
+            async move { on_disk <= 256 * 1024 + 2 * 65536 }
+        },
+    )
+    .await;
 
     let mut below_head = client
         .segment_reader(segment, 0, false)

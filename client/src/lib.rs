@@ -16,6 +16,7 @@
 mod admin;
 mod batch;
 mod conn;
+mod direct;
 mod error;
 mod name;
 mod reader;

@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::conn::{backoff, Conn, MAX_MESSAGE_BYTES};
-use crate::proto::ReadSegmentRequest;
+use crate::direct::Tier2Stores;
+use crate::proto::{LocateRangeRequest, ReadSegmentRequest};
 use crate::{Error, Position, SegmentInfo};
 
 /// Messages buffered between the segment tasks and the reader: bounds the
@@ -210,13 +211,17 @@ impl SegmentReader {
     }
 
     /// Reads `[start, end)` of a segment (event boundaries), then ends.
+    /// With `direct`, the part in tier-2 is read from there, the rest from
+    /// the broker.
     pub(crate) fn bounded(
         conn: &Arc<Conn>,
         segment_id: u64,
         start: u64,
         end: u64,
+        direct: Option<Arc<Tier2Stores>>,
     ) -> SegmentReader {
-        let read = SegmentRead::new(conn.clone(), segment_id, start, false, end);
+        let mut read = SegmentRead::new(conn.clone(), segment_id, start, false, end);
+        read.direct = direct;
         SegmentReader {
             source: EventSource::new(vec![read]),
         }
@@ -252,6 +257,8 @@ struct SegmentRead {
     end_offset: u64,
     failing_since: Option<Instant>,
     attempt: u32,
+    /// Read the range's tier-2 part from tier-2 first (direct scans).
+    direct: Option<Arc<Tier2Stores>>,
 }
 
 impl SegmentRead {
@@ -264,10 +271,17 @@ impl SegmentRead {
             end_offset,
             failing_since: None,
             attempt: 0,
+            direct: None,
         }
     }
 
     async fn run(mut self, tx: mpsc::Sender<Item>) {
+        if let Some(stores) = self.direct.take() {
+            if let Err(e) = self.read_tier2(&stores, &tx).await {
+                let _ = tx.send(Item::Failed(e)).await;
+                return;
+            }
+        }
         let mut last_error: Option<Error> = None;
         loop {
             if self.end_offset != 0 && self.offset >= self.end_offset {
@@ -306,6 +320,46 @@ impl SegmentRead {
                 }
             }
         }
+    }
+
+    /// Direct scans: asks the broker where `[offset, end_offset)` is and
+    /// delivers its tier-2 part from tier-2; `offset` ends where the broker
+    /// must serve the rest.
+    async fn read_tier2(
+        &mut self,
+        stores: &Tier2Stores,
+        tx: &mpsc::Sender<Item>,
+    ) -> Result<(), Error> {
+        let request = LocateRangeRequest {
+            segment_id: self.segment_id,
+            start_offset: self.offset,
+            end_offset: self.end_offset,
+        };
+        let (_, channel) = self.conn.channel();
+        let location = Conn::read(channel)
+            .locate_range(request)
+            .await?
+            .into_inner();
+        let tier2 = location.tier2.unwrap_or_default();
+        for slice in &location.slices {
+            if slice.segment_offset != self.offset {
+                return Err(Error::Server(format!(
+                    "the broker located segment {} bytes at {} but the scan is at {}",
+                    self.segment_id, slice.segment_offset, self.offset
+                )));
+            }
+            let mut windows = stores.windows(&tier2, slice)?;
+            while let Some((base, window)) = windows.next().await? {
+                let (events, corrupt) = self.decode(window, base);
+                if !events.is_empty() && tx.send(Item::Events(events)).await.is_err() {
+                    return Ok(()); // the reader is gone
+                }
+                if let Some(e) = corrupt {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One `ReadSegment` call from `self.offset`, delivering events until it

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::conn::Conn;
+use crate::direct::Tier2Stores;
 use crate::reader::SegmentReader;
 use crate::{Admin, Error, Position, StreamName};
 
@@ -52,11 +53,17 @@ pub struct SegmentRange {
 pub struct BatchClient {
     conn: Arc<Conn>,
     admin: Admin,
+    /// Tier-2 stores opened by direct reads, shared by clones.
+    stores: Arc<Tier2Stores>,
 }
 
 impl BatchClient {
     pub(crate) fn new(conn: Arc<Conn>, admin: Admin) -> Self {
-        BatchClient { conn, admin }
+        BatchClient {
+            conn,
+            admin,
+            stores: Arc::default(),
+        }
     }
 
     /// The first readable position of every segment.
@@ -132,8 +139,24 @@ impl BatchClient {
         Ok(ranges)
     }
 
-    /// Reads one range: its events in order, then `None` at its end.
+    /// Reads one range through the broker: its events in order, then
+    /// `None` at its end.
     pub fn read_range(&self, range: &SegmentRange) -> SegmentReader {
-        SegmentReader::bounded(&self.conn, range.segment_id, range.start, range.end)
+        SegmentReader::bounded(&self.conn, range.segment_id, range.start, range.end, None)
+    }
+
+    /// Reads one range like [`read_range`](Self::read_range), but the part
+    /// already in tier-2 straight from the object store (the broker only
+    /// says where it is and serves the unflushed rest). For S3 the
+    /// credentials come from the standard AWS environment variables; a local
+    /// filesystem tier-2 must be reachable at the broker's path.
+    pub fn read_range_direct(&self, range: &SegmentRange) -> SegmentReader {
+        SegmentReader::bounded(
+            &self.conn,
+            range.segment_id,
+            range.start,
+            range.end,
+            Some(self.stores.clone()),
+        )
     }
 }

@@ -104,7 +104,7 @@ fn prepare_data_dir(config: &ServerConfig) -> Result<File, Error> {
 /// puts that a crash cut off from their entry, and chunks of deleted
 /// segments. Runs before the storage writers start, so no put is in flight.
 /// Best effort: tier-2 being unreachable only leaves the orphans for later.
-async fn collect_orphans(tier2: &Tier2, containers: &[Arc<Container>], count: u32) {
+async fn collect_orphans(tier2: &Tier2, containers: &[Arc<Container>]) {
     let names = match tier2.list_chunks().await {
         Ok(names) => names,
         Err(e) => {
@@ -112,18 +112,18 @@ async fn collect_orphans(tier2: &Tier2, containers: &[Arc<Container>], count: u3
             return;
         }
     };
-    let mut live: std::collections::HashMap<u64, std::collections::HashSet<String>> =
+    let mut live: std::collections::HashMap<u32, std::collections::HashSet<String>> =
         Default::default();
     for name in names {
-        let Some(segment) = crate::tier::chunk_segment(&name) else {
+        // Objects of containers this node does not have stay alone.
+        let Some(container) =
+            crate::tier::chunk_container(&name).and_then(|c| containers.get(c as usize))
+        else {
             continue;
         };
-        let chunks = live.entry(segment).or_insert_with(|| {
-            containers[container_of(segment, count) as usize]
-                .segment(segment)
-                .map(|s| s.chunks().into_iter().map(|c| c.name).collect())
-                .unwrap_or_default()
-        });
+        let chunks = live
+            .entry(container.id)
+            .or_insert_with(|| container.chunk_objects());
         if chunks.contains(&name) {
             continue;
         }
@@ -183,7 +183,7 @@ impl Node {
         for c in &containers {
             c.wait_ready().await?;
         }
-        collect_orphans(&tier2, &containers, config.containers).await;
+        collect_orphans(&tier2, &containers).await;
         let (stop_writers, stop) = watch::channel(false);
         let writers = containers
             .iter()
@@ -289,14 +289,14 @@ impl Node {
     async fn finish_delete(&self, stream: &StreamRecord) -> Result<(), Error> {
         for seg in &stream.segments {
             let c = self.container_of(seg.id);
-            if let Applied::Deleted { chunks } = c
+            if let Applied::Deleted { objects } = c
                 .propose(Cmd::Delete(SegmentRef { segment_id: seg.id }))
                 .await?
             {
-                for chunk in chunks {
-                    if let Err(e) = self.tier2.delete_chunk(&chunk.name).await {
+                for name in objects {
+                    if let Err(e) = self.tier2.delete_chunk(&name).await {
                         // Left behind as an orphan; nothing refers to it.
-                        tracing::warn!(chunk = %chunk.name, error = %e, "cannot delete chunk of deleted segment");
+                        tracing::warn!(chunk = %name, error = %e, "cannot delete chunk object of deleted segment");
                     }
                 }
             }

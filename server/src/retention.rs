@@ -77,17 +77,17 @@ async fn enforce(
     let applied = container
         .propose(Cmd::Truncate(Truncate { segment_id, head }))
         .await?;
-    if let Applied::Truncated { chunks } = applied {
+    if let Applied::Truncated { objects } = applied {
         tracing::info!(
             segment = segment_id,
             head,
-            chunks = chunks.len(),
+            objects = objects.len(),
             "retention truncated segment"
         );
-        for chunk in chunks {
-            if let Err(e) = node.tier2.delete_chunk(&chunk.name).await {
+        for name in objects {
+            if let Err(e) = node.tier2.delete_chunk(&name).await {
                 // Unreferenced now: start-up collection removes it later.
-                tracing::warn!(chunk = %chunk.name, error = %e, "cannot delete truncated chunk");
+                tracing::warn!(chunk = %name, error = %e, "cannot delete truncated chunk object");
             }
         }
     }

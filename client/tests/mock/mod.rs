@@ -107,6 +107,7 @@ impl State {
                     tier2_length: 0,
                     chunk_count: 0,
                     tail_buffer_bytes: s.data.len() as u64,
+                    log_bytes: s.data.len() as u64,
                 }
             })
             .collect();
@@ -402,6 +403,18 @@ fn apply(
 #[tonic::async_trait]
 impl read_server::Read for Svc {
     type ReadSegmentStream = BoxStream<proto::ReadSegmentResponse>;
+
+    /// The mock has no tier-2: everything is read through it.
+    async fn locate_range(
+        &self,
+        req: Request<proto::LocateRangeRequest>,
+    ) -> Result<Response<proto::RangeLocation>, Status> {
+        Ok(Response::new(proto::RangeLocation {
+            tier2: None,
+            slices: Vec::new(),
+            broker_offset: req.into_inner().start_offset,
+        }))
+    }
 
     async fn read_segment(
         &self,

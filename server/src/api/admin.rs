@@ -46,6 +46,7 @@ impl AdminService {
                     tier2_length: view.map_or(0, |v| v.tier2_length),
                     chunk_count: view.map_or(0, |v| v.chunk_count),
                     tail_buffer_bytes: view.map_or(0, |v| v.tail_bytes),
+                    log_bytes: view.map_or(0, |v| v.log_bytes),
                 }
             })
             .collect();

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use aquifer_proto::v1::read_server::Read;
-use aquifer_proto::v1::{ReadSegmentRequest, ReadSegmentResponse};
+use aquifer_proto::v1::{
+    ChunkSlice, LocateRangeRequest, RangeLocation, ReadSegmentRequest, ReadSegmentResponse,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -60,5 +62,32 @@ impl Read for ReadService {
             self.node.closed(),
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn locate_range(
+        &self,
+        req: Request<LocateRangeRequest>,
+    ) -> Result<Response<RangeLocation>, Status> {
+        let req = req.into_inner();
+        let segment = self
+            .node
+            .container_of(req.segment_id)
+            .segment(req.segment_id)
+            .ok_or(Error::SegmentNotFound(req.segment_id))?;
+        let (slices, broker_offset) = segment.locate_range(req.start_offset, req.end_offset)?;
+        let slices = slices
+            .into_iter()
+            .map(|p| ChunkSlice {
+                object_offset: p.chunk.object_offset + (p.from - p.chunk.start),
+                object: p.chunk.name,
+                segment_offset: p.from,
+                length: p.to - p.from,
+            })
+            .collect();
+        Ok(Response::new(RangeLocation {
+            tier2: Some(self.node.tier2.location().clone()),
+            slices,
+            broker_offset,
+        }))
     }
 }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ContainerCommand {
-    #[prost(oneof = "Cmd", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "Cmd", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub cmd: Option<Cmd>,
 }
 
@@ -23,6 +23,17 @@ pub enum Cmd {
     ChunkFlushed(ChunkFlushed),
     #[prost(message, tag = "6")]
     Truncate(Truncate),
+    /// One tier-2 object holding pieces of several segments.
+    #[prost(message, tag = "7")]
+    ChunksFlushed(ChunksFlushed),
+}
+
+/// The storage writer put one object holding each chunk's bytes at its
+/// `object_offset`; each chunk that applies becomes part of its segment.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ChunksFlushed {
+    #[prost(message, repeated, tag = "1")]
+    pub chunks: Vec<ChunkFlushed>,
 }
 
 /// Retention: the segment now starts at `head`, the end of one of its
@@ -56,8 +67,8 @@ pub struct Append {
     pub events: Bytes,
 }
 
-/// The storage writer put `[start, end)` of a segment to tier-2 as object
-/// `name`; once applied the chunk is part of the segment.
+/// The storage writer put `[start, end)` of a segment to tier-2 in object
+/// `name` at `object_offset`; once applied the chunk is part of the segment.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ChunkFlushed {
     #[prost(uint64, tag = "1")]
@@ -72,6 +83,10 @@ pub struct ChunkFlushed {
     /// time. Decided by the storage writer, so replay sees the same value.
     #[prost(uint64, tag = "5")]
     pub flushed_at_ms: u64,
+    /// Where the chunk's bytes start inside the object (objects hold
+    /// chunks of several segments).
+    #[prost(uint64, tag = "6")]
+    pub object_offset: u64,
 }
 
 impl ContainerCommand {

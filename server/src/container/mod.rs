@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use crate::error::Error;
 use crate::group::{Group, GroupConfig};
 use command::{Cmd, ContainerCommand};
-pub use segment::{Chunk, ReadSource, Segment, SegmentView};
+pub use segment::{Chunk, ReadSource, Segment, SegmentView, Unflushed};
 use state::{Applied, ApplyError, ContainerState, SegmentMap};
 
 use crate::cache::TailBudget;
@@ -97,6 +97,14 @@ impl Container {
     pub fn segment_ids(&self) -> Vec<u64> {
         let map = self.segments.read().unwrap_or_else(|p| p.into_inner());
         map.keys().copied().collect()
+    }
+
+    /// Names of the tier-2 objects the container's segments refer to.
+    pub fn chunk_objects(&self) -> std::collections::HashSet<String> {
+        let map = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .flat_map(|s| s.chunks().into_iter().map(|c| c.name))
+            .collect()
     }
 
     /// Proposes a control command (create, seal, delete, chunk flushed) and

@@ -11,12 +11,16 @@ use std::sync::Mutex;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
-/// A tier-2 object holding bytes `[start, end)` of a segment.
+use crate::error::Error;
+
+/// Bytes `[start, end)` of a segment, stored in tier-2 object `name` from
+/// `object_offset` on (an object may hold chunks of several segments).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
     pub start: u64,
     pub end: u64,
     pub name: String,
+    pub object_offset: u64,
     /// When it was flushed (ms since the epoch): retention by time.
     pub flushed_at_ms: u64,
 }
@@ -29,6 +33,9 @@ pub(crate) struct SegmentState {
     pub sealed: bool,
     pub deleted: bool,
     pub tier2_length: u64,
+    /// The length when the container last took a snapshot: bytes above it
+    /// are still in the local log.
+    pub snapshot_length: u64,
     /// Contiguous, in offset order, ending at `tier2_length`.
     pub chunks: Vec<Chunk>,
     /// `(offset, bytes)` per applied batch, covering `[tier2_length, length)`.
@@ -52,6 +59,7 @@ pub struct SegmentView {
     pub tier2_length: u64,
     pub chunk_count: u32,
     pub tail_bytes: u64,
+    pub log_bytes: u64,
 }
 
 /// Where the bytes at a read offset are.
@@ -111,6 +119,7 @@ impl Segment {
             tier2_length: s.tier2_length,
             chunk_count: s.chunks.len() as u32,
             tail_bytes: s.tail_bytes(),
+            log_bytes: s.length - s.snapshot_length,
         }
     }
 
@@ -172,32 +181,73 @@ impl Segment {
         ReadSource::Tail(out.freeze())
     }
 
+    /// Direct scans: the tier-2 pieces of `[start, end)` and where the
+    /// rest, still in the tail, begins.
+    pub fn locate_range(&self, start: u64, end: u64) -> Result<(Vec<ChunkPiece>, u64), Error> {
+        let s = self.lock();
+        if s.deleted {
+            return Err(Error::SegmentNotFound(self.id));
+        }
+        if start < s.head {
+            return Err(Error::Truncated {
+                segment: self.id,
+                offset: start,
+                head: s.head,
+            });
+        }
+        if end > s.length || start > end {
+            return Err(Error::OffsetOutOfRange {
+                segment: self.id,
+                offset: end.max(start),
+                length: s.length,
+            });
+        }
+        let flushed_end = end.min(s.tier2_length).max(start);
+        let first = s.chunks.partition_point(|c| c.end <= start);
+        let slices = s.chunks[first..]
+            .iter()
+            .take_while(|c| c.start < flushed_end)
+            .map(|c| ChunkPiece {
+                chunk: c.clone(),
+                from: c.start.max(start),
+                to: c.end.min(flushed_end),
+            })
+            .collect();
+        Ok((slices, flushed_end))
+    }
+
     /// The oldest unflushed bytes, whole batches, about `max_bytes` (at least
     /// one batch): what the storage writer puts next. None when all is flushed.
-    pub fn unflushed(&self, max_bytes: u64) -> Option<(u64, Bytes)> {
-        // Take handles under the lock and copy after it: the container's
-        // thread must not wait on a multi-MiB copy to apply the next batch.
-        let (start, mut parts) = {
-            let s = self.lock();
-            let start = s.tail.front()?.0;
-            let mut parts: Vec<Bytes> = Vec::new();
-            let mut len = 0u64;
-            for (_, bytes) in s.tail.iter() {
-                if !parts.is_empty() && len + bytes.len() as u64 > max_bytes {
-                    break;
-                }
-                len += bytes.len() as u64;
-                parts.push(bytes.clone());
+    pub fn unflushed(&self, max_bytes: u64) -> Option<Unflushed> {
+        // Handles only, no copy: the container's thread must not wait on a
+        // multi-MiB copy to apply the next batch, and the put takes parts.
+        let s = self.lock();
+        let start = s.tail.front()?.0;
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut len = 0u64;
+        for (_, bytes) in s.tail.iter() {
+            if !parts.is_empty() && len + bytes.len() as u64 > max_bytes {
+                break;
             }
-            (start, parts)
-        };
-        if parts.len() == 1 {
-            return parts.pop().map(|b| (start, b));
+            len += bytes.len() as u64;
+            parts.push(bytes.clone());
         }
-        let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
-        for p in parts {
-            out.extend_from_slice(&p);
-        }
-        Some((start, out.freeze()))
+        Some(Unflushed { start, len, parts })
     }
+}
+
+/// Bytes `[from, to)` of a segment, inside `chunk`.
+#[derive(Debug)]
+pub struct ChunkPiece {
+    pub chunk: Chunk,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// Bytes `[start, start + len)` of a segment's tail buffer, as its blocks.
+#[derive(Debug)]
+pub struct Unflushed {
+    pub start: u64,
+    pub len: u64,
+    pub parts: Vec<Bytes>,
 }

@@ -32,14 +32,21 @@ pub enum Applied {
     Sealed {
         length: u64,
     },
-    /// The segment is gone; its chunks are left for tier-2 to delete.
+    /// The segment is gone; `objects` are tier-2 objects no segment refers
+    /// to any more, left for the caller to delete.
     Deleted {
-        chunks: Vec<Chunk>,
+        objects: Vec<String>,
     },
-    ChunkRecorded,
-    /// Retention moved the head; these chunks left the segment.
+    /// `recorded` chunks of an object became part of their segments; the
+    /// rest were refused (an object with none recorded is an orphan).
+    ChunksRecorded {
+        recorded: usize,
+        refused: Vec<ApplyError>,
+    },
+    /// Retention moved the head past whole chunks; `objects` are tier-2
+    /// objects no segment refers to any more.
     Truncated {
-        chunks: Vec<Chunk>,
+        objects: Vec<String>,
     },
 }
 
@@ -78,11 +85,33 @@ pub enum ApplyError {
 pub struct ContainerState {
     segments: SegmentMap,
     budget: Arc<TailBudget>,
+    /// Live chunks per tier-2 object. An object holds chunks of several
+    /// segments and may be deleted only when none of them is left.
+    objects: HashMap<String, usize>,
 }
 
 impl ContainerState {
     pub fn new(segments: SegmentMap, budget: Arc<TailBudget>) -> Self {
-        ContainerState { segments, budget }
+        ContainerState {
+            segments,
+            budget,
+            objects: HashMap::new(),
+        }
+    }
+
+    /// Drops the references of `chunks`; returns the objects left with none.
+    fn release_objects(&mut self, chunks: &[Chunk]) -> Vec<String> {
+        let mut unreferenced = Vec::new();
+        for c in chunks {
+            if let Some(n) = self.objects.get_mut(&c.name) {
+                *n -= 1;
+                if *n == 0 {
+                    self.objects.remove(&c.name);
+                    unreferenced.push(c.name.clone());
+                }
+            }
+        }
+        unreferenced
     }
 
     fn segment(&self, id: u64) -> Result<Arc<Segment>, ApplyError> {
@@ -175,7 +204,9 @@ impl ContainerState {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
         let Some(seg) = seg else {
-            return Applied::Deleted { chunks: Vec::new() };
+            return Applied::Deleted {
+                objects: Vec::new(),
+            };
         };
         let mut s = seg.lock();
         s.deleted = true;
@@ -185,10 +216,24 @@ impl ContainerState {
         drop(s);
         self.budget.release(freed);
         seg.notify();
-        Applied::Deleted { chunks }
+        Applied::Deleted {
+            objects: self.release_objects(&chunks),
+        }
     }
 
-    fn chunk_flushed(&mut self, c: ChunkFlushed) -> Result<Applied, ApplyError> {
+    fn chunks_flushed(&mut self, chunks: Vec<ChunkFlushed>) -> Applied {
+        let mut recorded = 0;
+        let mut refused = Vec::new();
+        for c in chunks {
+            match self.chunk_flushed(c) {
+                Ok(()) => recorded += 1,
+                Err(e) => refused.push(e),
+            }
+        }
+        Applied::ChunksRecorded { recorded, refused }
+    }
+
+    fn chunk_flushed(&mut self, c: ChunkFlushed) -> Result<(), ApplyError> {
         let seg = self.segment(c.segment_id)?;
         let mut s = seg.lock();
         let stale = ApplyError::StaleChunk {
@@ -215,15 +260,11 @@ impl ContainerState {
             return Err(stale);
         }
         s.tier2_length = c.end;
-        s.chunks.push(Chunk {
-            start: c.start,
-            end: c.end,
-            name: c.name,
-            flushed_at_ms: c.flushed_at_ms,
-        });
+        *self.objects.entry(c.name.clone()).or_default() += 1;
+        s.chunks.push(chunk_of(c));
         drop(s);
         self.budget.release(freed);
-        Ok(Applied::ChunkRecorded)
+        Ok(())
     }
 }
 
@@ -235,7 +276,9 @@ impl ContainerState {
             return Err(ApplyError::SegmentNotFound(t.segment_id));
         }
         if t.head <= s.head {
-            return Ok(Applied::Truncated { chunks: Vec::new() });
+            return Ok(Applied::Truncated {
+                objects: Vec::new(),
+            });
         }
         // Only whole chunks go: the new head is the end of a chunk.
         let Some(last) = s.chunks.iter().position(|c| c.end == t.head) else {
@@ -248,7 +291,9 @@ impl ContainerState {
         s.head = t.head;
         drop(s);
         seg.notify();
-        Ok(Applied::Truncated { chunks })
+        Ok(Applied::Truncated {
+            objects: self.release_objects(&chunks),
+        })
     }
 }
 
@@ -263,7 +308,8 @@ impl StateMachine for ContainerState {
             Some(Cmd::Append(a)) => self.append(a),
             Some(Cmd::Seal(r)) => self.seal(r.segment_id),
             Some(Cmd::Delete(r)) => Ok(self.delete(r.segment_id)),
-            Some(Cmd::ChunkFlushed(c)) => self.chunk_flushed(c),
+            Some(Cmd::ChunkFlushed(c)) => Ok(self.chunks_flushed(vec![c])),
+            Some(Cmd::ChunksFlushed(c)) => Ok(self.chunks_flushed(c.chunks)),
             Some(Cmd::Truncate(t)) => self.truncate(t),
             None => Err(ApplyError::Malformed("empty command".into())),
         }
@@ -279,7 +325,9 @@ impl StateMachine for ContainerState {
             .iter()
             .filter_map(|id| map.get(id))
             .map(|seg| {
-                let s = seg.lock();
+                let mut s = seg.lock();
+                // Log entries up to here are about to be compacted away.
+                s.snapshot_length = s.length;
                 let mut writers: Vec<WriterPosition> = s
                     .writers
                     .iter()
@@ -304,6 +352,7 @@ impl StateMachine for ContainerState {
                             end: c.end,
                             name: c.name.clone(),
                             flushed_at_ms: c.flushed_at_ms,
+                            object_offset: c.object_offset,
                         })
                         .collect(),
                     writers,
@@ -326,23 +375,19 @@ impl StateMachine for ContainerState {
             prost::Message::decode(snapshot).map_err(|e| e.to_string())?;
         let mut map = self.segments.write().unwrap_or_else(|p| p.into_inner());
         map.clear();
+        self.objects.clear();
         for g in snap.segments {
             let seg = Segment::new(g.segment_id);
             let mut s = seg.lock();
             s.head = g.head;
             s.length = g.length;
+            s.snapshot_length = g.length;
             s.sealed = g.sealed;
             s.tier2_length = g.tier2_length;
-            s.chunks = g
-                .chunks
-                .into_iter()
-                .map(|c| Chunk {
-                    start: c.start,
-                    end: c.end,
-                    name: c.name,
-                    flushed_at_ms: c.flushed_at_ms,
-                })
-                .collect();
+            for c in &g.chunks {
+                *self.objects.entry(c.name.clone()).or_default() += 1;
+            }
+            s.chunks = g.chunks.into_iter().map(chunk_of).collect();
             s.writers = g
                 .writers
                 .into_iter()
@@ -365,9 +410,19 @@ impl StateMachine for ContainerState {
     }
 }
 
+fn chunk_of(c: ChunkFlushed) -> Chunk {
+    Chunk {
+        start: c.start,
+        end: c.end,
+        name: c.name,
+        object_offset: c.object_offset,
+        flushed_at_ms: c.flushed_at_ms,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::command::SegmentRef;
+    use super::super::command::{ChunksFlushed, SegmentRef};
     use super::*;
     use bytes::BytesMut;
 
@@ -456,15 +511,16 @@ mod tests {
         apply(&mut s, Cmd::Create(SegmentRef { segment_id: 7 })).unwrap();
         apply(&mut s, append("w", 1, 2)).unwrap();
         let seg = s.segment(7).unwrap();
-        let (_, bytes) = seg.unflushed(1).unwrap();
+        let first = seg.unflushed(1).unwrap();
         apply(
             &mut s,
             Cmd::ChunkFlushed(ChunkFlushed {
                 segment_id: 7,
                 start: 0,
-                end: bytes.len() as u64,
+                end: first.len,
                 name: "c".into(),
                 flushed_at_ms: 0,
+                object_offset: 0,
             }),
         )
         .unwrap();
@@ -508,9 +564,9 @@ mod tests {
         apply(&mut s, append("w", 1, 2)).unwrap();
         apply(&mut s, append("w", 3, 2)).unwrap();
         let seg = s.segment(7).unwrap();
-        let (start, bytes) = seg.unflushed(1).unwrap();
-        assert_eq!(start, 0);
-        let end = bytes.len() as u64;
+        let first = seg.unflushed(1).unwrap();
+        assert_eq!((first.start, first.parts.len()), (0, 1));
+        let end = first.len;
         let flushed = |start, end, name: &str| {
             Cmd::ChunkFlushed(ChunkFlushed {
                 segment_id: 7,
@@ -518,13 +574,14 @@ mod tests {
                 end,
                 name: name.into(),
                 flushed_at_ms: 0,
+                object_offset: 0,
             })
         };
         apply(&mut s, flushed(0, end, "a")).unwrap();
         // A second writer's chunk for the same range is an orphan.
         assert!(matches!(
-            apply(&mut s, flushed(0, end, "b")),
-            Err(ApplyError::StaleChunk { .. })
+            apply(&mut s, flushed(0, end, "b")).unwrap(),
+            Applied::ChunksRecorded { recorded: 0, refused } if matches!(refused[..], [ApplyError::StaleChunk { .. }])
         ));
         let v = seg.view();
         assert_eq!((v.tier2_length, v.chunk_count), (end, 1));
@@ -536,7 +593,7 @@ mod tests {
             matches!(seg.locate(end, 1 << 20), super::super::segment::ReadSource::Tail(b) if b.len() as u64 == v.length - end)
         );
         match apply(&mut s, Cmd::Delete(SegmentRef { segment_id: 7 })).unwrap() {
-            Applied::Deleted { chunks } => assert_eq!(chunks.len(), 1),
+            Applied::Deleted { objects } => assert_eq!(objects, ["a"]),
             other => panic!("{other:?}"),
         }
         assert_eq!(budget.used(), 0);
@@ -557,6 +614,7 @@ mod tests {
                 end,
                 name: "a".into(),
                 flushed_at_ms: 5,
+                object_offset: 0,
             }),
         )
         .unwrap();
@@ -571,7 +629,7 @@ mod tests {
             Err(ApplyError::BadTruncate { .. })
         ));
         match apply(&mut s, truncate(end)).unwrap() {
-            Applied::Truncated { chunks } => assert_eq!(chunks[0].name, "a"),
+            Applied::Truncated { objects } => assert_eq!(objects, ["a"]),
             other => panic!("{other:?}"),
         }
         assert_eq!(seg.view().head, end);
@@ -582,7 +640,74 @@ mod tests {
         // Idempotent: an older head changes nothing.
         assert_eq!(
             apply(&mut s, truncate(end)).unwrap(),
-            Applied::Truncated { chunks: Vec::new() }
+            Applied::Truncated {
+                objects: Vec::new()
+            }
+        );
+    }
+
+    #[test]
+    fn an_object_shared_by_segments_is_released_by_the_last_one() {
+        let (mut s, _) = state();
+        let mut chunks = Vec::new();
+        let mut object_offset = 0;
+        for id in [7, 8] {
+            apply(&mut s, Cmd::Create(SegmentRef { segment_id: id })).unwrap();
+            let Cmd::Append(mut a) = append("w", 1, 2) else {
+                unreachable!()
+            };
+            a.segment_id = id;
+            let end = a.events.len() as u64;
+            apply(&mut s, Cmd::Append(a)).unwrap();
+            chunks.push(ChunkFlushed {
+                segment_id: id,
+                start: 0,
+                end,
+                name: "shared".into(),
+                flushed_at_ms: 0,
+                object_offset,
+            });
+            object_offset += end;
+        }
+        // One piece refers to a segment that does not exist: refused alone.
+        chunks.push(ChunkFlushed {
+            segment_id: 99,
+            end: 1,
+            name: "shared".into(),
+            ..Default::default()
+        });
+        let flushed = apply(&mut s, Cmd::ChunksFlushed(ChunksFlushed { chunks })).unwrap();
+        assert!(matches!(
+            flushed,
+            Applied::ChunksRecorded { recorded: 2, ref refused } if refused.len() == 1
+        ));
+        let second = s.segment(8).unwrap();
+        assert!(
+            matches!(second.locate(0, 1 << 20), super::super::segment::ReadSource::Tier2(c) if c.object_offset > 0)
+        );
+        let length = second.view().length;
+        assert_eq!(
+            apply(&mut s, Cmd::Delete(SegmentRef { segment_id: 7 })).unwrap(),
+            Applied::Deleted {
+                objects: Vec::new()
+            }
+        );
+        // The snapshot keeps the count: the last reference still frees it.
+        let snap = prost::Message::encode_to_vec(&s.snapshot());
+        let (mut restored, _) = state();
+        restored.restore(snap.into()).unwrap();
+        assert_eq!(
+            apply(
+                &mut restored,
+                Cmd::Truncate(Truncate {
+                    segment_id: 8,
+                    head: length
+                })
+            )
+            .unwrap(),
+            Applied::Truncated {
+                objects: vec!["shared".to_string()]
+            }
         );
     }
 }

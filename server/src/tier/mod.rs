@@ -6,11 +6,13 @@
 //! concurrent GETs. [`writer::StorageWriter`] decides when a segment's tail
 //! buffer becomes a chunk.
 //!
-//! Chunk names never repeat (segment, start offset, container, raft term and
-//! a random suffix) and are created with `PutMode::Create`, so a deposed
-//! leader can never overwrite a chunk that a committed entry refers to. Only
-//! chunks recorded by an applied "chunk flushed" entry are part of a
-//! segment; anything else under `segments/` is an orphan.
+//! One object holds the chunks of one flush of a container: pieces of
+//! several segments side by side, so many small segments do not turn into
+//! many tiny objects. Object names never repeat (container, raft term, time
+//! and a random suffix) and are created with `PutMode::Create`, so a deposed
+//! leader can never overwrite an object that a committed entry refers to.
+//! Only chunks recorded by an applied "chunks flushed" entry are part of a
+//! segment; an object under `chunks/` that none refers to is an orphan.
 
 pub mod writer;
 
@@ -26,6 +28,8 @@ use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::sync::Semaphore;
 
+use aquifer_proto::v1::Tier2Location;
+
 use crate::cache::{BlockCache, BlockKey, BLOCK_BYTES};
 use crate::config::ServerConfig;
 use crate::container::Chunk;
@@ -37,25 +41,28 @@ const READAHEAD_BLOCKS: u64 = 4;
 
 pub struct Tier2 {
     store: Arc<dyn ObjectStore>,
+    /// Handed to direct scans (no credentials).
+    location: Tier2Location,
     /// Set for the local filesystem back end, whose puts we fsync ourselves.
     local_root: Option<PathBuf>,
     cache: BlockCache,
     reads: Semaphore,
 }
 
-/// Where chunk objects live: `segments/<segment id>/<chunk>`.
-const SEGMENTS_DIR: &str = "segments";
+/// Where chunk objects live: `chunks/c<container>/<object>`.
+const CHUNKS_DIR: &str = "chunks";
 
-/// The object name of a new chunk.
-pub fn chunk_name(container: u32, term: u64, segment_id: u64, start: u64) -> String {
+/// The name of a new chunk object of `container`, put by its leader in `term`.
+pub fn chunk_name(container: u32, term: u64) -> String {
     let suffix: u64 = rand::random();
-    format!("{SEGMENTS_DIR}/{segment_id}/{start:020}-c{container}-t{term}-{suffix:016x}.chunk")
+    let ms = writer::now_ms();
+    format!("{CHUNKS_DIR}/c{container}/t{term:012}-{ms:013}-{suffix:016x}.chunk")
 }
 
-/// The segment a chunk name belongs to.
-pub fn chunk_segment(name: &str) -> Option<u64> {
-    name.strip_prefix(SEGMENTS_DIR)?
-        .strip_prefix('/')?
+/// The container a chunk object belongs to.
+pub fn chunk_container(name: &str) -> Option<u32> {
+    name.strip_prefix(CHUNKS_DIR)?
+        .strip_prefix("/c")?
         .split('/')
         .next()?
         .parse()
@@ -79,8 +86,26 @@ impl Tier2 {
                 }
             }
         };
+        let location = match &local_root {
+            Some(root) => Tier2Location {
+                url: format!(
+                    "file://{}",
+                    std::path::absolute(root)
+                        .map_err(|e| Error::Tier2(format!("{}: {e}", root.display())))?
+                        .display()
+                ),
+                ..Default::default()
+            },
+            None => Tier2Location {
+                url: t.url.clone().unwrap_or_default(),
+                endpoint: t.endpoint.clone().unwrap_or_default(),
+                region: t.region.clone().unwrap_or_default(),
+                allow_http: t.allow_http,
+            },
+        };
         Ok(Tier2 {
             store,
+            location,
             local_root,
             cache: BlockCache::new(config.cache_bytes_max),
             reads: Semaphore::new(t.read_concurrency),
@@ -138,15 +163,20 @@ impl Tier2 {
         }
     }
 
-    /// Puts a new chunk; fails if the name exists.
-    pub async fn put_chunk(&self, name: &str, bytes: Bytes) -> Result<(), Error> {
+    /// Where tier-2 is, for direct scans.
+    pub fn location(&self) -> &Tier2Location {
+        &self.location
+    }
+
+    /// Puts a new chunk object made of `parts`; fails if the name exists.
+    pub async fn put_chunk(&self, name: &str, parts: Vec<Bytes>) -> Result<(), Error> {
         let path = ObjectPath::from(name);
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
         self.store
-            .put_opts(&path, PutPayload::from(bytes), opts)
+            .put_opts(&path, parts.into_iter().collect::<PutPayload>(), opts)
             .await?;
         if let Some(root) = &self.local_root {
             // The local back end renames into place without fsync; a chunk
@@ -177,7 +207,7 @@ impl Tier2 {
     /// Every chunk object in tier-2, by name (for orphan collection).
     pub async fn list_chunks(&self) -> Result<Vec<String>, Error> {
         let mut names = Vec::new();
-        let mut listing = self.store.list(Some(&ObjectPath::from(SEGMENTS_DIR)));
+        let mut listing = self.store.list(Some(&ObjectPath::from(CHUNKS_DIR)));
         while let Some(meta) = listing.next().await {
             names.push(meta?.location.to_string());
         }
@@ -265,6 +295,7 @@ impl Tier2 {
         let last = (b + READAHEAD_BLOCKS).min(blocks);
         let range = b * BLOCK_BYTES..(last * BLOCK_BYTES).min(chunk.end - chunk.start);
         let expected = range.end - range.start;
+        let range = chunk.object_offset + range.start..chunk.object_offset + range.end;
         let data = match self
             .store
             .get_range(&ObjectPath::from(chunk.name.as_str()), range)

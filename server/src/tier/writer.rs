@@ -1,12 +1,15 @@
 //! The storage writer: on a container's leader, turns segments' tail
-//! buffers into tier-2 chunks and records them through raft.
+//! buffers into tier-2 objects and records their chunks through raft.
 //!
-//! A segment is flushed when its unflushed bytes reach a chunk, when the
-//! oldest of them is older than the flush interval, when it is sealed, or
-//! when the node's tail budget is over half full. A put that fails is retried
-//! on the next pass; meanwhile the tail buffer keeps the bytes and appends
-//! meet back-pressure once the budget is full. It must never drop bytes from
-//! a tail buffer itself: only an applied "chunk flushed" entry does.
+//! One object holds pieces of many segments (up to `chunk_bytes`), so a
+//! container with many small segments makes few large objects, not many
+//! tiny ones. The container flushes when its unflushed bytes fill an object,
+//! when a segment's oldest unflushed byte is older than the flush interval,
+//! when a segment is sealed, or when the node's tail budget is over half
+//! full; segments that are due go first. A put that fails is retried on the
+//! next pass; meanwhile the tail buffer keeps the bytes and appends meet
+//! back-pressure once the budget is full. It must never drop bytes from a
+//! tail buffer itself: only an applied "chunks flushed" entry does.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,15 +19,17 @@ use tokio::sync::watch;
 
 use super::{chunk_name, Tier2};
 use crate::cache::TailBudget;
-use crate::container::command::{ChunkFlushed, Cmd};
+use crate::container::command::{ChunkFlushed, ChunksFlushed, Cmd};
 use crate::container::state::Applied;
-use crate::container::Container;
+use crate::container::{Container, Segment};
 use crate::error::Error;
 
 /// How often the writer looks at its container's segments.
 const PASS_INTERVAL: Duration = Duration::from_millis(50);
 /// Pause after a failed put before the next pass tries again.
 const RETRY_BACKOFF: Duration = Duration::from_millis(500);
+/// Objects put in one pass at most, so a busy writer still sees `stop`.
+const MAX_OBJECTS_PER_PASS: usize = 16;
 
 /// Wall-clock milliseconds since the epoch (0 if the clock is before it).
 pub fn now_ms() -> u64 {
@@ -39,6 +44,15 @@ pub struct StorageWriter {
     pub budget: Arc<TailBudget>,
     pub chunk_bytes: u64,
     pub flush_interval: Duration,
+}
+
+/// A segment with unflushed bytes.
+struct Pending {
+    segment: Arc<Segment>,
+    bytes: u64,
+    /// Sealed, or its oldest unflushed byte is older than the interval.
+    due: bool,
+    first_seen: Instant,
 }
 
 impl StorageWriter {
@@ -65,65 +79,111 @@ impl StorageWriter {
         let Some(term) = self.container.leader_term() else {
             return Ok(()); // only the leader flushes
         };
+        for _ in 0..MAX_OBJECTS_PER_PASS {
+            let pending = self.pending(since);
+            let total: u64 = pending.iter().map(|p| p.bytes).sum();
+            let urgent = pending.iter().any(|p| p.due) || self.budget.under_pressure();
+            if total == 0 || (total < self.chunk_bytes && !urgent) {
+                break;
+            }
+            self.flush_object(term, pending, since).await?;
+        }
+        Ok(())
+    }
+
+    /// Segments with unflushed bytes: due ones first, then oldest first.
+    fn pending(&self, since: &mut HashMap<u64, Instant>) -> Vec<Pending> {
         let now = Instant::now();
         let ids = self.container.segment_ids();
         since.retain(|id, _| ids.contains(id));
+        let mut pending = Vec::new();
         for id in ids {
-            let Some(seg) = self.container.segment(id) else {
+            let Some(segment) = self.container.segment(id) else {
                 continue;
             };
-            let view = seg.view();
+            let view = segment.view();
             if view.tail_bytes == 0 {
                 since.remove(&id);
                 continue;
             }
             let first_seen = *since.entry(id).or_insert(now);
-            let due = view.tail_bytes >= self.chunk_bytes
-                || view.sealed
-                || now.duration_since(first_seen) >= self.flush_interval
-                || self.budget.under_pressure();
-            if !due {
-                continue;
+            pending.push(Pending {
+                segment,
+                bytes: view.tail_bytes,
+                due: view.sealed || now.duration_since(first_seen) >= self.flush_interval,
+                first_seen,
+            });
+        }
+        pending.sort_by_key(|p| (!p.due, p.first_seen));
+        pending
+    }
+
+    /// Puts one object of up to `chunk_bytes` (at least one batch) made of
+    /// the pending segments' oldest bytes, and records its chunks.
+    async fn flush_object(
+        &self,
+        term: u64,
+        pending: Vec<Pending>,
+        since: &mut HashMap<u64, Instant>,
+    ) -> Result<(), Error> {
+        let name = chunk_name(self.container.id, term);
+        let flushed_at_ms = now_ms();
+        let mut parts = Vec::new();
+        let mut chunks = Vec::new();
+        let mut size = 0u64;
+        for p in pending {
+            let room = self.chunk_bytes.saturating_sub(size);
+            if room == 0 {
+                break;
             }
-            let Some((start, bytes)) = seg.unflushed(self.chunk_bytes) else {
+            let Some(piece) = p.segment.unflushed(room) else {
                 continue;
             };
-            let end = start + bytes.len() as u64;
-            let name = chunk_name(self.container.id, term, id, start);
-            self.tier2.put_chunk(&name, bytes).await?;
-            let cmd = Cmd::ChunkFlushed(ChunkFlushed {
-                segment_id: id,
-                start,
-                end,
+            if !chunks.is_empty() && piece.len > room {
+                continue; // a batch larger than the room left: next object
+            }
+            chunks.push(ChunkFlushed {
+                segment_id: p.segment.id,
+                start: piece.start,
+                end: piece.start + piece.len,
                 name: name.clone(),
-                flushed_at_ms: now_ms(),
+                flushed_at_ms,
+                object_offset: size,
             });
-            match self.container.propose(cmd).await {
-                Ok(Applied::ChunkRecorded) => {
-                    tracing::debug!(
-                        container = self.container.id,
-                        segment = id,
-                        start,
-                        end,
-                        "chunk flushed"
-                    );
-                    since.insert(id, Instant::now());
+            size += piece.len;
+            parts.extend(piece.parts);
+        }
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        self.tier2.put_chunk(&name, parts).await?;
+        let pieces = chunks.len();
+        let segments: Vec<u64> = chunks.iter().map(|c| c.segment_id).collect();
+        let cmd = Cmd::ChunksFlushed(ChunksFlushed { chunks });
+        match self.container.propose(cmd).await? {
+            Applied::ChunksRecorded { recorded, refused } => {
+                for e in &refused {
+                    // Deleted or sealed-and-flushed meanwhile: nothing refers
+                    // to that piece, and the object goes with its last chunk.
+                    tracing::info!(container = self.container.id, object = %name, error = %e, "chunk not recorded");
                 }
-                Ok(other) => {
-                    tracing::error!(segment = id, ?other, "unexpected answer to chunk flushed")
-                }
-                Err(e @ (Error::OrphanChunk(_) | Error::SegmentNotFound(_))) => {
-                    // Refused by the applied state: nothing refers to it.
-                    tracing::info!(segment = id, chunk = %name, error = %e, "chunk not recorded; deleting orphan");
+                if recorded == 0 {
+                    tracing::info!(object = %name, "no chunk recorded; deleting orphan object");
                     if let Err(e) = self.tier2.delete_chunk(&name).await {
-                        tracing::warn!(chunk = %name, error = %e, "cannot delete orphan chunk");
+                        tracing::warn!(object = %name, error = %e, "cannot delete orphan object");
                     }
                 }
-                // Unknown outcome (leadership lost mid-flight): the entry may
-                // still commit, so the object stays; a retry uses a new name.
-                Err(e) => return Err(e),
+                tracing::debug!(container = self.container.id, object = %name, bytes = size, pieces, recorded, "chunk object flushed");
+                let now = Instant::now();
+                for id in segments {
+                    since.insert(id, now);
+                }
             }
+            other => tracing::error!(object = %name, ?other, "unexpected answer to chunks flushed"),
         }
+        // Unknown outcome (an error above, e.g. leadership lost mid-flight):
+        // the entry may still commit, so the object stays; a retry uses a
+        // new name and the loser is refused as stale.
         Ok(())
     }
 }
