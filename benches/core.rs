@@ -212,6 +212,16 @@ async fn run(args: &Args) -> String {
         100,
     )
     .await;
+    // i. Batch scans of a (4 segments) with 1, 2 and 4 readers, through the
+    // brokers and direct from tier-2.
+    let mut i_scans = Vec::new();
+    for direct in [false, true] {
+        for readers in [1, 2, 4] {
+            eprintln!("core bench: i. scan of a, {readers} readers, direct: {direct}");
+            let scan = workloads::run_scan(&client, "bench/a-max-1k", readers, direct).await;
+            i_scans.push((readers, direct, scan));
+        }
+    }
     let rss = proc_status_kib(pid, "VmHWM");
     let rss_now = proc_status_kib(pid, "VmRSS");
     drop(client);
@@ -231,6 +241,7 @@ async fn run(args: &Args) -> String {
         g_alone,
         g_reader,
         h: [h_1, h_100],
+        i_scans,
         rss_hwm_kib: rss,
         rss_now_kib: rss_now,
     })
@@ -250,6 +261,8 @@ struct Report {
     g_alone: WriteResult,
     g_reader: WriteResult,
     h: [workloads::PutCount; 2],
+    /// (readers, direct, result)
+    i_scans: Vec<(usize, bool, workloads::CatchUp)>,
     rss_hwm_kib: Option<u64>,
     rss_now_kib: Option<u64>,
 }
@@ -409,6 +422,30 @@ fn report(r: &Report) -> String {
             h.bytes,
             h.objects,
             h.objects as f64 / (h.bytes as f64 / (1u64 << 30) as f64)
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "\n| i. batch scan of a (4 segments, whole stream) | readers | MB/s | speed-up vs 1 reader |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    for (readers, direct, scan) in &r.i_scans {
+        let one = r
+            .i_scans
+            .iter()
+            .find(|(n, d, _)| *n == 1 && d == direct)
+            .map_or(1.0, |(_, _, s)| s.mb_s());
+        let how = if *direct {
+            "direct from tier-2"
+        } else {
+            "through the broker"
+        };
+        let _ = writeln!(
+            out,
+            "| {how} | {readers} | {:.1} | {:.2}× |",
+            scan.mb_s(),
+            scan.mb_s() / one.max(1e-9)
         );
     }
 

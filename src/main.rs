@@ -98,6 +98,10 @@ struct ServeArgs {
     /// file's listen].
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off, or the
+    /// config file's metrics_listen].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// TOML configuration file (every key optional; unknown keys are errors).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -339,6 +343,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(n) = args.containers {
         config.containers = n;
+    }
+    if let Some(addr) = args.metrics_listen {
+        config.metrics_listen = Some(addr);
     }
     config.validate()?;
     let shutdown = shutdown_signal().context("cannot install signal handlers")?;

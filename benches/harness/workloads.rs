@@ -409,7 +409,8 @@ pub async fn run_put_count(
 ) -> PutCount {
     const BYTES: u64 = 64 << 20;
     let name: StreamName = stream.parse().expect("bench stream name");
-    let info = client
+    let before = count_objects(tier2_dir);
+    client
         .admin()
         .create_stream(&name, segments)
         .await
@@ -442,16 +443,70 @@ pub async fn run_put_count(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let objects = info
-        .segments
-        .iter()
-        .map(|s| {
-            std::fs::read_dir(tier2_dir.join("segments").join(s.segment_id.to_string()))
-                .map_or(0, |d| d.count() as u64)
-        })
-        .sum();
+    // Objects are shared by the segments of a container (of any stream):
+    // the new ones are this stream's puts, give or take a flush of another
+    // stream's leftovers.
     PutCount {
         bytes: BYTES,
-        objects,
+        objects: count_objects(tier2_dir).saturating_sub(before),
+    }
+}
+
+/// Chunk objects in a local tier-2 (`chunks/c<container>/<object>`).
+fn count_objects(tier2_dir: &std::path::Path) -> u64 {
+    let Ok(containers) = std::fs::read_dir(tier2_dir.join("chunks")) else {
+        return 0;
+    };
+    containers
+        .flatten()
+        .map(|c| std::fs::read_dir(c.path()).map_or(0, |d| d.count() as u64))
+        .sum()
+}
+
+/// A batch scan of a whole stream with `readers` ranges read at a time,
+/// through the brokers or `direct` from tier-2; the result counts payload
+/// bytes like a catch-up read.
+pub async fn run_scan(client: &Client, stream: &str, readers: usize, direct: bool) -> CatchUp {
+    let name: StreamName = stream.parse().expect("bench stream name");
+    let batch = client.batch();
+    let started = Instant::now();
+    let from = batch.head_cut(&name).await.expect("head cut");
+    let to = batch.tail_cut(&name).await.expect("tail cut");
+    let ranges = batch
+        .segment_ranges(&name, &from, &to)
+        .await
+        .expect("segment ranges");
+    let slots = Arc::new(tokio::sync::Semaphore::new(readers));
+    let mut reads = FuturesUnordered::new();
+    for range in ranges {
+        let (batch, slots) = (batch.clone(), slots.clone());
+        reads.push(async move {
+            let _slot = slots.acquire_owned().await.expect("scan slots");
+            let mut reader = if direct {
+                batch.read_range_direct(&range)
+            } else {
+                batch.read_range(&range)
+            };
+            let (mut bytes, mut events) = (0u64, 0u64);
+            while let Some(e) = tokio::time::timeout(DRAIN_TIMEOUT, reader.next())
+                .await
+                .expect("scan stalled")
+                .expect("scan read")
+            {
+                bytes += e.payload.len() as u64;
+                events += 1;
+            }
+            (bytes, events)
+        });
+    }
+    let (mut bytes, mut events) = (0u64, 0u64);
+    while let Some((b, e)) = reads.next().await {
+        bytes += b;
+        events += e;
+    }
+    CatchUp {
+        bytes,
+        events,
+        took: started.elapsed(),
     }
 }

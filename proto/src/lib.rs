@@ -10,4 +10,8 @@ pub mod name;
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("aquifer.v1");
+
+    /// The encoded `FileDescriptorSet` of the protocol, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/aquifer_descriptor.bin"));
 }

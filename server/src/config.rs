@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub snapshot_log_bytes: u64,
     /// Open client connections; past it new ones wait to be accepted.
     pub max_connections: usize,
+    /// Where to serve Prometheus metrics over HTTP (`GET /metrics`);
+    /// absent: not served.
+    pub metrics_listen: Option<SocketAddr>,
     pub tier2: Tier2Config,
     pub raft: RaftConfig,
 }
@@ -86,6 +89,7 @@ impl Default for ServerConfig {
             in_flight_bytes_max: 16 * MIB,
             snapshot_log_bytes: 256 * MIB,
             max_connections: 1024,
+            metrics_listen: None,
             tier2: Tier2Config::default(),
             raft: RaftConfig::default(),
         }

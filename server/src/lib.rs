@@ -16,6 +16,7 @@ pub mod controller;
 pub mod error;
 pub mod group;
 pub mod log;
+pub mod metrics;
 pub mod node;
 pub mod read;
 pub mod retention;
@@ -33,8 +34,18 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
+    let metrics_listener = metrics_listener(&config).await?;
     let node = node::Node::open(config).await?;
     let addr = api::local_addr(&listener);
+    if let Some(listener) = metrics_listener {
+        tracing::info!(addr = ?api::local_addr(&listener), "serving metrics at /metrics");
+        let refreshed = node.clone();
+        tokio::spawn(metrics::serve(
+            listener,
+            std::sync::Arc::new(move || refreshed.refresh_metrics()),
+            node.closed(),
+        ));
+    }
     tracing::info!(
         addr = ?addr,
         data_dir = %node.config.data_dir.display(),
@@ -51,4 +62,14 @@ pub async fn serve(
     node.shutdown().await;
     tracing::info!("aquifer stopped");
     served.map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")))
+}
+
+async fn metrics_listener(config: &ServerConfig) -> Result<Option<tokio::net::TcpListener>, Error> {
+    let Some(addr) = config.metrics_listen else {
+        return Ok(None);
+    };
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|e| Error::Unavailable(format!("cannot listen for metrics on {addr}: {e}")))
 }

@@ -227,6 +227,22 @@ impl Node {
     }
 
     /// Resolves once the node begins to shut down.
+    /// The stream a segment belongs to, as `scope/stream` (metrics labels).
+    pub fn stream_of(&self, segment_id: u64) -> Option<String> {
+        self.controller
+            .all()
+            .into_iter()
+            .find(|s| s.segments.iter().any(|g| g.id == segment_id))
+            .map(|s| s.key.to_string())
+    }
+
+    /// Sets the gauges of state that is read rather than counted.
+    pub fn refresh_metrics(&self) {
+        let m = crate::metrics::metrics();
+        m.tail_buffer_bytes.set(self.budget.used() as i64);
+        m.cache_bytes.set(self.tier2.cache_bytes() as i64);
+    }
+
     pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.closing.subscribe();
         async move {

@@ -10,6 +10,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use aquifer_proto::frame::{count_events, FrameError};
 use aquifer_proto::v1::append_request::Kind as RequestKind;
@@ -20,6 +21,7 @@ use aquifer_proto::v1::{
 };
 use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -90,11 +92,20 @@ impl Append for AppendService {
         };
         // Cannot fail: the channel is new and empty.
         let _ = tx.try_send(Ok(first));
+        let m = crate::metrics::metrics();
+        let labels = crate::metrics::StreamLabels {
+            stream: self
+                .node
+                .stream_of(setup.segment_id)
+                .unwrap_or_else(|| "unknown".into()),
+        };
         let session = Session {
             node: self.node.clone(),
             container,
             segment_id: setup.segment_id,
             writer_id: setup.writer_id,
+            events: m.append_events.get_or_create(&labels).clone(),
+            bytes: m.append_bytes.get_or_create(&labels).clone(),
         };
         let closed = self.node.closed();
         tokio::spawn(async move {
@@ -115,6 +126,9 @@ struct Session {
     container: Arc<Container>,
     segment_id: u64,
     writer_id: String,
+    /// This stream's append counters.
+    events: Counter,
+    bytes: Counter,
 }
 
 impl Session {
@@ -134,11 +148,24 @@ impl Session {
                 msg = inbound.message(), if open && pending.len() < SESSION_BATCHES_IN_FLIGHT_MAX => {
                     match msg {
                         Ok(Some(AppendRequest { kind: Some(RequestKind::Batch(batch)) })) => {
-                            let last = batch.first_event_number + i64::from(batch.event_count) - 1;
+                            let received = Instant::now();
+                            let count = batch.event_count;
+                            let last = batch.first_event_number + i64::from(count) - 1;
                             let (cmd, bytes) = self.check(batch)?;
                             self.node.budget.wait_for_room(u64::from(bytes)).await;
                             let outcome = self.container.submit(cmd, bytes).await?;
-                            pending.push_back(async move { ack(outcome.await?, last) });
+                            let m = crate::metrics::metrics();
+                            m.backpressure_seconds.inc_by(received.elapsed().as_secs_f64());
+                            let (events, appended) = (self.events.clone(), self.bytes.clone());
+                            pending.push_back(async move {
+                                let applied = outcome.await?;
+                                if matches!(applied, Applied::Appended { duplicate: false, .. }) {
+                                    events.inc_by(u64::from(count));
+                                    appended.inc_by(u64::from(bytes));
+                                }
+                                m.append_ack_seconds.observe(received.elapsed().as_secs_f64());
+                                ack(applied, last)
+                            });
                         }
                         Ok(Some(_)) => {
                             return Err(Error::InvalidArgument("setup may only be sent once per session".into()).into())

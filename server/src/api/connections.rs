@@ -36,9 +36,16 @@ pub fn limit(
                 .acquire_owned()
                 .await
                 .map_err(|_| io::Error::other("connection slots closed"))?;
+            crate::metrics::metrics().connections.inc();
             Ok(Limited { io, _slot: slot })
         }
     })
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        crate::metrics::metrics().connections.dec();
+    }
 }
 
 impl Connected for Limited {

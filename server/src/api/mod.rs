@@ -1,4 +1,5 @@
-//! gRPC services (tonic): stream admin, append sessions, segment reads.
+//! gRPC services (tonic): stream admin, append sessions, segment reads,
+//! plus the standard health service and server reflection.
 //!
 //! Each service is a thin layer: it checks the request, calls the node, and
 //! maps `crate::error::Error` to a status in one place (`error.rs`). Services
@@ -39,6 +40,32 @@ pub async fn serve(
     let read = ReadServer::new(read::ReadService::new(node))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    // SERVING once the node is open (it is by now), NOT_SERVING from the
+    // moment shutdown begins, so load balancers stop sending work first.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<StreamAdminServer<admin::AdminService>>()
+        .await;
+    health
+        .set_serving::<AppendServer<append::AppendService>>()
+        .await;
+    health.set_serving::<ReadServer<read::ReadService>>().await;
+    let shutdown = async move {
+        shutdown.await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    };
+    let reflection = match tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(aquifer_proto::v1::FILE_DESCRIPTOR_SET)
+        .build_v1()
+    {
+        Ok(service) => Some(service),
+        Err(e) => {
+            tracing::warn!(error = %e, "gRPC reflection is off: the descriptor set does not load");
+            None
+        }
+    };
     // Our own listener: the builder's TCP settings do not reach it, so set
     // them here (without TCP_NODELAY small acks wait on delayed ACKs).
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
@@ -52,6 +79,8 @@ pub async fn serve(
         .add_service(admin)
         .add_service(append)
         .add_service(read)
+        .add_service(health_service)
+        .add_optional_service(reflection)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -111,8 +111,10 @@ impl BlockCache {
         self.blocks.insert(key, block);
     }
 
-    /// Bytes held now (approximate: moka settles its counts lazily).
+    /// Bytes held now. Settles moka's pending bookkeeping first (it counts
+    /// lazily), so call it now and then, not per read.
     pub fn weighted_size(&self) -> u64 {
+        self.blocks.run_pending_tasks();
         self.blocks.weighted_size()
     }
 }

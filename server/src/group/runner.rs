@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use prometheus_client::metrics::gauge::Gauge;
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType};
 use raft::{RawNode, StateRole};
@@ -36,6 +37,28 @@ struct Runner<S: StateMachine> {
     /// A snapshot being written on its own thread: (index, term) once durable.
     snapshotting: Option<oneshot::Receiver<Result<(u64, u64), LogError>>>,
     snapshot_log_bytes: u64,
+    gauges: RaftGauges,
+}
+
+/// This group's raft series (handles into the metrics registry).
+struct RaftGauges {
+    term: Gauge,
+    leader: Gauge,
+    commit: Gauge,
+    applied: Gauge,
+}
+
+impl RaftGauges {
+    fn new(group: &str) -> Self {
+        let m = crate::metrics::metrics();
+        let labels = m.group(group);
+        RaftGauges {
+            term: m.raft_term.get_or_create(&labels).clone(),
+            leader: m.raft_leader.get_or_create(&labels).clone(),
+            commit: m.raft_commit_index.get_or_create(&labels).clone(),
+            applied: m.raft_applied_index.get_or_create(&labels).clone(),
+        }
+    }
 }
 
 fn raft_config(config: &GroupConfig, applied: u64) -> raft::Config {
@@ -113,6 +136,7 @@ pub(super) fn run<S: StateMachine>(
         applied_bytes: 0,
         snapshotting: None,
         snapshot_log_bytes: config.snapshot_log_bytes,
+        gauges: RaftGauges::new(&config.name),
     };
     if runner.node.raft.prs().conf().voters().ids().len() == 1 {
         // A single voter need not wait out an election timeout.
@@ -199,6 +223,11 @@ impl<S: StateMachine> Runner<S> {
             fatal(&self.name, "cannot persist the log", &e);
         }
         let took = started.elapsed();
+        if !rd.entries().is_empty() {
+            let m = crate::metrics::metrics();
+            m.log_write_seconds.observe(took.as_secs_f64());
+            m.log_write_entries.observe(rd.entries().len() as f64);
+        }
         if took >= SLOW_PERSIST {
             let bytes: usize = rd.entries().iter().map(|e| e.data.len()).sum();
             tracing::warn!(group = %self.name, took_ms = took.as_millis() as u64, entries = rd.entries().len(), bytes, "slow log write");
@@ -209,6 +238,13 @@ impl<S: StateMachine> Runner<S> {
         if self.applied_bytes >= self.snapshot_log_bytes {
             self.snapshot();
         }
+        let raft = &self.node.raft;
+        self.gauges.term.set(raft.term as i64);
+        self.gauges
+            .leader
+            .set(i64::from(raft.state == StateRole::Leader));
+        self.gauges.commit.set(raft.raft_log.committed as i64);
+        self.gauges.applied.set(self.applied as i64);
     }
 
     /// Takes the state (cheap) and writes it on a thread of its own, so the

@@ -72,7 +72,10 @@ async fn stream_inner(
             READ_RESPONSE_BYTES.min((e - offset) as usize)
         });
         let events: Bytes = match segment.locate(offset, limit) {
-            ReadSource::Tail(b) => b,
+            ReadSource::Tail(b) => {
+                crate::metrics::metrics().read_from("tail", b.len() as u64);
+                b
+            }
             ReadSource::Tier2(chunk) => tier2.read(segment.id, &chunk, offset, limit).await?,
             ReadSource::End { sealed: true } => {
                 let last = ReadSegmentResponse {

@@ -163,6 +163,11 @@ impl Tier2 {
         }
     }
 
+    /// Bytes held by the block cache now.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
     /// Where tier-2 is, for direct scans.
     pub fn location(&self) -> &Tier2Location {
         &self.location
@@ -175,9 +180,18 @@ impl Tier2 {
             mode: PutMode::Create,
             ..Default::default()
         };
-        self.store
+        let bytes: usize = parts.iter().map(Bytes::len).sum();
+        let m = crate::metrics::metrics();
+        m.tier2_puts.inc();
+        if let Err(e) = self
+            .store
             .put_opts(&path, parts.into_iter().collect::<PutPayload>(), opts)
-            .await?;
+            .await
+        {
+            m.tier2_put_errors.inc();
+            return Err(e.into());
+        }
+        m.tier2_put_bytes.inc_by(bytes as u64);
         if let Some(root) = &self.local_root {
             // The local back end renames into place without fsync; a chunk
             // must be durable before its "chunk flushed" entry is proposed.
@@ -280,9 +294,13 @@ impl Tier2 {
             chunk_start: chunk.start,
             block,
         };
+        let m = crate::metrics::metrics();
         if let Some(hit) = self.cache.get(&key(b)) {
+            m.cache_hits.inc();
+            m.read_from("cache", hit.len() as u64);
             return Ok(hit);
         }
+        m.cache_misses.inc();
         let _permit = self
             .reads
             .acquire()
@@ -316,6 +334,7 @@ impl Tier2 {
                 chunk.name
             )));
         }
+        m.read_from("tier2", expected);
         let mut first = None;
         for (i, at) in (0..expected).step_by(BLOCK_BYTES as usize).enumerate() {
             // A block of its own: a slice would keep the whole readahead

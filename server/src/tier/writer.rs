@@ -115,6 +115,14 @@ impl StorageWriter {
             });
         }
         pending.sort_by_key(|p| (!p.due, p.first_seen));
+        let lag = pending
+            .iter()
+            .map(|p| now.duration_since(p.first_seen).as_secs_f64())
+            .fold(0.0, f64::max);
+        let m = crate::metrics::metrics();
+        m.tier2_flush_lag_seconds
+            .get_or_create(&m.group(&format!("container-{}", self.container.id)))
+            .set(lag);
         pending
     }
 

@@ -1,0 +1,336 @@
+//! Prometheus metrics: the process's one registry, the series the data path
+//! updates, and the `/metrics` HTTP endpoint.
+//!
+//! Counters and histograms are updated where things happen (append acks,
+//! log writes, cache lookups, tier-2 puts, reads); gauges of state (raft
+//! positions, buffer and cache sizes) are refreshed when scraped. Updates
+//! are a few atomic operations: nothing here may log, allocate per event or
+//! block the data path. One node per process, so the registry is global.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub stream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    pub tier: String,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// Every series the node exports.
+pub struct Metrics {
+    registry: Registry,
+    pub append_events: Family<StreamLabels, Counter>,
+    pub append_bytes: Family<StreamLabels, Counter>,
+    /// Batch received → ack ready, seconds.
+    pub append_ack_seconds: Histogram,
+    /// Time appends waited for the tail or in-flight budget.
+    pub backpressure_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    pub log_write_seconds: Histogram,
+    /// Entries made durable by one write + fdatasync (group commit size).
+    pub log_write_entries: Histogram,
+    pub raft_term: Family<GroupLabels, Gauge>,
+    pub raft_leader: Family<GroupLabels, Gauge>,
+    pub raft_commit_index: Family<GroupLabels, Gauge>,
+    pub raft_applied_index: Family<GroupLabels, Gauge>,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_bytes: Gauge,
+    pub tail_buffer_bytes: Gauge,
+    pub tier2_put_bytes: Counter,
+    pub tier2_puts: Counter,
+    pub tier2_put_errors: Counter,
+    /// Age of the oldest unflushed byte per container (leaders only).
+    pub tier2_flush_lag_seconds: Family<GroupLabels, FloatGauge>,
+    pub read_bytes: Family<TierLabels, Counter>,
+    pub connections: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~3 min
+    Histogram::new(exponential_buckets(0.00005, 2.0, 22))
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut r = Registry::with_prefix("aquifer");
+        let m = Metrics {
+            append_events: Family::default(),
+            append_bytes: Family::default(),
+            append_ack_seconds: latency_histogram(),
+            backpressure_seconds: Counter::default(),
+            log_write_seconds: latency_histogram(),
+            log_write_entries: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            raft_term: Family::default(),
+            raft_leader: Family::default(),
+            raft_commit_index: Family::default(),
+            raft_applied_index: Family::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_bytes: Gauge::default(),
+            tail_buffer_bytes: Gauge::default(),
+            tier2_put_bytes: Counter::default(),
+            tier2_puts: Counter::default(),
+            tier2_put_errors: Counter::default(),
+            tier2_flush_lag_seconds: Family::default(),
+            read_bytes: Family::default(),
+            connections: Gauge::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "append_events",
+            "Events appended (acknowledged, not duplicates)",
+            m.append_events.clone(),
+        );
+        r.register(
+            "append_bytes",
+            "Framed event bytes appended",
+            m.append_bytes.clone(),
+        );
+        r.register(
+            "append_ack_seconds",
+            "Append batch received to acknowledged",
+            m.append_ack_seconds.clone(),
+        );
+        r.register(
+            "backpressure_seconds",
+            "Time appends waited for memory budget",
+            m.backpressure_seconds.clone(),
+        );
+        r.register(
+            "log_write_seconds",
+            "Raft log write + fdatasync",
+            m.log_write_seconds.clone(),
+        );
+        r.register(
+            "log_write_entries",
+            "Entries made durable per log write (group commit)",
+            m.log_write_entries.clone(),
+        );
+        r.register("raft_term", "Raft term per group", m.raft_term.clone());
+        r.register(
+            "raft_leader",
+            "1 when this node leads the group",
+            m.raft_leader.clone(),
+        );
+        r.register(
+            "raft_commit_index",
+            "Raft commit index per group",
+            m.raft_commit_index.clone(),
+        );
+        r.register(
+            "raft_applied_index",
+            "Raft applied index per group",
+            m.raft_applied_index.clone(),
+        );
+        r.register("cache_hits", "Block cache hits", m.cache_hits.clone());
+        r.register(
+            "cache_misses",
+            "Block cache misses (tier-2 GETs follow)",
+            m.cache_misses.clone(),
+        );
+        r.register(
+            "cache_bytes",
+            "Bytes in the block cache",
+            m.cache_bytes.clone(),
+        );
+        r.register(
+            "tail_buffer_bytes",
+            "Unflushed bytes in tail buffers",
+            m.tail_buffer_bytes.clone(),
+        );
+        r.register(
+            "tier2_put_bytes",
+            "Bytes put to tier-2",
+            m.tier2_put_bytes.clone(),
+        );
+        r.register("tier2_puts", "Tier-2 PUT requests", m.tier2_puts.clone());
+        r.register(
+            "tier2_put_errors",
+            "Failed tier-2 PUTs (retried)",
+            m.tier2_put_errors.clone(),
+        );
+        r.register(
+            "tier2_flush_lag_seconds",
+            "Age of the oldest unflushed byte per container",
+            m.tier2_flush_lag_seconds.clone(),
+        );
+        r.register(
+            "read_bytes",
+            "Event bytes served to readers, by tier",
+            m.read_bytes.clone(),
+        );
+        r.register(
+            "connections",
+            "Open client connections",
+            m.connections.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn group(&self, name: &str) -> GroupLabels {
+        GroupLabels {
+            group: name.to_string(),
+        }
+    }
+
+    pub fn read_from(&self, tier: &str, bytes: u64) {
+        self.read_bytes
+            .get_or_create(&TierLabels {
+                tier: tier.to_string(),
+            })
+            .inc_by(bytes);
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// Scrapes served at once; more wait.
+const SCRAPES_MAX: usize = 4;
+/// A request must arrive within this and fit in this many bytes.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_BYTES_MAX: usize = 8 * 1024;
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves;
+/// `refresh` updates the state gauges before each scrape.
+pub async fn serve(
+    listener: TcpListener,
+    refresh: Arc<dyn Fn() + Send + Sync>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let slots = Arc::new(Semaphore::new(SCRAPES_MAX));
+    tokio::pin!(shutdown);
+    loop {
+        let (conn, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let refresh = refresh.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, answer(conn, &*refresh)).await {
+                tracing::debug!(error = %e, "metrics endpoint: slow client dropped");
+            }
+        });
+    }
+}
+
+async fn answer(mut conn: TcpStream, refresh: &(dyn Fn() + Send + Sync)) {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > REQUEST_BYTES_MAX {
+            let _ = conn
+                .write_all(&response(
+                    "431 Request Header Fields Too Large",
+                    "too large\n",
+                ))
+                .await;
+            return;
+        }
+    }
+    let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let reply = match (parts.next(), parts.next()) {
+        (Some(b"GET"), Some(b"/metrics")) => {
+            refresh();
+            response("200 OK", &metrics().encode())
+        }
+        (Some(b"GET"), _) => response("404 Not Found", "try /metrics\n"),
+        _ => response("405 Method Not Allowed", "only GET /metrics\n"),
+    };
+    let _ = conn.write_all(&reply).await;
+    let _ = conn.shutdown().await;
+}
+
+fn response(status: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_metrics_and_refuses_the_rest() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        metrics().tier2_puts.inc();
+        let refreshed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = refreshed.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(move || flag.store(true, std::sync::atomic::Ordering::SeqCst)),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let get = |request: &'static str| async move {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(request.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            c.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let ok = get("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+        assert!(ok.contains("aquifer_tier2_puts_total"), "{ok}");
+        assert!(refreshed.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(get("GET / HTTP/1.1\r\n\r\n").await.contains("404"));
+        assert!(get("garbage\r\n\r\n").await.contains("405"));
+        let _ = stop.send(());
+        server.await.unwrap();
+    }
+}

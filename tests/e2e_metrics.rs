@@ -1,0 +1,160 @@
+//! Operators' view: after some writes and reads the `/metrics` endpoint has
+//! the key series with sane values, the gRPC health service answers
+//! SERVING, and reflection lists the services.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aquifer_client::WriterConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::{free_port, read_all, stream_name, write_keyed_range, ServerOpts, ServerProcess};
+
+/// `GET /metrics` over plain HTTP/1.1.
+async fn scrape(port: u16) -> String {
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the metrics port");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("send");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await.expect("read");
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    text
+}
+
+/// Sample lines as `name{labels}` → value.
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| l.starts_with("aquifer_"))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_reflection() {
+    let port = free_port();
+    let config = format!(
+        "metrics_listen = \"127.0.0.1:{port}\"\n[tier2]\nchunk_bytes = 65536\nflush_interval_ms = 100\n"
+    );
+    let server = ServerProcess::start(ServerOpts::with_config(&config)).await;
+    let client = server.client().await;
+    let name = stream_name("ops/metered");
+    client
+        .admin()
+        .create_stream(&name, 2)
+        .await
+        .expect("create");
+    let writer = client
+        .writer(&name, WriterConfig::default())
+        .await
+        .expect("writer");
+    write_keyed_range(&writer, 8, 0, 250, 200).await; // 2,000 events
+    common::wait_all_in_tier2(&client, &name, Duration::from_secs(30)).await;
+    assert_eq!(
+        read_all(&client, &name, Duration::from_secs(30))
+            .await
+            .len(),
+        2000
+    );
+
+    let s = samples(&scrape(port).await);
+    let get = |key: &str| {
+        *s.get(key)
+            .unwrap_or_else(|| panic!("series {key} missing; have {:?}", s.keys()))
+    };
+    assert_eq!(
+        get("aquifer_append_events_total{stream=\"ops/metered\"}"),
+        2000.0
+    );
+    assert!(get("aquifer_append_bytes_total{stream=\"ops/metered\"}") > 2000.0 * 200.0);
+    assert!(get("aquifer_append_ack_seconds_count") >= 1.0);
+    assert!(get("aquifer_append_ack_seconds_sum") > 0.0);
+    assert!(get("aquifer_log_write_seconds_count") >= 1.0);
+    assert!(get("aquifer_log_write_entries_sum") >= get("aquifer_log_write_entries_count"));
+    for group in ["meta", "container-0"] {
+        assert!(get(&format!("aquifer_raft_term{{group=\"{group}\"}}")) >= 1.0);
+        assert_eq!(
+            get(&format!("aquifer_raft_leader{{group=\"{group}\"}}")),
+            1.0
+        );
+        let commit = get(&format!("aquifer_raft_commit_index{{group=\"{group}\"}}"));
+        let applied = get(&format!("aquifer_raft_applied_index{{group=\"{group}\"}}"));
+        assert!(
+            commit >= 1.0 && applied <= commit,
+            "{group}: {applied} / {commit}"
+        );
+    }
+    assert!(get("aquifer_tier2_puts_total") >= 1.0);
+    assert!(get("aquifer_tier2_put_bytes_total") >= 2000.0 * 200.0);
+    assert_eq!(get("aquifer_tier2_put_errors_total"), 0.0);
+    assert_eq!(get("aquifer_tail_buffer_bytes"), 0.0, "all flushed");
+    // Everything was flushed before the read, so it came from tier-2 and
+    // filled the cache.
+    assert!(get("aquifer_read_bytes_total{tier=\"tier2\"}") >= 2000.0 * 200.0);
+    assert!(get("aquifer_cache_misses_total") >= 1.0);
+    assert!(get("aquifer_cache_bytes") > 0.0);
+    assert!(get("aquifer_connections") >= 1.0);
+    assert!(s.contains_key("aquifer_backpressure_seconds_total"));
+
+    // Health: SERVING overall and per service.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr()))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "aquifer.v1.Append"] {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "service {service:?}"
+        );
+    }
+
+    // Reflection lists Aquifer's services.
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("answer")
+        .expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("unexpected reflection answer {answer:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "aquifer.v1.StreamAdmin",
+        "aquifer.v1.Append",
+        "aquifer.v1.Read",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "{names:?}");
+    }
+}
