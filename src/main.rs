@@ -98,6 +98,15 @@ struct ServeArgs {
     /// file's listen].
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// This node's id in a cluster [default: 1, or the config file's node_id].
+    #[arg(long, value_name = "N")]
+    node_id: Option<u64>,
+    /// Every node of the cluster, this one included, as
+    /// ID=HOST:PORT,ID=HOST:PORT,... (the addresses clients and peers
+    /// reach them at). Every container and the metadata group are
+    /// replicated on all of them. Omit for a single node.
+    #[arg(long, value_name = "PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off, or the
     /// config file's metrics_listen].
     #[arg(long, value_name = "ADDR")]
@@ -346,6 +355,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(addr) = args.metrics_listen {
         config.metrics_listen = Some(addr);
+    }
+    if let Some(id) = args.node_id {
+        config.node_id = id;
+    }
+    if !args.peers.is_empty() {
+        config.peers = args.peers;
     }
     config.validate()?;
     let shutdown = shutdown_signal().context("cannot install signal handlers")?;

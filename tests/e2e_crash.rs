@@ -202,9 +202,12 @@ async fn crash_rounds(test: &str, rounds: usize) {
         let dir = server.data_dir().join("log").join(group);
         if dir.is_dir() {
             eprintln!(
-                "{group}: {} log file(s), snapshot file: {}",
+                "{group}: {} log file(s), snapshot files: {}",
                 log_files(server.data_dir(), group).len(),
-                dir.join("snapshot").exists()
+                std::fs::read_dir(&dir).map_or(0, |d| d
+                    .flatten()
+                    .filter(|f| f.file_name().to_string_lossy().starts_with("snapshot-"))
+                    .count())
             );
         }
     }

@@ -4,10 +4,12 @@
 
 use std::sync::Arc;
 
+use tonic::transport::Channel;
 use tonic::Request;
 
-use crate::conn::{Conn, ADMIN_TIMEOUT};
+use crate::conn::{backoff, Conn, ADMIN_TIMEOUT};
 use crate::name::validate_part;
+use crate::proto::stream_admin_client::StreamAdminClient;
 use crate::proto::{
     CreateStreamRequest, DeleteStreamRequest, DescribeStreamRequest, ListStreamsRequest, Retention,
     SealStreamRequest, UpdateStreamRequest,
@@ -58,12 +60,11 @@ impl Admin {
             segment_count,
             retention: Some(retention),
         };
-        Ok(self
-            .conn
-            .admin()
-            .create_stream(request(req))
-            .await?
-            .into_inner())
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.create_stream(request(req)).await }
+        })
+        .await
     }
 
     /// Changes a stream's retention; data past the new limits leaves the
@@ -77,12 +78,11 @@ impl Admin {
             name: Some(name.to_proto()),
             retention: Some(retention),
         };
-        Ok(self
-            .conn
-            .admin()
-            .update_stream(request(req))
-            .await?
-            .into_inner())
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.update_stream(request(req)).await }
+        })
+        .await
     }
 
     /// Lists the streams of `scope`, or of every scope with `None`.
@@ -94,11 +94,11 @@ impl Admin {
             scope: scope.unwrap_or_default().to_string(),
         };
         Ok(self
-            .conn
-            .admin()
-            .list_streams(request(req))
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.list_streams(request(req)).await }
+            })
             .await?
-            .into_inner()
             .streams)
     }
 
@@ -108,12 +108,11 @@ impl Admin {
         let req = DescribeStreamRequest {
             name: Some(name.to_proto()),
         };
-        Ok(self
-            .conn
-            .admin()
-            .describe_stream(request(req))
-            .await?
-            .into_inner())
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.describe_stream(request(req)).await }
+        })
+        .await
     }
 
     /// Seals a stream: no more appends, reads still work. Idempotent.
@@ -121,12 +120,11 @@ impl Admin {
         let req = SealStreamRequest {
             name: Some(name.to_proto()),
         };
-        Ok(self
-            .conn
-            .admin()
-            .seal_stream(request(req))
-            .await?
-            .into_inner())
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.seal_stream(request(req)).await }
+        })
+        .await
     }
 
     /// Seals, then removes a stream and its data. [`Error::NotFound`] if it
@@ -135,7 +133,54 @@ impl Admin {
         let req = DeleteStreamRequest {
             name: Some(name.to_proto()),
         };
-        self.conn.admin().delete_stream(request(req)).await?;
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.delete_stream(request(req)).await }
+        })
+        .await?;
         Ok(())
+    }
+
+    /// Runs an admin call on the metadata leader: starts at the node that
+    /// answered last, follows `NOT_LEADER` redirects, and in a cluster moves
+    /// on to the next node when one cannot be reached, until the admin
+    /// deadline. (A retried create may find its own stream: AlreadyExists.)
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: Fn(StreamAdminClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let nodes = self.conn.nodes();
+        let mut conn = nodes
+            .as_ref()
+            .and_then(|n| n.meta_leader())
+            .unwrap_or_else(|| self.conn.clone());
+        let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+        let mut attempt = 0;
+        loop {
+            let err = match f(conn.admin()).await {
+                Ok(answer) => {
+                    if let Some(n) = &nodes {
+                        n.set_meta_leader(&conn);
+                    }
+                    return Ok(answer.into_inner());
+                }
+                Err(status) => Error::from(status),
+            };
+            attempt += 1;
+            let clustered = nodes.as_ref().is_some_and(|n| n.len() > 1);
+            let redirect = conn.redirect(&err);
+            let retry = redirect.is_some() || (clustered && err.is_retryable());
+            if !retry || tokio::time::Instant::now() >= deadline {
+                return Err(err);
+            }
+            conn = match redirect {
+                Some(leader) => leader,
+                None => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                    conn.next()
+                }
+            };
+        }
     }
 }

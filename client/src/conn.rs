@@ -1,11 +1,16 @@
-//! The connection to one Aquifer node: a shared tonic `Channel`, the gRPC
-//! stubs built on it, and the retry backoff every retrying task uses.
+//! Connections to Aquifer nodes: one shared tonic `Channel` per node, the
+//! gRPC stubs built on it, the retry backoff every retrying task uses, and
+//! the cluster routing rules.
 //!
-//! Owns address parsing, message size limits, HTTP/2 settings, and replacing
+//! Owns address parsing, message size limits, HTTP/2 settings, replacing
 //! the channel when it keeps failing (so a server that dies and comes back
-//! on the same address is reached again).
+//! on the same address is reached again), and [`Nodes`]: the nodes a client
+//! knows, with the leader last seen per segment and for metadata, so tasks
+//! follow a redirect (`NOT_LEADER` naming the leader) or move to another
+//! node when theirs is down.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
@@ -48,6 +53,8 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
 #[derive(Debug)]
 pub(crate) struct Conn {
     addr: String,
+    /// The client's other nodes (None for a connection made alone).
+    nodes: Option<Arc<Nodes>>,
     endpoint: Endpoint,
     /// The channel and its generation; the generation lets many tasks that
     /// saw the same broken channel replace it only once.
@@ -58,26 +65,8 @@ impl Conn {
     /// Connects eagerly: fails with [`Error::Unavailable`] when the node
     /// cannot be reached within [`CONNECT_TIMEOUT`].
     pub(crate) async fn connect(addr: &str) -> Result<Conn, Error> {
-        let addr = addr.trim();
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| {
-                Error::InvalidArgument(format!(
-                    "invalid server address {addr:?} (expected HOST:PORT): {}",
-                    chain_message(&e)
-                ))
-            })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .initial_stream_window_size(4 * 1024 * 1024)
-            .initial_connection_window_size(16 * 1024 * 1024);
+        let addr = normalize(addr);
+        let endpoint = endpoint(&addr)?;
         let unreachable =
             |why: String| Error::Unavailable(format!("cannot reach aquifer at {addr}: {why}"));
         let channel = match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
@@ -91,17 +80,81 @@ impl Conn {
             }
         };
         Ok(Conn {
-            addr: addr.to_string(),
+            addr,
+            nodes: None,
             endpoint,
             channel: Mutex::new((0, channel)),
         })
     }
 
+    /// A connection that dials when first used.
+    fn lazy(addr: &str, nodes: Arc<Nodes>) -> Result<Conn, Error> {
+        let addr = normalize(addr);
+        let endpoint = endpoint(&addr)?;
+        Ok(Conn {
+            addr,
+            nodes: Some(nodes),
+            channel: Mutex::new((0, endpoint.connect_lazy())),
+            endpoint,
+        })
+    }
+
+    /// For a [`Error::NotLeader`] naming the leader: the connection to it.
+    pub(crate) fn redirect(&self, err: &Error) -> Option<Arc<Conn>> {
+        let Error::NotLeader { leader, .. } = err else {
+            return None;
+        };
+        self.nodes.as_ref()?.get(leader)
+    }
+
+    /// The next node after this one (itself when it knows no other): where
+    /// a task goes when this node keeps failing.
+    pub(crate) fn next(self: &Arc<Self>) -> Arc<Conn> {
+        self.nodes
+            .as_ref()
+            .and_then(|n| n.next_after(&self.addr))
+            .unwrap_or_else(|| self.clone())
+    }
+
+    /// The client's nodes, if this connection belongs to a client.
+    pub(crate) fn nodes(&self) -> Option<Arc<Nodes>> {
+        self.nodes.clone()
+    }
+}
+
+/// `host:port` without a scheme, the form nodes name each other in.
+fn normalize(addr: &str) -> String {
+    let addr = addr.trim();
+    addr.strip_prefix("http://")
+        .unwrap_or(addr)
+        .trim_end_matches('/')
+        .to_string()
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint, Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| {
+            Error::InvalidArgument(format!(
+                "invalid server address {addr:?} (expected HOST:PORT): {}",
+                chain_message(&e)
+            ))
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(4 * 1024 * 1024)
+        .initial_connection_window_size(16 * 1024 * 1024))
+}
+
+impl Conn {
     /// A connection that dials only when used (unit tests).
     #[cfg(test)]
     pub(crate) fn from_lazy_for_tests(endpoint: Endpoint) -> Conn {
         Conn {
             addr: endpoint.uri().to_string(),
+            nodes: None,
             channel: Mutex::new((0, endpoint.connect_lazy())),
             endpoint,
         }
@@ -149,6 +202,97 @@ impl Conn {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
+}
+
+/// The nodes a client knows and the leaders it has seen: segment sessions
+/// and admin calls start where they last succeeded. Connections hold their
+/// `Nodes`; `Nodes` only remembers connections weakly (no cycle), so a
+/// node's connection closes once no task uses it, and is made again on
+/// demand.
+#[derive(Debug, Default)]
+pub(crate) struct Nodes {
+    /// Addresses in the order learned (the first is the one connected to)
+    /// and the live connection to each, if any.
+    known: Mutex<Vec<(String, Weak<Conn>)>>,
+    /// The last node that took appends for a segment.
+    segment_leaders: Mutex<HashMap<u64, Weak<Conn>>>,
+    /// The last node that answered an admin call.
+    meta_leader: Mutex<Weak<Conn>>,
+}
+
+impl Nodes {
+    /// Starts with a connected seed node.
+    pub(crate) fn with_seed(seed: Conn) -> Arc<Conn> {
+        let nodes = Arc::new(Nodes::default());
+        let seed = Arc::new(Conn {
+            nodes: Some(nodes.clone()),
+            ..seed
+        });
+        lock(&nodes.known).push((seed.addr.clone(), Arc::downgrade(&seed)));
+        seed
+    }
+
+    /// The connection to `addr`, made (lazily) when there is none.
+    pub(crate) fn get(self: &Arc<Self>, addr: &str) -> Option<Arc<Conn>> {
+        let addr = normalize(addr);
+        let mut known = lock(&self.known);
+        let slot = match known.iter().position(|(a, _)| *a == addr) {
+            Some(i) => i,
+            None => {
+                known.push((addr.clone(), Weak::new()));
+                known.len() - 1
+            }
+        };
+        if let Some(conn) = known[slot].1.upgrade() {
+            return Some(conn);
+        }
+        let conn = Arc::new(Conn::lazy(&addr, self.clone()).ok()?);
+        known[slot].1 = Arc::downgrade(&conn);
+        Some(conn)
+    }
+
+    /// Remembers `addr` without connecting.
+    pub(crate) fn learn(&self, addr: &str) {
+        let addr = normalize(addr);
+        let mut known = lock(&self.known);
+        if !known.iter().any(|(a, _)| *a == addr) {
+            known.push((addr, Weak::new()));
+        }
+    }
+
+    fn next_after(self: &Arc<Self>, addr: &str) -> Option<Arc<Conn>> {
+        let next = {
+            let known = lock(&self.known);
+            let i = known.iter().position(|(a, _)| a == addr)?;
+            known.get((i + 1) % known.len())?.0.clone()
+        };
+        self.get(&next)
+    }
+
+    /// Nodes known.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.known).len()
+    }
+
+    pub(crate) fn segment_leader(&self, segment_id: u64) -> Option<Arc<Conn>> {
+        lock(&self.segment_leaders).get(&segment_id)?.upgrade()
+    }
+
+    pub(crate) fn set_segment_leader(&self, segment_id: u64, conn: &Arc<Conn>) {
+        lock(&self.segment_leaders).insert(segment_id, Arc::downgrade(conn));
+    }
+
+    pub(crate) fn meta_leader(&self) -> Option<Arc<Conn>> {
+        lock(&self.meta_leader).upgrade()
+    }
+
+    pub(crate) fn set_meta_leader(&self, conn: &Arc<Conn>) {
+        *lock(&self.meta_leader) = Arc::downgrade(conn);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -46,6 +46,16 @@ pub enum Error {
     /// names the new head) or past its end (`OUT_OF_RANGE`).
     #[error("{0}")]
     OutOfRange(String),
+    /// The node does not lead the group that owns the request; `leader` is
+    /// the address of the node that does. The client follows it by itself:
+    /// you see this only when redirects keep failing.
+    #[error("{message}")]
+    NotLeader {
+        /// `host:port` of the leader.
+        leader: String,
+        /// The server's message.
+        message: String,
+    },
     /// Any other gRPC status: its code and message.
     #[error("{0}")]
     Server(String),
@@ -59,9 +69,16 @@ impl Error {
     /// `ResourceExhausted`. The writer and readers retry these internally
     /// (with backoff, up to a timeout) before handing them out.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Unavailable(_) | Error::ResourceExhausted(_))
+        matches!(
+            self,
+            Error::Unavailable(_) | Error::ResourceExhausted(_) | Error::NotLeader { .. }
+        )
     }
 }
+
+/// gRPC metadata key naming the leader's address on an `UNAVAILABLE`
+/// refusal from a node that does not lead (the server sets it).
+const LEADER_METADATA: &str = "aquifer-leader";
 
 impl From<Status> for Error {
     fn from(status: Status) -> Self {
@@ -74,7 +91,18 @@ impl From<Status> for Error {
             Code::ResourceExhausted => Error::ResourceExhausted(msg),
             Code::DataLoss => Error::Corrupt(msg),
             Code::OutOfRange => Error::OutOfRange(msg),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Error::Unavailable(msg),
+            Code::Unavailable => match status
+                .metadata()
+                .get(LEADER_METADATA)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(leader) => Error::NotLeader {
+                    leader: leader.to_string(),
+                    message: msg,
+                },
+                None => Error::Unavailable(msg),
+            },
+            Code::DeadlineExceeded | Code::Cancelled => Error::Unavailable(msg),
             Code::Unknown | Code::Internal if is_transport_failure(&status) => {
                 Error::Unavailable(format!("connection to the server failed: {msg}"))
             }

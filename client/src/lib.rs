@@ -76,10 +76,22 @@ impl Client {
     /// (waits up to 5 s): [`Error::Unavailable`] ("cannot reach aquifer at
     /// ADDR: ...") when nothing answers. Later calls reconnect by
     /// themselves if the connection breaks.
+    ///
+    /// In a cluster, any node will do: the client learns the others from it
+    /// and follows each group's leader by itself (redirects, failover).
     pub async fn connect(addr: &str) -> Result<Client, Error> {
-        Ok(Client {
-            conn: Arc::new(conn::Conn::connect(addr).await?),
-        })
+        let conn = conn::Nodes::with_seed(conn::Conn::connect(addr).await?);
+        // Older servers and test doubles have no Cluster service: then this
+        // node is all the client knows.
+        let mut cluster = proto::cluster_client::ClusterClient::new(conn.channel().1);
+        let mut req = tonic::Request::new(proto::ClusterStatusRequest {});
+        req.set_timeout(conn::ADMIN_TIMEOUT);
+        if let (Ok(status), Some(nodes)) = (cluster.status(req).await, conn.nodes()) {
+            for node in status.into_inner().nodes {
+                nodes.learn(&node.address);
+            }
+        }
+        Ok(Client { conn })
     }
 
     /// The address this client connected to.

@@ -312,6 +312,10 @@ impl SegmentRead {
                     self.failing_since.get_or_insert_with(Instant::now);
                     self.attempt += 1;
                     self.conn.failed(generation, self.attempt);
+                    if self.attempt >= 2 {
+                        // Every replica serves reads: try the next node.
+                        self.conn = self.conn.next();
+                    }
                     last_error = Some(e);
                 }
                 Outcome::Failed(e) => {

@@ -86,6 +86,11 @@ impl Session {
         config: SessionConfig,
         failed: Arc<OnceLock<Error>>,
     ) -> Self {
+        // Start where this segment's appends went last (its leader).
+        let conn = conn
+            .nodes()
+            .and_then(|n| n.segment_leader(segment_id))
+            .unwrap_or(conn);
         Session {
             segment_id,
             conn,
@@ -254,6 +259,7 @@ impl Session {
             if let Some(g) = generation {
                 self.conn.failed(g, self.attempt);
             }
+            self.route(&err);
             if self.queue.is_empty() {
                 // Nothing waits: the next event starts a fresh connection.
                 self.failing_since = None;
@@ -316,6 +322,9 @@ impl Session {
                         responses,
                         generation,
                     });
+                    if let Some(nodes) = self.conn.nodes() {
+                        nodes.set_segment_leader(self.segment_id, &self.conn);
+                    }
                     let done = self.queue.on_setup(server_last);
                     self.resolve_ok(done);
                     if !self.queue.has_ready() {
@@ -330,6 +339,7 @@ impl Session {
                     self.attempt += 1;
                     self.conn.failed(generation, self.attempt);
                     tracing::debug!(segment_id = self.segment_id, attempt = self.attempt, error = %e, "append setup failed");
+                    self.route(&e);
                     self.last_error = Some(e);
                 }
                 Ok(Err(e)) => return Err(e),
@@ -337,13 +347,26 @@ impl Session {
                     self.failing_since.get_or_insert_with(Instant::now);
                     self.attempt += 1;
                     self.conn.failed(generation, self.attempt);
-                    self.last_error = Some(Error::Unavailable(format!(
+                    let e = Error::Unavailable(format!(
                         "no setup answer for segment {} within {} s",
                         self.segment_id,
                         SETUP_TIMEOUT.as_secs()
-                    )));
+                    ));
+                    self.route(&e);
+                    self.last_error = Some(e);
                 }
             }
+        }
+    }
+
+    /// Where to go after a retryable failure: the leader a redirect names,
+    /// or, after repeated failures, the next node (this one may be down;
+    /// any other redirects to the leader).
+    fn route(&mut self, err: &Error) {
+        if let Some(leader) = self.conn.redirect(err) {
+            self.conn = leader;
+        } else if self.attempt >= 2 {
+            self.conn = self.conn.next();
         }
     }
 

@@ -40,6 +40,11 @@ pub struct ServerConfig {
     /// Where to serve Prometheus metrics over HTTP (`GET /metrics`);
     /// absent: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// This node's id in the cluster (1 on a single node).
+    pub node_id: u64,
+    /// Every node of the cluster as `ID=HOST:PORT` (this one included);
+    /// empty: a single node. Every group is replicated on all of them.
+    pub peers: Vec<String>,
     pub tier2: Tier2Config,
     pub raft: RaftConfig,
 }
@@ -90,6 +95,8 @@ impl Default for ServerConfig {
             snapshot_log_bytes: 256 * MIB,
             max_connections: 1024,
             metrics_listen: None,
+            node_id: 1,
+            peers: Vec::new(),
             tier2: Tier2Config::default(),
             raft: RaftConfig::default(),
         }
@@ -152,9 +159,49 @@ impl ServerConfig {
         })
     }
 
+    /// The cluster's nodes by id (just this one without `peers`).
+    pub fn cluster(&self) -> Result<std::collections::BTreeMap<u64, String>, ConfigError> {
+        let bad = |why: String| ConfigError::Invalid(why);
+        let mut nodes = std::collections::BTreeMap::new();
+        if self.peers.is_empty() {
+            nodes.insert(self.node_id, self.listen.to_string());
+            return Ok(nodes);
+        }
+        for p in &self.peers {
+            let (id, addr) = p
+                .split_once('=')
+                .ok_or_else(|| bad(format!("peer {p:?} is not ID=HOST:PORT")))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .ok()
+                .filter(|&id| id > 0)
+                .ok_or_else(|| bad(format!("peer {p:?}: the id must be a number above 0")))?;
+            let addr = addr.trim();
+            if addr.is_empty() {
+                return Err(bad(format!("peer {p:?} has no address")));
+            }
+            if nodes.insert(id, addr.to_string()).is_some() {
+                return Err(bad(format!("node id {id} appears twice in peers")));
+            }
+        }
+        if !nodes.contains_key(&self.node_id) {
+            return Err(bad(format!(
+                "node_id {} is not one of the peers ({})",
+                self.node_id,
+                self.peers.join(",")
+            )));
+        }
+        Ok(nodes)
+    }
+
     /// Checks the relations between limits; called once before serving.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |why: String| Err(ConfigError::Invalid(why));
+        if self.node_id == 0 {
+            return bad("node_id must be above 0".into());
+        }
+        self.cluster()?;
         if self.containers == 0 || self.containers > 4096 {
             return bad(format!(
                 "containers must be 1..=4096, not {}",

@@ -47,15 +47,33 @@ pub enum Error {
     OrphanChunk(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// This node does not lead the group; `leader` is where to go, if known.
+    #[error("{message}")]
+    NotLeader {
+        message: String,
+        leader: Option<String>,
+    },
 }
+
+/// gRPC metadata key naming the leader's address on a NOT_LEADER refusal
+/// (code UNAVAILABLE): clients go there.
+pub const LEADER_METADATA: &str = "aquifer-leader";
 
 impl From<ProposeError> for Error {
     fn from(e: ProposeError) -> Self {
         match e {
             ProposeError::Dropped { .. } => Error::ResourceExhausted(e.to_string()),
-            ProposeError::NotLeader { .. }
-            | ProposeError::Lost { .. }
-            | ProposeError::Stopped { .. } => Error::Unavailable(e.to_string()),
+            ProposeError::NotLeader { ref group, leader } => {
+                let leader = leader.and_then(crate::cluster::address);
+                let message = match &leader {
+                    Some(addr) => format!("this node does not lead {group}; its leader is at {addr}"),
+                    None => format!("this node does not lead {group} and knows no leader yet (election in progress); retry"),
+                };
+                Error::NotLeader { message, leader }
+            }
+            ProposeError::Lost { .. } | ProposeError::Stopped { .. } => {
+                Error::Unavailable(e.to_string())
+            }
         }
     }
 }
@@ -74,11 +92,20 @@ impl From<Error> for Status {
             Error::StreamExists(_) => Code::AlreadyExists,
             Error::SegmentSealed(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            Error::Unavailable(_) | Error::Tier2(_) => Code::Unavailable,
+            Error::Unavailable(_) | Error::Tier2(_) | Error::NotLeader { .. } => Code::Unavailable,
             Error::OffsetOutOfRange { .. } | Error::Truncated { .. } => Code::OutOfRange,
             Error::Corrupt(_) => Code::DataLoss,
             Error::Log(_) | Error::OrphanChunk(_) | Error::Internal(_) => Code::Internal,
         };
-        Status::new(code, e.to_string())
+        let mut status = Status::new(code, e.to_string());
+        if let Error::NotLeader {
+            leader: Some(addr), ..
+        } = &e
+        {
+            if let Ok(v) = addr.parse() {
+                status.metadata_mut().insert(LEADER_METADATA, v);
+            }
+        }
+        status
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod container;
 pub mod controller;

@@ -25,8 +25,11 @@ use crate::group::GroupConfig;
 use crate::tier::writer::StorageWriter;
 use crate::tier::Tier2;
 
-/// The raft node id of a single-node deployment.
-const SINGLE_NODE_ID: u64 = 1;
+/// How often each node brings the containers it leads in line with the
+/// metadata (cluster: the container leaders may be other nodes).
+const RECONCILE_INTERVAL: Duration = Duration::from_millis(250);
+/// How long an admin call waits for its container half to be applied.
+const ADMIN_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Node {
     pub config: ServerConfig,
@@ -134,6 +137,19 @@ async fn collect_orphans(tier2: &Tier2, containers: &[Arc<Container>]) {
     }
 }
 
+/// Runs [`Node::reconcile_once`] every [`RECONCILE_INTERVAL`] until `stop`.
+async fn reconcile_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = node.reconcile_once().await {
+            tracing::debug!(error = %e, "reconcile pass failed; will retry");
+        }
+    }
+}
+
 /// Write to a temporary file, fsync, rename into place, fsync the directory.
 fn durable_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -155,10 +171,23 @@ impl Node {
             .validate()
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let lock = prepare_data_dir(&config)?;
+        let nodes = config
+            .cluster()
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        crate::cluster::set_nodes(nodes.clone());
+        let clustered = nodes.len() > 1;
+        let outbox: Option<Arc<dyn crate::group::Outbox>> = if clustered {
+            Some(crate::cluster::Transport::start(config.node_id, &nodes))
+        } else {
+            None
+        };
+        let voters: Vec<u64> = nodes.keys().copied().collect();
         let group = |name: String| GroupConfig {
             log_dir: config.data_dir.join("log").join(&name),
             name,
-            node_id: SINGLE_NODE_ID,
+            node_id: config.node_id,
+            voters: voters.clone(),
+            outbox: outbox.clone(),
             tick: Duration::from_millis(config.raft.tick_ms),
             election_ticks: config.raft.election_ticks,
             heartbeat_ticks: config.raft.heartbeat_ticks,
@@ -179,11 +208,17 @@ impl Node {
             )?;
             containers.push(Arc::new(c));
         }
-        controller.wait_ready().await?;
-        for c in &containers {
-            c.wait_ready().await?;
+        if !clustered {
+            // The only voter leads at once; in a cluster, elections need the
+            // gRPC server (raft messages), which starts after this returns.
+            controller.wait_ready().await?;
+            for c in &containers {
+                c.wait_ready().await?;
+            }
+            // In a cluster this replica may lag its leader, so it cannot tell
+            // an orphan from a chunk it has not applied yet.
+            collect_orphans(&tier2, &containers).await;
         }
-        collect_orphans(&tier2, &containers).await;
         let (stop_writers, stop) = watch::channel(false);
         let writers = containers
             .iter()
@@ -209,15 +244,18 @@ impl Node {
             writers: std::sync::Mutex::new(writers),
             _lock: lock,
         });
-        node.reconcile().await?;
+        if !clustered {
+            node.reconcile_once().await?;
+        }
         let retention = tokio::spawn(crate::retention::run(
             node.clone(),
             node.stop_writers.subscribe(),
         ));
+        let reconciler = tokio::spawn(reconcile_loop(node.clone(), node.stop_writers.subscribe()));
         node.writers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(retention);
+            .extend([retention, reconciler]);
         Ok(node)
     }
 
@@ -226,7 +264,6 @@ impl Node {
         self.closing.send_replace(true);
     }
 
-    /// Resolves once the node begins to shut down.
     /// The stream a segment belongs to, as `scope/stream` (metrics labels).
     pub fn stream_of(&self, segment_id: u64) -> Option<String> {
         self.controller
@@ -243,6 +280,32 @@ impl Node {
         m.cache_bytes.set(self.tier2.cache_bytes() as i64);
     }
 
+    /// Refuses with where the metadata leader is unless this node leads it.
+    pub fn check_meta_leader(&self) -> Result<(), Error> {
+        if self.controller.is_leader() {
+            return Ok(());
+        }
+        let group = self.controller.group();
+        Err(crate::group::ProposeError::NotLeader {
+            group: group.name().to_string(),
+            leader: group.leader_id(),
+        }
+        .into())
+    }
+
+    /// Hands a raft message from another node to its group.
+    pub fn deliver(&self, group: &str, msg: raft::prelude::Message) -> bool {
+        if group == "meta" {
+            return self.controller.group().step(msg);
+        }
+        group
+            .strip_prefix("container-")
+            .and_then(|id| id.parse::<usize>().ok())
+            .and_then(|id| self.containers.get(id))
+            .is_some_and(|c| c.group().step(msg))
+    }
+
+    /// Resolves once the node begins to shut down.
     pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.closing.subscribe();
         async move {
@@ -266,59 +329,71 @@ impl Node {
         &self.containers[i]
     }
 
-    async fn reconcile(&self) -> Result<(), Error> {
+    /// Brings the containers this node leads in line with the metadata
+    /// (create, seal, delete segments) and, on the metadata leader, removes
+    /// deleted streams whose segments are gone. Every node runs it, so a
+    /// crash between a metadata change and its container half heals, and
+    /// admin calls need not reach the container leaders themselves.
+    async fn reconcile_once(&self) -> Result<(), Error> {
         for stream in self.controller.all() {
-            if stream.deleting {
-                self.finish_delete(&stream).await?;
-                continue;
-            }
-            self.ensure_segments(&stream).await?;
-            if stream.sealed {
-                self.seal_segments(&stream).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn ensure_segments(&self, stream: &StreamRecord) -> Result<(), Error> {
-        for seg in &stream.segments {
-            let c = self.container_of(seg.id);
-            if c.segment(seg.id).is_none() {
-                c.propose(Cmd::Create(SegmentRef { segment_id: seg.id }))
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn seal_segments(&self, stream: &StreamRecord) -> Result<(), Error> {
-        for seg in &stream.segments {
-            let c = self.container_of(seg.id);
-            if c.segment(seg.id).is_some_and(|s| !s.view().sealed) {
-                c.propose(Cmd::Seal(SegmentRef { segment_id: seg.id }))
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn finish_delete(&self, stream: &StreamRecord) -> Result<(), Error> {
-        for seg in &stream.segments {
-            let c = self.container_of(seg.id);
-            if let Applied::Deleted { objects } = c
-                .propose(Cmd::Delete(SegmentRef { segment_id: seg.id }))
-                .await?
-            {
-                for name in objects {
-                    if let Err(e) = self.tier2.delete_chunk(&name).await {
-                        // Left behind as an orphan; nothing refers to it.
-                        tracing::warn!(chunk = %name, error = %e, "cannot delete chunk object of deleted segment");
+            let mut left = 0;
+            for seg in &stream.segments {
+                let c = self.container_of(seg.id);
+                let view = c.segment(seg.id).map(|s| s.view());
+                left += usize::from(view.is_some());
+                if c.leader_term().is_none() {
+                    continue;
+                }
+                match view {
+                    Some(_) if stream.deleting => self.delete_segment(c, seg.id).await?,
+                    None if !stream.deleting => {
+                        c.propose(Cmd::Create(SegmentRef { segment_id: seg.id }))
+                            .await?;
                     }
+                    Some(v) if stream.sealed && !v.sealed => {
+                        c.propose(Cmd::Seal(SegmentRef { segment_id: seg.id }))
+                            .await?;
+                    }
+                    _ => {}
+                }
+            }
+            if stream.deleting && left == 0 && self.controller.is_leader() {
+                self.controller.remove(&stream.key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_segment(&self, c: &Container, segment_id: u64) -> Result<(), Error> {
+        if let Applied::Deleted { objects } =
+            c.propose(Cmd::Delete(SegmentRef { segment_id })).await?
+        {
+            for name in objects {
+                if let Err(e) = self.tier2.delete_chunk(&name).await {
+                    // Left behind as an orphan; nothing refers to it.
+                    tracing::warn!(chunk = %name, error = %e, "cannot delete chunk object of deleted segment");
                 }
             }
         }
-        self.controller.remove(&stream.key).await?;
         Ok(())
+    }
+
+    /// Reconciles until `done` holds for this node's replicas (the container
+    /// leaders elsewhere do their part), or fails after [`ADMIN_WAIT`].
+    async fn settle(&self, what: &str, done: impl Fn(&Node) -> bool) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + ADMIN_WAIT;
+        loop {
+            self.reconcile_once().await?;
+            if done(self) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "{what} is recorded but not yet applied by every container (a container has no leader?); it completes by itself once they have one"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn create_stream(
@@ -338,7 +413,13 @@ impl Node {
             .controller
             .create(key, segment_count.max(1), self.config.containers, retention)
             .await?;
-        self.ensure_segments(&stream).await?;
+        let segments = stream.segments.clone();
+        self.settle("the new stream", move |node| {
+            segments
+                .iter()
+                .all(|g| node.container_of(g.id).segment(g.id).is_some())
+        })
+        .await?;
         Ok(stream)
     }
 
@@ -360,13 +441,25 @@ impl Node {
     pub async fn seal_stream(&self, key: &StreamKey) -> Result<StreamRecord, Error> {
         self.stream(key)?;
         let stream = self.controller.seal(key).await?;
-        self.seal_segments(&stream).await?;
+        let segments = stream.segments.clone();
+        self.settle("the seal", move |node| {
+            segments.iter().all(|g| {
+                node.container_of(g.id)
+                    .segment(g.id)
+                    .is_none_or(|s| s.view().sealed)
+            })
+        })
+        .await?;
         Ok(stream)
     }
 
     pub async fn delete_stream(&self, key: &StreamKey) -> Result<(), Error> {
         self.stream(key)?;
-        let stream = self.controller.mark_deleting(key).await?;
-        self.finish_delete(&stream).await
+        self.controller.mark_deleting(key).await?;
+        let key = key.clone();
+        self.settle("the delete", move |node| {
+            !node.controller.all().iter().any(|s| s.key == key)
+        })
+        .await
     }
 }

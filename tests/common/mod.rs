@@ -40,6 +40,9 @@ pub struct ServerOpts {
     pub data_dir: Option<PathBuf>,
     /// Extra environment for the server process (e.g. `RUST_LOG`).
     pub env: Vec<(String, String)>,
+    /// Listen on this port instead of a free one (cluster members must know
+    /// each other's addresses before they start).
+    pub port: Option<u16>,
 }
 
 impl ServerOpts {
@@ -105,7 +108,7 @@ impl ServerProcess {
         });
         let mut server = ServerProcess {
             child: None,
-            port: free_port(),
+            port: opts.port.unwrap_or_else(free_port),
             data_dir,
             config_path,
             stderr_path: PathBuf::new(),
@@ -701,4 +704,103 @@ pub async fn wait_all_in_tier2(client: &Client, name: &StreamName, timeout: Dura
         }
     })
     .await;
+}
+
+/// A cluster of `aquifer serve` processes on loopback: node ids 1..=n,
+/// every group replicated on all, tier-2 in one shared directory (what S3
+/// is in production).
+pub struct TestCluster {
+    pub nodes: Vec<ServerProcess>,
+    /// Holds the shared tier-2 directory.
+    _shared: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes and waits until every one serves. `top` and `tier2`
+    /// are extra TOML lines for the top level and the `[tier2]` table.
+    pub async fn start(n: usize, top: &str, tier2: &str) -> TestCluster {
+        let shared = tempfile::Builder::new()
+            .prefix("aquifer-cluster-")
+            .tempdir()
+            .expect("temp dir");
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peers: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("\"{}=127.0.0.1:{p}\"", i + 1))
+            .collect();
+        let mut nodes: Vec<ServerProcess> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &port)| {
+                let config = format!(
+                    "node_id = {}\npeers = [{}]\n{top}\n[tier2]\nurl = \"file://{}\"\n{tier2}\n",
+                    i + 1,
+                    peers.join(", "),
+                    shared.path().join("tier2").display()
+                );
+                ServerProcess::spawn(ServerOpts {
+                    config: Some(config),
+                    port: Some(port),
+                    ..ServerOpts::default()
+                })
+            })
+            .collect();
+        for node in &mut nodes {
+            node.wait_ready().await;
+        }
+        TestCluster {
+            nodes,
+            _shared: shared,
+        }
+    }
+
+    /// Node `id` (1-based).
+    pub fn node(&mut self, id: u64) -> &mut ServerProcess {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Every group's leader as the running nodes report them: group name
+    /// → node id (groups without a known leader are missing).
+    pub async fn leaders(&self) -> std::collections::HashMap<String, u64> {
+        let mut leaders = std::collections::HashMap::new();
+        for node in &self.nodes {
+            let Ok(channel) =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr()))
+                    .expect("endpoint")
+                    .connect_timeout(Duration::from_millis(500))
+                    .connect()
+                    .await
+            else {
+                continue;
+            };
+            let mut client = aquifer_proto::v1::cluster_client::ClusterClient::new(channel);
+            let Ok(status) = client
+                .status(aquifer_proto::v1::ClusterStatusRequest {})
+                .await
+            else {
+                continue;
+            };
+            let status = status.into_inner();
+            for g in status.groups {
+                // A node's own word that it leads is the one to trust.
+                if g.leader_id == status.node_id {
+                    leaders.insert(g.name, g.leader_id);
+                }
+            }
+        }
+        leaders
+    }
+
+    /// Waits until `group` has a leader among the running nodes.
+    pub async fn leader_of(&self, group: &str) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(&id) = self.leaders().await.get(group) {
+                return id;
+            }
+            assert!(Instant::now() < deadline, "no leader for {group} in 30 s");
+            tokio::time::sleep(POLL).await;
+        }
+    }
 }

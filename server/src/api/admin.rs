@@ -86,6 +86,8 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<CreateStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
+        // Metadata is answered by its leader only: never a stale replica.
+        self.node.check_meta_leader()?;
         let req = req.into_inner();
         let key = key(req.name)?;
         let stream = self
@@ -100,6 +102,8 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<ListStreamsRequest>,
     ) -> Result<Response<ListStreamsResponse>, Status> {
+        // Metadata is answered by its leader only: never a stale replica.
+        self.node.check_meta_leader()?;
         let scope = req.into_inner().scope;
         if !scope.is_empty() {
             validate_name("scope", &scope)?;
@@ -119,6 +123,8 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<DescribeStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
+        // Metadata is answered by its leader only: never a stale replica.
+        self.node.check_meta_leader()?;
         let key = key(req.into_inner().name)?;
         let stream = self.node.stream(&key)?;
         Ok(Response::new(self.info(&stream)))
@@ -128,6 +134,8 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<SealStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
+        // Metadata is answered by its leader only: never a stale replica.
+        self.node.check_meta_leader()?;
         let key = key(req.into_inner().name)?;
         let stream = self.node.seal_stream(&key).await?;
         tracing::info!(stream = %key, "stream sealed");
@@ -138,6 +146,8 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<UpdateStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
+        // Metadata is answered by its leader only: never a stale replica.
+        self.node.check_meta_leader()?;
         let req = req.into_inner();
         let key = key(req.name)?;
         let stream = self
@@ -152,6 +162,8 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<DeleteStreamRequest>,
     ) -> Result<Response<DeleteStreamResponse>, Status> {
+        // Metadata is answered by its leader only: never a stale replica.
+        self.node.check_meta_leader()?;
         let key = key(req.into_inner().name)?;
         self.node.delete_stream(&key).await?;
         tracing::info!(stream = %key, "stream deleted");

@@ -77,6 +77,8 @@ impl Append for AppendService {
             .into());
         }
         let container = self.node.container_of(setup.segment_id).clone();
+        // Only the leader appends; the client follows the redirect.
+        container.check_leader()?;
         let segment = container
             .segment(setup.segment_id)
             .ok_or(Error::SegmentNotFound(setup.segment_id))?;

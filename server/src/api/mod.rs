@@ -7,7 +7,9 @@
 
 mod admin;
 mod append;
+mod cluster;
 mod connections;
+mod raft;
 mod read;
 
 use std::net::SocketAddr;
@@ -15,6 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aquifer_proto::v1::append_server::AppendServer;
+use aquifer_proto::v1::cluster_server::ClusterServer;
+use aquifer_proto::v1::raft_transport_server::RaftTransportServer;
 use aquifer_proto::v1::read_server::ReadServer;
 use aquifer_proto::v1::stream_admin_server::StreamAdminServer;
 
@@ -37,6 +41,10 @@ pub async fn serve(
     let append = AppendServer::new(append::AppendService::new(node.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let raft = RaftTransportServer::new(raft::RaftService::new(node.clone()))
+        .max_decoding_message_size(crate::cluster::MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(crate::cluster::MESSAGE_BYTES_MAX);
+    let cluster = ClusterServer::new(cluster::ClusterService::new(node.clone()));
     let read = ReadServer::new(read::ReadService::new(node))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -79,6 +87,8 @@ pub async fn serve(
         .add_service(admin)
         .add_service(append)
         .add_service(read)
+        .add_service(raft)
+        .add_service(cluster)
         .add_service(health_service)
         .add_optional_service(reflection)
         .serve_with_incoming_shutdown(incoming, shutdown)

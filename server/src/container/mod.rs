@@ -83,6 +83,23 @@ impl Container {
         Ok(self.group.wait_ready().await?)
     }
 
+    /// The container's raft group (raft messages, status).
+    pub fn group(&self) -> &Group<ContainerState> {
+        &self.group
+    }
+
+    /// Refuses with where the leader is unless this node leads.
+    pub fn check_leader(&self) -> Result<(), Error> {
+        if self.leader_term().is_some() {
+            return Ok(());
+        }
+        Err(crate::group::ProposeError::NotLeader {
+            group: self.group.name().to_string(),
+            leader: self.group.leader_id(),
+        }
+        .into())
+    }
+
     /// The raft term this node leads the container in, if it does.
     pub fn leader_term(&self) -> Option<u64> {
         self.group.leader_term()

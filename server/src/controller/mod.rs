@@ -43,6 +43,16 @@ impl Controller {
         Ok(self.group.wait_ready().await?)
     }
 
+    /// The metadata group itself (raft messages, status).
+    pub fn group(&self) -> &Group<MetaState> {
+        &self.group
+    }
+
+    /// Whether this node leads `meta` (and has caught up).
+    pub fn is_leader(&self) -> bool {
+        self.group.leader_term().is_some()
+    }
+
     /// The stream, unless it does not exist or is being deleted.
     pub fn get(&self, key: &StreamKey) -> Result<StreamRecord, Error> {
         let map = self.streams.read().unwrap_or_else(|p| p.into_inner());

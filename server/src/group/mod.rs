@@ -15,7 +15,10 @@
 mod runner;
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use raft::prelude::Message;
 
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 
@@ -48,7 +51,11 @@ pub trait StateMachine: Send + 'static {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
     #[error("this node is not the leader of group {group}")]
-    NotLeader { group: String },
+    NotLeader {
+        group: String,
+        /// The leader this node knows of (raft node id), if any.
+        leader: Option<u64>,
+    },
     #[error("group {group} is over its limit of uncommitted bytes; retry")]
     Dropped { group: String },
     #[error("leadership of group {group} changed before the proposal committed; retry")]
@@ -76,8 +83,20 @@ impl<S: StateMachine> Reply<S> {
 }
 
 pub(crate) enum Command<S: StateMachine> {
-    Propose { data: Vec<u8>, done: Reply<S> },
+    Propose {
+        data: Vec<u8>,
+        done: Reply<S>,
+    },
     Query(Query<S>),
+    /// A raft message from another node.
+    Step(Message),
+}
+
+/// Where a group's raft messages to other nodes go (the cluster transport).
+pub trait Outbox: Send + Sync + 'static {
+    /// Queues `msg` for node `msg.to`. False when it cannot (unknown node,
+    /// queue full): raft sends again, so dropping is safe.
+    fn send(&self, group: &str, msg: Message) -> bool;
 }
 
 /// How to run one group.
@@ -96,6 +115,28 @@ pub struct GroupConfig {
     /// Snapshot and drop the log once this many entry bytes were applied
     /// since the last snapshot.
     pub snapshot_log_bytes: u64,
+    /// The group's voters when it is first created (every node of the
+    /// cluster, or just this one).
+    pub voters: Vec<u64>,
+    /// Messages to other nodes; None on a single node.
+    pub outbox: Option<Arc<dyn Outbox>>,
+}
+
+impl std::fmt::Debug for dyn Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Outbox")
+    }
+}
+
+/// A group's raft state as one node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// 0: no leader known.
+    pub leader: u64,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub voters: Vec<u64>,
 }
 
 /// A handle to a running group. Dropping every handle stops the thread.
@@ -103,6 +144,7 @@ pub struct Group<S: StateMachine> {
     name: String,
     tx: mpsc::Sender<Command<S>>,
     ready: watch::Receiver<Option<u64>>,
+    status: Arc<Mutex<GroupStatus>>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -117,7 +159,7 @@ impl<S: StateMachine> Group<S> {
         let mut applied = 0;
         if let Some((index, data)) = storage.load_snapshot()? {
             state.restore(data).map_err(|why| LogError::Corrupt {
-                path: config.log_dir.join("snapshot"),
+                path: config.log_dir.clone(),
                 offset: 0,
                 why,
             })?;
@@ -125,10 +167,15 @@ impl<S: StateMachine> Group<S> {
         }
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
         let (ready_tx, ready) = watch::channel(None);
+        let status = Arc::new(Mutex::new(GroupStatus::default()));
         let name = config.name.clone();
+        let shared = runner::Shared {
+            ready: ready_tx,
+            status: status.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name(format!("raft-{name}"))
-            .spawn(move || runner::run(config, storage, state, applied, rx, ready_tx))
+            .spawn(move || runner::run(config, storage, state, applied, rx, shared))
             .map_err(|source| LogError::Io {
                 path: PathBuf::from(&name),
                 source,
@@ -137,12 +184,32 @@ impl<S: StateMachine> Group<S> {
             name,
             tx,
             ready,
+            status,
             thread: std::sync::Mutex::new(Some(thread)),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Hands a raft message from another node to the group; false when its
+    /// queue is full (the message is dropped; raft sends again).
+    pub fn step(&self, msg: Message) -> bool {
+        self.tx.try_send(Command::Step(msg)).is_ok()
+    }
+
+    /// The leader's node id as this node knows it.
+    pub fn leader_id(&self) -> Option<u64> {
+        Some(self.status().leader).filter(|&id| id != 0)
+    }
+
+    /// The group's raft state as this node sees it now.
+    pub fn status(&self) -> GroupStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Proposes `data`; resolves with the state machine's output once the

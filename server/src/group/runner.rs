@@ -1,14 +1,20 @@
 //! The group thread: the raft-rs Ready loop.
+//!
+//! Messages to other nodes leave through the outbox: `messages()` at once
+//! (a leader's appends go out before its own fsync), `persisted_messages()`
+//! only after the fsync that made their Ready durable. A snapshot from the
+//! leader replaces the log and the state before anything else is applied.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::gauge::Gauge;
 use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType};
+use raft::prelude::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
 use raft::{RawNode, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Command, GroupConfig, ProposeError, Reply, StateMachine};
+use super::{Command, GroupConfig, GroupStatus, Outbox, ProposeError, Reply, StateMachine};
 use crate::log::{LogError, LogStorage};
 
 /// Commands drained per loop turn before handling a Ready: bounds the time
@@ -30,6 +36,8 @@ struct Runner<S: StateMachine> {
     /// were proposed in: another term at that index means the entry was lost.
     pending: BTreeMap<u64, (u64, Done<S>)>,
     ready_tx: watch::Sender<Option<u64>>,
+    status: Arc<Mutex<GroupStatus>>,
+    outbox: Option<Arc<dyn Outbox>>,
     /// Index of the last applied entry.
     applied: u64,
     /// Entry bytes applied since the last snapshot.
@@ -102,19 +110,25 @@ fn fatal(group: &str, what: &str, err: &dyn std::fmt::Display) -> ! {
     std::process::exit(2);
 }
 
+/// What the thread shares with its [`super::Group`] handle.
+pub(super) struct Shared {
+    pub ready: watch::Sender<Option<u64>>,
+    pub status: Arc<Mutex<GroupStatus>>,
+}
+
 pub(super) fn run<S: StateMachine>(
     config: GroupConfig,
     mut storage: LogStorage,
     state: S,
     applied: u64,
     mut rx: mpsc::Receiver<Command<S>>,
-    ready_tx: watch::Sender<Option<u64>>,
+    shared: Shared,
 ) {
     let name = config.name.clone();
     if storage.conf_state().voters.is_empty() {
-        // First start: this node is the group's only voter.
+        // First start: every node of the cluster bootstraps the same voters.
         let cs = ConfState {
-            voters: vec![config.node_id],
+            voters: config.voters.clone(),
             ..Default::default()
         };
         if let Err(e) = storage.set_conf_state(cs) {
@@ -131,7 +145,9 @@ pub(super) fn run<S: StateMachine>(
         node,
         state,
         pending: BTreeMap::new(),
-        ready_tx,
+        ready_tx: shared.ready,
+        status: shared.status,
+        outbox: config.outbox.clone(),
         applied,
         applied_bytes: 0,
         snapshotting: None,
@@ -181,10 +197,15 @@ impl<S: StateMachine> Runner<S> {
     fn handle(&mut self, cmd: Command<S>) {
         match cmd {
             Command::Query(q) => q(&mut self.state),
+            Command::Step(msg) => {
+                // Stale or foreign messages are refused by raft; nothing to do.
+                let _ = self.node.step(msg);
+            }
             Command::Propose { data, done } => {
                 if self.node.raft.state != StateRole::Leader {
                     done.send(Err(ProposeError::NotLeader {
                         group: self.name.clone(),
+                        leader: Some(self.node.raft.leader_id).filter(|&id| id != 0),
                     }));
                     return;
                 }
@@ -214,8 +235,10 @@ impl<S: StateMachine> Runner<S> {
                 self.fail_pending();
             }
         }
-        // Messages to peers arrive with the cluster; a single voter sends none.
-        debug_assert!(rd.messages().is_empty() && rd.persisted_messages().is_empty());
+        self.send(rd.take_messages());
+        if !rd.snapshot().is_empty() {
+            self.install_snapshot(rd.snapshot().clone());
+        }
         self.apply(rd.take_committed_entries());
         let hs = rd.hs().cloned();
         let started = std::time::Instant::now();
@@ -232,19 +255,61 @@ impl<S: StateMachine> Runner<S> {
             let bytes: usize = rd.entries().iter().map(|e| e.data.len()).sum();
             tracing::warn!(group = %self.name, took_ms = took.as_millis() as u64, entries = rd.entries().len(), bytes, "slow log write");
         }
+        self.send(rd.take_persisted_messages());
         let mut light = self.node.advance(rd);
+        self.send(light.take_messages());
         self.apply(light.take_committed_entries());
         self.node.advance_apply();
         if self.applied_bytes >= self.snapshot_log_bytes {
             self.snapshot();
         }
         let raft = &self.node.raft;
+        {
+            let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            s.leader = raft.leader_id;
+            s.term = raft.term;
+            s.commit = raft.raft_log.committed;
+            s.applied = self.applied;
+            if s.voters.len() != raft.prs().conf().voters().ids().len() || s.voters.is_empty() {
+                s.voters = raft.prs().conf().voters().ids().iter().collect();
+                s.voters.sort_unstable();
+            }
+        }
         self.gauges.term.set(raft.term as i64);
         self.gauges
             .leader
             .set(i64::from(raft.state == StateRole::Leader));
         self.gauges.commit.set(raft.raft_log.committed as i64);
         self.gauges.applied.set(self.applied as i64);
+    }
+
+    fn send(&self, msgs: Vec<Message>) {
+        let Some(outbox) = &self.outbox else {
+            return; // a single voter sends none
+        };
+        for msg in msgs {
+            outbox.send(&self.name, msg);
+        }
+    }
+
+    /// A snapshot from the leader: this replica was too far behind for the
+    /// log. It replaces the log and the state machine's state.
+    fn install_snapshot(&mut self, snap: Snapshot) {
+        let index = snap.get_metadata().index;
+        if let Err(e) = self.node.mut_store().apply_snapshot(&snap) {
+            fatal(&self.name, "cannot save a snapshot from the leader", &e);
+        }
+        if let Err(why) = self.state.restore(snap.data.clone()) {
+            fatal(
+                &self.name,
+                "cannot restore a snapshot from the leader",
+                &why,
+            );
+        }
+        self.applied = index;
+        self.applied_bytes = 0;
+        self.fail_pending();
+        tracing::info!(group = %self.name, index, "installed a snapshot from the leader");
     }
 
     /// Takes the state (cheap) and writes it on a thread of its own, so the

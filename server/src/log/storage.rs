@@ -88,8 +88,43 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
         .map_err(io_err(dir))
 }
 
-/// The snapshot of a group's state machine, next to its log files.
-const SNAPSHOT_FILE: &str = "snapshot";
+/// Snapshots of a group's state machine, next to its log files, named by
+/// raft index: `snapshot-<index>`. The highest is the current one; a write
+/// that finishes after a newer one (from the leader) arrived can never
+/// replace it.
+const SNAPSHOT_PREFIX: &str = "snapshot-";
+
+fn snapshot_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("{SNAPSHOT_PREFIX}{index:020}"))
+}
+
+/// Snapshot files in `dir` by index, lowest first.
+fn snapshot_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
+    let mut found = Vec::new();
+    for item in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let item = item.map_err(io_err(dir))?;
+        let name = item.file_name();
+        if let Some(index) = name
+            .to_string_lossy()
+            .strip_prefix(SNAPSHOT_PREFIX)
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            found.push((index, item.path()));
+        }
+    }
+    found.sort_unstable();
+    Ok(found)
+}
+
+/// Removes snapshot files older than `index`.
+fn remove_snapshots_below(dir: &Path, index: u64) -> Result<(), LogError> {
+    for (i, path) in snapshot_files(dir)? {
+        if i < index {
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
+}
 
 fn encode_message(
     out: &mut Vec<u8>,
@@ -114,7 +149,9 @@ fn durable_write(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
 }
 
 fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, LogError> {
-    let path = dir.join(SNAPSHOT_FILE);
+    let Some((_, path)) = snapshot_files(dir)?.pop() else {
+        return Ok(None);
+    };
     let buf = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -463,7 +500,7 @@ impl LogStorage {
         let term = raft::Storage::term(self, index)
             .map_err(|e| io_err(&self.dir)(std::io::Error::other(e.to_string())))?;
         Ok(SnapshotWriter {
-            path: self.dir.join(SNAPSHOT_FILE),
+            path: snapshot_path(&self.dir, index),
             index,
             term,
             conf_state: self.conf_state.clone(),
@@ -499,6 +536,35 @@ impl LogStorage {
             }
         }
         self.files = kept;
+        remove_snapshots_below(&self.dir, index)?;
+        sync_dir(&self.dir)
+    }
+
+    /// Installs a snapshot from the leader: it replaces the whole log (this
+    /// replica was behind its start). Durable on return.
+    pub fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<(), LogError> {
+        let meta = snap.get_metadata();
+        let (index, term) = (meta.index, meta.term);
+        let path = snapshot_path(&self.dir, index);
+        let mut buf = Vec::new();
+        encode_message(&mut buf, RecordKind::Snapshot, snap).map_err(io_err(&path))?;
+        durable_write(&path, &buf)?;
+        self.locs.clear();
+        self.cache.clear();
+        self.cache_bytes = 0;
+        self.compacted = (index, term);
+        self.conf_state = meta.get_conf_state().clone();
+        self.hard_state.commit = self.hard_state.commit.max(index);
+        self.hard_state.term = self.hard_state.term.max(term);
+        // A fresh file starts with the new hard and conf state; every older
+        // file is superseded.
+        let next = self.active().seq + 1;
+        self.start_file(next)?;
+        let old: Vec<LogFile> = self.files.drain(..self.files.len() - 1).collect();
+        for f in old {
+            std::fs::remove_file(&f.path).map_err(io_err(&f.path))?;
+        }
+        remove_snapshots_below(&self.dir, index)?;
         sync_dir(&self.dir)
     }
 
@@ -508,7 +574,7 @@ impl LogStorage {
             return Ok(None);
         }
         let snap = read_snapshot(&self.dir)?.ok_or_else(|| LogError::Corrupt {
-            path: self.dir.join(SNAPSHOT_FILE),
+            path: snapshot_path(&self.dir, self.compacted.0),
             offset: 0,
             why: "snapshot file vanished".into(),
         })?;
@@ -613,11 +679,21 @@ impl raft::Storage for LogStorage {
         Ok(self.last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Snapshots arrive with log truncation (tiering) and new replicas (cluster).
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // The latest saved snapshot; raft asks again later when it is too
+        // old for the follower (a newer one is written as the log grows).
+        match read_snapshot(&self.dir) {
+            Ok(Some(s)) if s.get_metadata().index >= request_index => Ok(s),
+            Ok(_) => Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            )),
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), to, error = %e, "cannot read the snapshot for a follower");
+                Err(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+        }
     }
 }
 

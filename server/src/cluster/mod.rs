@@ -1,0 +1,139 @@
+//! The cluster: which nodes there are, and the raft transport between them.
+//!
+//! Every group (the metadata group and each container) is replicated on
+//! every node listed in `peers`; raft messages of all groups to one node go
+//! over one gRPC stream of batches ([`Transport`]). A lost or refused batch
+//! is dropped: raft retransmits, so the transport never blocks a group's
+//! thread and never buffers without bound.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use aquifer_proto::v1::raft_transport_client::RaftTransportClient;
+use aquifer_proto::v1::{RaftBatch, RaftEnvelope};
+use protobuf::Message as _;
+use raft::prelude::Message;
+use tokio::sync::mpsc;
+use tonic::transport::Endpoint;
+
+use crate::group::Outbox;
+
+/// Messages queued per destination node; past it they are dropped.
+const PEER_QUEUE_MAX: usize = 4096;
+/// One batch to a node holds at most this many messages or bytes.
+const BATCH_MESSAGES_MAX: usize = 512;
+const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// A raft message may carry a whole snapshot (metadata and the unflushed
+/// tail of a container), so the transport allows large messages.
+pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024 * 1024;
+/// A batch that takes longer is given up (raft resends).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed send before the next batch to that node.
+const SEND_BACKOFF: Duration = Duration::from_millis(100);
+
+static NODES: OnceLock<BTreeMap<u64, String>> = OnceLock::new();
+
+/// Records the cluster's nodes (once per process, at start-up).
+pub fn set_nodes(nodes: BTreeMap<u64, String>) {
+    let _ = NODES.set(nodes);
+}
+
+/// The address clients reach node `id` at.
+pub fn address(id: u64) -> Option<String> {
+    NODES.get()?.get(&id).cloned()
+}
+
+/// Every node and its address.
+pub fn nodes() -> BTreeMap<u64, String> {
+    NODES.get().cloned().unwrap_or_default()
+}
+
+/// Sends raft messages to the other nodes, one task and queue per node.
+pub struct Transport {
+    peers: HashMap<u64, mpsc::Sender<RaftEnvelope>>,
+}
+
+impl Transport {
+    /// Starts a sender task per other node (needs a tokio runtime).
+    pub fn start(node_id: u64, nodes: &BTreeMap<u64, String>) -> Arc<Transport> {
+        let mut peers = HashMap::new();
+        for (&id, addr) in nodes {
+            if id == node_id {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+            tokio::spawn(send_loop(node_id, id, addr.clone(), rx));
+            peers.insert(id, tx);
+        }
+        Arc::new(Transport { peers })
+    }
+}
+
+impl Outbox for Transport {
+    fn send(&self, group: &str, msg: Message) -> bool {
+        let Some(peer) = self.peers.get(&msg.to) else {
+            return false;
+        };
+        let Ok(message) = msg.write_to_bytes() else {
+            return false;
+        };
+        peer.try_send(RaftEnvelope {
+            group: group.to_string(),
+            message: message.into(),
+        })
+        .is_ok()
+    }
+}
+
+async fn send_loop(from: u64, to: u64, addr: String, mut rx: mpsc::Receiver<RaftEnvelope>) {
+    let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(SEND_TIMEOUT)
+            .tcp_nodelay(true),
+        Err(e) => {
+            tracing::error!(node = to, addr, error = %e, "bad peer address; no raft messages go there");
+            return;
+        }
+    };
+    let mut client = RaftTransportClient::new(endpoint.connect_lazy())
+        .max_encoding_message_size(MESSAGE_BYTES_MAX)
+        .max_decoding_message_size(MESSAGE_BYTES_MAX);
+    let mut failing = false;
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.message.len();
+        let mut messages = vec![first];
+        while messages.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(m) => {
+                    bytes += m.message.len();
+                    messages.push(m);
+                }
+                Err(_) => break,
+            }
+        }
+        match client.send(RaftBatch { from, messages }).await {
+            Ok(_) => {
+                if failing {
+                    tracing::info!(node = to, addr, "raft messages reach the node again");
+                    failing = false;
+                }
+            }
+            Err(status) => {
+                if !failing {
+                    tracing::warn!(node = to, addr, error = %status.message(), "cannot send raft messages; retrying");
+                    failing = true;
+                }
+                tokio::time::sleep(SEND_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Decodes a raft message from a peer. raft-rs's protobuf 2 decoder has a
+/// known advisory (RUSTSEC-2024-0437, deep recursion): only cluster peers
+/// reach this, never clients.
+pub fn decode_message(bytes: &[u8]) -> Option<Message> {
+    Message::parse_from_bytes(bytes).ok()
+}
