@@ -68,6 +68,17 @@ enum Command {
     /// Events of one segment (hence one routing key) keep their order; events
     /// of different segments interleave.
     Scan(ScanArgs),
+    /// Cluster membership and state.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// The nodes, and every raft group (the metadata group `meta` and each
+    /// container) with its leader, replicas, term and how far this node has
+    /// applied what is committed (LAG), as the node at --addr sees them.
+    Status,
 }
 
 #[derive(Args, Debug)]
@@ -333,7 +344,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_client_logging();
             scan(&cli.addr, args).await
         }
+        Command::Cluster(ClusterCommand::Status) => {
+            init_client_logging();
+            cluster_status(&cli.addr).await
+        }
     }
+}
+
+async fn cluster_status(addr: &str) -> anyhow::Result<()> {
+    let client = Client::connect(addr).await?;
+    let status = client.cluster_status().await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "answered by node {}", status.node_id)?;
+    let mut rows = vec![["NODE", "ADDRESS"].map(str::to_string).to_vec()];
+    for n in &status.nodes {
+        rows.push(vec![n.node_id.to_string(), n.address.clone()]);
+    }
+    write_table(&mut out, &rows)?;
+    writeln!(out)?;
+    let mut rows = vec![[
+        "GROUP", "LEADER", "REPLICAS", "TERM", "COMMIT", "APPLIED", "LAG",
+    ]
+    .map(str::to_string)
+    .to_vec()];
+    for g in &status.groups {
+        let replicas: Vec<String> = g.replicas.iter().map(u64::to_string).collect();
+        rows.push(vec![
+            g.name.clone(),
+            if g.leader_id == 0 {
+                "none".into()
+            } else {
+                g.leader_id.to_string()
+            },
+            replicas.join(","),
+            g.term.to_string(),
+            g.commit_index.to_string(),
+            g.applied_index.to_string(),
+            g.commit_index.saturating_sub(g.applied_index).to_string(),
+        ]);
+    }
+    write_table(&mut out, &rows)?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------- serve

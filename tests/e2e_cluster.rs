@@ -68,3 +68,54 @@ async fn writes_continue_through_kill9_of_leaders() {
         }
     }
 }
+
+/// A partition that cuts a container leader off from the other nodes: the
+/// majority elects a new leader and writes go on there; after the heal the
+/// old leader catches up, and nothing is lost or duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_continue_when_the_leader_is_partitioned_away() {
+    let mut cluster = TestCluster::start(3, "", "flush_interval_ms = 500").await;
+    let client = Client::connect(&cluster.node(1).addr())
+        .await
+        .expect("connect");
+    let name = stream_name("cluster/partition");
+    client
+        .admin()
+        .create_stream(&name, 2)
+        .await
+        .expect("create");
+    let writer = client
+        .writer(&name, WriterConfig::default())
+        .await
+        .expect("writer");
+    write_keyed_range(&writer, KEYS, 0, 100, 100).await;
+    let leader = cluster.leader_of("container-0").await;
+    cluster.isolate(leader).await;
+    write_keyed_range(&writer, KEYS, 100, 200, 100).await;
+    // The majority has its own leader (the isolated node may still think
+    // it leads until check-quorum makes it step down).
+    let new_leader = cluster.leader_among("container-0", &[leader]).await;
+    cluster.heal().await;
+    assert_ne!(new_leader, leader);
+    write_keyed_range(&writer, KEYS, 200, 300, 100).await;
+    writer.close().await.expect("close");
+    let reader = Client::connect(&cluster.node(leader).addr())
+        .await
+        .expect("connect");
+    let events = read_all(&reader, &name, Duration::from_secs(60)).await;
+    assert_eq!(events.len() as u64, KEYS * 300, "every event once");
+    for (key, seqs) in per_key_sequences(&events) {
+        assert_eq!(seqs, (0..300).collect::<Vec<u64>>(), "key {key}");
+    }
+    let status = cluster.node(1).cli(&["cluster", "status"], None);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        text.contains("container-0") && text.contains("1,2,3"),
+        "{text}"
+    );
+}

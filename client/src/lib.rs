@@ -99,6 +99,15 @@ impl Client {
         self.conn.addr()
     }
 
+    /// The cluster's nodes and every group's raft state (leader, replicas,
+    /// term, commit and applied index) as the connected node sees them.
+    pub async fn cluster_status(&self) -> Result<proto::ClusterStatus, Error> {
+        let mut cluster = proto::cluster_client::ClusterClient::new(self.conn.channel().1);
+        let mut req = tonic::Request::new(proto::ClusterStatusRequest {});
+        req.set_timeout(conn::ADMIN_TIMEOUT);
+        Ok(cluster.status(req).await?.into_inner())
+    }
+
     /// Stream administration.
     pub fn admin(&self) -> Admin {
         Admin::new(self.conn.clone())

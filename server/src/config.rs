@@ -80,6 +80,9 @@ pub struct RaftConfig {
     pub tick_ms: u64,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
+    /// Testing only: lets `Cluster.SetFaults` drop raft messages to chosen
+    /// nodes (network partitions in tests). Never in production.
+    pub fault_injection: bool,
 }
 
 impl Default for ServerConfig {
@@ -125,6 +128,7 @@ impl Default for RaftConfig {
             tick_ms: 100,
             election_ticks: 10,
             heartbeat_ticks: 2,
+            fault_injection: false,
         }
     }
 }

@@ -33,6 +33,8 @@ const ADMIN_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Node {
     pub config: ServerConfig,
+    /// Raft messages to the other nodes (None on a single node).
+    pub transport: Option<Arc<crate::cluster::Transport>>,
     pub controller: Controller,
     pub containers: Vec<Arc<Container>>,
     pub tier2: Arc<Tier2>,
@@ -176,11 +178,10 @@ impl Node {
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         crate::cluster::set_nodes(nodes.clone());
         let clustered = nodes.len() > 1;
-        let outbox: Option<Arc<dyn crate::group::Outbox>> = if clustered {
-            Some(crate::cluster::Transport::start(config.node_id, &nodes))
-        } else {
-            None
-        };
+        let transport = clustered.then(|| crate::cluster::Transport::start(config.node_id, &nodes));
+        let outbox = transport
+            .clone()
+            .map(|t| t as Arc<dyn crate::group::Outbox>);
         let voters: Vec<u64> = nodes.keys().copied().collect();
         let group = |name: String| GroupConfig {
             log_dir: config.data_dir.join("log").join(&name),
@@ -235,6 +236,7 @@ impl Node {
             .collect();
         let node = Arc::new(Node {
             config,
+            transport,
             controller,
             containers,
             tier2,

@@ -734,7 +734,8 @@ impl TestCluster {
             .enumerate()
             .map(|(i, &port)| {
                 let config = format!(
-                    "node_id = {}\npeers = [{}]\n{top}\n[tier2]\nurl = \"file://{}\"\n{tier2}\n",
+                    "node_id = {}\npeers = [{}]\n{top}\n[raft]\nfault_injection = true\n\
+                     [tier2]\nurl = \"file://{}\"\n{tier2}\n",
                     i + 1,
                     peers.join(", "),
                     shared.path().join("tier2").display()
@@ -763,8 +764,17 @@ impl TestCluster {
     /// Every group's leader as the running nodes report them: group name
     /// → node id (groups without a known leader are missing).
     pub async fn leaders(&self) -> std::collections::HashMap<String, u64> {
+        self.leaders_among(&[]).await
+    }
+
+    /// Like [`leaders`](Self::leaders), asking only nodes not in `skip`
+    /// (an isolated node may still believe it leads).
+    pub async fn leaders_among(&self, skip: &[u64]) -> std::collections::HashMap<String, u64> {
         let mut leaders = std::collections::HashMap::new();
-        for node in &self.nodes {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if skip.contains(&(i as u64 + 1)) {
+                continue;
+            }
             let Ok(channel) =
                 tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr()))
                     .expect("endpoint")
@@ -792,11 +802,53 @@ impl TestCluster {
         leaders
     }
 
+    /// Cuts node `isolated` off from the others (raft messages both ways;
+    /// clients still reach it). Nodes that are down are skipped.
+    pub async fn isolate(&self, isolated: u64) {
+        let all: Vec<u64> = (1..=self.nodes.len() as u64).collect();
+        for id in &all {
+            let drop_to: Vec<u64> = if *id == isolated {
+                all.iter().copied().filter(|&o| o != isolated).collect()
+            } else {
+                vec![isolated]
+            };
+            self.set_faults(*id, drop_to).await;
+        }
+    }
+
+    /// Ends every partition.
+    pub async fn heal(&self) {
+        for id in 1..=self.nodes.len() as u64 {
+            self.set_faults(id, Vec::new()).await;
+        }
+    }
+
+    async fn set_faults(&self, id: u64, drop_to: Vec<u64>) {
+        let addr = self.nodes[(id - 1) as usize].addr();
+        let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_millis(500))
+            .connect()
+            .await
+        else {
+            return; // down: nothing to cut
+        };
+        aquifer_proto::v1::cluster_client::ClusterClient::new(channel)
+            .set_faults(aquifer_proto::v1::Faults { drop_to })
+            .await
+            .unwrap_or_else(|e| panic!("set faults on node {id}: {e}"));
+    }
+
     /// Waits until `group` has a leader among the running nodes.
     pub async fn leader_of(&self, group: &str) -> u64 {
+        self.leader_among(group, &[]).await
+    }
+
+    /// Waits until `group` has a leader among the running nodes not in `skip`.
+    pub async fn leader_among(&self, group: &str, skip: &[u64]) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(&id) = self.leaders().await.get(group) {
+            if let Some(&id) = self.leaders_among(skip).await.get(group) {
                 return id;
             }
             assert!(Instant::now() < deadline, "no leader for {group} in 30 s");

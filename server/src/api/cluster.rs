@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use aquifer_proto::v1::cluster_server::Cluster;
-use aquifer_proto::v1::{ClusterStatus, ClusterStatusRequest, GroupInfo, NodeInfo};
+use aquifer_proto::v1::{ClusterStatus, ClusterStatusRequest, Faults, GroupInfo, NodeInfo};
 use tonic::{Request, Response, Status};
 
 use crate::group::GroupStatus;
@@ -49,6 +49,25 @@ impl Cluster for ClusterService {
                 .map(|(node_id, address)| NodeInfo { node_id, address })
                 .collect(),
             groups,
+        }))
+    }
+
+    async fn set_faults(&self, req: Request<Faults>) -> Result<Response<Faults>, Status> {
+        if !self.node.config.raft.fault_injection {
+            return Err(Status::permission_denied(
+                "fault injection is off (raft.fault_injection = true turns it on, for tests only)",
+            ));
+        }
+        let Some(transport) = &self.node.transport else {
+            return Err(Status::failed_precondition(
+                "a single node has no raft messages to drop",
+            ));
+        };
+        let drop_to = req.into_inner().drop_to;
+        tracing::warn!(?drop_to, "fault injection: dropping raft messages");
+        transport.set_drop_to(drop_to);
+        Ok(Response::new(Faults {
+            drop_to: transport.drop_to(),
         }))
     }
 }

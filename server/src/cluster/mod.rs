@@ -6,8 +6,8 @@
 //! is dropped: raft retransmits, so the transport never blocks a group's
 //! thread and never buffers without bound.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, OnceLock};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use aquifer_proto::v1::raft_transport_client::RaftTransportClient;
@@ -52,6 +52,8 @@ pub fn nodes() -> BTreeMap<u64, String> {
 /// Sends raft messages to the other nodes, one task and queue per node.
 pub struct Transport {
     peers: HashMap<u64, mpsc::Sender<RaftEnvelope>>,
+    /// Testing: nodes whose messages are dropped (a network partition).
+    drop_to: RwLock<HashSet<u64>>,
 }
 
 impl Transport {
@@ -66,7 +68,27 @@ impl Transport {
             tokio::spawn(send_loop(node_id, id, addr.clone(), rx));
             peers.insert(id, tx);
         }
-        Arc::new(Transport { peers })
+        Arc::new(Transport {
+            peers,
+            drop_to: RwLock::default(),
+        })
+    }
+
+    /// Testing: from now on drop every message to `nodes` (empty: heal).
+    pub fn set_drop_to(&self, nodes: impl IntoIterator<Item = u64>) {
+        *self.drop_to.write().unwrap_or_else(|p| p.into_inner()) = nodes.into_iter().collect();
+    }
+
+    pub fn drop_to(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .drop_to
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        v.sort_unstable();
+        v
     }
 }
 
@@ -75,6 +97,14 @@ impl Outbox for Transport {
         let Some(peer) = self.peers.get(&msg.to) else {
             return false;
         };
+        if self
+            .drop_to
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&msg.to)
+        {
+            return false;
+        }
         let Ok(message) = msg.write_to_bytes() else {
             return false;
         };

@@ -1,0 +1,229 @@
+//! A Jepsen-style check of a 3-node cluster: writers with known payloads
+//! and per-key sequence numbers, a tailing reader, and a nemesis mixing
+//! `kill -9`, restarts and partitions that isolate a node, for a bounded
+//! time. At the end it reads everything and reports:
+//! - lost: acknowledged events missing from the final read;
+//! - duplicated: an event (key, sequence) read twice;
+//! - reordered: a key's events out of sequence order;
+//! - vanished: events the tailing reader saw that the final read lacks.
+//!
+//! Pass = zero of each. The short run is part of the suite; the soak:
+//! `AQUIFER_JEPSEN_SECS=600 cargo test --release --test e2e_jepsen -- --ignored`
+//! (`AQUIFER_TEST_SEED` replays a nemesis schedule).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aquifer_client::{Client, EventWriter, ReaderConfig, StartFrom, WriterConfig};
+use futures::stream::{FuturesUnordered, StreamExt};
+use rand::{Rng, SeedableRng};
+
+use common::{read_all, stream_name, TestCluster};
+
+/// Writers, each with its own keys.
+const WRITERS: u64 = 2;
+const KEYS_PER_WRITER: u64 = 8;
+/// Events a writer may have queued but not acknowledged.
+const IN_FLIGHT_MAX: usize = 512;
+
+#[derive(Default)]
+struct History {
+    /// (key, sequence) acknowledged.
+    acked: HashSet<(String, u64)>,
+    /// Writes that failed (outcome unknown: may or may not be there).
+    failed: u64,
+    /// (key, sequence) seen by the tailing reader.
+    tailed: Vec<(String, u64)>,
+}
+
+fn parse(payload: &[u8]) -> Option<(String, u64)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut parts = text.split(':');
+    let key = parts.next()?.to_string();
+    let seq = parts.next()?.parse().ok()?;
+    Some((key, seq))
+}
+
+/// Writes `w{writer}k{k}:{seq}` events until `until`, recording acks.
+async fn write_until(writer: EventWriter, id: u64, until: Instant, history: Arc<Mutex<History>>) {
+    let mut pending = FuturesUnordered::new();
+    let mut seq = 0u64;
+    while Instant::now() < until {
+        for k in 0..KEYS_PER_WRITER {
+            let key = format!("w{id}k{k}");
+            let payload = format!("{key}:{seq}:jepsen");
+            match writer.write_event(Some(&key), payload).await {
+                Ok(p) => pending.push(async move { (key, seq, p.await) }),
+                Err(_) => history.lock().unwrap().failed += 1,
+            }
+        }
+        seq += 1;
+        while pending.len() >= IN_FLIGHT_MAX {
+            if let Some((key, seq, outcome)) = pending.next().await {
+                record(&history, key, seq, outcome.is_ok());
+            }
+        }
+    }
+    while let Some((key, seq, outcome)) = pending.next().await {
+        record(&history, key, seq, outcome.is_ok());
+    }
+}
+
+fn record(history: &Mutex<History>, key: String, seq: u64, acked: bool) {
+    let mut h = history.lock().unwrap();
+    if acked {
+        h.acked.insert((key, seq));
+    } else {
+        h.failed += 1;
+    }
+}
+
+async fn run(fault_secs: u64) {
+    let seed: u64 = std::env::var("AQUIFER_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    eprintln!("jepsen: seed {seed} (AQUIFER_TEST_SEED={seed} replays the nemesis)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut cluster = TestCluster::start(3, "", "flush_interval_ms = 1000").await;
+    let client = Client::connect(&cluster.node(1).addr())
+        .await
+        .expect("connect");
+    let name = stream_name("jepsen/history");
+    client
+        .admin()
+        .create_stream(&name, 4)
+        .await
+        .expect("create");
+    let history = Arc::new(Mutex::new(History::default()));
+    let until = Instant::now() + Duration::from_secs(fault_secs);
+
+    // The tailing reader: follows from the head on node 2.
+    let tail_client = Client::connect(&cluster.node(2).addr())
+        .await
+        .expect("connect");
+    let mut tail = tail_client
+        .reader(
+            &name,
+            ReaderConfig {
+                from: StartFrom::Head,
+                follow: true,
+            },
+        )
+        .await
+        .expect("tailing reader");
+    let tailed = history.clone();
+    let tailer = tokio::spawn(async move {
+        while let Ok(Some(e)) = tail.next().await {
+            if let Some(event) = parse(&e.payload) {
+                tailed.lock().unwrap().tailed.push(event);
+            }
+        }
+    });
+
+    let mut writers = Vec::new();
+    for id in 0..WRITERS {
+        let writer = client
+            .writer(
+                &name,
+                WriterConfig {
+                    writer_id: format!("jepsen-writer-{id}"),
+                    ..WriterConfig::default()
+                },
+            )
+            .await
+            .expect("writer");
+        writers.push(tokio::spawn(write_until(writer, id, until, history.clone())));
+    }
+
+    // The nemesis: one fault at a time, each healed before the next.
+    let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
+    while Instant::now() + Duration::from_secs(4) < until {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
+        let victim = rng.random_range(1..=3u64);
+        match rng.random_range(0..3) {
+            0 => {
+                *faults.entry("kill -9 + restart").or_default() += 1;
+                cluster.node(victim).kill9();
+                tokio::time::sleep(Duration::from_millis(rng.random_range(200..2000))).await;
+                cluster.node(victim).restart().await;
+            }
+            1 => {
+                *faults.entry("kill -9 of a leader + restart").or_default() += 1;
+                let group = format!("container-{}", rng.random_range(0..4));
+                let leader = cluster.leader_of(&group).await;
+                cluster.node(leader).kill9();
+                tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
+                cluster.node(leader).restart().await;
+            }
+            _ => {
+                *faults.entry("partition isolating a node").or_default() += 1;
+                cluster.isolate(victim).await;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
+                cluster.heal().await;
+            }
+        }
+    }
+    for w in writers {
+        w.await.expect("writer task");
+    }
+    // Let the tailing reader catch up with the last acknowledged events.
+    let expected = history.lock().unwrap().acked.len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while history.lock().unwrap().tailed.len() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tailer.abort();
+
+    let reader = Client::connect(&cluster.node(3).addr())
+        .await
+        .expect("connect");
+    let events = read_all(&reader, &name, Duration::from_secs(120)).await;
+    let h = history.lock().unwrap();
+    let mut seen: HashMap<(String, u64), u32> = HashMap::new();
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut reordered = 0u64;
+    for e in &events {
+        let (key, seq) = parse(&e.payload).expect("a payload the writers wrote");
+        if last.get(&key).is_some_and(|&l| seq <= l) {
+            reordered += 1;
+        }
+        last.insert(key.clone(), seq);
+        *seen.entry((key, seq)).or_default() += 1;
+    }
+    let lost = h.acked.iter().filter(|k| !seen.contains_key(*k)).count();
+    let duplicated = seen.values().filter(|&&n| n > 1).count();
+    let vanished = h.tailed.iter().filter(|k| !seen.contains_key(*k)).count();
+    eprintln!(
+        "jepsen: {fault_secs} s of faults {faults:?}; {} acknowledged, {} failed (unknown), {} read, {} tailed; \
+         lost {lost}, duplicated {duplicated}, reordered {reordered}, vanished {vanished}",
+        h.acked.len(),
+        h.failed,
+        events.len(),
+        h.tailed.len()
+    );
+    assert!(!h.acked.is_empty(), "the writers made progress");
+    assert_eq!(
+        (lost, duplicated, reordered, vanished),
+        (0, 0, 0, 0),
+        "lost, duplicated, reordered, vanished (seed {seed})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jepsen_short() {
+    run(30).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak: long; AQUIFER_JEPSEN_SECS sets the fault time (default 600)"]
+async fn jepsen_soak() {
+    let secs = std::env::var("AQUIFER_JEPSEN_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    run(secs).await;
+}
