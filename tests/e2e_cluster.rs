@@ -119,3 +119,93 @@ async fn writes_continue_when_the_leader_is_partitioned_away() {
         "{text}"
     );
 }
+
+/// A node down while the others write past their snapshot interval comes
+/// back too far behind for the log: the leader sends it a snapshot, and
+/// afterwards it alone serves every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_far_behind_catches_up_by_snapshot() {
+    let mut cluster = TestCluster::start(
+        3,
+        "snapshot_log_bytes = 1048576",
+        "chunk_bytes = 262144\nflush_interval_ms = 500",
+    )
+    .await;
+    let client = Client::connect(&cluster.node(1).addr())
+        .await
+        .expect("connect");
+    let name = stream_name("cluster/snapshot");
+    client
+        .admin()
+        .create_stream(&name, 2)
+        .await
+        .expect("create");
+    let writer = client
+        .writer(&name, WriterConfig::default())
+        .await
+        .expect("writer");
+    write_keyed_range(&writer, KEYS, 0, 50, 500).await;
+    cluster.node(3).kill9();
+    // ~4 MB: several snapshots and log truncations on nodes 1 and 2.
+    write_keyed_range(&writer, KEYS, 50, 550, 500).await;
+    writer.close().await.expect("close");
+    cluster.node(3).restart().await;
+    let installed = || {
+        let log = cluster.nodes[2].stderr_text();
+        async move { log.contains("installed a snapshot from the leader") }
+    };
+    common::wait_for(
+        "node 3 to install a snapshot",
+        Duration::from_secs(60),
+        installed,
+    )
+    .await;
+    // Node 3 alone (no quorum: reads need none) serves everything.
+    let status = || {
+        let addr = cluster.nodes[2].addr();
+        async move {
+            let Ok(c) = Client::connect(&addr).await else {
+                return false;
+            };
+            c.cluster_status().await.is_ok_and(|s| {
+                s.groups
+                    .iter()
+                    .all(|g| g.applied_index >= g.commit_index && g.commit_index > 0)
+            })
+        }
+    };
+    common::wait_for(
+        "node 3 to apply everything",
+        Duration::from_secs(60),
+        status,
+    )
+    .await;
+    let segments: Vec<u64> = client
+        .admin()
+        .describe_stream(&name)
+        .await
+        .expect("describe")
+        .segments
+        .iter()
+        .map(|s| s.segment_id)
+        .collect();
+    cluster.node(1).kill9();
+    cluster.node(2).kill9();
+    let reader = Client::connect(&cluster.node(3).addr())
+        .await
+        .expect("connect");
+    let mut events = Vec::new();
+    for id in segments {
+        let mut r = reader
+            .segment_reader(id, 0, false)
+            .await
+            .expect("segment reader");
+        while let Some(e) = r.next().await.expect("read from node 3") {
+            events.push(e);
+        }
+    }
+    assert_eq!(events.len() as u64, KEYS * 550, "every event on node 3");
+    for (key, seqs) in per_key_sequences(&events) {
+        assert_eq!(seqs, (0..550).collect::<Vec<u64>>(), "key {key}");
+    }
+}

@@ -37,6 +37,8 @@ struct History {
     failed: u64,
     /// (key, sequence) seen by the tailing reader.
     tailed: Vec<(String, u64)>,
+    /// Segment reads of the tailing reader that stopped with an error.
+    tail_errors: u64,
 }
 
 fn parse(payload: &[u8]) -> Option<(String, u64)> {
@@ -117,9 +119,19 @@ async fn run(fault_secs: u64) {
         .expect("tailing reader");
     let tailed = history.clone();
     let tailer = tokio::spawn(async move {
-        while let Ok(Some(e)) = tail.next().await {
-            if let Some(event) = parse(&e.payload) {
-                tailed.lock().unwrap().tailed.push(event);
+        loop {
+            match tail.next().await {
+                Ok(Some(e)) => {
+                    if let Some(event) = parse(&e.payload) {
+                        tailed.lock().unwrap().tailed.push(event);
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    // That segment's read stopped; the others go on.
+                    eprintln!("jepsen: tailing reader error: {e}");
+                    tailed.lock().unwrap().tail_errors += 1;
+                }
             }
         }
     });
@@ -136,7 +148,12 @@ async fn run(fault_secs: u64) {
             )
             .await
             .expect("writer");
-        writers.push(tokio::spawn(write_until(writer, id, until, history.clone())));
+        writers.push(tokio::spawn(write_until(
+            writer,
+            id,
+            until,
+            history.clone(),
+        )));
     }
 
     // The nemesis: one fault at a time, each healed before the next.
@@ -172,10 +189,16 @@ async fn run(fault_secs: u64) {
     }
     // Let the tailing reader catch up with the last acknowledged events.
     let expected = history.lock().unwrap().acked.len();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let caught_up_at = Instant::now();
+    let deadline = caught_up_at + Duration::from_secs(60);
     while history.lock().unwrap().tailed.len() < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!(
+        "jepsen: the tailing reader had {} of {expected} events {:.1?} after the writers stopped",
+        history.lock().unwrap().tailed.len(),
+        caught_up_at.elapsed()
+    );
     tailer.abort();
 
     let reader = Client::connect(&cluster.node(3).addr())
@@ -206,6 +229,15 @@ async fn run(fault_secs: u64) {
         h.tailed.len()
     );
     assert!(!h.acked.is_empty(), "the writers made progress");
+    assert_eq!(
+        h.tail_errors, 0,
+        "the tailing reader resumed after every fault"
+    );
+    assert_eq!(
+        h.tailed.len(),
+        h.acked.len(),
+        "the tailing reader saw every acknowledged event"
+    );
     assert_eq!(
         (lost, duplicated, reordered, vanished),
         (0, 0, 0, 0),

@@ -28,6 +28,9 @@ use crate::tier::Tier2;
 /// How often each node brings the containers it leads in line with the
 /// metadata (cluster: the container leaders may be other nodes).
 const RECONCILE_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a cluster node checks whether it leads more containers than
+/// its share and hands one to the node that leads the fewest.
+const BALANCE_INTERVAL: Duration = Duration::from_secs(3);
 /// How long an admin call waits for its container half to be applied.
 const ADMIN_WAIT: Duration = Duration::from_secs(10);
 
@@ -135,6 +138,42 @@ async fn collect_orphans(tier2: &Tier2, containers: &[Arc<Container>]) {
         match tier2.delete_chunk(&name).await {
             Ok(()) => tracing::info!(chunk = %name, "deleted orphan chunk"),
             Err(e) => tracing::warn!(chunk = %name, error = %e, "cannot delete orphan chunk"),
+        }
+    }
+}
+
+/// Spreads container leadership evenly: every [`BALANCE_INTERVAL`], a node
+/// that leads more than its share hands one container to the node leading
+/// the fewest (one move per pass, so the counts it sees settle in between).
+/// Counts come from this node's replicas, which know every group's leader.
+async fn balance_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let me = node.config.node_id;
+    let nodes: Vec<u64> = crate::cluster::nodes().keys().copied().collect();
+    let share = node.containers.len().div_ceil(nodes.len().max(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(BALANCE_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let mut led: std::collections::HashMap<u64, usize> =
+            nodes.iter().map(|&n| (n, 0)).collect();
+        for c in &node.containers {
+            if let Some(leader) = c.group().leader_id() {
+                *led.entry(leader).or_default() += 1;
+            }
+        }
+        if led.get(&me).copied().unwrap_or(0) <= share {
+            continue;
+        }
+        let Some((&to, &count)) = led.iter().filter(|(&n, _)| n != me).min_by_key(|(_, &c)| c)
+        else {
+            continue;
+        };
+        if count + 1 >= led[&me] {
+            continue; // moving one would not make it more even
+        }
+        if let Some(c) = node.containers.iter().find(|c| c.leader_term().is_some()) {
+            c.group().transfer_leader(to);
         }
     }
 }
@@ -254,10 +293,17 @@ impl Node {
             node.stop_writers.subscribe(),
         ));
         let reconciler = tokio::spawn(reconcile_loop(node.clone(), node.stop_writers.subscribe()));
+        let mut tasks = vec![retention, reconciler];
+        if clustered {
+            tasks.push(tokio::spawn(balance_loop(
+                node.clone(),
+                node.stop_writers.subscribe(),
+            )));
+        }
         node.writers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend([retention, reconciler]);
+            .extend(tasks);
         Ok(node)
     }
 

@@ -370,19 +370,27 @@ impl StateMachine for ContainerState {
         ContainerSnapshot { segments }
     }
 
+    /// Replaces the state with a snapshot's: at start-up, or on a lagging
+    /// replica when the leader sends one. Segments keep their identity, so
+    /// readers waiting on one see the new state; segments the snapshot does
+    /// not hold are deleted.
     fn restore(&mut self, snapshot: Bytes) -> Result<(), String> {
         let snap: ContainerSnapshot =
             prost::Message::decode(snapshot).map_err(|e| e.to_string())?;
         let mut map = self.segments.write().unwrap_or_else(|p| p.into_inner());
-        map.clear();
         self.objects.clear();
+        let mut kept = HashMap::with_capacity(snap.segments.len());
         for g in snap.segments {
-            let seg = Segment::new(g.segment_id);
+            let seg = map
+                .remove(&g.segment_id)
+                .unwrap_or_else(|| Arc::new(Segment::new(g.segment_id)));
             let mut s = seg.lock();
+            self.budget.release(s.tail_bytes());
             s.head = g.head;
             s.length = g.length;
             s.snapshot_length = g.length;
             s.sealed = g.sealed;
+            s.deleted = false;
             s.tier2_length = g.tier2_length;
             for c in &g.chunks {
                 *self.objects.entry(c.name.clone()).or_default() += 1;
@@ -404,8 +412,18 @@ impl StateMachine for ContainerState {
             }
             self.budget.add(tail_len);
             drop(s);
-            map.insert(g.segment_id, Arc::new(seg));
+            seg.notify();
+            kept.insert(g.segment_id, seg);
         }
+        for (_, gone) in map.drain() {
+            let mut s = gone.lock();
+            s.deleted = true;
+            self.budget.release(s.tail_bytes());
+            s.tail.clear();
+            drop(s);
+            gone.notify();
+        }
+        *map = kept;
         Ok(())
     }
 }

@@ -90,6 +90,8 @@ pub(crate) enum Command<S: StateMachine> {
     Query(Query<S>),
     /// A raft message from another node.
     Step(Message),
+    /// Hand leadership to this node, if this node leads and it is caught up.
+    TransferLeader(u64),
 }
 
 /// Where a group's raft messages to other nodes go (the cluster transport).
@@ -197,6 +199,12 @@ impl<S: StateMachine> Group<S> {
     /// queue is full (the message is dropped; raft sends again).
     pub fn step(&self, msg: Message) -> bool {
         self.tx.try_send(Command::Step(msg)).is_ok()
+    }
+
+    /// Asks the group to hand its leadership to node `to` (rebalancing).
+    /// Ignored unless this node leads and `to` is caught up and active.
+    pub fn transfer_leader(&self, to: u64) {
+        let _ = self.tx.try_send(Command::TransferLeader(to));
     }
 
     /// The leader's node id as this node knows it.

@@ -201,6 +201,17 @@ impl<S: StateMachine> Runner<S> {
                 // Stale or foreign messages are refused by raft; nothing to do.
                 let _ = self.node.step(msg);
             }
+            Command::TransferLeader(to) => {
+                let raft = &self.node.raft;
+                let caught_up = raft
+                    .prs()
+                    .get(to)
+                    .is_some_and(|p| p.recent_active && p.matched == raft.raft_log.last_index());
+                if raft.state == StateRole::Leader && to != raft.id && caught_up {
+                    tracing::info!(group = %self.name, to, "transferring leadership (rebalancing)");
+                    self.node.transfer_leader(to);
+                }
+            }
             Command::Propose { data, done } => {
                 if self.node.raft.state != StateRole::Leader {
                     done.send(Err(ProposeError::NotLeader {

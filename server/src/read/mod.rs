@@ -17,6 +17,10 @@ use crate::container::{ReadSource, Segment};
 use crate::error::Error;
 use crate::tier::Tier2;
 
+/// How long a read past a replica's end waits for the replica to catch up
+/// before sending the reader to another node.
+const REPLICA_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Bytes of events per response (a single larger event goes alone).
 pub const READ_RESPONSE_BYTES: usize = 1024 * 1024;
 
@@ -103,6 +107,19 @@ async fn stream_inner(
                     offset,
                     head,
                 })
+            }
+            ReadSource::PastEnd { length } if crate::cluster::nodes().len() > 1 => {
+                // A replica may not have applied what another one served yet
+                // (a reader resuming here after a failover): wait a little,
+                // then send the reader elsewhere.
+                let waited = tokio::time::timeout(REPLICA_CATCH_UP, changed.changed()).await;
+                if matches!(waited, Ok(Ok(()))) {
+                    continue;
+                }
+                return Err(Error::Unavailable(format!(
+                    "this replica has {length} bytes of segment {}, not yet offset {offset}; retry (another node may be ahead)",
+                    segment.id
+                )));
             }
             ReadSource::PastEnd { length } => {
                 return Err(Error::OffsetOutOfRange {
