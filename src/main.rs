@@ -79,6 +79,21 @@ enum ClusterCommand {
     /// container) with its leader, replicas, term and how far this node has
     /// applied what is committed (LAG), as the node at --addr sees them.
     Status,
+    /// Add a node to a running cluster: start it first with
+    /// `aquifer serve --join --node-id ID --listen ADDR --peers ...`; every
+    /// group then adds it as a replica and sends it a snapshot.
+    AddNode {
+        /// The new node's id (above 0, not used before).
+        id: u64,
+        /// HOST:PORT where clients and nodes reach it.
+        address: String,
+    },
+    /// Remove a node: groups move their leadership away and drop it as a
+    /// replica (watch `cluster status`); stop the node after that.
+    RemoveNode {
+        /// The node's id.
+        id: u64,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -118,6 +133,10 @@ struct ServeArgs {
     /// replicated on all of them. Omit for a single node.
     #[arg(long, value_name = "PEERS", value_delimiter = ',')]
     peers: Vec<String>,
+    /// Join a running cluster as a new node: form no groups, and wait for
+    /// `aquifer cluster add-node` (run against any member) to add it.
+    #[arg(long)]
+    join: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off, or the
     /// config file's metrics_listen].
     #[arg(long, value_name = "ADDR")]
@@ -344,16 +363,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_client_logging();
             scan(&cli.addr, args).await
         }
-        Command::Cluster(ClusterCommand::Status) => {
+        Command::Cluster(cmd) => {
             init_client_logging();
-            cluster_status(&cli.addr).await
+            cluster_command(&cli.addr, cmd).await
         }
     }
 }
 
-async fn cluster_status(addr: &str) -> anyhow::Result<()> {
+async fn cluster_command(addr: &str, cmd: ClusterCommand) -> anyhow::Result<()> {
     let client = Client::connect(addr).await?;
-    let status = client.cluster_status().await?;
+    let status = match cmd {
+        ClusterCommand::Status => client.cluster_status().await?,
+        ClusterCommand::AddNode { id, address } => {
+            let status = client.admin().add_node(id, &address).await?;
+            eprintln!("node {id} at {address} added; its replicas catch up now");
+            status
+        }
+        ClusterCommand::RemoveNode { id } => {
+            let status = client.admin().remove_node(id).await?;
+            eprintln!("node {id} is being removed; stop it once no group lists it as a replica");
+            status
+        }
+    };
     let mut out = std::io::stdout().lock();
     writeln!(out, "answered by node {}", status.node_id)?;
     let mut rows = vec![["NODE", "ADDRESS"].map(str::to_string).to_vec()];
@@ -412,6 +443,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if !args.peers.is_empty() {
         config.peers = args.peers;
+    }
+    if args.join {
+        config.join = true;
     }
     config.validate()?;
     let shutdown = shutdown_signal().context("cannot install signal handlers")?;

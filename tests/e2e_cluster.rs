@@ -209,3 +209,75 @@ async fn a_replica_far_behind_catches_up_by_snapshot() {
         assert_eq!(seqs, (0..550).collect::<Vec<u64>>(), "key {key}");
     }
 }
+
+/// Membership online: a fourth node joins while writers run (every group
+/// adds it and sends it a snapshot), then node 2 is removed and stopped;
+/// the new node alone serves every event at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_added_and_removed_while_writing() {
+    let mut cluster = TestCluster::start(3, "", "flush_interval_ms = 500").await;
+    let client = Client::connect(&cluster.node(1).addr())
+        .await
+        .expect("connect");
+    let name = stream_name("cluster/membership");
+    client
+        .admin()
+        .create_stream(&name, 4)
+        .await
+        .expect("create");
+    let writer = client
+        .writer(&name, WriterConfig::default())
+        .await
+        .expect("writer");
+    write_keyed_range(&writer, KEYS, 0, 100, 100).await;
+
+    let joiner = cluster.spawn_joiner().await;
+    let addr = cluster.node(joiner).addr();
+    client
+        .admin()
+        .add_node(joiner, &addr)
+        .await
+        .expect("add node");
+    write_keyed_range(&writer, KEYS, 100, 200, 100).await;
+    let replicas_are = |want: Vec<u64>| {
+        let addr = addr.clone();
+        async move {
+            let Ok(c) = Client::connect(&addr).await else {
+                return false;
+            };
+            c.cluster_status().await.is_ok_and(|s| {
+                s.groups.len() == 5
+                    && s.groups.iter().all(|g| {
+                        g.replicas == want
+                            && g.commit_index > 1
+                            && g.applied_index >= g.commit_index
+                    })
+            })
+        }
+    };
+    common::wait_for(
+        "every group on 4 nodes, node 4 caught up",
+        Duration::from_secs(60),
+        || replicas_are(vec![1, 2, 3, 4]),
+    )
+    .await;
+
+    client.admin().remove_node(2).await.expect("remove node");
+    write_keyed_range(&writer, KEYS, 200, 300, 100).await;
+    common::wait_for(
+        "node 2 dropped from every group",
+        Duration::from_secs(60),
+        || replicas_are(vec![1, 3, 4]),
+    )
+    .await;
+    cluster.node(2).kill9();
+    write_keyed_range(&writer, KEYS, 300, 400, 100).await;
+    writer.close().await.expect("close");
+
+    let reader = Client::connect(&addr).await.expect("connect");
+    let events = read_all(&reader, &name, Duration::from_secs(60)).await;
+    assert_eq!(events.len() as u64, KEYS * 400, "every event once");
+    for (key, seqs) in per_key_sequences(&events) {
+        assert_eq!(seqs, (0..400).collect::<Vec<u64>>(), "key {key}");
+    }
+}

@@ -4,12 +4,11 @@
 
 use std::sync::Arc;
 
-use tonic::transport::Channel;
 use tonic::Request;
 
 use crate::conn::{backoff, Conn, ADMIN_TIMEOUT};
 use crate::name::validate_part;
-use crate::proto::stream_admin_client::StreamAdminClient;
+use crate::proto::cluster_client::ClusterClient;
 use crate::proto::{
     CreateStreamRequest, DeleteStreamRequest, DescribeStreamRequest, ListStreamsRequest, Retention,
     SealStreamRequest, UpdateStreamRequest,
@@ -60,9 +59,9 @@ impl Admin {
             segment_count,
             retention: Some(retention),
         };
-        self.call(|mut c| {
+        self.call(|c| {
             let req = req.clone();
-            async move { c.create_stream(request(req)).await }
+            async move { c.admin().create_stream(request(req)).await }
         })
         .await
     }
@@ -78,9 +77,9 @@ impl Admin {
             name: Some(name.to_proto()),
             retention: Some(retention),
         };
-        self.call(|mut c| {
+        self.call(|c| {
             let req = req.clone();
-            async move { c.update_stream(request(req)).await }
+            async move { c.admin().update_stream(request(req)).await }
         })
         .await
     }
@@ -94,9 +93,9 @@ impl Admin {
             scope: scope.unwrap_or_default().to_string(),
         };
         Ok(self
-            .call(|mut c| {
+            .call(|c| {
                 let req = req.clone();
-                async move { c.list_streams(request(req)).await }
+                async move { c.admin().list_streams(request(req)).await }
             })
             .await?
             .streams)
@@ -108,9 +107,9 @@ impl Admin {
         let req = DescribeStreamRequest {
             name: Some(name.to_proto()),
         };
-        self.call(|mut c| {
+        self.call(|c| {
             let req = req.clone();
-            async move { c.describe_stream(request(req)).await }
+            async move { c.admin().describe_stream(request(req)).await }
         })
         .await
     }
@@ -120,9 +119,9 @@ impl Admin {
         let req = SealStreamRequest {
             name: Some(name.to_proto()),
         };
-        self.call(|mut c| {
+        self.call(|c| {
             let req = req.clone();
-            async move { c.seal_stream(request(req)).await }
+            async move { c.admin().seal_stream(request(req)).await }
         })
         .await
     }
@@ -133,12 +132,54 @@ impl Admin {
         let req = DeleteStreamRequest {
             name: Some(name.to_proto()),
         };
-        self.call(|mut c| {
+        self.call(|c| {
             let req = req.clone();
-            async move { c.delete_stream(request(req)).await }
+            async move { c.admin().delete_stream(request(req)).await }
         })
         .await?;
         Ok(())
+    }
+
+    /// Adds node `id`, listening at `address`, to the cluster: every group
+    /// adds it as a replica and sends it a snapshot. Start it first with
+    /// `aquifer serve --join`.
+    pub async fn add_node(
+        &self,
+        id: u64,
+        address: &str,
+    ) -> Result<crate::proto::ClusterStatus, Error> {
+        let req = crate::proto::NodeInfo {
+            node_id: id,
+            address: address.to_string(),
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move {
+                ClusterClient::new(c.channel().1)
+                    .add_node(request(req))
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Removes node `id`: groups move their leadership away and drop it as
+    /// a replica. Stop the node once `cluster status` no longer lists it as
+    /// a replica.
+    pub async fn remove_node(&self, id: u64) -> Result<crate::proto::ClusterStatus, Error> {
+        let req = crate::proto::NodeInfo {
+            node_id: id,
+            address: String::new(),
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move {
+                ClusterClient::new(c.channel().1)
+                    .remove_node(request(req))
+                    .await
+            }
+        })
+        .await
     }
 
     /// Runs an admin call on the metadata leader: starts at the node that
@@ -147,7 +188,7 @@ impl Admin {
     /// deadline. (A retried create may find its own stream: AlreadyExists.)
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, Error>
     where
-        F: Fn(StreamAdminClient<Channel>) -> Fut,
+        F: Fn(Arc<Conn>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let nodes = self.conn.nodes();
@@ -158,7 +199,7 @@ impl Admin {
         let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
         let mut attempt = 0;
         loop {
-            let err = match f(conn.admin()).await {
+            let err = match f(conn.clone()).await {
                 Ok(answer) => {
                     if let Some(n) = &nodes {
                         n.set_meta_leader(&conn);

@@ -45,6 +45,9 @@ pub struct ServerConfig {
     /// Every node of the cluster as `ID=HOST:PORT` (this one included);
     /// empty: a single node. Every group is replicated on all of them.
     pub peers: Vec<String>,
+    /// Start as a new node of a running cluster: form no groups, wait to be
+    /// added (`aquifer cluster add-node`) and sent the state.
+    pub join: bool,
     pub tier2: Tier2Config,
     pub raft: RaftConfig,
 }
@@ -100,6 +103,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             node_id: 1,
             peers: Vec::new(),
+            join: false,
             tier2: Tier2Config::default(),
             raft: RaftConfig::default(),
         }

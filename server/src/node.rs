@@ -21,7 +21,7 @@ use crate::container::state::Applied;
 use crate::container::{container_of, Container};
 use crate::controller::{Controller, Retention, StreamKey, StreamRecord};
 use crate::error::Error;
-use crate::group::GroupConfig;
+use crate::group::{GroupConfig, GroupControl};
 use crate::tier::writer::StorageWriter;
 use crate::tier::Tier2;
 
@@ -31,6 +31,8 @@ const RECONCILE_INTERVAL: Duration = Duration::from_millis(250);
 /// How often a cluster node checks whether it leads more containers than
 /// its share and hands one to the node that leads the fewest.
 const BALANCE_INTERVAL: Duration = Duration::from_secs(3);
+/// How long a describe waits for a container replica to catch up.
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long an admin call waits for its container half to be applied.
 const ADMIN_WAIT: Duration = Duration::from_secs(10);
 
@@ -221,7 +223,12 @@ impl Node {
         let outbox = transport
             .clone()
             .map(|t| t as Arc<dyn crate::group::Outbox>);
-        let voters: Vec<u64> = nodes.keys().copied().collect();
+        // A joining node forms no groups: leaders add it and send it state.
+        let voters: Vec<u64> = if config.join {
+            Vec::new()
+        } else {
+            nodes.keys().copied().collect()
+        };
         let group = |name: String| GroupConfig {
             log_dir: config.data_dir.join("log").join(&name),
             name,
@@ -328,6 +335,25 @@ impl Node {
         m.cache_bytes.set(self.tier2.cache_bytes() as i64);
     }
 
+    /// Waits until this node's replicas of the stream's containers have
+    /// applied everything committed before the call, so the lengths it
+    /// reports include every acknowledged event (the container leaders may
+    /// be other nodes). Free where this node leads.
+    pub async fn catch_up(&self, stream: &StreamRecord) -> Result<(), Error> {
+        let mut containers: Vec<u32> = stream.segments.iter().map(|g| g.container).collect();
+        containers.sort_unstable();
+        containers.dedup();
+        let waits = containers
+            .into_iter()
+            .filter_map(|c| self.containers.get(c as usize))
+            .filter(|c| c.leader_term().is_none())
+            .map(|c| c.group().read_index(READ_INDEX_TIMEOUT));
+        for outcome in futures::future::join_all(waits).await {
+            outcome?;
+        }
+        Ok(())
+    }
+
     /// Refuses with where the metadata leader is unless this node leads it.
     pub fn check_meta_leader(&self) -> Result<(), Error> {
         if self.controller.is_leader() {
@@ -383,6 +409,9 @@ impl Node {
     /// crash between a metadata change and its container half heals, and
     /// admin calls need not reach the container leaders themselves.
     async fn reconcile_once(&self) -> Result<(), Error> {
+        if self.transport.is_some() {
+            self.reconcile_membership().await?;
+        }
         for stream in self.controller.all() {
             let mut left = 0;
             for seg in &stream.segments {
@@ -407,6 +436,75 @@ impl Node {
             }
             if stream.deleting && left == 0 && self.controller.is_leader() {
                 self.controller.remove(&stream.key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Cluster membership: the metadata's node list (seeded from `peers` by
+    /// the first leader) drives the transport, and every group this node
+    /// leads adds or drops one voter at a time until its replicas match.
+    /// A node to be dropped that leads a group hands it over first.
+    async fn reconcile_membership(&self) -> Result<(), Error> {
+        let mut members = self.controller.nodes();
+        if members.is_empty() {
+            if self.controller.is_leader() && !self.config.join {
+                let peers = self
+                    .config
+                    .cluster()
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                for (id, addr) in &peers {
+                    self.controller.set_node(*id, addr).await?;
+                }
+            }
+            return Ok(());
+        }
+        // Keep addresses of nodes being dropped until they are gone, so
+        // their replicas can still be told.
+        for (id, addr) in crate::cluster::nodes() {
+            members.entry(id).or_insert(addr);
+        }
+        let wanted = self.controller.nodes();
+        if let Some(t) = &self.transport {
+            t.sync(&members);
+        }
+        crate::cluster::set_nodes(members);
+        let me = self.config.node_id;
+        let groups = std::iter::once(self.controller.group().status())
+            .zip(std::iter::once(self.controller.is_leader()))
+            .chain(
+                self.containers
+                    .iter()
+                    .map(|c| (c.group().status(), c.leader_term().is_some())),
+            );
+        for (i, (status, leads)) in groups.enumerate() {
+            if !leads {
+                continue;
+            }
+            let group = |f: &dyn Fn(&dyn GroupControl)| match i {
+                0 => f(self.controller.group()),
+                n => f(self.containers[n - 1].group()),
+            };
+            if let Some(&add) = wanted.keys().find(|id| !status.voters.contains(id)) {
+                group(&|g| g.change_voter(add, true));
+            } else if let Some(&drop) = status.voters.iter().find(|id| !wanted.contains_key(id)) {
+                if drop == me {
+                    if let Some(&to) = wanted.keys().find(|&&id| id != me) {
+                        group(&|g| g.transfer_leader(to));
+                    }
+                } else {
+                    group(&|g| g.change_voter(drop, false));
+                }
+            }
+        }
+        // Once no group has a dropped node any more, forget its address.
+        let all_done = std::iter::once(self.controller.group().status())
+            .chain(self.containers.iter().map(|c| c.group().status()))
+            .all(|s| s.voters.iter().all(|id| wanted.contains_key(id)));
+        if all_done {
+            crate::cluster::set_nodes(wanted.clone());
+            if let Some(t) = &self.transport {
+                t.sync(&wanted);
             }
         }
         Ok(())

@@ -712,7 +712,7 @@ pub async fn wait_all_in_tier2(client: &Client, name: &StreamName, timeout: Dura
 pub struct TestCluster {
     pub nodes: Vec<ServerProcess>,
     /// Holds the shared tier-2 directory.
-    _shared: tempfile::TempDir,
+    shared: tempfile::TempDir,
 }
 
 impl TestCluster {
@@ -750,10 +750,35 @@ impl TestCluster {
         for node in &mut nodes {
             node.wait_ready().await;
         }
-        TestCluster {
-            nodes,
-            _shared: shared,
-        }
+        TestCluster { nodes, shared }
+    }
+
+    /// Starts one more node with `--join` (not yet a member: add it with
+    /// `add_node`) and returns its id.
+    pub async fn spawn_joiner(&mut self) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let port = free_port();
+        let mut peers: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("\"{}=127.0.0.1:{}\"", i + 1, n.port()))
+            .collect();
+        peers.push(format!("\"{id}=127.0.0.1:{port}\""));
+        let config = format!(
+            "node_id = {id}\npeers = [{}]\njoin = true\n[raft]\nfault_injection = true\n\
+             [tier2]\nurl = \"file://{}\"\n",
+            peers.join(", "),
+            self.shared.path().join("tier2").display()
+        );
+        let mut node = ServerProcess::spawn(ServerOpts {
+            config: Some(config),
+            port: Some(port),
+            ..ServerOpts::default()
+        });
+        node.wait_ready().await;
+        self.nodes.push(node);
+        id
     }
 
     /// Node `id` (1-based).

@@ -127,6 +127,7 @@ impl StreamAdmin for AdminService {
         self.node.check_meta_leader()?;
         let key = key(req.into_inner().name)?;
         let stream = self.node.stream(&key)?;
+        self.node.catch_up(&stream).await?;
         Ok(Response::new(self.info(&stream)))
     }
 

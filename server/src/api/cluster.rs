@@ -31,25 +31,76 @@ fn info(name: &str, s: GroupStatus) -> GroupInfo {
     }
 }
 
-#[tonic::async_trait]
-impl Cluster for ClusterService {
-    async fn status(
-        &self,
-        _req: Request<ClusterStatusRequest>,
-    ) -> Result<Response<ClusterStatus>, Status> {
+impl ClusterService {
+    fn snapshot(&self) -> ClusterStatus {
         let meta = self.node.controller.group();
         let mut groups = vec![info(meta.name(), meta.status())];
         for c in &self.node.containers {
             groups.push(info(c.group().name(), c.group().status()));
         }
-        Ok(Response::new(ClusterStatus {
+        ClusterStatus {
             node_id: self.node.config.node_id,
             nodes: crate::cluster::nodes()
                 .into_iter()
                 .map(|(node_id, address)| NodeInfo { node_id, address })
                 .collect(),
             groups,
-        }))
+        }
+    }
+
+    /// Membership changes need a cluster and the metadata leader.
+    fn check_membership(&self) -> Result<(), Status> {
+        if self.node.transport.is_none() {
+            return Err(Status::failed_precondition(
+                "this node runs alone (no --peers): it has no cluster to change",
+            ));
+        }
+        self.node.check_meta_leader()?;
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn status(
+        &self,
+        _req: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
+        Ok(Response::new(self.snapshot()))
+    }
+
+    async fn add_node(&self, req: Request<NodeInfo>) -> Result<Response<ClusterStatus>, Status> {
+        self.check_membership()?;
+        let n = req.into_inner();
+        if n.node_id == 0 || n.address.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "add-node needs a node id above 0 and the HOST:PORT it listens on",
+            ));
+        }
+        if self.node.controller.nodes().get(&n.node_id) == Some(&n.address) {
+            return Ok(Response::new(self.snapshot()));
+        }
+        self.node
+            .controller
+            .set_node(n.node_id, n.address.trim())
+            .await?;
+        tracing::info!(node = n.node_id, address = %n.address, "node added to the cluster");
+        Ok(Response::new(self.snapshot()))
+    }
+
+    async fn remove_node(&self, req: Request<NodeInfo>) -> Result<Response<ClusterStatus>, Status> {
+        self.check_membership()?;
+        let id = req.into_inner().node_id;
+        let members = self.node.controller.nodes();
+        if !members.contains_key(&id) {
+            return Err(Status::not_found(format!("node {id} is not a member")));
+        }
+        if members.len() <= 1 {
+            return Err(Status::failed_precondition("cannot remove the last node"));
+        }
+        self.node.controller.remove_node(id).await?;
+        tracing::info!(node = id, "node removed from the cluster");
+        Ok(Response::new(self.snapshot()))
     }
 
     async fn set_faults(&self, req: Request<Faults>) -> Result<Response<Faults>, Status> {

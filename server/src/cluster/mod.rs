@@ -1,13 +1,14 @@
 //! The cluster: which nodes there are, and the raft transport between them.
 //!
 //! Every group (the metadata group and each container) is replicated on
-//! every node listed in `peers`; raft messages of all groups to one node go
+//! every node of the cluster (first `peers`, then the membership the
+//! metadata group records); raft messages of all groups to one node go
 //! over one gRPC stream of batches ([`Transport`]). A lost or refused batch
 //! is dropped: raft retransmits, so the transport never blocks a group's
 //! thread and never buffers without bound.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use aquifer_proto::v1::raft_transport_client::RaftTransportClient;
@@ -32,26 +33,33 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed send before the next batch to that node.
 const SEND_BACKOFF: Duration = Duration::from_millis(100);
 
-static NODES: OnceLock<BTreeMap<u64, String>> = OnceLock::new();
+/// The cluster's nodes as this process knows them (one node per process).
+static NODES: RwLock<BTreeMap<u64, String>> = RwLock::new(BTreeMap::new());
 
-/// Records the cluster's nodes (once per process, at start-up).
+/// Records the cluster's nodes: at start-up, and when membership changes.
 pub fn set_nodes(nodes: BTreeMap<u64, String>) {
-    let _ = NODES.set(nodes);
+    *NODES.write().unwrap_or_else(|p| p.into_inner()) = nodes;
 }
 
 /// The address clients reach node `id` at.
 pub fn address(id: u64) -> Option<String> {
-    NODES.get()?.get(&id).cloned()
+    NODES
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&id)
+        .cloned()
 }
 
 /// Every node and its address.
 pub fn nodes() -> BTreeMap<u64, String> {
-    NODES.get().cloned().unwrap_or_default()
+    NODES.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// Sends raft messages to the other nodes, one task and queue per node.
 pub struct Transport {
-    peers: HashMap<u64, mpsc::Sender<RaftEnvelope>>,
+    me: u64,
+    /// Each other node's queue (and its address, to notice a move).
+    peers: RwLock<HashMap<u64, (String, mpsc::Sender<RaftEnvelope>)>>,
     /// Testing: nodes whose messages are dropped (a network partition).
     drop_to: RwLock<HashSet<u64>>,
 }
@@ -59,19 +67,28 @@ pub struct Transport {
 impl Transport {
     /// Starts a sender task per other node (needs a tokio runtime).
     pub fn start(node_id: u64, nodes: &BTreeMap<u64, String>) -> Arc<Transport> {
-        let mut peers = HashMap::new();
+        let transport = Arc::new(Transport {
+            me: node_id,
+            peers: RwLock::default(),
+            drop_to: RwLock::default(),
+        });
+        transport.sync(nodes);
+        transport
+    }
+
+    /// Matches the sender tasks to `nodes`: starts one per new node (or
+    /// new address); a dropped queue ends its task.
+    pub fn sync(&self, nodes: &BTreeMap<u64, String>) {
+        let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        peers.retain(|id, (addr, _)| nodes.get(id) == Some(addr));
         for (&id, addr) in nodes {
-            if id == node_id {
+            if id == self.me || peers.contains_key(&id) {
                 continue;
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-            tokio::spawn(send_loop(node_id, id, addr.clone(), rx));
-            peers.insert(id, tx);
+            tokio::spawn(send_loop(self.me, id, addr.clone(), rx));
+            peers.insert(id, (addr.clone(), tx));
         }
-        Arc::new(Transport {
-            peers,
-            drop_to: RwLock::default(),
-        })
     }
 
     /// Testing: from now on drop every message to `nodes` (empty: heal).
@@ -94,7 +111,8 @@ impl Transport {
 
 impl Outbox for Transport {
     fn send(&self, group: &str, msg: Message) -> bool {
-        let Some(peer) = self.peers.get(&msg.to) else {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let Some((_, peer)) = peers.get(&msg.to) else {
             return false;
         };
         if self

@@ -5,7 +5,7 @@ use super::state::StreamKey;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetaCommand {
-    #[prost(oneof = "MetaCmd", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "MetaCmd", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub cmd: Option<MetaCmd>,
 }
 
@@ -21,6 +21,20 @@ pub enum MetaCmd {
     Remove(StreamRef),
     #[prost(message, tag = "5")]
     SetRetention(SetRetention),
+    /// A node joins the cluster (or changes its address).
+    #[prost(message, tag = "6")]
+    SetNode(NodeRecord),
+    /// A node leaves the cluster.
+    #[prost(message, tag = "7")]
+    RemoveNode(NodeRecord),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NodeRecord {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, tag = "2")]
+    pub address: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -78,6 +92,8 @@ pub struct MetaSnapshot {
     pub next_segment_id: u64,
     #[prost(message, repeated, tag = "2")]
     pub streams: Vec<StreamSnapshot>,
+    #[prost(message, repeated, tag = "3")]
+    pub nodes: Vec<NodeRecord>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

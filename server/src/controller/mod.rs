@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::group::{Group, GroupConfig};
 use crate::log::LogError;
 use command::{MetaCmd, MetaCommand};
-use state::{MetaError, MetaState, StreamMap};
+use state::{MetaError, MetaState, NodeMap, StreamMap};
 
 impl From<MetaError> for Error {
     fn from(e: MetaError) -> Self {
@@ -30,13 +30,19 @@ impl From<MetaError> for Error {
 pub struct Controller {
     group: Group<MetaState>,
     streams: StreamMap,
+    nodes: NodeMap,
 }
 
 impl Controller {
     pub fn start(group: GroupConfig) -> Result<Self, LogError> {
         let streams = StreamMap::default();
-        let group = Group::start(group, MetaState::new(streams.clone()))?;
-        Ok(Controller { group, streams })
+        let nodes = NodeMap::default();
+        let group = Group::start(group, MetaState::new(streams.clone(), nodes.clone()))?;
+        Ok(Controller {
+            group,
+            streams,
+            nodes,
+        })
     }
 
     pub async fn wait_ready(&self) -> Result<(), Error> {
@@ -69,8 +75,40 @@ impl Controller {
     }
 
     async fn propose(&self, cmd: MetaCmd) -> Result<StreamRecord, Error> {
+        self.propose_any(cmd)
+            .await?
+            .ok_or_else(|| Error::Internal("a stream command answered no stream".into()))
+    }
+
+    async fn propose_any(&self, cmd: MetaCmd) -> Result<Option<StreamRecord>, Error> {
         let data = prost::Message::encode_to_vec(&MetaCommand { cmd: Some(cmd) });
         Ok(self.group.propose(data).await??)
+    }
+
+    /// The cluster's nodes as the metadata records them (empty until the
+    /// first leader recorded the nodes it started with).
+    pub fn nodes(&self) -> std::collections::BTreeMap<u64, String> {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records node `id` at `address` (joins, or moves).
+    pub async fn set_node(&self, id: u64, address: &str) -> Result<(), Error> {
+        self.propose_any(MetaCmd::SetNode(command::NodeRecord {
+            id,
+            address: address.to_string(),
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Drops node `id` from the cluster.
+    pub async fn remove_node(&self, id: u64) -> Result<(), Error> {
+        self.propose_any(MetaCmd::RemoveNode(command::NodeRecord {
+            id,
+            address: String::new(),
+        }))
+        .await?;
+        Ok(())
     }
 
     pub async fn create(

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use super::command::{
-    MetaCmd, MetaCommand, MetaSnapshot, SegmentPlacement, StreamRef, StreamSnapshot,
+    MetaCmd, MetaCommand, MetaSnapshot, NodeRecord, SegmentPlacement, StreamRef, StreamSnapshot,
 };
 use crate::container::container_of;
 use crate::group::StateMachine;
@@ -56,6 +56,9 @@ pub struct StreamRecord {
 }
 
 pub type StreamMap = Arc<RwLock<BTreeMap<StreamKey, StreamRecord>>>;
+/// The cluster's nodes: id → address (empty until the first leader records
+/// the nodes it was started with).
+pub type NodeMap = Arc<RwLock<BTreeMap<u64, String>>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetaError {
@@ -69,14 +72,16 @@ pub enum MetaError {
 
 pub struct MetaState {
     streams: StreamMap,
+    nodes: NodeMap,
     /// Segment ids are never reused; 0 is never an id.
     next_segment_id: u64,
 }
 
 impl MetaState {
-    pub fn new(streams: StreamMap) -> Self {
+    pub fn new(streams: StreamMap, nodes: NodeMap) -> Self {
         MetaState {
             streams,
+            nodes,
             next_segment_id: 1,
         }
     }
@@ -104,12 +109,59 @@ impl MetaState {
 }
 
 impl StateMachine for MetaState {
-    type Output = Result<StreamRecord, MetaError>;
+    /// The stream a command changed; None for node commands.
+    type Output = Result<Option<StreamRecord>, MetaError>;
 
     fn apply(&mut self, _index: u64, command: Bytes) -> Self::Output {
         let cmd: MetaCommand =
             prost::Message::decode(command).map_err(|e| MetaError::Malformed(e.to_string()))?;
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
         match cmd.cmd {
+            Some(MetaCmd::SetNode(n)) => {
+                nodes.insert(n.id, n.address);
+                return Ok(None);
+            }
+            Some(MetaCmd::RemoveNode(n)) => {
+                nodes.remove(&n.id);
+                return Ok(None);
+            }
+            _ => {}
+        }
+        drop(nodes);
+        self.apply_stream(cmd.cmd).map(Some)
+    }
+
+    type Snapshot = MetaSnapshot;
+
+    fn snapshot(&self) -> MetaSnapshot {
+        let mut snap = self.stream_snapshot();
+        snap.nodes = self
+            .nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(&id, address)| NodeRecord {
+                id,
+                address: address.clone(),
+            })
+            .collect();
+        snap
+    }
+
+    fn restore(&mut self, snapshot: Bytes) -> Result<(), String> {
+        let snap: MetaSnapshot = prost::Message::decode(snapshot).map_err(|e| e.to_string())?;
+        *self.nodes.write().unwrap_or_else(|p| p.into_inner()) = snap
+            .nodes
+            .iter()
+            .map(|n| (n.id, n.address.clone()))
+            .collect();
+        self.restore_streams(snap)
+    }
+}
+
+impl MetaState {
+    fn apply_stream(&mut self, cmd: Option<MetaCmd>) -> Result<StreamRecord, MetaError> {
+        match cmd {
             Some(MetaCmd::Create(c)) => {
                 let key = StreamKey {
                     scope: c.scope,
@@ -173,13 +225,13 @@ impl StateMachine for MetaState {
                 map.remove(&key)
                     .ok_or_else(|| MetaError::NotFound(key.to_string()))
             }
-            None => Err(MetaError::Malformed("empty command".into())),
+            Some(MetaCmd::SetNode(_) | MetaCmd::RemoveNode(_)) | None => {
+                Err(MetaError::Malformed("empty command".into()))
+            }
         }
     }
 
-    type Snapshot = MetaSnapshot;
-
-    fn snapshot(&self) -> MetaSnapshot {
+    fn stream_snapshot(&self) -> MetaSnapshot {
         let map = self.streams.read().unwrap_or_else(|p| p.into_inner());
         let streams = map
             .values()
@@ -206,11 +258,11 @@ impl StateMachine for MetaState {
         MetaSnapshot {
             next_segment_id: self.next_segment_id,
             streams,
+            nodes: Vec::new(),
         }
     }
 
-    fn restore(&mut self, snapshot: Bytes) -> Result<(), String> {
-        let snap: MetaSnapshot = prost::Message::decode(snapshot).map_err(|e| e.to_string())?;
+    fn restore_streams(&mut self, snap: MetaSnapshot) -> Result<(), String> {
         let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
         map.clear();
         for s in snap.streams {

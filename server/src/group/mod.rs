@@ -92,6 +92,14 @@ pub(crate) enum Command<S: StateMachine> {
     Step(Message),
     /// Hand leadership to this node, if this node leads and it is caught up.
     TransferLeader(u64),
+    /// Add or remove a voter, if this node leads and no change is pending.
+    ChangeVoter {
+        node: u64,
+        add: bool,
+    },
+    /// Answer once this replica has applied everything committed when the
+    /// request was made (raft ReadIndex, confirmed by the leader).
+    ReadIndex(oneshot::Sender<()>),
 }
 
 /// Where a group's raft messages to other nodes go (the cluster transport).
@@ -156,8 +164,13 @@ impl<S: StateMachine> Group<S> {
     pub fn start(config: GroupConfig, mut state: S) -> Result<Self, LogError> {
         // Files of a quarter of the snapshot interval: the log on disk stays
         // within about 1.5 intervals.
-        let storage =
+        let mut storage =
             LogStorage::open(&config.log_dir)?.with_file_bytes_max(config.snapshot_log_bytes / 4);
+        if storage.is_fresh() && !config.voters.is_empty() {
+            // First start. A node joining a running cluster has no voters
+            // here: it waits for a leader to send it a snapshot.
+            storage.bootstrap(&config.voters)?;
+        }
         let mut applied = 0;
         if let Some((index, data)) = storage.load_snapshot()? {
             state.restore(data).map_err(|why| LogError::Corrupt {
@@ -199,6 +212,31 @@ impl<S: StateMachine> Group<S> {
     /// queue is full (the message is dropped; raft sends again).
     pub fn step(&self, msg: Message) -> bool {
         self.tx.try_send(Command::Step(msg)).is_ok()
+    }
+
+    /// Waits until this replica has applied every entry committed before
+    /// the call (a linearizable read point: raft ReadIndex through the
+    /// leader). Fails after `timeout` (no leader, partitioned away).
+    pub async fn read_index(&self, timeout: Duration) -> Result<(), ProposeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::ReadIndex(tx))
+            .await
+            .map_err(|_| self.stopped())?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(ProposeError::NotLeader {
+                group: self.name.clone(),
+                leader: self.leader_id(),
+            }),
+        }
+    }
+
+    /// Asks the group to add (or remove) voter `node`. Ignored unless this
+    /// node leads and no other membership change is pending: callers check
+    /// the applied membership ([`GroupStatus::voters`]) and ask again.
+    pub fn change_voter(&self, node: u64, add: bool) {
+        let _ = self.tx.try_send(Command::ChangeVoter { node, add });
     }
 
     /// Asks the group to hand its leadership to node `to` (rebalancing).
@@ -285,6 +323,22 @@ impl<S: StateMachine> Group<S> {
         ProposeError::Stopped {
             group: self.name.clone(),
         }
+    }
+}
+
+/// Membership controls of a group, whatever its state machine.
+pub trait GroupControl {
+    fn change_voter(&self, node: u64, add: bool);
+    fn transfer_leader(&self, to: u64);
+}
+
+impl<S: StateMachine> GroupControl for Group<S> {
+    fn change_voter(&self, node: u64, add: bool) {
+        Group::change_voter(self, node, add);
+    }
+
+    fn transfer_leader(&self, to: u64) {
+        Group::transfer_leader(self, to);
     }
 }
 

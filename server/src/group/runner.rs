@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::gauge::Gauge;
 use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::prelude::{
+    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot,
+};
 use raft::{RawNode, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -22,6 +24,9 @@ use crate::log::{LogError, LogStorage};
 const COMMANDS_PER_TURN_MAX: usize = 1024;
 /// Committed bytes handed out per Ready (replay after a restart included).
 const COMMITTED_BYTES_PER_READY_MAX: u64 = 16 * 1024 * 1024;
+
+/// ReadIndex requests waiting for the leader's answer, at most.
+const READS_PENDING_MAX: usize = 4096;
 
 /// A log write slower than this is logged.
 const SLOW_PERSIST: std::time::Duration = std::time::Duration::from_millis(100);
@@ -35,6 +40,11 @@ struct Runner<S: StateMachine> {
     /// Proposals waiting for their entry, by raft index, with the term they
     /// were proposed in: another term at that index means the entry was lost.
     pending: BTreeMap<u64, (u64, Done<S>)>,
+    /// ReadIndex requests by context, then (once the leader answered) by
+    /// the index this replica must apply first.
+    reads_asked: std::collections::HashMap<u64, oneshot::Sender<()>>,
+    reads_waiting: Vec<(u64, oneshot::Sender<()>)>,
+    next_read: u64,
     ready_tx: watch::Sender<Option<u64>>,
     status: Arc<Mutex<GroupStatus>>,
     outbox: Option<Arc<dyn Outbox>>,
@@ -118,23 +128,13 @@ pub(super) struct Shared {
 
 pub(super) fn run<S: StateMachine>(
     config: GroupConfig,
-    mut storage: LogStorage,
+    storage: LogStorage,
     state: S,
     applied: u64,
     mut rx: mpsc::Receiver<Command<S>>,
     shared: Shared,
 ) {
     let name = config.name.clone();
-    if storage.conf_state().voters.is_empty() {
-        // First start: every node of the cluster bootstraps the same voters.
-        let cs = ConfState {
-            voters: config.voters.clone(),
-            ..Default::default()
-        };
-        if let Err(e) = storage.set_conf_state(cs) {
-            fatal(&name, "cannot bootstrap the log", &e);
-        }
-    }
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let node = match RawNode::new(&raft_config(&config, applied), storage, &logger) {
         Ok(n) => n,
@@ -145,6 +145,9 @@ pub(super) fn run<S: StateMachine>(
         node,
         state,
         pending: BTreeMap::new(),
+        reads_asked: std::collections::HashMap::new(),
+        reads_waiting: Vec::new(),
+        next_read: 0,
         ready_tx: shared.ready,
         status: shared.status,
         outbox: config.outbox.clone(),
@@ -201,6 +204,35 @@ impl<S: StateMachine> Runner<S> {
                 // Stale or foreign messages are refused by raft; nothing to do.
                 let _ = self.node.step(msg);
             }
+            Command::ReadIndex(done) => {
+                // Unanswered requests (no leader yet) time out at the caller;
+                // drop the oldest so the map stays bounded.
+                if self.reads_asked.len() >= READS_PENDING_MAX {
+                    self.reads_asked.clear();
+                }
+                self.next_read += 1;
+                self.reads_asked.insert(self.next_read, done);
+                self.node.read_index(self.next_read.to_le_bytes().to_vec());
+            }
+            Command::ChangeVoter { node, add } => {
+                // One change at a time: raft turns a second one proposed
+                // before the first applied into an empty entry.
+                let raft = &self.node.raft;
+                if raft.state != StateRole::Leader || raft.has_pending_conf() {
+                    return;
+                }
+                let mut cc = ConfChange::default();
+                cc.node_id = node;
+                cc.set_change_type(if add {
+                    ConfChangeType::AddNode
+                } else {
+                    ConfChangeType::RemoveNode
+                });
+                tracing::info!(group = %self.name, node, add, "proposing a membership change");
+                if let Err(e) = self.node.propose_conf_change(Vec::new(), cc) {
+                    tracing::warn!(group = %self.name, node, error = %e, "membership change not proposed");
+                }
+            }
             Command::TransferLeader(to) => {
                 let raft = &self.node.raft;
                 let caught_up = raft
@@ -247,6 +279,16 @@ impl<S: StateMachine> Runner<S> {
             }
         }
         self.send(rd.take_messages());
+        for rs in rd.take_read_states() {
+            let ctx = rs.request_ctx.get(..8).map(|b| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                u64::from_le_bytes(a)
+            });
+            if let Some(done) = ctx.and_then(|c| self.reads_asked.remove(&c)) {
+                self.reads_waiting.push((rs.index, done));
+            }
+        }
         if !rd.snapshot().is_empty() {
             self.install_snapshot(rd.snapshot().clone());
         }
@@ -271,6 +313,14 @@ impl<S: StateMachine> Runner<S> {
         self.send(light.take_messages());
         self.apply(light.take_committed_entries());
         self.node.advance_apply();
+        let applied = self.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_waiting)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.reads_waiting = waiting;
+        for (_, done) in ready {
+            let _ = done.send(());
+        }
         if self.applied_bytes >= self.snapshot_log_bytes {
             self.snapshot();
         }
@@ -281,10 +331,9 @@ impl<S: StateMachine> Runner<S> {
             s.term = raft.term;
             s.commit = raft.raft_log.committed;
             s.applied = self.applied;
-            if s.voters.len() != raft.prs().conf().voters().ids().len() || s.voters.is_empty() {
-                s.voters = raft.prs().conf().voters().ids().iter().collect();
-                s.voters.sort_unstable();
-            }
+            let mut voters: Vec<u64> = raft.prs().conf().voters().ids().iter().collect();
+            voters.sort_unstable();
+            s.voters = voters;
         }
         self.gauges.term.set(raft.term as i64);
         self.gauges

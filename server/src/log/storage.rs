@@ -540,6 +540,24 @@ impl LogStorage {
         sync_dir(&self.dir)
     }
 
+    /// Whether nothing was ever written: no entries, snapshot or membership.
+    pub fn is_fresh(&self) -> bool {
+        self.compacted.0 == 0 && self.locs.is_empty() && self.conf_state.voters.is_empty()
+    }
+
+    /// Creates a new group's log with `voters` as its first membership, as
+    /// a snapshot at index 1 (term 1, empty state): every replica bootstraps
+    /// the same one, and a node added later is sent a snapshot first, which
+    /// tells it the membership.
+    pub fn bootstrap(&mut self, voters: &[u64]) -> Result<(), LogError> {
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = 1;
+        meta.term = 1;
+        meta.mut_conf_state().voters = voters.to_vec();
+        self.apply_snapshot(&snap)
+    }
+
     /// Installs a snapshot from the leader: it replaces the whole log (this
     /// replica was behind its start). Durable on return.
     pub fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<(), LogError> {
@@ -683,7 +701,13 @@ impl raft::Storage for LogStorage {
         // The latest saved snapshot; raft asks again later when it is too
         // old for the follower (a newer one is written as the log grows).
         match read_snapshot(&self.dir) {
-            Ok(Some(s)) if s.get_metadata().index >= request_index => Ok(s),
+            Ok(Some(mut s)) if s.get_metadata().index >= request_index => {
+                // The membership now, not as of the snapshot: a node being
+                // added must find itself in it, and the entries after the
+                // snapshot repeat every change since.
+                s.mut_metadata().set_conf_state(self.conf_state.clone());
+                Ok(s)
+            }
             Ok(_) => Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             )),

@@ -90,10 +90,13 @@ async fn stream_inner(
                 let _ = out.send(Ok(last)).await;
                 return Ok(());
             }
+            ReadSource::End { sealed: false } if end.is_some() => {
+                // The end offset came from another replica's length: this
+                // one has not applied that far yet.
+                behind(segment, &mut changed, offset).await?;
+                continue;
+            }
             ReadSource::End { sealed: false } => {
-                if end.is_some() {
-                    return Ok(()); // cannot happen: end <= length; stop rather than wait
-                }
                 tokio::select! {
                     r = changed.changed() => if r.is_err() { return Ok(()) },
                     _ = out.closed() => return Ok(()),
@@ -108,18 +111,11 @@ async fn stream_inner(
                     head,
                 })
             }
-            ReadSource::PastEnd { length } if crate::cluster::nodes().len() > 1 => {
+            ReadSource::PastEnd { .. } if crate::cluster::nodes().len() > 1 => {
                 // A replica may not have applied what another one served yet
-                // (a reader resuming here after a failover): wait a little,
-                // then send the reader elsewhere.
-                let waited = tokio::time::timeout(REPLICA_CATCH_UP, changed.changed()).await;
-                if matches!(waited, Ok(Ok(()))) {
-                    continue;
-                }
-                return Err(Error::Unavailable(format!(
-                    "this replica has {length} bytes of segment {}, not yet offset {offset}; retry (another node may be ahead)",
-                    segment.id
-                )));
+                // (a reader resuming here after a failover).
+                behind(segment, &mut changed, offset).await?;
+                continue;
             }
             ReadSource::PastEnd { length } => {
                 return Err(Error::OffsetOutOfRange {
@@ -156,5 +152,22 @@ async fn stream_inner(
             return Ok(()); // the client left
         }
         offset += n;
+    }
+}
+
+/// This replica has not applied up to `offset` yet: waits a little for it,
+/// then sends the reader to another node (Unavailable is retried there).
+async fn behind(
+    segment: &Segment,
+    changed: &mut tokio::sync::watch::Receiver<u64>,
+    offset: u64,
+) -> Result<(), Error> {
+    match tokio::time::timeout(REPLICA_CATCH_UP, changed.changed()).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Error::Unavailable(format!(
+            "this replica has {} bytes of segment {}, not yet offset {offset}; retry (another node is ahead)",
+            segment.view().length,
+            segment.id
+        ))),
     }
 }
