@@ -308,11 +308,12 @@ mod tests {
             0,
             prost::Message::encode_to_vec(&MetaCommand { cmd: Some(cmd) }).into(),
         )
+        .map(|r| r.expect("a stream command answers its stream"))
     }
 
     #[test]
     fn segments_split_the_key_space_and_ids_are_never_reused() {
-        let mut s = MetaState::new(StreamMap::default());
+        let mut s = MetaState::new(StreamMap::default(), NodeMap::default());
         let create = |name: &str, n| {
             MetaCmd::Create(CreateStream {
                 scope: "sc".into(),
@@ -337,11 +338,41 @@ mod tests {
         apply(&mut s, MetaCmd::Remove(r)).unwrap();
         let again = apply(&mut s, create("a", 1)).unwrap();
         assert_eq!(again.segments[0].id, 4);
-        let mut restored = MetaState::new(StreamMap::default());
+        let mut restored = MetaState::new(StreamMap::default(), NodeMap::default());
         restored
             .restore(prost::Message::encode_to_vec(&s.snapshot()).into())
             .unwrap();
         assert_eq!(restored.snapshot(), s.snapshot());
         assert_eq!(restored.next_segment_id, 5);
+    }
+
+    #[test]
+    fn membership_is_replicated_state_and_in_the_snapshot() {
+        let nodes = NodeMap::default();
+        let mut s = MetaState::new(StreamMap::default(), nodes.clone());
+        let node = |id, address: &str| NodeRecord {
+            id,
+            address: address.into(),
+        };
+        for cmd in [
+            MetaCmd::SetNode(node(1, "a:1")),
+            MetaCmd::SetNode(node(2, "b:2")),
+            MetaCmd::RemoveNode(node(1, "")),
+        ] {
+            let out = s.apply(
+                0,
+                prost::Message::encode_to_vec(&MetaCommand { cmd: Some(cmd) }).into(),
+            );
+            assert_eq!(out, Ok(None));
+        }
+        assert_eq!(
+            nodes.read().unwrap().clone(),
+            BTreeMap::from([(2, "b:2".to_string())])
+        );
+        let snap = prost::Message::encode_to_vec(&s.snapshot());
+        let restored_nodes = NodeMap::default();
+        let mut restored = MetaState::new(StreamMap::default(), restored_nodes.clone());
+        restored.restore(snap.into()).unwrap();
+        assert_eq!(*restored_nodes.read().unwrap(), *nodes.read().unwrap());
     }
 }

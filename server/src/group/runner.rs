@@ -221,8 +221,10 @@ impl<S: StateMachine> Runner<S> {
                 if raft.state != StateRole::Leader || raft.has_pending_conf() {
                     return;
                 }
-                let mut cc = ConfChange::default();
-                cc.node_id = node;
+                let mut cc = ConfChange {
+                    node_id: node,
+                    ..Default::default()
+                };
                 cc.set_change_type(if add {
                     ConfChangeType::AddNode
                 } else {
