@@ -387,3 +387,61 @@ async fn retention_by_time_expires_old_chunks() {
         .await
         .is_empty());
 }
+
+/// A tier-2 object that a read needs is gone or cut short: that read fails
+/// with a clear DATA_LOSS error naming the object; the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_short_chunk_fails_the_read_not_the_node() {
+    let server = ServerProcess::start(ServerOpts::with_config(CONFIG)).await;
+    let client = server.client().await;
+    let name = stream_name("tier/damaged");
+    let info = client
+        .admin()
+        .create_stream(&name, 1)
+        .await
+        .expect("create");
+    let container = info.segments[0].container;
+    let writer = client
+        .writer(&name, WriterConfig::default())
+        .await
+        .expect("writer");
+    write_keyed_range(&writer, 4, 0, 200, 300).await;
+    wait_all_in_tier2(&client, &name, Duration::from_secs(30)).await;
+    let dir = server
+        .data_dir()
+        .join("tier2/chunks")
+        .join(format!("c{container}"));
+    let mut objects: Vec<_> = std::fs::read_dir(&dir)
+        .expect("objects")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    objects.sort();
+    assert!(objects.len() >= 2, "{objects:?}");
+    std::fs::remove_file(&objects[0]).expect("remove an object");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&objects[1])
+        .expect("open");
+    f.set_len(10).expect("cut an object short");
+
+    let mut reader = client
+        .segment_reader(info.segments[0].segment_id, 0, false)
+        .await
+        .expect("reader");
+    match reader.next().await {
+        Err(aquifer_client::Error::Corrupt(msg)) => {
+            assert!(msg.contains("missing") && msg.contains("chunk"), "{msg}");
+        }
+        other => panic!("expected a data-loss error, got {other:?}"),
+    }
+    // The node is fine: admin and other streams work.
+    let other = stream_name("tier/healthy");
+    client.admin().create_stream(&other, 1).await.expect("create");
+    let w = client
+        .writer(&other, WriterConfig::default())
+        .await
+        .expect("writer");
+    write_keyed_range(&w, 2, 0, 10, 10).await;
+    assert_eq!(read_all(&client, &other, Duration::from_secs(10)).await.len(), 20);
+}
