@@ -12,12 +12,12 @@ fail() {
     exit 1
 }
 
-# Runs a command quietly, keeping its output in a log; on failure the reason
-# is the log's last line.
+# quiet LOG WHAT COMMAND...: runs COMMAND with its output in LOG; on
+# failure the reason is "WHAT failed:" and the log's last line.
 quiet() {
-    local log="$1"
-    shift
+    local log="$1" what="$2"
+    shift 2
     if ! "$@" >"$log" 2>&1; then
-        fail "$(basename "$1") failed: $(grep -v '^\s*$' "$log" | tail -n 1) (log: $log)"
+        fail "$what failed: $(grep -v '^\s*$' "$log" | tail -n 1) (log: $log)"
     fi
 }

@@ -14,7 +14,7 @@ if [ "$(cat "$DIR/.complete" 2>/dev/null)" != "$STAMP" ]; then
     command -v java >/dev/null || fail "java is not installed (needed to run kafka $VERSION)"
     rm -rf "$DIR"
     mkdir -p "$DIR/lib"
-    quiet "$PEERS_DIR/kafka-mvn.log" \
+    quiet "$PEERS_DIR/kafka-mvn.log" "mvn dependency:copy-dependencies (kafka_2.13 $VERSION)" \
         mvn -B -q -f "$POM" -Dkafka.version="$VERSION" \
         dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$DIR/lib"
     echo "$STAMP" >"$DIR/.complete"

@@ -10,7 +10,7 @@ if [ ! -x "$BIN_DIR/nats-server" ]; then
     command -v go >/dev/null || fail "go is not installed (needed to build nats-server $VERSION)"
     mkdir -p "$BIN_DIR"
     # -p 1: one compile at a time, the machine is shared.
-    quiet "$PEERS_DIR/nats-go-install.log" \
+    quiet "$PEERS_DIR/nats-go-install.log" "go install nats-server@$VERSION" \
         env GOBIN="$BIN_DIR" GOFLAGS="-p=1" go install "github.com/nats-io/nats-server/v2@$VERSION"
 fi
 echo "$BIN_DIR/nats-server"

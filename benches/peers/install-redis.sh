@@ -8,8 +8,8 @@ if ! command -v redis-server >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     # An old package list may lack the package: update once, then retry.
     if ! apt-get install -y --no-install-recommends redis-server >"$PEERS_DIR/redis-apt.log" 2>&1; then
-        quiet "$PEERS_DIR/redis-apt-update.log" apt-get update
-        quiet "$PEERS_DIR/redis-apt.log" apt-get install -y --no-install-recommends redis-server
+        quiet "$PEERS_DIR/redis-apt-update.log" "apt-get update" apt-get update
+        quiet "$PEERS_DIR/redis-apt.log" "apt-get install redis-server" apt-get install -y --no-install-recommends redis-server
     fi
 fi
 command -v redis-server
