@@ -67,6 +67,9 @@ fn failed(e: &anyhow::Error) -> String {
     format!("failed: {}", format!("{e:#}").replace('|', "/"))
 }
 
+/// Picks one produce workload's outcome out of a suite.
+type PickProduce = fn(&Suite) -> &anyhow::Result<(ProduceResult, Usage)>;
+
 /// Renders the whole report.
 pub fn render(entries: &[Entry], disk: &DiskProbe, fs_type: &str) -> String {
     let mut out = String::new();
@@ -124,11 +127,7 @@ pub fn render(entries: &[Entry], disk: &DiskProbe, fs_type: &str) -> String {
         out,
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     );
-    let rows: [(
-        &str,
-        fn(&Suite) -> &anyhow::Result<(ProduceResult, Usage)>,
-        u64,
-    ); 2] = [
+    let rows: [(&str, PickProduce, u64); 2] = [
         ("a. 1 KiB, max", |s| &s.a, suite::A_PAYLOAD as u64),
         ("b. 100 B, max", |s| &s.b, suite::B_PAYLOAD as u64),
     ];
