@@ -94,6 +94,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let load_start = load_average();
     let started = Instant::now();
     let (report, versions) = runtime.block_on(run(&args));
     let took = started.elapsed();
@@ -101,7 +102,7 @@ fn main() {
     eprintln!("compare: done in {took:.1?}");
     if args.write_results {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/RESULTS-peers.md");
-        let text = results_file(&args, &versions, &report, took);
+        let text = results_file(&args, &versions, &report, took, &load_start);
         match std::fs::write(&path, text) {
             Ok(()) => eprintln!("compare: wrote {}", path.display()),
             Err(e) => {
@@ -239,11 +240,21 @@ fn lock_version(krate: &str) -> String {
         .map_or("unknown".into(), |v| v.trim_matches('"').to_owned())
 }
 
+/// The 1, 5 and 15 minute load averages: the machine is shared, so they
+/// say how much else ran beside the benchmark.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn results_file(
     args: &Args,
     versions: &[(String, String)],
     report: &str,
     took: Duration,
+    load_start: &str,
 ) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -260,10 +271,7 @@ fn results_file(
         .nth(1)
         .and_then(|l| l.split_whitespace().nth(1).map(|g| format!("{g} GiB")))
         .unwrap_or_else(|| "unknown".into());
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "unknown".into());
+    let load = load_average();
     let date = broker::command_text("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]);
     let mut command = String::from("cargo bench --bench compare --");
     if args.quick {
@@ -284,7 +292,8 @@ fn results_file(
          Written by `{command}` (benches/compare.rs) in {:.0} s. Each broker runs alone, one after \
          the other, on loopback with a fresh temporary data dir; the load generator shares the \
          machine with it. Peers are installed by `benches/peers/install-*.sh`.\n\n\
-         - machine: {cpu}, {nproc} CPUs, {mem} (load average at the end: {load})\n\
+         - machine: {cpu}, {nproc} CPUs, {mem}; load average at the start {load_start}, \
+         at the end {load}\n\
          - date: {date}\n\
          - command: `{command}`\n\n\
          Versions:\n\n{versions}\n\
