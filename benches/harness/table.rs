@@ -1,0 +1,304 @@
+//! The comparison's report as Markdown: the machine's limits, one row per
+//! broker for each workload, and Aquifer / peer ratios.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+
+use crate::drive::ProduceResult;
+use crate::probe::DiskProbe;
+use crate::suite::{self, Suite, Usage};
+
+/// A broker's outcome: its results, or why it did not run.
+pub struct Entry {
+    pub name: String,
+    /// Marked in every row (e.g. "not durable per ack").
+    pub note: Option<String>,
+    pub outcome: Result<Suite, String>,
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+/// p50, p99, p99.9, max in ms.
+fn quantiles(h: &Histogram<u64>) -> [String; 4] {
+    if h.is_empty() {
+        return ["-".into(), "-".into(), "-".into(), "-".into()];
+    }
+    [
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.value_at_quantile(0.999)),
+        ms(h.max()),
+    ]
+}
+
+fn label(e: &Entry) -> String {
+    match &e.note {
+        Some(n) => format!("{} ({n})", e.name),
+        None => e.name.clone(),
+    }
+}
+
+fn usage_cells(u: &Usage, acked_bytes: u64) -> String {
+    let rss = u
+        .peak_rss_kib
+        .map_or("-".into(), |k| format!("{:.0}", k as f64 / 1024.0));
+    let amp = if acked_bytes == 0 {
+        "-".into()
+    } else {
+        format!("{:.2}", u.write_bytes as f64 / acked_bytes as f64)
+    };
+    format!(
+        "{:.1} | {:.1} | {rss} | {amp}",
+        u.server_cpu_s, u.client_cpu_s
+    )
+}
+
+fn errors(r: &ProduceResult) -> String {
+    match &r.first_error {
+        None => "0".into(),
+        Some(e) => format!("{} ({})", r.errors, e.replace('|', "/")),
+    }
+}
+
+fn failed(e: &anyhow::Error) -> String {
+    format!("failed: {}", format!("{e:#}").replace('|', "/"))
+}
+
+/// Picks one produce workload's outcome out of a suite.
+type PickProduce = fn(&Suite) -> &anyhow::Result<(ProduceResult, Usage)>;
+
+/// Renders the whole report.
+pub fn render(entries: &[Entry], disk: &DiskProbe, fs_type: &str) -> String {
+    let mut out = String::new();
+    let fsync_ms = 1e3 / disk.small_syncs_s_1.max(1e-9);
+    let _ = writeln!(
+        out,
+        "## Machine limits (same run, filesystem of the data dirs: {fs_type})\n\n\
+         | probe | result |\n|---|---:|\n\
+         | sequential 1 MiB write + fdatasync | {:.1} MB/s |\n\
+         | 4 KiB write + fdatasync, 1 thread | {:.0} /s ({fsync_ms:.2} ms each) |\n\
+         | 4 KiB write + fdatasync, 16 threads | {:.0} /s |\n",
+        disk.seq_mb_s, disk.small_syncs_s_1, disk.small_syncs_s_16
+    );
+    for e in entries.iter().filter(|e| e.name == "aquifer") {
+        if let Ok(s) = &e.outcome {
+            if let Ok((a, _)) = &s.a {
+                let _ = writeln!(
+                    out,
+                    "{}: workload a acked {:.1} MB/s durably = {:.0}% of the sequential fdatasync limit.\n",
+                    label(e),
+                    a.mb_s(),
+                    100.0 * a.mb_s() / disk.seq_mb_s.max(1e-9)
+                );
+            }
+        }
+    }
+    let unavailable: Vec<_> = entries
+        .iter()
+        .filter_map(|e| e.outcome.as_ref().err().map(|why| (e, why)))
+        .collect();
+    if !unavailable.is_empty() {
+        let _ = writeln!(out, "Unavailable:\n");
+        for (e, why) in unavailable {
+            let _ = writeln!(out, "- {}: unavailable: {why}", label(e));
+        }
+        let _ = writeln!(out);
+    }
+
+    let _ = writeln!(
+        out,
+        "## Throughput (4 producers, one partition each; batches of up to {} × 1 KiB (a) or {} × 100 B (b), {} in flight per producer)\n\n\
+         Ack latency (ms): from the send of a batch to its acknowledgement; events/s, MB/s and \
+         latencies count the events acknowledged inside the measured window. Server CPU and client CPU: \
+         seconds over the whole workload (warm-up and drain included); RSS: the server's peak during it (MiB); \
+         disk/acked: bytes the server wrote to storage per payload byte acknowledged.\n",
+        suite::A_BATCH,
+        suite::B_BATCH,
+        suite::DEPTH
+    );
+    let _ = writeln!(
+        out,
+        "| workload | broker | events/s | MB/s | ack p50 | p99 | p99.9 | max | server CPU s | client CPU s | peak RSS | disk/acked | errors |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
+    let rows: [(&str, PickProduce, u64); 2] = [
+        ("a. 1 KiB, max", |s| &s.a, suite::A_PAYLOAD as u64),
+        ("b. 100 B, max", |s| &s.b, suite::B_PAYLOAD as u64),
+    ];
+    for (workload, pick, payload) in rows {
+        for e in entries {
+            let Ok(s) = &e.outcome else { continue };
+            match pick(s) {
+                Ok((r, u)) => {
+                    let [p50, p99, p999, max] = quantiles(&r.ack_us);
+                    let _ = writeln!(
+                        out,
+                        "| {workload} | {} | {:.0} | {:.1} | {p50} | {p99} | {p999} | {max} | {} | {} |",
+                        label(e),
+                        r.events_s(),
+                        r.mb_s(),
+                        usage_cells(u, r.total_acked * payload),
+                        errors(r)
+                    );
+                }
+                Err(err) => {
+                    let _ = writeln!(out, "| {workload} | {} | {} |", label(e), failed(err));
+                }
+            }
+        }
+    }
+
+    let _ = writeln!(
+        out,
+        "\n## End-to-end latency (c: 1 producer, 1 partition, 100 B events due at {:.0}/s, a consumer tailing)\n\n\
+         Latency (ms) from the time each event was due to its ack (ack) or to its arrival at the consumer (e2e), \
+         for events acknowledged (acked/s) or received (received/s) inside the measured window; a broker that cannot keep up \
+         shows the rate it sustained.\n",
+        suite::C_RATE
+    );
+    let _ = writeln!(
+        out,
+        "| broker | acked/s | received/s | e2e p50 | p99 | p99.9 | max | ack p50 | ack p99 | server CPU s | client CPU s | peak RSS | disk/acked | errors |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
+    for e in entries {
+        let Ok(s) = &e.outcome else { continue };
+        match &s.c {
+            Ok((c, u)) => {
+                let [p50, p99, p999, max] = quantiles(&c.e2e_us);
+                let [a50, a99, _, _] = quantiles(&c.produce.ack_us);
+                let mut errs = errors(&c.produce);
+                if let Some(ce) = &c.consumer_error {
+                    errs.push_str(&format!("; consumer: {}", ce.replace('|', "/")));
+                }
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.0} | {:.0} | {p50} | {p99} | {p999} | {max} | {a50} | {a99} | {} | {errs} |",
+                    label(e),
+                    c.produce.events_s(),
+                    c.received as f64 / c.produce.secs,
+                    usage_cells(u, c.produce.total_acked * suite::C_PAYLOAD as u64),
+                );
+            }
+            Err(err) => {
+                let _ = writeln!(out, "| {} | {} |", label(e), failed(err));
+            }
+        }
+    }
+
+    let _ = writeln!(
+        out,
+        "\n## Catch-up (d: one consumer of all 4 partitions of a, from the first event)\n"
+    );
+    let _ = writeln!(
+        out,
+        "| broker | MB/s | events/s | bytes read | seconds | server CPU s | client CPU s | peak RSS |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for e in entries {
+        let Ok(s) = &e.outcome else { continue };
+        match &s.d {
+            Ok((d, u)) => {
+                let rss = u
+                    .peak_rss_kib
+                    .map_or("-".into(), |k| format!("{:.0}", k as f64 / 1024.0));
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.1} | {:.0} | {} | {:.2} | {:.1} | {:.1} | {rss} |",
+                    label(e),
+                    d.mb_s(),
+                    d.events as f64 / d.took.as_secs_f64().max(1e-9),
+                    d.bytes,
+                    d.took.as_secs_f64(),
+                    u.server_cpu_s,
+                    u.client_cpu_s
+                );
+            }
+            Err(err) => {
+                let _ = writeln!(out, "| {} | {} |", label(e), failed(err));
+            }
+        }
+    }
+    ratios(&mut out, entries);
+    out
+}
+
+/// The figures the ratio table compares, if the workload ran.
+struct Key {
+    a_events_s: Option<f64>,
+    b_events_s: Option<f64>,
+    a_ack_p99: Option<f64>,
+    c_ack_p99: Option<f64>,
+    c_e2e_p99: Option<f64>,
+    d_mb_s: Option<f64>,
+}
+
+fn p99(h: &Histogram<u64>) -> Option<f64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(0.99) as f64)
+}
+
+fn key(s: &Suite) -> Key {
+    Key {
+        a_events_s: s.a.as_ref().ok().map(|(r, _)| r.events_s()),
+        b_events_s: s.b.as_ref().ok().map(|(r, _)| r.events_s()),
+        a_ack_p99: s.a.as_ref().ok().and_then(|(r, _)| p99(&r.ack_us)),
+        c_ack_p99: s.c.as_ref().ok().and_then(|(c, _)| p99(&c.produce.ack_us)),
+        c_e2e_p99: s.c.as_ref().ok().and_then(|(c, _)| p99(&c.e2e_us)),
+        d_mb_s: s.d.as_ref().ok().map(|(d, _)| d.mb_s()),
+    }
+}
+
+fn ratio(ours: Option<f64>, theirs: Option<f64>) -> String {
+    match (ours, theirs) {
+        (Some(o), Some(t)) if t > 0.0 => format!("{:.2}×", o / t),
+        _ => "-".into(),
+    }
+}
+
+fn ratios(out: &mut String, entries: &[Entry]) {
+    let Some(Ok(ours)) = entries
+        .first()
+        .filter(|e| e.name == "aquifer")
+        .map(|e| e.outcome.as_ref())
+    else {
+        return;
+    };
+    let ours = key(ours);
+    let _ = writeln!(
+        out,
+        "\n## Aquifer / peer\n\n\
+         Throughput and catch-up: above 1× Aquifer is faster. Latency: below 1× Aquifer is lower.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| peer | a events/s | b events/s | a ack p99 | c ack p99 | c e2e p99 | d catch-up MB/s |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    for e in entries.iter().skip(1) {
+        let Ok(s) = &e.outcome else {
+            let _ = writeln!(out, "| {} | unavailable | | | | | |", label(e));
+            continue;
+        };
+        let t = key(s);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            label(e),
+            ratio(ours.a_events_s, t.a_events_s),
+            ratio(ours.b_events_s, t.b_events_s),
+            ratio(ours.a_ack_p99, t.a_ack_p99),
+            ratio(ours.c_ack_p99, t.c_ack_p99),
+            ratio(ours.c_e2e_p99, t.c_e2e_p99),
+            ratio(ours.d_mb_s, t.d_mb_s),
+        );
+    }
+}

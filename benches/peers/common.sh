@@ -1,0 +1,23 @@
+# Shared by the install scripts: the cache directory and how to fail.
+# Each install script prints, as its last line on stdout, what the harness
+# needs (a binary or a folder); on failure it exits non-zero with one line on
+# stderr that the harness reports as "unavailable: <reason>".
+set -euo pipefail
+
+PEERS_DIR="${AQUIFER_PEERS_DIR:-$HOME/.cache/aquifer-peers}"
+mkdir -p "$PEERS_DIR"
+
+fail() {
+    echo "$*" >&2
+    exit 1
+}
+
+# quiet LOG WHAT COMMAND...: runs COMMAND with its output in LOG; on
+# failure the reason is "WHAT failed:" and the log's last line.
+quiet() {
+    local log="$1" what="$2"
+    shift 2
+    if ! "$@" >"$log" 2>&1; then
+        fail "$what failed: $(grep -v '^\s*$' "$log" | tail -n 1) (log: $log)"
+    fi
+}
