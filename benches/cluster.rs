@@ -139,7 +139,9 @@ async fn failover_trial(
             .await
             .expect("ack");
     }
-    let leader = cluster.leader_of(container).await;
+    // Every running node must name the same leader: right after a restart
+    // or a rebalancing transfer one may still believe it leads.
+    let leader = agreed_leader(cluster, container).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let pump = {
         let payload = payload.clone();
@@ -176,6 +178,28 @@ async fn failover_trial(
     // Let it catch up (and the balancer settle) before the next trial.
     tokio::time::sleep(Duration::from_secs(4)).await;
     first_after.unwrap_or(Duration::from_secs(30))
+}
+
+/// The leader of `group` once every node agrees on it.
+async fn agreed_leader(cluster: &TestCluster, group: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut seen = std::collections::BTreeSet::new();
+        for node in &cluster.nodes {
+            if let Ok(c) = Client::connect(&node.addr()).await {
+                if let Ok(s) = c.cluster_status().await {
+                    if let Some(g) = s.groups.iter().find(|g| g.name == group) {
+                        seen.insert(g.leader_id);
+                    }
+                }
+            }
+        }
+        if seen.len() == 1 && !seen.contains(&0) {
+            return *seen.iter().next().expect("one leader");
+        }
+        assert!(Instant::now() < deadline, "no agreed leader of {group}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn run(args: &Args) -> String {

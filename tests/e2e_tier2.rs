@@ -437,11 +437,20 @@ async fn a_missing_or_short_chunk_fails_the_read_not_the_node() {
     }
     // The node is fine: admin and other streams work.
     let other = stream_name("tier/healthy");
-    client.admin().create_stream(&other, 1).await.expect("create");
+    client
+        .admin()
+        .create_stream(&other, 1)
+        .await
+        .expect("create");
     let w = client
         .writer(&other, WriterConfig::default())
         .await
         .expect("writer");
     write_keyed_range(&w, 2, 0, 10, 10).await;
-    assert_eq!(read_all(&client, &other, Duration::from_secs(10)).await.len(), 20);
+    assert_eq!(
+        read_all(&client, &other, Duration::from_secs(10))
+            .await
+            .len(),
+        20
+    );
 }

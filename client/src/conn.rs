@@ -34,13 +34,15 @@ pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// First retry delay; doubles on every failed attempt up to [`BACKOFF_MAX`].
 pub(crate) const BACKOFF_START: Duration = Duration::from_millis(50);
 /// Longest retry delay.
-pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Short enough that a writer finds a new leader soon after an election
+/// (failover), long enough that retries do not load a struggling node.
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// After this many consecutive failed attempts a task replaces the shared
 /// channel with a fresh one.
 const RESET_AFTER_ATTEMPTS: u32 = 2;
 
-/// Delay before retry number `attempt` (1-based): 50 ms doubling to 1 s.
+/// Delay before retry number `attempt` (1-based): 50 ms doubling to 250 ms.
 pub(crate) fn backoff(attempt: u32) -> Duration {
     if attempt == 0 {
         return Duration::ZERO;
@@ -300,13 +302,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_to_one_second() {
+    fn backoff_doubles_to_its_cap() {
         assert_eq!(backoff(0), Duration::ZERO);
         assert_eq!(backoff(1), Duration::from_millis(50));
         assert_eq!(backoff(2), Duration::from_millis(100));
-        assert_eq!(backoff(5), Duration::from_millis(800));
-        assert_eq!(backoff(6), Duration::from_secs(1));
-        assert_eq!(backoff(1000), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_millis(200));
+        assert_eq!(backoff(4), Duration::from_millis(250));
+        assert_eq!(backoff(1000), Duration::from_millis(250));
     }
 
     #[tokio::test]
