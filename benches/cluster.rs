@@ -9,6 +9,8 @@
 //! `--write-results` writes `benches/RESULTS-cluster.md`. All nodes run on
 //! this one machine (2 cores here): three replicas share its CPU and disk.
 
+#[path = "harness/args.rs"]
+mod args;
 #[path = "../tests/common/mod.rs"]
 mod common;
 // Shared with the core bench, which uses more of it.
@@ -24,32 +26,12 @@ use aquifer_client::{Client, StreamName, WriterConfig};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 
+use args::{parse_args, Args};
 use common::{ServerOpts, ServerProcess, TestCluster};
 use workloads::{Window, WriteLoad, WriteResult};
 
-struct Args {
-    quick: bool,
-    write_results: bool,
-}
-
-fn parse_args() -> Args {
-    let mut args = Args {
-        quick: false,
-        write_results: false,
-    };
-    for arg in std::env::args().skip(1) {
-        match arg.as_str() {
-            "--quick" => args.quick = true,
-            "--write-results" => args.write_results = true,
-            "--bench" => {}
-            other => eprintln!("cluster bench: ignoring argument {other:?}"),
-        }
-    }
-    args
-}
-
 fn main() {
-    let args = parse_args();
+    let args = parse_args("cluster");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

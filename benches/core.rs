@@ -10,6 +10,8 @@
 //! command. The server is the bench-profile (release) build of `aquifer`,
 //! started fresh on loopback with a temporary data dir.
 
+#[path = "harness/args.rs"]
+mod args;
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "harness/probe.rs"]
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use args::{parse_args, Args};
 use common::{ServerOpts, ServerProcess};
 use workloads::{TailResult, Window, WriteLoad, WriteResult};
 
@@ -36,30 +39,8 @@ const G_RATE: f64 = 10_000.0;
 /// Fixed rate of the tail-latency workload, events/s.
 const TAIL_RATE: f64 = 10_000.0;
 
-struct Args {
-    quick: bool,
-    write_results: bool,
-}
-
-fn parse_args() -> Args {
-    let mut args = Args {
-        quick: false,
-        write_results: false,
-    };
-    for arg in std::env::args().skip(1) {
-        match arg.as_str() {
-            "--quick" => args.quick = true,
-            "--write-results" => args.write_results = true,
-            // cargo passes --bench to harness-less benches.
-            "--bench" => {}
-            other => eprintln!("core bench: ignoring argument {other:?}"),
-        }
-    }
-    args
-}
-
 fn main() {
-    let args = parse_args();
+    let args = parse_args("core");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use aquifer_client::{Client, WriterConfig};
+use aquifer_client::Client;
 
 use common::{per_key_sequences, read_all, stream_name, write_keyed_range, TestCluster};
 
@@ -21,15 +21,7 @@ async fn writes_continue_through_kill9_of_leaders() {
         .await
         .expect("connect");
     let name = stream_name("cluster/failover");
-    client
-        .admin()
-        .create_stream(&name, 4)
-        .await
-        .expect("create through any node");
-    let writer = client
-        .writer(&name, WriterConfig::default())
-        .await
-        .expect("writer");
+    let writer = common::stream_with_writer(&client, &name, 4).await;
     write_keyed_range(&writer, KEYS, 0, 100, 100).await;
 
     // A container leader dies: its segments move to a new leader.
@@ -79,15 +71,7 @@ async fn writes_continue_when_the_leader_is_partitioned_away() {
         .await
         .expect("connect");
     let name = stream_name("cluster/partition");
-    client
-        .admin()
-        .create_stream(&name, 2)
-        .await
-        .expect("create");
-    let writer = client
-        .writer(&name, WriterConfig::default())
-        .await
-        .expect("writer");
+    let writer = common::stream_with_writer(&client, &name, 2).await;
     write_keyed_range(&writer, KEYS, 0, 100, 100).await;
     let leader = cluster.leader_of("container-0").await;
     cluster.isolate(leader).await;
@@ -135,15 +119,7 @@ async fn a_replica_far_behind_catches_up_by_snapshot() {
         .await
         .expect("connect");
     let name = stream_name("cluster/snapshot");
-    client
-        .admin()
-        .create_stream(&name, 2)
-        .await
-        .expect("create");
-    let writer = client
-        .writer(&name, WriterConfig::default())
-        .await
-        .expect("writer");
+    let writer = common::stream_with_writer(&client, &name, 2).await;
     write_keyed_range(&writer, KEYS, 0, 50, 500).await;
     cluster.node(3).kill9();
     // ~4 MB: several snapshots and log truncations on nodes 1 and 2.
@@ -220,15 +196,7 @@ async fn nodes_are_added_and_removed_while_writing() {
         .await
         .expect("connect");
     let name = stream_name("cluster/membership");
-    client
-        .admin()
-        .create_stream(&name, 4)
-        .await
-        .expect("create");
-    let writer = client
-        .writer(&name, WriterConfig::default())
-        .await
-        .expect("writer");
+    let writer = common::stream_with_writer(&client, &name, 4).await;
     write_keyed_range(&writer, KEYS, 0, 100, 100).await;
 
     let joiner = cluster.spawn_joiner().await;

@@ -7,7 +7,6 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aquifer_client::WriterConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::{free_port, read_all, stream_name, write_keyed_range, ServerOpts, ServerProcess};
@@ -46,15 +45,7 @@ async fn metrics_health_and_reflection() {
     let server = ServerProcess::start(ServerOpts::with_config(&config)).await;
     let client = server.client().await;
     let name = stream_name("ops/metered");
-    client
-        .admin()
-        .create_stream(&name, 2)
-        .await
-        .expect("create");
-    let writer = client
-        .writer(&name, WriterConfig::default())
-        .await
-        .expect("writer");
+    let writer = common::stream_with_writer(&client, &name, 2).await;
     write_keyed_range(&writer, 8, 0, 250, 200).await; // 2,000 events
     common::wait_all_in_tier2(&client, &name, Duration::from_secs(30)).await;
     assert_eq!(

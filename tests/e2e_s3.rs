@@ -176,19 +176,7 @@ async fn segments_flush_to_s3_and_read_back_after_kill9() {
             .env("AWS_SECRET_ACCESS_KEY", "testsecret")
             .output()
             .expect("run scan");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut lines: Vec<Vec<u8>> = out
-            .stdout
-            .split(|&b| b == b'\n')
-            .map(<[u8]>::to_vec)
-            .collect();
-        lines.pop();
-        lines.sort();
-        lines
+        common::sorted_lines(&out)
     };
     let brokered = scan(false);
     assert_eq!(brokered.len() as u64, KEYS * PER_KEY);

@@ -90,22 +90,7 @@ async fn parallel_scan_returns_exactly_the_events_written() {
         text.starts_with(&format!("{} events", KEYS * 400)),
         "{text}"
     );
-    let lines = |args: &[&str]| {
-        let out = server.cli(args, None);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut lines: Vec<Vec<u8>> = out
-            .stdout
-            .split(|&b| b == b'\n')
-            .map(<[u8]>::to_vec)
-            .collect();
-        lines.pop(); // after the last newline
-        lines.sort();
-        lines
-    };
+    let lines = |args: &[&str]| common::sorted_lines(&server.cli(args, None));
     let brokered = lines(&["scan", "scan/events", "--parallel", "2"]);
     assert_eq!(brokered.len() as u64, KEYS * 400);
     let direct = lines(&["scan", "scan/events", "--parallel", "3", "--direct"]);

@@ -397,6 +397,13 @@ impl Node {
         }
     }
 
+    /// Segment `id`, if its container on this node has it.
+    pub fn segment(&self, id: u64) -> Result<Arc<crate::container::Segment>, Error> {
+        self.container_of(id)
+            .segment(id)
+            .ok_or(Error::SegmentNotFound(id))
+    }
+
     /// The container hosting `segment_id`.
     pub fn container_of(&self, segment_id: u64) -> &Arc<Container> {
         let i = container_of(segment_id, self.config.containers) as usize;

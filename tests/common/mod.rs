@@ -881,3 +881,37 @@ impl TestCluster {
         }
     }
 }
+
+/// A successful CLI run's stdout as its lines, sorted (order-free compare).
+pub fn sorted_lines(out: &Output) -> Vec<Vec<u8>> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines: Vec<Vec<u8>> = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect();
+    lines.pop(); // after the last newline
+    lines.sort();
+    lines
+}
+
+/// Creates `name` with `segments` segments and a writer for it.
+pub async fn stream_with_writer(
+    client: &Client,
+    name: &StreamName,
+    segments: u32,
+) -> aquifer_client::EventWriter {
+    client
+        .admin()
+        .create_stream(name, segments)
+        .await
+        .expect("create stream");
+    client
+        .writer(name, aquifer_client::WriterConfig::default())
+        .await
+        .expect("writer")
+}

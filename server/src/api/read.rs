@@ -36,11 +36,7 @@ impl Read for ReadService {
         req: Request<ReadSegmentRequest>,
     ) -> Result<Response<Self::ReadSegmentStream>, Status> {
         let req = req.into_inner();
-        let segment = self
-            .node
-            .container_of(req.segment_id)
-            .segment(req.segment_id)
-            .ok_or(Error::SegmentNotFound(req.segment_id))?;
+        let segment = self.node.segment(req.segment_id)?;
         if req.end_offset > 0 && req.end_offset < req.offset {
             return Err(Error::InvalidArgument(format!(
                 "end offset {} is before the start offset {}",
@@ -69,11 +65,7 @@ impl Read for ReadService {
         req: Request<LocateRangeRequest>,
     ) -> Result<Response<RangeLocation>, Status> {
         let req = req.into_inner();
-        let segment = self
-            .node
-            .container_of(req.segment_id)
-            .segment(req.segment_id)
-            .ok_or(Error::SegmentNotFound(req.segment_id))?;
+        let segment = self.node.segment(req.segment_id)?;
         let (slices, broker_offset) = segment.locate_range(req.start_offset, req.end_offset)?;
         let slices = slices
             .into_iter()

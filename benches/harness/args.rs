@@ -1,0 +1,24 @@
+//! Command-line arguments shared by the harness-less benches.
+
+/// `--quick` (a smoke run) and `--write-results` (write the results file);
+/// cargo's own `--bench` is accepted, anything else is reported and ignored.
+pub struct Args {
+    pub quick: bool,
+    pub write_results: bool,
+}
+
+pub fn parse_args(bench: &str) -> Args {
+    let mut args = Args {
+        quick: false,
+        write_results: false,
+    };
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--quick" => args.quick = true,
+            "--write-results" => args.write_results = true,
+            "--bench" => {}
+            other => eprintln!("{bench} bench: ignoring argument {other:?}"),
+        }
+    }
+    args
+}
