@@ -405,7 +405,17 @@ async fn a_missing_or_short_chunk_fails_the_read_not_the_node() {
         .writer(&name, WriterConfig::default())
         .await
         .expect("writer");
-    write_keyed_range(&writer, 4, 0, 200, 300).await;
+    // Two flushes, so at least two objects: the first holds offset 0.
+    write_keyed_range(&writer, 4, 0, 100, 300).await;
+    wait_all_in_tier2(&client, &name, Duration::from_secs(30)).await;
+    let second_start = client
+        .admin()
+        .describe_stream(&name)
+        .await
+        .expect("describe")
+        .segments[0]
+        .length;
+    write_keyed_range(&writer, 4, 100, 200, 300).await;
     wait_all_in_tier2(&client, &name, Duration::from_secs(30)).await;
     let dir = server
         .data_dir()
@@ -418,22 +428,28 @@ async fn a_missing_or_short_chunk_fails_the_read_not_the_node() {
         .collect();
     objects.sort();
     assert!(objects.len() >= 2, "{objects:?}");
+    // The first object goes; every other one is cut short.
     std::fs::remove_file(&objects[0]).expect("remove an object");
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&objects[1])
-        .expect("open");
-    f.set_len(10).expect("cut an object short");
+    for object in &objects[1..] {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(object)
+            .expect("open");
+        f.set_len(10).expect("cut an object short");
+    }
 
-    let mut reader = client
-        .segment_reader(info.segments[0].segment_id, 0, false)
-        .await
-        .expect("reader");
-    match reader.next().await {
-        Err(aquifer_client::Error::Corrupt(msg)) => {
-            assert!(msg.contains("missing") && msg.contains("chunk"), "{msg}");
+    let segment = info.segments[0].segment_id;
+    for (offset, what) in [(0, "missing"), (second_start, "shorter than recorded")] {
+        let mut reader = client
+            .segment_reader(segment, offset, false)
+            .await
+            .expect("reader");
+        match reader.next().await {
+            Err(aquifer_client::Error::Corrupt(msg)) => {
+                assert!(msg.contains(what) && msg.contains("chunk"), "{msg}");
+            }
+            other => panic!("expected a data-loss error ({what}), got {other:?}"),
         }
-        other => panic!("expected a data-loss error, got {other:?}"),
     }
     // The node is fine: admin and other streams work.
     let other = stream_name("tier/healthy");
