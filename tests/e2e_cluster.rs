@@ -44,6 +44,28 @@ async fn writes_continue_through_kill9_of_leaders() {
     write_keyed_range(&writer, KEYS, 300, 400, 100).await;
     writer.close().await.expect("close");
 
+    // Any node answers admin calls, also to a plain gRPC client that does
+    // not follow redirects: non-leaders forward them to the leader.
+    for id in 1..=3u64 {
+        let mut raw = aquifer_proto::v1::stream_admin_client::StreamAdminClient::connect(format!(
+            "http://{}",
+            cluster.node(id).addr()
+        ))
+        .await
+        .expect("connect");
+        let info = raw
+            .describe_stream(aquifer_proto::v1::DescribeStreamRequest {
+                name: Some(aquifer_proto::v1::StreamName {
+                    scope: "cluster".into(),
+                    stream: "failover".into(),
+                }),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("node {id} answers describe: {e}"))
+            .into_inner();
+        assert_eq!(info.segments.len(), 4);
+    }
+
     // Every node serves the same events (reads go to any replica).
     for id in 1..=3u64 {
         let reader = Client::connect(&cluster.node(id).addr())

@@ -1,27 +1,93 @@
 //! The `StreamAdmin` service.
+//!
+//! Metadata is answered by the `meta` leader only, never by a stale replica:
+//! another node forwards the call to the leader once and relays its answer
+//! (a forwarded call is never forwarded again, so a stale view of who leads
+//! cannot make a loop).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aquifer_proto::v1 as pb;
+use aquifer_proto::v1::stream_admin_client::StreamAdminClient;
 use aquifer_proto::v1::stream_admin_server::StreamAdmin;
 use aquifer_proto::v1::{
     CreateStreamRequest, DeleteStreamRequest, DeleteStreamResponse, DescribeStreamRequest,
     ListStreamsRequest, ListStreamsResponse, SealStreamRequest, SegmentInfo, StreamInfo,
     StreamName, UpdateStreamRequest,
 };
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::controller::{Retention, StreamKey, StreamRecord};
 use crate::error::Error;
 use crate::node::{validate_name, Node};
 
+/// Marks a call one node forwarded to the leader.
+const FORWARDED: &str = "aquifer-forwarded";
+/// Deadline of a forwarded call.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub struct AdminService {
     node: Arc<Node>,
+    /// Channels to the leaders calls were forwarded to, by address.
+    leaders: Mutex<HashMap<String, Channel>>,
 }
 
 impl AdminService {
     pub fn new(node: Arc<Node>) -> Self {
-        AdminService { node }
+        AdminService {
+            node,
+            leaders: Mutex::default(),
+        }
+    }
+
+    /// On the leader: `Err(req)`, to answer it here. Elsewhere: the leader's
+    /// answer to `call`, made on the caller's behalf.
+    async fn forward<T, R, F, Fut>(
+        &self,
+        req: Request<T>,
+        call: F,
+    ) -> Result<Result<Response<R>, Request<T>>, Status>
+    where
+        F: FnOnce(StreamAdminClient<Channel>, Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+    {
+        if self.node.controller.is_leader() {
+            return Ok(Err(req));
+        }
+        let leader = match self.node.check_meta_leader() {
+            Ok(()) => return Ok(Err(req)),
+            Err(Error::NotLeader {
+                leader: Some(addr), ..
+            }) if !req.metadata().contains_key(FORWARDED) => addr,
+            Err(e) => return Err(e.into()),
+        };
+        let channel = {
+            let mut leaders = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
+            match leaders.get(&leader) {
+                Some(c) => c.clone(),
+                None => {
+                    let endpoint = Endpoint::from_shared(format!("http://{leader}"))
+                        .map_err(|e| Status::internal(format!("leader address {leader}: {e}")))?
+                        .connect_timeout(Duration::from_secs(2));
+                    let c = endpoint.connect_lazy();
+                    leaders.insert(leader.clone(), c.clone());
+                    c
+                }
+            }
+        };
+        let max = self.node.config.max_message_bytes();
+        let client = StreamAdminClient::new(channel)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let mut forwarded = Request::new(req.into_inner());
+        forwarded
+            .metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        forwarded.set_timeout(FORWARD_TIMEOUT);
+        call(client, forwarded).await.map(Ok)
     }
 
     fn info(&self, s: &StreamRecord) -> StreamInfo {
@@ -86,8 +152,13 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<CreateStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
-        // Metadata is answered by its leader only: never a stale replica.
-        self.node.check_meta_leader()?;
+        let req = match self
+            .forward(req, |mut c, r| async move { c.create_stream(r).await })
+            .await?
+        {
+            Ok(answer) => return Ok(answer),
+            Err(req) => req,
+        };
         let req = req.into_inner();
         let key = key(req.name)?;
         let stream = self
@@ -102,8 +173,13 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<ListStreamsRequest>,
     ) -> Result<Response<ListStreamsResponse>, Status> {
-        // Metadata is answered by its leader only: never a stale replica.
-        self.node.check_meta_leader()?;
+        let req = match self
+            .forward(req, |mut c, r| async move { c.list_streams(r).await })
+            .await?
+        {
+            Ok(answer) => return Ok(answer),
+            Err(req) => req,
+        };
         let scope = req.into_inner().scope;
         if !scope.is_empty() {
             validate_name("scope", &scope)?;
@@ -123,8 +199,13 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<DescribeStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
-        // Metadata is answered by its leader only: never a stale replica.
-        self.node.check_meta_leader()?;
+        let req = match self
+            .forward(req, |mut c, r| async move { c.describe_stream(r).await })
+            .await?
+        {
+            Ok(answer) => return Ok(answer),
+            Err(req) => req,
+        };
         let key = key(req.into_inner().name)?;
         let stream = self.node.stream(&key)?;
         self.node.catch_up(&stream).await?;
@@ -135,8 +216,13 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<SealStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
-        // Metadata is answered by its leader only: never a stale replica.
-        self.node.check_meta_leader()?;
+        let req = match self
+            .forward(req, |mut c, r| async move { c.seal_stream(r).await })
+            .await?
+        {
+            Ok(answer) => return Ok(answer),
+            Err(req) => req,
+        };
         let key = key(req.into_inner().name)?;
         let stream = self.node.seal_stream(&key).await?;
         tracing::info!(stream = %key, "stream sealed");
@@ -147,8 +233,13 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<UpdateStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
-        // Metadata is answered by its leader only: never a stale replica.
-        self.node.check_meta_leader()?;
+        let req = match self
+            .forward(req, |mut c, r| async move { c.update_stream(r).await })
+            .await?
+        {
+            Ok(answer) => return Ok(answer),
+            Err(req) => req,
+        };
         let req = req.into_inner();
         let key = key(req.name)?;
         let stream = self
@@ -163,8 +254,13 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<DeleteStreamRequest>,
     ) -> Result<Response<DeleteStreamResponse>, Status> {
-        // Metadata is answered by its leader only: never a stale replica.
-        self.node.check_meta_leader()?;
+        let req = match self
+            .forward(req, |mut c, r| async move { c.delete_stream(r).await })
+            .await?
+        {
+            Ok(answer) => return Ok(answer),
+            Err(req) => req,
+        };
         let key = key(req.into_inner().name)?;
         self.node.delete_stream(&key).await?;
         tracing::info!(stream = %key, "stream deleted");
