@@ -387,9 +387,13 @@ async fn cluster_command(addr: &str, cmd: ClusterCommand) -> anyhow::Result<()> 
     };
     let mut out = std::io::stdout().lock();
     writeln!(out, "answered by node {}", status.node_id)?;
-    let mut rows = vec![["NODE", "ADDRESS"].map(str::to_string).to_vec()];
+    let mut rows = vec![["NODE", "ADDRESS", "HEALTH"].map(str::to_string).to_vec()];
     for n in &status.nodes {
-        rows.push(vec![n.node_id.to_string(), n.address.clone()]);
+        rows.push(vec![
+            n.node_id.to_string(),
+            n.address.clone(),
+            n.health.clone(),
+        ]);
     }
     write_table(&mut out, &rows)?;
     writeln!(out)?;

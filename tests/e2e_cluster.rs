@@ -124,6 +124,8 @@ async fn writes_continue_when_the_leader_is_partitioned_away() {
         text.contains("container-0") && text.contains("1,2,3"),
         "{text}"
     );
+    // Node health as node 1 sees it: itself, and the others up after the heal.
+    assert!(text.contains("self") && text.contains(" up"), "{text}");
 }
 
 /// A node down while the others write past their snapshot interval comes

@@ -151,6 +151,7 @@ impl Admin {
         let req = crate::proto::NodeInfo {
             node_id: id,
             address: address.to_string(),
+            ..Default::default()
         };
         self.call(|c| {
             let req = req.clone();
@@ -169,7 +170,7 @@ impl Admin {
     pub async fn remove_node(&self, id: u64) -> Result<crate::proto::ClusterStatus, Error> {
         let req = crate::proto::NodeInfo {
             node_id: id,
-            address: String::new(),
+            ..Default::default()
         };
         self.call(|c| {
             let req = req.clone();

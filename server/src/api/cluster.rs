@@ -42,7 +42,14 @@ impl ClusterService {
             node_id: self.node.config.node_id,
             nodes: crate::cluster::nodes()
                 .into_iter()
-                .map(|(node_id, address)| NodeInfo { node_id, address })
+                .map(|(node_id, address)| NodeInfo {
+                    health: match &self.node.transport {
+                        Some(t) => t.health(node_id).to_string(),
+                        None => "self".to_string(),
+                    },
+                    node_id,
+                    address,
+                })
                 .collect(),
             groups,
         }

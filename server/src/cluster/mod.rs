@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aquifer_proto::v1::raft_transport_client::RaftTransportClient;
 use aquifer_proto::v1::{RaftBatch, RaftEnvelope};
@@ -30,6 +30,9 @@ const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024 * 1024;
 /// A batch that takes longer is given up (raft resends).
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// A node is "up" when a batch to it went through this recently (leaders
+/// heartbeat every 200 ms).
+const UP_WITHIN: Duration = Duration::from_secs(3);
 /// Pause after a failed send before the next batch to that node.
 const SEND_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -58,6 +61,8 @@ pub fn nodes() -> BTreeMap<u64, String> {
 /// Sends raft messages to the other nodes, one task and queue per node.
 pub struct Transport {
     me: u64,
+    /// When a batch to each node last went through.
+    delivered: Arc<RwLock<HashMap<u64, Instant>>>,
     /// Each other node's queue (and its address, to notice a move).
     peers: RwLock<HashMap<u64, (String, mpsc::Sender<RaftEnvelope>)>>,
     /// Testing: nodes whose messages are dropped (a network partition).
@@ -69,6 +74,7 @@ impl Transport {
     pub fn start(node_id: u64, nodes: &BTreeMap<u64, String>) -> Arc<Transport> {
         let transport = Arc::new(Transport {
             me: node_id,
+            delivered: Arc::default(),
             peers: RwLock::default(),
             drop_to: RwLock::default(),
         });
@@ -86,7 +92,13 @@ impl Transport {
                 continue;
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-            tokio::spawn(send_loop(self.me, id, addr.clone(), rx));
+            tokio::spawn(send_loop(
+                self.me,
+                id,
+                addr.clone(),
+                rx,
+                self.delivered.clone(),
+            ));
             peers.insert(id, (addr.clone(), tx));
         }
     }
@@ -94,6 +106,24 @@ impl Transport {
     /// Testing: from now on drop every message to `nodes` (empty: heal).
     pub fn set_drop_to(&self, nodes: impl IntoIterator<Item = u64>) {
         *self.drop_to.write().unwrap_or_else(|p| p.into_inner()) = nodes.into_iter().collect();
+    }
+
+    /// This node's view of node `id`: "self", "up" (messages went through
+    /// in the last [`UP_WITHIN`]), "unreachable", or "unknown".
+    pub fn health(&self, id: u64) -> &'static str {
+        if id == self.me {
+            return "self";
+        }
+        match self
+            .delivered
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            Some(at) if at.elapsed() <= UP_WITHIN => "up",
+            Some(_) => "unreachable",
+            None => "unknown",
+        }
     }
 
     pub fn drop_to(&self) -> Vec<u64> {
@@ -134,7 +164,13 @@ impl Outbox for Transport {
     }
 }
 
-async fn send_loop(from: u64, to: u64, addr: String, mut rx: mpsc::Receiver<RaftEnvelope>) {
+async fn send_loop(
+    from: u64,
+    to: u64,
+    addr: String,
+    mut rx: mpsc::Receiver<RaftEnvelope>,
+    delivered: Arc<RwLock<HashMap<u64, Instant>>>,
+) {
     let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(1))
@@ -163,6 +199,10 @@ async fn send_loop(from: u64, to: u64, addr: String, mut rx: mpsc::Receiver<Raft
         }
         match client.send(RaftBatch { from, messages }).await {
             Ok(_) => {
+                delivered
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(to, Instant::now());
                 if failing {
                     tracing::info!(node = to, addr, "raft messages reach the node again");
                     failing = false;
