@@ -167,7 +167,13 @@ async fn balance_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         if led.get(&me).copied().unwrap_or(0) <= share {
             continue;
         }
-        let Some((&to, &count)) = led.iter().filter(|(&n, _)| n != me).min_by_key(|(_, &c)| c)
+        // Only to nodes our raft messages reach: a transfer to a dead node
+        // stalls the group's proposals until the transfer times out.
+        let up = |n: u64| node.transport.as_ref().is_some_and(|t| t.health(n) == "up");
+        let Some((&to, &count)) = led
+            .iter()
+            .filter(|(&n, _)| n != me && up(n))
+            .min_by_key(|(_, &c)| c)
         else {
             continue;
         };

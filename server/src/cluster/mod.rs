@@ -12,9 +12,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use aquifer_proto::v1::raft_transport_client::RaftTransportClient;
-use aquifer_proto::v1::{RaftBatch, RaftEnvelope};
+use aquifer_proto::v1::{RaftBatch, RaftEnvelope, SnapshotPiece};
 use protobuf::Message as _;
-use raft::prelude::Message;
+use raft::prelude::{Message, MessageType};
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 
@@ -25,9 +25,13 @@ const PEER_QUEUE_MAX: usize = 4096;
 /// One batch to a node holds at most this many messages or bytes.
 const BATCH_MESSAGES_MAX: usize = 512;
 const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// A raft message may carry a whole snapshot (metadata and the unflushed
-/// tail of a container), so the transport allows large messages.
-pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024 * 1024;
+/// Largest batch of raft messages (snapshots travel apart, in pieces).
+pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest snapshot accepted from a peer (metadata and a container's
+/// unflushed tail, bounded by the tail budget).
+pub const SNAPSHOT_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
+/// Snapshot data per piece.
+const SNAPSHOT_PIECE_BYTES: usize = 1024 * 1024;
 /// A batch that takes longer is given up (raft resends).
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// A node is "up" when a batch to it went through this recently (leaders
@@ -61,6 +65,8 @@ pub fn nodes() -> BTreeMap<u64, String> {
 /// Sends raft messages to the other nodes, one task and queue per node.
 pub struct Transport {
     me: u64,
+    /// The node's runtime: groups call `send` from threads of their own.
+    runtime: tokio::runtime::Handle,
     /// When a batch to each node last went through.
     delivered: Arc<RwLock<HashMap<u64, Instant>>>,
     /// Each other node's queue (and its address, to notice a move).
@@ -74,6 +80,7 @@ impl Transport {
     pub fn start(node_id: u64, nodes: &BTreeMap<u64, String>) -> Arc<Transport> {
         let transport = Arc::new(Transport {
             me: node_id,
+            runtime: tokio::runtime::Handle::current(),
             delivered: Arc::default(),
             peers: RwLock::default(),
             drop_to: RwLock::default(),
@@ -92,7 +99,7 @@ impl Transport {
                 continue;
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-            tokio::spawn(send_loop(
+            self.runtime.spawn(send_loop(
                 self.me,
                 id,
                 addr.clone(),
@@ -152,6 +159,16 @@ impl Outbox for Transport {
             .contains(&msg.to)
         {
             return false;
+        }
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            // Rare and large: a stream of its own, so it neither waits behind
+            // nor holds up the batches of heartbeats and appends.
+            let Some(addr) = address(msg.to) else {
+                return false;
+            };
+            self.runtime
+                .spawn(send_snapshot(self.me, group.to_string(), addr, msg));
+            return true;
         }
         let Ok(message) = msg.write_to_bytes() else {
             return false;
@@ -215,6 +232,41 @@ async fn send_loop(
                 }
                 tokio::time::sleep(SEND_BACKOFF).await;
             }
+        }
+    }
+}
+
+/// Streams one snapshot message to `addr` in pieces; a failure is logged and
+/// dropped (the leader sends a new snapshot when the follower still needs it).
+async fn send_snapshot(from: u64, group: String, addr: String, mut msg: Message) {
+    let data = std::mem::take(&mut msg.mut_snapshot().data);
+    let (to, index) = (msg.to, msg.get_snapshot().get_metadata().index);
+    let Ok(message) = msg.write_to_bytes() else {
+        return;
+    };
+    let first = SnapshotPiece {
+        from,
+        group: group.clone(),
+        message: message.into(),
+        data_bytes: data.len() as u64,
+        data: bytes::Bytes::new(),
+    };
+    let pieces = (0..data.len())
+        .step_by(SNAPSHOT_PIECE_BYTES)
+        .map(move |at| SnapshotPiece {
+            data: data.slice(at..(at + SNAPSHOT_PIECE_BYTES).min(data.len())),
+            ..SnapshotPiece::default()
+        });
+    let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
+        Ok(e) => e.connect_timeout(Duration::from_secs(1)),
+        Err(_) => return,
+    };
+    let mut client = RaftTransportClient::new(endpoint.connect_lazy());
+    let stream = tokio_stream::iter(std::iter::once(first).chain(pieces));
+    match client.send_snapshot(stream).await {
+        Ok(_) => tracing::info!(group, node = to, index, "snapshot sent"),
+        Err(e) => {
+            tracing::warn!(group, node = to, index, error = %e.message(), "cannot send a snapshot; raft will retry")
         }
     }
 }
