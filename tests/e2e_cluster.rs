@@ -45,25 +45,34 @@ async fn writes_continue_through_kill9_of_leaders() {
     writer.close().await.expect("close");
 
     // Any node answers admin calls, also to a plain gRPC client that does
-    // not follow redirects: non-leaders forward them to the leader.
+    // not follow redirects: non-leaders forward them to the leader (once
+    // there is one again after the restarts).
     for id in 1..=3u64 {
-        let mut raw = aquifer_proto::v1::stream_admin_client::StreamAdminClient::connect(format!(
-            "http://{}",
-            cluster.node(id).addr()
-        ))
-        .await
-        .expect("connect");
-        let info = raw
-            .describe_stream(aquifer_proto::v1::DescribeStreamRequest {
-                name: Some(aquifer_proto::v1::StreamName {
-                    scope: "cluster".into(),
-                    stream: "failover".into(),
-                }),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("node {id} answers describe: {e}"))
-            .into_inner();
-        assert_eq!(info.segments.len(), 4);
+        let addr = format!("http://{}", cluster.node(id).addr());
+        let answers = || {
+            let addr = addr.clone();
+            async move {
+                let Ok(mut raw) =
+                    aquifer_proto::v1::stream_admin_client::StreamAdminClient::connect(addr).await
+                else {
+                    return false;
+                };
+                raw.describe_stream(aquifer_proto::v1::DescribeStreamRequest {
+                    name: Some(aquifer_proto::v1::StreamName {
+                        scope: "cluster".into(),
+                        stream: "failover".into(),
+                    }),
+                })
+                .await
+                .is_ok_and(|info| info.into_inner().segments.len() == 4)
+            }
+        };
+        common::wait_for(
+            "every node to answer describe",
+            Duration::from_secs(30),
+            answers,
+        )
+        .await;
     }
 
     // Every node serves the same events (reads go to any replica).
@@ -161,8 +170,21 @@ async fn a_replica_far_behind_catches_up_by_snapshot() {
     )
     .await;
     // Node 3 alone (no quorum: reads need none) serves everything.
+    // Everything the leaders committed (their commit index, the highest
+    // any node reports) is applied on node 3.
+    let mut committed = std::collections::HashMap::new();
+    for id in 1..=2 {
+        let c = Client::connect(&cluster.node(id).addr())
+            .await
+            .expect("connect");
+        for g in c.cluster_status().await.expect("status").groups {
+            let e = committed.entry(g.name).or_insert(0);
+            *e = (*e).max(g.commit_index);
+        }
+    }
     let status = || {
         let addr = cluster.nodes[2].addr();
+        let committed = committed.clone();
         async move {
             let Ok(c) = Client::connect(&addr).await else {
                 return false;
@@ -170,7 +192,7 @@ async fn a_replica_far_behind_catches_up_by_snapshot() {
             c.cluster_status().await.is_ok_and(|s| {
                 s.groups
                     .iter()
-                    .all(|g| g.applied_index >= g.commit_index && g.commit_index > 0)
+                    .all(|g| g.applied_index >= committed.get(&g.name).copied().unwrap_or(0))
             })
         }
     };
