@@ -1,7 +1,8 @@
 //! A 3-node cluster of real `aquifer serve` processes: every group is
 //! replicated on all three, writes go on through `kill -9` of container and
 //! metadata leaders, and every acknowledged event reads back exactly once,
-//! in per-key order.
+//! in per-key order. A new leader collects the orphan objects of earlier
+//! terms.
 
 mod common;
 
@@ -24,10 +25,24 @@ async fn writes_continue_through_kill9_of_leaders() {
     let writer = common::stream_with_writer(&client, &name, 4).await;
     write_keyed_range(&writer, KEYS, 0, 100, 100).await;
 
-    // A container leader dies: its segments move to a new leader.
+    // A container leader dies: its segments move to a new leader, which
+    // deletes an object an earlier term put but never recorded.
+    let orphans = cluster.tier2_dir().join("chunks").join("c0");
+    std::fs::create_dir_all(&orphans).expect("chunk dir");
+    let orphan = orphans.join("t000000000000-0000000000000-00000000deadbeef.chunk");
+    std::fs::write(&orphan, b"never recorded").expect("plant orphan");
     let victim = cluster.leader_of("container-0").await;
     cluster.node(victim).kill9();
     write_keyed_range(&writer, KEYS, 100, 200, 100).await;
+    common::wait_for(
+        "the new leader to delete the orphan",
+        Duration::from_secs(30),
+        || {
+            let orphan = orphan.clone();
+            async move { !orphan.exists() }
+        },
+    )
+    .await;
     cluster.node(victim).restart().await;
 
     // The metadata leader dies: admin calls and writes go on.

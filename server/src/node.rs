@@ -110,40 +110,6 @@ fn prepare_data_dir(config: &ServerConfig) -> Result<File, Error> {
     Ok(lock)
 }
 
-/// Deletes chunk objects that no applied "chunk flushed" entry refers to:
-/// puts that a crash cut off from their entry, and chunks of deleted
-/// segments. Runs before the storage writers start, so no put is in flight.
-/// Best effort: tier-2 being unreachable only leaves the orphans for later.
-async fn collect_orphans(tier2: &Tier2, containers: &[Arc<Container>]) {
-    let names = match tier2.list_chunks().await {
-        Ok(names) => names,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list tier-2 to collect orphan chunks");
-            return;
-        }
-    };
-    let mut live: std::collections::HashMap<u32, std::collections::HashSet<String>> =
-        Default::default();
-    for name in names {
-        // Objects of containers this node does not have stay alone.
-        let Some(container) =
-            crate::tier::chunk_container(&name).and_then(|c| containers.get(c as usize))
-        else {
-            continue;
-        };
-        let chunks = live
-            .entry(container.id)
-            .or_insert_with(|| container.chunk_objects());
-        if chunks.contains(&name) {
-            continue;
-        }
-        match tier2.delete_chunk(&name).await {
-            Ok(()) => tracing::info!(chunk = %name, "deleted orphan chunk"),
-            Err(e) => tracing::warn!(chunk = %name, error = %e, "cannot delete orphan chunk"),
-        }
-    }
-}
-
 /// Spreads container leadership evenly: every [`BALANCE_INTERVAL`], a node
 /// that leads more than its share hands one container to the node leading
 /// the fewest (one move per pass, so the counts it sees settle in between).
@@ -268,9 +234,6 @@ impl Node {
             for c in &containers {
                 c.wait_ready().await?;
             }
-            // In a cluster this replica may lag its leader, so it cannot tell
-            // an orphan from a chunk it has not applied yet.
-            collect_orphans(&tier2, &containers).await;
         }
         let (stop_writers, stop) = watch::channel(false);
         let writers = containers

@@ -781,6 +781,11 @@ impl TestCluster {
         id
     }
 
+    /// The tier-2 directory all nodes share.
+    pub fn tier2_dir(&self) -> std::path::PathBuf {
+        self.shared.path().join("tier2")
+    }
+
     /// Node `id` (1-based).
     pub fn node(&mut self, id: u64) -> &mut ServerProcess {
         &mut self.nodes[(id - 1) as usize]

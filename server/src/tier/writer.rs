@@ -10,6 +10,13 @@
 //! next pass; meanwhile the tail buffer keeps the bytes and appends meet
 //! back-pressure once the budget is full. It must never drop bytes from a
 //! tail buffer itself: only an applied "chunks flushed" entry does.
+//!
+//! It also collects the container's orphan objects, once per term it leads:
+//! puts that a crash or a lost leadership cut off from their entry, and
+//! what a delete left behind. Only objects of earlier terms go: a leader of
+//! term T has applied every entry of earlier terms that will ever commit,
+//! so one of those that no chunk names now never will be; objects of term T
+//! may still be on their way into the log.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{chunk_name, Tier2};
+use super::{chunk_name, chunk_term, Tier2};
 use crate::cache::TailBudget;
 use crate::container::command::{ChunkFlushed, ChunksFlushed, Cmd};
 use crate::container::state::Applied;
@@ -60,8 +67,10 @@ impl StorageWriter {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         // When each segment's oldest unflushed byte was first seen.
         let mut since: HashMap<u64, Instant> = HashMap::new();
+        // The last term whose orphans were collected.
+        let mut collected = None;
         loop {
-            let pause = match self.pass(&mut since).await {
+            let pause = match self.pass(&mut since, &mut collected).await {
                 Ok(()) => PASS_INTERVAL,
                 Err(e) => {
                     tracing::warn!(container = self.container.id, error = %e, "tier-2 flush failed; will retry");
@@ -75,10 +84,18 @@ impl StorageWriter {
         }
     }
 
-    async fn pass(&self, since: &mut HashMap<u64, Instant>) -> Result<(), Error> {
+    async fn pass(
+        &self,
+        since: &mut HashMap<u64, Instant>,
+        collected: &mut Option<u64>,
+    ) -> Result<(), Error> {
         let Some(term) = self.container.leader_term() else {
             return Ok(()); // only the leader flushes
         };
+        if *collected != Some(term) {
+            self.collect_orphans(term).await?;
+            *collected = Some(term);
+        }
         for _ in 0..MAX_OBJECTS_PER_PASS {
             let pending = self.pending(since);
             let total: u64 = pending.iter().map(|p| p.bytes).sum();
@@ -87,6 +104,22 @@ impl StorageWriter {
                 break;
             }
             self.flush_object(term, pending, since).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes this container's objects from terms before `term` that no
+    /// chunk names (see the module comment for why that is safe).
+    async fn collect_orphans(&self, term: u64) -> Result<(), Error> {
+        let names = self.tier2.list_chunks(self.container.id).await?;
+        let live = self.container.chunk_objects();
+        for name in names {
+            // A name we did not write is nobody's chunk either.
+            if live.contains(&name) || chunk_term(&name).is_some_and(|t| t >= term) {
+                continue;
+            }
+            self.tier2.delete_chunk(&name).await?;
+            tracing::info!(container = self.container.id, chunk = %name, "deleted orphan chunk");
         }
         Ok(())
     }
