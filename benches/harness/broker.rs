@@ -1,7 +1,9 @@
 //! What every broker in the comparison offers the workload driver
-//! (`drive.rs`): topics of N partitions, one producer per partition whose
-//! `send` resolves once the broker acknowledged every event of the batch,
-//! and a consumer that tails all partitions of a topic from the first event.
+//! (`drive.rs`): topics of N partitions, producers (one connection each, as
+//! far as the broker's client allows) of one or more partitions whose `send`
+//! appends a batch to one of them and resolves once the broker acknowledged
+//! every event of it, and a consumer that tails all partitions of a topic
+//! from the first event.
 //!
 //! Also owns what is shared by the peer brokers' start-up: running an install
 //! script from `benches/peers/`, a server process ended by its PID on drop,
@@ -27,11 +29,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Creates `topic` with `partitions` independent ordered logs.
     fn create(&self, topic: &str, partitions: u32) -> impl Future<Output = Result<()>> + Send;
 
-    /// A producer (its own connection) appending to one partition.
+    /// A producer (its own connection) appending to `partitions` of
+    /// `topic`.
     fn producer(
         &self,
         topic: &str,
-        partition: u32,
+        partitions: &[u32],
     ) -> impl Future<Output = Result<Self::Producer>> + Send;
 
     /// A consumer (its own connection) of every partition of `topic` from
@@ -44,9 +47,11 @@ pub trait Broker: Send + Sync + 'static {
 }
 
 pub trait Producer: Send + Sync + 'static {
-    /// Appends `events` in order; resolves once the broker acknowledged all
-    /// of them (after fsync where the broker is configured for it).
-    fn send(&self, events: Vec<Bytes>) -> impl Future<Output = Result<()>> + Send;
+    /// Appends `events` in order to the producer's `index`th partition (an
+    /// index into the `partitions` it was opened for); resolves once the
+    /// broker acknowledged all of them (after fsync where the broker is
+    /// configured for it).
+    fn send(&self, index: usize, events: Vec<Bytes>) -> impl Future<Output = Result<()>> + Send;
 }
 
 pub trait Consumer: Send + 'static {

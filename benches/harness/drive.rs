@@ -1,5 +1,6 @@
 //! The comparison's workloads, written once against the `Broker` trait so
-//! every broker runs exactly the same load: producers (one per partition),
+//! every broker runs exactly the same load: P producers over N partitions
+//! (producer i writes partitions i, i + P, ..., a batch to each in turn),
 //! each keeping at most `depth` batches of at most `batch_max` events
 //! unacknowledged, either as fast as acks allow or paced at a fixed rate;
 //! a tailing consumer for end-to-end latency; a catch-up read of a backlog.
@@ -35,7 +36,10 @@ const EVENTS_PER_PRODUCER_MAX: u64 = 50_000_000;
 #[derive(Debug, Clone)]
 pub struct Load {
     pub topic: String,
-    /// Partitions of the topic; one producer each.
+    /// Producers, each its own connection.
+    pub producers: u32,
+    /// Partitions of the topic (at least `producers`): producer i writes
+    /// partitions i, i + producers, ..., one batch to each in turn.
     pub partitions: u32,
     pub payload_bytes: usize,
     /// Events per send.
@@ -46,6 +50,15 @@ pub struct Load {
     pub rate: Option<f64>,
     /// Payloads start with 8 bytes: the due time in ns since `base`.
     pub timestamped: bool,
+}
+
+impl Load {
+    /// The partitions producer `i` writes.
+    fn partitions_of(&self, i: u32) -> Vec<u32> {
+        (i..self.partitions)
+            .step_by(self.producers as usize)
+            .collect()
+    }
 }
 
 #[derive(Debug)]
@@ -120,6 +133,12 @@ pub async fn produce<B: Broker>(
     window: Window,
     base: Instant,
 ) -> ProduceResult {
+    assert!(
+        (1..=load.partitions).contains(&load.producers),
+        "1 to {} producers, not {}",
+        load.partitions,
+        load.producers
+    );
     let start = Instant::now();
     let tally = Arc::new(Tally {
         measure_from: start + window.warmup,
@@ -131,15 +150,16 @@ pub async fn produce<B: Broker>(
         first_error: std::sync::Mutex::new(None),
     });
     let mut tasks = Vec::new();
-    for p in 0..load.partitions {
-        match broker.producer(&load.topic, p).await {
+    for i in 0..load.producers {
+        let partitions = load.partitions_of(i);
+        match broker.producer(&load.topic, &partitions).await {
             Ok(producer) => {
                 let (load, tally) = (load.clone(), tally.clone());
                 tasks.push(tokio::spawn(async move {
-                    produce_loop(producer, load, tally, start, base).await
+                    produce_loop(producer, partitions.len(), load, tally, start, base).await
                 }));
             }
-            Err(e) => tally.error(format!("open producer {p}: {e:#}")),
+            Err(e) => tally.error(format!("open producer {i}: {e:#}")),
         }
     }
     for t in tasks {
@@ -163,21 +183,24 @@ pub async fn produce<B: Broker>(
     }
 }
 
+/// One producer's sends, a batch to each of its `partitions` in turn.
 async fn produce_loop<P: Producer>(
     producer: P,
+    partitions: usize,
     load: Load,
     tally: Arc<Tally>,
     start: Instant,
     base: Instant,
 ) {
     let fixed = Bytes::from(vec![b'x'; load.payload_bytes]);
-    let rate = load.rate.map(|r| r / f64::from(load.partitions));
+    let rate = load.rate.map(|r| r / f64::from(load.producers));
     let due_at = |n: u64| match rate {
         Some(r) => start + Duration::from_secs_f64(n as f64 / r),
         None => start,
     };
     let mut in_flight = FuturesUnordered::new();
     let mut n = 0u64;
+    let mut sends = 0usize;
     let mut failed = false;
     while !failed && Instant::now() < tally.measure_to && n < EVENTS_PER_PRODUCER_MAX {
         let now = Instant::now();
@@ -204,7 +227,8 @@ async fn produce_loop<P: Producer>(
                 due.push(d);
             }
             n += count;
-            let send = producer.send(events);
+            let send = producer.send(sends % partitions, events);
+            sends += 1;
             in_flight.push(async move { (due, send.await, Instant::now()) });
         }
         let next_due = due_at(n).max(now);

@@ -1,40 +1,140 @@
 //! The standard suite, run the same way against each broker: what each
-//! workload is (sizes, batching, rates, windows) and the server-side cost of
-//! each (CPU seconds, peak RSS, disk bytes written) read from /proc around it.
+//! workload is (sizes, producers, partitions, batching, rates, windows) and
+//! the server-side cost of each (CPU seconds, peak RSS, disk bytes written)
+//! read from /proc around it.
 //!
-//! Order per broker: a (1 KiB max rate), d (catch-up read of a's backlog),
-//! b (100 B max rate), c (tail latency at a fixed rate).
+//! Order per broker, in the plan's long window: a (1 KiB max rate), d
+//! (catch-up read of a's backlog), b (100 B max rate), c (tail latency at a
+//! fixed rate); then, in its short window, the rest of the event size ×
+//! producers × partitions matrix at max rate (e–i: 100 B, 1 KiB and 64 KiB
+//! from 1 producer, 64 KiB from 4, 1 KiB from 4 over 16 partitions) and j
+//! (a's load paced at half the rate the broker just reached in a).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
+use hdrhistogram::Histogram;
 
 use crate::broker::{self, Broker, ProcSample};
 use crate::drive::{self, CatchUp, Load, ProduceResult, TailResult};
 use crate::workloads::Window;
 
-/// Partitions (and producers) of the throughput workloads.
-pub const PARTITIONS: u32 = 4;
-/// (a): 1 KiB events, batches of up to 64 (64 KiB), 8 in flight per producer.
-pub const A_PAYLOAD: usize = 1024;
-pub const A_BATCH: usize = 64;
-/// (b): 100 B events, batches of up to 1,024 (100 KiB), 8 in flight.
-pub const B_PAYLOAD: usize = 100;
-pub const B_BATCH: usize = 1024;
-pub const DEPTH: usize = 8;
-/// (c): one producer on one partition at this rate, 100 B events, up to
+/// A produce workload: `producers` producers over `partitions` partitions
+/// (producer i writes partitions i, i + producers, ...), each keeping at
+/// most `depth` batches of at most `batch_max` events in flight.
+#[derive(Debug)]
+pub struct Spec {
+    /// Its letter in the report.
+    pub id: &'static str,
+    pub payload_bytes: usize,
+    pub producers: u32,
+    pub partitions: u32,
+    pub batch_max: usize,
+    pub depth: usize,
+    /// None: as fast as acks allow; Some(f): paced at f × the events/s the
+    /// same broker reached in a.
+    pub of_a: Option<f64>,
+    /// Runs in the plan's long window (a, b), not its short one.
+    pub long: bool,
+}
+
+impl Spec {
+    /// Its topic (a fresh one per workload).
+    pub fn topic(&self) -> String {
+        format!("{}-{}b", self.id, self.payload_bytes)
+    }
+}
+
+const KIB: usize = 1024;
+
+/// a: 1 KiB events, batches of up to 64 (64 KiB), 8 in flight per producer.
+pub const A: Spec = Spec {
+    id: "a",
+    payload_bytes: KIB,
+    producers: 4,
+    partitions: 4,
+    batch_max: 64,
+    depth: 8,
+    of_a: None,
+    long: true,
+};
+/// b: 100 B events, batches of up to 1,024 (100 KiB), 8 in flight.
+pub const B: Spec = Spec {
+    id: "b",
+    payload_bytes: 100,
+    batch_max: 1024,
+    ..A
+};
+/// e: b from one producer.
+pub const E: Spec = Spec {
+    id: "e",
+    producers: 1,
+    partitions: 1,
+    long: false,
+    ..B
+};
+/// f: a from one producer.
+pub const F: Spec = Spec {
+    id: "f",
+    producers: 1,
+    partitions: 1,
+    long: false,
+    ..A
+};
+/// g: 64 KiB events from one producer, batches of up to 8 (512 KiB), 4 in
+/// flight (2 MiB).
+pub const G: Spec = Spec {
+    id: "g",
+    payload_bytes: 64 * KIB,
+    batch_max: 8,
+    depth: 4,
+    ..F
+};
+/// h: g from 4 producers, one partition each.
+pub const H: Spec = Spec {
+    id: "h",
+    producers: 4,
+    partitions: 4,
+    ..G
+};
+/// i: a's producers over 16 partitions, 4 each.
+pub const I: Spec = Spec {
+    id: "i",
+    partitions: 16,
+    long: false,
+    ..A
+};
+/// j: a paced at half of a's events/s.
+pub const J: Spec = Spec {
+    id: "j",
+    of_a: Some(0.5),
+    long: false,
+    ..A
+};
+/// The produce workloads in the report's order.
+pub const PRODUCE: [&Spec; 8] = [&A, &B, &E, &F, &G, &H, &I, &J];
+
+/// c: one producer on one partition at this rate, 100 B events, up to
 /// 4 sends in flight; events due while all 4 wait go out together.
 pub const C_RATE: f64 = 10_000.0;
 pub const C_PAYLOAD: usize = 100;
 pub const C_DEPTH: usize = 4;
 pub const C_BATCH: usize = 1024;
 
-/// How long each workload runs, and how much backlog (d) reads.
+/// Why a plan skips a workload.
+pub const SKIP_WHY: &str = "one fsync per message";
+
+/// How long each workload runs, how much backlog d reads, what is skipped.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
+    /// a, b, c, d.
     pub window: Window,
+    /// e–j.
+    pub short: Window,
     pub catch_up_bytes_max: u64,
+    /// Produce workloads left out (for `SKIP_WHY`).
+    pub skip: &'static [&'static str],
 }
 
 /// A workload's cost to the broker's server process (and to the load
@@ -49,12 +149,121 @@ pub struct Usage {
     pub write_bytes: u64,
 }
 
+/// How a produce workload went.
+pub enum Outcome {
+    Done(Box<ProduceResult>, Usage),
+    Failed(anyhow::Error),
+    Skipped(&'static str),
+}
+
+/// One produce workload of a broker.
+pub struct Produced {
+    pub spec: &'static Spec,
+    /// The events/s (over all producers) a paced workload was due at.
+    pub rate: Option<f64>,
+    pub outcome: Outcome,
+}
+
+impl Produced {
+    /// Its results, if it ran.
+    pub fn done(&self) -> Option<&ProduceResult> {
+        match &self.outcome {
+            Outcome::Done(r, _) => Some(r),
+            _ => None,
+        }
+    }
+}
+
 /// One broker's results; a workload that could not run holds its error.
 pub struct Suite {
-    pub a: Result<(ProduceResult, Usage)>,
+    /// In the order they ran.
+    pub produce: Vec<Produced>,
     pub d: Result<(CatchUp, Usage)>,
-    pub b: Result<(ProduceResult, Usage)>,
     pub c: Result<(TailResult, Usage)>,
+}
+
+impl Suite {
+    /// Produce workload `id`.
+    pub fn produced(&self, id: &str) -> Option<&Produced> {
+        self.produce.iter().find(|p| p.spec.id == id)
+    }
+
+    /// The results of produce workload `id`, if it ran.
+    pub fn done(&self, id: &str) -> Option<&ProduceResult> {
+        self.produced(id).and_then(Produced::done)
+    }
+
+    /// The ack latency of every workload that measures one, in letter
+    /// order (c's of its producer); None where it did not run.
+    pub fn ack_latencies(&self) -> Vec<(&'static str, Option<&Histogram<u64>>)> {
+        let c = ("c", self.c.as_ref().ok().map(|(c, _)| &c.produce.ack_us));
+        let mut all: Vec<_> = self
+            .produce
+            .iter()
+            .map(|p| (p.spec.id, p.done().map(|r| &r.ack_us)))
+            .collect();
+        all.push(c);
+        all.sort_by_key(|(id, _)| *id);
+        all
+    }
+}
+
+fn size(bytes: usize) -> String {
+    if bytes >= KIB && bytes.is_multiple_of(KIB) {
+        format!("{} KiB", bytes / KIB)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// "1 producer", "4 producers".
+fn count(n: u32, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// A produce workload in a few words ("i. 1 KiB, 4 producers, 16
+/// partitions"), with the rate it was paced at.
+pub fn label(spec: &Spec, rate: Option<f64>) -> String {
+    let mut s = format!(
+        "{}. {}, {}",
+        spec.id,
+        size(spec.payload_bytes),
+        count(spec.producers, "producer")
+    );
+    if spec.partitions != spec.producers {
+        s.push_str(&format!(", {}", count(spec.partitions, "partition")));
+    }
+    match (spec.of_a, rate) {
+        (Some(f), Some(r)) => s.push_str(&format!(", {r:.0}/s ({:.0} % of a)", f * 100.0)),
+        (Some(f), None) => s.push_str(&format!(", at {:.0} % of a", f * 100.0)),
+        (None, _) => s.push_str(", max"),
+    }
+    s
+}
+
+/// A produce workload's shape in one sentence, for the report's legend.
+pub fn describe(spec: &Spec) -> String {
+    let pace = match spec.of_a {
+        None => "as fast as acks allow".to_owned(),
+        Some(f) => format!(
+            "paced at {:.0} % of the events/s the same broker reached in a",
+            f * 100.0
+        ),
+    };
+    format!(
+        "{}: {} events, {} over {}, batches of up to {} ({}), {} in flight per producer, {pace}",
+        spec.id,
+        size(spec.payload_bytes),
+        count(spec.producers, "producer"),
+        count(spec.partitions, "partition"),
+        spec.batch_max,
+        size(spec.batch_max * spec.payload_bytes),
+        spec.depth,
+    )
 }
 
 /// Runs `f` and reads the server's counters around it.
@@ -74,53 +283,81 @@ async fn measured<T, F: Future<Output = Result<T>>>(pid: u32, f: F) -> Result<(T
     ))
 }
 
-fn max_load(topic: &str, payload_bytes: usize, batch_max: usize) -> Load {
-    Load {
-        topic: topic.into(),
-        partitions: PARTITIONS,
-        payload_bytes,
-        batch_max,
-        depth: DEPTH,
-        rate: None,
-        timestamped: false,
+/// Runs produce workload `spec` on a fresh topic, unless `plan` skips it;
+/// `a_events_s` is the broker's a, which paced workloads need.
+async fn produce<B: Broker>(
+    name: &str,
+    broker: &B,
+    spec: &'static Spec,
+    plan: &Plan,
+    a_events_s: Option<f64>,
+    base: Instant,
+) -> Produced {
+    let rate = spec.of_a.and_then(|f| a_events_s.map(|r| f * r));
+    let produced = |outcome| Produced {
+        spec,
+        rate,
+        outcome,
+    };
+    eprintln!("compare: {name}: {}", label(spec, rate));
+    if plan.skip.contains(&spec.id) {
+        return produced(Outcome::Skipped(SKIP_WHY));
     }
+    if spec.of_a.is_some() && !rate.is_some_and(|r| r > 0.0) {
+        return produced(Outcome::Failed(anyhow!(
+            "no rate: a did not run or acknowledged nothing"
+        )));
+    }
+    let load = Load {
+        topic: spec.topic(),
+        producers: spec.producers,
+        partitions: spec.partitions,
+        payload_bytes: spec.payload_bytes,
+        batch_max: spec.batch_max,
+        depth: spec.depth,
+        rate,
+        timestamped: false,
+    };
+    let window = if spec.long { plan.window } else { plan.short };
+    let result = measured(broker.pid(), async {
+        broker.create(&load.topic, load.partitions).await?;
+        Ok(drive::produce(broker, &load, window, base).await)
+    })
+    .await;
+    produced(match result {
+        Ok((r, u)) => Outcome::Done(Box::new(r), u),
+        Err(e) => Outcome::Failed(e),
+    })
 }
 
-/// Runs a, d, b, c on `broker`, reporting progress on stderr as `name`.
+/// Runs the suite on `broker`, reporting progress on stderr as `name`.
 pub async fn run<B: Broker>(name: &str, broker: &B, plan: Plan) -> Suite {
     let pid = broker.pid();
     let base = Instant::now();
-    let w = plan.window;
     let step = |what: &str| eprintln!("compare: {name}: {what}");
 
-    step("a. 1 KiB events, 4 producers, max rate");
-    let a_load = max_load("a-1k", A_PAYLOAD, A_BATCH);
-    let a = measured(pid, async {
-        broker.create(&a_load.topic, PARTITIONS).await?;
-        Ok(drive::produce(broker, &a_load, w, base).await)
-    })
-    .await;
+    let a = produce(name, broker, &A, &plan, None, base).await;
+    let a_events_s = a.done().map(ProduceResult::events_s);
 
     step("d. catch-up read of a's backlog");
-    let d = match &a {
-        Ok((a, _)) => {
-            let events = (plan.catch_up_bytes_max / A_PAYLOAD as u64).min(a.total_acked);
-            measured(pid, drive::catch_up(broker, "a-1k", PARTITIONS, events)).await
+    let d = match a.done() {
+        Some(a) => {
+            let events = (plan.catch_up_bytes_max / A.payload_bytes as u64).min(a.total_acked);
+            measured(
+                pid,
+                drive::catch_up(broker, &A.topic(), A.partitions, events),
+            )
+            .await
         }
-        Err(e) => Err(anyhow::anyhow!("no backlog: a failed: {e:#}")),
+        None => Err(anyhow!("no backlog: a did not run")),
     };
 
-    step("b. 100 B events, 4 producers, max rate");
-    let b_load = max_load("b-100b", B_PAYLOAD, B_BATCH);
-    let b = measured(pid, async {
-        broker.create(&b_load.topic, PARTITIONS).await?;
-        Ok(drive::produce(broker, &b_load, w, base).await)
-    })
-    .await;
+    let b = produce(name, broker, &B, &plan, a_events_s, base).await;
 
     step("c. tail latency at 10,000 events/s");
     let c_load = Load {
         topic: "c-tail".into(),
+        producers: 1,
         partitions: 1,
         payload_bytes: C_PAYLOAD,
         batch_max: C_BATCH,
@@ -128,24 +365,33 @@ pub async fn run<B: Broker>(name: &str, broker: &B, plan: Plan) -> Suite {
         rate: Some(C_RATE),
         timestamped: true,
     };
-    let c = measured(pid, drive::tail(broker, &c_load, w)).await;
-    Suite { a, d, b, c }
+    let c = measured(pid, drive::tail(broker, &c_load, plan.window)).await;
+
+    let mut all = vec![a, b];
+    for spec in PRODUCE.into_iter().filter(|s| !s.long) {
+        all.push(produce(name, broker, spec, &plan, a_events_s, base).await);
+    }
+    Suite { produce: all, d, c }
 }
 
 /// Windows for a full or quick run; `slow` brokers (one fsync per message)
-/// get shorter ones.
+/// get shorter ones and skip e (100 B from one producer: b already shows
+/// their per-message limit).
 pub fn plan(quick: bool, slow: bool) -> Plan {
-    let (warmup, measure) = match (quick, slow) {
-        (false, false) => (3, 15),
-        (false, true) => (2, 6),
-        (true, false) => (1, 4),
-        (true, true) => (1, 3),
+    let secs = |(warmup, measure): (f64, f64)| Window {
+        warmup: Duration::from_secs_f64(warmup),
+        measure: Duration::from_secs_f64(measure),
+    };
+    let (long, short) = match (quick, slow) {
+        (false, false) => ((3.0, 15.0), (2.0, 6.0)),
+        (false, true) => ((2.0, 6.0), (2.0, 6.0)),
+        (true, false) => ((1.0, 4.0), (1.0, 2.0)),
+        (true, true) => ((1.0, 3.0), (1.0, 2.0)),
     };
     Plan {
-        window: Window {
-            warmup: Duration::from_secs(warmup),
-            measure: Duration::from_secs(measure),
-        },
+        window: secs(long),
+        short: secs(short),
         catch_up_bytes_max: if quick { 64 << 20 } else { 512 << 20 },
+        skip: if slow { &["e"] } else { &[] },
     }
 }

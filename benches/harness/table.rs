@@ -1,5 +1,6 @@
 //! The comparison's report as Markdown: the machine's limits, one row per
-//! broker for each workload, and Aquifer / peer ratios.
+//! broker for each workload, and Aquifer / peer ratios (the headline
+//! figures, then throughput for every max-rate workload).
 
 use std::fmt::Write as _;
 
@@ -7,7 +8,7 @@ use hdrhistogram::Histogram;
 
 use crate::drive::ProduceResult;
 use crate::probe::DiskProbe;
-use crate::suite::{self, Suite, Usage};
+use crate::suite::{self, Outcome, Suite, Usage};
 
 /// A broker's outcome: its results, or why it did not run.
 pub struct Entry {
@@ -34,7 +35,8 @@ fn quantiles(h: &Histogram<u64>) -> [String; 4] {
     ]
 }
 
-fn label(e: &Entry) -> String {
+/// The broker's name, with its note.
+pub fn label(e: &Entry) -> String {
     match &e.note {
         Some(n) => format!("{} ({n})", e.name),
         None => e.name.clone(),
@@ -67,9 +69,6 @@ fn failed(e: &anyhow::Error) -> String {
     format!("failed: {}", format!("{e:#}").replace('|', "/"))
 }
 
-/// Picks one produce workload's outcome out of a suite.
-type PickProduce = fn(&Suite) -> &anyhow::Result<(ProduceResult, Usage)>;
-
 /// Renders the whole report.
 pub fn render(entries: &[Entry], disk: &DiskProbe, fs_type: &str) -> String {
     let mut out = String::new();
@@ -84,14 +83,16 @@ pub fn render(entries: &[Entry], disk: &DiskProbe, fs_type: &str) -> String {
         disk.seq_mb_s, disk.small_syncs_s_1, disk.small_syncs_s_16
     );
     for e in entries.iter().filter(|e| e.name == "aquifer") {
-        if let Ok(s) = &e.outcome {
-            if let Ok((a, _)) = &s.a {
+        let Ok(s) = &e.outcome else { continue };
+        for spec in [&suite::A, &suite::H] {
+            if let Some(r) = s.done(spec.id) {
                 let _ = writeln!(
                     out,
-                    "{}: workload a acked {:.1} MB/s durably = {:.0}% of the sequential fdatasync limit.\n",
+                    "{}: workload {} acked {:.1} MB/s durably = {:.0}% of the sequential fdatasync limit.\n",
                     label(e),
-                    a.mb_s(),
-                    100.0 * a.mb_s() / disk.seq_mb_s.max(1e-9)
+                    spec.id,
+                    r.mb_s(),
+                    100.0 * r.mb_s() / disk.seq_mb_s.max(1e-9)
                 );
             }
         }
@@ -110,14 +111,18 @@ pub fn render(entries: &[Entry], disk: &DiskProbe, fs_type: &str) -> String {
 
     let _ = writeln!(
         out,
-        "## Throughput (4 producers, one partition each; batches of up to {} × 1 KiB (a) or {} × 100 B (b), {} in flight per producer)\n\n\
-         Ack latency (ms): from the send of a batch to its acknowledgement; events/s, MB/s and \
-         latencies count the events acknowledged inside the measured window. Server CPU and client CPU: \
-         seconds over the whole workload (warm-up and drain included); RSS: the server's peak during it (MiB); \
-         disk/acked: bytes the server wrote to storage per payload byte acknowledged.\n",
-        suite::A_BATCH,
-        suite::B_BATCH,
-        suite::DEPTH
+        "## Throughput and ack latency\n\n\
+         Workloads (P producers over N partitions: producer i writes partitions i, i + P, ..., a batch to each in turn):\n"
+    );
+    for spec in suite::PRODUCE {
+        let _ = writeln!(out, "- {}", suite::describe(spec));
+    }
+    let _ = writeln!(
+        out,
+        "\nAck latency (ms): from the send of a batch (max rate) or the time an event was due (paced) to its \
+         acknowledgement; events/s, MB/s and latencies count the events acknowledged inside the measured window. \
+         Server CPU and client CPU: seconds over the whole workload (warm-up and drain included); RSS: the server's \
+         peak during it (MiB); disk/acked: bytes the server wrote to storage per payload byte acknowledged.\n"
     );
     let _ = writeln!(
         out,
@@ -127,30 +132,27 @@ pub fn render(entries: &[Entry], disk: &DiskProbe, fs_type: &str) -> String {
         out,
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     );
-    let rows: [(&str, PickProduce, u64); 2] = [
-        ("a. 1 KiB, max", |s| &s.a, suite::A_PAYLOAD as u64),
-        ("b. 100 B, max", |s| &s.b, suite::B_PAYLOAD as u64),
-    ];
-    for (workload, pick, payload) in rows {
+    for spec in suite::PRODUCE {
         for e in entries {
-            let Ok(s) = &e.outcome else { continue };
-            match pick(s) {
-                Ok((r, u)) => {
+            let Some(p) = e.outcome.as_ref().ok().and_then(|s| s.produced(spec.id)) else {
+                continue;
+            };
+            let workload = suite::label(spec, p.rate);
+            let row = match &p.outcome {
+                Outcome::Done(r, u) => {
                     let [p50, p99, p999, max] = quantiles(&r.ack_us);
-                    let _ = writeln!(
-                        out,
-                        "| {workload} | {} | {:.0} | {:.1} | {p50} | {p99} | {p999} | {max} | {} | {} |",
-                        label(e),
+                    format!(
+                        "{:.0} | {:.1} | {p50} | {p99} | {p999} | {max} | {} | {}",
                         r.events_s(),
                         r.mb_s(),
-                        usage_cells(u, r.total_acked * payload),
+                        usage_cells(u, r.total_acked * spec.payload_bytes as u64),
                         errors(r)
-                    );
+                    )
                 }
-                Err(err) => {
-                    let _ = writeln!(out, "| {workload} | {} | {} |", label(e), failed(err));
-                }
-            }
+                Outcome::Failed(err) => failed(err),
+                Outcome::Skipped(why) => format!("skipped: {why}"),
+            };
+            let _ = writeln!(out, "| {workload} | {} | {row} |", label(e));
         }
     }
 
@@ -197,7 +199,8 @@ pub fn render(entries: &[Entry], disk: &DiskProbe, fs_type: &str) -> String {
 
     let _ = writeln!(
         out,
-        "\n## Catch-up (d: one consumer of all 4 partitions of a, from the first event)\n"
+        "\n## Catch-up (d: one consumer of all {} partitions of a, from the first event)\n",
+        suite::A.partitions
     );
     let _ = writeln!(
         out,
@@ -232,7 +235,7 @@ pub fn render(entries: &[Entry], disk: &DiskProbe, fs_type: &str) -> String {
     out
 }
 
-/// The figures the ratio table compares, if the workload ran.
+/// The figures the headline ratio table compares, if the workload ran.
 struct Key {
     a_events_s: Option<f64>,
     b_events_s: Option<f64>,
@@ -240,6 +243,7 @@ struct Key {
     c_ack_p99: Option<f64>,
     c_e2e_p99: Option<f64>,
     d_mb_s: Option<f64>,
+    j_ack_p99: Option<f64>,
 }
 
 fn p99(h: &Histogram<u64>) -> Option<f64> {
@@ -247,13 +251,16 @@ fn p99(h: &Histogram<u64>) -> Option<f64> {
 }
 
 fn key(s: &Suite) -> Key {
+    let events_s = |id| s.done(id).map(ProduceResult::events_s);
+    let ack_p99 = |id| s.done(id).and_then(|r| p99(&r.ack_us));
     Key {
-        a_events_s: s.a.as_ref().ok().map(|(r, _)| r.events_s()),
-        b_events_s: s.b.as_ref().ok().map(|(r, _)| r.events_s()),
-        a_ack_p99: s.a.as_ref().ok().and_then(|(r, _)| p99(&r.ack_us)),
+        a_events_s: events_s(suite::A.id),
+        b_events_s: events_s(suite::B.id),
+        a_ack_p99: ack_p99(suite::A.id),
         c_ack_p99: s.c.as_ref().ok().and_then(|(c, _)| p99(&c.produce.ack_us)),
         c_e2e_p99: s.c.as_ref().ok().and_then(|(c, _)| p99(&c.e2e_us)),
         d_mb_s: s.d.as_ref().ok().map(|(d, _)| d.mb_s()),
+        j_ack_p99: ack_p99(suite::J.id),
     }
 }
 
@@ -272,33 +279,63 @@ fn ratios(out: &mut String, entries: &[Entry]) {
     else {
         return;
     };
-    let ours = key(ours);
+    let peers: Vec<(String, Option<&Suite>)> = entries
+        .iter()
+        .skip(1)
+        .map(|e| (label(e), e.outcome.as_ref().ok()))
+        .collect();
+    if peers.is_empty() {
+        return;
+    }
+    let mine = key(ours);
     let _ = writeln!(
         out,
         "\n## Aquifer / peer\n\n\
-         Throughput and catch-up: above 1× Aquifer is faster. Latency: below 1× Aquifer is lower.\n"
+         Throughput and catch-up: above 1× Aquifer is faster. Latency: below 1× Aquifer is lower \
+         (j: each broker at half of its own a rate).\n"
     );
     let _ = writeln!(
         out,
-        "| peer | a events/s | b events/s | a ack p99 | c ack p99 | c e2e p99 | d catch-up MB/s |"
+        "| peer | a events/s | b events/s | a ack p99 | c ack p99 | c e2e p99 | d catch-up MB/s | j ack p99 |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
-    for e in entries.iter().skip(1) {
-        let Ok(s) = &e.outcome else {
-            let _ = writeln!(out, "| {} | unavailable | | | | | |", label(e));
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (peer, s) in &peers {
+        let Some(s) = s else {
+            let _ = writeln!(out, "| {peer} | unavailable | | | | | | |");
             continue;
         };
         let t = key(s);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} |",
-            label(e),
-            ratio(ours.a_events_s, t.a_events_s),
-            ratio(ours.b_events_s, t.b_events_s),
-            ratio(ours.a_ack_p99, t.a_ack_p99),
-            ratio(ours.c_ack_p99, t.c_ack_p99),
-            ratio(ours.c_e2e_p99, t.c_e2e_p99),
-            ratio(ours.d_mb_s, t.d_mb_s),
+            "| {peer} | {} | {} | {} | {} | {} | {} | {} |",
+            ratio(mine.a_events_s, t.a_events_s),
+            ratio(mine.b_events_s, t.b_events_s),
+            ratio(mine.a_ack_p99, t.a_ack_p99),
+            ratio(mine.c_ack_p99, t.c_ack_p99),
+            ratio(mine.c_e2e_p99, t.c_e2e_p99),
+            ratio(mine.d_mb_s, t.d_mb_s),
+            ratio(mine.j_ack_p99, t.j_ack_p99),
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "\nThroughput (events/s) of every max-rate workload, Aquifer / peer:\n"
+    );
+    let names: Vec<&str> = peers.iter().map(|(n, _)| n.as_str()).collect();
+    let _ = writeln!(out, "| workload | {} |", names.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(names.len()));
+    for spec in suite::PRODUCE.into_iter().filter(|s| s.of_a.is_none()) {
+        let events_s = |s: &Suite| s.done(spec.id).map(ProduceResult::events_s);
+        let cells: Vec<String> = peers
+            .iter()
+            .map(|(_, s)| ratio(events_s(ours), s.and_then(events_s)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} |",
+            suite::label(spec, None),
+            cells.join(" | ")
         );
     }
 }

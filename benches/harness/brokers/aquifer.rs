@@ -1,7 +1,8 @@
 //! Aquifer behind the `Broker` trait: a topic is a stream with one segment
-//! per partition, a producer is an `EventWriter` whose routing key lands in
-//! its partition's segment, a consumer is an `EventReader` tailing every
-//! segment from the head.
+//! per partition, a producer is one `EventWriter` (one connection, one
+//! writer id) with a routing key per partition that lands in that
+//! partition's segment, a consumer is an `EventReader` tailing every segment
+//! from the head.
 
 use anyhow::{anyhow, Result};
 use aquifer_client::{
@@ -62,14 +63,17 @@ impl Broker for Aquifer {
         Ok(())
     }
 
-    async fn producer(&self, topic: &str, partition: u32) -> Result<AquiferProducer> {
+    async fn producer(&self, topic: &str, partitions: &[u32]) -> Result<AquiferProducer> {
         let name = stream_name(topic)?;
         let client = Client::connect(&self.server.addr()).await?;
-        let partitions = client.admin().describe_stream(&name).await?.segments.len() as u32;
+        let segments = client.admin().describe_stream(&name).await?.segments.len() as u32;
         let writer = client.writer(&name, WriterConfig::default()).await?;
         Ok(AquiferProducer {
             writer,
-            key: key_for(partition, partitions)?,
+            keys: partitions
+                .iter()
+                .map(|&p| key_for(p, segments))
+                .collect::<Result<_>>()?,
         })
     }
 
@@ -87,16 +91,18 @@ impl Broker for Aquifer {
 
 pub struct AquiferProducer {
     writer: EventWriter,
-    key: String,
+    /// The routing key of each of the producer's partitions.
+    keys: Vec<String>,
 }
 
 impl Producer for AquiferProducer {
-    async fn send(&self, events: Vec<Bytes>) -> Result<()> {
+    async fn send(&self, index: usize, events: Vec<Bytes>) -> Result<()> {
         // Queue every event first (the writer batches them), then wait for
         // each acknowledgement.
+        let key = &self.keys[index];
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
-            pending.push(self.writer.write_event(Some(&self.key), event).await?);
+            pending.push(self.writer.write_event(Some(key), event).await?);
         }
         for p in pending {
             p.await?;

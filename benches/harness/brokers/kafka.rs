@@ -1,6 +1,9 @@
 //! Apache Kafka (KRaft, one node that is broker and controller) behind the
 //! `Broker` trait, driven by rskafka (pure Rust; produce requests always ask
-//! for acks=all): a send is one produce request of the batch; a consumer
+//! for acks=all): a producer is one rskafka client with a partition client
+//! per partition (rskafka gives each partition client its own connection to
+//! the partition's leader and has no produce request spanning partitions), a
+//! send is one produce request of the batch to one partition; a consumer
 //! fetches every partition concurrently, each from offset 0.
 //!
 //! Two set-ups: durable, with `log.flush.interval.messages=1` (the broker
@@ -118,19 +121,28 @@ impl Kafka {
         ))
     }
 
-    async fn partition_client(&self, topic: &str, partition: u32) -> Result<PartitionClient> {
-        // Its own client: its own connection, as a separate producer has.
+    /// A client of its own (as a separate producer or consumer has) and
+    /// its partition clients for `partitions` of `topic`.
+    async fn partition_clients(
+        &self,
+        topic: &str,
+        partitions: &[u32],
+    ) -> Result<Vec<PartitionClient>> {
         let client = ClientBuilder::new(vec![self.bootstrap.clone()])
             .build()
             .await?;
-        let partition = client
-            .partition_client(topic, partition as i32, UnknownTopicHandling::Retry)
-            .await?;
-        // One request so the connection to the partition's leader is open
-        // before its socket options are set.
-        partition.get_offset(OffsetAt::Latest).await?;
+        let mut out = Vec::with_capacity(partitions.len());
+        for &p in partitions {
+            let partition = client
+                .partition_client(topic, p as i32, UnknownTopicHandling::Retry)
+                .await?;
+            // One request so the connection to the partition's leader is
+            // open before its socket options are set.
+            partition.get_offset(OffsetAt::Latest).await?;
+            out.push(partition);
+        }
         nodelay_to(self.port);
-        Ok(partition)
+        Ok(out)
     }
 }
 
@@ -262,17 +274,18 @@ impl Broker for Kafka {
         Ok(())
     }
 
-    async fn producer(&self, topic: &str, partition: u32) -> Result<KafkaProducer> {
+    async fn producer(&self, topic: &str, partitions: &[u32]) -> Result<KafkaProducer> {
         Ok(KafkaProducer {
-            partition: self.partition_client(topic, partition).await?,
+            partitions: self.partition_clients(topic, partitions).await?,
         })
     }
 
     async fn consumer(&self, topic: &str, partitions: u32) -> Result<KafkaConsumer> {
         let (tx, rx) = mpsc::channel(CONSUMER_QUEUE);
         let mut fetchers = Vec::new();
-        for p in 0..partitions {
-            let client = Arc::new(self.partition_client(topic, p).await?);
+        let all: Vec<u32> = (0..partitions).collect();
+        for client in self.partition_clients(topic, &all).await? {
+            let client = Arc::new(client);
             let tx = tx.clone();
             fetchers.push(tokio::spawn(async move {
                 let mut offset = 0i64;
@@ -301,11 +314,11 @@ impl Broker for Kafka {
 }
 
 pub struct KafkaProducer {
-    partition: PartitionClient,
+    partitions: Vec<PartitionClient>,
 }
 
 impl Producer for KafkaProducer {
-    async fn send(&self, events: Vec<Bytes>) -> Result<()> {
+    async fn send(&self, index: usize, events: Vec<Bytes>) -> Result<()> {
         let timestamp = Utc::now();
         let records = events
             .into_iter()
@@ -316,7 +329,7 @@ impl Producer for KafkaProducer {
                 timestamp,
             })
             .collect();
-        self.partition
+        self.partitions[index]
             .produce(records, Compression::NoCompression)
             .await?;
         Ok(())

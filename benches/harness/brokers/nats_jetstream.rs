@@ -1,7 +1,8 @@
 //! NATS JetStream behind the `Broker` trait: partition p of a topic is its
 //! own JetStream stream `<topic>-<p>` (subject `<topic>.<p>`), file storage;
-//! a send publishes every event and waits for each publish ack; a consumer
-//! merges one ordered pull consumer per partition.
+//! a producer is one connection, a send publishes every event to one of its
+//! subjects and waits for each publish ack; a consumer merges one ordered
+//! pull consumer per partition.
 //!
 //! Durability: `sync_interval: always` makes the file store fsync each
 //! message before the publish ack (one fsync per message, so expect about
@@ -100,10 +101,10 @@ impl Broker for Nats {
         Ok(())
     }
 
-    async fn producer(&self, topic: &str, partition: u32) -> Result<NatsProducer> {
+    async fn producer(&self, topic: &str, partitions: &[u32]) -> Result<NatsProducer> {
         Ok(NatsProducer {
             js: context(&self.addr).await?,
-            subject: subject(topic, partition),
+            subjects: partitions.iter().map(|&p| subject(topic, p)).collect(),
         })
     }
 
@@ -133,14 +134,16 @@ impl Broker for Nats {
 
 pub struct NatsProducer {
     js: jetstream::Context,
-    subject: String,
+    /// The subject of each of the producer's partitions.
+    subjects: Vec<String>,
 }
 
 impl Producer for NatsProducer {
-    async fn send(&self, events: Vec<Bytes>) -> Result<()> {
+    async fn send(&self, index: usize, events: Vec<Bytes>) -> Result<()> {
+        let subject = &self.subjects[index];
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
-            acks.push(self.js.publish(self.subject.clone(), event).await?);
+            acks.push(self.js.publish(subject.clone(), event).await?);
         }
         for ack in acks {
             ack.await?;

@@ -1,6 +1,7 @@
 //! Redis Streams behind the `Broker` trait: partition p of a topic is the
-//! stream key `<topic>:<p>`; a send is one pipeline of XADDs; a consumer is
-//! XREAD BLOCK over every partition's key.
+//! stream key `<topic>:<p>`; a producer is one connection, a send one
+//! pipeline of XADDs to one of its keys; a consumer is XREAD BLOCK over
+//! every partition's key.
 //!
 //! Durability: AOF with `appendfsync always`. Redis writes and fsyncs the
 //! AOF before it sends the replies of an event-loop round, so an XADD's
@@ -92,10 +93,10 @@ impl Broker for Redis {
         Ok(())
     }
 
-    async fn producer(&self, topic: &str, partition: u32) -> Result<RedisProducer> {
+    async fn producer(&self, topic: &str, partitions: &[u32]) -> Result<RedisProducer> {
         Ok(RedisProducer {
             conn: connect(&self.url).await?,
-            key: key(topic, partition),
+            keys: partitions.iter().map(|&p| key(topic, p)).collect(),
         })
     }
 
@@ -110,15 +111,16 @@ impl Broker for Redis {
 
 pub struct RedisProducer {
     conn: MultiplexedConnection,
-    key: String,
+    /// The stream key of each of the producer's partitions.
+    keys: Vec<String>,
 }
 
 impl Producer for RedisProducer {
-    async fn send(&self, events: Vec<Bytes>) -> Result<()> {
+    async fn send(&self, index: usize, events: Vec<Bytes>) -> Result<()> {
         let mut pipe = redis::pipe();
         for event in &events {
             pipe.cmd("XADD")
-                .arg(&self.key)
+                .arg(&self.keys[index])
                 .arg("*")
                 .arg("d")
                 .arg(event.as_ref());
