@@ -2,7 +2,8 @@
 //! `raft::Storage` that raft-rs reads it through.
 //!
 //! Layout: one directory per group, `<data-dir>/log/<group>/`, holding log
-//! files `<seq:020>.log` written in sequence order. Each file is a run of
+//! files `<seq:020>.log` written in sequence order (and files being
+//! reclaimed, `*.free`, see [`reclaim`]). Each file is a run of
 //! records (see [`record`]): raft entries, hard states and conf states. On
 //! replay a later entry with an index at or below the last one replaces the
 //! tail from that index on (raft overwrote a conflicting suffix).
@@ -12,6 +13,7 @@
 //! torn tail of the last file (truncated away) or a refusal to start. The log
 //! never interprets entry payloads: that is the container's job.
 
+mod reclaim;
 pub mod record;
 mod storage;
 

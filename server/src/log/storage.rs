@@ -120,7 +120,7 @@ fn snapshot_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
 fn remove_snapshots_below(dir: &Path, index: u64) -> Result<(), LogError> {
     for (i, path) in snapshot_files(dir)? {
         if i < index {
-            std::fs::remove_file(&path).map_err(io_err(&path))?;
+            super::reclaim::release(&path).map_err(io_err(&path))?;
         }
     }
     Ok(())
@@ -207,6 +207,7 @@ impl LogStorage {
     /// truncated, corruption elsewhere an error naming file and offset.
     pub fn open(dir: &Path) -> Result<Self, LogError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        super::reclaim::resume(dir).map_err(io_err(dir))?;
         let mut seqs = Vec::new();
         for item in std::fs::read_dir(dir).map_err(io_err(dir))? {
             let item = item.map_err(io_err(dir))?;
@@ -529,7 +530,7 @@ impl LogStorage {
         let mut kept = Vec::with_capacity(self.files.len());
         for f in std::mem::take(&mut self.files) {
             if f.seq != active_seq && f.max_index <= index {
-                std::fs::remove_file(&f.path).map_err(io_err(&f.path))?;
+                super::reclaim::release(&f.path).map_err(io_err(&f.path))?;
                 tracing::debug!(file = %f.path.display(), "removed log file below snapshot");
             } else {
                 kept.push(f);
@@ -580,7 +581,7 @@ impl LogStorage {
         self.start_file(next)?;
         let old: Vec<LogFile> = self.files.drain(..self.files.len() - 1).collect();
         for f in old {
-            std::fs::remove_file(&f.path).map_err(io_err(&f.path))?;
+            super::reclaim::release(&f.path).map_err(io_err(&f.path))?;
         }
         remove_snapshots_below(&self.dir, index)?;
         sync_dir(&self.dir)
