@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use aquifer_proto::v1::raft_transport_client::RaftTransportClient;
 use aquifer_proto::v1::{RaftBatch, RaftEnvelope, SnapshotPiece};
 use protobuf::Message as _;
-use raft::prelude::{Message, MessageType};
+use raft::prelude::Message;
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 
-use crate::group::Outbox;
+use crate::group::{Outbox, SnapshotSent};
 
 /// Messages queued per destination node; past it they are dropped.
 const PEER_QUEUE_MAX: usize = 4096;
@@ -160,16 +160,6 @@ impl Outbox for Transport {
         {
             return false;
         }
-        if msg.get_msg_type() == MessageType::MsgSnapshot {
-            // Rare and large: a stream of its own, so it neither waits behind
-            // nor holds up the batches of heartbeats and appends.
-            let Some(addr) = address(msg.to) else {
-                return false;
-            };
-            self.runtime
-                .spawn(send_snapshot(self.me, group.to_string(), addr, msg));
-            return true;
-        }
         let Ok(message) = msg.write_to_bytes() else {
             return false;
         };
@@ -178,6 +168,23 @@ impl Outbox for Transport {
             message: message.into(),
         })
         .is_ok()
+    }
+
+    /// Rare and large: a stream of its own, so it neither waits behind nor
+    /// holds up the batches of heartbeats and appends.
+    fn send_snapshot(&self, group: &str, msg: Message, sent: SnapshotSent) {
+        let dropped = self
+            .drop_to
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&msg.to);
+        match address(msg.to).filter(|_| !dropped) {
+            Some(addr) => {
+                let send = send_snapshot(self.me, group.to_string(), addr, msg);
+                self.runtime.spawn(async move { sent(send.await) });
+            }
+            None => sent(false),
+        }
     }
 }
 
@@ -236,13 +243,12 @@ async fn send_loop(
     }
 }
 
-/// Streams one snapshot message to `addr` in pieces; a failure is logged and
-/// dropped (the leader sends a new snapshot when the follower still needs it).
-async fn send_snapshot(from: u64, group: String, addr: String, mut msg: Message) {
+/// Streams one snapshot message to `addr` in pieces; whether it arrived.
+async fn send_snapshot(from: u64, group: String, addr: String, mut msg: Message) -> bool {
     let data = std::mem::take(&mut msg.mut_snapshot().data);
     let (to, index) = (msg.to, msg.get_snapshot().get_metadata().index);
     let Ok(message) = msg.write_to_bytes() else {
-        return;
+        return false;
     };
     let first = SnapshotPiece {
         from,
@@ -259,14 +265,18 @@ async fn send_snapshot(from: u64, group: String, addr: String, mut msg: Message)
         });
     let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
         Ok(e) => e.connect_timeout(Duration::from_secs(1)),
-        Err(_) => return,
+        Err(_) => return false,
     };
     let mut client = RaftTransportClient::new(endpoint.connect_lazy());
     let stream = tokio_stream::iter(std::iter::once(first).chain(pieces));
     match client.send_snapshot(stream).await {
-        Ok(_) => tracing::info!(group, node = to, index, "snapshot sent"),
+        Ok(_) => {
+            tracing::info!(group, node = to, index, "snapshot sent");
+            true
+        }
         Err(e) => {
-            tracing::warn!(group, node = to, index, error = %e.message(), "cannot send a snapshot; raft will retry")
+            tracing::warn!(group, node = to, index, error = %e.message(), "cannot send a snapshot; raft will retry");
+            false
         }
     }
 }

@@ -100,14 +100,28 @@ pub(crate) enum Command<S: StateMachine> {
     /// Answer once this replica has applied everything committed when the
     /// request was made (raft ReadIndex, confirmed by the leader).
     ReadIndex(oneshot::Sender<()>),
+    /// Whether a snapshot this node sent reached node `to`.
+    SnapshotSent {
+        to: u64,
+        arrived: bool,
+    },
 }
 
 /// Where a group's raft messages to other nodes go (the cluster transport).
 pub trait Outbox: Send + Sync + 'static {
-    /// Queues `msg` for node `msg.to`. False when it cannot (unknown node,
-    /// queue full): raft sends again, so dropping is safe.
+    /// Queues `msg` (anything but a snapshot) for node `msg.to`. False when
+    /// it cannot (unknown node, queue full): raft sends again, so dropping
+    /// is safe.
     fn send(&self, group: &str, msg: Message) -> bool;
+
+    /// Sends a snapshot message to node `msg.to` and calls `sent` with
+    /// whether it arrived. Raft must hear either way: until it does, it
+    /// sends that follower nothing else.
+    fn send_snapshot(&self, group: &str, msg: Message, sent: SnapshotSent);
 }
+
+/// Tells a group whether its snapshot reached the follower.
+pub type SnapshotSent = Box<dyn FnOnce(bool) + Send>;
 
 /// How to run one group.
 #[derive(Debug, Clone)]
@@ -187,6 +201,8 @@ impl<S: StateMachine> Group<S> {
         let shared = runner::Shared {
             ready: ready_tx,
             status: status.clone(),
+            // Weak: dropping every handle must still close the channel.
+            commands: tx.downgrade(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("raft-{name}"))

@@ -11,12 +11,14 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::metrics::gauge::Gauge;
 use protobuf::Message as _;
 use raft::prelude::{
-    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot,
+    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot,
 };
-use raft::{RawNode, StateRole};
+use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Command, GroupConfig, GroupStatus, Outbox, ProposeError, Reply, StateMachine};
+use super::{
+    Command, GroupConfig, GroupStatus, Outbox, ProposeError, Reply, SnapshotSent, StateMachine,
+};
 use crate::log::{LogError, LogStorage};
 
 /// Commands drained per loop turn before handling a Ready: bounds the time
@@ -48,6 +50,8 @@ struct Runner<S: StateMachine> {
     ready_tx: watch::Sender<Option<u64>>,
     status: Arc<Mutex<GroupStatus>>,
     outbox: Option<Arc<dyn Outbox>>,
+    /// This group's own command queue, for outcomes that come back later.
+    commands: mpsc::WeakSender<Command<S>>,
     /// Index of the last applied entry.
     applied: u64,
     /// Entry bytes applied since the last snapshot.
@@ -121,9 +125,10 @@ fn fatal(group: &str, what: &str, err: &dyn std::fmt::Display) -> ! {
 }
 
 /// What the thread shares with its [`super::Group`] handle.
-pub(super) struct Shared {
+pub(super) struct Shared<S: StateMachine> {
     pub ready: watch::Sender<Option<u64>>,
     pub status: Arc<Mutex<GroupStatus>>,
+    pub commands: mpsc::WeakSender<Command<S>>,
 }
 
 pub(super) fn run<S: StateMachine>(
@@ -132,7 +137,7 @@ pub(super) fn run<S: StateMachine>(
     state: S,
     applied: u64,
     mut rx: mpsc::Receiver<Command<S>>,
-    shared: Shared,
+    shared: Shared<S>,
 ) {
     let name = config.name.clone();
     let logger = slog::Logger::root(slog::Discard, slog::o!());
@@ -151,6 +156,7 @@ pub(super) fn run<S: StateMachine>(
         ready_tx: shared.ready,
         status: shared.status,
         outbox: config.outbox.clone(),
+        commands: shared.commands,
         applied,
         applied_bytes: 0,
         snapshotting: None,
@@ -234,6 +240,14 @@ impl<S: StateMachine> Runner<S> {
                 if let Err(e) = self.node.propose_conf_change(Vec::new(), cc) {
                     tracing::warn!(group = %self.name, node, error = %e, "membership change not proposed");
                 }
+            }
+            Command::SnapshotSent { to, arrived } => {
+                let status = if arrived {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.node.report_snapshot(to, status);
             }
             Command::TransferLeader(to) => {
                 let raft = &self.node.raft;
@@ -350,7 +364,20 @@ impl<S: StateMachine> Runner<S> {
             return; // a single voter sends none
         };
         for msg in msgs {
-            outbox.send(&self.name, msg);
+            if msg.get_msg_type() != MessageType::MsgSnapshot {
+                outbox.send(&self.name, msg);
+                continue;
+            }
+            let (to, commands) = (msg.to, self.commands.clone());
+            let sent: SnapshotSent = Box::new(move |arrived| {
+                if let Some(tx) = commands.upgrade() {
+                    // Called on the transport's runtime; the queue may be full.
+                    tokio::spawn(async move {
+                        let _ = tx.send(Command::SnapshotSent { to, arrived }).await;
+                    });
+                }
+            });
+            outbox.send_snapshot(&self.name, msg, sent);
         }
     }
 
