@@ -153,8 +153,9 @@ async fn writes_continue_when_the_leader_is_partitioned_away() {
 }
 
 /// A node down while the others write past their snapshot interval comes
-/// back too far behind for the log: the leader sends it a snapshot, and
-/// afterwards it alone serves every event.
+/// back too far behind for the log: the leader sends it a snapshot (again,
+/// after the first ones are lost), and afterwards it alone serves every
+/// event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_far_behind_catches_up_by_snapshot() {
     let mut cluster = TestCluster::start(
@@ -173,7 +174,21 @@ async fn a_replica_far_behind_catches_up_by_snapshot() {
     // ~4 MB: several snapshots and log truncations on nodes 1 and 2.
     write_keyed_range(&writer, KEYS, 50, 550, 500).await;
     writer.close().await.expect("close");
+    // The first snapshots sent to it are lost: the leaders must hear of it
+    // and send again, not wait for them forever.
+    cluster.drop_snapshots_to(3).await;
     cluster.node(3).restart().await;
+    let failed = || {
+        let logs: Vec<String> = cluster.nodes[..2].iter().map(|n| n.stderr_text()).collect();
+        async move { logs.iter().any(|l| l.contains("dropping a snapshot")) }
+    };
+    common::wait_for(
+        "a leader to drop a snapshot to node 3",
+        Duration::from_secs(30),
+        failed,
+    )
+    .await;
+    cluster.heal().await;
     let installed = || {
         let log = cluster.nodes[2].stderr_text();
         async move { log.contains("installed a snapshot from the leader") }

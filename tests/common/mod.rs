@@ -842,18 +842,41 @@ impl TestCluster {
             } else {
                 vec![isolated]
             };
-            self.set_faults(*id, drop_to).await;
+            self.set_faults(
+                *id,
+                aquifer_proto::v1::Faults {
+                    drop_to,
+                    ..Default::default()
+                },
+            )
+            .await;
+        }
+    }
+
+    /// Every other node drops the snapshots it sends to node `to` (and
+    /// nothing else).
+    pub async fn drop_snapshots_to(&self, to: u64) {
+        for id in (1..=self.nodes.len() as u64).filter(|&id| id != to) {
+            self.set_faults(
+                id,
+                aquifer_proto::v1::Faults {
+                    drop_snapshots_to: vec![to],
+                    ..Default::default()
+                },
+            )
+            .await;
         }
     }
 
     /// Ends every partition.
     pub async fn heal(&self) {
         for id in 1..=self.nodes.len() as u64 {
-            self.set_faults(id, Vec::new()).await;
+            self.set_faults(id, aquifer_proto::v1::Faults::default())
+                .await;
         }
     }
 
-    async fn set_faults(&self, id: u64, drop_to: Vec<u64>) {
+    async fn set_faults(&self, id: u64, faults: aquifer_proto::v1::Faults) {
         let addr = self.nodes[(id - 1) as usize].addr();
         let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .expect("endpoint")
@@ -864,7 +887,7 @@ impl TestCluster {
             return; // down: nothing to cut
         };
         aquifer_proto::v1::cluster_client::ClusterClient::new(channel)
-            .set_faults(aquifer_proto::v1::Faults { drop_to })
+            .set_faults(faults)
             .await
             .unwrap_or_else(|e| panic!("set faults on node {id}: {e}"));
     }

@@ -121,11 +121,9 @@ impl Cluster for ClusterService {
                 "a single node has no raft messages to drop",
             ));
         };
-        let drop_to = req.into_inner().drop_to;
-        tracing::warn!(?drop_to, "fault injection: dropping raft messages");
-        transport.set_drop_to(drop_to);
-        Ok(Response::new(Faults {
-            drop_to: transport.drop_to(),
-        }))
+        let faults = req.into_inner();
+        tracing::warn!(drop_to = ?faults.drop_to, drop_snapshots_to = ?faults.drop_snapshots_to, "fault injection: dropping raft messages");
+        transport.set_faults(faults);
+        Ok(Response::new(transport.faults()))
     }
 }

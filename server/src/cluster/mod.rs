@@ -7,12 +7,12 @@
 //! is dropped: raft retransmits, so the transport never blocks a group's
 //! thread and never buffers without bound.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use aquifer_proto::v1::raft_transport_client::RaftTransportClient;
-use aquifer_proto::v1::{RaftBatch, RaftEnvelope, SnapshotPiece};
+use aquifer_proto::v1::{Faults, RaftBatch, RaftEnvelope, SnapshotPiece};
 use protobuf::Message as _;
 use raft::prelude::Message;
 use tokio::sync::mpsc;
@@ -71,8 +71,8 @@ pub struct Transport {
     delivered: Arc<RwLock<HashMap<u64, Instant>>>,
     /// Each other node's queue (and its address, to notice a move).
     peers: RwLock<HashMap<u64, (String, mpsc::Sender<RaftEnvelope>)>>,
-    /// Testing: nodes whose messages are dropped (a network partition).
-    drop_to: RwLock<HashSet<u64>>,
+    /// Testing: nodes whose messages (or only snapshots) are dropped.
+    faults: RwLock<Faults>,
 }
 
 impl Transport {
@@ -83,7 +83,7 @@ impl Transport {
             runtime: tokio::runtime::Handle::current(),
             delivered: Arc::default(),
             peers: RwLock::default(),
-            drop_to: RwLock::default(),
+            faults: RwLock::default(),
         });
         transport.sync(nodes);
         transport
@@ -110,9 +110,23 @@ impl Transport {
         }
     }
 
-    /// Testing: from now on drop every message to `nodes` (empty: heal).
-    pub fn set_drop_to(&self, nodes: impl IntoIterator<Item = u64>) {
-        *self.drop_to.write().unwrap_or_else(|p| p.into_inner()) = nodes.into_iter().collect();
+    /// Testing: from now on drop what `faults` names (empty lists: heal).
+    pub fn set_faults(&self, faults: Faults) {
+        *self.faults.write().unwrap_or_else(|p| p.into_inner()) = faults;
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.faults
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether fault injection drops a message to `to` (`snapshot`: a
+    /// snapshot).
+    fn dropped(&self, to: u64, snapshot: bool) -> bool {
+        let faults = self.faults.read().unwrap_or_else(|p| p.into_inner());
+        faults.drop_to.contains(&to) || (snapshot && faults.drop_snapshots_to.contains(&to))
     }
 
     /// This node's view of node `id`: "self", "up" (messages went through
@@ -132,18 +146,6 @@ impl Transport {
             None => "unknown",
         }
     }
-
-    pub fn drop_to(&self) -> Vec<u64> {
-        let mut v: Vec<u64> = self
-            .drop_to
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .copied()
-            .collect();
-        v.sort_unstable();
-        v
-    }
 }
 
 impl Outbox for Transport {
@@ -152,12 +154,7 @@ impl Outbox for Transport {
         let Some((_, peer)) = peers.get(&msg.to) else {
             return false;
         };
-        if self
-            .drop_to
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&msg.to)
-        {
+        if self.dropped(msg.to, false) {
             return false;
         }
         let Ok(message) = msg.write_to_bytes() else {
@@ -173,12 +170,12 @@ impl Outbox for Transport {
     /// Rare and large: a stream of its own, so it neither waits behind nor
     /// holds up the batches of heartbeats and appends.
     fn send_snapshot(&self, group: &str, msg: Message, sent: SnapshotSent) {
-        let dropped = self
-            .drop_to
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&msg.to);
-        match address(msg.to).filter(|_| !dropped) {
+        if self.dropped(msg.to, true) {
+            tracing::warn!(group, node = msg.to, "fault injection: dropping a snapshot");
+            sent(false);
+            return;
+        }
+        match address(msg.to) {
             Some(addr) => {
                 let send = send_snapshot(self.me, group.to_string(), addr, msg);
                 self.runtime.spawn(async move { sent(send.await) });
