@@ -75,21 +75,26 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum ClusterCommand {
-    /// The nodes, and every raft group (the metadata group `meta` and each
-    /// container) with its leader, replicas, term and how far this node has
-    /// applied what is committed (LAG), as the node at --addr sees them.
+    /// The nodes (health as the node at --addr sees them), and every raft
+    /// group (the metadata group `meta` and each container) as its leader
+    /// sees it: voters, learners (replicas catching up, and followers of
+    /// `meta`), the nodes the placement puts it on (PLACED), term, and how
+    /// far the leader has applied what is committed (LAG).
     Status,
     /// Add a node to a running cluster: start it first with
-    /// `aquifer serve --join --node-id ID --listen ADDR --peers ...`; every
-    /// group then adds it as a replica and sends it a snapshot.
+    /// `aquifer serve --join --node-id ID --listen ADDR --peers ...`; the
+    /// placement then moves its share of container replicas to it (each
+    /// joins as a learner, catches up from a snapshot, then votes) and it
+    /// follows `meta`.
     AddNode {
         /// The new node's id (above 0, not used before).
         id: u64,
         /// HOST:PORT where clients and nodes reach it.
         address: String,
     },
-    /// Remove a node: groups move their leadership away and drop it as a
-    /// replica (watch `cluster status`); stop the node after that.
+    /// Remove a node: its container replicas move to the other nodes (new
+    /// ones catch up before it is dropped) and groups move their leadership
+    /// away (watch `cluster status`); stop the node after that.
     RemoveNode {
         /// The node's id.
         id: u64,
@@ -129,10 +134,16 @@ struct ServeArgs {
     node_id: Option<u64>,
     /// Every node of the cluster, this one included, as
     /// ID=HOST:PORT,ID=HOST:PORT,... (the addresses clients and peers
-    /// reach them at). Every container and the metadata group are
-    /// replicated on all of them. Omit for a single node.
+    /// reach them at). Omit for a single node.
     #[arg(long, value_name = "PEERS", value_delimiter = ',')]
     peers: Vec<String>,
+    /// Replicas of each container in a cluster (capped at the number of
+    /// nodes; the metadata group votes on up to 3 nodes and every other node
+    /// follows it). Set when the cluster first forms, by the node that first
+    /// leads it; later changes are ignored [default: 3, or the config file's
+    /// replication_factor].
+    #[arg(long, value_name = "N")]
+    replication_factor: Option<u32>,
     /// Join a running cluster as a new node: form no groups, and wait for
     /// `aquifer cluster add-node` (run against any member) to add it.
     #[arg(long)]
@@ -373,7 +384,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn cluster_command(addr: &str, cmd: ClusterCommand) -> anyhow::Result<()> {
     let client = Client::connect(addr).await?;
     let status = match cmd {
-        ClusterCommand::Status => client.cluster_status().await?,
+        ClusterCommand::Status => client.cluster_view().await?,
         ClusterCommand::AddNode { id, address } => {
             let status = client.admin().add_node(id, &address).await?;
             eprintln!("node {id} at {address} added; its replicas catch up now");
@@ -398,12 +409,19 @@ async fn cluster_command(addr: &str, cmd: ClusterCommand) -> anyhow::Result<()> 
     write_table(&mut out, &rows)?;
     writeln!(out)?;
     let mut rows = vec![[
-        "GROUP", "LEADER", "REPLICAS", "TERM", "COMMIT", "APPLIED", "LAG",
+        "GROUP", "LEADER", "VOTERS", "LEARNERS", "PLACED", "TERM", "COMMIT", "APPLIED", "LAG",
     ]
     .map(str::to_string)
     .to_vec()];
+    let ids = |ids: &[u64]| {
+        let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+        if ids.is_empty() {
+            "-".to_string()
+        } else {
+            ids.join(",")
+        }
+    };
     for g in &status.groups {
-        let replicas: Vec<String> = g.replicas.iter().map(u64::to_string).collect();
         rows.push(vec![
             g.name.clone(),
             if g.leader_id == 0 {
@@ -411,7 +429,9 @@ async fn cluster_command(addr: &str, cmd: ClusterCommand) -> anyhow::Result<()> 
             } else {
                 g.leader_id.to_string()
             },
-            replicas.join(","),
+            ids(&g.replicas),
+            ids(&g.learners),
+            ids(&g.placement),
             g.term.to_string(),
             g.commit_index.to_string(),
             g.applied_index.to_string(),
@@ -447,6 +467,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if !args.peers.is_empty() {
         config.peers = args.peers;
+    }
+    if let Some(rf) = args.replication_factor {
+        config.replication_factor = rf;
     }
     if args.join {
         config.join = true;

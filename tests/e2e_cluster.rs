@@ -1,5 +1,6 @@
-//! A 3-node cluster of real `aquifer serve` processes: every group is
-//! replicated on all three, writes go on through `kill -9` of container and
+//! A cluster of real `aquifer serve` processes: groups replicated as the
+//! placement says (all three of three nodes by default), writes go on
+//! through `kill -9` of container and
 //! metadata leaders, and every acknowledged event reads back exactly once,
 //! in per-key order. A new leader collects the orphan objects of earlier
 //! terms.
@@ -262,9 +263,71 @@ async fn a_replica_far_behind_catches_up_by_snapshot() {
     }
 }
 
-/// Membership online: a fourth node joins while writers run (every group
-/// adds it and sends it a snapshot), then node 2 is removed and stopped;
-/// the new node alone serves every event at the end.
+/// Whether every group's members are where the placement puts them, as
+/// the group's leader (one of `members`) reports: voters as placed
+/// (containers on `min(rf, members)` nodes, no learners left; `meta`'s
+/// other members its learners), the leader caught up; and whether every
+/// member not placed on a container holds a blank replica of it.
+async fn placed_as_planned(cluster: &TestCluster, members: &[u64], rf: usize) -> bool {
+    let statuses: Vec<_> = cluster
+        .statuses()
+        .await
+        .into_iter()
+        .filter(|s| members.contains(&s.node_id))
+        .collect();
+    let sorted = |ids: &[u64]| {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids
+    };
+    let mut led = std::collections::BTreeSet::new();
+    for status in &statuses {
+        for g in status
+            .groups
+            .iter()
+            .filter(|g| g.leader_id == status.node_id)
+        {
+            let placed = sorted(&g.placement);
+            let others: Vec<u64> = members
+                .iter()
+                .copied()
+                .filter(|n| !placed.contains(n))
+                .collect();
+            let learners_ok = if g.name == "meta" {
+                sorted(&g.learners) == others
+            } else {
+                g.learners.is_empty() && placed.len() == rf.min(members.len())
+            };
+            if sorted(&g.replicas) != placed
+                || !learners_ok
+                || !placed.iter().all(|n| members.contains(n))
+                || g.commit_index <= 1
+                || g.applied_index < g.commit_index
+            {
+                eprintln!("not yet: {g:?} (led by node {})", status.node_id);
+                return false;
+            }
+            led.insert(g.name.clone());
+        }
+    }
+    let blank_elsewhere = statuses.iter().all(|s| {
+        s.groups
+            .iter()
+            .filter(|g| g.name != "meta" && !g.placement.contains(&s.node_id))
+            .all(|g| g.replicas.is_empty() && g.learners.is_empty())
+    });
+    if !blank_elsewhere || led.len() != 5 {
+        eprintln!("not yet: blank elsewhere {blank_elsewhere}, groups led {led:?}");
+    }
+    led.len() == 5 && blank_elsewhere
+}
+
+/// Membership online, with fewer replicas than nodes: a fourth node joins
+/// while writers run and takes its share of container replicas (each joins
+/// as a learner, catches up by snapshot, votes, and the replica it replaces
+/// is destroyed); then node 2 is removed, its replicas move to the others
+/// before it goes, and it is stopped. Every event reads back once, in
+/// order, through the new node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_are_added_and_removed_while_writing() {
     let mut cluster = TestCluster::start(3, "", "flush_interval_ms = 500").await;
@@ -283,35 +346,34 @@ async fn nodes_are_added_and_removed_while_writing() {
         .await
         .expect("add node");
     write_keyed_range(&writer, KEYS, 100, 200, 100).await;
-    let replicas_are = |want: Vec<u64>| {
-        let addr = addr.clone();
-        async move {
-            let Ok(c) = Client::connect(&addr).await else {
-                return false;
-            };
-            c.cluster_status().await.is_ok_and(|s| {
-                s.groups.len() == 5
-                    && s.groups.iter().all(|g| {
-                        g.replicas == want
-                            && g.commit_index > 1
-                            && g.applied_index >= g.commit_index
-                    })
-            })
-        }
-    };
     common::wait_for(
-        "every group on 4 nodes, node 4 caught up",
+        "3 replicas per container over 4 nodes, as placed",
         Duration::from_secs(60),
-        || replicas_are(vec![1, 2, 3, 4]),
+        || placed_as_planned(&cluster, &[1, 2, 3, 4], 3),
     )
     .await;
+    let view = Client::connect(&addr)
+        .await
+        .expect("connect")
+        .cluster_view()
+        .await
+        .expect("cluster view");
+    let on_4 = view
+        .groups
+        .iter()
+        .filter(|g| g.name != "meta" && g.replicas.contains(&4))
+        .count();
+    assert_eq!(
+        on_4, 3,
+        "node 4 holds its share (12 replicas / 4 nodes): {view:?}"
+    );
 
     client.admin().remove_node(2).await.expect("remove node");
     write_keyed_range(&writer, KEYS, 200, 300, 100).await;
     common::wait_for(
-        "node 2 dropped from every group",
+        "node 2's replicas moved to nodes 1, 3 and 4",
         Duration::from_secs(60),
-        || replicas_are(vec![1, 3, 4]),
+        || placed_as_planned(&cluster, &[1, 3, 4], 3),
     )
     .await;
     cluster.node(2).kill9();
@@ -323,5 +385,72 @@ async fn nodes_are_added_and_removed_while_writing() {
     assert_eq!(events.len() as u64, KEYS * 400, "every event once");
     for (key, seqs) in per_key_sequences(&events) {
         assert_eq!(seqs, (0..400).collect::<Vec<u64>>(), "key {key}");
+    }
+}
+
+/// A replication factor below the cluster size: 2 replicas per container
+/// on 3 nodes. The groups start on all three and shrink to their placement
+/// (the dropped replica is destroyed); every node still takes writes,
+/// reads and describes for every segment, sending clients to a node that
+/// holds the container (redirect) or asking one itself (describe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_live_on_replication_factor_nodes() {
+    let mut cluster = TestCluster::start(3, "replication_factor = 2", "").await;
+    common::wait_for(
+        "every container on 2 of the 3 nodes",
+        Duration::from_secs(60),
+        || placed_as_planned(&cluster, &[1, 2, 3], 2),
+    )
+    .await;
+    // A restart must not bring back the replicas the node destroyed.
+    cluster.node(3).kill9();
+    cluster.node(3).restart().await;
+    common::wait_for(
+        "node 3 back, its destroyed replicas still blank",
+        Duration::from_secs(60),
+        || placed_as_planned(&cluster, &[1, 2, 3], 2),
+    )
+    .await;
+    let name = stream_name("cluster/rf2");
+    let mut total = 0;
+    for id in 1..=3u64 {
+        // Each node lacks at least one container (8 replicas on 3 nodes).
+        let client = Client::connect(&cluster.node(id).addr())
+            .await
+            .expect("connect");
+        let writer = if id == 1 {
+            common::stream_with_writer(&client, &name, 4).await
+        } else {
+            client
+                .writer(&name, Default::default())
+                .await
+                .expect("writer")
+        };
+        let from = (id - 1) * 50;
+        write_keyed_range(&writer, KEYS, from, from + 50, 50).await;
+        writer.close().await.expect("close");
+        total += KEYS * 50;
+    }
+    for id in 1..=3u64 {
+        let client = Client::connect(&cluster.node(id).addr())
+            .await
+            .expect("connect");
+        let info = client
+            .admin()
+            .describe_stream(&name)
+            .await
+            .expect("describe");
+        assert_eq!(info.segments.len(), 4);
+        let events = read_all(&client, &name, Duration::from_secs(60)).await;
+        assert_eq!(events.len() as u64, total, "node {id}: every event once");
+        let bytes: u64 = events.iter().map(|e| e.payload.len() as u64).sum();
+        let length: u64 = info.segments.iter().map(|s| s.length).sum();
+        assert!(
+            length >= bytes && length > 0,
+            "node {id} describes every segment: {info:?}"
+        );
+        for (key, seqs) in per_key_sequences(&events) {
+            assert_eq!(seqs, (0..150).collect::<Vec<u64>>(), "node {id}, key {key}");
+        }
     }
 }

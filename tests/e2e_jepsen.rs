@@ -1,4 +1,4 @@
-//! A Jepsen-style check of a 3-node cluster: writers with known payloads
+//! A Jepsen-style check of a cluster (3 nodes unless told): writers with known payloads
 //! and per-key sequence numbers, a tailing reader, and a nemesis mixing
 //! `kill -9`, restarts and partitions that isolate a node, for a bounded
 //! time. At the end it reads everything and reports:
@@ -9,7 +9,9 @@
 //!
 //! Pass = zero of each. The short run is part of the suite; the soak:
 //! `AQUIFER_JEPSEN_SECS=600 cargo test --release --test e2e_jepsen -- --ignored`
-//! (`AQUIFER_TEST_SEED` replays a nemesis schedule).
+//! (`AQUIFER_TEST_SEED` replays a nemesis schedule; `AQUIFER_JEPSEN_NODES=4`
+//! runs it on 4 nodes, where each container has 3 of the 4 and every node
+//! sends clients on for the container it lacks).
 
 mod common;
 
@@ -90,7 +92,11 @@ async fn run(fault_secs: u64) {
         .unwrap_or_else(|| rand::rng().random());
     eprintln!("jepsen: seed {seed} (AQUIFER_TEST_SEED={seed} replays the nemesis)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut cluster = TestCluster::start(3, "", "flush_interval_ms = 1000").await;
+    let nodes: u64 = std::env::var("AQUIFER_JEPSEN_NODES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let mut cluster = TestCluster::start(nodes as usize, "", "flush_interval_ms = 1000").await;
     let client = Client::connect(&cluster.node(1).addr())
         .await
         .expect("connect");
@@ -160,7 +166,7 @@ async fn run(fault_secs: u64) {
     let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
     while Instant::now() + Duration::from_secs(4) < until {
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
-        let victim = rng.random_range(1..=3u64);
+        let victim = rng.random_range(1..=nodes);
         match rng.random_range(0..3) {
             0 => {
                 *faults.entry("kill -9 + restart").or_default() += 1;
@@ -221,7 +227,7 @@ async fn run(fault_secs: u64) {
     let duplicated = seen.values().filter(|&&n| n > 1).count();
     let vanished = h.tailed.iter().filter(|k| !seen.contains_key(*k)).count();
     eprintln!(
-        "jepsen: {fault_secs} s of faults {faults:?}; {} acknowledged, {} failed (unknown), {} read, {} tailed; \
+        "jepsen: {nodes} nodes, {fault_secs} s of faults {faults:?}; {} acknowledged, {} failed (unknown), {} read, {} tailed; \
          lost {lost}, duplicated {duplicated}, reordered {reordered}, vanished {vanished}",
         h.acked.len(),
         h.failed,

@@ -108,6 +108,44 @@ impl Client {
         Ok(cluster.status(req).await?.into_inner())
     }
 
+    /// Like [`Client::cluster_status`], but each group as its leader sees
+    /// it: asks every node the connected one lists (a node holds only the
+    /// groups placed on it, so no single node knows every group's state).
+    /// A group whose leader does not answer keeps the connected node's row.
+    pub async fn cluster_view(&self) -> Result<proto::ClusterStatus, Error> {
+        let mut view = self.cluster_status().await?;
+        let asks = view
+            .nodes
+            .iter()
+            .filter(|n| n.node_id != view.node_id)
+            .map(|n| node_status(n.address.clone()));
+        let others: Vec<proto::ClusterStatus> = futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        for group in &mut view.groups {
+            let leader = others
+                .iter()
+                .find(|s| s.node_id == group.leader_id)
+                .and_then(|s| s.groups.iter().find(|g| g.name == group.name))
+                .filter(|g| g.leader_id == group.leader_id);
+            // A node that does not hold the group may know no leader: take
+            // the row of any node that leads it by its own account.
+            let self_led = || {
+                others.iter().find_map(|s| {
+                    s.groups
+                        .iter()
+                        .find(|g| g.name == group.name && g.leader_id == s.node_id)
+                })
+            };
+            if let Some(g) = leader.or_else(self_led) {
+                *group = g.clone();
+            }
+        }
+        Ok(view)
+    }
+
     /// Stream administration.
     pub fn admin(&self) -> Admin {
         Admin::new(self.conn.clone())
@@ -152,4 +190,19 @@ impl Client {
     ) -> Result<SegmentReader, Error> {
         Ok(SegmentReader::new(&self.conn, segment_id, offset, follow))
     }
+}
+
+/// Node `addr`'s own view of the cluster; None if it does not answer soon.
+async fn node_status(addr: String) -> Option<proto::ClusterStatus> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(std::time::Duration::from_secs(1));
+    let mut cluster = proto::cluster_client::ClusterClient::new(endpoint.connect_lazy());
+    let mut req = tonic::Request::new(proto::ClusterStatusRequest {});
+    req.set_timeout(std::time::Duration::from_secs(2));
+    cluster
+        .status(req)
+        .await
+        .ok()
+        .map(tonic::Response::into_inner)
 }

@@ -312,7 +312,11 @@ impl SegmentRead {
                     self.failing_since.get_or_insert_with(Instant::now);
                     self.attempt += 1;
                     self.conn.failed(generation, self.attempt);
-                    if self.attempt >= 2 {
+                    if let Some(replica) = self.conn.redirect(&e) {
+                        // This node holds no replica of the segment's
+                        // container; it named one that does.
+                        self.conn = replica;
+                    } else if self.attempt >= 2 {
                         // Every replica serves reads: try the next node.
                         self.conn = self.conn.next();
                     }

@@ -43,8 +43,12 @@ pub struct ServerConfig {
     /// This node's id in the cluster (1 on a single node).
     pub node_id: u64,
     /// Every node of the cluster as `ID=HOST:PORT` (this one included);
-    /// empty: a single node. Every group is replicated on all of them.
+    /// empty: a single node.
     pub peers: Vec<String>,
+    /// Replicas of each container (capped at the number of nodes). Taken
+    /// from the node that first leads the metadata group when the cluster
+    /// forms, and fixed from then on.
+    pub replication_factor: u32,
     /// Start as a new node of a running cluster: form no groups, wait to be
     /// added (`aquifer cluster add-node`) and sent the state.
     pub join: bool,
@@ -103,6 +107,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             node_id: 1,
             peers: Vec::new(),
+            replication_factor: 3,
             join: false,
             tier2: Tier2Config::default(),
             raft: RaftConfig::default(),
@@ -210,6 +215,12 @@ impl ServerConfig {
             return bad("node_id must be above 0".into());
         }
         self.cluster()?;
+        if !(1..=7).contains(&self.replication_factor) {
+            return bad(format!(
+                "replication_factor must be 1..=7, not {}",
+                self.replication_factor
+            ));
+        }
         if self.containers == 0 || self.containers > 4096 {
             return bad(format!(
                 "containers must be 1..=4096, not {}",

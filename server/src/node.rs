@@ -6,6 +6,7 @@
 //! `reconcile` redoes the container half at start-up, so a crash between the
 //! two heals. The node never serves before every group replayed its log.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -18,21 +19,16 @@ use crate::cache::TailBudget;
 use crate::config::ServerConfig;
 use crate::container::command::{Cmd, SegmentRef};
 use crate::container::state::Applied;
-use crate::container::{container_of, Container};
+use crate::container::{container_of, Container, SegmentView};
 use crate::controller::{Controller, Retention, StreamKey, StreamRecord};
 use crate::error::Error;
-use crate::group::{GroupConfig, GroupControl};
+use crate::group::GroupConfig;
 use crate::tier::writer::StorageWriter;
 use crate::tier::Tier2;
 
 /// How often each node brings the containers it leads in line with the
 /// metadata (cluster: the container leaders may be other nodes).
 const RECONCILE_INTERVAL: Duration = Duration::from_millis(250);
-/// How often a cluster node checks whether it leads more containers than
-/// its share and hands one to the node that leads the fewest.
-const BALANCE_INTERVAL: Duration = Duration::from_secs(3);
-/// How long a describe waits for a container replica to catch up.
-const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long an admin call waits for its container half to be applied.
 const ADMIN_WAIT: Duration = Duration::from_secs(10);
 
@@ -44,6 +40,10 @@ pub struct Node {
     pub containers: Vec<Arc<Container>>,
     pub tier2: Arc<Tier2>,
     pub budget: Arc<TailBudget>,
+    /// Calls to other nodes (cluster only).
+    pub(crate) peers: crate::cluster::peers::Peers,
+    /// Other nodes' leaders, as the balance loop last heard them.
+    pub(crate) hints: crate::cluster::members::Hints,
     stop_writers: watch::Sender<bool>,
     /// Turns true when the node begins to shut down: long-lived sessions
     /// (follow reads, append sessions) end then instead of holding it up.
@@ -110,48 +110,6 @@ fn prepare_data_dir(config: &ServerConfig) -> Result<File, Error> {
     Ok(lock)
 }
 
-/// Spreads container leadership evenly: every [`BALANCE_INTERVAL`], a node
-/// that leads more than its share hands one container to the node leading
-/// the fewest (one move per pass, so the counts it sees settle in between).
-/// Counts come from this node's replicas, which know every group's leader.
-async fn balance_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let me = node.config.node_id;
-    let nodes: Vec<u64> = crate::cluster::nodes().keys().copied().collect();
-    let share = node.containers.len().div_ceil(nodes.len().max(1));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(BALANCE_INTERVAL) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let mut led: std::collections::HashMap<u64, usize> =
-            nodes.iter().map(|&n| (n, 0)).collect();
-        for c in &node.containers {
-            if let Some(leader) = c.group().leader_id() {
-                *led.entry(leader).or_default() += 1;
-            }
-        }
-        if led.get(&me).copied().unwrap_or(0) <= share {
-            continue;
-        }
-        // Only to nodes our raft messages reach: a transfer to a dead node
-        // stalls the group's proposals until the transfer times out.
-        let up = |n: u64| node.transport.as_ref().is_some_and(|t| t.health(n) == "up");
-        let Some((&to, &count)) = led
-            .iter()
-            .filter(|(&n, _)| n != me && up(n))
-            .min_by_key(|(_, &c)| c)
-        else {
-            continue;
-        };
-        if count + 1 >= led[&me] {
-            continue; // moving one would not make it more even
-        }
-        if let Some(c) = node.containers.iter().find(|c| c.leader_term().is_some()) {
-            c.group().transfer_leader(to);
-        }
-    }
-}
-
 /// Runs [`Node::reconcile_once`] every [`RECONCILE_INTERVAL`] until `stop`.
 async fn reconcile_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     loop {
@@ -195,8 +153,12 @@ impl Node {
         let outbox = transport
             .clone()
             .map(|t| t as Arc<dyn crate::group::Outbox>);
-        // A joining node forms no groups: leaders add it and send it state.
-        let voters: Vec<u64> = if config.join {
+        // Groups form once, when the data directory is new. A joining node
+        // forms none (leaders add it and send it state); nor does a restart,
+        // where a group without a log is one this node destroyed: forming
+        // it again would make a voter with an empty log.
+        let formed = config.data_dir.join("FORMED");
+        let voters: Vec<u64> = if config.join || formed.exists() {
             Vec::new()
         } else {
             nodes.keys().copied().collect()
@@ -227,6 +189,10 @@ impl Node {
             )?;
             containers.push(Arc::new(c));
         }
+        if !formed.exists() {
+            durable_write(&formed, b"every group of this node formed\n")
+                .map_err(|e| io_error("cannot write", &formed, e))?;
+        }
         if !clustered {
             // The only voter leads at once; in a cluster, elections need the
             // gRPC server (raft messages), which starts after this returns.
@@ -256,6 +222,8 @@ impl Node {
             containers,
             tier2,
             budget,
+            peers: Default::default(),
+            hints: Default::default(),
             stop_writers,
             closing: watch::channel(false).0,
             writers: std::sync::Mutex::new(writers),
@@ -271,7 +239,7 @@ impl Node {
         let reconciler = tokio::spawn(reconcile_loop(node.clone(), node.stop_writers.subscribe()));
         let mut tasks = vec![retention, reconciler];
         if clustered {
-            tasks.push(tokio::spawn(balance_loop(
+            tasks.push(tokio::spawn(crate::cluster::members::balance_loop(
                 node.clone(),
                 node.stop_writers.subscribe(),
             )));
@@ -302,25 +270,6 @@ impl Node {
         let m = crate::metrics::metrics();
         m.tail_buffer_bytes.set(self.budget.used() as i64);
         m.cache_bytes.set(self.tier2.cache_bytes() as i64);
-    }
-
-    /// Waits until this node's replicas of the stream's containers have
-    /// applied everything committed before the call, so the lengths it
-    /// reports include every acknowledged event (the container leaders may
-    /// be other nodes). Free where this node leads.
-    pub async fn catch_up(&self, stream: &StreamRecord) -> Result<(), Error> {
-        let mut containers: Vec<u32> = stream.segments.iter().map(|g| g.container).collect();
-        containers.sort_unstable();
-        containers.dedup();
-        let waits = containers
-            .into_iter()
-            .filter_map(|c| self.containers.get(c as usize))
-            .filter(|c| c.leader_term().is_none())
-            .map(|c| c.group().read_index(READ_INDEX_TIMEOUT));
-        for outcome in futures::future::join_all(waits).await {
-            outcome?;
-        }
-        Ok(())
     }
 
     /// Refuses with where the metadata leader is unless this node leads it.
@@ -366,9 +315,10 @@ impl Node {
         }
     }
 
-    /// Segment `id`, if its container on this node has it.
+    /// Segment `id`, if its container on this node has it; where to go
+    /// instead if this node holds no replica of that container.
     pub fn segment(&self, id: u64) -> Result<Arc<crate::container::Segment>, Error> {
-        self.container_of(id)
+        self.serving_container(id)?
             .segment(id)
             .ok_or(Error::SegmentNotFound(id))
     }
@@ -389,15 +339,12 @@ impl Node {
             self.reconcile_membership().await?;
         }
         for stream in self.controller.all() {
-            let mut left = 0;
             for seg in &stream.segments {
                 let c = self.container_of(seg.id);
-                let view = c.segment(seg.id).map(|s| s.view());
-                left += usize::from(view.is_some());
                 if c.leader_term().is_none() {
                     continue;
                 }
-                match view {
+                match c.segment(seg.id).map(|s| s.view()) {
                     Some(_) if stream.deleting => self.delete_segment(c, seg.id).await?,
                     None if !stream.deleting => {
                         c.propose(Cmd::Create(SegmentRef { segment_id: seg.id }))
@@ -410,77 +357,13 @@ impl Node {
                     _ => {}
                 }
             }
-            if stream.deleting && left == 0 && self.controller.is_leader() {
-                self.controller.remove(&stream.key).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Cluster membership: the metadata's node list (seeded from `peers` by
-    /// the first leader) drives the transport, and every group this node
-    /// leads adds or drops one voter at a time until its replicas match.
-    /// A node to be dropped that leads a group hands it over first.
-    async fn reconcile_membership(&self) -> Result<(), Error> {
-        let mut members = self.controller.nodes();
-        if members.is_empty() {
-            if self.controller.is_leader() && !self.config.join {
-                let peers = self
-                    .config
-                    .cluster()
-                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-                for (id, addr) in &peers {
-                    self.controller.set_node(*id, addr).await?;
+            if stream.deleting && self.controller.is_leader() {
+                // The containers may be led elsewhere; one that cannot
+                // answer now is asked again on the next pass.
+                let ids: Vec<u64> = stream.segments.iter().map(|g| g.id).collect();
+                if self.segment_views(&ids).await.is_ok_and(|v| v.is_empty()) {
+                    self.controller.remove(&stream.key).await?;
                 }
-            }
-            return Ok(());
-        }
-        // Keep addresses of nodes being dropped until they are gone, so
-        // their replicas can still be told.
-        for (id, addr) in crate::cluster::nodes() {
-            members.entry(id).or_insert(addr);
-        }
-        let wanted = self.controller.nodes();
-        if let Some(t) = &self.transport {
-            t.sync(&members);
-        }
-        crate::cluster::set_nodes(members);
-        let me = self.config.node_id;
-        let groups = std::iter::once(self.controller.group().status())
-            .zip(std::iter::once(self.controller.is_leader()))
-            .chain(
-                self.containers
-                    .iter()
-                    .map(|c| (c.group().status(), c.leader_term().is_some())),
-            );
-        for (i, (status, leads)) in groups.enumerate() {
-            if !leads {
-                continue;
-            }
-            let group = |f: &dyn Fn(&dyn GroupControl)| match i {
-                0 => f(self.controller.group()),
-                n => f(self.containers[n - 1].group()),
-            };
-            if let Some(&add) = wanted.keys().find(|id| !status.voters.contains(id)) {
-                group(&|g| g.change_voter(add, true));
-            } else if let Some(&drop) = status.voters.iter().find(|id| !wanted.contains_key(id)) {
-                if drop == me {
-                    if let Some(&to) = wanted.keys().find(|&&id| id != me) {
-                        group(&|g| g.transfer_leader(to));
-                    }
-                } else {
-                    group(&|g| g.change_voter(drop, false));
-                }
-            }
-        }
-        // Once no group has a dropped node any more, forget its address.
-        let all_done = std::iter::once(self.controller.group().status())
-            .chain(self.containers.iter().map(|c| c.group().status()))
-            .all(|s| s.voters.iter().all(|id| wanted.contains_key(id)));
-        if all_done {
-            crate::cluster::set_nodes(wanted.clone());
-            if let Some(t) = &self.transport {
-                t.sync(&wanted);
             }
         }
         Ok(())
@@ -500,18 +383,31 @@ impl Node {
         Ok(())
     }
 
-    /// Reconciles until `done` holds for this node's replicas (the container
-    /// leaders elsewhere do their part), or fails after [`ADMIN_WAIT`].
-    async fn settle(&self, what: &str, done: impl Fn(&Node) -> bool) -> Result<(), Error> {
+    /// Reconciles until `done` holds for the views of segments `ids` (the
+    /// container leaders elsewhere do their part), or fails after
+    /// [`ADMIN_WAIT`].
+    async fn settle(
+        &self,
+        what: &str,
+        ids: &[u64],
+        done: impl Fn(&Node, &HashMap<u64, SegmentView>) -> bool,
+    ) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + ADMIN_WAIT;
         loop {
             self.reconcile_once().await?;
-            if done(self) {
-                return Ok(());
-            }
+            let views = if ids.is_empty() {
+                Ok(HashMap::new())
+            } else {
+                self.segment_views(ids).await
+            };
+            let why = match views {
+                Ok(views) if done(self, &views) => return Ok(()),
+                Ok(_) => "a container has no leader?".to_string(),
+                Err(e) => e.to_string(),
+            };
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Unavailable(format!(
-                    "{what} is recorded but not yet applied by every container (a container has no leader?); it completes by itself once they have one"
+                    "{what} is recorded but not yet applied by every container ({why}); it completes by itself once they have one"
                 )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -535,11 +431,9 @@ impl Node {
             .controller
             .create(key, segment_count.max(1), self.config.containers, retention)
             .await?;
-        let segments = stream.segments.clone();
-        self.settle("the new stream", move |node| {
-            segments
-                .iter()
-                .all(|g| node.container_of(g.id).segment(g.id).is_some())
+        let ids: Vec<u64> = stream.segments.iter().map(|g| g.id).collect();
+        self.settle("the new stream", &ids, |_, views| {
+            ids.iter().all(|id| views.contains_key(id))
         })
         .await?;
         Ok(stream)
@@ -563,13 +457,9 @@ impl Node {
     pub async fn seal_stream(&self, key: &StreamKey) -> Result<StreamRecord, Error> {
         self.stream(key)?;
         let stream = self.controller.seal(key).await?;
-        let segments = stream.segments.clone();
-        self.settle("the seal", move |node| {
-            segments.iter().all(|g| {
-                node.container_of(g.id)
-                    .segment(g.id)
-                    .is_none_or(|s| s.view().sealed)
-            })
+        let ids: Vec<u64> = stream.segments.iter().map(|g| g.id).collect();
+        self.settle("the seal", &ids, |_, views| {
+            views.values().all(|v| v.sealed)
         })
         .await?;
         Ok(stream)
@@ -579,7 +469,7 @@ impl Node {
         self.stream(key)?;
         self.controller.mark_deleting(key).await?;
         let key = key.clone();
-        self.settle("the delete", move |node| {
+        self.settle("the delete", &[], |node, _| {
             !node.controller.all().iter().any(|s| s.key == key)
         })
         .await

@@ -299,6 +299,19 @@ impl ServerProcess {
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill9();
+        // Debugging a failed test: AQUIFER_TEST_LOGS=DIR keeps each node's
+        // log there, named by port.
+        if let Some(dir) = std::env::var_os("AQUIFER_TEST_LOGS") {
+            if std::thread::panicking() {
+                let dir = PathBuf::from(dir);
+                let _ = std::fs::create_dir_all(&dir);
+                for start in 1..=self.starts {
+                    let from = self.temp.path().join(format!("stderr.{start}.log"));
+                    let to = dir.join(format!("{}.{start}.log", self.port()));
+                    let _ = std::fs::copy(from, to);
+                }
+            }
+        }
     }
 }
 
@@ -801,10 +814,24 @@ impl TestCluster {
     /// (an isolated node may still believe it leads).
     pub async fn leaders_among(&self, skip: &[u64]) -> std::collections::HashMap<String, u64> {
         let mut leaders = std::collections::HashMap::new();
-        for (i, node) in self.nodes.iter().enumerate() {
-            if skip.contains(&(i as u64 + 1)) {
+        for status in self.statuses().await {
+            if skip.contains(&status.node_id) {
                 continue;
             }
+            for g in status.groups {
+                // A node's own word that it leads is the one to trust.
+                if g.leader_id == status.node_id {
+                    leaders.insert(g.name, g.leader_id);
+                }
+            }
+        }
+        leaders
+    }
+
+    /// Every running node's own view of the cluster (those that answer).
+    pub async fn statuses(&self) -> Vec<aquifer_proto::v1::ClusterStatus> {
+        let mut statuses = Vec::new();
+        for node in &self.nodes {
             let Ok(channel) =
                 tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr()))
                     .expect("endpoint")
@@ -815,21 +842,14 @@ impl TestCluster {
                 continue;
             };
             let mut client = aquifer_proto::v1::cluster_client::ClusterClient::new(channel);
-            let Ok(status) = client
+            if let Ok(status) = client
                 .status(aquifer_proto::v1::ClusterStatusRequest {})
                 .await
-            else {
-                continue;
-            };
-            let status = status.into_inner();
-            for g in status.groups {
-                // A node's own word that it leads is the one to trust.
-                if g.leader_id == status.node_id {
-                    leaders.insert(g.name, g.leader_id);
-                }
+            {
+                statuses.push(status.into_inner());
             }
         }
-        leaders
+        statuses
     }
 
     /// Cuts node `isolated` off from the others (raft messages both ways;

@@ -20,6 +20,7 @@ use aquifer_proto::v1::{
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::container::SegmentView;
 use crate::controller::{Retention, StreamKey, StreamRecord};
 use crate::error::Error;
 use crate::node::{validate_name, Node};
@@ -90,44 +91,48 @@ impl AdminService {
         call(client, forwarded).await.map(Ok)
     }
 
-    fn info(&self, s: &StreamRecord) -> StreamInfo {
-        let segments = s
-            .segments
-            .iter()
-            .map(|g| {
-                let view = self
-                    .node
-                    .container_of(g.id)
-                    .segment(g.id)
-                    .map(|seg| seg.view());
-                SegmentInfo {
-                    segment_id: g.id,
-                    number: g.number,
-                    container: g.container,
-                    key_low: g.key_low,
-                    key_high: g.key_high,
-                    head_offset: view.map_or(0, |v| v.head),
-                    length: view.map_or(0, |v| v.length),
-                    sealed: view.map_or(s.sealed, |v| v.sealed),
-                    tier2_length: view.map_or(0, |v| v.tier2_length),
-                    chunk_count: view.map_or(0, |v| v.chunk_count),
-                    tail_buffer_bytes: view.map_or(0, |v| v.tail_bytes),
-                    log_bytes: view.map_or(0, |v| v.log_bytes),
-                }
-            })
-            .collect();
-        StreamInfo {
-            name: Some(StreamName {
-                scope: s.key.scope.clone(),
-                stream: s.key.stream.clone(),
-            }),
-            sealed: s.sealed,
-            segments,
-            retention: (!s.retention.is_unlimited()).then_some(pb::Retention {
-                time_ms: s.retention.time_ms,
-                size_bytes: s.retention.bytes,
-            }),
-        }
+    /// The stream as users see it, with its segments' lengths as their
+    /// containers hold them now (every acknowledged event included).
+    async fn info(&self, s: &StreamRecord) -> Result<StreamInfo, Error> {
+        let ids: Vec<u64> = s.segments.iter().map(|g| g.id).collect();
+        let views = self.node.segment_views(&ids).await?;
+        Ok(stream_info(s, &views))
+    }
+}
+
+fn stream_info(s: &StreamRecord, views: &HashMap<u64, SegmentView>) -> StreamInfo {
+    let segments = s
+        .segments
+        .iter()
+        .map(|g| {
+            let view = views.get(&g.id);
+            SegmentInfo {
+                segment_id: g.id,
+                number: g.number,
+                container: g.container,
+                key_low: g.key_low,
+                key_high: g.key_high,
+                head_offset: view.map_or(0, |v| v.head),
+                length: view.map_or(0, |v| v.length),
+                sealed: view.map_or(s.sealed, |v| v.sealed),
+                tier2_length: view.map_or(0, |v| v.tier2_length),
+                chunk_count: view.map_or(0, |v| v.chunk_count),
+                tail_buffer_bytes: view.map_or(0, |v| v.tail_bytes),
+                log_bytes: view.map_or(0, |v| v.log_bytes),
+            }
+        })
+        .collect();
+    StreamInfo {
+        name: Some(StreamName {
+            scope: s.key.scope.clone(),
+            stream: s.key.stream.clone(),
+        }),
+        sealed: s.sealed,
+        segments,
+        retention: (!s.retention.is_unlimited()).then_some(pb::Retention {
+            time_ms: s.retention.time_ms,
+            size_bytes: s.retention.bytes,
+        }),
     }
 }
 
@@ -166,7 +171,7 @@ impl StreamAdmin for AdminService {
             .create_stream(&key, req.segment_count, retention(req.retention))
             .await?;
         tracing::info!(stream = %key, segments = stream.segments.len(), "stream created");
-        Ok(Response::new(self.info(&stream)))
+        Ok(Response::new(self.info(&stream).await?))
     }
 
     async fn list_streams(
@@ -184,14 +189,20 @@ impl StreamAdmin for AdminService {
         if !scope.is_empty() {
             validate_name("scope", &scope)?;
         }
-        let streams = self
+        let streams: Vec<StreamRecord> = self
             .node
             .controller
             .all()
-            .iter()
+            .into_iter()
             .filter(|s| !s.deleting && (scope.is_empty() || s.key.scope == scope))
-            .map(|s| self.info(s))
             .collect();
+        // One round of questions for every segment listed.
+        let ids: Vec<u64> = streams
+            .iter()
+            .flat_map(|s| s.segments.iter().map(|g| g.id))
+            .collect();
+        let views = self.node.segment_views(&ids).await?;
+        let streams = streams.iter().map(|s| stream_info(s, &views)).collect();
         Ok(Response::new(ListStreamsResponse { streams }))
     }
 
@@ -208,8 +219,7 @@ impl StreamAdmin for AdminService {
         };
         let key = key(req.into_inner().name)?;
         let stream = self.node.stream(&key)?;
-        self.node.catch_up(&stream).await?;
-        Ok(Response::new(self.info(&stream)))
+        Ok(Response::new(self.info(&stream).await?))
     }
 
     async fn seal_stream(
@@ -226,7 +236,7 @@ impl StreamAdmin for AdminService {
         let key = key(req.into_inner().name)?;
         let stream = self.node.seal_stream(&key).await?;
         tracing::info!(stream = %key, "stream sealed");
-        Ok(Response::new(self.info(&stream)))
+        Ok(Response::new(self.info(&stream).await?))
     }
 
     async fn update_stream(
@@ -247,7 +257,7 @@ impl StreamAdmin for AdminService {
             .set_retention(&key, retention(req.retention))
             .await?;
         tracing::info!(stream = %key, retention = ?stream.retention, "stream retention changed");
-        Ok(Response::new(self.info(&stream)))
+        Ok(Response::new(self.info(&stream).await?))
     }
 
     async fn delete_stream(

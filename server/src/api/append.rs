@@ -76,7 +76,7 @@ impl Append for AppendService {
             ))
             .into());
         }
-        let container = self.node.container_of(setup.segment_id).clone();
+        let container = self.node.serving_container(setup.segment_id)?.clone();
         // Only the leader appends; the client follows the redirect.
         container.check_leader()?;
         let segment = container

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use aquifer_proto::v1::cluster_server::Cluster;
-use aquifer_proto::v1::{ClusterStatus, ClusterStatusRequest, Faults, GroupInfo, NodeInfo};
+use aquifer_proto::v1::{
+    ClusterStatus, ClusterStatusRequest, Faults, GroupInfo, NodeInfo, SegmentViewsRequest,
+    SegmentViewsResponse,
+};
 use tonic::{Request, Response, Status};
 
 use crate::group::GroupStatus;
@@ -20,7 +23,7 @@ impl ClusterService {
     }
 }
 
-fn info(name: &str, s: GroupStatus) -> GroupInfo {
+fn info(name: &str, s: GroupStatus, placement: &[u64]) -> GroupInfo {
     GroupInfo {
         name: name.to_string(),
         leader_id: s.leader,
@@ -28,15 +31,23 @@ fn info(name: &str, s: GroupStatus) -> GroupInfo {
         term: s.term,
         commit_index: s.commit,
         applied_index: s.applied,
+        learners: s.learners,
+        conf_index: s.conf_index,
+        placement: placement.to_vec(),
     }
 }
 
 impl ClusterService {
     fn snapshot(&self) -> ClusterStatus {
         let meta = self.node.controller.group();
-        let mut groups = vec![info(meta.name(), meta.status())];
+        let placement = self.node.controller.placement();
+        let mut groups = vec![info(meta.name(), meta.status(), &placement.meta_voters)];
         for c in &self.node.containers {
-            groups.push(info(c.group().name(), c.group().status()));
+            groups.push(info(
+                c.group().name(),
+                c.group().status(),
+                placement.replicas(c.id),
+            ));
         }
         ClusterStatus {
             node_id: self.node.config.node_id,
@@ -108,6 +119,18 @@ impl Cluster for ClusterService {
         self.node.controller.remove_node(id).await?;
         tracing::info!(node = id, "node removed from the cluster");
         Ok(Response::new(self.snapshot()))
+    }
+
+    async fn segment_views(
+        &self,
+        req: Request<SegmentViewsRequest>,
+    ) -> Result<Response<SegmentViewsResponse>, Status> {
+        let ids = req.into_inner().segment_ids;
+        if ids.len() > 64 * 1024 {
+            return Err(Status::invalid_argument("at most 65536 segments per call"));
+        }
+        let segments = self.node.segment_infos(&ids).await?;
+        Ok(Response::new(SegmentViewsResponse { segments }))
     }
 
     async fn set_faults(&self, req: Request<Faults>) -> Result<Response<Faults>, Status> {

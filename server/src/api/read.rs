@@ -50,12 +50,20 @@ impl Read for ReadService {
             follow: req.follow,
         };
         let (tx, rx) = mpsc::channel(READ_QUEUE_MAX);
+        let (node, id) = (self.node.clone(), req.segment_id);
+        let gone = move || match node.segment(id) {
+            Err(e) => e,
+            Ok(_) => Error::Unavailable(format!(
+                "this node's replica of segment {id} was replaced while reading; resume"
+            )),
+        };
         tokio::spawn(stream_segment(
             segment,
             self.node.tier2.clone(),
             range,
             tx,
             self.node.closed(),
+            gone,
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }

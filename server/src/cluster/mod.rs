@@ -1,11 +1,15 @@
-//! The cluster: which nodes there are, and the raft transport between them.
+//! The cluster: which nodes there are, where the groups' replicas belong
+//! ([`placement`]), and the raft transport between them.
 //!
-//! Every group (the metadata group and each container) is replicated on
-//! every node of the cluster (first `peers`, then the membership the
-//! metadata group records); raft messages of all groups to one node go
+//! Every node starts every group (a node that holds no replica of one keeps
+//! it blank); raft messages of all groups to one node go
 //! over one gRPC stream of batches ([`Transport`]). A lost or refused batch
 //! is dropped: raft retransmits, so the transport never blocks a group's
 //! thread and never buffers without bound.
+
+pub mod members;
+pub mod peers;
+pub mod placement;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};

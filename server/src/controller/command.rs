@@ -5,7 +5,7 @@ use super::state::StreamKey;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetaCommand {
-    #[prost(oneof = "MetaCmd", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "MetaCmd", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
     pub cmd: Option<MetaCmd>,
 }
 
@@ -27,6 +27,50 @@ pub enum MetaCmd {
     /// A node leaves the cluster.
     #[prost(message, tag = "7")]
     RemoveNode(NodeRecord),
+    /// Where every group's replicas belong from now on.
+    #[prost(message, tag = "8")]
+    SetPlacement(PlacementRecord),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PlacementRecord {
+    #[prost(uint32, tag = "1")]
+    pub replication_factor: u32,
+    #[prost(uint64, repeated, tag = "2")]
+    pub meta_voters: Vec<u64>,
+    /// Container `i`'s replicas at index `i`.
+    #[prost(message, repeated, tag = "3")]
+    pub containers: Vec<ContainerReplicas>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ContainerReplicas {
+    #[prost(uint64, repeated, tag = "1")]
+    pub nodes: Vec<u64>,
+}
+
+impl From<&crate::cluster::placement::Placement> for PlacementRecord {
+    fn from(p: &crate::cluster::placement::Placement) -> Self {
+        PlacementRecord {
+            replication_factor: p.replication_factor,
+            meta_voters: p.meta_voters.clone(),
+            containers: p
+                .containers
+                .iter()
+                .map(|r| ContainerReplicas { nodes: r.clone() })
+                .collect(),
+        }
+    }
+}
+
+impl From<PlacementRecord> for crate::cluster::placement::Placement {
+    fn from(p: PlacementRecord) -> Self {
+        crate::cluster::placement::Placement {
+            replication_factor: p.replication_factor,
+            meta_voters: p.meta_voters,
+            containers: p.containers.into_iter().map(|r| r.nodes).collect(),
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -94,6 +138,8 @@ pub struct MetaSnapshot {
     pub streams: Vec<StreamSnapshot>,
     #[prost(message, repeated, tag = "3")]
     pub nodes: Vec<NodeRecord>,
+    #[prost(message, optional, tag = "4")]
+    pub placement: Option<PlacementRecord>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -11,11 +11,12 @@ mod state;
 
 pub use state::{Retention, SegmentRecord, StreamKey, StreamRecord};
 
+use crate::cluster::placement::Placement;
 use crate::error::Error;
 use crate::group::{Group, GroupConfig};
 use crate::log::LogError;
 use command::{MetaCmd, MetaCommand};
-use state::{MetaError, MetaState, NodeMap, StreamMap};
+use state::{MetaError, MetaState, NodeMap, PlacementMap, StreamMap};
 
 impl From<MetaError> for Error {
     fn from(e: MetaError) -> Self {
@@ -31,17 +32,21 @@ pub struct Controller {
     group: Group<MetaState>,
     streams: StreamMap,
     nodes: NodeMap,
+    placement: PlacementMap,
 }
 
 impl Controller {
     pub fn start(group: GroupConfig) -> Result<Self, LogError> {
         let streams = StreamMap::default();
         let nodes = NodeMap::default();
-        let group = Group::start(group, MetaState::new(streams.clone(), nodes.clone()))?;
+        let placement = PlacementMap::default();
+        let state = MetaState::new(streams.clone(), nodes.clone(), placement.clone());
+        let group = Group::start(group, state)?;
         Ok(Controller {
             group,
             streams,
             nodes,
+            placement,
         })
     }
 
@@ -98,6 +103,21 @@ impl Controller {
             address: address.to_string(),
         }))
         .await?;
+        Ok(())
+    }
+
+    /// Where the groups' replicas belong (empty until placed).
+    pub fn placement(&self) -> Placement {
+        self.placement
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records where the groups' replicas belong from now on.
+    pub async fn set_placement(&self, placement: &Placement) -> Result<(), Error> {
+        self.propose_any(MetaCmd::SetPlacement(placement.into()))
+            .await?;
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use super::command::{
     MetaCmd, MetaCommand, MetaSnapshot, NodeRecord, SegmentPlacement, StreamRef, StreamSnapshot,
 };
+use crate::cluster::placement::Placement;
 use crate::container::container_of;
 use crate::group::StateMachine;
 
@@ -59,6 +60,9 @@ pub type StreamMap = Arc<RwLock<BTreeMap<StreamKey, StreamRecord>>>;
 /// The cluster's nodes: id → address (empty until the first leader records
 /// the nodes it was started with).
 pub type NodeMap = Arc<RwLock<BTreeMap<u64, String>>>;
+/// Where the groups' replicas belong (empty until the first leader places
+/// them; always empty on a single node).
+pub type PlacementMap = Arc<RwLock<Placement>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetaError {
@@ -73,15 +77,17 @@ pub enum MetaError {
 pub struct MetaState {
     streams: StreamMap,
     nodes: NodeMap,
+    placement: PlacementMap,
     /// Segment ids are never reused; 0 is never an id.
     next_segment_id: u64,
 }
 
 impl MetaState {
-    pub fn new(streams: StreamMap, nodes: NodeMap) -> Self {
+    pub fn new(streams: StreamMap, nodes: NodeMap, placement: PlacementMap) -> Self {
         MetaState {
             streams,
             nodes,
+            placement,
             next_segment_id: 1,
         }
     }
@@ -125,6 +131,10 @@ impl StateMachine for MetaState {
                 nodes.remove(&n.id);
                 return Ok(None);
             }
+            Some(MetaCmd::SetPlacement(p)) => {
+                *self.placement.write().unwrap_or_else(|p| p.into_inner()) = p.into();
+                return Ok(None);
+            }
             _ => {}
         }
         drop(nodes);
@@ -145,6 +155,8 @@ impl StateMachine for MetaState {
                 address: address.clone(),
             })
             .collect();
+        let placement = self.placement.read().unwrap_or_else(|p| p.into_inner());
+        snap.placement = (!placement.is_empty()).then(|| (&*placement).into());
         snap
     }
 
@@ -155,6 +167,8 @@ impl StateMachine for MetaState {
             .iter()
             .map(|n| (n.id, n.address.clone()))
             .collect();
+        *self.placement.write().unwrap_or_else(|p| p.into_inner()) =
+            snap.placement.clone().map(Into::into).unwrap_or_default();
         self.restore_streams(snap)
     }
 }
@@ -225,9 +239,8 @@ impl MetaState {
                 map.remove(&key)
                     .ok_or_else(|| MetaError::NotFound(key.to_string()))
             }
-            Some(MetaCmd::SetNode(_) | MetaCmd::RemoveNode(_)) | None => {
-                Err(MetaError::Malformed("empty command".into()))
-            }
+            Some(MetaCmd::SetNode(_) | MetaCmd::RemoveNode(_) | MetaCmd::SetPlacement(_))
+            | None => Err(MetaError::Malformed("empty command".into())),
         }
     }
 
@@ -259,6 +272,7 @@ impl MetaState {
             next_segment_id: self.next_segment_id,
             streams,
             nodes: Vec::new(),
+            placement: None,
         }
     }
 
@@ -313,7 +327,11 @@ mod tests {
 
     #[test]
     fn segments_split_the_key_space_and_ids_are_never_reused() {
-        let mut s = MetaState::new(StreamMap::default(), NodeMap::default());
+        let mut s = MetaState::new(
+            StreamMap::default(),
+            NodeMap::default(),
+            PlacementMap::default(),
+        );
         let create = |name: &str, n| {
             MetaCmd::Create(CreateStream {
                 scope: "sc".into(),
@@ -338,7 +356,11 @@ mod tests {
         apply(&mut s, MetaCmd::Remove(r)).unwrap();
         let again = apply(&mut s, create("a", 1)).unwrap();
         assert_eq!(again.segments[0].id, 4);
-        let mut restored = MetaState::new(StreamMap::default(), NodeMap::default());
+        let mut restored = MetaState::new(
+            StreamMap::default(),
+            NodeMap::default(),
+            PlacementMap::default(),
+        );
         restored
             .restore(prost::Message::encode_to_vec(&s.snapshot()).into())
             .unwrap();
@@ -349,7 +371,13 @@ mod tests {
     #[test]
     fn membership_is_replicated_state_and_in_the_snapshot() {
         let nodes = NodeMap::default();
-        let mut s = MetaState::new(StreamMap::default(), nodes.clone());
+        let placement = PlacementMap::default();
+        let mut s = MetaState::new(StreamMap::default(), nodes.clone(), placement.clone());
+        let placed = Placement {
+            replication_factor: 2,
+            meta_voters: vec![2],
+            containers: vec![vec![2], vec![2]],
+        };
         let node = |id, address: &str| NodeRecord {
             id,
             address: address.into(),
@@ -358,6 +386,7 @@ mod tests {
             MetaCmd::SetNode(node(1, "a:1")),
             MetaCmd::SetNode(node(2, "b:2")),
             MetaCmd::RemoveNode(node(1, "")),
+            MetaCmd::SetPlacement((&placed).into()),
         ] {
             let out = s.apply(
                 0,
@@ -370,9 +399,16 @@ mod tests {
             BTreeMap::from([(2, "b:2".to_string())])
         );
         let snap = prost::Message::encode_to_vec(&s.snapshot());
+        assert_eq!(*placement.read().unwrap(), placed);
         let restored_nodes = NodeMap::default();
-        let mut restored = MetaState::new(StreamMap::default(), restored_nodes.clone());
+        let restored_placement = PlacementMap::default();
+        let mut restored = MetaState::new(
+            StreamMap::default(),
+            restored_nodes.clone(),
+            restored_placement.clone(),
+        );
         restored.restore(snap.into()).unwrap();
         assert_eq!(*restored_nodes.read().unwrap(), *nodes.read().unwrap());
+        assert_eq!(*restored_placement.read().unwrap(), placed);
     }
 }

@@ -92,10 +92,16 @@ pub(crate) enum Command<S: StateMachine> {
     Step(Message),
     /// Hand leadership to this node, if this node leads and it is caught up.
     TransferLeader(u64),
-    /// Add or remove a voter, if this node leads and no change is pending.
-    ChangeVoter {
+    /// Change one member, if this node leads and no change is pending.
+    ChangeMember {
         node: u64,
-        add: bool,
+        change: MemberChange,
+    },
+    /// Drop this replica's log and state and start over empty, if that is
+    /// safe (see [`Group::destroy`]); answers whether it did.
+    Destroy {
+        leader_view: Option<LeaderConf>,
+        done: oneshot::Sender<bool>,
     },
     /// Answer once this replica has applied everything committed when the
     /// request was made (raft ReadIndex, confirmed by the leader).
@@ -105,6 +111,28 @@ pub(crate) enum Command<S: StateMachine> {
         to: u64,
         arrived: bool,
     },
+}
+
+/// One step of moving a group's replicas (raft simple conf changes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    /// Add a node as a learner: it is sent the log (or a snapshot) but
+    /// neither votes nor counts for commit. On a voter: demote it.
+    AddLearner,
+    /// Make a caught-up learner a voter (ignored while it lags).
+    Promote,
+    /// Drop a voter or learner.
+    Remove,
+}
+
+/// A group's membership as its leader applied it: what a removed replica
+/// that never heard of its removal needs to let go of its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderConf {
+    /// Index of the entry (or snapshot) that set this membership.
+    pub conf_index: u64,
+    /// Voters and learners.
+    pub members: Vec<u64>,
 }
 
 /// Where a group's raft messages to other nodes go (the cluster transport).
@@ -161,6 +189,17 @@ pub struct GroupStatus {
     pub commit: u64,
     pub applied: u64,
     pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// Index of the entry (or snapshot) that set this membership.
+    pub conf_index: u64,
+}
+
+impl GroupStatus {
+    /// Whether this replica holds nothing: never bootstrapped, or destroyed,
+    /// and not (yet) sent a snapshot.
+    pub fn is_blank(&self) -> bool {
+        self.voters.is_empty() && self.learners.is_empty()
+    }
 }
 
 /// A handle to a running group. Dropping every handle stops the thread.
@@ -248,11 +287,32 @@ impl<S: StateMachine> Group<S> {
         }
     }
 
-    /// Asks the group to add (or remove) voter `node`. Ignored unless this
-    /// node leads and no other membership change is pending: callers check
-    /// the applied membership ([`GroupStatus::voters`]) and ask again.
-    pub fn change_voter(&self, node: u64, add: bool) {
-        let _ = self.tx.try_send(Command::ChangeVoter { node, add });
+    /// Asks the group to change member `node`. Ignored unless this node
+    /// leads and no other membership change is pending: callers check the
+    /// applied membership ([`GroupStatus`]) and ask again.
+    pub fn change_member(&self, node: u64, change: MemberChange) {
+        let _ = self.tx.try_send(Command::ChangeMember { node, change });
+    }
+
+    /// Drops this replica (log and state) and leaves it blank, when this
+    /// node is no longer one of the group's voters: its applied membership
+    /// says so, or `leader_view` (the leader's applied membership, newer
+    /// than this replica's) leaves it out. Refused while its log holds a
+    /// membership change it has not applied (it may be a voter again), and
+    /// while it leads or writes a snapshot. A blank replica refuses votes,
+    /// so a destroyed one can never elect a leader that lacks entries it
+    /// had acknowledged. Answers whether it destroyed the replica.
+    pub async fn destroy(&self, leader_view: Option<LeaderConf>) -> bool {
+        let (done, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Command::Destroy { leader_view, done })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
     }
 
     /// Asks the group to hand its leadership to node `to` (rebalancing).
@@ -344,13 +404,23 @@ impl<S: StateMachine> Group<S> {
 
 /// Membership controls of a group, whatever its state machine.
 pub trait GroupControl {
-    fn change_voter(&self, node: u64, add: bool);
+    fn name(&self) -> &str;
+    fn status(&self) -> GroupStatus;
+    fn change_member(&self, node: u64, change: MemberChange);
     fn transfer_leader(&self, to: u64);
 }
 
 impl<S: StateMachine> GroupControl for Group<S> {
-    fn change_voter(&self, node: u64, add: bool) {
-        Group::change_voter(self, node, add);
+    fn name(&self) -> &str {
+        Group::name(self)
+    }
+
+    fn status(&self) -> GroupStatus {
+        Group::status(self)
+    }
+
+    fn change_member(&self, node: u64, change: MemberChange) {
+        Group::change_member(self, node, change);
     }
 
     fn transfer_leader(&self, to: u64) {

@@ -17,7 +17,8 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    Command, GroupConfig, GroupStatus, Outbox, ProposeError, Reply, SnapshotSent, StateMachine,
+    Command, GroupConfig, GroupStatus, LeaderConf, MemberChange, Outbox, ProposeError, Reply,
+    SnapshotSent, StateMachine,
 };
 use crate::log::{LogError, LogStorage};
 
@@ -59,6 +60,10 @@ struct Runner<S: StateMachine> {
     /// A snapshot being written on its own thread: (index, term) once durable.
     snapshotting: Option<oneshot::Receiver<Result<(u64, u64), LogError>>>,
     snapshot_log_bytes: u64,
+    /// Index of the entry (or snapshot) that set the applied membership.
+    conf_index: u64,
+    /// How the group was started: a destroyed replica starts over with it.
+    config: GroupConfig,
     gauges: RaftGauges,
 }
 
@@ -124,6 +129,14 @@ fn fatal(group: &str, what: &str, err: &dyn std::fmt::Display) -> ! {
     std::process::exit(2);
 }
 
+fn raw_node(config: &GroupConfig, applied: u64, storage: LogStorage) -> RawNode<LogStorage> {
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    match RawNode::new(&raft_config(config, applied), storage, &logger) {
+        Ok(n) => n,
+        Err(e) => fatal(&config.name, "cannot start raft", &e),
+    }
+}
+
 /// What the thread shares with its [`super::Group`] handle.
 pub(super) struct Shared<S: StateMachine> {
     pub ready: watch::Sender<Option<u64>>,
@@ -140,11 +153,7 @@ pub(super) fn run<S: StateMachine>(
     shared: Shared<S>,
 ) {
     let name = config.name.clone();
-    let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let node = match RawNode::new(&raft_config(&config, applied), storage, &logger) {
-        Ok(n) => n,
-        Err(e) => fatal(&name, "cannot start raft", &e),
-    };
+    let node = raw_node(&config, applied, storage);
     let mut runner = Runner {
         name,
         node,
@@ -161,7 +170,9 @@ pub(super) fn run<S: StateMachine>(
         applied_bytes: 0,
         snapshotting: None,
         snapshot_log_bytes: config.snapshot_log_bytes,
+        conf_index: applied,
         gauges: RaftGauges::new(&config.name),
+        config: config.clone(),
     };
     if runner.node.raft.prs().conf().voters().ids().len() == 1 {
         // A single voter need not wait out an election timeout.
@@ -207,8 +218,25 @@ impl<S: StateMachine> Runner<S> {
         match cmd {
             Command::Query(q) => q(&mut self.state),
             Command::Step(msg) => {
+                let vote = matches!(
+                    msg.get_msg_type(),
+                    MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                );
+                if vote && self.is_blank() {
+                    // A blank replica (never given state, or destroyed) must
+                    // not vote: a removed node's stale peers could otherwise
+                    // win with its vote and lose what it had acknowledged.
+                    return;
+                }
                 // Stale or foreign messages are refused by raft; nothing to do.
                 let _ = self.node.step(msg);
+            }
+            Command::Destroy { leader_view, done } => {
+                let destroyed = self.may_destroy(leader_view.as_ref());
+                if destroyed {
+                    self.destroy();
+                }
+                let _ = done.send(destroyed);
             }
             Command::ReadIndex(done) => {
                 // Unanswered requests (no leader yet) time out at the caller;
@@ -220,27 +248,7 @@ impl<S: StateMachine> Runner<S> {
                 self.reads_asked.insert(self.next_read, done);
                 self.node.read_index(self.next_read.to_le_bytes().to_vec());
             }
-            Command::ChangeVoter { node, add } => {
-                // One change at a time: raft turns a second one proposed
-                // before the first applied into an empty entry.
-                let raft = &self.node.raft;
-                if raft.state != StateRole::Leader || raft.has_pending_conf() {
-                    return;
-                }
-                let mut cc = ConfChange {
-                    node_id: node,
-                    ..Default::default()
-                };
-                cc.set_change_type(if add {
-                    ConfChangeType::AddNode
-                } else {
-                    ConfChangeType::RemoveNode
-                });
-                tracing::info!(group = %self.name, node, add, "proposing a membership change");
-                if let Err(e) = self.node.propose_conf_change(Vec::new(), cc) {
-                    tracing::warn!(group = %self.name, node, error = %e, "membership change not proposed");
-                }
-            }
+            Command::ChangeMember { node, change } => self.change_member(node, change),
             Command::SnapshotSent { to, arrived } => {
                 let status = if arrived {
                     SnapshotStatus::Finish
@@ -281,6 +289,104 @@ impl<S: StateMachine> Runner<S> {
                 }
             }
         }
+    }
+
+    /// One membership change, if this node leads and none is pending (raft
+    /// turns a second one proposed before the first applied into an empty
+    /// entry). A learner is promoted only once it has every committed entry.
+    fn change_member(&mut self, node: u64, change: MemberChange) {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader || raft.has_pending_conf() {
+            return;
+        }
+        let change_type = match change {
+            MemberChange::AddLearner => ConfChangeType::AddLearnerNode,
+            MemberChange::Remove => ConfChangeType::RemoveNode,
+            MemberChange::Promote => {
+                let caught_up = raft
+                    .prs()
+                    .get(node)
+                    .is_some_and(|p| p.recent_active && p.matched >= raft.raft_log.committed);
+                if !caught_up {
+                    return;
+                }
+                ConfChangeType::AddNode
+            }
+        };
+        let mut cc = ConfChange {
+            node_id: node,
+            ..Default::default()
+        };
+        cc.set_change_type(change_type);
+        tracing::info!(group = %self.name, node, ?change, "proposing a membership change");
+        if let Err(e) = self.node.propose_conf_change(Vec::new(), cc) {
+            tracing::warn!(group = %self.name, node, error = %e, "membership change not proposed");
+        }
+    }
+
+    /// Whether this replica holds no membership at all.
+    fn is_blank(&self) -> bool {
+        let conf = self.node.raft.prs().conf();
+        conf.voters().ids().is_empty() && conf.learners().is_empty()
+    }
+
+    /// See [`super::Group::destroy`].
+    fn may_destroy(&self, leader_view: Option<&LeaderConf>) -> bool {
+        let raft = &self.node.raft;
+        if self.is_blank() || raft.state == StateRole::Leader || self.snapshotting.is_some() {
+            return false;
+        }
+        let unapplied = raft
+            .raft_log
+            .entries(
+                self.applied + 1,
+                None,
+                raft::GetEntriesContext::empty(false),
+            )
+            .unwrap_or_default();
+        if unapplied.iter().any(|e| {
+            matches!(
+                e.get_entry_type(),
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2
+            )
+        }) {
+            return false;
+        }
+        if !raft.prs().conf().voters().contains(raft.id) {
+            return true;
+        }
+        // Still a voter as far as this replica knows: only a newer
+        // membership applied by the leader can say it is not.
+        leader_view.is_some_and(|v| v.conf_index > self.conf_index && !v.members.contains(&raft.id))
+    }
+
+    /// Moves the log aside for good and starts over blank, as a node that
+    /// never held this group: a leader that wants it back sends a snapshot.
+    fn destroy(&mut self) {
+        if let Err(e) = LogStorage::destroy(&self.config.log_dir) {
+            fatal(
+                &self.name,
+                "cannot remove the log of a destroyed replica",
+                &e,
+            );
+        }
+        let storage = match LogStorage::open(&self.config.log_dir) {
+            Ok(s) => s.with_file_bytes_max(self.config.snapshot_log_bytes / 4),
+            Err(e) => fatal(&self.name, "cannot start an empty log", &e),
+        };
+        if let Err(why) = self.state.restore(bytes::Bytes::new()) {
+            fatal(&self.name, "cannot empty the state", &why);
+        }
+        self.node = raw_node(&self.config, 0, storage);
+        self.fail_pending();
+        self.reads_asked.clear();
+        self.reads_waiting.clear();
+        self.ready_tx.send_replace(None);
+        self.applied = 0;
+        self.applied_bytes = 0;
+        self.conf_index = 0;
+        tracing::info!(group = %self.name, "replica destroyed: this node no longer holds the group");
+        self.publish_status();
     }
 
     fn on_ready(&mut self) {
@@ -340,6 +446,10 @@ impl<S: StateMachine> Runner<S> {
         if self.applied_bytes >= self.snapshot_log_bytes {
             self.snapshot();
         }
+        self.publish_status();
+    }
+
+    fn publish_status(&self) {
         let raft = &self.node.raft;
         {
             let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
@@ -347,9 +457,13 @@ impl<S: StateMachine> Runner<S> {
             s.term = raft.term;
             s.commit = raft.raft_log.committed;
             s.applied = self.applied;
-            let mut voters: Vec<u64> = raft.prs().conf().voters().ids().iter().collect();
+            let conf = raft.prs().conf();
+            let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
             voters.sort_unstable();
             s.voters = voters;
+            s.learners = conf.learners().iter().copied().collect();
+            s.learners.sort_unstable();
+            s.conf_index = self.conf_index;
         }
         self.gauges.term.set(raft.term as i64);
         self.gauges
@@ -397,6 +511,7 @@ impl<S: StateMachine> Runner<S> {
         }
         self.applied = index;
         self.applied_bytes = 0;
+        self.conf_index = index;
         self.fail_pending();
         tracing::info!(group = %self.name, index, "installed a snapshot from the leader");
     }
@@ -471,6 +586,7 @@ impl<S: StateMachine> Runner<S> {
                 if let Err(err) = self.node.mut_store().set_conf_state(cs) {
                     fatal(&self.name, "cannot persist the conf state", &err);
                 }
+                self.conf_index = e.index;
             }
             Ok(Err(err)) => fatal(&self.name, "cannot apply a committed conf change", &err),
             Err(err) => fatal(&self.name, "committed conf change does not decode", &err),

@@ -11,8 +11,12 @@
 //! thread shrinks it step by step, then unlinks it. A `.free` file left by a
 //! crash is picked up again when its directory is opened.
 //!
-//! It must never touch a file that is not named `.free`: renaming is the
-//! caller's promise that nothing needs the bytes any more.
+//! A destroyed replica's whole log directory goes the same way
+//! ([`release_dir`]): its files one by one, then the directory.
+//!
+//! It must never touch a file that is not named `.free` or in a directory
+//! handed over whole: renaming is the caller's promise that nothing needs
+//! the bytes any more.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -53,6 +57,13 @@ fn queue() -> Option<&'static SyncSender<PathBuf>> {
 }
 
 fn shrink_and_remove(path: &Path) {
+    if path.is_dir() {
+        // Queued after its files, which are gone by now.
+        if let Err(e) = std::fs::remove_dir(path) {
+            tracing::warn!(dir = %path.display(), error = %e, "cannot remove a destroyed log directory");
+        }
+        return;
+    }
     if let Ok(meta) = std::fs::metadata(path) {
         let mut len = meta.len();
         while len > STEP_BYTES {
@@ -86,6 +97,20 @@ pub fn release(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Reclaims every file in `dir` and then `dir` itself: the directory of a
+/// destroyed log, already renamed out of every group's way.
+pub fn release_dir(dir: &Path) -> std::io::Result<()> {
+    for item in std::fs::read_dir(dir)? {
+        let path = item?.path();
+        if path.is_dir() {
+            continue; // never made by the log; left for a human
+        }
+        hand_over(path);
+    }
+    hand_over(dir.to_owned());
+    Ok(())
+}
+
 /// Queues the `.free` files in `dir` (left by a crash) for reclaiming.
 pub fn resume(dir: &Path) -> std::io::Result<()> {
     for item in std::fs::read_dir(dir)? {
@@ -109,7 +134,12 @@ fn hand_over(free: PathBuf) {
 }
 
 fn remove_now(free: &Path) {
-    if let Err(e) = std::fs::remove_file(free) {
+    let removed = if free.is_dir() {
+        std::fs::remove_dir(free)
+    } else {
+        std::fs::remove_file(free)
+    };
+    if let Err(e) = removed {
         tracing::warn!(file = %free.display(), error = %e, "cannot remove a log file");
     }
 }

@@ -82,6 +82,75 @@ fn file_name(seq: u64) -> String {
     format!("{seq:020}.log")
 }
 
+/// Snapshots read for followers and not yet sent (or given up), at most, in
+/// the whole process: each holds a group's snapshot (metadata and its
+/// unflushed tail, up to the tail budget) in memory while it streams.
+const SNAPSHOTS_SENDING_MAX: usize = 2;
+
+static SNAPSHOTS_SENDING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One of the [`SNAPSHOTS_SENDING_MAX`] places; given back when the
+/// snapshot's bytes are dropped (every piece sent, or the send failed).
+struct Sending(Bytes);
+
+impl Sending {
+    /// A place, unless all are taken (then holds none).
+    fn start() -> Option<Sending> {
+        use std::sync::atomic::Ordering;
+        let taken = SNAPSHOTS_SENDING.fetch_add(1, Ordering::AcqRel);
+        if taken >= SNAPSHOTS_SENDING_MAX {
+            SNAPSHOTS_SENDING.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Sending(Bytes::new()))
+    }
+
+    /// `data` that keeps this place until its last copy is dropped.
+    fn hold(mut self, data: Bytes) -> Bytes {
+        self.0 = data;
+        Bytes::from_owner(self)
+    }
+}
+
+impl AsRef<[u8]> for Sending {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        SNAPSHOTS_SENDING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// `<dir>.destroyed-<tag>`: where [`LogStorage::destroy`] moves a log.
+fn destroyed_path(dir: &Path, tag: &str) -> PathBuf {
+    let mut name = dir.as_os_str().to_owned();
+    name.push(format!(".destroyed-{tag}"));
+    PathBuf::from(name)
+}
+
+/// Hands logs destroyed beside `dir` whose reclaiming a crash cut short to
+/// the reclaim thread again.
+fn reclaim_destroyed(dir: &Path) -> Result<(), LogError> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Ok(());
+    };
+    let prefix = destroyed_path(Path::new(name), "");
+    let prefix = prefix.to_string_lossy();
+    for item in std::fs::read_dir(parent).map_err(io_err(parent))? {
+        let path = item.map_err(io_err(parent))?.path();
+        let is_aside = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(prefix.as_ref()));
+        if is_aside && path.is_dir() {
+            super::reclaim::release_dir(&path).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -208,6 +277,7 @@ impl LogStorage {
     pub fn open(dir: &Path) -> Result<Self, LogError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         super::reclaim::resume(dir).map_err(io_err(dir))?;
+        reclaim_destroyed(dir)?;
         let mut seqs = Vec::new();
         for item in std::fs::read_dir(dir).map_err(io_err(dir))? {
             let item = item.map_err(io_err(dir))?;
@@ -541,6 +611,23 @@ impl LogStorage {
         sync_dir(&self.dir)
     }
 
+    /// Removes the log in `dir` for good (a replica this node no longer
+    /// holds): the directory is renamed aside in one step, so a crash leaves
+    /// either the whole log or none, and its files are reclaimed in the
+    /// background. The caller drops its `LogStorage` of `dir` and may open
+    /// a new, empty one there.
+    pub fn destroy(dir: &Path) -> Result<(), LogError> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let aside = destroyed_path(dir, &stamp.to_string());
+        std::fs::rename(dir, &aside).map_err(io_err(dir))?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+        super::reclaim::release_dir(&aside).map_err(io_err(&aside))
+    }
+
     /// Whether nothing was ever written: no entries, snapshot or membership.
     pub fn is_fresh(&self) -> bool {
         self.compacted.0 == 0 && self.locs.is_empty() && self.conf_state.voters.is_empty()
@@ -699,6 +786,13 @@ impl raft::Storage for LogStorage {
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // Each snapshot on its way to a follower is held in memory whole;
+        // past the limit raft is told to ask again later.
+        let Some(sending) = Sending::start() else {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        };
         // The latest saved snapshot; raft asks again later when it is too
         // old for the follower (a newer one is written as the log grows).
         match read_snapshot(&self.dir) {
@@ -707,6 +801,7 @@ impl raft::Storage for LogStorage {
                 // added must find itself in it, and the entries after the
                 // snapshot repeat every change since.
                 s.mut_metadata().set_conf_state(self.conf_state.clone());
+                s.data = sending.hold(std::mem::take(&mut s.data));
                 Ok(s)
             }
             Ok(_) => Err(raft::Error::Store(
@@ -795,6 +890,33 @@ mod tests {
         assert!(err.contains("corrupt log file"), "{err}");
         assert!(err.contains("offset"), "{err}");
         assert!(err.contains(&path.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn snapshots_in_flight_to_followers_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStorage::open(dir.path()).unwrap();
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 1;
+        snap.mut_metadata().term = 1;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2];
+        snap.data = Bytes::from_static(b"state");
+        log.apply_snapshot(&snap).unwrap();
+        let mut held: Vec<Snapshot> = (0..SNAPSHOTS_SENDING_MAX)
+            .map(|_| raft::Storage::snapshot(&log, 1, 2).expect("a place"))
+            .collect();
+        assert!(
+            raft::Storage::snapshot(&log, 1, 2).is_err(),
+            "past the limit: ask again later"
+        );
+        // A slice of the data keeps its place; dropping the last copy
+        // gives it back.
+        let piece = held[0].data.slice(..);
+        held.remove(0);
+        assert!(raft::Storage::snapshot(&log, 1, 2).is_err());
+        drop(piece);
+        let again = raft::Storage::snapshot(&log, 1, 2).expect("a place again");
+        assert_eq!(again.get_metadata().index, 1);
     }
 
     #[test]

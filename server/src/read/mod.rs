@@ -36,17 +36,24 @@ pub struct ReadRange {
 type Out = mpsc::Sender<Result<ReadSegmentResponse, tonic::Status>>;
 
 /// Streams `range` of `segment` into `out` until done, the client leaves, or
-/// an error (which is sent as the last item).
+/// an error (which is sent as the last item). `gone` says why the segment
+/// vanished under the read: deleted, or this node's replica of its container
+/// destroyed (moved to other nodes) or replaced by a snapshot.
 pub async fn stream_segment(
     segment: Arc<Segment>,
     tier2: Arc<Tier2>,
     range: ReadRange,
     out: Out,
     closed: impl std::future::Future<Output = ()>,
+    gone: impl FnOnce() -> Error,
 ) {
     let result = tokio::select! {
         r = stream_inner(&segment, &tier2, range, &out) => r,
         _ = closed => Err(Error::Unavailable("the server is shutting down; resume reading elsewhere or later".into())),
+    };
+    let result = match result {
+        Err(Error::SegmentNotFound(_)) => Err(gone()),
+        other => other,
     };
     if let Err(e) = result {
         tracing::debug!(segment = segment.id, error = %e, "read ended with an error");

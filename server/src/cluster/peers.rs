@@ -1,0 +1,70 @@
+//! Calls to other nodes' `Cluster` service: their view of the groups
+//! (leaders, memberships) and the segments of containers this node holds
+//! no replica of.
+//!
+//! One lazily connected channel per address, every call under a short
+//! deadline: a slow or dead peer costs its caller that deadline, never a
+//! hang, and never a raft group's thread (only node tasks call here).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aquifer_proto::v1::cluster_client::ClusterClient;
+use aquifer_proto::v1::{ClusterStatus, ClusterStatusRequest, SegmentInfo, SegmentViewsRequest};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::Error;
+
+/// Deadline of one call to a peer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest answer accepted (segment views of a whole stream).
+const ANSWER_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+#[derive(Default)]
+pub struct Peers {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Peers {
+    fn client(&self, addr: &str) -> Result<ClusterClient<Channel>, Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| Error::Internal(format!("peer address {addr}: {e}")))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(CALL_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                channels.insert(addr.to_string(), c.clone());
+                c
+            }
+        };
+        Ok(ClusterClient::new(channel).max_decoding_message_size(ANSWER_BYTES_MAX))
+    }
+
+    /// Node `addr`'s view of the cluster.
+    pub async fn status(&self, addr: &str) -> Result<ClusterStatus, Error> {
+        let answer = self.client(addr)?.status(ClusterStatusRequest {}).await;
+        answer
+            .map(tonic::Response::into_inner)
+            .map_err(|s| Error::Unavailable(format!("node at {addr}: {}", s.message())))
+    }
+
+    /// The segments among `ids` that node `addr`'s replicas hold.
+    pub async fn segment_views(
+        &self,
+        addr: &str,
+        ids: Vec<u64>,
+    ) -> Result<Vec<SegmentInfo>, Error> {
+        let answer = self
+            .client(addr)?
+            .segment_views(SegmentViewsRequest { segment_ids: ids })
+            .await;
+        answer
+            .map(|r| r.into_inner().segments)
+            .map_err(|s| Error::Unavailable(format!("node at {addr}: {}", s.message())))
+    }
+}
