@@ -326,8 +326,8 @@ async fn placed_as_planned(cluster: &TestCluster, members: &[u64], rf: usize) ->
 /// while writers run and takes its share of container replicas (each joins
 /// as a learner, catches up by snapshot, votes, and the replica it replaces
 /// is destroyed); then node 2 is removed, its replicas move to the others
-/// before it goes, and it is stopped. Every event reads back once, in
-/// order, through the new node.
+/// before it goes, and it is stopped; then node 3 dies and is removed while
+/// down. Every event reads back once, in order, through the new node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_are_added_and_removed_while_writing() {
     let mut cluster = TestCluster::start(3, "", "flush_interval_ms = 500").await;
@@ -378,13 +378,30 @@ async fn nodes_are_added_and_removed_while_writing() {
     .await;
     cluster.node(2).kill9();
     write_keyed_range(&writer, KEYS, 300, 400, 100).await;
+
+    // A node down for good is removed: the groups drop it without hearing
+    // from it, and every container lives on the two nodes left.
+    cluster.node(3).kill9();
+    write_keyed_range(&writer, KEYS, 400, 450, 100).await;
+    client
+        .admin()
+        .remove_node(3)
+        .await
+        .expect("remove a dead node");
+    common::wait_for(
+        "dead node 3 dropped; every group on nodes 1 and 4",
+        Duration::from_secs(60),
+        || placed_as_planned(&cluster, &[1, 4], 3),
+    )
+    .await;
+    write_keyed_range(&writer, KEYS, 450, 500, 100).await;
     writer.close().await.expect("close");
 
     let reader = Client::connect(&addr).await.expect("connect");
     let events = read_all(&reader, &name, Duration::from_secs(60)).await;
-    assert_eq!(events.len() as u64, KEYS * 400, "every event once");
+    assert_eq!(events.len() as u64, KEYS * 500, "every event once");
     for (key, seqs) in per_key_sequences(&events) {
-        assert_eq!(seqs, (0..400).collect::<Vec<u64>>(), "key {key}");
+        assert_eq!(seqs, (0..500).collect::<Vec<u64>>(), "key {key}");
     }
 }
 
