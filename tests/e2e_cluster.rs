@@ -275,6 +275,9 @@ async fn placed_as_planned(cluster: &TestCluster, members: &[u64], rf: usize) ->
         .into_iter()
         .filter(|s| members.contains(&s.node_id))
         .collect();
+    if statuses.len() != members.len() {
+        return false; // a member did not answer
+    }
     let sorted = |ids: &[u64]| {
         let mut ids = ids.to_vec();
         ids.sort_unstable();
@@ -428,6 +431,11 @@ async fn containers_live_on_replication_factor_nodes() {
         || placed_as_planned(&cluster, &[1, 2, 3], 2),
     )
     .await;
+    // Blank from the start, not formed again and destroyed a second time.
+    assert!(
+        !cluster.node(3).stderr_text().contains("replica destroyed"),
+        "the restart formed a destroyed replica again"
+    );
     let name = stream_name("cluster/rf2");
     let mut total = 0;
     for id in 1..=3u64 {

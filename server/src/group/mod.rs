@@ -440,3 +440,6 @@ impl<S: StateMachine> Drop for Group<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

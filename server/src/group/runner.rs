@@ -174,6 +174,9 @@ pub(super) fn run<S: StateMachine>(
         gauges: RaftGauges::new(&config.name),
         config: config.clone(),
     };
+    // The membership replayed from the log, before the first Ready (which
+    // may be an election timeout away): status must not show it blank.
+    runner.publish_status();
     if runner.node.raft.prs().conf().voters().ids().len() == 1 {
         // A single voter need not wait out an election timeout.
         if let Err(e) = runner.node.campaign() {
