@@ -149,26 +149,25 @@ impl Node {
         // it, and two passes would propose the same changes twice.
         let _pass = self.hints.membership.lock().await;
         let mut members = self.controller.nodes();
-        if self.controller.placement().is_empty() {
+        if members.is_empty() {
             // Forming: the first metadata leader records the nodes it was
-            // started with, all of them before the first placement (a
-            // placement over some would shrink every group to those).
-            if !self.controller.is_leader() || self.config.join {
-                return Ok(());
+            // started with and their placement, in one entry.
+            if self.controller.is_leader() && !self.config.join {
+                let peers = self
+                    .config
+                    .cluster()
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                let ids: BTreeSet<u64> = peers.keys().copied().collect();
+                let first = place(
+                    &Placement::default(),
+                    &ids,
+                    self.config.replication_factor,
+                    self.config.containers,
+                );
+                tracing::info!(replication_factor = first.replication_factor, meta_voters = ?first.meta_voters, containers = ?first.containers, "forming the cluster");
+                self.controller.form(&peers, &first).await?;
             }
-            let peers = self
-                .config
-                .cluster()
-                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-            for (id, addr) in &peers {
-                if members.get(id) != Some(addr) {
-                    self.controller.set_node(*id, addr).await?;
-                }
-            }
-            members = self.controller.nodes();
-            if members.is_empty() {
-                return Ok(());
-            }
+            return Ok(());
         }
         let wanted = members.clone();
         if self.controller.is_leader() {
@@ -215,6 +214,7 @@ impl Node {
 
     /// On the metadata leader: places the groups on the recorded nodes
     /// (keeping what it can of the previous placement) when that changes it.
+    /// A cluster formed before placements existed is placed here first.
     async fn record_placement(&self, nodes: &BTreeMap<u64, String>) -> Result<(), Error> {
         let prev = self.controller.placement();
         let factor = if prev.is_empty() {

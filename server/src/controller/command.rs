@@ -5,7 +5,7 @@ use super::state::StreamKey;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetaCommand {
-    #[prost(oneof = "MetaCmd", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "MetaCmd", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub cmd: Option<MetaCmd>,
 }
 
@@ -30,6 +30,18 @@ pub enum MetaCmd {
     /// Where every group's replicas belong from now on.
     #[prost(message, tag = "8")]
     SetPlacement(PlacementRecord),
+    /// The cluster forms: its first nodes and placement in one entry (so
+    /// no placement is ever made over some of them). Ignored once formed.
+    #[prost(message, tag = "9")]
+    Form(FormCluster),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FormCluster {
+    #[prost(message, repeated, tag = "1")]
+    pub nodes: Vec<NodeRecord>,
+    #[prost(message, optional, tag = "2")]
+    pub placement: Option<PlacementRecord>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

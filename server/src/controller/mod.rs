@@ -121,6 +121,28 @@ impl Controller {
         Ok(())
     }
 
+    /// Forms the cluster: records its first nodes and their placement in
+    /// one entry. Does nothing once formed.
+    pub async fn form(
+        &self,
+        nodes: &std::collections::BTreeMap<u64, String>,
+        placement: &Placement,
+    ) -> Result<(), Error> {
+        let nodes = nodes
+            .iter()
+            .map(|(&id, address)| command::NodeRecord {
+                id,
+                address: address.clone(),
+            })
+            .collect();
+        self.propose_any(MetaCmd::Form(command::FormCluster {
+            nodes,
+            placement: Some(placement.into()),
+        }))
+        .await?;
+        Ok(())
+    }
+
     /// Drops node `id` from the cluster.
     pub async fn remove_node(&self, id: u64) -> Result<(), Error> {
         self.propose_any(MetaCmd::RemoveNode(command::NodeRecord {

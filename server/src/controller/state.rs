@@ -135,6 +135,14 @@ impl StateMachine for MetaState {
                 *self.placement.write().unwrap_or_else(|p| p.into_inner()) = p.into();
                 return Ok(None);
             }
+            Some(MetaCmd::Form(f)) => {
+                if nodes.is_empty() {
+                    nodes.extend(f.nodes.into_iter().map(|n| (n.id, n.address)));
+                    *self.placement.write().unwrap_or_else(|p| p.into_inner()) =
+                        f.placement.map(Into::into).unwrap_or_default();
+                }
+                return Ok(None);
+            }
             _ => {}
         }
         drop(nodes);
@@ -239,7 +247,12 @@ impl MetaState {
                 map.remove(&key)
                     .ok_or_else(|| MetaError::NotFound(key.to_string()))
             }
-            Some(MetaCmd::SetNode(_) | MetaCmd::RemoveNode(_) | MetaCmd::SetPlacement(_))
+            Some(
+                MetaCmd::SetNode(_)
+                | MetaCmd::RemoveNode(_)
+                | MetaCmd::SetPlacement(_)
+                | MetaCmd::Form(_),
+            )
             | None => Err(MetaError::Malformed("empty command".into())),
         }
     }
@@ -410,5 +423,42 @@ mod tests {
         restored.restore(snap.into()).unwrap();
         assert_eq!(*restored_nodes.read().unwrap(), *nodes.read().unwrap());
         assert_eq!(*restored_placement.read().unwrap(), placed);
+    }
+
+    #[test]
+    fn a_cluster_forms_once_with_all_its_nodes_and_placement() {
+        let nodes = NodeMap::default();
+        let placement = PlacementMap::default();
+        let mut s = MetaState::new(StreamMap::default(), nodes.clone(), placement.clone());
+        let form = |ids: &[u64], rf| {
+            let placed = Placement {
+                replication_factor: rf,
+                meta_voters: ids.to_vec(),
+                containers: vec![ids.to_vec()],
+            };
+            let cmd = MetaCmd::Form(super::super::command::FormCluster {
+                nodes: ids
+                    .iter()
+                    .map(|&id| NodeRecord {
+                        id,
+                        address: format!("n{id}:1"),
+                    })
+                    .collect(),
+                placement: Some((&placed).into()),
+            });
+            (
+                prost::Message::encode_to_vec(&MetaCommand { cmd: Some(cmd) }),
+                placed,
+            )
+        };
+        let (first, placed) = form(&[1, 2, 3], 3);
+        assert_eq!(s.apply(1, first.into()), Ok(None));
+        assert_eq!(nodes.read().unwrap().len(), 3);
+        assert_eq!(*placement.read().unwrap(), placed);
+        // A second forming (another node that led briefly) changes nothing.
+        let (again, _) = form(&[1, 2], 2);
+        assert_eq!(s.apply(2, again.into()), Ok(None));
+        assert_eq!(nodes.read().unwrap().len(), 3);
+        assert_eq!(*placement.read().unwrap(), placed);
     }
 }
