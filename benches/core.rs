@@ -474,7 +474,10 @@ fn results_file(args: &Args, report: &str) -> String {
     format!(
         "# Aquifer benchmark results\n\n\
          Aquifer side by side with Redis Streams, NATS JetStream and Kafka: \
-         [RESULTS-peers.md](RESULTS-peers.md) (`cargo bench --bench compare`).\n\n\
+         [RESULTS-peers.md](RESULTS-peers.md) (`cargo bench --bench compare`). \
+         A 3-node cluster next to a single node (throughput, ack latency at half \
+         load, failover time): [RESULTS-cluster.md](RESULTS-cluster.md) \
+         (`cargo bench --bench cluster`).\n\n\
          Written by `{command}` (benches/core.rs). One node, release build, \
          loopback, fresh temporary data dir; client and server share the machine.\n\n\
          - machine: {cpu}, {nproc} CPUs (load average at the end: {load})\n\

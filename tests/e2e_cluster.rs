@@ -478,4 +478,16 @@ async fn containers_live_on_replication_factor_nodes() {
             assert_eq!(seqs, (0..150).collect::<Vec<u64>>(), "node {id}, key {key}");
         }
     }
+    // Reads through a node the moment it serves again: while its metadata
+    // and replicas replay it sends readers on or asks them to retry, never
+    // answers that a segment does not exist.
+    for _ in 0..3 {
+        cluster.node(2).kill9();
+        cluster.node(2).restart().await;
+        let client = Client::connect(&cluster.node(2).addr())
+            .await
+            .expect("connect");
+        let events = read_all(&client, &name, Duration::from_secs(60)).await;
+        assert_eq!(events.len() as u64, total, "right after a restart");
+    }
 }

@@ -42,8 +42,8 @@ pub struct Node {
     pub budget: Arc<TailBudget>,
     /// Calls to other nodes (cluster only).
     pub(crate) peers: crate::cluster::peers::Peers,
-    /// Other nodes' leaders, as the balance loop last heard them.
-    pub(crate) hints: crate::cluster::members::Hints,
+    /// Leaders heard from the other nodes, and the membership pass.
+    pub(crate) membership: crate::cluster::members::Membership,
     stop_writers: watch::Sender<bool>,
     /// Turns true when the node begins to shut down: long-lived sessions
     /// (follow reads, append sessions) end then instead of holding it up.
@@ -223,7 +223,7 @@ impl Node {
             tier2,
             budget,
             peers: Default::default(),
-            hints: Default::default(),
+            membership: Default::default(),
             stop_writers,
             closing: watch::channel(false).0,
             writers: std::sync::Mutex::new(writers),
@@ -318,9 +318,22 @@ impl Node {
     /// Segment `id`, if its container on this node has it; where to go
     /// instead if this node holds no replica of that container.
     pub fn segment(&self, id: u64) -> Result<Arc<crate::container::Segment>, Error> {
-        self.serving_container(id)?
-            .segment(id)
-            .ok_or(Error::SegmentNotFound(id))
+        let c = self.serving_container(id)?;
+        if let Some(segment) = c.segment(id) {
+            return Ok(segment);
+        }
+        // A follower still replaying (after a restart, or a snapshot) may
+        // not have the segment yet: retry rather than not found.
+        let s = c.group().status();
+        if self.transport.is_some() && c.leader_term().is_none() && s.applied < s.commit {
+            return Err(Error::Unavailable(format!(
+                "this node's replica of {} is catching up (applied {} of {}); retry",
+                c.group().name(),
+                s.applied,
+                s.commit
+            )));
+        }
+        Err(Error::SegmentNotFound(id))
     }
 
     /// The container hosting `segment_id`.

@@ -76,9 +76,11 @@ pub fn next_move(
         .map(|&n| Move::Member(n, MemberChange::Remove))
 }
 
-/// What a node knows of other nodes' groups, refreshed by the balance loop.
+/// A node's membership bookkeeping: the groups' leaders as the balance
+/// loop last heard them, when each removed-replica check ran, and the
+/// membership pass in progress.
 #[derive(Default)]
-pub struct Hints {
+pub struct Membership {
     /// Leader of each group, as the leaders themselves report it.
     leaders: std::sync::RwLock<HashMap<String, u64>>,
     /// When each container's removed-replica check last ran.
@@ -87,10 +89,10 @@ pub struct Hints {
     /// (said once).
     warned_factor: std::sync::atomic::AtomicBool,
     /// Held by the membership pass in progress.
-    membership: tokio::sync::Mutex<()>,
+    pass: tokio::sync::Mutex<()>,
 }
 
-impl Hints {
+impl Membership {
     pub fn leader(&self, group: &str) -> Option<u64> {
         let leaders = self.leaders.read().unwrap_or_else(|p| p.into_inner());
         leaders.get(group).copied()
@@ -147,7 +149,7 @@ impl Node {
     pub(crate) async fn reconcile_membership(&self) -> Result<(), Error> {
         // One pass at a time: the reconcile loop and admin calls both run
         // it, and two passes would propose the same changes twice.
-        let _pass = self.hints.membership.lock().await;
+        let _pass = self.membership.pass.lock().await;
         let mut members = self.controller.nodes();
         if members.is_empty() {
             // Forming: the first metadata leader records the nodes it was
@@ -224,7 +226,7 @@ impl Node {
         };
         if factor != self.config.replication_factor
             && !self
-                .hints
+                .membership
                 .warned_factor
                 .swap(true, std::sync::atomic::Ordering::Relaxed)
         {
@@ -296,7 +298,7 @@ impl Node {
             if replicas.contains(&me) || c.group().status().is_blank() {
                 continue;
             }
-            if c.group().destroy(None).await || !self.hints.check_due(c.id) {
+            if c.group().destroy(None).await || !self.membership.check_due(c.id) {
                 continue;
             }
             let name = c.group().name().to_string();
@@ -328,16 +330,25 @@ impl Node {
     /// this node holds no (caught-up) replica of it.
     pub fn serving_container(&self, segment_id: u64) -> Result<&Arc<Container>, Error> {
         let c = self.container_of(segment_id);
+        let blank = self.transport.is_some() && c.group().status().is_blank();
+        let me = self.config.node_id;
         let Some(replicas) = self.placed(c.id) else {
+            if blank {
+                // Placement not known yet (the metadata is still replaying
+                // after a restart): a blank replica has nothing to serve.
+                return Err(Error::Unavailable(format!(
+                    "node {me} holds no replica of {} (or has not replayed its metadata yet); try another node",
+                    c.group().name()
+                )));
+            }
             return Ok(c);
         };
-        let me = self.config.node_id;
-        if replicas.contains(&me) && !c.group().status().is_blank() {
+        if replicas.contains(&me) && !blank {
             return Ok(c);
         }
         let name = c.group().name();
         let to = self
-            .hints
+            .membership
             .leader(name)
             .filter(|n| replicas.contains(n) && *n != me)
             .or_else(|| replicas.iter().copied().find(|&n| n != me && self.is_up(n)))
@@ -488,7 +499,7 @@ pub(crate) async fn balance_loop(node: Arc<Node>, mut stop: watch::Receiver<bool
                 *led.entry(status.node_id).or_default() += 1;
             }
         }
-        node.hints.set_leaders(leaders);
+        node.membership.set_leaders(leaders);
         let share = node.containers.len().div_ceil(nodes.len().max(1));
         let mine = led.get(&me).copied().unwrap_or(0);
         if mine <= share {
