@@ -23,7 +23,7 @@ use crate::Error;
 
 /// Largest gRPC message the client sends or accepts: one maximal event
 /// (the server allows up to 64 MiB) plus framing slack.
-pub const MAX_MESSAGE_BYTES: usize = 72 * 1024 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = aquifer_proto::wire::CLIENT_MESSAGE_BYTES_MAX;
 
 /// How long [`crate::Client::connect`] waits for the first connection.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

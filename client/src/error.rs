@@ -76,10 +76,6 @@ impl Error {
     }
 }
 
-/// gRPC metadata key naming the leader's address on an `UNAVAILABLE`
-/// refusal from a node that does not lead (the server sets it).
-const LEADER_METADATA: &str = "aquifer-leader";
-
 impl From<Status> for Error {
     fn from(status: Status) -> Self {
         let msg = status_message(&status);
@@ -93,7 +89,7 @@ impl From<Status> for Error {
             Code::OutOfRange => Error::OutOfRange(msg),
             Code::Unavailable => match status
                 .metadata()
-                .get(LEADER_METADATA)
+                .get(aquifer_proto::wire::LEADER_METADATA_KEY)
                 .and_then(|v| v.to_str().ok())
             {
                 Some(leader) => Error::NotLeader {

@@ -26,7 +26,7 @@ use crate::{Error, SegmentInfo, StreamName};
 pub const MAX_CLIENT_EVENT_BYTES: usize = MAX_MESSAGE_BYTES - 64 * 1024;
 
 /// Longest writer id the server accepts, in bytes.
-pub const MAX_WRITER_ID_BYTES: usize = 255;
+pub const MAX_WRITER_ID_BYTES: usize = aquifer_proto::wire::WRITER_ID_BYTES_MAX;
 
 /// Where an event is: its segment and the byte offset of its first byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,10 +1,11 @@
 //! aquifer-proto: the gRPC protocol (generated from `proto/aquifer/v1`) and
-//! the event framing shared by the client and the server.
+//! the event framing and wire rules shared by the client and the server.
 //!
 //! Owns the wire formats only; it must never hold policy (limits, retries).
 
 pub mod frame;
 pub mod name;
+pub mod wire;
 
 /// Generated messages and services of `aquifer.v1`.
 pub mod v1 {

@@ -227,7 +227,9 @@ impl ServerConfig {
                 self.containers
             ));
         }
-        if self.max_event_bytes < 64 || self.max_event_bytes > 64 * MIB {
+        if self.max_event_bytes < 64
+            || self.max_event_bytes > aquifer_proto::wire::EVENT_BYTES_MAX as u64
+        {
             return bad(format!(
                 "max_event_bytes must be 64..=67108864, not {}",
                 self.max_event_bytes
@@ -291,7 +293,7 @@ impl ServerConfig {
     /// The largest gRPC message either side may send: one maximal event plus
     /// framing slack.
     pub fn max_message_bytes(&self) -> usize {
-        (self.max_event_bytes + MIB) as usize
+        self.max_event_bytes as usize + aquifer_proto::wire::MESSAGE_OVERHEAD_BYTES_MAX
     }
 }
 

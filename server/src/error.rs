@@ -55,10 +55,6 @@ pub enum Error {
     },
 }
 
-/// gRPC metadata key naming the leader's address on a NOT_LEADER refusal
-/// (code UNAVAILABLE): clients go there.
-pub const LEADER_METADATA: &str = "aquifer-leader";
-
 impl From<ProposeError> for Error {
     fn from(e: ProposeError) -> Self {
         match e {
@@ -103,7 +99,9 @@ impl From<Error> for Status {
         } = &e
         {
             if let Ok(v) = addr.parse() {
-                status.metadata_mut().insert(LEADER_METADATA, v);
+                status
+                    .metadata_mut()
+                    .insert(aquifer_proto::wire::LEADER_METADATA_KEY, v);
             }
         }
         status

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aquifer_proto::wire;
 use tokio::sync::watch;
 
 use crate::cache::TailBudget;
@@ -53,18 +54,14 @@ pub struct Node {
     _lock: File,
 }
 
-/// Checks a scope or stream name: `[A-Za-z0-9_-]{1,255}`.
+/// Checks a scope or stream name against the protocol's naming rule.
 pub fn validate_name(what: &str, name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
+    if aquifer_proto::name::is_valid_name(name) {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "invalid {what} name {name:?}: use 1 to 255 characters from A-Z a-z 0-9 _ -"
+            "invalid {what} name {name:?}: {}",
+            aquifer_proto::name::NAME_RULE
         )))
     }
 }
@@ -178,12 +175,12 @@ impl Node {
         };
         let budget = TailBudget::new(config.tail_buffer_bytes_max);
         let tier2 = Arc::new(Tier2::open(&config)?);
-        let controller = Controller::start(group("meta".into()))?;
+        let controller = Controller::start(group(wire::META_GROUP.into()))?;
         let mut containers = Vec::new();
         for id in 0..config.containers {
             let c = Container::start(
                 id,
-                group(format!("container-{id}")),
+                group(wire::container_group(id)),
                 budget.clone(),
                 config.in_flight_bytes_max,
             )?;
@@ -287,13 +284,11 @@ impl Node {
 
     /// Hands a raft message from another node to its group.
     pub fn deliver(&self, group: &str, msg: raft::prelude::Message) -> bool {
-        if group == "meta" {
+        if group == wire::META_GROUP {
             return self.controller.group().step(msg);
         }
-        group
-            .strip_prefix("container-")
-            .and_then(|id| id.parse::<usize>().ok())
-            .and_then(|id| self.containers.get(id))
+        wire::parse_container_group(group)
+            .and_then(|id| self.containers.get(id as usize))
             .is_some_and(|c| c.group().step(msg))
     }
 

@@ -19,6 +19,7 @@ use aquifer_proto::v1::append_server::Append;
 use aquifer_proto::v1::{
     AppendAck, AppendBatch, AppendRequest, AppendResponse, SetupAppendResponse,
 };
+use aquifer_proto::wire::WRITER_ID_BYTES_MAX;
 use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
 use prometheus_client::metrics::counter::Counter;
@@ -36,7 +37,6 @@ use crate::node::Node;
 const SESSION_BATCHES_IN_FLIGHT_MAX: usize = 256;
 /// Acks buffered towards a client that does not read them.
 const ACK_QUEUE_MAX: usize = 64;
-const WRITER_ID_BYTES_MAX: usize = 255;
 
 pub struct AppendService {
     node: Arc<Node>,

@@ -42,8 +42,8 @@ pub async fn serve(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let raft = RaftTransportServer::new(raft::RaftService::new(node.clone()))
-        .max_decoding_message_size(crate::cluster::MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(crate::cluster::MESSAGE_BYTES_MAX);
+        .max_decoding_message_size(aquifer_proto::wire::RAFT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(aquifer_proto::wire::RAFT_MESSAGE_BYTES_MAX);
     let cluster = ClusterServer::new(cluster::ClusterService::new(node.clone()));
     let read = ReadServer::new(read::ReadService::new(node))
         .max_decoding_message_size(max)

@@ -490,10 +490,10 @@ pub(crate) async fn balance_loop(node: Arc<Node>, mut stop: watch::Receiver<bool
             *led.entry(me).or_default() += 1;
         }
         for status in node.peer_statuses().await {
-            let leading = status
-                .groups
-                .iter()
-                .filter(|g| g.leader_id == status.node_id && g.name.starts_with("container-"));
+            let leading = status.groups.iter().filter(|g| {
+                g.leader_id == status.node_id
+                    && aquifer_proto::wire::parse_container_group(&g.name).is_some()
+            });
             for g in leading {
                 leaders.insert(g.name.clone(), status.node_id);
                 *led.entry(status.node_id).or_default() += 1;

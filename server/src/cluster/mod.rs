@@ -29,8 +29,6 @@ const PEER_QUEUE_MAX: usize = 4096;
 /// One batch to a node holds at most this many messages or bytes.
 const BATCH_MESSAGES_MAX: usize = 512;
 const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Largest batch of raft messages (snapshots travel apart, in pieces).
-pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Largest snapshot accepted from a peer (metadata and a container's
 /// unflushed tail, bounded by the tail budget).
 pub const SNAPSHOT_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
@@ -207,8 +205,8 @@ async fn send_loop(
         }
     };
     let mut client = RaftTransportClient::new(endpoint.connect_lazy())
-        .max_encoding_message_size(MESSAGE_BYTES_MAX)
-        .max_decoding_message_size(MESSAGE_BYTES_MAX);
+        .max_encoding_message_size(aquifer_proto::wire::RAFT_MESSAGE_BYTES_MAX)
+        .max_decoding_message_size(aquifer_proto::wire::RAFT_MESSAGE_BYTES_MAX);
     let mut failing = false;
     while let Some(first) = rx.recv().await {
         let mut bytes = first.message.len();

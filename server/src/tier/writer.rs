@@ -154,7 +154,7 @@ impl StorageWriter {
             .fold(0.0, f64::max);
         let m = crate::metrics::metrics();
         m.tier2_flush_lag_seconds
-            .get_or_create(&m.group(&format!("container-{}", self.container.id)))
+            .get_or_create(&m.group(&aquifer_proto::wire::container_group(self.container.id)))
             .set(lag);
         pending
     }
