@@ -11,7 +11,7 @@
 use aquifer_proto::frame::{count_events, encode_event, FrameIter};
 use aquifer_server::cache::{BlockCache, BlockKey, BLOCK_BYTES};
 use aquifer_server::log::record::{self, Decoded, RecordKind};
-use aquifer_server::log::LogStorage;
+use aquifer_server::log::{LogContext, LogStorage};
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use raft::prelude::Entry;
@@ -73,7 +73,7 @@ fn log_write(c: &mut Criterion) {
     g.sample_size(20);
     for entries in [1usize, 64] {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut log = LogStorage::open(dir.path()).expect("open log");
+        let mut log = LogStorage::open(dir.path(), &LogContext::start()).expect("open log");
         let next = std::cell::Cell::new(1u64);
         let data = vec![1u8; 1024];
         g.throughput(Throughput::Elements(entries as u64));

@@ -59,17 +59,21 @@ impl From<ProposeError> for Error {
     fn from(e: ProposeError) -> Self {
         match e {
             ProposeError::Dropped { .. } => Error::ResourceExhausted(e.to_string()),
-            ProposeError::NotLeader { ref group, leader } => {
-                let leader = leader.and_then(crate::cluster::address);
+            ProposeError::NotLeader {
+                ref group,
+                leader_address: ref leader,
+                ..
+            } => {
+                let leader = leader.clone();
                 let message = match &leader {
                     Some(addr) => format!("this node does not lead {group}; its leader is at {addr}"),
                     None => format!("this node does not lead {group} and knows no leader yet (election in progress); retry"),
                 };
                 Error::NotLeader { message, leader }
             }
-            ProposeError::Lost { .. } | ProposeError::Stopped { .. } => {
-                Error::Unavailable(e.to_string())
-            }
+            ProposeError::Lost { .. }
+            | ProposeError::Stopped { .. }
+            | ProposeError::TimedOut { .. } => Error::Unavailable(e.to_string()),
         }
     }
 }

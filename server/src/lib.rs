@@ -8,12 +8,14 @@
 //! its own group; `node` wires it all together.
 #![deny(clippy::unwrap_used)]
 
+pub mod addresses;
 pub mod api;
 pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod container;
 pub mod controller;
+mod durable;
 pub mod error;
 pub mod group;
 pub mod log;
@@ -43,7 +45,10 @@ pub async fn serve(
         let refreshed = node.clone();
         tokio::spawn(metrics::serve(
             listener,
-            std::sync::Arc::new(move || refreshed.refresh_metrics()),
+            std::sync::Arc::new(move || {
+                refreshed.refresh_metrics();
+                refreshed.metrics.encode()
+            }),
             node.closed(),
         ));
     }

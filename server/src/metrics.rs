@@ -5,9 +5,10 @@
 //! log writes, cache lookups, tier-2 puts, reads); gauges of state (raft
 //! positions, buffer and cache sizes) are refreshed when scraped. Updates
 //! are a few atomic operations: nothing here may log, allocate per event or
-//! block the data path. One node per process, so the registry is global.
+//! block the data path. The registry belongs to its node (never to the
+//! process), so several nodes can run in one process.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -38,6 +39,7 @@ pub struct TierLabels {
 type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 /// Every series the node exports.
+#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     pub append_events: Family<StreamLabels, Counter>,
@@ -71,8 +73,15 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.00005, 2.0, 22))
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
-    fn new() -> Self {
+    /// A registry with every series at zero.
+    pub fn new() -> Self {
         let mut r = Registry::with_prefix("aquifer");
         let m = Metrics {
             append_events: Family::default(),
@@ -211,24 +220,20 @@ impl Metrics {
     }
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
-
-/// The process's metrics.
-pub fn metrics() -> &'static Metrics {
-    &METRICS
-}
-
 /// Scrapes served at once; more wait.
 const SCRAPES_MAX: usize = 4;
 /// A request must arrive within this and fit in this many bytes.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_BYTES_MAX: usize = 8 * 1024;
 
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves;
-/// `refresh` updates the state gauges before each scrape.
+/// What a scrape answers: the node's registry in the text format, its state
+/// gauges refreshed first.
+pub type Scrape = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
-    refresh: Arc<dyn Fn() + Send + Sync>,
+    scrape: Scrape,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(SCRAPES_MAX));
@@ -248,17 +253,17 @@ pub async fn serve(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let refresh = refresh.clone();
+        let scrape = scrape.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, answer(conn, &*refresh)).await {
+            if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, answer(conn, &*scrape)).await {
                 tracing::debug!(error = %e, "metrics endpoint: slow client dropped");
             }
         });
     }
 }
 
-async fn answer(mut conn: TcpStream, refresh: &(dyn Fn() + Send + Sync)) {
+async fn answer(mut conn: TcpStream, scrape: &(dyn Fn() -> String + Send + Sync)) {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -279,10 +284,7 @@ async fn answer(mut conn: TcpStream, refresh: &(dyn Fn() + Send + Sync)) {
     let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
     let reply = match (parts.next(), parts.next()) {
-        (Some(b"GET"), Some(b"/metrics")) => {
-            refresh();
-            response("200 OK", &metrics().encode())
-        }
+        (Some(b"GET"), Some(b"/metrics")) => response("200 OK", &scrape()),
         (Some(b"GET"), _) => response("404 Not Found", "try /metrics\n"),
         _ => response("405 Method Not Allowed", "only GET /metrics\n"),
     };
@@ -306,13 +308,17 @@ mod tests {
     async fn serves_metrics_and_refuses_the_rest() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        metrics().tier2_puts.inc();
+        let metrics = Arc::new(Metrics::new());
+        metrics.tier2_puts.inc();
         let refreshed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = refreshed.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(
             listener,
-            Arc::new(move || flag.store(true, std::sync::atomic::Ordering::SeqCst)),
+            Arc::new(move || {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                metrics.encode()
+            }),
             async {
                 let _ = stopped.await;
             },

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +15,7 @@ use std::time::Duration;
 use aquifer_proto::wire;
 use tokio::sync::watch;
 
+use crate::addresses::NodeAddresses;
 use crate::cache::TailBudget;
 use crate::config::ServerConfig;
 use crate::container::command::{Cmd, SegmentRef};
@@ -24,6 +24,8 @@ use crate::container::{container_of, Container, SegmentView};
 use crate::controller::{Controller, Retention, StreamKey, StreamRecord};
 use crate::error::Error;
 use crate::group::GroupConfig;
+use crate::log::LogContext;
+use crate::metrics::Metrics;
 use crate::tier::writer::StorageWriter;
 use crate::tier::Tier2;
 
@@ -41,6 +43,10 @@ pub struct Node {
     pub containers: Vec<Arc<Container>>,
     pub tier2: Arc<Tier2>,
     pub budget: Arc<TailBudget>,
+    /// Every node and the address clients reach it at.
+    pub addresses: NodeAddresses,
+    /// This node's metrics registry.
+    pub metrics: Arc<Metrics>,
     /// Calls to other nodes (cluster only).
     pub(crate) peers: crate::cluster::peers::Peers,
     /// Leaders heard from the other nodes, and the membership pass.
@@ -99,7 +105,7 @@ fn prepare_data_dir(config: &ServerConfig) -> Result<File, Error> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            durable_write(&marker, format!("{}\n", config.containers).as_bytes())
+            crate::durable::write(&marker, format!("{}\n", config.containers).as_bytes())
                 .map_err(|e| io_error("cannot write", &marker, e))?;
         }
         Err(e) => return Err(io_error("cannot read", &marker, e)),
@@ -120,19 +126,6 @@ async fn reconcile_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Write to a temporary file, fsync, rename into place, fsync the directory.
-fn durable_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 impl Node {
     /// Opens the node: replays every log (errors here stop start-up) and
     /// finishes admin changes a crash interrupted.
@@ -144,9 +137,12 @@ impl Node {
         let nodes = config
             .cluster()
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        crate::cluster::set_nodes(nodes.clone());
+        let addresses = NodeAddresses::new(nodes.clone());
+        let metrics = Arc::new(Metrics::new());
+        let log_context = LogContext::start();
         let clustered = nodes.len() > 1;
-        let transport = clustered.then(|| crate::cluster::Transport::start(config.node_id, &nodes));
+        let transport =
+            clustered.then(|| crate::cluster::Transport::start(config.node_id, addresses.clone()));
         let outbox = transport
             .clone()
             .map(|t| t as Arc<dyn crate::group::Outbox>);
@@ -166,6 +162,9 @@ impl Node {
             node_id: config.node_id,
             voters: voters.clone(),
             outbox: outbox.clone(),
+            addresses: addresses.clone(),
+            log_context: log_context.clone(),
+            metrics: metrics.clone(),
             tick: Duration::from_millis(config.raft.tick_ms),
             election_ticks: config.raft.election_ticks,
             heartbeat_ticks: config.raft.heartbeat_ticks,
@@ -174,7 +173,7 @@ impl Node {
             snapshot_log_bytes: config.snapshot_log_bytes,
         };
         let budget = TailBudget::new(config.tail_buffer_bytes_max);
-        let tier2 = Arc::new(Tier2::open(&config)?);
+        let tier2 = Arc::new(Tier2::open(&config, metrics.clone())?);
         let controller = Controller::start(group(wire::META_GROUP.into()))?;
         let mut containers = Vec::new();
         for id in 0..config.containers {
@@ -187,7 +186,7 @@ impl Node {
             containers.push(Arc::new(c));
         }
         if !formed.exists() {
-            durable_write(&formed, b"every group of this node formed\n")
+            crate::durable::write(&formed, b"every group of this node formed\n")
                 .map_err(|e| io_error("cannot write", &formed, e))?;
         }
         if !clustered {
@@ -219,6 +218,8 @@ impl Node {
             containers,
             tier2,
             budget,
+            addresses,
+            metrics,
             peers: Default::default(),
             membership: Default::default(),
             stop_writers,
@@ -264,7 +265,7 @@ impl Node {
 
     /// Sets the gauges of state that is read rather than counted.
     pub fn refresh_metrics(&self) {
-        let m = crate::metrics::metrics();
+        let m = &self.metrics;
         m.tail_buffer_bytes.set(self.budget.used() as i64);
         m.cache_bytes.set(self.tier2.cache_bytes() as i64);
     }
@@ -274,12 +275,7 @@ impl Node {
         if self.controller.is_leader() {
             return Ok(());
         }
-        let group = self.controller.group();
-        Err(crate::group::ProposeError::NotLeader {
-            group: group.name().to_string(),
-            leader: group.leader_id(),
-        }
-        .into())
+        Err(self.controller.group().not_leader().into())
     }
 
     /// Hands a raft message from another node to its group.

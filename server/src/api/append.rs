@@ -94,7 +94,7 @@ impl Append for AppendService {
         };
         // Cannot fail: the channel is new and empty.
         let _ = tx.try_send(Ok(first));
-        let m = crate::metrics::metrics();
+        let m = &self.node.metrics;
         let labels = crate::metrics::StreamLabels {
             stream: self
                 .node
@@ -152,12 +152,12 @@ impl Session {
                         Ok(Some(AppendRequest { kind: Some(RequestKind::Batch(batch)) })) => {
                             let received = Instant::now();
                             let count = batch.event_count;
-                            let last = batch.first_event_number + i64::from(count) - 1;
-                            let (cmd, bytes) = self.check(batch)?;
+                            let Checked { cmd, bytes, last } = self.check(batch)?;
                             self.node.budget.wait_for_room(u64::from(bytes)).await;
                             let outcome = self.container.submit(cmd, bytes).await?;
-                            let m = crate::metrics::metrics();
+                            let m = &self.node.metrics;
                             m.backpressure_seconds.inc_by(received.elapsed().as_secs_f64());
+                            let ack_seconds = m.append_ack_seconds.clone();
                             let (events, appended) = (self.events.clone(), self.bytes.clone());
                             pending.push_back(async move {
                                 let applied = outcome.await?;
@@ -165,7 +165,7 @@ impl Session {
                                     events.inc_by(u64::from(count));
                                     appended.inc_by(u64::from(bytes));
                                 }
-                                m.append_ack_seconds.observe(received.elapsed().as_secs_f64());
+                                ack_seconds.observe(received.elapsed().as_secs_f64());
                                 ack(applied, last)
                             });
                         }
@@ -190,24 +190,32 @@ impl Session {
         }
     }
 
-    /// Checks a batch and turns it into an append command and its size.
-    fn check(&self, batch: AppendBatch) -> Result<(Cmd, u32), Error> {
+    /// Checks a batch and turns it into an append command.
+    fn check(&self, batch: AppendBatch) -> Result<Checked, Error> {
         if batch.event_count == 0 || batch.events.is_empty() {
             return Err(Error::InvalidArgument(
                 "an append batch must hold at least one event".into(),
             ));
         }
-        if batch.first_event_number < 1
-            || batch
-                .first_event_number
-                .checked_add(i64::from(batch.event_count))
-                .is_none()
-        {
+        if batch.first_event_number < 1 {
             return Err(Error::InvalidArgument(format!(
                 "event numbers start at 1; got first event number {}",
                 batch.first_event_number
             )));
         }
+        // Checked before anything adds to it: a client's first number may
+        // be anything up to i64::MAX.
+        let last = batch
+            .first_event_number
+            .checked_add(i64::from(batch.event_count) - 1)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "event numbers overflow: first event number {} plus {} events is past {}",
+                    batch.first_event_number,
+                    batch.event_count,
+                    i64::MAX
+                ))
+            })?;
         let max_event = self.node.config.max_event_bytes as usize;
         // Framing adds a header and the key length to every event.
         let max_framed =
@@ -236,8 +244,17 @@ impl Session {
             event_count: batch.event_count,
             events: batch.events,
         });
-        Ok((cmd, bytes))
+        Ok(Checked { cmd, bytes, last })
     }
+}
+
+/// A batch that passed [`Session::check`].
+struct Checked {
+    cmd: Cmd,
+    /// The events' framed size.
+    bytes: u32,
+    /// The batch's last event number.
+    last: i64,
 }
 
 fn ack(applied: Applied, last_event_number: i64) -> Result<AppendResponse, Error> {

@@ -51,7 +51,10 @@ impl ClusterService {
         }
         ClusterStatus {
             node_id: self.node.config.node_id,
-            nodes: crate::cluster::nodes()
+            nodes: self
+                .node
+                .addresses
+                .all()
                 .into_iter()
                 .map(|(node_id, address)| NodeInfo {
                     health: match &self.node.transport {

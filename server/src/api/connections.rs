@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::{Stream, StreamExt};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -17,16 +18,20 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 pub struct Limited {
     io: TcpStream,
     _slot: OwnedSemaphorePermit,
+    /// The node's open-connections gauge, decremented on drop.
+    open: Gauge,
 }
 
 /// Wraps `incoming` so at most `max` accepted connections are open at once.
 pub fn limit(
     incoming: impl Stream<Item = io::Result<TcpStream>> + Send + 'static,
     max: usize,
+    open: Gauge,
 ) -> impl Stream<Item = io::Result<Limited>> + Send + 'static {
     let slots = Arc::new(Semaphore::new(max));
     incoming.then(move |conn| {
         let slots = slots.clone();
+        let open = open.clone();
         async move {
             let io = conn?;
             if slots.available_permits() == 0 {
@@ -36,15 +41,19 @@ pub fn limit(
                 .acquire_owned()
                 .await
                 .map_err(|_| io::Error::other("connection slots closed"))?;
-            crate::metrics::metrics().connections.inc();
-            Ok(Limited { io, _slot: slot })
+            open.inc();
+            Ok(Limited {
+                io,
+                _slot: slot,
+                open,
+            })
         }
     })
 }
 
 impl Drop for Limited {
     fn drop(&mut self) {
-        crate::metrics::metrics().connections.dec();
+        self.open.dec();
     }
 }
 

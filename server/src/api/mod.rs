@@ -35,6 +35,7 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let max = node.config.max_message_bytes();
     let max_connections = node.config.max_connections;
+    let open_connections = node.metrics.connections.clone();
     let admin = StreamAdminServer::new(admin::AdminService::new(node.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -79,7 +80,7 @@ pub async fn serve(
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
-    let incoming = connections::limit(incoming, max_connections);
+    let incoming = connections::limit(incoming, max_connections, open_connections);
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))

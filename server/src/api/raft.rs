@@ -9,7 +9,7 @@ use aquifer_proto::v1::{RaftBatch, RaftBatchAck, SnapshotPiece};
 use bytes::BytesMut;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::cluster::{decode_message, nodes, SNAPSHOT_BYTES_MAX};
+use crate::cluster::{decode_message, SNAPSHOT_BYTES_MAX};
 use crate::node::Node;
 
 pub struct RaftService {
@@ -23,7 +23,7 @@ impl RaftService {
 
     /// Refuses a sender that is not a peer, and a message not from it to us.
     fn check(&self, from: u64, msg: &raft::prelude::Message) -> Result<(), Status> {
-        if !nodes().contains_key(&from) || from == self.node.config.node_id {
+        if self.node.addresses.get(from).is_none() || from == self.node.config.node_id {
             return Err(Status::permission_denied(format!(
                 "node {from} is not a peer of this cluster"
             )));

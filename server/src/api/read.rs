@@ -48,6 +48,7 @@ impl Read for ReadService {
             offset: req.offset,
             end: (req.end_offset > 0).then_some(req.end_offset),
             follow: req.follow,
+            replicated: self.node.addresses.is_cluster(),
         };
         let (tx, rx) = mpsc::channel(READ_QUEUE_MAX);
         let (node, id) = (self.node.clone(), req.segment_id);

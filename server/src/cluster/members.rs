@@ -177,13 +177,13 @@ impl Node {
         }
         // Keep addresses of nodes being dropped until no group here lists
         // them, so their replicas can still be told.
-        for (id, addr) in super::nodes() {
+        for (id, addr) in self.addresses.all() {
             members.entry(id).or_insert(addr);
         }
         if let Some(t) = &self.transport {
             t.sync(&members);
         }
-        super::set_nodes(members);
+        self.addresses.set(members);
         let placement = self.controller.placement();
         if placement.is_empty() {
             return Ok(());
@@ -197,7 +197,7 @@ impl Node {
                 .all(|id| wanted.contains_key(id))
         });
         if all_done {
-            super::set_nodes(wanted.clone());
+            self.addresses.set(wanted.clone());
             if let Some(t) = &self.transport {
                 t.sync(&wanted);
             }
@@ -304,7 +304,7 @@ impl Node {
             let name = c.group().name().to_string();
             let mine = c.group().status().conf_index;
             for &n in replicas {
-                let Some(addr) = super::address(n) else {
+                let Some(addr) = self.addresses.get(n) else {
                     continue;
                 };
                 let Ok(status) = self.peers.status(&addr).await else {
@@ -359,7 +359,7 @@ impl Node {
                 "node {me} holds no replica of {name} (it is placed on nodes {}); ask one of those",
                 on.join(", ")
             ),
-            leader: to.and_then(super::address),
+            leader: to.and_then(|n| self.addresses.get(n)),
         })
     }
 
@@ -400,12 +400,14 @@ impl Node {
         let redirect = match self.local_segment_views(&ids).await {
             Ok(views) => return Ok(views),
             Err(Error::NotLeader { leader, message }) => (leader, message),
+            // This replica got no read point in time: another may.
+            Err(Error::Unavailable(message)) => (None, message),
             Err(e) => return Err(e),
         };
         let c = self.container_of(first).id;
         let mut addrs: Vec<String> = redirect.0.into_iter().collect();
         for n in self.placed(c).unwrap_or_default() {
-            if let Some(a) = super::address(n).filter(|a| !addrs.contains(a)) {
+            if let Some(a) = self.addresses.get(n).filter(|a| !addrs.contains(a)) {
                 addrs.push(a);
             }
         }
@@ -457,7 +459,9 @@ impl Node {
     /// Every other node's view of the cluster (those that answer).
     async fn peer_statuses(&self) -> Vec<ClusterStatus> {
         let me = self.config.node_id;
-        let asks = super::nodes()
+        let asks = self
+            .addresses
+            .all()
             .into_iter()
             .filter(|(id, _)| *id != me)
             .map(|(_, addr)| async move { self.peers.status(&addr).await.ok() });

@@ -22,6 +22,7 @@ use raft::prelude::Message;
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 
+use crate::addresses::NodeAddresses;
 use crate::group::{Outbox, SnapshotSent};
 
 /// Messages queued per destination node; past it they are dropped.
@@ -42,28 +43,6 @@ const UP_WITHIN: Duration = Duration::from_secs(3);
 /// Pause after a failed send before the next batch to that node.
 const SEND_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The cluster's nodes as this process knows them (one node per process).
-static NODES: RwLock<BTreeMap<u64, String>> = RwLock::new(BTreeMap::new());
-
-/// Records the cluster's nodes: at start-up, and when membership changes.
-pub fn set_nodes(nodes: BTreeMap<u64, String>) {
-    *NODES.write().unwrap_or_else(|p| p.into_inner()) = nodes;
-}
-
-/// The address clients reach node `id` at.
-pub fn address(id: u64) -> Option<String> {
-    NODES
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&id)
-        .cloned()
-}
-
-/// Every node and its address.
-pub fn nodes() -> BTreeMap<u64, String> {
-    NODES.read().unwrap_or_else(|p| p.into_inner()).clone()
-}
-
 /// Sends raft messages to the other nodes, one task and queue per node.
 pub struct Transport {
     me: u64,
@@ -75,19 +54,22 @@ pub struct Transport {
     peers: RwLock<HashMap<u64, (String, mpsc::Sender<RaftEnvelope>)>>,
     /// Testing: nodes whose messages (or only snapshots) are dropped.
     faults: RwLock<Faults>,
+    /// Where each node is (snapshots are sent to the address known then).
+    addresses: NodeAddresses,
 }
 
 impl Transport {
     /// Starts a sender task per other node (needs a tokio runtime).
-    pub fn start(node_id: u64, nodes: &BTreeMap<u64, String>) -> Arc<Transport> {
+    pub fn start(node_id: u64, addresses: NodeAddresses) -> Arc<Transport> {
         let transport = Arc::new(Transport {
             me: node_id,
             runtime: tokio::runtime::Handle::current(),
             delivered: Arc::default(),
             peers: RwLock::default(),
             faults: RwLock::default(),
+            addresses,
         });
-        transport.sync(nodes);
+        transport.sync(&transport.addresses.all());
         transport
     }
 
@@ -177,7 +159,7 @@ impl Outbox for Transport {
             sent(false);
             return;
         }
-        match address(msg.to) {
+        match self.addresses.get(msg.to) {
             Some(addr) => {
                 let send = send_snapshot(self.me, group.to_string(), addr, msg);
                 self.runtime.spawn(async move { sent(send.await) });

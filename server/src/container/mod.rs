@@ -93,11 +93,7 @@ impl Container {
         if self.leader_term().is_some() {
             return Ok(());
         }
-        Err(crate::group::ProposeError::NotLeader {
-            group: self.group.name().to_string(),
-            leader: self.group.leader_id(),
-        }
-        .into())
+        Err(self.group.not_leader().into())
     }
 
     /// The raft term this node leads the container in, if it does.

@@ -22,7 +22,9 @@ use raft::prelude::Message;
 
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 
-use crate::log::{LogError, LogStorage};
+use crate::addresses::NodeAddresses;
+use crate::log::{LogContext, LogError, LogStorage};
+use crate::metrics::Metrics;
 
 /// Commands waiting for a group's thread; senders wait when it is full.
 const COMMAND_QUEUE_MAX: usize = 4096;
@@ -55,13 +57,28 @@ pub enum ProposeError {
         group: String,
         /// The leader this node knows of (raft node id), if any.
         leader: Option<u64>,
+        /// The address clients reach that leader at, if known.
+        leader_address: Option<String>,
     },
+    /// No linearizable read point within the time allowed (no leader, or
+    /// this replica is cut off from it).
+    #[error("group {group} gave no read point in time (no leader reachable); retry")]
+    TimedOut { group: String },
     #[error("group {group} is over its limit of uncommitted bytes; retry")]
     Dropped { group: String },
     #[error("leadership of group {group} changed before the proposal committed; retry")]
     Lost { group: String },
     #[error("group {group} is shutting down")]
     Stopped { group: String },
+}
+
+/// [`ProposeError::NotLeader`] for `group`, whose leader is `leader` if known.
+fn not_leader(group: &str, leader: Option<u64>, addresses: &NodeAddresses) -> ProposeError {
+    ProposeError::NotLeader {
+        group: group.to_string(),
+        leader,
+        leader_address: leader.and_then(|id| addresses.get(id)),
+    }
 }
 
 pub(crate) type Query<S> = Box<dyn FnOnce(&mut S) + Send>;
@@ -172,6 +189,12 @@ pub struct GroupConfig {
     pub voters: Vec<u64>,
     /// Messages to other nodes; None on a single node.
     pub outbox: Option<Arc<dyn Outbox>>,
+    /// Where the node's nodes are, to tell clients where the leader is.
+    pub addresses: NodeAddresses,
+    /// The node's reclaim thread and snapshot-send limit.
+    pub log_context: LogContext,
+    /// The node's metrics registry.
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for dyn Outbox {
@@ -205,6 +228,7 @@ impl GroupStatus {
 /// A handle to a running group. Dropping every handle stops the thread.
 pub struct Group<S: StateMachine> {
     name: String,
+    addresses: NodeAddresses,
     tx: mpsc::Sender<Command<S>>,
     ready: watch::Receiver<Option<u64>>,
     status: Arc<Mutex<GroupStatus>>,
@@ -217,8 +241,8 @@ impl<S: StateMachine> Group<S> {
     pub fn start(config: GroupConfig, mut state: S) -> Result<Self, LogError> {
         // Files of a quarter of the snapshot interval: the log on disk stays
         // within about 1.5 intervals.
-        let mut storage =
-            LogStorage::open(&config.log_dir)?.with_file_bytes_max(config.snapshot_log_bytes / 4);
+        let mut storage = LogStorage::open(&config.log_dir, &config.log_context)?
+            .with_file_bytes_max(config.snapshot_log_bytes / 4);
         if storage.is_fresh() && !config.voters.is_empty() {
             // First start. A node joining a running cluster has no voters
             // here: it waits for a leader to send it a snapshot.
@@ -237,6 +261,7 @@ impl<S: StateMachine> Group<S> {
         let (ready_tx, ready) = watch::channel(None);
         let status = Arc::new(Mutex::new(GroupStatus::default()));
         let name = config.name.clone();
+        let addresses = config.addresses.clone();
         let shared = runner::Shared {
             ready: ready_tx,
             status: status.clone(),
@@ -252,6 +277,7 @@ impl<S: StateMachine> Group<S> {
             })?;
         Ok(Group {
             name,
+            addresses,
             tx,
             ready,
             status,
@@ -280,9 +306,8 @@ impl<S: StateMachine> Group<S> {
             .map_err(|_| self.stopped())?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(())) => Ok(()),
-            _ => Err(ProposeError::NotLeader {
+            _ => Err(ProposeError::TimedOut {
                 group: self.name.clone(),
-                leader: self.leader_id(),
             }),
         }
     }
@@ -393,6 +418,12 @@ impl<S: StateMachine> Group<S> {
     /// it is not the (caught-up) leader.
     pub fn leader_term(&self) -> Option<u64> {
         *self.ready.borrow()
+    }
+
+    /// The refusal of a proposal (or a leader-only call) by a replica that
+    /// does not lead: it names the leader it knows of, and its address.
+    pub fn not_leader(&self) -> ProposeError {
+        not_leader(&self.name, self.leader_id(), &self.addresses)
     }
 
     fn stopped(&self) -> ProposeError {

@@ -21,6 +21,7 @@ use super::{
     SnapshotSent, StateMachine,
 };
 use crate::log::{LogError, LogStorage};
+use crate::metrics::Metrics;
 
 /// Commands drained per loop turn before handling a Ready: bounds the time
 /// between fsyncs under a flood of proposals.
@@ -76,8 +77,7 @@ struct RaftGauges {
 }
 
 impl RaftGauges {
-    fn new(group: &str) -> Self {
-        let m = crate::metrics::metrics();
+    fn new(m: &Metrics, group: &str) -> Self {
         let labels = m.group(group);
         RaftGauges {
             term: m.raft_term.get_or_create(&labels).clone(),
@@ -171,7 +171,7 @@ pub(super) fn run<S: StateMachine>(
         snapshotting: None,
         snapshot_log_bytes: config.snapshot_log_bytes,
         conf_index: applied,
-        gauges: RaftGauges::new(&config.name),
+        gauges: RaftGauges::new(&config.metrics, &config.name),
         config: config.clone(),
     };
     // The membership replayed from the log, before the first Ready (which
@@ -273,10 +273,12 @@ impl<S: StateMachine> Runner<S> {
             }
             Command::Propose { data, done } => {
                 if self.node.raft.state != StateRole::Leader {
-                    done.send(Err(ProposeError::NotLeader {
-                        group: self.name.clone(),
-                        leader: Some(self.node.raft.leader_id).filter(|&id| id != 0),
-                    }));
+                    let leader = Some(self.node.raft.leader_id).filter(|&id| id != 0);
+                    done.send(Err(super::not_leader(
+                        &self.name,
+                        leader,
+                        &self.config.addresses,
+                    )));
                     return;
                 }
                 match self.node.propose(Vec::new(), data) {
@@ -366,14 +368,16 @@ impl<S: StateMachine> Runner<S> {
     /// Moves the log aside for good and starts over blank, as a node that
     /// never held this group: a leader that wants it back sends a snapshot.
     fn destroy(&mut self) {
-        if let Err(e) = LogStorage::destroy(&self.config.log_dir) {
+        if let Err(e) =
+            LogStorage::destroy(&self.config.log_dir, &self.config.log_context.reclaimer)
+        {
             fatal(
                 &self.name,
                 "cannot remove the log of a destroyed replica",
                 &e,
             );
         }
-        let storage = match LogStorage::open(&self.config.log_dir) {
+        let storage = match LogStorage::open(&self.config.log_dir, &self.config.log_context) {
             Ok(s) => s.with_file_bytes_max(self.config.snapshot_log_bytes / 4),
             Err(e) => fatal(&self.name, "cannot start an empty log", &e),
         };
@@ -425,7 +429,7 @@ impl<S: StateMachine> Runner<S> {
         }
         let took = started.elapsed();
         if !rd.entries().is_empty() {
-            let m = crate::metrics::metrics();
+            let m = &self.config.metrics;
             m.log_write_seconds.observe(took.as_secs_f64());
             m.log_write_entries.observe(rd.entries().len() as f64);
         }

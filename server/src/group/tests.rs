@@ -97,6 +97,9 @@ impl Cluster {
                     Vec::new()
                 },
                 outbox: Some(net.clone() as Arc<dyn Outbox>),
+                addresses: Default::default(),
+                log_context: crate::log::LogContext::start(),
+                metrics: Default::default(),
             };
             let group = Arc::new(Group::start(config, Items::default()).unwrap());
             net.groups

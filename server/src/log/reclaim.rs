@@ -12,7 +12,7 @@
 //! crash is picked up again when its directory is opened.
 //!
 //! A destroyed replica's whole log directory goes the same way
-//! ([`release_dir`]): its files one by one, then the directory.
+//! ([`Reclaimer::release_dir`]): its files one by one, then the directory.
 //!
 //! It must never touch a file that is not named `.free` or in a directory
 //! handed over whole: renaming is the caller's promise that nothing needs
@@ -20,7 +20,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Suffix of files waiting to be reclaimed.
@@ -33,27 +32,80 @@ const STEP_PAUSE: Duration = Duration::from_millis(10);
 /// space matters more than the stall then).
 const QUEUE_MAX: usize = 1024;
 
-fn queue() -> Option<&'static SyncSender<PathBuf>> {
-    static QUEUE: OnceLock<Option<SyncSender<PathBuf>>> = OnceLock::new();
-    QUEUE
-        .get_or_init(|| {
-            let (tx, rx) = sync_channel::<PathBuf>(QUEUE_MAX);
-            let spawned = std::thread::Builder::new()
-                .name("log-reclaim".into())
-                .spawn(move || {
-                    for path in rx {
-                        shrink_and_remove(&path);
-                    }
-                });
-            match spawned {
-                Ok(_) => Some(tx),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot start the log reclaim thread; files are unlinked at once");
-                    None
+/// A node's reclaim thread, and the queue of files waiting for it. Clones
+/// share the thread; it ends when the last clone is dropped.
+#[derive(Clone, Debug)]
+pub struct Reclaimer {
+    /// None when the thread could not start: files are unlinked at once.
+    queue: Option<SyncSender<PathBuf>>,
+}
+
+impl Reclaimer {
+    /// Starts the reclaim thread.
+    pub fn start() -> Reclaimer {
+        let (tx, rx) = sync_channel::<PathBuf>(QUEUE_MAX);
+        let spawned = std::thread::Builder::new()
+            .name("log-reclaim".into())
+            .spawn(move || {
+                for path in rx {
+                    shrink_and_remove(&path);
                 }
+            });
+        match spawned {
+            Ok(_) => Reclaimer { queue: Some(tx) },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the log reclaim thread; files are unlinked at once");
+                Reclaimer { queue: None }
             }
-        })
-        .as_ref()
+        }
+    }
+
+    /// Renames `path` to `<path>.free` and hands it to the reclaim thread.
+    /// The caller syncs the directory.
+    pub fn release(&self, path: &Path) -> std::io::Result<()> {
+        let mut free = path.as_os_str().to_owned();
+        free.push(FREE_SUFFIX);
+        let free = PathBuf::from(free);
+        std::fs::rename(path, &free)?;
+        self.hand_over(free);
+        Ok(())
+    }
+
+    /// Reclaims every file in `dir` and then `dir` itself: the directory of
+    /// a destroyed log, already renamed out of every group's way.
+    pub fn release_dir(&self, dir: &Path) -> std::io::Result<()> {
+        for item in std::fs::read_dir(dir)? {
+            let path = item?.path();
+            if path.is_dir() {
+                continue; // never made by the log; left for a human
+            }
+            self.hand_over(path);
+        }
+        self.hand_over(dir.to_owned());
+        Ok(())
+    }
+
+    /// Queues the `.free` files in `dir` (left by a crash) for reclaiming.
+    pub fn resume(&self, dir: &Path) -> std::io::Result<()> {
+        for item in std::fs::read_dir(dir)? {
+            let path = item?.path();
+            if path.to_string_lossy().ends_with(FREE_SUFFIX) {
+                self.hand_over(path);
+            }
+        }
+        Ok(())
+    }
+
+    fn hand_over(&self, free: PathBuf) {
+        let Some(tx) = &self.queue else {
+            remove_now(&free);
+            return;
+        };
+        match tx.try_send(free) {
+            Ok(()) => {}
+            Err(TrySendError::Full(free) | TrySendError::Disconnected(free)) => remove_now(&free),
+        }
+    }
 }
 
 fn shrink_and_remove(path: &Path) {
@@ -86,53 +138,6 @@ fn shrink_and_remove(path: &Path) {
     }
 }
 
-/// Renames `path` to `<path>.free` and hands it to the reclaim thread. The
-/// caller syncs the directory.
-pub fn release(path: &Path) -> std::io::Result<()> {
-    let mut free = path.as_os_str().to_owned();
-    free.push(FREE_SUFFIX);
-    let free = PathBuf::from(free);
-    std::fs::rename(path, &free)?;
-    hand_over(free);
-    Ok(())
-}
-
-/// Reclaims every file in `dir` and then `dir` itself: the directory of a
-/// destroyed log, already renamed out of every group's way.
-pub fn release_dir(dir: &Path) -> std::io::Result<()> {
-    for item in std::fs::read_dir(dir)? {
-        let path = item?.path();
-        if path.is_dir() {
-            continue; // never made by the log; left for a human
-        }
-        hand_over(path);
-    }
-    hand_over(dir.to_owned());
-    Ok(())
-}
-
-/// Queues the `.free` files in `dir` (left by a crash) for reclaiming.
-pub fn resume(dir: &Path) -> std::io::Result<()> {
-    for item in std::fs::read_dir(dir)? {
-        let path = item?.path();
-        if path.to_string_lossy().ends_with(FREE_SUFFIX) {
-            hand_over(path);
-        }
-    }
-    Ok(())
-}
-
-fn hand_over(free: PathBuf) {
-    let Some(tx) = queue() else {
-        remove_now(&free);
-        return;
-    };
-    match tx.try_send(free) {
-        Ok(()) => {}
-        Err(TrySendError::Full(free) | TrySendError::Disconnected(free)) => remove_now(&free),
-    }
-}
-
 fn remove_now(free: &Path) {
     let removed = if free.is_dir() {
         std::fs::remove_dir(free)
@@ -158,9 +163,10 @@ mod tests {
         let kept = dir.path().join("00000000000000000002.log");
         std::fs::write(&kept, b"live").expect("write");
 
-        release(&released).expect("release");
+        let reclaimer = Reclaimer::start();
+        reclaimer.release(&released).expect("release");
         assert!(!released.exists(), "renamed away at once");
-        resume(dir.path()).expect("resume");
+        reclaimer.resume(dir.path()).expect("resume");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let names = || {
             let mut n: Vec<String> = std::fs::read_dir(dir.path())

@@ -1,4 +1,7 @@
-//! `LogStorage`: log files on disk plus the in-memory index raft reads.
+//! `LogStorage`: a group's log files on disk (written, replayed, compacted)
+//! and the in-memory index of entry locations that `raft::Storage` reads.
+//!
+//! Owned by the group's thread; never interprets entry payloads.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -11,13 +14,14 @@ use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
+use super::entry_cache::EntryCache;
 use super::record::{self, Decoded, RecordKind};
+use super::snapshot::{read_snapshot, remove_snapshots_below, snapshot_path, write_snapshot};
+use super::{destroy, encode_message, io_err, sync_dir, LogContext, SnapshotWriter};
 
 /// A log file is closed and a new one started past this size (unless set
 /// smaller with [`LogStorage::with_file_bytes_max`]).
 const LOG_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
-/// Recent entries kept in memory so raft rarely reads the disk.
-const ENTRY_CACHE_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Why the log cannot be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -35,12 +39,8 @@ pub enum LogError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
-    move |source| LogError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
+// Entry positions and offsets are u64 on disk and usize in memory.
+const _: () = assert!(usize::BITS >= u64::BITS);
 
 /// Where an entry's record payload lives.
 #[derive(Debug, Clone, Copy)]
@@ -73,211 +73,23 @@ pub struct LogStorage {
     files: Vec<LogFile>,
     active_len: u64,
     file_bytes_max: u64,
-    /// The newest entries, in index order, ending at `last_index`.
-    cache: VecDeque<Entry>,
-    cache_bytes: usize,
+    /// The newest entries, ending at `last_index`.
+    cache: EntryCache,
+    /// The node's reclaim thread and snapshot-send limit.
+    ctx: LogContext,
 }
 
 fn file_name(seq: u64) -> String {
     format!("{seq:020}.log")
 }
 
-/// Snapshots read for followers and not yet sent (or given up), at most, in
-/// the whole process: each holds a group's snapshot (metadata and its
-/// unflushed tail, up to the tail budget) in memory while it streams.
-const SNAPSHOTS_SENDING_MAX: usize = 2;
-
-static SNAPSHOTS_SENDING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// One of the [`SNAPSHOTS_SENDING_MAX`] places; given back when the
-/// snapshot's bytes are dropped (every piece sent, or the send failed).
-struct Sending(Bytes);
-
-impl Sending {
-    /// A place, unless all are taken (then holds none).
-    fn start() -> Option<Sending> {
-        use std::sync::atomic::Ordering;
-        let taken = SNAPSHOTS_SENDING.fetch_add(1, Ordering::AcqRel);
-        if taken >= SNAPSHOTS_SENDING_MAX {
-            SNAPSHOTS_SENDING.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Sending(Bytes::new()))
-    }
-
-    /// `data` that keeps this place until its last copy is dropped.
-    fn hold(mut self, data: Bytes) -> Bytes {
-        self.0 = data;
-        Bytes::from_owner(self)
-    }
-}
-
-impl AsRef<[u8]> for Sending {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for Sending {
-    fn drop(&mut self) {
-        SNAPSHOTS_SENDING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
-}
-
-/// `<dir>.destroyed-<tag>`: where [`LogStorage::destroy`] moves a log.
-fn destroyed_path(dir: &Path, tag: &str) -> PathBuf {
-    let mut name = dir.as_os_str().to_owned();
-    name.push(format!(".destroyed-{tag}"));
-    PathBuf::from(name)
-}
-
-/// Hands logs destroyed beside `dir` whose reclaiming a crash cut short to
-/// the reclaim thread again.
-fn reclaim_destroyed(dir: &Path) -> Result<(), LogError> {
-    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
-        return Ok(());
-    };
-    let prefix = destroyed_path(Path::new(name), "");
-    let prefix = prefix.to_string_lossy();
-    for item in std::fs::read_dir(parent).map_err(io_err(parent))? {
-        let path = item.map_err(io_err(parent))?.path();
-        let is_aside = path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with(prefix.as_ref()));
-        if is_aside && path.is_dir() {
-            super::reclaim::release_dir(&path).map_err(io_err(&path))?;
-        }
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
-}
-
-/// Snapshots of a group's state machine, next to its log files, named by
-/// raft index: `snapshot-<index>`. The highest is the current one; a write
-/// that finishes after a newer one (from the leader) arrived can never
-/// replace it.
-const SNAPSHOT_PREFIX: &str = "snapshot-";
-
-fn snapshot_path(dir: &Path, index: u64) -> PathBuf {
-    dir.join(format!("{SNAPSHOT_PREFIX}{index:020}"))
-}
-
-/// Snapshot files in `dir` by index, lowest first.
-fn snapshot_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
-    let mut found = Vec::new();
-    for item in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let item = item.map_err(io_err(dir))?;
-        let name = item.file_name();
-        if let Some(index) = name
-            .to_string_lossy()
-            .strip_prefix(SNAPSHOT_PREFIX)
-            .and_then(|s| s.parse::<u64>().ok())
-        {
-            found.push((index, item.path()));
-        }
-    }
-    found.sort_unstable();
-    Ok(found)
-}
-
-/// Removes snapshot files older than `index`.
-fn remove_snapshots_below(dir: &Path, index: u64) -> Result<(), LogError> {
-    for (i, path) in snapshot_files(dir)? {
-        if i < index {
-            super::reclaim::release(&path).map_err(io_err(&path))?;
-        }
-    }
-    Ok(())
-}
-
-fn encode_message(
-    out: &mut Vec<u8>,
-    kind: RecordKind,
-    m: &impl protobuf::Message,
-) -> std::io::Result<()> {
-    record::encode_with(out, kind, |out| m.write_to_vec(out)).map_err(std::io::Error::other)?;
-    Ok(())
-}
-
-/// Write to a temporary file, fsync, rename into place, fsync the directory.
-fn durable_write(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    match path.parent() {
-        Some(dir) => sync_dir(dir),
-        None => Ok(()),
-    }
-}
-
-fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, LogError> {
-    let Some((_, path)) = snapshot_files(dir)?.pop() else {
-        return Ok(None);
-    };
-    let buf = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(&path)(e)),
-    };
-    let corrupt = |why: String| LogError::Corrupt {
-        path: path.clone(),
-        offset: 0,
-        why,
-    };
-    match record::decode(&buf) {
-        Decoded::Record {
-            kind: RecordKind::Snapshot,
-            payload,
-            framed_len,
-        } if framed_len == buf.len() => Snapshot::parse_from_bytes(payload)
-            .map(Some)
-            .map_err(|e| corrupt(format!("bad snapshot: {e}"))),
-        Decoded::Record { .. } => Err(corrupt("not a single snapshot record".into())),
-        Decoded::Invalid { why } => Err(corrupt(why.into())),
-    }
-}
-
-/// Writes one snapshot file (durably), off the group thread.
-pub struct SnapshotWriter {
-    path: PathBuf,
-    index: u64,
-    term: u64,
-    conf_state: ConfState,
-}
-
-impl SnapshotWriter {
-    /// Writes the state machine's `data`; returns the snapshot's index and
-    /// term for [`LogStorage::compact`].
-    pub fn write(self, data: Vec<u8>) -> Result<(u64, u64), LogError> {
-        let mut snap = Snapshot {
-            data: data.into(),
-            ..Default::default()
-        };
-        let meta = snap.mut_metadata();
-        meta.index = self.index;
-        meta.term = self.term;
-        meta.set_conf_state(self.conf_state);
-        let mut buf = Vec::new();
-        encode_message(&mut buf, RecordKind::Snapshot, &snap).map_err(io_err(&self.path))?;
-        durable_write(&self.path, &buf)?;
-        Ok((self.index, self.term))
-    }
-}
-
 impl LogStorage {
     /// Opens (or creates) the log in `dir`, replaying every file: torn tail
     /// truncated, corruption elsewhere an error naming file and offset.
-    pub fn open(dir: &Path) -> Result<Self, LogError> {
+    pub fn open(dir: &Path, ctx: &LogContext) -> Result<Self, LogError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        super::reclaim::resume(dir).map_err(io_err(dir))?;
-        reclaim_destroyed(dir)?;
+        ctx.reclaimer.resume(dir).map_err(io_err(dir))?;
+        destroy::reclaim_destroyed(dir, &ctx.reclaimer)?;
         let mut seqs = Vec::new();
         for item in std::fs::read_dir(dir).map_err(io_err(dir))? {
             let item = item.map_err(io_err(dir))?;
@@ -300,8 +112,8 @@ impl LogStorage {
             files: Vec::new(),
             active_len: 0,
             file_bytes_max: LOG_FILE_BYTES_MAX,
-            cache: VecDeque::new(),
-            cache_bytes: 0,
+            cache: EntryCache::default(),
+            ctx: ctx.clone(),
         };
         if let Some(snap) = read_snapshot(dir)? {
             let meta = snap.get_metadata();
@@ -449,12 +261,8 @@ impl LogStorage {
 
     fn truncate_from(&mut self, index: u64) {
         let first = self.compacted.0 + 1;
-        self.locs.truncate((index - first) as usize);
-        while self.cache.back().is_some_and(|e| e.index >= index) {
-            if let Some(e) = self.cache.pop_back() {
-                self.cache_bytes -= e.data.len();
-            }
-        }
+        self.locs.truncate(Self::loc_pos(index, first));
+        self.cache.truncate_from(index);
     }
 
     fn start_file(&mut self, seq: u64) -> Result<(), LogError> {
@@ -537,8 +345,7 @@ impl LogStorage {
                 // raft hands entries in order; a gap is a bug, not bad input.
                 panic!("raft appended out of order: {why}");
             }
-            self.cache_bytes += e.data.len();
-            self.cache.push_back(e.clone());
+            self.cache.push(e.clone());
         }
         if let Some(last) = entries.last() {
             let n = self.files.len() - 1;
@@ -546,11 +353,6 @@ impl LogStorage {
         }
         if let Some(hs) = hard_state {
             self.hard_state = hs.clone();
-        }
-        while self.cache_bytes > ENTRY_CACHE_BYTES_MAX && self.cache.len() > 1 {
-            if let Some(e) = self.cache.pop_front() {
-                self.cache_bytes -= e.data.len();
-            }
         }
         Ok(())
     }
@@ -571,7 +373,7 @@ impl LogStorage {
         let term = raft::Storage::term(self, index)
             .map_err(|e| io_err(&self.dir)(std::io::Error::other(e.to_string())))?;
         Ok(SnapshotWriter {
-            path: snapshot_path(&self.dir, index),
+            dir: self.dir.clone(),
             index,
             term,
             conf_state: self.conf_state.clone(),
@@ -587,11 +389,7 @@ impl LogStorage {
         let drop_locs = ((index - self.compacted.0) as usize).min(self.locs.len());
         self.locs.drain(..drop_locs);
         self.compacted = (index, term);
-        while self.cache.front().is_some_and(|e| e.index <= index) {
-            if let Some(e) = self.cache.pop_front() {
-                self.cache_bytes -= e.data.len();
-            }
-        }
+        self.cache.drop_through(index);
         if self.active().max_index <= index && self.active_len >= self.file_bytes_max / 4 {
             // Close a large active file that holds nothing needed any more.
             self.start_file(self.active().seq + 1)?;
@@ -600,32 +398,18 @@ impl LogStorage {
         let mut kept = Vec::with_capacity(self.files.len());
         for f in std::mem::take(&mut self.files) {
             if f.seq != active_seq && f.max_index <= index {
-                super::reclaim::release(&f.path).map_err(io_err(&f.path))?;
+                self.ctx
+                    .reclaimer
+                    .release(&f.path)
+                    .map_err(io_err(&f.path))?;
                 tracing::debug!(file = %f.path.display(), "removed log file below snapshot");
             } else {
                 kept.push(f);
             }
         }
         self.files = kept;
-        remove_snapshots_below(&self.dir, index)?;
+        remove_snapshots_below(&self.dir, index, &self.ctx.reclaimer)?;
         sync_dir(&self.dir)
-    }
-
-    /// Removes the log in `dir` for good (a replica this node no longer
-    /// holds): the directory is renamed aside in one step, so a crash leaves
-    /// either the whole log or none, and its files are reclaimed in the
-    /// background. The caller drops its `LogStorage` of `dir` and may open
-    /// a new, empty one there.
-    pub fn destroy(dir: &Path) -> Result<(), LogError> {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let aside = destroyed_path(dir, &stamp.to_string());
-        std::fs::rename(dir, &aside).map_err(io_err(dir))?;
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
-        }
-        super::reclaim::release_dir(&aside).map_err(io_err(&aside))
     }
 
     /// Whether nothing was ever written: no entries, snapshot or membership.
@@ -651,13 +435,9 @@ impl LogStorage {
     pub fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<(), LogError> {
         let meta = snap.get_metadata();
         let (index, term) = (meta.index, meta.term);
-        let path = snapshot_path(&self.dir, index);
-        let mut buf = Vec::new();
-        encode_message(&mut buf, RecordKind::Snapshot, snap).map_err(io_err(&path))?;
-        durable_write(&path, &buf)?;
+        write_snapshot(&self.dir, snap)?;
         self.locs.clear();
         self.cache.clear();
-        self.cache_bytes = 0;
         self.compacted = (index, term);
         self.conf_state = meta.get_conf_state().clone();
         self.hard_state.commit = self.hard_state.commit.max(index);
@@ -668,9 +448,12 @@ impl LogStorage {
         self.start_file(next)?;
         let old: Vec<LogFile> = self.files.drain(..self.files.len() - 1).collect();
         for f in old {
-            super::reclaim::release(&f.path).map_err(io_err(&f.path))?;
+            self.ctx
+                .reclaimer
+                .release(&f.path)
+                .map_err(io_err(&f.path))?;
         }
-        remove_snapshots_below(&self.dir, index)?;
+        remove_snapshots_below(&self.dir, index, &self.ctx.reclaimer)?;
         sync_dir(&self.dir)
     }
 
@@ -707,15 +490,18 @@ impl LogStorage {
         self.compacted.0 + self.locs.len() as u64
     }
 
+    /// Position in `locs` of entry `index`, `first` being the index `locs`
+    /// starts at. Callers check `first <= index <= last`, and positions fit
+    /// a 64-bit usize (checked below at compile time).
+    fn loc_pos(index: u64, first: u64) -> usize {
+        (index - first) as usize
+    }
+
     fn read_entry(&self, index: u64) -> raft::Result<Entry> {
-        if let Some(front) = self.cache.front() {
-            if index >= front.index {
-                if let Some(e) = self.cache.get((index - front.index) as usize) {
-                    return Ok(e.clone());
-                }
-            }
+        if let Some(e) = self.cache.get(index) {
+            return Ok(e.clone());
         }
-        let loc = self.locs[(index - self.compacted.0 - 1) as usize];
+        let loc = self.locs[Self::loc_pos(index, self.compacted.0 + 1)];
         let file = self
             .files
             .iter()
@@ -774,7 +560,7 @@ impl raft::Storage for LogStorage {
         if idx > self.last() {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        Ok(self.locs[(idx - self.compacted.0 - 1) as usize].term)
+        Ok(self.locs[Self::loc_pos(idx, self.compacted.0 + 1)].term)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -788,7 +574,7 @@ impl raft::Storage for LogStorage {
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         // Each snapshot on its way to a follower is held in memory whole;
         // past the limit raft is told to ask again later.
-        let Some(sending) = Sending::start() else {
+        let Some(sending) = self.ctx.snapshot_sends.start() else {
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
@@ -820,7 +606,13 @@ impl raft::Storage for LogStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::entry_cache::ENTRY_CACHE_BYTES_MAX;
+    use crate::log::snapshot::SNAPSHOTS_SENDING_MAX;
     use raft::Storage;
+
+    fn open(dir: &Path) -> Result<LogStorage, LogError> {
+        LogStorage::open(dir, &LogContext::start())
+    }
 
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
         Entry {
@@ -843,7 +635,7 @@ mod tests {
     fn persists_replays_and_overwrites_conflicts() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut log = LogStorage::open(dir.path()).unwrap();
+            let mut log = open(dir.path()).unwrap();
             log.persist(
                 &[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")],
                 Some(&hs(1, 2)),
@@ -853,7 +645,7 @@ mod tests {
             log.persist(&[entry(3, 2, b"C"), entry(4, 2, b"D")], Some(&hs(2, 4)))
                 .unwrap();
         }
-        let log = LogStorage::open(dir.path()).unwrap();
+        let log = open(dir.path()).unwrap();
         assert_eq!(log.last_index().unwrap(), 4);
         assert_eq!(log.term(3).unwrap(), 2);
         assert_eq!(log.hard_state().commit, 4);
@@ -868,7 +660,7 @@ mod tests {
     fn torn_tail_is_truncated_and_middle_corruption_refused() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut log = LogStorage::open(dir.path()).unwrap();
+            let mut log = open(dir.path()).unwrap();
             for i in 1..=10 {
                 log.persist(&[entry(i, 1, &[i as u8; 100])], None).unwrap();
             }
@@ -879,14 +671,14 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(len - 50).unwrap();
         drop(f);
-        let log = LogStorage::open(dir.path()).unwrap();
+        let log = open(dir.path()).unwrap();
         assert_eq!(log.last_index().unwrap(), 9);
         drop(log);
         // Flip a byte in the second record: valid records follow it.
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[200] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        let err = LogStorage::open(dir.path()).err().unwrap().to_string();
+        let err = open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("corrupt log file"), "{err}");
         assert!(err.contains("offset"), "{err}");
         assert!(err.contains(&path.display().to_string()), "{err}");
@@ -895,7 +687,7 @@ mod tests {
     #[test]
     fn snapshots_in_flight_to_followers_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LogStorage::open(dir.path()).unwrap();
+        let mut log = open(dir.path()).unwrap();
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = 1;
         snap.mut_metadata().term = 1;
@@ -924,7 +716,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let big = vec![1u8; 1024 * 1024];
         {
-            let mut log = LogStorage::open(dir.path()).unwrap();
+            let mut log = open(dir.path()).unwrap();
             for i in 1..=80 {
                 log.persist(&[entry(i, 1, &big)], Some(&hs(1, i))).unwrap();
             }
@@ -944,7 +736,7 @@ mod tests {
             log.persist(&[entry(81, 1, b"x")], Some(&hs(1, 81)))
                 .unwrap();
         }
-        let log = LogStorage::open(dir.path()).unwrap();
+        let log = open(dir.path()).unwrap();
         let (index, data) = log.load_snapshot().unwrap().unwrap();
         assert_eq!((index, &data[..]), (75, &b"state"[..]));
         assert_eq!(log.first_index().unwrap(), 76);
@@ -959,12 +751,12 @@ mod tests {
     #[test]
     fn entries_past_the_cache_come_from_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LogStorage::open(dir.path()).unwrap();
+        let mut log = open(dir.path()).unwrap();
         let big = vec![7u8; 1024 * 1024];
         for i in 1..=24 {
             log.persist(&[entry(i, 1, &big)], None).unwrap();
         }
-        assert!(log.cache_bytes <= ENTRY_CACHE_BYTES_MAX);
+        assert!(log.cache.bytes() <= ENTRY_CACHE_BYTES_MAX);
         let es = log
             .entries(1, 3, None, GetEntriesContext::empty(false))
             .unwrap();

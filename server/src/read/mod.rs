@@ -31,6 +31,10 @@ pub struct ReadRange {
     /// Stop here (an event boundary); None: no end.
     pub end: Option<u64>,
     pub follow: bool,
+    /// Other replicas serve this segment too (cluster): an offset past this
+    /// replica's end may be one it has not applied yet, so the read waits
+    /// rather than refusing it.
+    pub replicated: bool,
 }
 
 type Out = mpsc::Sender<Result<ReadSegmentResponse, tonic::Status>>;
@@ -84,7 +88,7 @@ async fn stream_inner(
         });
         let events: Bytes = match segment.locate(offset, limit) {
             ReadSource::Tail(b) => {
-                crate::metrics::metrics().read_from("tail", b.len() as u64);
+                tier2.metrics().read_from("tail", b.len() as u64);
                 b
             }
             ReadSource::Tier2(chunk) => tier2.read(segment.id, &chunk, offset, limit).await?,
@@ -118,7 +122,7 @@ async fn stream_inner(
                     head,
                 })
             }
-            ReadSource::PastEnd { .. } if crate::cluster::nodes().len() > 1 => {
+            ReadSource::PastEnd { .. } if range.replicated => {
                 // A replica may not have applied what another one served yet
                 // (a reader resuming here after a failover).
                 behind(segment, &mut changed, offset).await?;

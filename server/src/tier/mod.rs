@@ -34,6 +34,7 @@ use crate::cache::{BlockCache, BlockKey, BLOCK_BYTES};
 use crate::config::ServerConfig;
 use crate::container::Chunk;
 use crate::error::Error;
+use crate::metrics::Metrics;
 
 /// Blocks fetched by one GET on a cache miss: the block asked for and the
 /// ones after it (readahead for sequential catch-up readers).
@@ -48,6 +49,7 @@ pub struct Tier2 {
     local_root: Option<PathBuf>,
     cache: BlockCache,
     reads: Semaphore,
+    metrics: Arc<Metrics>,
 }
 
 /// Where chunk objects live: `chunks/c<container>/<object>`.
@@ -115,7 +117,7 @@ pub fn chunk_term(name: &str) -> Option<u64> {
 }
 
 impl Tier2 {
-    pub fn open(config: &ServerConfig) -> Result<Self, Error> {
+    pub fn open(config: &ServerConfig, metrics: Arc<Metrics>) -> Result<Self, Error> {
         let t = &config.tier2;
         let (store, local_root): (Arc<dyn ObjectStore>, _) = match t.url.as_deref() {
             None => Self::local(config.data_dir.join("tier2"))?,
@@ -154,7 +156,13 @@ impl Tier2 {
             local_root,
             cache: BlockCache::new(config.cache_bytes_max),
             reads: Semaphore::new(t.read_concurrency),
+            metrics,
         })
+    }
+
+    /// The node's metrics registry (tier-2 and read series).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     fn local(root: PathBuf) -> Result<(Arc<dyn ObjectStore>, Option<PathBuf>), Error> {
@@ -226,7 +234,7 @@ impl Tier2 {
             ..Default::default()
         };
         let bytes: usize = parts.iter().map(Bytes::len).sum();
-        let m = crate::metrics::metrics();
+        let m = &self.metrics;
         m.tier2_puts.inc();
         let put = match &self.local_root {
             Some(root) => {
@@ -336,7 +344,7 @@ impl Tier2 {
             chunk_start: chunk.start,
             block,
         };
-        let m = crate::metrics::metrics();
+        let m = &self.metrics;
         if let Some(hit) = self.cache.get(&key(b)) {
             m.cache_hits.inc();
             m.read_from("cache", hit.len() as u64);

@@ -152,7 +152,7 @@ impl StorageWriter {
             .iter()
             .map(|p| now.duration_since(p.first_seen).as_secs_f64())
             .fold(0.0, f64::max);
-        let m = crate::metrics::metrics();
+        let m = self.tier2.metrics();
         m.tier2_flush_lag_seconds
             .get_or_create(&m.group(&aquifer_proto::wire::container_group(self.container.id)))
             .set(lag);
