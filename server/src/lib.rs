@@ -65,7 +65,7 @@ pub async fn serve(
         closing.begin_close();
     };
     let served = api::serve(node.clone(), listener, signal).await;
-    node.shutdown().await;
+    node.stop().await;
     tracing::info!("aquifer stopped");
     served.map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")))
 }

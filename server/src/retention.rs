@@ -13,22 +13,28 @@ use tokio::sync::watch;
 
 use crate::container::command::{Cmd, Truncate};
 use crate::container::state::Applied;
-use crate::controller::Retention;
+use crate::container::{Container, Containers};
+use crate::controller::{Controller, Retention};
 use crate::error::Error;
-use crate::node::Node;
 use crate::tier::writer::now_ms;
+use crate::tier::Tier2;
 
 /// How often retention looks at every stream.
 const PASS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs until `stop` turns true.
-pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    controller: Arc<Controller>,
+    containers: Containers,
+    tier2: Arc<Tier2>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(PASS_INTERVAL) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        for stream in node.controller.all() {
+        for stream in controller.all() {
             if stream.deleting || stream.retention.is_unlimited() {
                 continue;
             }
@@ -37,7 +43,10 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                 .bytes
                 .div_ceil(stream.segments.len().max(1) as u64);
             for seg in &stream.segments {
-                if let Err(e) = enforce(&node, seg.id, stream.retention, keep_bytes).await {
+                let container = containers.of(seg.id);
+                if let Err(e) =
+                    enforce(container, &tier2, seg.id, stream.retention, keep_bytes).await
+                {
                     tracing::warn!(stream = %stream.key, segment = seg.id, error = %e, "retention pass failed; will retry");
                 }
             }
@@ -47,12 +56,12 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
 
 /// Truncates one segment past its expired chunks.
 async fn enforce(
-    node: &Node,
+    container: &Container,
+    tier2: &Tier2,
     segment_id: u64,
     retention: Retention,
     keep_bytes: u64,
 ) -> Result<(), Error> {
-    let container = node.container_of(segment_id);
     if container.leader_term().is_none() {
         return Ok(());
     }
@@ -85,7 +94,7 @@ async fn enforce(
             "retention truncated segment"
         );
         for name in objects {
-            if let Err(e) = node.tier2.delete_chunk(&name).await {
+            if let Err(e) = tier2.delete_chunk(&name).await {
                 // Unreferenced now: start-up collection removes it later.
                 tracing::warn!(chunk = %name, error = %e, "cannot delete truncated chunk object");
             }

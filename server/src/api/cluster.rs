@@ -58,7 +58,7 @@ impl ClusterService {
                 .into_iter()
                 .map(|(node_id, address)| NodeInfo {
                     health: match &self.node.transport {
-                        Some(t) => t.health(node_id).to_string(),
+                        Some(t) => t.health(node_id).as_str().to_string(),
                         None => "self".to_string(),
                     },
                     node_id,

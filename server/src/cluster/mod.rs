@@ -1,15 +1,17 @@
 //! The cluster: which nodes there are, where the groups' replicas belong
-//! ([`placement`]), and the raft transport between them.
+//! (the placement, kept in the metadata: [`crate::controller::placement`]),
+//! and the raft transport between them.
 //!
 //! Every node starts every group (a node that holds no replica of one keeps
-//! it blank); raft messages of all groups to one node go
-//! over one gRPC stream of batches ([`Transport`]). A lost or refused batch
+//! it blank); raft messages of all groups to one node go out in batches,
+//! one unary gRPC call (`RaftTransport.Send`) per batch ([`Transport`]), and
+//! snapshots in pieces on a call of their own. A lost or refused batch
 //! is dropped: raft retransmits, so the transport never blocks a group's
 //! thread and never buffers without bound.
 
+pub mod balance;
 pub mod members;
 pub mod peers;
-pub mod placement;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -42,6 +44,31 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const UP_WITHIN: Duration = Duration::from_secs(3);
 /// Pause after a failed send before the next batch to that node.
 const SEND_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How a node looks from this one, by its raft traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeHealth {
+    /// This node.
+    Myself,
+    /// A batch to it went through within [`UP_WITHIN`].
+    Up,
+    /// Batches to it went through once, but not lately.
+    Unreachable,
+    /// Nothing sent to it went through yet.
+    Unknown,
+}
+
+impl NodeHealth {
+    /// The word `cluster status` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeHealth::Myself => "self",
+            NodeHealth::Up => "up",
+            NodeHealth::Unreachable => "unreachable",
+            NodeHealth::Unknown => "unknown",
+        }
+    }
+}
 
 /// Sends raft messages to the other nodes, one task and queue per node.
 pub struct Transport {
@@ -115,9 +142,9 @@ impl Transport {
 
     /// This node's view of node `id`: "self", "up" (messages went through
     /// in the last [`UP_WITHIN`]), "unreachable", or "unknown".
-    pub fn health(&self, id: u64) -> &'static str {
+    pub fn health(&self, id: u64) -> NodeHealth {
         if id == self.me {
-            return "self";
+            return NodeHealth::Myself;
         }
         match self
             .delivered
@@ -125,10 +152,15 @@ impl Transport {
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
         {
-            Some(at) if at.elapsed() <= UP_WITHIN => "up",
-            Some(_) => "unreachable",
-            None => "unknown",
+            Some(at) if at.elapsed() <= UP_WITHIN => NodeHealth::Up,
+            Some(_) => NodeHealth::Unreachable,
+            None => NodeHealth::Unknown,
         }
+    }
+
+    /// Whether raft messages to node `id` go through.
+    pub fn is_up(&self, id: u64) -> bool {
+        self.health(id) == NodeHealth::Up
     }
 }
 

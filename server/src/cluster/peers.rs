@@ -14,6 +14,7 @@ use aquifer_proto::v1::cluster_client::ClusterClient;
 use aquifer_proto::v1::{ClusterStatus, ClusterStatusRequest, SegmentInfo, SegmentViewsRequest};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::addresses::NodeAddresses;
 use crate::error::Error;
 
 /// Deadline of one call to a peer.
@@ -43,6 +44,20 @@ impl Peers {
             }
         };
         Ok(ClusterClient::new(channel).max_decoding_message_size(ANSWER_BYTES_MAX))
+    }
+
+    /// Every other node's view of the cluster (those that answer).
+    pub async fn statuses(&self, addresses: &NodeAddresses, me: u64) -> Vec<ClusterStatus> {
+        let asks = addresses
+            .all()
+            .into_iter()
+            .filter(|(id, _)| *id != me)
+            .map(|(_, addr)| async move { self.status(&addr).await.ok() });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Node `addr`'s view of the cluster.

@@ -35,6 +35,42 @@ pub fn container_of(segment_id: u64, containers: u32) -> u32 {
     (h % u64::from(containers)) as u32
 }
 
+/// A node's containers, indexed by id: a cheap handle to share with the
+/// node's tasks.
+#[derive(Clone)]
+pub struct Containers(Arc<[Arc<Container>]>);
+
+impl Containers {
+    /// `containers` in id order (container `i` at index `i`).
+    pub fn new(containers: Vec<Arc<Container>>) -> Containers {
+        Containers(containers.into())
+    }
+
+    /// The container hosting `segment_id`.
+    pub fn of(&self, segment_id: u64) -> &Arc<Container> {
+        // `container_of` is below the count, which is the slice's length.
+        let count = u32::try_from(self.0.len()).unwrap_or(u32::MAX);
+        &self.0[container_of(segment_id, count) as usize]
+    }
+}
+
+impl<'a> IntoIterator for &'a Containers {
+    type Item = &'a Arc<Container>;
+    type IntoIter = std::slice::Iter<'a, Arc<Container>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl std::ops::Deref for Containers {
+    type Target = [Arc<Container>];
+
+    fn deref(&self) -> &[Arc<Container>] {
+        &self.0
+    }
+}
+
 pub struct Container {
     pub id: u32,
     group: Group<ContainerState>,
@@ -165,8 +201,15 @@ mod tests {
 
     #[test]
     fn container_hash_is_stable_and_spreads() {
-        // Pinned values: changing the hash would move every segment.
-        assert_eq!(container_of(0, 4), container_of(0, 4));
+        // Pinned values: changing the hash would move every segment of
+        // every existing data directory.
+        let four: Vec<u32> = (0..10).map(|id| container_of(id, 4)).collect();
+        assert_eq!(four, [1, 0, 3, 2, 1, 0, 3, 2, 1, 0]);
+        let seven: Vec<u32> = [0, 1, 2, 1000, 1 << 40, u64::MAX]
+            .into_iter()
+            .map(|id| container_of(id, 7))
+            .collect();
+        assert_eq!(seven, [5, 1, 6, 2, 5, 6]);
         let mut counts = [0u32; 4];
         for id in 0..4000 {
             counts[container_of(id, 4) as usize] += 1;

@@ -1,8 +1,6 @@
 //! Commands of the `meta` raft log (prost; a storage format: never reuse a
 //! tag).
 
-use super::state::StreamKey;
-
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetaCommand {
     #[prost(oneof = "MetaCmd", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
@@ -61,8 +59,8 @@ pub struct ContainerReplicas {
     pub nodes: Vec<u64>,
 }
 
-impl From<&crate::cluster::placement::Placement> for PlacementRecord {
-    fn from(p: &crate::cluster::placement::Placement) -> Self {
+impl From<&crate::controller::placement::Placement> for PlacementRecord {
+    fn from(p: &crate::controller::placement::Placement) -> Self {
         PlacementRecord {
             replication_factor: p.replication_factor,
             meta_voters: p.meta_voters.clone(),
@@ -75,9 +73,9 @@ impl From<&crate::cluster::placement::Placement> for PlacementRecord {
     }
 }
 
-impl From<PlacementRecord> for crate::cluster::placement::Placement {
+impl From<PlacementRecord> for crate::controller::placement::Placement {
     fn from(p: PlacementRecord) -> Self {
-        crate::cluster::placement::Placement {
+        crate::controller::placement::Placement {
             replication_factor: p.replication_factor,
             meta_voters: p.meta_voters,
             containers: p.containers.into_iter().map(|r| r.nodes).collect(),
@@ -130,15 +128,6 @@ pub struct StreamRef {
     pub scope: String,
     #[prost(string, tag = "2")]
     pub stream: String,
-}
-
-impl From<&StreamKey> for StreamRef {
-    fn from(k: &StreamKey) -> Self {
-        StreamRef {
-            scope: k.scope.clone(),
-            stream: k.stream.clone(),
-        }
-    }
 }
 
 /// The `meta` group's applied state in its raft snapshot.

@@ -1,17 +1,20 @@
-//! The controller: stream metadata (scopes, streams, their segments and key
-//! ranges) in its own raft group, `meta`.
+//! The controller: the cluster's metadata in its own raft group, `meta`:
+//! streams (their segments, key ranges and retention), the nodes, and the
+//! placement of every group's replicas ([`placement`]).
 //!
 //! It owns names and segment ids; it never touches segment data. Changes to
 //! containers that a stream change implies (create, seal, delete segments)
-//! are driven by `node`, which re-runs them at start-up so a crash between
-//! the metadata change and the container changes heals.
+//! are made by the reconciler (`node/reconcile.rs`), which every node runs
+//! every 250 ms, so a crash between the metadata change and the container
+//! changes heals.
 
 mod command;
+pub mod placement;
 mod state;
 
 pub use state::{Retention, SegmentRecord, StreamKey, StreamRecord};
 
-use crate::cluster::placement::Placement;
+use crate::controller::placement::Placement;
 use crate::error::Error;
 use crate::group::{Group, GroupConfig};
 use crate::log::LogError;

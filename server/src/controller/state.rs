@@ -8,14 +8,23 @@ use bytes::Bytes;
 use super::command::{
     MetaCmd, MetaCommand, MetaSnapshot, NodeRecord, SegmentPlacement, StreamRef, StreamSnapshot,
 };
-use crate::cluster::placement::Placement;
 use crate::container::container_of;
+use crate::controller::placement::Placement;
 use crate::group::StateMachine;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StreamKey {
     pub scope: String,
     pub stream: String,
+}
+
+impl From<&StreamKey> for StreamRef {
+    fn from(k: &StreamKey) -> Self {
+        StreamRef {
+            scope: k.scope.clone(),
+            stream: k.stream.clone(),
+        }
+    }
 }
 
 impl std::fmt::Display for StreamKey {

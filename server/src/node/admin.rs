@@ -1,0 +1,125 @@
+//! Stream admin that spans the metadata group and the containers: create,
+//! seal, delete and retention changes.
+//!
+//! Each change is written to `meta` first; the containers' half is made by
+//! the reconciler ([`super::reconcile`]) on every node, and an admin call
+//! waits (at most [`ADMIN_WAIT`]) until it is applied where it must be. It
+//! never changes a container directly.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::container::SegmentView;
+use crate::controller::{Retention, StreamKey, StreamRecord};
+use crate::error::Error;
+
+use super::Node;
+
+/// How long an admin call waits for its container half to be applied.
+const ADMIN_WAIT: Duration = Duration::from_secs(10);
+
+/// Checks a scope or stream name against the protocol's naming rule.
+pub fn validate_name(what: &str, name: &str) -> Result<(), Error> {
+    if aquifer_proto::name::is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid {what} name {name:?}: {}",
+            aquifer_proto::name::NAME_RULE
+        )))
+    }
+}
+
+impl Node {
+    /// Reconciles until `done` holds for the views of segments `ids` (the
+    /// container leaders elsewhere do their part), or fails after
+    /// [`ADMIN_WAIT`].
+    async fn settle(
+        &self,
+        what: &str,
+        ids: &[u64],
+        done: impl Fn(&Node, &HashMap<u64, SegmentView>) -> bool,
+    ) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + ADMIN_WAIT;
+        loop {
+            self.reconcile_once().await?;
+            let views = if ids.is_empty() {
+                Ok(HashMap::new())
+            } else {
+                self.segment_views(ids).await
+            };
+            let why = match views {
+                Ok(views) if done(self, &views) => return Ok(()),
+                Ok(_) => "a container has no leader?".to_string(),
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "{what} is recorded but not yet applied by every container ({why}); it completes by itself once they have one"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn create_stream(
+        &self,
+        key: &StreamKey,
+        segment_count: u32,
+        retention: Retention,
+    ) -> Result<StreamRecord, Error> {
+        validate_name("scope", &key.scope)?;
+        validate_name("stream", &key.stream)?;
+        if segment_count > 1024 {
+            return Err(Error::InvalidArgument(format!(
+                "a stream can have at most 1024 segments, not {segment_count}"
+            )));
+        }
+        let stream = self
+            .controller
+            .create(key, segment_count.max(1), self.config.containers, retention)
+            .await?;
+        let ids: Vec<u64> = stream.segments.iter().map(|g| g.id).collect();
+        self.settle("the new stream", &ids, |_, views| {
+            ids.iter().all(|id| views.contains_key(id))
+        })
+        .await?;
+        Ok(stream)
+    }
+
+    pub fn stream(&self, key: &StreamKey) -> Result<StreamRecord, Error> {
+        validate_name("scope", &key.scope)?;
+        validate_name("stream", &key.stream)?;
+        self.controller.get(key)
+    }
+
+    pub async fn set_retention(
+        &self,
+        key: &StreamKey,
+        retention: Retention,
+    ) -> Result<StreamRecord, Error> {
+        self.stream(key)?;
+        self.controller.set_retention(key, retention).await
+    }
+
+    pub async fn seal_stream(&self, key: &StreamKey) -> Result<StreamRecord, Error> {
+        self.stream(key)?;
+        let stream = self.controller.seal(key).await?;
+        let ids: Vec<u64> = stream.segments.iter().map(|g| g.id).collect();
+        self.settle("the seal", &ids, |_, views| {
+            views.values().all(|v| v.sealed)
+        })
+        .await?;
+        Ok(stream)
+    }
+
+    pub async fn delete_stream(&self, key: &StreamKey) -> Result<(), Error> {
+        self.stream(key)?;
+        self.controller.mark_deleting(key).await?;
+        let key = key.clone();
+        self.settle("the delete", &[], |node, _| {
+            !node.controller.all().iter().any(|s| s.key == key)
+        })
+        .await
+    }
+}

@@ -1,0 +1,93 @@
+//! The reconciler: every node, every [`RECONCILE_INTERVAL`], brings the
+//! containers it leads in line with the metadata (create, seal, delete
+//! segments) and runs the membership pass.
+//!
+//! The metadata is the truth: the reconciler only ever moves containers
+//! toward it, so a crash between a metadata change and its container half
+//! heals on the next pass. It never changes the metadata, except to drop a
+//! deleted stream once its segments are gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::container::command::{Cmd, SegmentRef};
+use crate::container::state::Applied;
+use crate::container::Container;
+use crate::error::Error;
+
+use super::Node;
+
+/// How often each node brings the containers it leads in line with the
+/// metadata (cluster: the container leaders may be other nodes).
+const RECONCILE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Runs [`Node::reconcile_once`] every [`RECONCILE_INTERVAL`] until `stop`.
+pub(super) async fn reconcile_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = node.reconcile_once().await {
+            tracing::debug!(error = %e, "reconcile pass failed; will retry");
+        }
+    }
+}
+
+impl Node {
+    /// Brings the containers this node leads in line with the metadata
+    /// (create, seal, delete segments) and, on the metadata leader, removes
+    /// deleted streams whose segments are gone. Every node runs it, so a
+    /// crash between a metadata change and its container half heals, and
+    /// admin calls need not reach the container leaders themselves.
+    pub(super) async fn reconcile_once(&self) -> Result<(), Error> {
+        if self.transport.is_some() {
+            self.reconcile_membership().await?;
+        }
+        for stream in self.controller.all() {
+            for seg in &stream.segments {
+                let c = self.container_of(seg.id);
+                if c.leader_term().is_none() {
+                    continue;
+                }
+                match c.segment(seg.id).map(|s| s.view()) {
+                    Some(_) if stream.deleting => self.delete_segment(c, seg.id).await?,
+                    None if !stream.deleting => {
+                        c.propose(Cmd::Create(SegmentRef { segment_id: seg.id }))
+                            .await?;
+                    }
+                    Some(v) if stream.sealed && !v.sealed => {
+                        c.propose(Cmd::Seal(SegmentRef { segment_id: seg.id }))
+                            .await?;
+                    }
+                    _ => {}
+                }
+            }
+            if stream.deleting && self.controller.is_leader() {
+                // The containers may be led elsewhere; one that cannot
+                // answer now is asked again on the next pass.
+                let ids: Vec<u64> = stream.segments.iter().map(|g| g.id).collect();
+                if self.segment_views(&ids).await.is_ok_and(|v| v.is_empty()) {
+                    self.controller.remove(&stream.key).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_segment(&self, c: &Container, segment_id: u64) -> Result<(), Error> {
+        if let Applied::Deleted { objects } =
+            c.propose(Cmd::Delete(SegmentRef { segment_id })).await?
+        {
+            for name in objects {
+                if let Err(e) = self.tier2.delete_chunk(&name).await {
+                    // Left behind as an orphan; nothing refers to it.
+                    tracing::warn!(chunk = %name, error = %e, "cannot delete chunk object of deleted segment");
+                }
+            }
+        }
+        Ok(())
+    }
+}
