@@ -51,13 +51,15 @@ impl InProcessCluster {
         let tier2 = dir.path().join("tier2");
         let mut nodes = Vec::new();
         for id in 1..=n {
-            let mut config = ServerConfig::default();
-            config.node_id = id;
-            config.peers = peers.clone();
-            config.listen = addrs[(id - 1) as usize].parse().expect("loopback address");
-            config.data_dir = dir.path().join(format!("d{id}"));
-            config.containers = containers;
-            config.replication_factor = n as u32;
+            let mut config = ServerConfig {
+                node_id: id,
+                peers: peers.clone(),
+                listen: addrs[(id - 1) as usize].parse().expect("loopback address"),
+                data_dir: dir.path().join(format!("d{id}")),
+                containers,
+                replication_factor: n as u32,
+                ..ServerConfig::default()
+            };
             config.tier2.url = Some(format!("file://{}", tier2.display()));
             let (stop, stopped) = oneshot::channel::<()>();
             let served = tokio::spawn(aquifer_server::serve(config, async {

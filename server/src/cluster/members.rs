@@ -68,7 +68,7 @@ pub fn next_move(
 
 /// A node's membership bookkeeping: the groups' leaders as the balance
 /// loop last heard them, when each removed-replica check ran, and the
-/// membership pass in progress.
+/// configured replication factor's warning.
 #[derive(Default)]
 pub struct Membership {
     /// Leader of each group, as the leaders themselves report it.
@@ -78,8 +78,6 @@ pub struct Membership {
     /// The configured replication factor differs from the recorded one
     /// (said once).
     pub(crate) warned_factor: std::sync::atomic::AtomicBool,
-    /// Held by the membership pass in progress.
-    pub(crate) pass: tokio::sync::Mutex<()>,
 }
 
 impl Membership {

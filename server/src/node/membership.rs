@@ -21,9 +21,8 @@ impl Node {
     /// group this node leads takes one step toward it; replicas placed
     /// elsewhere are let go; the transport follows the node list.
     pub(crate) async fn reconcile_membership(&self) -> Result<(), Error> {
-        // One pass at a time: the reconcile loop and admin calls both run
-        // it, and two passes would propose the same changes twice.
-        let _pass = self.membership.pass.lock().await;
+        // One pass at a time: it runs inside the reconcile pass, which
+        // holds the node's reconcile lock.
         let mut members = self.controller.nodes();
         if members.is_empty() {
             // Forming: the first metadata leader records the nodes it was

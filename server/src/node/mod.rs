@@ -61,6 +61,10 @@ pub struct Node {
     pub(crate) peers: Arc<Peers>,
     /// Leaders heard from the other nodes, and the membership pass.
     pub(crate) membership: Arc<Membership>,
+    /// Held by the reconcile pass in progress: the reconcile loop and admin
+    /// calls both run passes, and two at once act on the same stale view
+    /// (both would remove a deleted stream; the second then fails).
+    reconciling: tokio::sync::Mutex<()>,
     /// Turns true to stop the node's tasks.
     stop: watch::Sender<bool>,
     /// Turns true when the node begins to shut down: long-lived sessions
@@ -192,6 +196,7 @@ impl Node {
             metrics,
             peers,
             membership,
+            reconciling: tokio::sync::Mutex::new(()),
             stop,
             closing: watch::channel(false).0,
             tasks: std::sync::Mutex::new(tasks),
@@ -273,3 +278,6 @@ impl Node {
         self.transport.as_ref().is_some_and(|t| t.is_up(id))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -43,6 +43,7 @@ impl Node {
     /// crash between a metadata change and its container half heals, and
     /// admin calls need not reach the container leaders themselves.
     pub(super) async fn reconcile_once(&self) -> Result<(), Error> {
+        let _pass = self.reconciling.lock().await;
         if self.transport.is_some() {
             self.reconcile_membership().await?;
         }
@@ -70,7 +71,12 @@ impl Node {
                 // answer now is asked again on the next pass.
                 let ids: Vec<u64> = stream.segments.iter().map(|g| g.id).collect();
                 if self.segment_views(&ids).await.is_ok_and(|v| v.is_empty()) {
-                    self.controller.remove(&stream.key).await?;
+                    match self.controller.remove(&stream.key).await {
+                        // Removed by an earlier metadata leader whose
+                        // answer was lost: done all the same.
+                        Ok(_) | Err(Error::StreamNotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }
