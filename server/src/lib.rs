@@ -1,6 +1,9 @@
 //! aquifer-server: the segment store of one node.
 //!
-//! Data path (see DESIGN.md): `api` takes appends and submits them to a
+//! The design lives in `docs/DESIGN.md` at the repository's root (its module
+//! map names each module's job); each module's `//!` says what it owns.
+//!
+//! Data path: `api` takes appends and submits them to a
 //! `container`'s raft group (`group`), whose entries the `log` makes durable;
 //! applied bytes go to the segments' tail buffers (budgeted by `cache`), the
 //! `tier` storage writer moves them to tier-2, and `read` serves them back
@@ -8,22 +11,22 @@
 //! its own group; `node` wires it all together.
 #![deny(clippy::unwrap_used)]
 
-pub mod addresses;
-pub mod api;
+pub(crate) mod addresses;
+pub(crate) mod api;
 pub mod cache;
-pub mod cluster;
+pub(crate) mod cluster;
 pub mod config;
-pub mod container;
-pub mod controller;
+pub(crate) mod container;
+pub(crate) mod controller;
 mod durable;
 pub mod error;
-pub mod group;
+pub(crate) mod group;
 pub mod log;
-pub mod metrics;
-pub mod node;
-pub mod read;
-pub mod retention;
-pub mod tier;
+pub(crate) mod metrics;
+pub(crate) mod node;
+pub(crate) mod read;
+pub(crate) mod retention;
+pub(crate) mod tier;
 
 pub use config::ServerConfig;
 pub use error::Error;

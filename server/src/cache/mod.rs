@@ -37,10 +37,6 @@ impl TailBudget {
         self.used.load(Ordering::Acquire)
     }
 
-    pub fn max(&self) -> u64 {
-        self.max
-    }
-
     /// Whether more than half the budget is in use: the storage writer then
     /// flushes small segments too instead of waiting for a full chunk.
     pub fn under_pressure(&self) -> bool {

@@ -5,7 +5,10 @@ use bytes::Bytes;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ContainerCommand {
-    #[prost(oneof = "Cmd", tags = "1, 2, 3, 4, 5, 6, 7")]
+    // Tag 5 is reserved: it was a single-chunk "chunk flushed" command that
+    // no release ever proposed (ChunksFlushed, tag 7, replaced it). Never
+    // reuse it.
+    #[prost(oneof = "Cmd", tags = "1, 2, 3, 4, 6, 7")]
     pub cmd: Option<Cmd>,
 }
 
@@ -19,8 +22,6 @@ pub enum Cmd {
     Seal(SegmentRef),
     #[prost(message, tag = "4")]
     Delete(SegmentRef),
-    #[prost(message, tag = "5")]
-    ChunkFlushed(ChunkFlushed),
     #[prost(message, tag = "6")]
     Truncate(Truncate),
     /// One tier-2 object holding pieces of several segments.

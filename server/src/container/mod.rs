@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use crate::error::Error;
 use crate::group::{Group, GroupConfig};
 use command::{Cmd, ContainerCommand};
-pub use segment::{Chunk, ReadSource, Segment, SegmentView, Unflushed};
+pub use segment::{Chunk, ReadSource, Segment, SegmentView};
 use state::{Applied, ApplyError, ContainerState, SegmentMap};
 
 use crate::cache::TailBudget;

@@ -308,7 +308,6 @@ impl StateMachine for ContainerState {
             Some(Cmd::Append(a)) => self.append(a),
             Some(Cmd::Seal(r)) => self.seal(r.segment_id),
             Some(Cmd::Delete(r)) => Ok(self.delete(r.segment_id)),
-            Some(Cmd::ChunkFlushed(c)) => Ok(self.chunks_flushed(vec![c])),
             Some(Cmd::ChunksFlushed(c)) => Ok(self.chunks_flushed(c.chunks)),
             Some(Cmd::Truncate(t)) => self.truncate(t),
             None => Err(ApplyError::Malformed("empty command".into())),
@@ -442,6 +441,11 @@ fn chunk_of(c: ChunkFlushed) -> Chunk {
 mod tests {
     use super::super::command::{ChunksFlushed, SegmentRef};
     use super::*;
+
+    /// The flush of one chunk, as the storage writer proposes it.
+    fn one_chunk(c: ChunkFlushed) -> Cmd {
+        Cmd::ChunksFlushed(crate::container::command::ChunksFlushed { chunks: vec![c] })
+    }
     use bytes::BytesMut;
 
     fn state() -> (ContainerState, Arc<TailBudget>) {
@@ -532,7 +536,7 @@ mod tests {
         let first = seg.unflushed(1).unwrap();
         apply(
             &mut s,
-            Cmd::ChunkFlushed(ChunkFlushed {
+            one_chunk(ChunkFlushed {
                 segment_id: 7,
                 start: 0,
                 end: first.len,
@@ -586,7 +590,7 @@ mod tests {
         assert_eq!((first.start, first.parts.len()), (0, 1));
         let end = first.len;
         let flushed = |start, end, name: &str| {
-            Cmd::ChunkFlushed(ChunkFlushed {
+            one_chunk(ChunkFlushed {
                 segment_id: 7,
                 start,
                 end,
@@ -626,7 +630,7 @@ mod tests {
         let end = seg.view().length;
         apply(
             &mut s,
-            Cmd::ChunkFlushed(ChunkFlushed {
+            one_chunk(ChunkFlushed {
                 segment_id: 7,
                 start: 0,
                 end,

@@ -12,7 +12,7 @@ mod command;
 pub mod placement;
 mod state;
 
-pub use state::{Retention, SegmentRecord, StreamKey, StreamRecord};
+pub use state::{Retention, StreamKey, StreamRecord};
 
 use crate::controller::placement::Placement;
 use crate::error::Error;

@@ -435,17 +435,12 @@ impl<S: StateMachine> Group<S> {
 
 /// Membership controls of a group, whatever its state machine.
 pub trait GroupControl {
-    fn name(&self) -> &str;
     fn status(&self) -> GroupStatus;
     fn change_member(&self, node: u64, change: MemberChange);
     fn transfer_leader(&self, to: u64);
 }
 
 impl<S: StateMachine> GroupControl for Group<S> {
-    fn name(&self) -> &str {
-        Group::name(self)
-    }
-
     fn status(&self) -> GroupStatus {
         Group::status(self)
     }
