@@ -44,22 +44,18 @@ impl AdminService {
         }
     }
 
-    /// On the leader: `Err(req)`, to answer it here. Elsewhere: the leader's
-    /// answer to `call`, made on the caller's behalf.
-    async fn forward<T, R, F, Fut>(
-        &self,
-        req: Request<T>,
-        call: F,
-    ) -> Result<Result<Response<R>, Request<T>>, Status>
+    /// On the metadata leader: [`Routed::Here`], to answer it here.
+    /// Elsewhere: the leader's answer to `call`, made on the caller's behalf.
+    async fn forward<T, R, F, Fut>(&self, req: Request<T>, call: F) -> Result<Routed<T, R>, Status>
     where
         F: FnOnce(StreamAdminClient<Channel>, Request<T>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<R>, Status>>,
     {
         if self.node.controller.is_leader() {
-            return Ok(Err(req));
+            return Ok(Routed::Here(req));
         }
         let leader = match self.node.check_meta_leader() {
-            Ok(()) => return Ok(Err(req)),
+            Ok(()) => return Ok(Routed::Here(req)),
             Err(Error::NotLeader {
                 leader: Some(addr), ..
             }) if !req.metadata().contains_key(FORWARDED) => addr,
@@ -88,7 +84,7 @@ impl AdminService {
             .metadata_mut()
             .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
         forwarded.set_timeout(FORWARD_TIMEOUT);
-        call(client, forwarded).await.map(Ok)
+        call(client, forwarded).await.map(Routed::Answered)
     }
 
     /// The stream as users see it, with its segments' lengths as their
@@ -98,6 +94,14 @@ impl AdminService {
         let views = self.node.segment_views(&ids).await?;
         Ok(stream_info(s, &views))
     }
+}
+
+/// Where an admin call is answered.
+enum Routed<T, R> {
+    /// This node leads the metadata group: answer `T` here.
+    Here(Request<T>),
+    /// The metadata leader's answer, relayed.
+    Answered(Response<R>),
 }
 
 fn stream_info(s: &StreamRecord, views: &HashMap<u64, SegmentView>) -> StreamInfo {
@@ -161,8 +165,8 @@ impl StreamAdmin for AdminService {
             .forward(req, |mut c, r| async move { c.create_stream(r).await })
             .await?
         {
-            Ok(answer) => return Ok(answer),
-            Err(req) => req,
+            Routed::Answered(answer) => return Ok(answer),
+            Routed::Here(req) => req,
         };
         let req = req.into_inner();
         let key = key(req.name)?;
@@ -182,8 +186,8 @@ impl StreamAdmin for AdminService {
             .forward(req, |mut c, r| async move { c.list_streams(r).await })
             .await?
         {
-            Ok(answer) => return Ok(answer),
-            Err(req) => req,
+            Routed::Answered(answer) => return Ok(answer),
+            Routed::Here(req) => req,
         };
         let scope = req.into_inner().scope;
         if !scope.is_empty() {
@@ -214,8 +218,8 @@ impl StreamAdmin for AdminService {
             .forward(req, |mut c, r| async move { c.describe_stream(r).await })
             .await?
         {
-            Ok(answer) => return Ok(answer),
-            Err(req) => req,
+            Routed::Answered(answer) => return Ok(answer),
+            Routed::Here(req) => req,
         };
         let key = key(req.into_inner().name)?;
         let stream = self.node.stream(&key)?;
@@ -230,8 +234,8 @@ impl StreamAdmin for AdminService {
             .forward(req, |mut c, r| async move { c.seal_stream(r).await })
             .await?
         {
-            Ok(answer) => return Ok(answer),
-            Err(req) => req,
+            Routed::Answered(answer) => return Ok(answer),
+            Routed::Here(req) => req,
         };
         let key = key(req.into_inner().name)?;
         let stream = self.node.seal_stream(&key).await?;
@@ -247,8 +251,8 @@ impl StreamAdmin for AdminService {
             .forward(req, |mut c, r| async move { c.update_stream(r).await })
             .await?
         {
-            Ok(answer) => return Ok(answer),
-            Err(req) => req,
+            Routed::Answered(answer) => return Ok(answer),
+            Routed::Here(req) => req,
         };
         let req = req.into_inner();
         let key = key(req.name)?;
@@ -268,8 +272,8 @@ impl StreamAdmin for AdminService {
             .forward(req, |mut c, r| async move { c.delete_stream(r).await })
             .await?
         {
-            Ok(answer) => return Ok(answer),
-            Err(req) => req,
+            Routed::Answered(answer) => return Ok(answer),
+            Routed::Here(req) => req,
         };
         let key = key(req.into_inner().name)?;
         self.node.delete_stream(&key).await?;

@@ -154,15 +154,17 @@ pub struct StreamSnapshot {
     #[prost(bool, tag = "4")]
     pub deleting: bool,
     #[prost(message, repeated, tag = "5")]
-    pub segments: Vec<SegmentPlacement>,
+    pub segments: Vec<SegmentSnapshot>,
     #[prost(uint64, tag = "6")]
     pub retention_time_ms: u64,
     #[prost(uint64, tag = "7")]
     pub retention_bytes: u64,
 }
 
+/// A stream's segment record as the `meta` snapshot stores it (see
+/// `state::SegmentRecord`).
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct SegmentPlacement {
+pub struct SegmentSnapshot {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     #[prost(uint32, tag = "2")]

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use super::command::{
-    MetaCmd, MetaCommand, MetaSnapshot, NodeRecord, SegmentPlacement, StreamRef, StreamSnapshot,
+    MetaCmd, MetaCommand, MetaSnapshot, NodeRecord, SegmentSnapshot, StreamRef, StreamSnapshot,
 };
 use crate::container::container_of;
 use crate::controller::placement::Placement;
@@ -280,7 +280,7 @@ impl MetaState {
                 segments: s
                     .segments
                     .iter()
-                    .map(|g| SegmentPlacement {
+                    .map(|g| SegmentSnapshot {
                         id: g.id,
                         number: g.number,
                         container: g.container,

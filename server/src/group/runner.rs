@@ -46,7 +46,8 @@ struct Runner<S: StateMachine> {
     pending: BTreeMap<u64, (u64, Done<S>)>,
     /// ReadIndex requests by context, then (once the leader answered) by
     /// the index this replica must apply first.
-    reads_asked: std::collections::HashMap<u64, oneshot::Sender<()>>,
+    /// Read-index requests by id (increasing, so the first is the oldest).
+    reads_asked: std::collections::BTreeMap<u64, oneshot::Sender<()>>,
     reads_waiting: Vec<(u64, oneshot::Sender<()>)>,
     next_read: u64,
     ready_tx: watch::Sender<Option<u64>>,
@@ -159,7 +160,7 @@ pub(super) fn run<S: StateMachine>(
         node,
         state,
         pending: BTreeMap::new(),
-        reads_asked: std::collections::HashMap::new(),
+        reads_asked: std::collections::BTreeMap::new(),
         reads_waiting: Vec::new(),
         next_read: 0,
         ready_tx: shared.ready,
@@ -245,7 +246,7 @@ impl<S: StateMachine> Runner<S> {
                 // Unanswered requests (no leader yet) time out at the caller;
                 // drop the oldest so the map stays bounded.
                 if self.reads_asked.len() >= READS_PENDING_MAX {
-                    self.reads_asked.clear();
+                    self.reads_asked.pop_first();
                 }
                 self.next_read += 1;
                 self.reads_asked.insert(self.next_read, done);
