@@ -57,15 +57,28 @@ pub fn framed_len(routing_key: Option<&str>, payload_len: usize) -> usize {
 /// [`MAX_ROUTING_KEY_BYTES`] are the caller's to reject first.
 pub fn encode_event(out: &mut BytesMut, routing_key: Option<&str>, payload: &[u8]) {
     let key = routing_key.unwrap_or("").as_bytes();
-    debug_assert!(key.len() <= MAX_ROUTING_KEY_BYTES);
+    // Both lengths are the caller's to check (keys against
+    // MAX_ROUTING_KEY_BYTES, events against the server's limit, far below
+    // 4 GiB): a frame whose length field wrapped would corrupt the batch.
+    assert!(
+        key.len() <= MAX_ROUTING_KEY_BYTES,
+        "routing key of {} bytes is over {MAX_ROUTING_KEY_BYTES}",
+        key.len()
+    );
     let body_len = KEY_LEN_BYTES + key.len() + payload.len();
+    let body_len_field = u32::try_from(body_len);
+    assert!(
+        body_len_field.is_ok(),
+        "event of {body_len} bytes does not fit a frame"
+    );
     let mut crc = crc32fast::Hasher::new();
+    // Fits: checked against MAX_ROUTING_KEY_BYTES (u16::MAX) above.
     let key_len = (key.len() as u16).to_le_bytes();
     crc.update(&key_len);
     crc.update(key);
     crc.update(payload);
     out.reserve(HEADER_BYTES + body_len);
-    out.put_u32_le(body_len as u32);
+    out.put_u32_le(body_len_field.unwrap_or(u32::MAX));
     out.put_u32_le(crc.finalize());
     out.put_slice(&key_len);
     out.put_slice(key);

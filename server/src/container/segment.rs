@@ -117,7 +117,7 @@ impl Segment {
             length: s.length,
             sealed: s.sealed,
             tier2_length: s.tier2_length,
-            chunk_count: s.chunks.len() as u32,
+            chunk_count: u32::try_from(s.chunks.len()).unwrap_or(u32::MAX),
             tail_bytes: s.tail_bytes(),
             log_bytes: s.length - s.snapshot_length,
         }

@@ -11,6 +11,8 @@ pub const HEADER_BYTES: usize = 13;
 /// Largest payload a record may carry: a raft entry holds one append batch,
 /// which the API bounds far below this.
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024 * 1024;
+// The header's length field is a u32.
+const _: () = assert!(MAX_PAYLOAD_BYTES <= u32::MAX as usize);
 
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +60,14 @@ pub fn encode_with<E>(
     out.extend_from_slice(&[0u8; HEADER_BYTES]);
     write(out)?;
     let payload_len = out.len() - start - HEADER_BYTES;
-    debug_assert!(payload_len <= MAX_PAYLOAD_BYTES);
+    // Callers bound what they write far below this (raft entries by the
+    // message limit, snapshots by the tail budget); past it the record
+    // could never be read back, so writing it would be a silent loss.
+    assert!(
+        payload_len <= MAX_PAYLOAD_BYTES,
+        "log record payload of {payload_len} bytes is over {MAX_PAYLOAD_BYTES}"
+    );
+    // Fits: MAX_PAYLOAD_BYTES fits the u32 length field (checked below).
     let len = (payload_len as u32).to_le_bytes();
     let mut crc = crc32fast::Hasher::new();
     crc.update(&len);
