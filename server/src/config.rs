@@ -22,7 +22,8 @@ pub struct ServerConfig {
     /// Segment containers on this node. Fixed when the data dir is created.
     pub containers: u32,
     /// Largest framed event accepted, in bytes.
-    pub max_event_bytes: u64,
+    #[serde(alias = "max_event_bytes")]
+    pub event_bytes_max: u64,
     /// Budget for bytes applied but not yet in tier-2, over all segments.
     /// At the budget, appends wait (back-pressure).
     pub tail_buffer_bytes_max: u64,
@@ -36,7 +37,8 @@ pub struct ServerConfig {
     /// snapshot: bounds local log disk and replay time.
     pub snapshot_log_bytes: u64,
     /// Open client connections; past it new ones wait to be accepted.
-    pub max_connections: usize,
+    #[serde(alias = "max_connections")]
+    pub connections_max: usize,
     /// Where to serve Prometheus metrics over HTTP (`GET /metrics`);
     /// absent: not served.
     pub metrics_listen: Option<SocketAddr>,
@@ -98,12 +100,12 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("aquifer-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             containers: 4,
-            max_event_bytes: 8 * MIB,
+            event_bytes_max: 8 * MIB,
             tail_buffer_bytes_max: 256 * MIB,
             cache_bytes_max: 256 * MIB,
             in_flight_bytes_max: 16 * MIB,
             snapshot_log_bytes: 256 * MIB,
-            max_connections: 1024,
+            connections_max: 1024,
             metrics_listen: None,
             node_id: 1,
             peers: Vec::new(),
@@ -227,25 +229,25 @@ impl ServerConfig {
                 self.containers
             ));
         }
-        if self.max_event_bytes < 64
-            || self.max_event_bytes > aquifer_proto::wire::EVENT_BYTES_MAX as u64
+        if self.event_bytes_max < 64
+            || self.event_bytes_max > aquifer_proto::wire::EVENT_BYTES_MAX as u64
         {
             return bad(format!(
-                "max_event_bytes must be 64..=67108864, not {}",
-                self.max_event_bytes
+                "event_bytes_max must be 64..=67108864, not {}",
+                self.event_bytes_max
             ));
         }
         // One event must always fit, or a writer of a large event would wait forever.
-        if self.tail_buffer_bytes_max < 2 * self.max_event_bytes {
+        if self.tail_buffer_bytes_max < 2 * self.event_bytes_max {
             return bad(format!(
-                "tail_buffer_bytes_max ({}) must be at least twice max_event_bytes ({})",
-                self.tail_buffer_bytes_max, self.max_event_bytes
+                "tail_buffer_bytes_max ({}) must be at least twice event_bytes_max ({})",
+                self.tail_buffer_bytes_max, self.event_bytes_max
             ));
         }
-        if self.in_flight_bytes_max < 2 * self.max_event_bytes {
+        if self.in_flight_bytes_max < 2 * self.event_bytes_max {
             return bad(format!(
-                "in_flight_bytes_max ({}) must be at least twice max_event_bytes ({})",
-                self.in_flight_bytes_max, self.max_event_bytes
+                "in_flight_bytes_max ({}) must be at least twice event_bytes_max ({})",
+                self.in_flight_bytes_max, self.event_bytes_max
             ));
         }
         if self.in_flight_bytes_max > 1024 * MIB {
@@ -254,8 +256,8 @@ impl ServerConfig {
                 self.in_flight_bytes_max
             ));
         }
-        if self.max_connections == 0 {
-            return bad("max_connections must be at least 1".into());
+        if self.connections_max == 0 {
+            return bad("connections_max must be at least 1".into());
         }
         if self.snapshot_log_bytes < MIB {
             return bad(format!(
@@ -292,8 +294,8 @@ impl ServerConfig {
 
     /// The largest gRPC message either side may send: one maximal event plus
     /// framing slack.
-    pub fn max_message_bytes(&self) -> usize {
-        self.max_event_bytes as usize + aquifer_proto::wire::MESSAGE_OVERHEAD_BYTES_MAX
+    pub fn message_bytes_max(&self) -> usize {
+        self.event_bytes_max as usize + aquifer_proto::wire::MESSAGE_OVERHEAD_BYTES_MAX
     }
 }
 
@@ -310,6 +312,16 @@ mod tests {
         assert_eq!(c.tier2.chunk_bytes, 1024);
         assert_eq!(c.tier2.flush_interval_ms, 10_000);
         assert!(toml::from_str::<ServerConfig>("contaners = 2").is_err());
+    }
+
+    #[test]
+    fn old_limit_names_still_work() {
+        let c: ServerConfig =
+            toml::from_str("max_event_bytes = 65536\nmax_connections = 7\n").unwrap();
+        assert_eq!((c.event_bytes_max, c.connections_max), (65536, 7));
+        let c: ServerConfig =
+            toml::from_str("event_bytes_max = 65536\nconnections_max = 7\n").unwrap();
+        assert_eq!((c.event_bytes_max, c.connections_max), (65536, 7));
     }
 
     #[test]

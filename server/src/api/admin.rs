@@ -75,7 +75,7 @@ impl AdminService {
                 }
             }
         };
-        let max = self.node.config.max_message_bytes();
+        let max = self.node.config.message_bytes_max();
         let client = StreamAdminClient::new(channel)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);

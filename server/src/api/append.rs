@@ -176,9 +176,9 @@ impl Session {
                         Err(status) if matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted) => {
                             // The message did not decode because of its size.
                             return Err(Error::InvalidArgument(format!(
-                                "append batch is over the limit of {} bytes: events may be at most {} bytes (max_event_bytes)",
-                                self.node.config.max_message_bytes(),
-                                self.node.config.max_event_bytes
+                                "append batch is over the limit of {} bytes: events may be at most {} bytes (event_bytes_max)",
+                                self.node.config.message_bytes_max(),
+                                self.node.config.event_bytes_max
                             ))
                             .into());
                         }
@@ -216,7 +216,7 @@ impl Session {
                     i64::MAX
                 ))
             })?;
-        let max_event = self.node.config.max_event_bytes as usize;
+        let max_event = self.node.config.event_bytes_max as usize;
         // Framing adds a header and the key length to every event.
         let max_framed =
             max_event + aquifer_proto::frame::HEADER_BYTES + aquifer_proto::frame::KEY_LEN_BYTES;
@@ -224,7 +224,7 @@ impl Session {
             Ok(n) => n,
             Err(FrameError::TooLarge { size, .. }) => {
                 return Err(Error::InvalidArgument(format!(
-                    "event of {size} bytes is over the limit of {max_event} bytes (max_event_bytes)"
+                    "event of {size} bytes is over the limit of {max_event} bytes (event_bytes_max)"
                 )))
             }
             Err(e) => return Err(Error::InvalidArgument(format!("malformed batch: {e}"))),

@@ -10,6 +10,7 @@ use aquifer_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::cluster::peers::SEGMENT_VIEWS_PER_CALL_MAX;
 use crate::group::GroupStatus;
 use crate::node::Node;
 
@@ -129,8 +130,10 @@ impl Cluster for ClusterService {
         req: Request<SegmentViewsRequest>,
     ) -> Result<Response<SegmentViewsResponse>, Status> {
         let ids = req.into_inner().segment_ids;
-        if ids.len() > 64 * 1024 {
-            return Err(Status::invalid_argument("at most 65536 segments per call"));
+        if ids.len() > SEGMENT_VIEWS_PER_CALL_MAX {
+            return Err(Status::invalid_argument(format!(
+                "at most {SEGMENT_VIEWS_PER_CALL_MAX} segments per call"
+            )));
         }
         let segments = self.node.segment_infos(&ids).await?;
         Ok(Response::new(SegmentViewsResponse { segments }))

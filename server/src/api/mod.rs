@@ -33,8 +33,8 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let max = node.config.max_message_bytes();
-    let max_connections = node.config.max_connections;
+    let max = node.config.message_bytes_max();
+    let connections_max = node.config.connections_max;
     let open_connections = node.metrics.connections.clone();
     let admin = StreamAdminServer::new(admin::AdminService::new(node.clone()))
         .max_decoding_message_size(max)
@@ -80,7 +80,7 @@ pub async fn serve(
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
-    let incoming = connections::limit(incoming, max_connections, open_connections);
+    let incoming = connections::limit(incoming, connections_max, open_connections);
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))

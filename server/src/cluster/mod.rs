@@ -37,6 +37,11 @@ const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const SNAPSHOT_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
 /// Snapshot data per piece.
 const SNAPSHOT_PIECE_BYTES: usize = 1024 * 1024;
+// A batch holds at least one whole raft message, and fits a gRPC message
+// between nodes; so does a snapshot piece.
+const _: () = assert!(crate::group::RAFT_MSG_BYTES_MAX as usize <= BATCH_BYTES_MAX);
+const _: () = assert!(BATCH_BYTES_MAX <= aquifer_proto::wire::RAFT_MESSAGE_BYTES_MAX);
+const _: () = assert!(SNAPSHOT_PIECE_BYTES < aquifer_proto::wire::RAFT_MESSAGE_BYTES_MAX);
 /// A batch that takes longer is given up (raft resends).
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// A node is "up" when a batch to it went through this recently (leaders

@@ -21,6 +21,12 @@ use crate::error::Error;
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest answer accepted (segment views of a whole stream).
 const ANSWER_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Segments one `SegmentViews` call may ask about.
+pub(crate) const SEGMENT_VIEWS_PER_CALL_MAX: usize = 64 * 1024;
+/// A generous bound on one encoded `SegmentInfo` (seven varints and a tag
+/// each).
+const SEGMENT_INFO_BYTES_MAX: usize = 128;
+const _: () = assert!(SEGMENT_VIEWS_PER_CALL_MAX * SEGMENT_INFO_BYTES_MAX <= ANSWER_BYTES_MAX);
 
 #[derive(Default)]
 pub struct Peers {

@@ -14,6 +14,8 @@
 
 mod runner;
 
+pub(crate) use runner::RAFT_MSG_BYTES_MAX;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -29,6 +29,15 @@ const COMMANDS_PER_TURN_MAX: usize = 1024;
 /// Committed bytes handed out per Ready (replay after a restart included).
 const COMMITTED_BYTES_PER_READY_MAX: u64 = 16 * 1024 * 1024;
 
+/// raft's `max_size_per_msg`: appends to a follower are cut into messages
+/// of about this size.
+pub(crate) const RAFT_MSG_BYTES_MAX: u64 = 1024 * 1024;
+/// raft's `max_inflight_msgs`: appends sent to a follower and not yet
+/// acknowledged.
+const RAFT_INFLIGHT_MSGS_MAX: usize = 256;
+// A Ready must be able to hand out at least one whole message's entries.
+const _: () = assert!(RAFT_MSG_BYTES_MAX <= COMMITTED_BYTES_PER_READY_MAX);
+
 /// ReadIndex requests waiting for the leader's answer, at most.
 const READS_PENDING_MAX: usize = 4096;
 
@@ -95,8 +104,8 @@ fn raft_config(config: &GroupConfig, applied: u64) -> raft::Config {
         election_tick: config.election_ticks,
         heartbeat_tick: config.heartbeat_ticks,
         applied,
-        max_size_per_msg: 1024 * 1024,
-        max_inflight_msgs: 256,
+        max_size_per_msg: RAFT_MSG_BYTES_MAX,
+        max_inflight_msgs: RAFT_INFLIGHT_MSGS_MAX,
         check_quorum: true,
         pre_vote: true,
         batch_append: true,

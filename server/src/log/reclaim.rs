@@ -2,11 +2,10 @@
 //! a snapshot, older snapshots), a little at a time.
 //!
 //! The data dir's filesystem may discard freed blocks at once (ext4 mounted
-//! with `discard`, as on this project's VMs): one unlink of a 64 MiB log file
-//! then queues a 64 MiB discard in front of every group's next fdatasync.
-//! Measured here with 4 writers syncing 40 MB/s and a 64 MiB file deleted
-//! every second: fdatasync p99 36 ms with unlink, 5 ms when the file is
-//! shrunk 2 MiB at a time first. So a file to drop is renamed to
+//! with `discard`): one unlink of a 64 MiB log file then queues a 64 MiB
+//! discard in front of every group's next fdatasync, while shrinking it a
+//! little at a time first does not stall them (figures: "Profiling pass" in
+//! `benches/RESULTS.md`). So a file to drop is renamed to
 //! `<name>.free` (cheap, and no longer read by replay) and one background
 //! thread shrinks it step by step, then unlinks it. A `.free` file left by a
 //! crash is picked up again when its directory is opened.

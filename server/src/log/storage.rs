@@ -22,6 +22,10 @@ use super::{destroy, encode_message, io_err, sync_dir, LogContext, SnapshotWrite
 /// A log file is closed and a new one started past this size (unless set
 /// smaller with [`LogStorage::with_file_bytes_max`]).
 const LOG_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// The smallest a log file may be set to: below it, files (each starting
+/// with the hard and conf state) would be mostly headers.
+const LOG_FILE_BYTES_MIN: u64 = 64 * 1024;
+const _: () = assert!(LOG_FILE_BYTES_MIN < LOG_FILE_BYTES_MAX);
 
 /// Why the log cannot be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +145,7 @@ impl LogStorage {
     /// Log files are closed past `bytes` (at most the default of 64 MiB):
     /// smaller files let compaction free disk in smaller steps.
     pub fn with_file_bytes_max(mut self, bytes: u64) -> Self {
-        self.file_bytes_max = bytes.clamp(64 * 1024, LOG_FILE_BYTES_MAX);
+        self.file_bytes_max = bytes.clamp(LOG_FILE_BYTES_MIN, LOG_FILE_BYTES_MAX);
         self
     }
 

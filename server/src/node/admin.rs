@@ -15,6 +15,12 @@ use crate::error::Error;
 
 use super::Node;
 
+/// Segments one stream may have.
+pub(crate) const STREAM_SEGMENTS_MAX: u32 = 1024;
+// Describe asks for a whole stream's segments in one call.
+const _: () =
+    assert!(STREAM_SEGMENTS_MAX as usize <= crate::cluster::peers::SEGMENT_VIEWS_PER_CALL_MAX);
+
 /// How long an admin call waits for its container half to be applied.
 const ADMIN_WAIT: Duration = Duration::from_secs(10);
 
@@ -70,9 +76,9 @@ impl Node {
     ) -> Result<StreamRecord, Error> {
         validate_name("scope", &key.scope)?;
         validate_name("stream", &key.stream)?;
-        if segment_count > 1024 {
+        if segment_count > STREAM_SEGMENTS_MAX {
             return Err(Error::InvalidArgument(format!(
-                "a stream can have at most 1024 segments, not {segment_count}"
+                "a stream can have at most {STREAM_SEGMENTS_MAX} segments, not {segment_count}"
             )));
         }
         let stream = self

@@ -45,6 +45,11 @@ use crate::metrics::Metrics;
 use crate::tier::writer::StorageWriter;
 use crate::tier::Tier2;
 
+/// The least raft's `max_uncommitted_size` may be: raft wants it above
+/// `max_size_per_msg`, or a large proposal could never be accepted.
+const UNCOMMITTED_BYTES_MIN: u64 = 4 * 1024 * 1024;
+const _: () = assert!(crate::group::RAFT_MSG_BYTES_MAX < UNCOMMITTED_BYTES_MIN);
+
 pub struct Node {
     pub config: ServerConfig,
     /// Raft messages to the other nodes (None on a single node).
@@ -118,8 +123,8 @@ impl Node {
             tick: Duration::from_millis(config.raft.tick_ms),
             election_ticks: config.raft.election_ticks,
             heartbeat_ticks: config.raft.heartbeat_ticks,
-            // A backstop behind the in-flight budget; raft wants it above max_size_per_msg.
-            uncommitted_bytes_max: (config.in_flight_bytes_max * 2).max(4 << 20),
+            // A backstop behind the in-flight budget.
+            uncommitted_bytes_max: (config.in_flight_bytes_max * 2).max(UNCOMMITTED_BYTES_MIN),
             snapshot_log_bytes: config.snapshot_log_bytes,
         };
         let budget = TailBudget::new(config.tail_buffer_bytes_max);

@@ -67,10 +67,10 @@ const LOCAL_PUT_PIECE: usize = 1024 * 1024;
 
 /// Puts a chunk object on the local filesystem back end: durable before it
 /// returns (its "chunks flushed" entry lets the log be truncated), created
-/// only if the name is new, and written and synced 1 MiB at a time. One
-/// 8 MiB write synced at the end queued 8 MiB in front of every raft log
-/// fdatasync on the same disk (object_store's local put, then an fsync, made
-/// ack p99 at half load about 3× worse than with tier-2 in memory). The
+/// only if the name is new, and written and synced 1 MiB at a time: one
+/// 8 MiB write synced at the end queues 8 MiB in front of every raft log
+/// fdatasync on the same disk (figures: "Profiling pass" in
+/// `benches/RESULTS.md`). The
 /// partial file is named after the object (same term), so orphan collection
 /// leaves it alone while its term lasts.
 fn put_local(file: &std::path::Path, parts: &[Bytes]) -> std::io::Result<()> {
