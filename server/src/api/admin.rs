@@ -87,6 +87,26 @@ impl AdminService {
         call(client, forwarded).await.map(Routed::Answered)
     }
 
+    /// Answers `req` here on the metadata leader (with `here`), else relays
+    /// the leader's answer to `forward`.
+    async fn answer<T, R, F, Fut, H, HFut>(
+        &self,
+        req: Request<T>,
+        forward: F,
+        here: H,
+    ) -> Result<Response<R>, Status>
+    where
+        F: FnOnce(StreamAdminClient<Channel>, Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+        H: FnOnce(T) -> HFut,
+        HFut: std::future::Future<Output = Result<R, Status>>,
+    {
+        match self.forward(req, forward).await? {
+            Routed::Answered(answer) => Ok(answer),
+            Routed::Here(req) => here(req.into_inner()).await.map(Response::new),
+        }
+    }
+
     /// The stream as users see it, with its segments' lengths as their
     /// containers hold them now (every acknowledged event included).
     async fn info(&self, s: &StreamRecord) -> Result<StreamInfo, Error> {
@@ -161,123 +181,121 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<CreateStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
-        let req = match self
-            .forward(req, |mut c, r| async move { c.create_stream(r).await })
-            .await?
-        {
-            Routed::Answered(answer) => return Ok(answer),
-            Routed::Here(req) => req,
-        };
-        let req = req.into_inner();
-        let key = key(req.name)?;
-        let stream = self
-            .node
-            .create_stream(&key, req.segment_count, retention(req.retention))
-            .await?;
-        tracing::info!(stream = %key, segments = stream.segments.len(), "stream created");
-        Ok(Response::new(self.info(&stream).await?))
+        self.answer(
+            req,
+            |mut c, r| async move { c.create_stream(r).await },
+            |req| async move {
+                let key = key(req.name)?;
+                let stream = self
+                    .node
+                    .create_stream(&key, req.segment_count, retention(req.retention))
+                    .await?;
+                tracing::info!(stream = %key, segments = stream.segments.len(), "stream created");
+                Ok(self.info(&stream).await?)
+            },
+        )
+        .await
     }
 
     async fn list_streams(
         &self,
         req: Request<ListStreamsRequest>,
     ) -> Result<Response<ListStreamsResponse>, Status> {
-        let req = match self
-            .forward(req, |mut c, r| async move { c.list_streams(r).await })
-            .await?
-        {
-            Routed::Answered(answer) => return Ok(answer),
-            Routed::Here(req) => req,
-        };
-        let scope = req.into_inner().scope;
-        if !scope.is_empty() {
-            validate_name("scope", &scope)?;
-        }
-        let streams: Vec<StreamRecord> = self
-            .node
-            .controller
-            .all()
-            .into_iter()
-            .filter(|s| !s.deleting && (scope.is_empty() || s.key.scope == scope))
-            .collect();
-        // One round of questions for every segment listed.
-        let ids: Vec<u64> = streams
-            .iter()
-            .flat_map(|s| s.segments.iter().map(|g| g.id))
-            .collect();
-        let views = self.node.segment_views(&ids).await?;
-        let streams = streams.iter().map(|s| stream_info(s, &views)).collect();
-        Ok(Response::new(ListStreamsResponse { streams }))
+        self.answer(
+            req,
+            |mut c, r| async move { c.list_streams(r).await },
+            |req| async move {
+                let scope = req.scope;
+                if !scope.is_empty() {
+                    validate_name("scope", &scope)?;
+                }
+                let streams: Vec<StreamRecord> = self
+                    .node
+                    .controller
+                    .all()
+                    .into_iter()
+                    .filter(|s| !s.deleting && (scope.is_empty() || s.key.scope == scope))
+                    .collect();
+                // One round of questions for every segment listed.
+                let ids: Vec<u64> = streams
+                    .iter()
+                    .flat_map(|s| s.segments.iter().map(|g| g.id))
+                    .collect();
+                let views = self.node.segment_views(&ids).await?;
+                let streams = streams.iter().map(|s| stream_info(s, &views)).collect();
+                Ok(ListStreamsResponse { streams })
+            },
+        )
+        .await
     }
 
     async fn describe_stream(
         &self,
         req: Request<DescribeStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
-        let req = match self
-            .forward(req, |mut c, r| async move { c.describe_stream(r).await })
-            .await?
-        {
-            Routed::Answered(answer) => return Ok(answer),
-            Routed::Here(req) => req,
-        };
-        let key = key(req.into_inner().name)?;
-        let stream = self.node.stream(&key)?;
-        Ok(Response::new(self.info(&stream).await?))
+        self.answer(
+            req,
+            |mut c, r| async move { c.describe_stream(r).await },
+            |req| async move {
+                let key = key(req.name)?;
+                let stream = self.node.stream(&key)?;
+                Ok(self.info(&stream).await?)
+            },
+        )
+        .await
     }
 
     async fn seal_stream(
         &self,
         req: Request<SealStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
-        let req = match self
-            .forward(req, |mut c, r| async move { c.seal_stream(r).await })
-            .await?
-        {
-            Routed::Answered(answer) => return Ok(answer),
-            Routed::Here(req) => req,
-        };
-        let key = key(req.into_inner().name)?;
-        let stream = self.node.seal_stream(&key).await?;
-        tracing::info!(stream = %key, "stream sealed");
-        Ok(Response::new(self.info(&stream).await?))
+        self.answer(
+            req,
+            |mut c, r| async move { c.seal_stream(r).await },
+            |req| async move {
+                let key = key(req.name)?;
+                let stream = self.node.seal_stream(&key).await?;
+                tracing::info!(stream = %key, "stream sealed");
+                Ok(self.info(&stream).await?)
+            },
+        )
+        .await
     }
 
     async fn update_stream(
         &self,
         req: Request<UpdateStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
-        let req = match self
-            .forward(req, |mut c, r| async move { c.update_stream(r).await })
-            .await?
-        {
-            Routed::Answered(answer) => return Ok(answer),
-            Routed::Here(req) => req,
-        };
-        let req = req.into_inner();
-        let key = key(req.name)?;
-        let stream = self
-            .node
-            .set_retention(&key, retention(req.retention))
-            .await?;
-        tracing::info!(stream = %key, retention = ?stream.retention, "stream retention changed");
-        Ok(Response::new(self.info(&stream).await?))
+        self.answer(
+            req,
+            |mut c, r| async move { c.update_stream(r).await },
+            |req| async move {
+            let key = key(req.name)?;
+            let stream = self
+                .node
+                .set_retention(&key, retention(req.retention))
+                .await?;
+            tracing::info!(stream = %key, retention = ?stream.retention, "stream retention changed");
+            Ok(self.info(&stream).await?)
+            },
+        )
+        .await
     }
 
     async fn delete_stream(
         &self,
         req: Request<DeleteStreamRequest>,
     ) -> Result<Response<DeleteStreamResponse>, Status> {
-        let req = match self
-            .forward(req, |mut c, r| async move { c.delete_stream(r).await })
-            .await?
-        {
-            Routed::Answered(answer) => return Ok(answer),
-            Routed::Here(req) => req,
-        };
-        let key = key(req.into_inner().name)?;
-        self.node.delete_stream(&key).await?;
-        tracing::info!(stream = %key, "stream deleted");
-        Ok(Response::new(DeleteStreamResponse {}))
+        self.answer(
+            req,
+            |mut c, r| async move { c.delete_stream(r).await },
+            |req| async move {
+                let key = key(req.name)?;
+                self.node.delete_stream(&key).await?;
+                tracing::info!(stream = %key, "stream deleted");
+                Ok(DeleteStreamResponse {})
+            },
+        )
+        .await
     }
 }

@@ -44,11 +44,8 @@ fn info_view(i: &SegmentInfo) -> SegmentView {
 }
 
 impl Node {
-    /// The segments among `ids` as their containers hold them, every
-    /// acknowledged event included: from this node's replicas where it
-    /// holds them (after a raft ReadIndex), else from a node that does.
-    /// Segments no container has are left out.
-    pub async fn segment_views(&self, ids: &[u64]) -> Result<HashMap<u64, SegmentView>, Error> {
+    /// `ids` grouped by the container that hosts them.
+    fn by_container(&self, ids: &[u64]) -> BTreeMap<u32, Vec<u64>> {
         let mut by_container: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         for &id in ids {
             by_container
@@ -56,6 +53,15 @@ impl Node {
                 .or_default()
                 .push(id);
         }
+        by_container
+    }
+
+    /// The segments among `ids` as their containers hold them, every
+    /// acknowledged event included: from this node's replicas where it
+    /// holds them (after a raft ReadIndex), else from a node that does.
+    /// Segments no container has are left out.
+    pub async fn segment_views(&self, ids: &[u64]) -> Result<HashMap<u64, SegmentView>, Error> {
+        let by_container = self.by_container(ids);
         let asks = by_container
             .into_values()
             .map(|ids| self.container_views(ids));
@@ -114,13 +120,7 @@ impl Node {
 
     /// [`Node::local_segment_views`] as the `SegmentViews` call answers it.
     pub async fn segment_infos(&self, ids: &[u64]) -> Result<Vec<SegmentInfo>, Error> {
-        let mut by_container: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-        for &id in ids {
-            by_container
-                .entry(container_of(id, self.config.containers))
-                .or_default()
-                .push(id);
-        }
+        let by_container = self.by_container(ids);
         let mut infos = Vec::new();
         for ids in by_container.values() {
             let views = self.local_segment_views(ids).await?;
