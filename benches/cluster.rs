@@ -178,8 +178,8 @@ async fn agreed_leader(cluster: &TestCluster, group: &str) -> u64 {
                 }
             }
         }
-        if seen.len() == 1 && !seen.contains(&0) {
-            return *seen.iter().next().expect("one leader");
+        if let [Some(leader)] = seen.iter().copied().collect::<Vec<_>>()[..] {
+            return leader;
         }
         assert!(Instant::now() < deadline, "no agreed leader of {group}");
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -7,6 +7,7 @@
 
 mod common;
 
+use futures::TryStreamExt;
 use std::time::Duration;
 
 use aquifer_client::Client;
@@ -249,11 +250,8 @@ async fn a_replica_far_behind_catches_up_by_snapshot() {
         .expect("connect");
     let mut events = Vec::new();
     for id in segments {
-        let mut r = reader
-            .segment_reader(id, 0, false)
-            .await
-            .expect("segment reader");
-        while let Some(e) = r.next().await.expect("read from node 3") {
+        let mut r = reader.segment_reader(id, 0, false);
+        while let Some(e) = r.try_next().await.expect("read from node 3") {
             events.push(e);
         }
     }

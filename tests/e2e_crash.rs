@@ -106,10 +106,7 @@ async fn crash_rounds(test: &str, rounds: usize) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..WRITERS {
-        let config = WriterConfig {
-            writer_id: format!("crash-w{w}"),
-            ..Default::default()
-        };
+        let config = WriterConfig::default().writer_id(format!("crash-w{w}"));
         let writer = client.writer(&name, config).await.expect("open writer");
         writers.push(tokio::spawn(run_writer(
             w,

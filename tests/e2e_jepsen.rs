@@ -15,6 +15,7 @@
 
 mod common;
 
+use futures::TryStreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -116,17 +117,14 @@ async fn run(fault_secs: u64) {
     let mut tail = tail_client
         .reader(
             &name,
-            ReaderConfig {
-                from: StartFrom::Head,
-                follow: true,
-            },
+            ReaderConfig::default().start(StartFrom::Head).follow(true),
         )
         .await
         .expect("tailing reader");
     let tailed = history.clone();
     let tailer = tokio::spawn(async move {
         loop {
-            match tail.next().await {
+            match tail.try_next().await {
                 Ok(Some(e)) => {
                     if let Some(event) = parse(&e.payload) {
                         tailed.lock().unwrap().tailed.push(event);
@@ -147,10 +145,7 @@ async fn run(fault_secs: u64) {
         let writer = client
             .writer(
                 &name,
-                WriterConfig {
-                    writer_id: format!("jepsen-writer-{id}"),
-                    ..WriterConfig::default()
-                },
+                WriterConfig::default().writer_id(format!("jepsen-writer-{id}")),
             )
             .await
             .expect("writer");

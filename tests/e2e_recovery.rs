@@ -31,10 +31,7 @@ async fn write_pipelined(
     writer_id: &str,
     payloads: Vec<Bytes>,
 ) {
-    let config = WriterConfig {
-        writer_id: writer_id.into(),
-        ..Default::default()
-    };
+    let config = WriterConfig::default().writer_id(writer_id);
     let writer = client.writer(name, config).await.expect("open writer");
     let mut pending = FuturesOrdered::new();
     for (i, payload) in payloads.into_iter().enumerate() {
@@ -60,10 +57,7 @@ async fn write_one_by_one(
     writer_id: &str,
     payloads: Vec<Bytes>,
 ) {
-    let config = WriterConfig {
-        writer_id: writer_id.into(),
-        ..Default::default()
-    };
+    let config = WriterConfig::default().writer_id(writer_id);
     let writer = client.writer(name, config).await.expect("open writer");
     for (i, payload) in payloads.into_iter().enumerate() {
         let ack = writer.write_event(None, payload).await.expect("write");
@@ -338,10 +332,7 @@ async fn graceful_stop_and_restart_keep_every_event() {
         .create_stream(&name, 4)
         .await
         .expect("create stream");
-    let config = WriterConfig {
-        writer_id: "graceful-w".into(),
-        ..Default::default()
-    };
+    let config = WriterConfig::default().writer_id("graceful-w");
     let writer = client.writer(&name, config).await.expect("open writer");
     let mut pending = FuturesOrdered::new();
     for i in 0..1000u64 {

@@ -3,9 +3,10 @@
 
 mod common;
 
+use futures::TryStreamExt;
 use std::time::Duration;
 
-use aquifer_client::WriterConfig;
+use aquifer_client::{ScanConfig, WriterConfig};
 
 use common::{
     per_key_sequences, stream_name, wait_all_in_tier2, write_keyed_range, ServerOpts, ServerProcess,
@@ -53,14 +54,10 @@ async fn parallel_scan_returns_exactly_the_events_written() {
     );
     let read_all = |direct: bool| {
         let reads = ranges.iter().map(|r| {
-            let mut reader = if direct {
-                batch.read_range_direct(r)
-            } else {
-                batch.read_range(r)
-            };
+            let mut reader = batch.read_range(r, &ScanConfig::default().direct(direct));
             async move {
                 let mut events = Vec::new();
-                while let Some(e) = reader.next().await.expect("range read") {
+                while let Some(e) = reader.try_next().await.expect("range read") {
                     events.push(e);
                 }
                 events

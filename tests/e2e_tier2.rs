@@ -3,6 +3,7 @@
 
 mod common;
 
+use futures::TryStreamExt;
 use std::time::Duration;
 
 use aquifer_client::{ReaderConfig, StartFrom, WriterConfig};
@@ -38,10 +39,7 @@ async fn reader_from_head_crosses_from_tier2_into_the_live_tail() {
     let mut reader = client
         .reader(
             &name,
-            ReaderConfig {
-                from: StartFrom::Head,
-                follow: true,
-            },
+            ReaderConfig::default().start(StartFrom::Head).follow(true),
         )
         .await
         .expect("reader");
@@ -49,7 +47,7 @@ async fn reader_from_head_crosses_from_tier2_into_the_live_tail() {
     write_keyed_range(&writer, KEYS, 250, 300, 300).await;
     let mut events = Vec::new();
     while events.len() < (KEYS * 300) as usize {
-        match tokio::time::timeout(Duration::from_secs(30), reader.next()).await {
+        match tokio::time::timeout(Duration::from_secs(30), reader.try_next()).await {
             Ok(Ok(Some(e))) => events.push(e),
             other => panic!(
                 "follow reader stopped after {} events: {other:?}",
@@ -249,23 +247,17 @@ async fn retention_by_size_removes_chunks_from_the_head() {
     let server = ServerProcess::start(ServerOpts::with_config(CONFIG)).await;
     let client = server.client().await;
     let name = stream_name("tier/retained");
-    let retention = aquifer_client::Retention {
-        time_ms: 0,
-        size_bytes: 256 * 1024,
-    };
+    let retention = aquifer_client::Retention::default().size_bytes(256 * 1024);
     let info = client
         .admin()
         .create_stream_with_retention(&name, 1, retention)
         .await
         .expect("create");
-    assert_eq!(info.retention, Some(retention));
+    assert_eq!(info.retention, retention);
     let segment = info.segments[0].segment_id;
     // Small batches make small chunks: retention drops whole chunks, and a
     // chunk is up to chunk_bytes plus one batch.
-    let small_batches = || WriterConfig {
-        max_batch_bytes: 16 * 1024,
-        ..Default::default()
-    };
+    let small_batches = || WriterConfig::default().batch_bytes_max(16 * 1024);
     let writer = client.writer(&name, small_batches()).await.expect("writer");
     write_keyed_range(&writer, 4, 0, 1500, 300).await; // ~2 MB
     let admin = client.admin();
@@ -298,11 +290,8 @@ async fn retention_by_size_removes_chunks_from_the_head() {
     )
     .await;
 
-    let mut below_head = client
-        .segment_reader(segment, 0, false)
-        .await
-        .expect("segment reader");
-    match below_head.next().await {
+    let mut below_head = client.segment_reader(segment, 0, false);
+    match below_head.try_next().await {
         Err(aquifer_client::Error::OutOfRange(msg)) => {
             assert!(
                 msg.contains("retention") && msg.contains("starts at"),
@@ -366,10 +355,7 @@ async fn retention_by_time_expires_old_chunks() {
     let server = ServerProcess::start(ServerOpts::with_config(CONFIG)).await;
     let client = server.client().await;
     let name = stream_name("tier/expiring");
-    let retention = aquifer_client::Retention {
-        time_ms: 500,
-        size_bytes: 0,
-    };
+    let retention = aquifer_client::Retention::default().time(Duration::from_millis(500));
     client
         .admin()
         .create_stream_with_retention(&name, 1, retention)
@@ -449,11 +435,8 @@ async fn a_missing_or_short_chunk_fails_the_read_not_the_node() {
 
     let segment = info.segments[0].segment_id;
     for (offset, what) in [(0, "missing"), (second_start, "shorter than recorded")] {
-        let mut reader = client
-            .segment_reader(segment, offset, false)
-            .await
-            .expect("reader");
-        match reader.next().await {
+        let mut reader = client.segment_reader(segment, offset, false);
+        match reader.try_next().await {
             Err(aquifer_client::Error::Corrupt(msg)) => {
                 assert!(msg.contains(what) && msg.contains("chunk"), "{msg}");
             }

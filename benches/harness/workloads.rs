@@ -5,11 +5,12 @@
 //! sent inside the measurement window (after the warm-up) are counted, and
 //! throughput is their count over the window.
 
+use futures::TryStreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aquifer_client::{Client, ReaderConfig, StartFrom, StreamName, WriterConfig};
+use aquifer_client::{Client, ReaderConfig, ScanConfig, StartFrom, StreamName, WriterConfig};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
@@ -122,10 +123,8 @@ pub async fn run_write(
     });
     let mut tasks = Vec::new();
     for w in 0..load.writers {
-        let config = WriterConfig {
-            writer_id: format!("bench-{}-{w}", load.stream.replace('/', "-")),
-            ..Default::default()
-        };
+        let config = WriterConfig::default()
+            .writer_id(format!("bench-{}-{w}", load.stream.replace('/', "-")));
         let writer = client
             .writer(&name, config)
             .await
@@ -183,7 +182,7 @@ async fn write_loop(
                 }
                 msg = rx.recv(), if open => match msg {
                     Some((sent, ack)) => pending.push(async move {
-                        let res: Result<aquifer_client::Position, aquifer_client::Error> = ack.await;
+                        let res: Result<aquifer_client::WriteAck, aquifer_client::Error> = ack.await;
                         (sent, res.map(|_| Instant::now()))
                     }),
                     None => open = false,
@@ -289,10 +288,7 @@ pub async fn run_tail(client: &Client, load: &WriteLoad, window: Window) -> Tail
         .create_stream(&name, load.segments)
         .await
         .expect("create bench stream");
-    let config = ReaderConfig {
-        from: StartFrom::Head,
-        follow: true,
-    };
+    let config = ReaderConfig::default().start(StartFrom::Head).follow(true);
     let mut reader = client.reader(&name, config).await.expect("tail reader");
     let received_total = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -304,7 +300,7 @@ pub async fn run_tail(client: &Client, load: &WriteLoad, window: Window) -> Tail
             let mut samples: Vec<(Duration, Duration)> = Vec::new();
             loop {
                 tokio::select! {
-                    next = reader.next() => match next {
+                    next = reader.try_next() => match next {
                         Ok(Some(event)) => {
                             let now = base.elapsed();
                             let mut ts = [0u8; 8];
@@ -367,15 +363,12 @@ impl CatchUp {
 /// or its end: a consumer catching up on a backlog.
 pub async fn run_catch_up(client: &Client, stream: &str, bytes_max: u64) -> CatchUp {
     let name: StreamName = stream.parse().expect("bench stream name");
-    let config = ReaderConfig {
-        from: StartFrom::Head,
-        follow: false,
-    };
+    let config = ReaderConfig::default().start(StartFrom::Head).follow(false);
     let started = Instant::now();
     let mut reader = client.reader(&name, config).await.expect("catch-up reader");
     let (mut bytes, mut events) = (0u64, 0u64);
     while bytes < bytes_max {
-        match tokio::time::timeout(DRAIN_TIMEOUT, reader.next()).await {
+        match tokio::time::timeout(DRAIN_TIMEOUT, reader.try_next()).await {
             Ok(Ok(Some(e))) => {
                 bytes += e.payload.len() as u64;
                 events += 1;
@@ -482,13 +475,9 @@ pub async fn run_scan(client: &Client, stream: &str, readers: usize, direct: boo
         let (batch, slots) = (batch.clone(), slots.clone());
         reads.push(async move {
             let _slot = slots.acquire_owned().await.expect("scan slots");
-            let mut reader = if direct {
-                batch.read_range_direct(&range)
-            } else {
-                batch.read_range(&range)
-            };
+            let mut reader = batch.read_range(&range, &ScanConfig::default().direct(direct));
             let (mut bytes, mut events) = (0u64, 0u64);
-            while let Some(e) = tokio::time::timeout(DRAIN_TIMEOUT, reader.next())
+            while let Some(e) = tokio::time::timeout(DRAIN_TIMEOUT, reader.try_next())
                 .await
                 .expect("scan stalled")
                 .expect("scan read")

@@ -4,29 +4,38 @@
 
 use std::sync::Arc;
 
-use tonic::Request;
-
-use crate::conn::{backoff, Conn, ADMIN_TIMEOUT};
+use crate::conn::Conn;
 use crate::name::validate_part;
 use crate::proto::cluster_client::ClusterClient;
 use crate::proto::{
-    CreateStreamRequest, DeleteStreamRequest, DescribeStreamRequest, ListStreamsRequest, Retention,
+    CreateStreamRequest, DeleteStreamRequest, DescribeStreamRequest, ListStreamsRequest, NodeInfo,
     SealStreamRequest, UpdateStreamRequest,
 };
-use crate::{Error, StreamInfo, StreamName};
+use crate::{ClusterStatus, Error, Retention, StreamInfo, StreamName};
 
 /// Stream administration; get one from [`crate::Client::admin`]. Cheap to
 /// clone.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use aquifer_client::{Client, Error, Retention, StreamName};
+///
+/// # async fn example() -> Result<(), Error> {
+/// let admin = Client::connect("127.0.0.1:7450").await?.admin();
+/// let name: StreamName = "analytics/clicks".parse()?;
+/// let keep = Retention::default().time(Duration::from_secs(7 * 86_400));
+/// match admin.create_stream_with_retention(&name, 4, keep).await {
+///     Ok(_) | Err(Error::AlreadyExists(_)) => {}
+///     Err(e) => return Err(e),
+/// }
+/// let info = admin.describe_stream(&name).await?;
+/// assert_eq!(info.segments.len(), 4);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Admin {
     conn: Arc<Conn>,
-}
-
-/// A request with the admin deadline.
-fn request<T>(msg: T) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.set_timeout(ADMIN_TIMEOUT);
-    req
 }
 
 impl Admin {
@@ -46,8 +55,7 @@ impl Admin {
             .await
     }
 
-    /// Like [`Admin::create_stream`], keeping only what `retention` says
-    /// (0 in a field: no limit on it).
+    /// Like [`Admin::create_stream`], keeping only what `retention` says.
     pub async fn create_stream_with_retention(
         &self,
         name: &StreamName,
@@ -57,13 +65,14 @@ impl Admin {
         let req = CreateStreamRequest {
             name: Some(name.to_proto()),
             segment_count,
-            retention: Some(retention),
+            retention: Some(retention.to_proto()),
         };
         self.call(|c| {
-            let req = req.clone();
-            async move { c.admin().create_stream(request(req)).await }
+            let req = c.request(req.clone());
+            async move { c.admin().create_stream(req).await }
         })
-        .await
+        .await?
+        .try_into()
     }
 
     /// Changes a stream's retention; data past the new limits leaves the
@@ -75,13 +84,14 @@ impl Admin {
     ) -> Result<StreamInfo, Error> {
         let req = UpdateStreamRequest {
             name: Some(name.to_proto()),
-            retention: Some(retention),
+            retention: Some(retention.to_proto()),
         };
         self.call(|c| {
-            let req = req.clone();
-            async move { c.admin().update_stream(request(req)).await }
+            let req = c.request(req.clone());
+            async move { c.admin().update_stream(req).await }
         })
-        .await
+        .await?
+        .try_into()
     }
 
     /// Lists the streams of `scope`, or of every scope with `None`.
@@ -92,13 +102,15 @@ impl Admin {
         let req = ListStreamsRequest {
             scope: scope.unwrap_or_default().to_string(),
         };
-        Ok(self
-            .call(|c| {
-                let req = req.clone();
-                async move { c.admin().list_streams(request(req)).await }
-            })
-            .await?
-            .streams)
+        self.call(|c| {
+            let req = c.request(req.clone());
+            async move { c.admin().list_streams(req).await }
+        })
+        .await?
+        .streams
+        .into_iter()
+        .map(StreamInfo::try_from)
+        .collect()
     }
 
     /// A stream's state: its segments with their key ranges, offsets and
@@ -108,10 +120,11 @@ impl Admin {
             name: Some(name.to_proto()),
         };
         self.call(|c| {
-            let req = req.clone();
-            async move { c.admin().describe_stream(request(req)).await }
+            let req = c.request(req.clone());
+            async move { c.admin().describe_stream(req).await }
         })
-        .await
+        .await?
+        .try_into()
     }
 
     /// Seals a stream: no more appends, reads still work. Idempotent.
@@ -120,10 +133,11 @@ impl Admin {
             name: Some(name.to_proto()),
         };
         self.call(|c| {
-            let req = req.clone();
-            async move { c.admin().seal_stream(request(req)).await }
+            let req = c.request(req.clone());
+            async move { c.admin().seal_stream(req).await }
         })
-        .await
+        .await?
+        .try_into()
     }
 
     /// Seals, then removes a stream and its data. [`Error::NotFound`] if it
@@ -133,8 +147,8 @@ impl Admin {
             name: Some(name.to_proto()),
         };
         self.call(|c| {
-            let req = req.clone();
-            async move { c.admin().delete_stream(request(req)).await }
+            let req = c.request(req.clone());
+            async move { c.admin().delete_stream(req).await }
         })
         .await?;
         Ok(())
@@ -143,50 +157,41 @@ impl Admin {
     /// Adds node `id`, listening at `address`, to the cluster: every group
     /// adds it as a replica and sends it a snapshot. Start it first with
     /// `aquifer serve --join`.
-    pub async fn add_node(
-        &self,
-        id: u64,
-        address: &str,
-    ) -> Result<crate::proto::ClusterStatus, Error> {
-        let req = crate::proto::NodeInfo {
+    pub async fn add_node(&self, id: u64, address: &str) -> Result<ClusterStatus, Error> {
+        let req = NodeInfo {
             node_id: id,
             address: address.to_string(),
             ..Default::default()
         };
         self.call(|c| {
-            let req = req.clone();
-            async move {
-                ClusterClient::new(c.channel().1)
-                    .add_node(request(req))
-                    .await
-            }
+            let req = c.request(req.clone());
+            async move { ClusterClient::new(c.channel().1).add_node(req).await }
         })
         .await
+        .map(ClusterStatus::from)
     }
 
     /// Removes node `id`: groups move their leadership away and drop it as
     /// a replica. Stop the node once `cluster status` no longer lists it as
     /// a replica.
-    pub async fn remove_node(&self, id: u64) -> Result<crate::proto::ClusterStatus, Error> {
-        let req = crate::proto::NodeInfo {
+    pub async fn remove_node(&self, id: u64) -> Result<ClusterStatus, Error> {
+        let req = NodeInfo {
             node_id: id,
             ..Default::default()
         };
         self.call(|c| {
-            let req = req.clone();
-            async move {
-                ClusterClient::new(c.channel().1)
-                    .remove_node(request(req))
-                    .await
-            }
+            let req = c.request(req.clone());
+            async move { ClusterClient::new(c.channel().1).remove_node(req).await }
         })
         .await
+        .map(ClusterStatus::from)
     }
 
     /// Runs an admin call on the metadata leader: starts at the node that
     /// answered last, follows `NOT_LEADER` redirects, and in a cluster moves
     /// on to the next node when one cannot be reached, until the admin
-    /// deadline. (A retried create may find its own stream: AlreadyExists.)
+    /// request timeout. (A retried create may find its own stream:
+    /// AlreadyExists.)
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, Error>
     where
         F: Fn(Arc<Conn>) -> Fut,
@@ -197,7 +202,7 @@ impl Admin {
             .as_ref()
             .and_then(|n| n.meta_leader())
             .unwrap_or_else(|| self.conn.clone());
-        let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + self.conn.settings().request_timeout;
         let mut attempt = 0;
         loop {
             let err = match f(conn.clone()).await {
@@ -219,7 +224,7 @@ impl Admin {
             conn = match redirect {
                 Some(leader) => leader,
                 None => {
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tokio::time::sleep(conn.backoff(attempt)).await;
                     conn.next()
                 }
             };

@@ -21,10 +21,6 @@ use bytes::{Bytes, BytesMut};
 
 use crate::proto::AppendBatch;
 
-/// Offset reported for an event whose offset is not known (acked as a
-/// duplicate after a retry).
-pub const UNKNOWN_OFFSET: u64 = u64::MAX;
-
 /// A batch under construction.
 #[derive(Debug)]
 struct Open<T> {
@@ -63,10 +59,10 @@ impl<T> Batch<T> {
 
     /// Tokens with each event's offset: consecutive from `base`, or all
     /// unknown.
-    fn resolve(self, base: Option<u64>, out: &mut Vec<(T, u64)>) {
+    fn resolve(self, base: Option<u64>, out: &mut Vec<(T, Option<u64>)>) {
         let mut offset = base;
         for (len, token) in self.events {
-            out.push((token, offset.unwrap_or(UNKNOWN_OFFSET)));
+            out.push((token, offset));
             offset = offset.map(|o| o.saturating_add(u64::from(len)));
         }
     }
@@ -173,13 +169,13 @@ impl<T> BatchQueue<T> {
 
     /// Handles an ack: resolves the acked batch (and, leniently, earlier
     /// batches the ack also covers). Each token comes with its event's
-    /// offset ([`UNKNOWN_OFFSET`] for duplicates).
+    /// offset (`None` for duplicates).
     pub fn on_ack(
         &mut self,
         last_event_number: i64,
         offset: u64,
         duplicate: bool,
-    ) -> Result<Vec<(T, u64)>, ProtocolViolation> {
+    ) -> Result<Vec<(T, Option<u64>)>, ProtocolViolation> {
         let front_last = match self.in_flight.front().and_then(Batch::last_event_number) {
             Some(last) => last,
             None => {
@@ -219,7 +215,7 @@ impl<T> BatchQueue<T> {
     /// event number the server applied for this writer). Returns the tokens
     /// of batches the server already has (done, offsets unknown); keeps the
     /// rest, with their numbers, for resending. Calls `on_disconnect` first.
-    pub fn on_setup(&mut self, server_last: i64) -> Vec<(T, u64)> {
+    pub fn on_setup(&mut self, server_last: i64) -> Vec<(T, Option<u64>)> {
         self.on_disconnect();
         let mut out = Vec::new();
         while let Some(last) = self.ready.front().and_then(Batch::last_event_number) {
@@ -302,7 +298,7 @@ mod tests {
         b.to_vec()
     }
 
-    fn tokens(v: Vec<(u32, u64)>) -> Vec<u32> {
+    fn tokens(v: Vec<(u32, Option<u64>)>) -> Vec<u32> {
         v.into_iter().map(|(t, _)| t).collect()
     }
 
@@ -363,10 +359,10 @@ mod tests {
         assert_eq!(q.in_flight_batches(), 3);
 
         let done = q.on_ack(43, 1000, false).unwrap();
-        assert_eq!(done, vec![(0, 1000), (1, 1020)]);
+        assert_eq!(done, vec![(0, Some(1000)), (1, Some(1020))]);
         // A duplicate ack: offsets unknown.
         let done = q.on_ack(45, 0, true).unwrap();
-        assert_eq!(done, vec![(2, UNKNOWN_OFFSET), (3, UNKNOWN_OFFSET)]);
+        assert_eq!(done, vec![(2, None), (3, None)]);
         assert_eq!(q.resolved(), 4);
         assert!(!q.is_empty());
         // An ack that goes backwards is a protocol violation.
@@ -403,7 +399,7 @@ mod tests {
         q.seal();
         // The server had applied 3-4 before dying: they are done.
         let dups = q.on_setup(4);
-        assert_eq!(dups, vec![(2, UNKNOWN_OFFSET), (3, UNKNOWN_OFFSET)]);
+        assert_eq!(dups, vec![(2, None), (3, None)]);
         let resent: Vec<_> = std::iter::from_fn(|| q.next_to_send()).collect();
         assert_eq!(resent.len(), 2);
         // 5-6 goes again with the same numbers and the same bytes ...

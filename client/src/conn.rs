@@ -23,38 +23,63 @@ use crate::Error;
 
 /// Largest gRPC message the client sends or accepts: one maximal event
 /// (the server allows up to 64 MiB) plus framing slack.
-pub const MAX_MESSAGE_BYTES: usize = aquifer_proto::wire::CLIENT_MESSAGE_BYTES_MAX;
-
-/// How long [`crate::Client::connect`] waits for the first connection.
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Deadline of unary admin calls.
-pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// First retry delay; doubles on every failed attempt up to [`BACKOFF_MAX`].
-pub(crate) const BACKOFF_START: Duration = Duration::from_millis(50);
-/// Longest retry delay.
-/// Short enough that a writer finds a new leader soon after an election
-/// (failover), long enough that retries do not load a struggling node.
-pub(crate) const BACKOFF_MAX: Duration = Duration::from_millis(250);
+pub(crate) const MESSAGE_BYTES_MAX: usize = aquifer_proto::wire::CLIENT_MESSAGE_BYTES_MAX;
 
 /// After this many consecutive failed attempts a task replaces the shared
 /// channel with a fresh one.
 const RESET_AFTER_ATTEMPTS: u32 = 2;
 
-/// Delay before retry number `attempt` (1-based): 50 ms doubling to 250 ms.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    if attempt == 0 {
-        return Duration::ZERO;
+/// Retry delays: `initial`, doubling on every failed attempt up to `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Backoff {
+    pub(crate) initial: Duration,
+    pub(crate) max: Duration,
+}
+
+impl Backoff {
+    /// Delay before retry number `attempt` (1-based); zero before the first.
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
+        if attempt == 0 {
+            return Duration::ZERO;
+        }
+        let shift = (attempt - 1).min(16);
+        self.initial.saturating_mul(1 << shift).min(self.max)
     }
-    let shift = (attempt - 1).min(16);
-    BACKOFF_START.saturating_mul(1 << shift).min(BACKOFF_MAX)
+}
+
+/// What a [`crate::ClientBuilder`] set, shared by every connection of one
+/// client (the seed and the nodes learned from it).
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// How long dialling a node may take.
+    pub(crate) connect_timeout: Duration,
+    /// Deadline of each unary call, and of an admin call's redirects and
+    /// retries together.
+    pub(crate) request_timeout: Duration,
+    pub(crate) backoff: Backoff,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            // Short enough that a writer finds a new leader soon after an
+            // election (failover), long enough that retries do not load a
+            // struggling node.
+            backoff: Backoff {
+                initial: Duration::from_millis(50),
+                max: Duration::from_millis(250),
+            },
+        }
+    }
 }
 
 /// One node's address and the channel to it, shared by every stub.
 #[derive(Debug)]
 pub(crate) struct Conn {
     addr: String,
+    settings: Arc<Settings>,
     /// The client's other nodes (None for a connection made alone).
     nodes: Option<Arc<Nodes>>,
     endpoint: Endpoint,
@@ -65,24 +90,29 @@ pub(crate) struct Conn {
 
 impl Conn {
     /// Connects eagerly: fails with [`Error::Unavailable`] when the node
-    /// cannot be reached within [`CONNECT_TIMEOUT`].
-    pub(crate) async fn connect(addr: &str) -> Result<Conn, Error> {
+    /// cannot be reached within the connect timeout.
+    pub(crate) async fn connect(addr: &str, settings: Arc<Settings>) -> Result<Conn, Error> {
         let addr = normalize(addr);
-        let endpoint = endpoint(&addr)?;
-        let unreachable =
-            |why: String| Error::Unavailable(format!("cannot reach aquifer at {addr}: {why}"));
-        let channel = match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+        let endpoint = endpoint(&addr, &settings)?;
+        let timeout = settings.connect_timeout;
+        let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
             Ok(Ok(channel)) => channel,
-            Ok(Err(e)) => return Err(unreachable(chain_message(&e))),
+            Ok(Err(e)) => {
+                return Err(Error::unavailable_from(
+                    format!("cannot reach aquifer at {addr}"),
+                    e,
+                ))
+            }
             Err(_) => {
-                return Err(unreachable(format!(
-                    "no answer within {} s",
-                    CONNECT_TIMEOUT.as_secs()
+                return Err(Error::unavailable(format!(
+                    "cannot reach aquifer at {addr}: no answer within {:.1} s",
+                    timeout.as_secs_f64()
                 )))
             }
         };
         Ok(Conn {
             addr,
+            settings,
             nodes: None,
             endpoint,
             channel: Mutex::new((0, channel)),
@@ -90,11 +120,12 @@ impl Conn {
     }
 
     /// A connection that dials when first used.
-    fn lazy(addr: &str, nodes: Arc<Nodes>) -> Result<Conn, Error> {
+    fn lazy(addr: &str, nodes: Arc<Nodes>, settings: Arc<Settings>) -> Result<Conn, Error> {
         let addr = normalize(addr);
-        let endpoint = endpoint(&addr)?;
+        let endpoint = endpoint(&addr, &settings)?;
         Ok(Conn {
             addr,
+            settings,
             nodes: Some(nodes),
             channel: Mutex::new((0, endpoint.connect_lazy())),
             endpoint,
@@ -133,7 +164,7 @@ fn normalize(addr: &str) -> String {
         .to_string()
 }
 
-fn endpoint(addr: &str) -> Result<Endpoint, Error> {
+fn endpoint(addr: &str, settings: &Settings) -> Result<Endpoint, Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| {
             Error::InvalidArgument(format!(
@@ -141,7 +172,7 @@ fn endpoint(addr: &str) -> Result<Endpoint, Error> {
                 chain_message(&e)
             ))
         })?
-        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_timeout(settings.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
@@ -156,6 +187,7 @@ impl Conn {
     pub(crate) fn from_lazy_for_tests(endpoint: Endpoint) -> Conn {
         Conn {
             addr: endpoint.uri().to_string(),
+            settings: Arc::default(),
             nodes: None,
             channel: Mutex::new((0, endpoint.connect_lazy())),
             endpoint,
@@ -165,6 +197,23 @@ impl Conn {
     /// The address as given to `connect`.
     pub(crate) fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The client's settings.
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Delay before retry number `attempt` (see [`Backoff::delay`]).
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        self.settings.backoff.delay(attempt)
+    }
+
+    /// `msg` as a unary request with the request timeout as its deadline.
+    pub(crate) fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(self.settings.request_timeout);
+        req
     }
 
     /// The current channel and its generation.
@@ -189,20 +238,20 @@ impl Conn {
 
     pub(crate) fn admin(&self) -> StreamAdminClient<Channel> {
         StreamAdminClient::new(self.channel().1)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
     }
 
     pub(crate) fn append(channel: Channel) -> AppendClient<Channel> {
         AppendClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
     }
 
     pub(crate) fn read(channel: Channel) -> ReadClient<Channel> {
         ReadClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
     }
 }
 
@@ -213,6 +262,8 @@ impl Conn {
 /// demand.
 #[derive(Debug, Default)]
 pub(crate) struct Nodes {
+    /// The settings every connection of this client uses.
+    settings: Arc<Settings>,
     /// Addresses in the order learned (the first is the one connected to)
     /// and the live connection to each, if any.
     known: Mutex<Vec<(String, Weak<Conn>)>>,
@@ -225,7 +276,10 @@ pub(crate) struct Nodes {
 impl Nodes {
     /// Starts with a connected seed node.
     pub(crate) fn with_seed(seed: Conn) -> Arc<Conn> {
-        let nodes = Arc::new(Nodes::default());
+        let nodes = Arc::new(Nodes {
+            settings: seed.settings.clone(),
+            ..Nodes::default()
+        });
         let seed = Arc::new(Conn {
             nodes: Some(nodes.clone()),
             ..seed
@@ -248,7 +302,7 @@ impl Nodes {
         if let Some(conn) = known[slot].1.upgrade() {
             return Some(conn);
         }
-        let conn = Arc::new(Conn::lazy(&addr, self.clone()).ok()?);
+        let conn = Arc::new(Conn::lazy(&addr, self.clone(), self.settings.clone()).ok()?);
         known[slot].1 = Arc::downgrade(&conn);
         Some(conn)
     }
@@ -303,29 +357,28 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_its_cap() {
-        assert_eq!(backoff(0), Duration::ZERO);
-        assert_eq!(backoff(1), Duration::from_millis(50));
-        assert_eq!(backoff(2), Duration::from_millis(100));
-        assert_eq!(backoff(3), Duration::from_millis(200));
-        assert_eq!(backoff(4), Duration::from_millis(250));
-        assert_eq!(backoff(1000), Duration::from_millis(250));
+        let b = Settings::default().backoff;
+        assert_eq!(b.delay(0), Duration::ZERO);
+        assert_eq!(b.delay(1), Duration::from_millis(50));
+        assert_eq!(b.delay(2), Duration::from_millis(100));
+        assert_eq!(b.delay(3), Duration::from_millis(200));
+        assert_eq!(b.delay(4), Duration::from_millis(250));
+        assert_eq!(b.delay(1000), Duration::from_millis(250));
     }
 
     #[tokio::test]
     async fn unreachable_server_is_unavailable() {
         // Port 1 on localhost: nothing listens there.
-        match Conn::connect("127.0.0.1:1").await {
-            Err(Error::Unavailable(msg)) => {
-                assert!(
-                    msg.starts_with("cannot reach aquifer at 127.0.0.1:1: "),
-                    "{msg}"
-                );
+        match Conn::connect("127.0.0.1:1", Arc::default()).await {
+            Err(e @ Error::Unavailable { .. }) => {
+                assert_eq!(e.to_string(), "cannot reach aquifer at 127.0.0.1:1");
+                assert!(std::error::Error::source(&e).is_some());
             }
             other => panic!("expected Unavailable, got {other:?}"),
         }
         assert!(matches!(
-            Conn::connect("not a uri at all").await,
-            Err(Error::InvalidArgument(_)) | Err(Error::Unavailable(_))
+            Conn::connect("not a uri at all", Arc::default()).await,
+            Err(Error::InvalidArgument(_)) | Err(Error::Unavailable { .. })
         ));
     }
 }

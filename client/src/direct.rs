@@ -90,9 +90,10 @@ impl SliceWindows {
                     )))
                 }
                 Err(e) => {
-                    return Err(Error::Unavailable(format!(
-                        "tier-2 read of {object} failed: {e}"
-                    )))
+                    return Err(Error::unavailable_from(
+                        format!("tier-2 read of {object} failed"),
+                        e,
+                    ))
                 }
             };
             if data.len() as u64 != want {
@@ -233,7 +234,7 @@ mod tests {
         };
         assert!(matches!(
             drain(stores.windows(&loc, &long).unwrap()).await,
-            Err(Error::Corrupt(_) | Error::Unavailable(_))
+            Err(Error::Corrupt(_) | Error::Unavailable { .. })
         ));
         let gone = ChunkSlice {
             object: "missing".into(),

@@ -1,18 +1,37 @@
 //! The client's one error type, and how gRPC statuses map onto it.
 //!
-//! Owns the mapping from `tonic::Status` (codes, transport failures) to
-//! [`Error`] variants and the rule for which errors are worth retrying.
-//! Every variant displays as one line a user can act on.
+//! Owns the mapping from `tonic::Status` (codes, metadata, transport
+//! failures) to [`Error`] variants and the rule for which errors are worth
+//! retrying. Every variant displays as one line a user can act on; it must
+//! never flatten a cause it can keep: failures below gRPC keep theirs as
+//! [`std::error::Error::source`].
 
 use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
 
 use tonic::{Code, Status};
+
+/// The cause kept by [`Error::Unavailable`]: a transport error, or the last
+/// error before retries gave up.
+pub type Source = Arc<dyn StdError + Send + Sync + 'static>;
 
 /// Everything that can go wrong in the Aquifer client.
 ///
 /// `Display` is a single line meant for a user (the server's message where
-/// there is one); match on the variant to decide what to do.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// there is one); match on the variant to decide what to do. New variants
+/// may come in minor releases, so keep a `_` arm.
+///
+/// ```
+/// use aquifer_client::{Error, StreamName};
+///
+/// let err = "no-slash".parse::<StreamName>().unwrap_err();
+/// assert!(matches!(err, Error::InvalidName(_)));
+/// assert!(!err.is_retryable());
+/// assert!(err.to_string().contains("SCOPE/STREAM"));
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A scope or stream name breaks the naming rule (`[A-Za-z0-9_-]{1,255}`).
     #[error("{0}")]
@@ -27,17 +46,31 @@ pub enum Error {
     /// configuration, bad framing (`INVALID_ARGUMENT`).
     #[error("{0}")]
     InvalidArgument(String),
-    /// The stream or segment is sealed (`FAILED_PRECONDITION`).
+    /// The stream or segment is sealed: it takes no more events, reads
+    /// still work (`FAILED_PRECONDITION` for a sealed segment).
     #[error("{0}")]
     Sealed(String),
+    /// The cluster is not in a state that allows the request, e.g. removing
+    /// its last node, or changing membership of a node that runs alone
+    /// (any other `FAILED_PRECONDITION`). Retrying as is will not help.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The server is out of a budget (memory, in-flight bytes); retry later
     /// (`RESOURCE_EXHAUSTED`).
     #[error("{0}")]
     ResourceExhausted(String),
     /// The server cannot be reached or the connection broke (`UNAVAILABLE`,
-    /// `DEADLINE_EXCEEDED`, `CANCELLED`, transport errors).
-    #[error("{0}")]
-    Unavailable(String),
+    /// `DEADLINE_EXCEEDED`, `CANCELLED`, transport errors), or retries gave
+    /// up. `source` is the cause below gRPC (a transport error) or the last
+    /// error retried, when there is one.
+    #[error("{message}")]
+    Unavailable {
+        /// What failed, on one line.
+        message: String,
+        /// Why, when known.
+        #[source]
+        source: Option<Source>,
+    },
     /// Event bytes do not decode (bad checksum, truncated frame), read back
     /// by the client or found by the server (`DATA_LOSS`).
     #[error("{0}")]
@@ -65,16 +98,42 @@ pub enum Error {
 }
 
 impl Error {
-    /// True for errors that may go away by themselves: `Unavailable` and
-    /// `ResourceExhausted`. The writer and readers retry these internally
-    /// (with backoff, up to a timeout) before handing them out.
+    /// True for errors that may go away by themselves: [`Error::Unavailable`],
+    /// [`Error::ResourceExhausted`] and [`Error::NotLeader`]. The writer,
+    /// the readers and admin calls retry these internally (with backoff, up
+    /// to a timeout) before handing them out.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::Unavailable(_) | Error::ResourceExhausted(_) | Error::NotLeader { .. }
+            Error::Unavailable { .. } | Error::ResourceExhausted(_) | Error::NotLeader { .. }
         )
     }
+
+    /// An [`Error::Unavailable`] without a known cause.
+    pub(crate) fn unavailable(message: impl Into<String>) -> Error {
+        Error::Unavailable {
+            message: one_line(&message.into()),
+            source: None,
+        }
+    }
+
+    /// An [`Error::Unavailable`] caused by `source`.
+    pub(crate) fn unavailable_from(
+        message: impl Into<String>,
+        source: impl StdError + Send + Sync + 'static,
+    ) -> Error {
+        Error::Unavailable {
+            message: one_line(&message.into()),
+            source: Some(Arc::new(source)),
+        }
+    }
 }
+
+/// The server's word for a sealed segment, as `server/src/error.rs`'s
+/// `SegmentSealed` displays it ("segment N is sealed: ..."). The server
+/// sends `FAILED_PRECONDITION` for it and for cluster preconditions alike,
+/// with no metadata telling them apart, so the message decides.
+const SEALED_WORDS: &str = " is sealed";
 
 impl From<Status> for Error {
     fn from(status: Status) -> Self {
@@ -83,7 +142,8 @@ impl From<Status> for Error {
             Code::NotFound => Error::NotFound(msg),
             Code::AlreadyExists => Error::AlreadyExists(msg),
             Code::InvalidArgument => Error::InvalidArgument(msg),
-            Code::FailedPrecondition => Error::Sealed(msg),
+            Code::FailedPrecondition if msg.contains(SEALED_WORDS) => Error::Sealed(msg),
+            Code::FailedPrecondition => Error::FailedPrecondition(msg),
             Code::ResourceExhausted => Error::ResourceExhausted(msg),
             Code::DataLoss => Error::Corrupt(msg),
             Code::OutOfRange => Error::OutOfRange(msg),
@@ -96,14 +156,49 @@ impl From<Status> for Error {
                     leader: leader.to_string(),
                     message: msg,
                 },
-                None => Error::Unavailable(msg),
+                None => unavailable(msg, status),
             },
-            Code::DeadlineExceeded | Code::Cancelled => Error::Unavailable(msg),
+            Code::DeadlineExceeded | Code::Cancelled => unavailable(msg, status),
             Code::Unknown | Code::Internal if is_transport_failure(&status) => {
-                Error::Unavailable(format!("connection to the server failed: {msg}"))
+                unavailable(format!("connection to the server failed: {msg}"), status)
             }
             code => Error::Server(format!("server error ({}): {msg}", code_word(code))),
         }
+    }
+}
+
+/// `Unavailable` for a status; keeps the status as the source when it has a
+/// cause of its own (a transport error the client made it from).
+fn unavailable(message: String, status: Status) -> Error {
+    if status.source().is_some() {
+        Error::unavailable_from(message, StatusCause(status))
+    } else {
+        Error::unavailable(message)
+    }
+}
+
+/// A status kept as a source: shows only the status's cause chain, since
+/// the [`Error`]'s message already is the status's message.
+struct StatusCause(Status);
+
+impl fmt::Debug for StatusCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for StatusCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.source() {
+            Some(cause) => write!(f, "{cause}"),
+            None => f.write_str(self.0.message()),
+        }
+    }
+}
+
+impl StdError for StatusCause {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.0.source().and_then(StdError::source)
     }
 }
 
@@ -123,26 +218,15 @@ fn is_transport_failure(status: &Status) -> bool {
         || m.starts_with("error trying to connect")
 }
 
-/// The status message plus its source chain, on one line. Falls back to the
-/// code's description when the message is empty.
+/// The status message on one line; the code's description when the message
+/// is empty. Its cause, if any, is kept as a source, not copied in.
 fn status_message(status: &Status) -> String {
-    let mut msg = status.message().trim().to_string();
-    let mut source = status.source();
-    while let Some(err) = source {
-        let text = err.to_string();
-        if !text.is_empty() && !msg.contains(&text) {
-            if msg.is_empty() {
-                msg = text;
-            } else {
-                msg = format!("{msg}: {text}");
-            }
-        }
-        source = err.source();
-    }
+    let msg = status.message().trim();
     if msg.is_empty() {
-        msg = status.code().description().to_string();
+        status.code().description().to_string()
+    } else {
+        one_line(msg)
     }
-    one_line(&msg)
 }
 
 /// Joins the lines of `s` with "; " so an error always prints as one line.
@@ -201,12 +285,8 @@ mod tests {
     #[test]
     fn maps_codes() {
         let e = Error::from(Status::not_found("stream a/b does not exist"));
-        assert_eq!(e, Error::NotFound("stream a/b does not exist".into()));
+        assert!(matches!(&e, Error::NotFound(m) if m == "stream a/b does not exist"));
         assert_eq!(e.to_string(), "stream a/b does not exist");
-        assert!(matches!(
-            Error::from(Status::failed_precondition("segment 3 is sealed")),
-            Error::Sealed(_)
-        ));
         assert!(Error::from(Status::unavailable("x")).is_retryable());
         assert!(Error::from(Status::deadline_exceeded("x")).is_retryable());
         assert!(Error::from(Status::resource_exhausted("x")).is_retryable());
@@ -220,6 +300,53 @@ mod tests {
         ))
         .is_retryable());
         assert!(Error::from(Status::internal("Unexpected EOF decoding stream.")).is_retryable());
+    }
+
+    #[test]
+    fn failed_precondition_by_what_it_means() {
+        // What server/src/error.rs's SegmentSealed says.
+        let sealed = Status::failed_precondition(
+            "segment 3 is sealed: its stream takes no more events (reads still work)",
+        );
+        assert!(matches!(Error::from(sealed), Error::Sealed(_)));
+        // What the cluster service says for membership preconditions.
+        for msg in [
+            "cannot remove the last node",
+            "this node runs alone (no --peers): it has no cluster to change",
+        ] {
+            let e = Error::from(Status::failed_precondition(msg));
+            assert!(
+                matches!(&e, Error::FailedPrecondition(m) if m == msg),
+                "{e:?}"
+            );
+            assert!(!e.is_retryable());
+        }
+    }
+
+    #[test]
+    fn not_leader_is_retryable_and_names_the_leader() {
+        let mut status = Status::unavailable("not the leader");
+        status.metadata_mut().insert(
+            aquifer_proto::wire::LEADER_METADATA_KEY,
+            "10.0.0.2:7450".parse().unwrap(),
+        );
+        let e = Error::from(status);
+        assert!(matches!(&e, Error::NotLeader { leader, .. } if leader == "10.0.0.2:7450"));
+        assert!(e.is_retryable());
+    }
+
+    #[test]
+    fn transport_failures_keep_their_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let status = Status::from_error(Box::new(io));
+        let e = Error::from(status);
+        assert!(e.is_retryable(), "{e:?}");
+        let cause = e.source().expect("a source");
+        assert!(cause.to_string().contains("refused"), "{cause}");
+        // A status the server sent on purpose has no cause below it.
+        assert!(Error::from(Status::unavailable("shutting down"))
+            .source()
+            .is_none());
     }
 
     #[test]

@@ -1,23 +1,32 @@
 //! aquifer-client: the async Rust client of Aquifer.
 //!
-//! - [`Client`]: one connection to a node, cheap to clone;
+//! - [`Client`]: one connection to a node (and, in a cluster, to the others
+//!   it learns of), cheap to clone; [`ClientBuilder`] for its settings;
 //! - [`Admin`]: create, list, describe, seal and delete streams;
 //! - [`EventWriter`]: batching, exactly-once writer (per writer id), with
-//!   back-pressure and retries;
-//! - [`EventReader`] / [`SegmentReader`]: ordered, optionally tailing reads.
+//!   back-pressure and retries; each write resolves to a [`WriteAck`];
+//! - [`EventReader`] / [`SegmentReader`]: ordered, optionally tailing reads,
+//!   each a [`futures::Stream`] of events;
+//! - [`BatchClient`]: stream cuts and parallel bounded range scans.
 //!
-//! Module map: `conn` (channel, limits, backoff), `name` (stream names),
-//! `error`, `admin`, `routing` (key hash), `batch` (pure batching and
-//! numbering), `session` (one append session per segment), `writer`,
-//! `reader`.
+//! Module map: `builder` (connection settings), `conn` (channel, limits,
+//! backoff), `name` (stream names), `info` (the client's views of server
+//! state), `error`, `admin`, `routing` (key hash), `batch` (pure batching
+//! and numbering), `session` (one append session per segment), `writer`,
+//! `reader`, `scan`, `direct` (tier-2 reads of a scan). No generated
+//! (prost) type is part of the public API.
+//!
+//! Runnable examples are in `client/examples/`.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![warn(missing_docs)]
 
 mod admin;
 mod batch;
+mod builder;
 mod conn;
 mod direct;
 mod error;
+mod info;
 mod name;
 mod reader;
 mod routing;
@@ -26,20 +35,23 @@ mod session;
 mod writer;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-pub use aquifer_proto::v1 as proto;
-pub use proto::{Retention, SegmentInfo, StreamInfo};
+use aquifer_proto::v1 as proto;
 
 pub use admin::Admin;
-pub use batch::UNKNOWN_OFFSET;
-pub use conn::MAX_MESSAGE_BYTES;
-pub use error::Error;
+pub use aquifer_proto::wire::{CLIENT_MESSAGE_BYTES_MAX, WRITER_ID_BYTES_MAX};
+pub use builder::ClientBuilder;
+pub use error::{Error, Source};
+pub use info::{
+    ClusterStatus, GroupStatus, NodeHealth, NodeStatus, Retention, SegmentInfo, StreamInfo,
+};
 pub use name::{StreamName, MAX_NAME_LEN};
 pub use reader::{Event, EventReader, ReaderConfig, SegmentReader, StartFrom};
 pub use routing::{fmix64, fnv1a_64, key_position};
-pub use scan::{BatchClient, SegmentRange, StreamCut};
+pub use scan::{BatchClient, ScanConfig, SegmentRange, StreamCut};
 pub use writer::{
-    EventWriter, PendingWrite, Position, WriterConfig, MAX_CLIENT_EVENT_BYTES, MAX_WRITER_ID_BYTES,
+    EventWriter, PendingWrite, Position, WriteAck, WriterConfig, CLIENT_EVENT_BYTES_MAX,
 };
 
 /// A connection to one Aquifer node; clone it freely (clones share the
@@ -47,6 +59,7 @@ pub use writer::{
 ///
 /// ```no_run
 /// use aquifer_client::{Client, ReaderConfig, StreamName, WriterConfig};
+/// use futures::TryStreamExt;
 ///
 /// # async fn example() -> Result<(), aquifer_client::Error> {
 /// let client = Client::connect("127.0.0.1:7450").await?;
@@ -55,12 +68,12 @@ pub use writer::{
 ///
 /// let writer = client.writer(&name, WriterConfig::default()).await?;
 /// let pending = writer.write_event(Some("user-42"), "clicked").await?;
-/// let position = pending.await?; // durable now
-/// println!("written at {position:?}");
+/// let ack = pending.await?; // durable now
+/// println!("written to segment {} at {:?}", ack.segment_id, ack.offset);
 /// writer.close().await?;
 ///
 /// let mut reader = client.reader(&name, ReaderConfig::default()).await?;
-/// while let Some(event) = reader.next().await? {
+/// while let Some(event) = reader.try_next().await? {
 ///     println!("{:?}: {:?}", event.routing_key, event.payload);
 /// }
 /// # Ok(())
@@ -72,22 +85,28 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to a node at `"host:port"` or `"http://host:port"`, eagerly
-    /// (waits up to 5 s): [`Error::Unavailable`] ("cannot reach aquifer at
-    /// ADDR: ...") when nothing answers. Later calls reconnect by
-    /// themselves if the connection breaks.
-    ///
-    /// In a cluster, any node will do: the client learns the others from it
-    /// and follows each group's leader by itself (redirects, failover).
+    /// Settings for connecting to `addr` (`"host:port"` or
+    /// `"http://host:port"`): timeouts, retry backoff.
+    pub fn builder(addr: &str) -> ClientBuilder {
+        ClientBuilder::new(addr)
+    }
+
+    /// Connects to a node with the default settings; the short form of
+    /// `Client::builder(addr).connect().await` (see
+    /// [`ClientBuilder::connect`]).
     pub async fn connect(addr: &str) -> Result<Client, Error> {
-        let conn = conn::Nodes::with_seed(conn::Conn::connect(addr).await?);
+        Client::builder(addr).connect().await
+    }
+
+    pub(crate) async fn from_settings(
+        addr: &str,
+        settings: Arc<conn::Settings>,
+    ) -> Result<Client, Error> {
+        let conn = conn::Nodes::with_seed(conn::Conn::connect(addr, settings).await?);
         // Older servers and test doubles have no Cluster service: then this
         // node is all the client knows.
-        let mut cluster = proto::cluster_client::ClusterClient::new(conn.channel().1);
-        let mut req = tonic::Request::new(proto::ClusterStatusRequest {});
-        req.set_timeout(conn::ADMIN_TIMEOUT);
-        if let (Ok(status), Some(nodes)) = (cluster.status(req).await, conn.nodes()) {
-            for node in status.into_inner().nodes {
+        if let (Ok(status), Some(nodes)) = (raw_status(&conn).await, conn.nodes()) {
+            for node in status.nodes {
                 nodes.learn(&node.address);
             }
         }
@@ -101,24 +120,21 @@ impl Client {
 
     /// The cluster's nodes and every group's raft state (leader, replicas,
     /// term, commit and applied index) as the connected node sees them.
-    pub async fn cluster_status(&self) -> Result<proto::ClusterStatus, Error> {
-        let mut cluster = proto::cluster_client::ClusterClient::new(self.conn.channel().1);
-        let mut req = tonic::Request::new(proto::ClusterStatusRequest {});
-        req.set_timeout(conn::ADMIN_TIMEOUT);
-        Ok(cluster.status(req).await?.into_inner())
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, Error> {
+        Ok(raw_status(&self.conn).await?.into())
     }
 
     /// Like [`Client::cluster_status`], but each group as its leader sees
     /// it: asks every node the connected one lists (a node holds only the
     /// groups placed on it, so no single node knows every group's state).
     /// A group whose leader does not answer keeps the connected node's row.
-    pub async fn cluster_view(&self) -> Result<proto::ClusterStatus, Error> {
-        let mut view = self.cluster_status().await?;
+    pub async fn cluster_view(&self) -> Result<ClusterStatus, Error> {
+        let mut view = raw_status(&self.conn).await?;
         let asks = view
             .nodes
             .iter()
             .filter(|n| n.node_id != view.node_id)
-            .map(|n| node_status(n.address.clone()));
+            .map(|n| node_status(n.address.clone(), self.conn.settings()));
         let others: Vec<proto::ClusterStatus> = futures::future::join_all(asks)
             .await
             .into_iter()
@@ -143,7 +159,7 @@ impl Client {
                 *group = g.clone();
             }
         }
-        Ok(view)
+        Ok(view.into())
     }
 
     /// Stream administration.
@@ -162,7 +178,7 @@ impl Client {
         EventWriter::new(self.conn.clone(), stream.clone(), info.segments, config)
     }
 
-    /// A reader of every segment of `stream`, starting where `config.from`
+    /// A reader of every segment of `stream`, starting where `config.start`
     /// says (offsets taken from a `describe_stream` now).
     pub async fn reader(
         &self,
@@ -181,25 +197,29 @@ impl Client {
     }
 
     /// A reader of one segment from `offset` (an event boundary), tailing
-    /// it with `follow`.
-    pub async fn segment_reader(
-        &self,
-        segment_id: u64,
-        offset: u64,
-        follow: bool,
-    ) -> Result<SegmentReader, Error> {
-        Ok(SegmentReader::new(&self.conn, segment_id, offset, follow))
+    /// it with `follow`. Nothing is dialled until it is first polled.
+    pub fn segment_reader(&self, segment_id: u64, offset: u64, follow: bool) -> SegmentReader {
+        SegmentReader::new(&self.conn, segment_id, offset, follow)
     }
 }
 
+/// The connected node's own `ClusterStatus` answer.
+async fn raw_status(conn: &conn::Conn) -> Result<proto::ClusterStatus, Error> {
+    let mut cluster = proto::cluster_client::ClusterClient::new(conn.channel().1);
+    let req = conn.request(proto::ClusterStatusRequest {});
+    Ok(cluster.status(req).await?.into_inner())
+}
+
 /// Node `addr`'s own view of the cluster; None if it does not answer soon.
-async fn node_status(addr: String) -> Option<proto::ClusterStatus> {
+/// (A view must not wait long for a node that is down: at most 1 s to
+/// dial and 2 s to answer, shorter if the client's settings say so.)
+async fn node_status(addr: String, settings: &conn::Settings) -> Option<proto::ClusterStatus> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .ok()?
-        .connect_timeout(std::time::Duration::from_secs(1));
+        .connect_timeout(settings.connect_timeout.min(Duration::from_secs(1)));
     let mut cluster = proto::cluster_client::ClusterClient::new(endpoint.connect_lazy());
     let mut req = tonic::Request::new(proto::ClusterStatusRequest {});
-    req.set_timeout(std::time::Duration::from_secs(2));
+    req.set_timeout(settings.request_timeout.min(Duration::from_secs(2)));
     cluster
         .status(req)
         .await

@@ -1,5 +1,6 @@
 //! Readers: one task per segment streams `ReadSegment` into a bounded
-//! channel, decoding framed events; the reader hands them out one by one.
+//! channel, decoding framed events; the reader, a [`futures::Stream`],
+//! hands them out one by one.
 //!
 //! Owns [`EventReader`], [`SegmentReader`], [`ReaderConfig`], [`StartFrom`]
 //! and [`Event`], and the read retry rule: on a retryable failure a segment
@@ -7,16 +8,19 @@
 //! events are never duplicated nor skipped.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use aquifer_proto::frame::FrameIter;
 use bytes::Bytes;
+use futures::Stream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::conn::{backoff, Conn, MAX_MESSAGE_BYTES};
+use crate::conn::{Conn, MESSAGE_BYTES_MAX};
 use crate::direct::Tier2Stores;
 use crate::proto::{LocateRangeRequest, ReadSegmentRequest};
 use crate::{Error, Position, SegmentInfo};
@@ -30,6 +34,7 @@ const READ_RETRY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One event read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Event {
     /// The routing key it was written with, if any.
     pub routing_key: Option<String>,
@@ -44,6 +49,7 @@ pub struct Event {
 
 /// Where an [`EventReader`] starts in each segment.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub enum StartFrom {
     /// The first readable event of each segment (its head offset).
     #[default]
@@ -57,13 +63,37 @@ pub enum StartFrom {
 }
 
 /// How an [`EventReader`] reads.
+///
+/// ```
+/// use aquifer_client::{ReaderConfig, StartFrom};
+///
+/// // Only events written from now on, waiting for more.
+/// let config = ReaderConfig::default().start(StartFrom::Tail).follow(true);
+/// assert!(config.follow);
+/// assert!(matches!(ReaderConfig::default().start, StartFrom::Head));
+/// ```
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct ReaderConfig {
     /// Where to start. Default: [`StartFrom::Head`].
-    pub from: StartFrom,
+    pub start: StartFrom,
     /// Keep waiting for new events instead of stopping at the segment
     /// lengths as of reader creation. Default: false.
     pub follow: bool,
+}
+
+impl ReaderConfig {
+    /// Sets [`start`](Self::start).
+    pub fn start(mut self, start: StartFrom) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// Sets [`follow`](Self::follow).
+    pub fn follow(mut self, follow: bool) -> Self {
+        self.follow = follow;
+        self
+    }
 }
 
 /// What a segment task sends the reader.
@@ -93,15 +123,16 @@ impl EventSource {
         }
     }
 
-    async fn next(&mut self) -> Result<Option<Event>, Error> {
+    fn poll_next_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Event, Error>>> {
         loop {
             if let Some(event) = self.buffered.pop_front() {
-                return Ok(Some(event));
+                return Poll::Ready(Some(Ok(event)));
             }
-            match self.rx.recv().await {
-                Some(Item::Events(events)) => self.buffered = events.into(),
-                Some(Item::Failed(e)) => return Err(e),
-                None => return Ok(None),
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Item::Events(events))) => self.buffered = events.into(),
+                Poll::Ready(Some(Item::Failed(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
@@ -116,9 +147,33 @@ impl Drop for EventSource {
 }
 
 /// Reads a whole stream: every segment in parallel, events of one segment
-/// (hence of one routing key) in order.
+/// (hence of one routing key) in order. A [`Stream`] of events: use
+/// [`futures::StreamExt`] / [`futures::TryStreamExt`] on it.
 ///
+/// Without `follow` the stream ends once every segment has been read up to
+/// its length as of reader creation; with `follow` it waits for new events
+/// and ends only once every segment is sealed and fully read.
+///
+/// Connection failures are retried inside (resuming after the last event
+/// handed out). An error that stops a segment (unknown segment, corrupt
+/// data, retries given up) is yielded once as `Err`; the stream goes on
+/// with the other segments. Dropping a pending `next()` loses no event.
 /// Memory is bounded: segment tasks wait while the reader lags.
+///
+/// ```no_run
+/// use aquifer_client::{Client, ReaderConfig, StartFrom};
+/// use futures::TryStreamExt;
+///
+/// # async fn example() -> Result<(), aquifer_client::Error> {
+/// let client = Client::connect("127.0.0.1:7450").await?;
+/// let config = ReaderConfig::default().start(StartFrom::Tail).follow(true);
+/// let mut reader = client.reader(&"shop/orders".parse()?, config).await?;
+/// while let Some(event) = reader.try_next().await? {
+///     println!("{} bytes at {:?}", event.payload.len(), event.position);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub struct EventReader {
     source: EventSource,
 }
@@ -131,14 +186,13 @@ impl EventReader {
     ) -> Result<EventReader, Error> {
         let mut starts = Vec::with_capacity(segments.len());
         for s in segments {
-            let start = match &config.from {
-                StartFrom::Head => s.head_offset,
+            let start = match &config.start {
+                StartFrom::Head | StartFrom::Positions(_) => s.head_offset,
                 StartFrom::Tail => s.length,
-                StartFrom::Positions(_) => s.head_offset,
             };
             starts.push(start);
         }
-        if let StartFrom::Positions(positions) = &config.from {
+        if let StartFrom::Positions(positions) = &config.start {
             for p in positions {
                 let Some(i) = segments.iter().position(|s| s.segment_id == p.segment_id) else {
                     return Err(Error::InvalidArgument(format!(
@@ -146,12 +200,6 @@ impl EventReader {
                         p.segment_id
                     )));
                 };
-                if p.offset == u64::MAX {
-                    return Err(Error::InvalidArgument(format!(
-                        "position in segment {} has an unknown offset",
-                        p.segment_id
-                    )));
-                }
                 starts[i] = p.offset;
             }
         }
@@ -173,26 +221,20 @@ impl EventReader {
             source: EventSource::new(reads),
         })
     }
+}
 
-    /// The next event of any segment; per-segment (hence per-key) order is
-    /// preserved.
-    ///
-    /// Without `follow`: `None` once every segment has been read up to its
-    /// length as of reader creation. With `follow`: waits for new events;
-    /// `None` only once every segment is sealed and fully read.
-    ///
-    /// Connection failures are retried inside (resuming after the last
-    /// event handed out). An error that stops a segment (unknown segment,
-    /// corrupt data, retries given up) is returned once; later calls go on
-    /// with the other segments.
-    ///
-    /// Cancel-safe: dropping the future loses no event.
-    pub async fn next(&mut self) -> Result<Option<Event>, Error> {
-        self.source.next().await
+impl Stream for EventReader {
+    type Item = Result<Event, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().source.poll_next_event(cx)
     }
 }
 
-/// Reads one segment from an offset.
+/// Reads one segment from an offset: a [`Stream`] of its events, like
+/// [`EventReader`]. Without `follow` it ends at the segment's length as of
+/// the (last) request (or the range's end, for a scan); with `follow` it
+/// waits for new events and ends once the segment is sealed and fully read.
 pub struct SegmentReader {
     source: EventSource,
 }
@@ -226,14 +268,13 @@ impl SegmentReader {
             source: EventSource::new(vec![read]),
         }
     }
+}
 
-    /// The next event of the segment. Without `follow`: `None` at the
-    /// segment's length as of the (last) request. With `follow`: waits for
-    /// new events; `None` once the segment is sealed and fully read.
-    ///
-    /// Cancel-safe: dropping the future loses no event.
-    pub async fn next(&mut self) -> Result<Option<Event>, Error> {
-        self.source.next().await
+impl Stream for SegmentReader {
+    type Item = Result<Event, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().source.poll_next_event(cx)
     }
 }
 
@@ -289,20 +330,21 @@ impl SegmentRead {
             }
             if let Some(since) = self.failing_since {
                 if since.elapsed() >= READ_RETRY_TIMEOUT {
-                    let why = last_error
-                        .take()
-                        .map_or_else(|| "unknown failure".to_string(), |e| e.to_string());
-                    let err = Error::Unavailable(format!(
-                        "gave up reading segment {} at offset {} after {} s: {why}",
+                    let message = format!(
+                        "gave up reading segment {} at offset {} after {} s",
                         self.segment_id,
                         self.offset,
                         READ_RETRY_TIMEOUT.as_secs()
-                    ));
+                    );
+                    let err = match last_error.take() {
+                        Some(why) => Error::unavailable_from(message, why),
+                        None => Error::unavailable(message),
+                    };
                     let _ = tx.send(Item::Failed(err)).await;
                     return;
                 }
                 let left = READ_RETRY_TIMEOUT.saturating_sub(since.elapsed());
-                tokio::time::sleep(backoff(self.attempt).min(left)).await;
+                tokio::time::sleep(self.conn.backoff(self.attempt).min(left)).await;
             }
             let (generation, channel) = self.conn.channel();
             match self.read_once(channel, &tx).await {
@@ -392,7 +434,7 @@ impl SegmentRead {
                 Ok(Some(msg)) => msg,
                 Ok(None) if !self.follow => return Outcome::Done,
                 Ok(None) => {
-                    return Outcome::Failed(Error::Unavailable(format!(
+                    return Outcome::Failed(Error::unavailable(format!(
                         "read of segment {} ended before the segment was sealed",
                         self.segment_id
                     )))
@@ -419,7 +461,7 @@ impl SegmentRead {
     /// Returns the good events before a decode error, and the error.
     fn decode(&mut self, data: Bytes, base: u64) -> (Vec<Event>, Option<Error>) {
         let mut events = Vec::new();
-        for framed in FrameIter::new(data, base, MAX_MESSAGE_BYTES) {
+        for framed in FrameIter::new(data, base, MESSAGE_BYTES_MAX) {
             let framed = match framed {
                 Ok(framed) => framed,
                 Err(e) => {

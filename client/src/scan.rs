@@ -11,16 +11,22 @@ use std::sync::Arc;
 use crate::conn::Conn;
 use crate::direct::Tier2Stores;
 use crate::reader::SegmentReader;
-use crate::{Admin, Error, Position, StreamName};
+use crate::{Admin, Error, Position, SegmentInfo, StreamName};
 
 /// One position per segment of a stream: a consistent point in it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StreamCut {
     /// At most one position per segment.
     pub positions: Vec<Position>,
 }
 
 impl StreamCut {
+    /// A cut at `positions` (at most one per segment).
+    pub fn new(positions: Vec<Position>) -> StreamCut {
+        StreamCut { positions }
+    }
+
     fn offset_of(&self, segment_id: u64) -> Option<u64> {
         self.positions
             .iter()
@@ -33,6 +39,7 @@ impl StreamCut {
 /// `[start, tier2_end)` is in tier-2 chunks, the rest in the server's tail
 /// buffer (as of when the range was listed).
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct SegmentRange {
     /// The segment.
     pub segment_id: u64,
@@ -48,7 +55,56 @@ pub struct SegmentRange {
     pub tier2_end: u64,
 }
 
+/// How a range is read by [`BatchClient::read_range`].
+///
+/// ```
+/// use aquifer_client::ScanConfig;
+///
+/// assert!(!ScanConfig::default().direct);
+/// assert!(ScanConfig::default().direct(true).direct);
+/// ```
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ScanConfig {
+    /// Read the part already in tier-2 straight from the object store (the
+    /// broker only says where it is and serves the unflushed rest). For S3
+    /// the credentials come from the standard AWS environment variables; a
+    /// local filesystem tier-2 must be reachable at the broker's path.
+    /// Default: false (everything through the broker).
+    pub direct: bool,
+}
+
+impl ScanConfig {
+    /// Sets [`direct`](Self::direct).
+    pub fn direct(mut self, direct: bool) -> Self {
+        self.direct = direct;
+        self
+    }
+}
+
 /// Batch access to streams; get one from [`crate::Client::batch`].
+///
+/// A scan takes two cuts, lists the segment ranges between them and reads
+/// each range as its own stream of events, as many at a time as wanted:
+///
+/// ```no_run
+/// use aquifer_client::{Client, ScanConfig};
+/// use futures::TryStreamExt;
+///
+/// # async fn example() -> Result<(), aquifer_client::Error> {
+/// let batch = Client::connect("127.0.0.1:7450").await?.batch();
+/// let name = "shop/orders".parse()?;
+/// let (from, to) = (batch.head_cut(&name).await?, batch.tail_cut(&name).await?);
+/// let reads = batch
+///     .segment_ranges(&name, &from, &to)
+///     .await?
+///     .into_iter()
+///     .map(|range| batch.read_range(&range, &ScanConfig::default()).try_collect::<Vec<_>>());
+/// let events: usize = futures::future::try_join_all(reads).await?.iter().map(Vec::len).sum();
+/// println!("{events} events");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct BatchClient {
     conn: Arc<Conn>,
@@ -68,32 +124,26 @@ impl BatchClient {
 
     /// The first readable position of every segment.
     pub async fn head_cut(&self, stream: &StreamName) -> Result<StreamCut, Error> {
-        let info = self.admin.describe_stream(stream).await?;
-        Ok(StreamCut {
-            positions: info
-                .segments
-                .iter()
-                .map(|s| Position {
-                    segment_id: s.segment_id,
-                    offset: s.head_offset,
-                })
-                .collect(),
-        })
+        self.cut(stream, |s| s.head_offset).await
     }
 
     /// The end of every segment now: everything committed so far.
     pub async fn tail_cut(&self, stream: &StreamName) -> Result<StreamCut, Error> {
+        self.cut(stream, |s| s.length).await
+    }
+
+    async fn cut(
+        &self,
+        stream: &StreamName,
+        offset: impl Fn(&SegmentInfo) -> u64,
+    ) -> Result<StreamCut, Error> {
         let info = self.admin.describe_stream(stream).await?;
-        Ok(StreamCut {
-            positions: info
-                .segments
+        Ok(StreamCut::new(
+            info.segments
                 .iter()
-                .map(|s| Position {
-                    segment_id: s.segment_id,
-                    offset: s.length,
-                })
+                .map(|s| Position::new(s.segment_id, offset(s)))
                 .collect(),
-        })
+        ))
     }
 
     /// The non-empty ranges between two cuts, one per segment. A segment
@@ -139,24 +189,16 @@ impl BatchClient {
         Ok(ranges)
     }
 
-    /// Reads one range through the broker: its events in order, then
-    /// `None` at its end.
-    pub fn read_range(&self, range: &SegmentRange) -> SegmentReader {
-        SegmentReader::bounded(&self.conn, range.segment_id, range.start, range.end, None)
-    }
-
-    /// Reads one range like [`read_range`](Self::read_range), but the part
-    /// already in tier-2 straight from the object store (the broker only
-    /// says where it is and serves the unflushed rest). For S3 the
-    /// credentials come from the standard AWS environment variables; a local
-    /// filesystem tier-2 must be reachable at the broker's path.
-    pub fn read_range_direct(&self, range: &SegmentRange) -> SegmentReader {
+    /// Reads one range: a stream of its events in order, ending at the
+    /// range's end. With [`ScanConfig::direct`], the part already in tier-2
+    /// comes straight from the object store.
+    pub fn read_range(&self, range: &SegmentRange, config: &ScanConfig) -> SegmentReader {
         SegmentReader::bounded(
             &self.conn,
             range.segment_id,
             range.start,
             range.end,
-            Some(self.stores.clone()),
+            config.direct.then(|| self.stores.clone()),
         )
     }
 }

@@ -19,9 +19,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Streaming;
 
 use crate::batch::BatchQueue;
-use crate::conn::{backoff, Conn};
+use crate::conn::Conn;
 use crate::proto::{append_request, append_response, AppendRequest, AppendResponse, SetupAppend};
-use crate::{Error, Position};
+use crate::{Error, WriteAck};
 
 /// How long a session waits for the server's setup answer.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,7 +40,7 @@ pub(crate) enum Cmd {
 /// Completion of one event: resolving it answers the `PendingWrite`;
 /// dropping it returns the event's bytes to the writer's in-flight budget.
 pub(crate) struct EventToken {
-    pub(crate) tx: oneshot::Sender<Result<Position, Error>>,
+    pub(crate) tx: oneshot::Sender<Result<WriteAck, Error>>,
     pub(crate) _permit: OwnedSemaphorePermit,
 }
 
@@ -48,7 +48,7 @@ pub(crate) struct EventToken {
 #[derive(Clone, Debug)]
 pub(crate) struct SessionConfig {
     pub(crate) writer_id: String,
-    pub(crate) max_batch_bytes: usize,
+    pub(crate) batch_bytes_max: usize,
     pub(crate) linger: Duration,
     pub(crate) retry_timeout: Duration,
 }
@@ -94,7 +94,7 @@ impl Session {
         Session {
             segment_id,
             conn,
-            queue: BatchQueue::new(config.max_batch_bytes),
+            queue: BatchQueue::new(config.batch_bytes_max),
             config,
             flushes: VecDeque::new(),
             failed,
@@ -245,7 +245,7 @@ impl Session {
                 "protocol violation on segment {}: unexpected message {other:?}",
                 self.segment_id
             )),
-            Ok(None) => Error::Unavailable(format!(
+            Ok(None) => Error::unavailable(format!(
                 "append session for segment {} ended without a status",
                 self.segment_id
             )),
@@ -297,20 +297,20 @@ impl Session {
         loop {
             if let Some(since) = self.failing_since {
                 if since.elapsed() >= self.config.retry_timeout {
-                    let why = self
-                        .last_error
-                        .take()
-                        .unwrap_or_else(|| Error::Unavailable("unknown failure".into()));
-                    return Err(match why {
-                        Error::Unavailable(m) => Error::Unavailable(format!(
-                            "gave up appending to segment {} after {} s: {m}",
-                            self.segment_id,
-                            self.config.retry_timeout.as_secs_f64()
-                        )),
-                        other => other,
+                    let gave_up = format!(
+                        "gave up appending to segment {} after {} s",
+                        self.segment_id,
+                        self.config.retry_timeout.as_secs_f64()
+                    );
+                    return Err(match self.last_error.take() {
+                        Some(why @ Error::Unavailable { .. }) => {
+                            Error::unavailable_from(gave_up, why)
+                        }
+                        Some(other) => other,
+                        None => Error::unavailable(gave_up),
                     });
                 }
-                let wait = backoff(self.attempt);
+                let wait = self.conn.backoff(self.attempt);
                 let left = self.config.retry_timeout.saturating_sub(since.elapsed());
                 tokio::time::sleep(wait.min(left)).await;
             }
@@ -347,7 +347,7 @@ impl Session {
                     self.failing_since.get_or_insert_with(Instant::now);
                     self.attempt += 1;
                     self.conn.failed(generation, self.attempt);
-                    let e = Error::Unavailable(format!(
+                    let e = Error::unavailable(format!(
                         "no setup answer for segment {} within {} s",
                         self.segment_id,
                         SETUP_TIMEOUT.as_secs()
@@ -404,16 +404,16 @@ impl Session {
                 "protocol violation on segment {}: expected a setup answer, got {other:?}",
                 self.segment_id
             ))),
-            None => Err(Error::Unavailable(format!(
+            None => Err(Error::unavailable(format!(
                 "append session for segment {} ended before its setup answer",
                 self.segment_id
             ))),
         }
     }
 
-    fn resolve_ok(&mut self, done: Vec<(EventToken, u64)>) {
+    fn resolve_ok(&mut self, done: Vec<(EventToken, Option<u64>)>) {
         for (token, offset) in done {
-            let _ = token.tx.send(Ok(Position {
+            let _ = token.tx.send(Ok(WriteAck {
                 segment_id: self.segment_id,
                 offset,
             }));

@@ -2,7 +2,7 @@
 //! handles of its per-segment append sessions (see `session.rs`).
 //!
 //! Owns the public writing API: [`EventWriter`], [`WriterConfig`],
-//! [`PendingWrite`] and [`Position`].
+//! [`PendingWrite`], [`WriteAck`] and [`Position`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,31 +15,69 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::conn::{Conn, MAX_MESSAGE_BYTES};
+use crate::conn::{Conn, MESSAGE_BYTES_MAX};
 use crate::routing::{writable_segments, Router};
 use crate::session::{Cmd, EventToken, Session, SessionConfig};
-use crate::{Error, SegmentInfo, StreamName};
+use crate::{Error, SegmentInfo, StreamName, WRITER_ID_BYTES_MAX};
 
 /// Largest framed event the client will send: a gRPC message must hold it
 /// plus the batch fields. (The server's own limit, 8 MiB by default, is
 /// usually lower and answered with `InvalidArgument`.)
-pub const MAX_CLIENT_EVENT_BYTES: usize = MAX_MESSAGE_BYTES - 64 * 1024;
-
-/// Longest writer id the server accepts, in bytes.
-pub const MAX_WRITER_ID_BYTES: usize = aquifer_proto::wire::WRITER_ID_BYTES_MAX;
+pub const CLIENT_EVENT_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 64 * 1024;
 
 /// Where an event is: its segment and the byte offset of its first byte.
+/// Events read back, stream cuts and reader start points always know both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Position {
     /// The segment holding the event.
     pub segment_id: u64,
-    /// Byte offset of the event in the segment; `u64::MAX` when unknown (an
-    /// event acknowledged as a duplicate after a retry).
+    /// Byte offset of the event in the segment.
     pub offset: u64,
 }
 
+impl Position {
+    /// The position `offset` in segment `segment_id`.
+    pub fn new(segment_id: u64, offset: u64) -> Position {
+        Position { segment_id, offset }
+    }
+}
+
+/// What a [`PendingWrite`] resolves to: the event is durable in segment
+/// `segment_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct WriteAck {
+    /// The segment holding the event.
+    pub segment_id: u64,
+    /// Byte offset of the event in the segment; `None` when the server
+    /// acknowledged its batch as a duplicate (a retry of a batch it already
+    /// had), which tells that it is stored but not where.
+    pub offset: Option<u64>,
+}
+
+impl WriteAck {
+    /// Where the event is, when known.
+    pub fn position(&self) -> Option<Position> {
+        self.offset
+            .map(|offset| Position::new(self.segment_id, offset))
+    }
+}
+
 /// How an [`EventWriter`] batches, bounds memory and retries.
+///
+/// ```
+/// use std::time::Duration;
+/// use aquifer_client::WriterConfig;
+///
+/// let config = WriterConfig::default()
+///     .writer_id("orders-importer-1") // stable across restarts: exactly once
+///     .linger(Duration::from_millis(5))
+///     .in_flight_bytes_max(64 << 20);
+/// assert_eq!(config.writer_id, "orders-importer-1");
+/// assert_eq!(config.batch_bytes_max, 1 << 20); // the default
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct WriterConfig {
     /// Identity for exactly-once appends: the server remembers the last
     /// event number per (segment, writer id) and drops retried batches.
@@ -48,12 +86,12 @@ pub struct WriterConfig {
     pub writer_id: String,
     /// A batch is sent once it holds this many bytes of framed events
     /// (an event larger than this travels alone). Default: 1 MiB.
-    pub max_batch_bytes: usize,
+    pub batch_bytes_max: usize,
     /// ... or once its first event has waited this long. Default: 1 ms.
     pub linger: Duration,
     /// Framed bytes queued or waiting for an ack, over all segments; at the
     /// limit `write_event` waits. Default: 32 MiB.
-    pub max_in_flight_bytes: usize,
+    pub in_flight_bytes_max: usize,
     /// How long to keep retrying a segment after a retryable failure (with
     /// no ack since) before failing its pending writes. Default: 60 s.
     pub retry_timeout: Duration,
@@ -63,11 +101,43 @@ impl Default for WriterConfig {
     fn default() -> Self {
         WriterConfig {
             writer_id: random_writer_id(),
-            max_batch_bytes: 1024 * 1024,
+            batch_bytes_max: 1024 * 1024,
             linger: Duration::from_millis(1),
-            max_in_flight_bytes: 32 * 1024 * 1024,
+            in_flight_bytes_max: 32 * 1024 * 1024,
             retry_timeout: Duration::from_secs(60),
         }
+    }
+}
+
+impl WriterConfig {
+    /// Sets [`writer_id`](Self::writer_id).
+    pub fn writer_id(mut self, id: impl Into<String>) -> Self {
+        self.writer_id = id.into();
+        self
+    }
+
+    /// Sets [`batch_bytes_max`](Self::batch_bytes_max).
+    pub fn batch_bytes_max(mut self, bytes: usize) -> Self {
+        self.batch_bytes_max = bytes;
+        self
+    }
+
+    /// Sets [`linger`](Self::linger).
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Sets [`in_flight_bytes_max`](Self::in_flight_bytes_max).
+    pub fn in_flight_bytes_max(mut self, bytes: usize) -> Self {
+        self.in_flight_bytes_max = bytes;
+        self
+    }
+
+    /// Sets [`retry_timeout`](Self::retry_timeout).
+    pub fn retry_timeout(mut self, timeout: Duration) -> Self {
+        self.retry_timeout = timeout;
+        self
     }
 }
 
@@ -86,6 +156,27 @@ struct SessionHandle {
 
 /// Appends events to one stream, batching them per segment, exactly once
 /// per writer id.
+///
+/// ```no_run
+/// use aquifer_client::{Client, WriterConfig};
+///
+/// # async fn example() -> Result<(), aquifer_client::Error> {
+/// let client = Client::connect("127.0.0.1:7450").await?;
+/// let name = "shop/orders".parse()?;
+/// let writer = client.writer(&name, WriterConfig::default().writer_id("importer-1")).await?;
+/// let mut pending = Vec::new();
+/// for i in 0..100 {
+///     // Queued at once; batched with the others per segment.
+///     pending.push(writer.write_event(Some("customer-7"), format!("order {i}")).await?);
+/// }
+/// for p in pending {
+///     let ack = p.await?; // durable
+///     assert!(ack.segment_id > 0);
+/// }
+/// writer.close().await?;
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// `Send + Sync`: every method takes `&self`, so share it through an `Arc`.
 /// Events with the same routing key keep their order. Dropping the writer
@@ -109,15 +200,15 @@ impl EventWriter {
         segments: Vec<SegmentInfo>,
         config: WriterConfig,
     ) -> Result<EventWriter, Error> {
-        if config.writer_id.is_empty() || config.writer_id.len() > MAX_WRITER_ID_BYTES {
+        if config.writer_id.is_empty() || config.writer_id.len() > WRITER_ID_BYTES_MAX {
             return Err(Error::InvalidArgument(format!(
-                "writer id must be 1 to {MAX_WRITER_ID_BYTES} bytes, not {}",
+                "writer id must be 1 to {WRITER_ID_BYTES_MAX} bytes, not {}",
                 config.writer_id.len()
             )));
         }
-        if config.max_batch_bytes == 0 || config.max_in_flight_bytes == 0 {
+        if config.batch_bytes_max == 0 || config.in_flight_bytes_max == 0 {
             return Err(Error::InvalidArgument(
-                "max_batch_bytes and max_in_flight_bytes must be greater than 0".into(),
+                "batch_bytes_max and in_flight_bytes_max must be greater than 0".into(),
             ));
         }
         let segments = writable_segments(segments);
@@ -125,12 +216,12 @@ impl EventWriter {
             return Err(Error::Server(format!("stream {stream} has no segments")));
         }
         let budget_total = config
-            .max_in_flight_bytes
+            .in_flight_bytes_max
             .min(Semaphore::MAX_PERMITS)
             .min(u32::MAX as usize) as u32;
         let session_config = SessionConfig {
             writer_id: config.writer_id.clone(),
-            max_batch_bytes: config.max_batch_bytes.min(MAX_CLIENT_EVENT_BYTES),
+            batch_bytes_max: config.batch_bytes_max.min(CLIENT_EVENT_BYTES_MAX),
             linger: config.linger,
             retry_timeout: config.retry_timeout,
         };
@@ -163,16 +254,16 @@ impl EventWriter {
     }
 
     /// Queues one event; waits first while the in-flight budget
-    /// (`max_in_flight_bytes`) is used up (back-pressure).
+    /// (`in_flight_bytes_max`) is used up (back-pressure).
     ///
     /// Returns once the event is queued; await the returned [`PendingWrite`]
-    /// for its [`Position`] once it is durable (acknowledged). Events with
+    /// for its [`WriteAck`] once it is durable (acknowledged). Events with
     /// the same routing key are appended in the order of the calls; events
     /// without a key are spread round-robin over the segments.
     ///
     /// Fails at once with [`Error::InvalidArgument`] for a routing key over
     /// `frame::MAX_ROUTING_KEY_BYTES` bytes or an event the client cannot
-    /// send (over [`MAX_CLIENT_EVENT_BYTES`]), and with the segment's error
+    /// send (over [`CLIENT_EVENT_BYTES_MAX`]), and with the segment's error
     /// when its session already failed for good.
     pub async fn write_event(
         &self,
@@ -190,9 +281,9 @@ impl EventWriter {
             }
         }
         let len = frame::framed_len(routing_key, payload.len());
-        if len > MAX_CLIENT_EVENT_BYTES {
+        if len > CLIENT_EVENT_BYTES_MAX {
             return Err(Error::InvalidArgument(format!(
-                "event is {len} bytes framed, over the client's limit of {MAX_CLIENT_EVENT_BYTES}"
+                "event is {len} bytes framed, over the client's limit of {CLIENT_EVENT_BYTES_MAX}"
             )));
         }
         let index = self.router.route(routing_key);
@@ -273,16 +364,16 @@ impl EventWriter {
     }
 }
 
-/// An event on its way: resolves to its [`Position`] once the server
+/// An event on its way: resolves to its [`WriteAck`] once the server
 /// acknowledged it as durable, or to the error that stopped it.
 ///
 /// Dropping it does not cancel the write.
 pub struct PendingWrite {
-    rx: oneshot::Receiver<Result<Position, Error>>,
+    rx: oneshot::Receiver<Result<WriteAck, Error>>,
 }
 
 impl Future for PendingWrite {
-    type Output = Result<Position, Error>;
+    type Output = Result<WriteAck, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match Pin::new(&mut self.rx).poll(cx) {
@@ -303,9 +394,9 @@ mod tests {
         assert_eq!(c.writer_id.len(), 16);
         assert!(c.writer_id.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(c.writer_id, WriterConfig::default().writer_id);
-        assert_eq!(c.max_batch_bytes, 1 << 20);
+        assert_eq!(c.batch_bytes_max, 1 << 20);
         assert_eq!(c.linger, Duration::from_millis(1));
-        assert_eq!(c.max_in_flight_bytes, 32 << 20);
+        assert_eq!(c.in_flight_bytes_max, 32 << 20);
         assert_eq!(c.retry_timeout, Duration::from_secs(60));
     }
 

@@ -4,6 +4,7 @@
 
 mod mock;
 
+use futures::TryStreamExt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -11,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aquifer_client::{
-    Client, Error, EventWriter, Position, ReaderConfig, StartFrom, StreamName, WriterConfig,
+    Client, Error, EventWriter, Position, ReaderConfig, StartFrom, StreamName, WriteAck,
+    WriterConfig,
 };
 use aquifer_proto::frame;
 use bytes::Bytes;
@@ -29,10 +31,7 @@ async fn setup(segments: u32) -> (Arc<State>, MockServer, Client, StreamName) {
 }
 
 fn config(id: &str) -> WriterConfig {
-    WriterConfig {
-        writer_id: id.into(),
-        ..Default::default()
-    }
+    WriterConfig::default().writer_id(id)
 }
 
 /// Every event in every segment, decoded from the mock's bytes.
@@ -68,7 +67,7 @@ async fn write_keyed(
     writer: &EventWriter,
     keys: usize,
     per_key: u64,
-) -> Vec<(String, u64, Position)> {
+) -> Vec<(String, u64, WriteAck)> {
     let mut pending = Vec::new();
     for seq in 0..per_key {
         for k in 0..keys {
@@ -92,13 +91,7 @@ async fn write_keyed(
 async fn write_then_read_back_exactly_at_acked_positions() {
     let (state, _server, client, name) = setup(4).await;
     let writer = client
-        .writer(
-            &name,
-            WriterConfig {
-                max_batch_bytes: 4096,
-                ..config("w1")
-            },
-        )
+        .writer(&name, config("w1").batch_bytes_max(4096))
         .await
         .unwrap();
     let acked = write_keyed(&writer, 40, 50).await;
@@ -126,8 +119,8 @@ async fn write_then_read_back_exactly_at_acked_positions() {
             )
         })
         .collect();
-    for (key, seq, pos) in &acked {
-        let e = at[pos];
+    for (key, seq, ack) in &acked {
+        let e = at[&ack.position().unwrap()];
         assert_eq!(e.routing_key.as_deref(), Some(key.as_str()));
         assert_eq!(e.payload, format!("{key}:{seq}").as_bytes());
     }
@@ -135,7 +128,7 @@ async fn write_then_read_back_exactly_at_acked_positions() {
     // The reader gives back the same, per-key ordered.
     let mut reader = client.reader(&name, ReaderConfig::default()).await.unwrap();
     let mut read = Vec::new();
-    while let Some(ev) = tokio::time::timeout(T, reader.next())
+    while let Some(ev) = tokio::time::timeout(T, reader.try_next())
         .await
         .unwrap()
         .unwrap()
@@ -150,14 +143,11 @@ async fn write_then_read_back_exactly_at_acked_positions() {
     let mut reader = client
         .reader(
             &name,
-            ReaderConfig {
-                from: StartFrom::Tail,
-                follow: false,
-            },
+            ReaderConfig::default().start(StartFrom::Tail).follow(false),
         )
         .await
         .unwrap();
-    assert!(reader.next().await.unwrap().is_none());
+    assert!(reader.try_next().await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,11 +156,9 @@ async fn failures_after_apply_are_retried_without_duplicates() {
     let writer = client
         .writer(
             &name,
-            WriterConfig {
-                max_batch_bytes: 512,
-                linger: Duration::from_millis(2),
-                ..config("w-retry")
-            },
+            config("w-retry")
+                .batch_bytes_max(512)
+                .linger(Duration::from_millis(2)),
         )
         .await
         .unwrap();
@@ -194,7 +182,7 @@ async fn failures_after_apply_are_retried_without_duplicates() {
     writer.flush().await.unwrap();
     let mut unknown = 0;
     for p in pending {
-        if p.await.unwrap().offset == u64::MAX {
+        if p.await.unwrap().offset.is_none() {
             unknown += 1;
         }
     }
@@ -222,10 +210,7 @@ async fn writer_and_reader_survive_a_restart_on_the_same_port() {
     let mut follower = client
         .reader(
             &name,
-            ReaderConfig {
-                from: StartFrom::Head,
-                follow: true,
-            },
+            ReaderConfig::default().start(StartFrom::Head).follow(true),
         )
         .await
         .unwrap();
@@ -270,7 +255,7 @@ async fn writer_and_reader_survive_a_restart_on_the_same_port() {
     // The following reader got everything once, across the restart.
     let mut read = Vec::new();
     while read.len() < 360 {
-        let ev = tokio::time::timeout(T, follower.next())
+        let ev = tokio::time::timeout(T, follower.try_next())
             .await
             .unwrap()
             .unwrap()
@@ -280,7 +265,7 @@ async fn writer_and_reader_survive_a_restart_on_the_same_port() {
     assert_once_in_order(&read, 6, 60);
     // Sealing ends the following reader.
     client.admin().seal_stream(&name).await.unwrap();
-    assert!(tokio::time::timeout(T, follower.next())
+    assert!(tokio::time::timeout(T, follower.try_next())
         .await
         .unwrap()
         .unwrap()
@@ -297,7 +282,7 @@ async fn reads_resume_after_cuts_without_duplicates() {
     state.cut_reads.store(20, Ordering::SeqCst);
     let mut reader = client.reader(&name, ReaderConfig::default()).await.unwrap();
     let mut read = Vec::new();
-    while let Some(ev) = tokio::time::timeout(T, reader.next())
+    while let Some(ev) = tokio::time::timeout(T, reader.try_next())
         .await
         .unwrap()
         .unwrap()
@@ -310,32 +295,25 @@ async fn reads_resume_after_cuts_without_duplicates() {
     // A segment reader from a saved position.
     let info = client.admin().describe_stream(&name).await.unwrap();
     let seg = &info.segments[0];
-    let mut all = client
-        .segment_reader(seg.segment_id, 0, false)
-        .await
-        .unwrap();
-    let first = all.next().await.unwrap().unwrap();
-    let second = all.next().await.unwrap().unwrap();
-    let mut from = client
-        .segment_reader(seg.segment_id, first.next_offset, false)
-        .await
-        .unwrap();
-    assert_eq!(from.next().await.unwrap().unwrap(), second);
+    let mut all = client.segment_reader(seg.segment_id, 0, false);
+    let first = all.try_next().await.unwrap().unwrap();
+    let second = all.try_next().await.unwrap().unwrap();
+    let mut from = client.segment_reader(seg.segment_id, first.next_offset, false);
+    assert_eq!(from.try_next().await.unwrap().unwrap(), second);
     let mut reader = client
         .reader(
             &name,
-            ReaderConfig {
-                from: StartFrom::Positions(vec![Position {
+            ReaderConfig::default()
+                .start(StartFrom::Positions(vec![Position {
                     segment_id: seg.segment_id,
                     offset: seg.length,
-                }]),
-                follow: false,
-            },
+                }]))
+                .follow(false),
         )
         .await
         .unwrap();
     let mut n = 0;
-    while let Some(ev) = reader.next().await.unwrap() {
+    while let Some(ev) = reader.try_next().await.unwrap() {
         assert_ne!(ev.position.segment_id, seg.segment_id);
         n += 1;
     }
@@ -346,13 +324,7 @@ async fn reads_resume_after_cuts_without_duplicates() {
 async fn write_event_waits_while_the_budget_is_used_up() {
     let (state, _server, client, name) = setup(1).await;
     let writer = client
-        .writer(
-            &name,
-            WriterConfig {
-                max_in_flight_bytes: 10_000,
-                ..config("w-bp")
-            },
-        )
+        .writer(&name, config("w-bp").in_flight_bytes_max(10_000))
         .await
         .unwrap();
     state.pause_acks.send_replace(true);
@@ -460,7 +432,7 @@ async fn resumed_writer_id_continues_numbering() {
     // A new writer with the same id continues after event 10 (not deduped).
     let writer = client.writer(&name, config("same")).await.unwrap();
     let p = writer.write_event(Some("key-0"), "key-0:10").await.unwrap();
-    assert_ne!(p.await.unwrap().offset, u64::MAX);
+    assert!(p.await.unwrap().offset.is_some());
     writer.close().await.unwrap();
     let info = client.admin().describe_stream(&name).await.unwrap();
     let events: Vec<_> = stored(&state, &[info.segments[0].segment_id])
@@ -497,7 +469,7 @@ async fn a_final_error_still_reports_what_the_server_applied() {
     // The batch is applied, then the session ends with INVALID_ARGUMENT
     // before its ack: the writer learns from a setup that it is written.
     let p = writer.write_event(Some("k"), "k:0").await.unwrap();
-    assert_eq!(p.await.unwrap().offset, u64::MAX);
+    assert_eq!(p.await.unwrap().offset, None);
     // The segment is failed for good for this writer.
     assert!(matches!(
         writer.write_event(Some("k"), "k:1").await,

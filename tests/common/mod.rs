@@ -7,6 +7,7 @@
 //! in a `TempDir` owned by the value that created it.
 #![allow(dead_code)]
 
+use futures::TryStreamExt;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -555,15 +556,12 @@ async fn read_all_once(
     name: &StreamName,
     deadline: Instant,
 ) -> Result<Vec<Event>, aquifer_client::Error> {
-    let config = ReaderConfig {
-        from: StartFrom::Head,
-        follow: false,
-    };
+    let config = ReaderConfig::default().start(StartFrom::Head).follow(false);
     let mut reader = client.reader(name, config).await?;
     let mut events = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, reader.next()).await {
+        match tokio::time::timeout(left, reader.try_next()).await {
             Ok(Ok(Some(event))) => events.push(event),
             Ok(Ok(None)) => return Ok(events),
             Ok(Err(e)) => return Err(e),

@@ -10,6 +10,7 @@ use aquifer_client::{
     WriterConfig,
 };
 use bytes::Bytes;
+use futures::TryStreamExt;
 
 use crate::broker::{Broker, Consumer, Producer};
 use crate::common::{ServerOpts, ServerProcess};
@@ -79,10 +80,7 @@ impl Broker for Aquifer {
 
     async fn consumer(&self, topic: &str, _partitions: u32) -> Result<AquiferConsumer> {
         let client = Client::connect(&self.server.addr()).await?;
-        let config = ReaderConfig {
-            from: StartFrom::Head,
-            follow: true,
-        };
+        let config = ReaderConfig::default().start(StartFrom::Head).follow(true);
         Ok(AquiferConsumer {
             reader: client.reader(&stream_name(topic)?, config).await?,
         })
@@ -117,7 +115,7 @@ pub struct AquiferConsumer {
 
 impl Consumer for AquiferConsumer {
     async fn next(&mut self, out: &mut Vec<Bytes>) -> Result<()> {
-        match self.reader.next().await? {
+        match self.reader.try_next().await? {
             Some(event) => {
                 out.push(event.payload);
                 Ok(())

@@ -12,10 +12,10 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use aquifer_client::proto::{
-    self, append_request, append_response, append_server, read_server, stream_admin_server,
-};
 use aquifer_proto::frame;
+use aquifer_proto::v1::{
+    self as proto, append_request, append_response, append_server, read_server, stream_admin_server,
+};
 use bytes::Bytes;
 use futures::Stream;
 use tokio::sync::{mpsc, watch, Notify};

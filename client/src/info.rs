@@ -1,0 +1,300 @@
+//! The client's own views of what the server reports: streams, segments,
+//! retention, cluster status.
+//!
+//! Owns the conversions from the generated (prost) messages. The public API
+//! must never hand out a generated type: those follow the wire, these follow
+//! semver (each struct is `#[non_exhaustive]`, so fields can be added), and
+//! wire sentinels (`0` for "no limit", "no leader") become `Option`s here.
+
+use std::time::Duration;
+
+use crate::{proto, Error, StreamName};
+
+/// How much of a stream to keep; `None` in a field: no limit on it.
+///
+/// ```
+/// use std::time::Duration;
+/// use aquifer_client::Retention;
+///
+/// let keep = Retention::default()
+///     .time(Duration::from_secs(7 * 86_400))
+///     .size_bytes(100 << 30);
+/// assert_eq!(keep.size_bytes, Some(100 << 30));
+/// assert_eq!(Retention::default().time, None); // keep everything, forever
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retention {
+    /// Keep events for this long after they reach tier-2 (millisecond
+    /// precision on the wire).
+    pub time: Option<Duration>,
+    /// Keep about this many bytes of the stream (split evenly over its
+    /// segments).
+    pub size_bytes: Option<u64>,
+}
+
+impl Retention {
+    /// Sets the time limit.
+    pub fn time(mut self, time: Duration) -> Self {
+        self.time = Some(time).filter(|t| !t.is_zero());
+        self
+    }
+
+    /// Sets the size limit.
+    pub fn size_bytes(mut self, bytes: u64) -> Self {
+        self.size_bytes = Some(bytes).filter(|&b| b > 0);
+        self
+    }
+
+    pub(crate) fn to_proto(self) -> proto::Retention {
+        proto::Retention {
+            time_ms: self
+                .time
+                .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            size_bytes: self.size_bytes.unwrap_or(0),
+        }
+    }
+
+    fn from_proto(r: proto::Retention) -> Retention {
+        Retention {
+            time: Some(Duration::from_millis(r.time_ms)).filter(|t| !t.is_zero()),
+            size_bytes: Some(r.size_bytes).filter(|&b| b > 0),
+        }
+    }
+}
+
+/// A stream's state, as `describe_stream` and `list_streams` report it.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct StreamInfo {
+    /// Its name.
+    pub name: StreamName,
+    /// No more appends; reads still work.
+    pub sealed: bool,
+    /// Its segments, in the order the server lists them.
+    pub segments: Vec<SegmentInfo>,
+    /// What it keeps.
+    pub retention: Retention,
+}
+
+impl TryFrom<proto::StreamInfo> for StreamInfo {
+    type Error = Error;
+
+    fn try_from(info: proto::StreamInfo) -> Result<Self, Error> {
+        let name = info.name.ok_or_else(|| {
+            Error::Server("protocol violation: a stream described without its name".into())
+        })?;
+        Ok(StreamInfo {
+            name: StreamName::new(name.scope, name.stream)?,
+            sealed: info.sealed,
+            segments: info.segments.into_iter().map(SegmentInfo::from).collect(),
+            retention: Retention::from_proto(info.retention.unwrap_or_default()),
+        })
+    }
+}
+
+/// One segment of a stream: its key range, offsets and where its bytes are.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct SegmentInfo {
+    /// Unique in the cluster, never reused.
+    pub segment_id: u64,
+    /// Index of the segment inside its stream.
+    pub number: u32,
+    /// The container that hosts it.
+    pub container: u32,
+    /// The slice of the key space it owns: `[key_low, key_high)`.
+    pub key_low: f64,
+    /// See `key_low`.
+    pub key_high: f64,
+    /// First readable offset (grows with retention).
+    pub head_offset: u64,
+    /// One past the last committed event.
+    pub length: u64,
+    /// No more appends.
+    pub sealed: bool,
+    /// `[head_offset, tier2_length)` is in tier-2 chunks, the rest in the
+    /// tail buffer (and the log).
+    pub tier2_length: u64,
+    /// Tier-2 chunks holding it.
+    pub chunk_count: u32,
+    /// Bytes of it in the server's tail buffer.
+    pub tail_buffer_bytes: u64,
+    /// Bytes appended since its container's last snapshot (replayed on
+    /// restart).
+    pub log_bytes: u64,
+}
+
+impl From<proto::SegmentInfo> for SegmentInfo {
+    fn from(s: proto::SegmentInfo) -> Self {
+        SegmentInfo {
+            segment_id: s.segment_id,
+            number: s.number,
+            container: s.container,
+            key_low: s.key_low,
+            key_high: s.key_high,
+            head_offset: s.head_offset,
+            length: s.length,
+            sealed: s.sealed,
+            tier2_length: s.tier2_length,
+            chunk_count: s.chunk_count,
+            tail_buffer_bytes: s.tail_buffer_bytes,
+            log_bytes: s.log_bytes,
+        }
+    }
+}
+
+/// The cluster as one node sees it: its nodes and every raft group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub node_id: u64,
+    /// Every node of the cluster.
+    pub nodes: Vec<NodeStatus>,
+    /// The metadata group (`meta`) and each container's group.
+    pub groups: Vec<GroupStatus>,
+}
+
+impl From<proto::ClusterStatus> for ClusterStatus {
+    fn from(s: proto::ClusterStatus) -> Self {
+        ClusterStatus {
+            node_id: s.node_id,
+            nodes: s.nodes.into_iter().map(NodeStatus::from).collect(),
+            groups: s.groups.into_iter().map(GroupStatus::from).collect(),
+        }
+    }
+}
+
+/// One node of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStatus {
+    /// Its id.
+    pub node_id: u64,
+    /// `host:port` where clients and nodes reach it.
+    pub address: String,
+    /// Its health as the answering node sees it.
+    pub health: NodeHealth,
+}
+
+impl From<proto::NodeInfo> for NodeStatus {
+    fn from(n: proto::NodeInfo) -> Self {
+        NodeStatus {
+            node_id: n.node_id,
+            address: n.address,
+            health: NodeHealth::from_wire(&n.health),
+        }
+    }
+}
+
+/// A node's health as another node sees it (from the raft transport).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeHealth {
+    /// The answering node itself.
+    Itself,
+    /// Raft messages to it went through in the last few seconds.
+    Up,
+    /// Raft messages to it fail.
+    Unreachable,
+    /// Nothing sent to it yet.
+    Unknown,
+    /// A word this client does not know (a newer server).
+    Other(String),
+}
+
+impl NodeHealth {
+    fn from_wire(word: &str) -> NodeHealth {
+        match word {
+            "self" => NodeHealth::Itself,
+            "up" => NodeHealth::Up,
+            "unreachable" => NodeHealth::Unreachable,
+            "unknown" | "" => NodeHealth::Unknown,
+            other => NodeHealth::Other(other.to_string()),
+        }
+    }
+
+    /// The word the server uses: `self`, `up`, `unreachable`, `unknown`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            NodeHealth::Itself => "self",
+            NodeHealth::Up => "up",
+            NodeHealth::Unreachable => "unreachable",
+            NodeHealth::Unknown => "unknown",
+            NodeHealth::Other(word) => word,
+        }
+    }
+}
+
+impl std::fmt::Display for NodeHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One raft group as a node sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupStatus {
+    /// `meta` or `container-N`.
+    pub name: String,
+    /// The leader's node id, if one is known.
+    pub leader_id: Option<u64>,
+    /// Voting members.
+    pub replicas: Vec<u64>,
+    /// Members that receive the log but do not vote.
+    pub learners: Vec<u64>,
+    /// Where the metadata places its voters (empty on a single node).
+    pub placement: Vec<u64>,
+    /// Raft term.
+    pub term: u64,
+    /// Highest raft index known committed.
+    pub commit_index: u64,
+    /// Highest raft index applied.
+    pub applied_index: u64,
+    /// Raft index of the entry (or snapshot) that set the membership.
+    pub conf_index: u64,
+}
+
+impl From<proto::GroupInfo> for GroupStatus {
+    fn from(g: proto::GroupInfo) -> Self {
+        GroupStatus {
+            name: g.name,
+            leader_id: Some(g.leader_id).filter(|&id| id != 0),
+            replicas: g.replicas,
+            learners: g.learners,
+            placement: g.placement,
+            term: g.term,
+            commit_index: g.commit_index,
+            applied_index: g.applied_index,
+            conf_index: g.conf_index,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_zeros_become_none() {
+        let r = Retention::from_proto(proto::Retention::default());
+        assert_eq!(r, Retention::default());
+        let r = Retention::default()
+            .time(Duration::from_secs(60))
+            .size_bytes(5);
+        assert_eq!(
+            r.to_proto(),
+            proto::Retention {
+                time_ms: 60_000,
+                size_bytes: 5
+            }
+        );
+        assert_eq!(Retention::from_proto(r.to_proto()), r);
+        let g = GroupStatus::from(proto::GroupInfo::default());
+        assert_eq!(g.leader_id, None);
+        assert_eq!(NodeHealth::from_wire("up"), NodeHealth::Up);
+        assert_eq!(NodeHealth::from_wire("self").to_string(), "self");
+    }
+}

@@ -1,0 +1,272 @@
+//! `aquifer stream ...`: create, update, list, describe, seal and delete
+//! streams, and how a stream is shown (the describe block, the list table).
+//!
+//! Owns only the admin commands' flags and output; limits are shown through
+//! `units` (never as raw seconds or bytes), names are checked by the
+//! client's `StreamName` before anything is dialled.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::bail;
+use aquifer_client::{Client, Retention, StreamInfo, StreamName};
+use clap::{Args, Subcommand};
+
+use super::units::{format_bytes, format_duration, parse_duration_ms, parse_size_bytes};
+use super::{header, plural, write_table};
+
+#[derive(Subcommand, Debug)]
+pub enum StreamCommand {
+    /// Create a stream whose key space is split evenly over N segments.
+    Create {
+        /// The stream to create, as SCOPE/STREAM (each part 1-255 characters
+        /// of A-Z a-z 0-9 _ -).
+        #[arg(value_name = "SCOPE/STREAM")]
+        name: String,
+        /// Number of segments (parallelism of writes and reads).
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        segments: u32,
+        #[command(flatten)]
+        retention: RetentionArgs,
+    },
+    /// Change a stream's retention; data past the new limits leaves the head
+    /// within seconds (whole tier-2 chunks at a time). Prints the stream as
+    /// `describe` does.
+    Update {
+        /// The stream, as SCOPE/STREAM.
+        #[arg(value_name = "SCOPE/STREAM")]
+        name: String,
+        #[command(flatten)]
+        retention: RetentionArgs,
+    },
+    /// List streams, of one scope or of all scopes.
+    List {
+        /// Only streams of this scope [default: every scope].
+        #[arg(value_name = "SCOPE")]
+        scope: Option<String>,
+    },
+    /// Show a stream's retention and segments: key ranges, offsets and where
+    /// the bytes are.
+    Describe {
+        /// The stream, as SCOPE/STREAM.
+        #[arg(value_name = "SCOPE/STREAM")]
+        name: String,
+    },
+    /// Seal a stream: no more appends, reads still work. Idempotent.
+    Seal {
+        /// The stream, as SCOPE/STREAM.
+        #[arg(value_name = "SCOPE/STREAM")]
+        name: String,
+    },
+    /// Delete a stream and all its data.
+    Delete {
+        /// The stream, as SCOPE/STREAM.
+        #[arg(value_name = "SCOPE/STREAM")]
+        name: String,
+    },
+}
+
+/// How much of a stream to keep. Without either flag: everything, forever.
+#[derive(Args, Debug, Default)]
+pub struct RetentionArgs {
+    /// Keep events for this long after they reach tier-2: NUMBER with s, m,
+    /// h or d (e.g. 7d, 12h); 0 for no time limit.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+    retention_time: Option<u64>,
+    /// Keep about this much of the stream: NUMBER with B, KiB, MiB, GiB or
+    /// TiB (e.g. 100GiB); 0 for no size limit.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_bytes)]
+    retention_size: Option<u64>,
+}
+
+impl RetentionArgs {
+    /// `base` with the limits these flags set (0 removes a limit).
+    fn applied_to(&self, base: Retention) -> Retention {
+        let mut r = base;
+        if let Some(ms) = self.retention_time {
+            r.time = Some(Duration::from_millis(ms)).filter(|t| !t.is_zero());
+        }
+        if let Some(bytes) = self.retention_size {
+            r.size_bytes = Some(bytes).filter(|&b| b > 0);
+        }
+        r
+    }
+
+    fn is_empty(&self) -> bool {
+        self.retention_time.is_none() && self.retention_size.is_none()
+    }
+}
+
+pub async fn run(addr: &str, cmd: StreamCommand) -> anyhow::Result<()> {
+    // Validate names before dialling, so a typo is reported as such.
+    let name = match &cmd {
+        StreamCommand::Create { name, .. }
+        | StreamCommand::Update { name, .. }
+        | StreamCommand::Describe { name }
+        | StreamCommand::Seal { name }
+        | StreamCommand::Delete { name } => Some(name.parse::<StreamName>()?),
+        StreamCommand::List { .. } => None,
+    };
+    if let StreamCommand::Create { segments: 0, .. } = cmd {
+        bail!("--segments must be at least 1");
+    }
+    if let StreamCommand::Update { retention, .. } = &cmd {
+        if retention.is_empty() {
+            bail!("nothing to change: give --retention-time and/or --retention-size (0 removes a limit)");
+        }
+    }
+    let client = Client::connect(addr).await?;
+    let admin = client.admin();
+    let mut out = std::io::stdout().lock();
+    match (cmd, name) {
+        (
+            StreamCommand::Create {
+                segments,
+                retention,
+                ..
+            },
+            Some(name),
+        ) => {
+            let info = admin
+                .create_stream_with_retention(
+                    &name,
+                    segments,
+                    retention.applied_to(Retention::default()),
+                )
+                .await?;
+            let n = info.segments.len() as u64;
+            writeln!(out, "created stream {name} with {n} segment{}", plural(n))?;
+        }
+        (StreamCommand::Update { retention, .. }, Some(name)) => {
+            let current = admin.describe_stream(&name).await?.retention;
+            let info = admin
+                .update_retention(&name, retention.applied_to(current))
+                .await?;
+            describe(&mut out, &info)?;
+        }
+        (StreamCommand::List { scope }, _) => {
+            let mut streams = admin.list_streams(scope.as_deref()).await?;
+            streams.sort_by(|a, b| a.name.cmp(&b.name));
+            if streams.is_empty() {
+                eprintln!("no streams");
+            } else {
+                write_table(&mut out, &list_rows(&streams))?;
+            }
+        }
+        (StreamCommand::Describe { .. }, Some(name)) => {
+            let info = admin.describe_stream(&name).await?;
+            describe(&mut out, &info)?;
+        }
+        (StreamCommand::Seal { .. }, Some(name)) => {
+            admin.seal_stream(&name).await?;
+            writeln!(out, "sealed stream {name}")?;
+        }
+        (StreamCommand::Delete { .. }, Some(name)) => {
+            admin.delete_stream(&name).await?;
+            writeln!(out, "deleted stream {name}")?;
+        }
+        _ => bail!("internal error: stream name missing"),
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_string()
+}
+
+fn list_rows(streams: &[StreamInfo]) -> Vec<Vec<String>> {
+    let mut rows = vec![header(&["STREAM", "SEGMENTS", "BYTES", "SEALED"])];
+    for s in streams {
+        let bytes: u64 = s
+            .segments
+            .iter()
+            .map(|g| g.length.saturating_sub(g.head_offset))
+            .sum();
+        rows.push(vec![
+            s.name.to_string(),
+            s.segments.len().to_string(),
+            bytes.to_string(),
+            yes_no(s.sealed),
+        ]);
+    }
+    rows
+}
+
+/// `time 7d, size 100 GiB` (`none` for no limit).
+fn retention_line(r: &Retention) -> String {
+    let time = r.time.map_or_else(|| "none".to_string(), format_duration);
+    let size = r
+        .size_bytes
+        .map_or_else(|| "none".to_string(), format_bytes);
+    format!("retention: time {time}, size {size}")
+}
+
+fn describe(out: &mut impl Write, info: &StreamInfo) -> std::io::Result<()> {
+    let n = info.segments.len() as u64;
+    writeln!(
+        out,
+        "stream {}: {n} segment{}, sealed: {}",
+        info.name,
+        plural(n),
+        yes_no(info.sealed)
+    )?;
+    writeln!(out, "{}", retention_line(&info.retention))?;
+    let mut segments = info.segments.clone();
+    segments.sort_by_key(|s| s.number);
+    let mut rows = vec![header(&[
+        "SEGMENT",
+        "NUMBER",
+        "CONTAINER",
+        "KEY RANGE",
+        "HEAD",
+        "LENGTH",
+        "TIER2 LENGTH",
+        "CHUNKS",
+        "TAIL BUFFER",
+        "LOG",
+        "SEALED",
+    ])];
+    for s in &segments {
+        rows.push(vec![
+            s.segment_id.to_string(),
+            s.number.to_string(),
+            s.container.to_string(),
+            format!("[{:.4}, {:.4})", s.key_low, s.key_high),
+            s.head_offset.to_string(),
+            s.length.to_string(),
+            s.tier2_length.to_string(),
+            s.chunk_count.to_string(),
+            s.tail_buffer_bytes.to_string(),
+            s.log_bytes.to_string(),
+            yes_no(s.sealed),
+        ]);
+    }
+    write_table(out, &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_reads_as_typed() {
+        let r = RetentionArgs {
+            retention_time: parse_duration_ms("7d").ok(),
+            retention_size: parse_size_bytes("100GiB").ok(),
+        }
+        .applied_to(Retention::default());
+        assert_eq!(retention_line(&r), "retention: time 7d, size 100 GiB");
+        assert_eq!(
+            retention_line(&Retention::default()),
+            "retention: time none, size none"
+        );
+        // 0 removes one limit and keeps the other.
+        let r = RetentionArgs {
+            retention_time: Some(0),
+            retention_size: None,
+        }
+        .applied_to(r);
+        assert_eq!(retention_line(&r), "retention: time none, size 100 GiB");
+    }
+}

@@ -1,0 +1,137 @@
+//! `aquifer write`: stdin lines to events, as text (one payload per line,
+//! optionally keyed) or as the JSON lines of `event_json`.
+//!
+//! Owns reading stdin in bounded pieces and the summary on stderr; it must
+//! never report success before every event is durable (it closes the
+//! writer, which flushes, before printing the summary).
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use aquifer_client::{Client, StreamName, WriterConfig};
+use bytes::Bytes;
+use clap::Args;
+use tokio::io::AsyncBufReadExt;
+
+use super::event_json::{self, Format};
+use super::plural;
+
+#[derive(Args, Debug)]
+pub struct WriteArgs {
+    /// The stream to append to, as SCOPE/STREAM.
+    #[arg(value_name = "SCOPE/STREAM")]
+    name: String,
+    /// Routing key for every event [default: none: events are spread
+    /// round-robin over the segments].
+    #[arg(long, value_name = "KEY", conflicts_with_all = ["key_field_tab", "format"])]
+    key: Option<String>,
+    /// Take each line's routing key from the text before its first tab; the
+    /// rest of the line is the payload (a line without a tab has no key).
+    #[arg(long, conflicts_with = "format")]
+    key_field_tab: bool,
+    /// Writer id for exactly-once appends: reuse it to resume a writer
+    /// without duplicates [default: random].
+    #[arg(long, value_name = "ID")]
+    writer_id: Option<String>,
+    /// How stdin holds events: text (one payload per line) or json (one
+    /// event per line, as `read --format json` prints them).
+    #[arg(long, value_enum, default_value_t = Format::Text, long_help = event_json::WRITE_HELP)]
+    format: Format,
+}
+
+/// Bytes of stdin buffered at most (lines beyond wait for the writer).
+const STDIN_BUFFER: usize = 1024 * 1024;
+
+pub async fn run(addr: &str, args: WriteArgs) -> anyhow::Result<()> {
+    let name: StreamName = args.name.parse()?;
+    let client = Client::connect(addr).await?;
+    let mut config = WriterConfig::default();
+    if let Some(id) = &args.writer_id {
+        config = config.writer_id(id.as_str());
+    }
+    let writer = client.writer(&name, config).await?;
+
+    let progress = progress_spinner();
+    let started = Instant::now();
+    let mut input = tokio::io::BufReader::with_capacity(STDIN_BUFFER, tokio::io::stdin());
+    let mut line = Vec::new();
+    let mut events: u64 = 0;
+    let mut bytes: u64 = 0;
+    loop {
+        line.clear();
+        let n = input
+            .read_until(b'\n', &mut line)
+            .await
+            .context("cannot read stdin")?;
+        if n == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        let what = || format!("line {}", events + 1);
+        let (key, payload) = event(&args, &line).with_context(what)?;
+        // The PendingWrite is not awaited: close() below reports failures.
+        let _pending = writer
+            .write_event(key.as_deref(), payload.clone())
+            .await
+            .with_context(what)?;
+        events += 1;
+        bytes += payload.len() as u64;
+        if let Some(p) = &progress {
+            if events.is_multiple_of(1024) {
+                p.set_position(events);
+            }
+        }
+    }
+    let flushed = writer.close().await;
+    if let Some(p) = &progress {
+        p.finish_and_clear();
+    }
+    flushed?;
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let mb = bytes as f64 / 1e6;
+    eprintln!(
+        "wrote {events} event{} ({mb:.2} MB, {:.0} events/s, {:.2} MB/s)",
+        plural(events),
+        events as f64 / secs,
+        mb / secs
+    );
+    Ok(())
+}
+
+/// One line's routing key and payload, as `args` say to read it.
+fn event(args: &WriteArgs, line: &[u8]) -> anyhow::Result<(Option<String>, Bytes)> {
+    if args.format == Format::Json {
+        return event_json::decode(line);
+    }
+    if !args.key_field_tab {
+        return Ok((args.key.clone(), Bytes::copy_from_slice(line)));
+    }
+    match line.iter().position(|&b| b == b'\t') {
+        Some(tab) => {
+            let key = std::str::from_utf8(&line[..tab])
+                .map_err(|_| anyhow::anyhow!("the routing key is not valid UTF-8"))?;
+            let key = Some(key.to_string()).filter(|k| !k.is_empty());
+            Ok((key, Bytes::copy_from_slice(&line[tab + 1..])))
+        }
+        None => Ok((None, Bytes::copy_from_slice(line))),
+    }
+}
+
+/// A spinner with a running count, only when stderr is a terminal.
+fn progress_spinner() -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} {human_pos} events ({per_sec}, {elapsed})",
+    ) {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(100));
+    Some(bar)
+}
