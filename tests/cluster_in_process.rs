@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aquifer_client::{Client, Event, ReaderConfig, StartFrom, StreamName, WriterConfig};
+use futures::TryStreamExt;
 use in_process::InProcessCluster;
 
 const CONTAINERS: u32 = 4;
@@ -39,14 +40,11 @@ async fn read_through(addr: &str, name: &StreamName) -> Vec<Event> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let client = Client::connect(addr).await.expect("connect");
-        let config = ReaderConfig {
-            from: StartFrom::Head,
-            follow: false,
-        };
+        let config = ReaderConfig::default().start(StartFrom::Head).follow(false);
         let mut events = Vec::new();
         let done = async {
             let mut reader = client.reader(name, config).await?;
-            while let Some(e) = reader.next().await? {
+            while let Some(e) = reader.try_next().await? {
                 events.push(e);
             }
             Ok::<_, aquifer_client::Error>(())
