@@ -269,6 +269,135 @@ async fn cli_round_trip() {
     );
 }
 
+/// Binary, multi-line, empty and keyless events survive a shell pipeline:
+/// `read --format json | write --format json` into another stream gives
+/// back every payload byte for byte, with its key, in per-key order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_round_trip_any_payload_through_a_pipe() {
+    let server = ServerProcess::start(ServerOpts::default()).await;
+    let client = server.client().await;
+    let (src, dst) = (stream_name("pipe/src"), stream_name("pipe/dst"));
+    for name in [&src, &dst] {
+        client
+            .admin()
+            .create_stream(name, 2)
+            .await
+            .expect("create stream");
+    }
+    let every_byte: Vec<u8> = (0..=255u8).collect();
+    let mut written: Vec<(Option<String>, Vec<u8>)> = vec![
+        (Some("bin".into()), every_byte.clone()),
+        (Some("bin".into()), vec![0xff, 0xfe, b'\n', 0, b'\r']),
+        (
+            Some("text".into()),
+            b"line one\nline two\n\n\"quoted\"\ttab".to_vec(),
+        ),
+        (Some("text".into()), "ünïcødé ✓".as_bytes().to_vec()),
+        (None, Vec::new()),
+        (None, b"\n".to_vec()),
+        (
+            Some("bin".into()),
+            every_byte.iter().rev().copied().collect(),
+        ),
+    ];
+    for i in 0..20u8 {
+        written.push((Some(format!("k{}", i % 4)), vec![i, b'\n', 0x80 + i]));
+    }
+    let writer = client
+        .writer(&src, WriterConfig::default())
+        .await
+        .expect("writer");
+    for (key, payload) in &written {
+        // Not awaited: close() below waits for every ack.
+        let _pending = writer
+            .write_event(key.as_deref(), payload.clone())
+            .await
+            .expect("queue");
+    }
+    writer.close().await.expect("close writer");
+
+    let addr = server.addr();
+    let pipeline = format!(
+        "'{bin}' read pipe/src --addr {addr} --format json | '{bin}' write pipe/dst --addr {addr} --format json",
+        bin = common::BIN
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &pipeline])
+        .output()
+        .expect("run the pipeline");
+    assert!(
+        out.status.success(),
+        "pipeline failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let read = read_all(&client, &dst, READ_TIMEOUT).await;
+    let got: Vec<(Option<String>, Vec<u8>)> = read
+        .iter()
+        .map(|e| (e.routing_key.clone(), e.payload.to_vec()))
+        .collect();
+    let (mut got_sorted, mut want_sorted) = (got.clone(), written.clone());
+    got_sorted.sort();
+    want_sorted.sort();
+    assert_eq!(got_sorted, want_sorted, "every event, byte for byte");
+    for key in ["bin", "text", "k0", "k1", "k2", "k3"] {
+        let of = |v: &[(Option<String>, Vec<u8>)]| -> Vec<Vec<u8>> {
+            v.iter()
+                .filter(|(k, _)| k.as_deref() == Some(key))
+                .map(|(_, p)| p.clone())
+                .collect()
+        };
+        assert_eq!(of(&got), of(&written), "order of key {key}");
+    }
+}
+
+/// `stream update` and `stream describe` show retention limits the way
+/// they are typed (`7d`, `100 GiB`), not as seconds and bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_limits_show_as_typed() {
+    let server = ServerProcess::start(ServerOpts::default()).await;
+    cli_ok(
+        &server.cli(&["stream", "create", "cli/kept"], None),
+        "stream create",
+    );
+    let updated = cli_ok(
+        &server.cli(
+            &[
+                "stream",
+                "update",
+                "cli/kept",
+                "--retention-time",
+                "7d",
+                "--retention-size",
+                "100GiB",
+            ],
+            None,
+        ),
+        "stream update",
+    );
+    let described = cli_ok(
+        &server.cli(&["stream", "describe", "cli/kept"], None),
+        "stream describe",
+    );
+    for out in [&updated, &described] {
+        assert!(
+            out.contains("retention: time 7d, size 100 GiB"),
+            "retention as typed:\n{out}"
+        );
+    }
+    let updated = cli_ok(
+        &server.cli(
+            &["stream", "update", "cli/kept", "--retention-time", "90s"],
+            None,
+        ),
+        "stream update",
+    );
+    assert!(
+        updated.contains("retention: time 90s, size 100 GiB"),
+        "{updated}"
+    );
+}
+
 /// With budgets far below what the writers push (a 1 MiB tail buffer, 128
 /// KiB in flight per container, chunks of 256 KiB), writers are slowed, never
 /// stuck: 20 MB from 4 pipelining writers all land, and read back whole.
