@@ -129,11 +129,14 @@ impl Error {
     }
 }
 
-/// The server's word for a sealed segment, as `server/src/error.rs`'s
-/// `SegmentSealed` displays it ("segment N is sealed: ..."). The server
-/// sends `FAILED_PRECONDITION` for it and for cluster preconditions alike,
-/// with no metadata telling them apart, so the message decides.
-const SEALED_WORDS: &str = " is sealed";
+/// Whether a `FAILED_PRECONDITION` is the server's "segment is sealed" (it
+/// says so in the reason metadata) rather than another precondition.
+fn is_sealed(status: &Status) -> bool {
+    status
+        .metadata()
+        .get(aquifer_proto::wire::REASON_METADATA_KEY)
+        .is_some_and(|v| v.as_bytes() == aquifer_proto::wire::REASON_SEALED.as_bytes())
+}
 
 impl From<Status> for Error {
     fn from(status: Status) -> Self {
@@ -142,7 +145,7 @@ impl From<Status> for Error {
             Code::NotFound => Error::NotFound(msg),
             Code::AlreadyExists => Error::AlreadyExists(msg),
             Code::InvalidArgument => Error::InvalidArgument(msg),
-            Code::FailedPrecondition if msg.contains(SEALED_WORDS) => Error::Sealed(msg),
+            Code::FailedPrecondition if is_sealed(&status) => Error::Sealed(msg),
             Code::FailedPrecondition => Error::FailedPrecondition(msg),
             Code::ResourceExhausted => Error::ResourceExhausted(msg),
             Code::DataLoss => Error::Corrupt(msg),
@@ -304,11 +307,18 @@ mod tests {
 
     #[test]
     fn failed_precondition_by_what_it_means() {
-        // What server/src/error.rs's SegmentSealed says.
-        let sealed = Status::failed_precondition(
+        // What server/src/error.rs's SegmentSealed sends.
+        let mut sealed = Status::failed_precondition(
             "segment 3 is sealed: its stream takes no more events (reads still work)",
         );
+        sealed.metadata_mut().insert(
+            aquifer_proto::wire::REASON_METADATA_KEY,
+            aquifer_proto::wire::REASON_SEALED.parse().unwrap(),
+        );
         assert!(matches!(Error::from(sealed), Error::Sealed(_)));
+        // The words alone do not make it sealed: the reason does.
+        let worded = Status::failed_precondition("segment 3 is sealed");
+        assert!(matches!(Error::from(worded), Error::FailedPrecondition(_)));
         // What the cluster service says for membership preconditions.
         for msg in [
             "cannot remove the last node",

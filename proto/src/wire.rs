@@ -9,6 +9,14 @@
 /// a node that does not lead the group (or holds no replica of it).
 pub const LEADER_METADATA_KEY: &str = "aquifer-leader";
 
+/// gRPC metadata key saying which precondition failed on a
+/// `FAILED_PRECONDITION`, so clients tell the cases apart without reading
+/// the message. Values: [`REASON_SEALED`].
+pub const REASON_METADATA_KEY: &str = "aquifer-reason";
+
+/// [`REASON_METADATA_KEY`]'s value for an append to a sealed segment.
+pub const REASON_SEALED: &str = "sealed";
+
 /// Longest writer id, in bytes.
 pub const WRITER_ID_BYTES_MAX: usize = 255;
 

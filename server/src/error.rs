@@ -98,6 +98,12 @@ impl From<Error> for Status {
             Error::Log(_) | Error::OrphanChunk(_) | Error::Internal(_) => Code::Internal,
         };
         let mut status = Status::new(code, e.to_string());
+        if let Error::SegmentSealed(_) = &e {
+            status.metadata_mut().insert(
+                aquifer_proto::wire::REASON_METADATA_KEY,
+                tonic::metadata::MetadataValue::from_static(aquifer_proto::wire::REASON_SEALED),
+            );
+        }
         if let Error::NotLeader {
             leader: Some(addr), ..
         } = &e

@@ -367,9 +367,12 @@ fn apply(
         });
     }
     if seg.sealed {
-        return Err(Status::failed_precondition(format!(
-            "segment {segment_id} is sealed"
-        )));
+        let mut sealed = Status::failed_precondition(format!("segment {segment_id} is sealed"));
+        sealed.metadata_mut().insert(
+            aquifer_proto::wire::REASON_METADATA_KEY,
+            aquifer_proto::wire::REASON_SEALED.parse().unwrap(),
+        );
+        return Err(sealed);
     }
     if batch.first_event_number != last + 1 {
         return Err(Status::invalid_argument(format!(
