@@ -31,9 +31,9 @@ const KEYS_PER_WRITER: usize = 8;
 const TICK: Duration = Duration::from_millis(10);
 const EVENTS_PER_TICK: usize = 20;
 /// Writes a test writer may have queued but not yet acknowledged.
-const MAX_IN_FLIGHT: u32 = 4096;
+const IN_FLIGHT_MAX: u32 = 4096;
 /// Longest kill delay after a restart.
-const MAX_DELAY_MS: u64 = 1500;
+const DELAY_MS_MAX: u64 = 1500;
 /// How long writers may take to make progress after a restart.
 const PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Final flush and ack wait of each writer.
@@ -118,7 +118,7 @@ async fn crash_rounds(test: &str, rounds: usize) {
     wait_for_progress(&ledger, 0, "the first acks").await;
 
     for round in 0..rounds {
-        let delay = rng.random_range(0..=MAX_DELAY_MS);
+        let delay = rng.random_range(0..=DELAY_MS_MAX);
         // Mostly wait until writes flow again before the next kill; sometimes
         // kill while the writers are still retrying into a recovering node.
         let check_progress = rng.random_bool(0.75);
@@ -243,7 +243,7 @@ async fn run_writer(
     let writer_id = format!("crash-w{w}");
     let keys: Vec<String> = (0..KEYS_PER_WRITER).map(|k| format!("w{w}-k{k}")).collect();
     let mut next = vec![0u64; KEYS_PER_WRITER];
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT as usize));
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_MAX as usize));
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut i = 0usize;
@@ -297,7 +297,7 @@ async fn run_writer(
         Err(_) => ledger.error(format!("{writer_id}: flush took over {DRAIN_TIMEOUT:?}")),
     }
     // Every tracker holds a permit until its ack resolves.
-    match tokio::time::timeout(DRAIN_TIMEOUT, in_flight.acquire_many(MAX_IN_FLIGHT)).await {
+    match tokio::time::timeout(DRAIN_TIMEOUT, in_flight.acquire_many(IN_FLIGHT_MAX)).await {
         Ok(permits) => drop(permits.expect("semaphore open")),
         Err(_) => ledger.error(format!(
             "{writer_id}: acks still pending after {DRAIN_TIMEOUT:?}"

@@ -46,7 +46,7 @@ pub use error::{Error, Source};
 pub use info::{
     ClusterStatus, GroupStatus, NodeHealth, NodeStatus, Retention, SegmentInfo, StreamInfo,
 };
-pub use name::{StreamName, MAX_NAME_LEN};
+pub use name::{StreamName, NAME_BYTES_MAX};
 pub use reader::{Event, EventReader, ReaderConfig, SegmentReader, StartFrom};
 pub use routing::{fmix64, fnv1a_64, key_position};
 pub use scan::{BatchClient, ScanConfig, SegmentRange, StreamCut};

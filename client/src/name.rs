@@ -8,10 +8,9 @@ use std::str::FromStr;
 
 use crate::{proto, Error};
 
-/// Longest scope or stream name, in characters.
-pub use aquifer_proto::name::MAX_NAME_LEN;
-
-const RULE: &str = "scope and stream must each be 1 to 255 characters of A-Z, a-z, 0-9, '_' or '-'";
+/// Longest scope or stream name, in bytes (the characters allowed are all
+/// one byte).
+pub use aquifer_proto::name::NAME_BYTES_MAX;
 
 /// A stream's full name: `scope/stream`.
 ///
@@ -50,8 +49,9 @@ pub(crate) fn validate_part(what: &str, part: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::InvalidName(format!(
-            "invalid {what} name {:?}: {RULE}",
-            shorten(part)
+            "invalid {what} name {:?}: {}",
+            shorten(part),
+            aquifer_proto::name::NAME_RULE
         )))
     }
 }
@@ -81,8 +81,9 @@ impl FromStr for StreamName {
                 })
             }
             _ => Err(Error::InvalidName(format!(
-                "invalid stream name {:?}: expected SCOPE/STREAM; {RULE}",
-                shorten(s)
+                "invalid stream name {:?}: expected SCOPE/STREAM, each part to {}",
+                shorten(s),
+                aquifer_proto::name::NAME_RULE
             ))),
         }
     }

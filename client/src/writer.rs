@@ -262,7 +262,7 @@ impl EventWriter {
     /// without a key are spread round-robin over the segments.
     ///
     /// Fails at once with [`Error::InvalidArgument`] for a routing key over
-    /// `frame::MAX_ROUTING_KEY_BYTES` bytes or an event the client cannot
+    /// `frame::ROUTING_KEY_BYTES_MAX` bytes or an event the client cannot
     /// send (over [`CLIENT_EVENT_BYTES_MAX`]), and with the segment's error
     /// when its session already failed for good.
     pub async fn write_event(
@@ -272,11 +272,11 @@ impl EventWriter {
     ) -> Result<PendingWrite, Error> {
         let payload: Bytes = payload.into();
         if let Some(key) = routing_key {
-            if key.len() > frame::MAX_ROUTING_KEY_BYTES {
+            if key.len() > frame::ROUTING_KEY_BYTES_MAX {
                 return Err(Error::InvalidArgument(format!(
                     "routing key is {} bytes, over the limit of {}",
                     key.len(),
-                    frame::MAX_ROUTING_KEY_BYTES
+                    frame::ROUTING_KEY_BYTES_MAX
                 )));
             }
         }

@@ -382,7 +382,7 @@ async fn sealed_and_bad_input_errors_are_final_and_clear() {
     assert!(matches!(writer.flush().await, Err(Error::Sealed(_))));
 
     // Bad input never reaches the server.
-    let long_key = "k".repeat(frame::MAX_ROUTING_KEY_BYTES + 1);
+    let long_key = "k".repeat(frame::ROUTING_KEY_BYTES_MAX + 1);
     assert!(matches!(
         writer.write_event(Some(&long_key), "x").await,
         Err(Error::InvalidArgument(_))

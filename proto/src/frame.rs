@@ -12,7 +12,7 @@ pub const HEADER_BYTES: usize = 8;
 /// The routing key's length prefix inside the body.
 pub const KEY_LEN_BYTES: usize = 2;
 /// Longest routing key, in bytes of UTF-8.
-pub const MAX_ROUTING_KEY_BYTES: usize = u16::MAX as usize;
+pub const ROUTING_KEY_BYTES_MAX: usize = u16::MAX as usize;
 
 /// Why a run of bytes is not a valid sequence of framed events.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,15 +54,15 @@ pub fn framed_len(routing_key: Option<&str>, payload_len: usize) -> usize {
 }
 
 /// Appends one framed event to `out`. Keys longer than
-/// [`MAX_ROUTING_KEY_BYTES`] are the caller's to reject first.
+/// [`ROUTING_KEY_BYTES_MAX`] are the caller's to reject first.
 pub fn encode_event(out: &mut BytesMut, routing_key: Option<&str>, payload: &[u8]) {
     let key = routing_key.unwrap_or("").as_bytes();
     // Both lengths are the caller's to check (keys against
-    // MAX_ROUTING_KEY_BYTES, events against the server's limit, far below
+    // ROUTING_KEY_BYTES_MAX, events against the server's limit, far below
     // 4 GiB): a frame whose length field wrapped would corrupt the batch.
     assert!(
-        key.len() <= MAX_ROUTING_KEY_BYTES,
-        "routing key of {} bytes is over {MAX_ROUTING_KEY_BYTES}",
+        key.len() <= ROUTING_KEY_BYTES_MAX,
+        "routing key of {} bytes is over {ROUTING_KEY_BYTES_MAX}",
         key.len()
     );
     let body_len = KEY_LEN_BYTES + key.len() + payload.len();
@@ -72,7 +72,7 @@ pub fn encode_event(out: &mut BytesMut, routing_key: Option<&str>, payload: &[u8
         "event of {body_len} bytes does not fit a frame"
     );
     let mut crc = crc32fast::Hasher::new();
-    // Fits: checked against MAX_ROUTING_KEY_BYTES (u16::MAX) above.
+    // Fits: checked against ROUTING_KEY_BYTES_MAX (u16::MAX) above.
     let key_len = (key.len() as u16).to_le_bytes();
     crc.update(&key_len);
     crc.update(key);

@@ -2,7 +2,7 @@
 //! server so both refuse exactly the same names.
 
 /// Longest scope or stream name, in bytes.
-pub const MAX_NAME_LEN: usize = 255;
+pub const NAME_BYTES_MAX: usize = 255;
 
 /// The rule in words, for error messages.
 pub const NAME_RULE: &str = "use 1 to 255 characters from A-Z a-z 0-9 _ -";
@@ -10,7 +10,7 @@ pub const NAME_RULE: &str = "use 1 to 255 characters from A-Z a-z 0-9 _ -";
 /// Whether `name` is a valid scope or stream name: `[A-Za-z0-9_-]{1,255}`.
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
+        && name.len() <= NAME_BYTES_MAX
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')

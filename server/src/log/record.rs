@@ -10,9 +10,9 @@ pub const MAGIC: u32 = 0x4751_4C41;
 pub const HEADER_BYTES: usize = 13;
 /// Largest payload a record may carry: a raft entry holds one append batch,
 /// which the API bounds far below this.
-pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024 * 1024;
+pub const PAYLOAD_BYTES_MAX: usize = 256 * 1024 * 1024;
 // The header's length field is a u32.
-const _: () = assert!(MAX_PAYLOAD_BYTES <= u32::MAX as usize);
+const _: () = assert!(PAYLOAD_BYTES_MAX <= u32::MAX as usize);
 
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,10 +64,10 @@ pub fn encode_with<E>(
     // message limit, snapshots by the tail budget); past it the record
     // could never be read back, so writing it would be a silent loss.
     assert!(
-        payload_len <= MAX_PAYLOAD_BYTES,
-        "log record payload of {payload_len} bytes is over {MAX_PAYLOAD_BYTES}"
+        payload_len <= PAYLOAD_BYTES_MAX,
+        "log record payload of {payload_len} bytes is over {PAYLOAD_BYTES_MAX}"
     );
-    // Fits: MAX_PAYLOAD_BYTES fits the u32 length field (checked below).
+    // Fits: PAYLOAD_BYTES_MAX fits the u32 length field (checked below).
     let len = (payload_len as u32).to_le_bytes();
     let mut crc = crc32fast::Hasher::new();
     crc.update(&len);
@@ -108,7 +108,7 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
         };
     }
     let len = word(4) as usize;
-    if len > MAX_PAYLOAD_BYTES {
+    if len > PAYLOAD_BYTES_MAX {
         return Decoded::Invalid {
             why: "record length out of range",
         };

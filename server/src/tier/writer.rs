@@ -36,7 +36,7 @@ const PASS_INTERVAL: Duration = Duration::from_millis(50);
 /// Pause after a failed put before the next pass tries again.
 const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 /// Objects put in one pass at most, so a busy writer still sees `stop`.
-const MAX_OBJECTS_PER_PASS: usize = 16;
+const OBJECTS_PER_PASS_MAX: usize = 16;
 
 /// Wall-clock milliseconds since the epoch (0 if the clock is before it).
 pub fn now_ms() -> u64 {
@@ -96,7 +96,7 @@ impl StorageWriter {
             self.collect_orphans(term).await?;
             *collected = Some(term);
         }
-        for _ in 0..MAX_OBJECTS_PER_PASS {
+        for _ in 0..OBJECTS_PER_PASS_MAX {
             let pending = self.pending(since);
             let total: u64 = pending.iter().map(|p| p.bytes).sum();
             let urgent = pending.iter().any(|p| p.due) || self.budget.under_pressure();
