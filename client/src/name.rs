@@ -126,7 +126,7 @@ mod tests {
         ] {
             match bad.parse::<StreamName>() {
                 Err(Error::InvalidName(msg)) => {
-                    assert!(msg.contains("A-Z, a-z, 0-9"), "{msg}");
+                    assert!(msg.contains(aquifer_proto::name::NAME_RULE), "{msg}");
                     assert!(!msg.contains('\n'), "{msg}");
                 }
                 other => panic!("{bad:?} parsed as {other:?}"),
