@@ -16,6 +16,17 @@ pub use aquifer_proto::name::NAME_BYTES_MAX;
 ///
 /// Parse one with `"analytics/clicks".parse::<StreamName>()` or build it with
 /// [`StreamName::new`]; both check the naming rule.
+///
+/// ```
+/// use aquifer_client::StreamName;
+///
+/// let name: StreamName = "analytics/clicks".parse()?;
+/// assert_eq!(name.scope, "analytics");
+/// assert_eq!(name, StreamName::new("analytics", "clicks")?);
+/// assert_eq!(name.to_string(), "analytics/clicks");
+/// assert!("analytics/clicks.v2".parse::<StreamName>().is_err()); // '.' breaks the rule
+/// # Ok::<(), aquifer_client::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamName {
     /// The namespace, e.g. `analytics`.
