@@ -11,12 +11,8 @@
 
 #[path = "harness/args.rs"]
 mod args;
-#[path = "../tests/common/mod.rs"]
-mod common;
-// Shared with the core bench, which uses more of it.
-#[allow(dead_code)]
-#[path = "harness/workloads.rs"]
-mod workloads;
+use aquifer_testkit as common;
+use aquifer_testkit::workloads;
 
 use std::fmt::Write as _;
 use std::path::Path;

@@ -25,8 +25,7 @@
 mod broker;
 #[path = "harness/brokers/mod.rs"]
 mod brokers;
-#[path = "../tests/common/mod.rs"]
-mod common;
+use aquifer_testkit as common;
 #[path = "harness/drive.rs"]
 mod drive;
 #[path = "harness/plot.rs"]
@@ -37,10 +36,7 @@ mod probe;
 mod suite;
 #[path = "harness/table.rs"]
 mod table;
-// Only its window type and histogram are used here.
-#[allow(dead_code)]
-#[path = "harness/workloads.rs"]
-mod workloads;
+use aquifer_testkit::workloads;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

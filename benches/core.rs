@@ -12,12 +12,10 @@
 
 #[path = "harness/args.rs"]
 mod args;
-#[path = "../tests/common/mod.rs"]
-mod common;
+use aquifer_testkit as common;
 #[path = "harness/probe.rs"]
 mod probe;
-#[path = "harness/workloads.rs"]
-mod workloads;
+use aquifer_testkit::workloads;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -1,15 +1,13 @@
-//! A 3-node cluster in one test process (see `tests/in_process`): leaders
+//! A 3-node cluster in one test process (see `aquifer_testkit::in_process`): leaders
 //! are elected for every group, a write is replicated (read back through
 //! every node's own replica), and the cluster goes on when a node stops.
-
-mod in_process;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use aquifer_client::{Client, Event, ReaderConfig, StartFrom, StreamName, WriterConfig};
+use aquifer_testkit::in_process::InProcessCluster;
 use futures::TryStreamExt;
-use in_process::InProcessCluster;
 
 const CONTAINERS: u32 = 4;
 

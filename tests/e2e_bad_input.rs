@@ -1,7 +1,7 @@
 //! Bad input from the CLI, the client crate and raw connections: every bad
 //! request gets a clear error, and the node keeps serving good ones.
 
-mod common;
+use aquifer_testkit as common;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! in per-key order. A new leader collects the orphan objects of earlier
 //! terms.
 
-mod common;
+use aquifer_testkit as common;
 
 use futures::TryStreamExt;
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! The soak version (`cargo test --test e2e_crash -- --ignored`) runs
 //! `AQUIFER_SOAK_ROUNDS` rounds (default 200).
 
-mod common;
+use aquifer_testkit as common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -13,7 +13,7 @@
 //! runs it on 4 nodes, where each container has 3 of the 4 and every node
 //! sends clients on for the container it lacks).
 
-mod common;
+use aquifer_testkit as common;
 
 use futures::TryStreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -2,7 +2,7 @@
 //! the key series with sane values, the gRPC health service answers
 //! SERVING, and reflection lists the services.
 
-mod common;
+use aquifer_testkit as common;
 
 use std::collections::HashMap;
 use std::time::Duration;

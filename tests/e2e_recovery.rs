@@ -3,7 +3,7 @@
 //! message naming the file and offset, and it starts again once the byte is
 //! restored.
 
-mod common;
+use aquifer_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

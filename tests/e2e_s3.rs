@@ -3,7 +3,7 @@
 //! which chunk naming relies on). When the server cannot be installed or
 //! started here, the test says so on stderr and skips.
 
-mod common;
+use aquifer_testkit as common;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -170,7 +170,7 @@ async fn segments_flush_to_s3_and_read_back_after_kill9() {
         if direct {
             args.push("--direct");
         }
-        let out = Command::new(common::BIN)
+        let out = Command::new(common::bin())
             .args(&args)
             .env("AWS_ACCESS_KEY_ID", "testkey")
             .env("AWS_SECRET_ACCESS_KEY", "testsecret")

@@ -1,7 +1,7 @@
 //! Batch scans: the segment ranges between the head and tail cuts, read in
 //! parallel, return exactly the events written, across tier-2 and the tail.
 
-mod common;
+use aquifer_testkit as common;
 
 use futures::TryStreamExt;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Tier-2 on the local filesystem: reads that start in tier-2 run into the
 //! live tail without a gap or a duplicate, and orphan chunks are collected.
 
-mod common;
+use aquifer_testkit as common;
 
 use futures::TryStreamExt;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! End-to-end writes and reads through the client crate and the CLI against a
 //! real node on loopback.
 
-mod common;
+use aquifer_testkit as common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -319,7 +319,7 @@ async fn json_lines_round_trip_any_payload_through_a_pipe() {
     let addr = server.addr();
     let pipeline = format!(
         "'{bin}' read pipe/src --addr {addr} --format json | '{bin}' write pipe/dst --addr {addr} --format json",
-        bin = common::BIN
+        bin = common::bin().display()
     );
     let out = std::process::Command::new("sh")
         .args(["-c", &pipeline])

@@ -2,7 +2,7 @@
 //! temporary data directory and every acknowledgement durable (fsync before
 //! the ack) unless its name says otherwise, behind the `Broker` trait.
 //!
-//! - `aquifer`: the release binary through `tests/common`'s ServerProcess;
+//! - `aquifer`: the release binary through `aquifer_testkit`'s ServerProcess;
 //! - `redis_streams`: Debian's redis-server, AOF with `appendfsync always`;
 //! - `nats_jetstream`: nats-server with JetStream file storage and
 //!   `sync_interval: always`;

@@ -5,7 +5,7 @@
 //! Cheaper than processes (no binary, shared runtime, a node stops in a
 //! blink) and possible because a node holds no process-wide state. Use it
 //! for cluster behaviour that needs no `kill -9`; crash tests keep using
-//! real processes (`tests/common`). Dropping the cluster stops every node
+//! real processes ([`crate::process`]). Dropping the cluster stops every node
 //! and removes its directories, even on panic.
 
 use std::collections::HashMap;

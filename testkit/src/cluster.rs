@@ -1,0 +1,218 @@
+//! A cluster of real `aquifer` processes (`--peers`), with helpers to find
+//! leaders, isolate nodes and add a joiner.
+
+use std::time::{Duration, Instant};
+
+use crate::process::{free_port, ServerOpts, ServerProcess};
+use crate::timing::POLL;
+
+/// A cluster of `aquifer serve` processes on loopback: node ids 1..=n,
+/// every group replicated on all, tier-2 in one shared directory (what S3
+/// is in production).
+pub struct TestCluster {
+    pub nodes: Vec<ServerProcess>,
+    /// Holds the shared tier-2 directory.
+    shared: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes and waits until every one serves. `top` and `tier2`
+    /// are extra TOML lines for the top level and the `[tier2]` table.
+    pub async fn start(n: usize, top: &str, tier2: &str) -> TestCluster {
+        let shared = tempfile::Builder::new()
+            .prefix("aquifer-cluster-")
+            .tempdir()
+            .expect("temp dir");
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peers: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("\"{}=127.0.0.1:{p}\"", i + 1))
+            .collect();
+        let mut nodes: Vec<ServerProcess> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &port)| {
+                let config = format!(
+                    "node_id = {}\npeers = [{}]\n{top}\n[raft]\nfault_injection = true\n\
+                     [tier2]\nurl = \"file://{}\"\n{tier2}\n",
+                    i + 1,
+                    peers.join(", "),
+                    shared.path().join("tier2").display()
+                );
+                ServerProcess::spawn(ServerOpts {
+                    config: Some(config),
+                    port: Some(port),
+                    ..ServerOpts::default()
+                })
+            })
+            .collect();
+        for node in &mut nodes {
+            node.wait_ready().await;
+        }
+        TestCluster { nodes, shared }
+    }
+
+    /// Starts one more node with `--join` (not yet a member: add it with
+    /// `add_node`) and returns its id.
+    pub async fn spawn_joiner(&mut self) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let port = free_port();
+        let mut peers: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("\"{}=127.0.0.1:{}\"", i + 1, n.port()))
+            .collect();
+        peers.push(format!("\"{id}=127.0.0.1:{port}\""));
+        let config = format!(
+            "node_id = {id}\npeers = [{}]\njoin = true\n[raft]\nfault_injection = true\n\
+             [tier2]\nurl = \"file://{}\"\n",
+            peers.join(", "),
+            self.shared.path().join("tier2").display()
+        );
+        let mut node = ServerProcess::spawn(ServerOpts {
+            config: Some(config),
+            port: Some(port),
+            ..ServerOpts::default()
+        });
+        node.wait_ready().await;
+        self.nodes.push(node);
+        id
+    }
+
+    /// The tier-2 directory all nodes share.
+    pub fn tier2_dir(&self) -> std::path::PathBuf {
+        self.shared.path().join("tier2")
+    }
+
+    /// Node `id` (1-based).
+    pub fn node(&mut self, id: u64) -> &mut ServerProcess {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Every group's leader as the running nodes report them: group name
+    /// → node id (groups without a known leader are missing).
+    pub async fn leaders(&self) -> std::collections::HashMap<String, u64> {
+        self.leaders_among(&[]).await
+    }
+
+    /// Like [`leaders`](Self::leaders), asking only nodes not in `skip`
+    /// (an isolated node may still believe it leads).
+    pub async fn leaders_among(&self, skip: &[u64]) -> std::collections::HashMap<String, u64> {
+        let mut leaders = std::collections::HashMap::new();
+        for status in self.statuses().await {
+            if skip.contains(&status.node_id) {
+                continue;
+            }
+            for g in status.groups {
+                // A node's own word that it leads is the one to trust.
+                if g.leader_id == status.node_id {
+                    leaders.insert(g.name, g.leader_id);
+                }
+            }
+        }
+        leaders
+    }
+
+    /// Every running node's own view of the cluster (those that answer).
+    pub async fn statuses(&self) -> Vec<aquifer_proto::v1::ClusterStatus> {
+        let mut statuses = Vec::new();
+        for node in &self.nodes {
+            let Ok(channel) =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr()))
+                    .expect("endpoint")
+                    .connect_timeout(Duration::from_millis(500))
+                    .connect()
+                    .await
+            else {
+                continue;
+            };
+            let mut client = aquifer_proto::v1::cluster_client::ClusterClient::new(channel);
+            if let Ok(status) = client
+                .status(aquifer_proto::v1::ClusterStatusRequest {})
+                .await
+            {
+                statuses.push(status.into_inner());
+            }
+        }
+        statuses
+    }
+
+    /// Cuts node `isolated` off from the others (raft messages both ways;
+    /// clients still reach it). Nodes that are down are skipped.
+    pub async fn isolate(&self, isolated: u64) {
+        let all: Vec<u64> = (1..=self.nodes.len() as u64).collect();
+        for id in &all {
+            let drop_to: Vec<u64> = if *id == isolated {
+                all.iter().copied().filter(|&o| o != isolated).collect()
+            } else {
+                vec![isolated]
+            };
+            self.set_faults(
+                *id,
+                aquifer_proto::v1::Faults {
+                    drop_to,
+                    ..Default::default()
+                },
+            )
+            .await;
+        }
+    }
+
+    /// Every other node drops the snapshots it sends to node `to` (and
+    /// nothing else).
+    pub async fn drop_snapshots_to(&self, to: u64) {
+        for id in (1..=self.nodes.len() as u64).filter(|&id| id != to) {
+            self.set_faults(
+                id,
+                aquifer_proto::v1::Faults {
+                    drop_snapshots_to: vec![to],
+                    ..Default::default()
+                },
+            )
+            .await;
+        }
+    }
+
+    /// Ends every partition.
+    pub async fn heal(&self) {
+        for id in 1..=self.nodes.len() as u64 {
+            self.set_faults(id, aquifer_proto::v1::Faults::default())
+                .await;
+        }
+    }
+
+    async fn set_faults(&self, id: u64, faults: aquifer_proto::v1::Faults) {
+        let addr = self.nodes[(id - 1) as usize].addr();
+        let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_millis(500))
+            .connect()
+            .await
+        else {
+            return; // down: nothing to cut
+        };
+        aquifer_proto::v1::cluster_client::ClusterClient::new(channel)
+            .set_faults(faults)
+            .await
+            .unwrap_or_else(|e| panic!("set faults on node {id}: {e}"));
+    }
+
+    /// Waits until `group` has a leader among the running nodes.
+    pub async fn leader_of(&self, group: &str) -> u64 {
+        self.leader_among(group, &[]).await
+    }
+
+    /// Waits until `group` has a leader among the running nodes not in `skip`.
+    pub async fn leader_among(&self, group: &str, skip: &[u64]) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(&id) = self.leaders_among(skip).await.get(group) {
+                return id;
+            }
+            assert!(Instant::now() < deadline, "no leader for {group} in 30 s");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
