@@ -39,8 +39,16 @@ struct Batch<T> {
     events: Vec<(u32, T)>,
 }
 
+// A batch's event count and each event's framed length fit a u32 (and its
+// count an i64): an event is at most CLIENT_EVENT_BYTES_MAX (the writer
+// refuses larger ones before they reach a batch), and a batch of framed
+// events, each at least a frame header long, holds fewer events than bytes.
+const _: () = assert!(crate::writer::CLIENT_EVENT_BYTES_MAX <= u32::MAX as usize);
+const _: () = assert!(aquifer_proto::wire::CLIENT_MESSAGE_BYTES_MAX <= u32::MAX as usize);
+
 impl<T> Batch<T> {
     fn count(&self) -> i64 {
+        // Fits: see the checks above the impl.
         self.events.len() as i64
     }
 
@@ -52,6 +60,7 @@ impl<T> Batch<T> {
     fn to_proto(&self, first: i64) -> AppendBatch {
         AppendBatch {
             first_event_number: first,
+            // Fits: see the checks above the impl.
             event_count: self.events.len() as u32,
             events: self.data.clone(),
         }
@@ -119,6 +128,7 @@ impl<T> BatchQueue<T> {
             opened_at: now,
         });
         open.data.extend_from_slice(framed);
+        // Fits: the writer refuses events over CLIENT_EVENT_BYTES_MAX.
         open.events.push((len as u32, token));
         self.pushed += 1;
         if open.data.len() >= self.max_batch_bytes {
