@@ -18,8 +18,11 @@ pub enum Error {
     SegmentNotFound(u64),
     #[error("stream {0} already exists")]
     StreamExists(String),
-    #[error("segment {0} is sealed: its stream takes no more events (reads still work)")]
+    #[error("segment {0} is sealed: it takes no more events (its stream was sealed, or scaled: then its successors take them); reads still work")]
     SegmentSealed(u64),
+    /// The request does not fit the state it meets (a scale under way).
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("{0}")]
     ResourceExhausted(String),
     #[error("{0}")]
@@ -90,7 +93,7 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::StreamNotFound(_) | Error::SegmentNotFound(_) => Code::NotFound,
             Error::StreamExists(_) => Code::AlreadyExists,
-            Error::SegmentSealed(_) => Code::FailedPrecondition,
+            Error::SegmentSealed(_) | Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Unavailable(_) | Error::Tier2(_) | Error::NotLeader { .. } => Code::Unavailable,
             Error::OffsetOutOfRange { .. } | Error::Truncated { .. } => Code::OutOfRange,

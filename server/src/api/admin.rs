@@ -14,13 +14,14 @@ use aquifer_proto::v1::stream_admin_client::StreamAdminClient;
 use aquifer_proto::v1::stream_admin_server::StreamAdmin;
 use aquifer_proto::v1::{
     CreateStreamRequest, DeleteStreamRequest, DeleteStreamResponse, DescribeStreamRequest,
-    ListStreamsRequest, ListStreamsResponse, SealStreamRequest, SegmentInfo, StreamInfo,
-    StreamName, UpdateStreamRequest,
+    ListStreamsRequest, ListStreamsResponse, ScaleStreamRequest, SealStreamRequest, SegmentInfo,
+    StreamInfo, StreamName, UpdateStreamRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::container::SegmentView;
+use crate::controller::scaling::Split;
 use crate::controller::{Retention, StreamKey, StreamRecord};
 use crate::error::Error;
 use crate::node::{validate_name, Node};
@@ -125,9 +126,12 @@ enum Routed<T, R> {
 }
 
 fn stream_info(s: &StreamRecord, views: &HashMap<u64, SegmentView>) -> StreamInfo {
+    // A scale's successors are not shown before its epoch is in force:
+    // until then no client may write to them.
     let segments = s
         .segments
         .iter()
+        .filter(|g| !g.pending)
         .map(|g| {
             let view = views.get(&g.id);
             SegmentInfo {
@@ -143,6 +147,9 @@ fn stream_info(s: &StreamRecord, views: &HashMap<u64, SegmentView>) -> StreamInf
                 chunk_count: view.map_or(0, |v| v.chunk_count),
                 tail_buffer_bytes: view.map_or(0, |v| v.tail_bytes),
                 log_bytes: view.map_or(0, |v| v.log_bytes),
+                epoch: g.epoch,
+                successors: g.successors.clone(),
+                predecessors: g.predecessors.clone(),
             }
         })
         .collect();
@@ -157,6 +164,16 @@ fn stream_info(s: &StreamRecord, views: &HashMap<u64, SegmentView>) -> StreamInf
             time_ms: s.retention.time_ms,
             size_bytes: s.retention.bytes,
         }),
+        epoch: s.epoch,
+        epochs: s
+            .epochs
+            .iter()
+            .map(|e| pb::EpochInfo {
+                epoch: e.epoch,
+                segment_ids: e.segment_ids.clone(),
+                created_ms: e.created_ms,
+            })
+            .collect(),
     }
 }
 
@@ -294,6 +311,33 @@ impl StreamAdmin for AdminService {
                 self.node.delete_stream(&key).await?;
                 tracing::info!(stream = %key, "stream deleted");
                 Ok(DeleteStreamResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn scale_stream(
+        &self,
+        req: Request<ScaleStreamRequest>,
+    ) -> Result<Response<StreamInfo>, Status> {
+        self.answer(
+            req,
+            |mut c, r| async move { c.scale_stream(r).await },
+            |req| async move {
+                let key = key(req.name)?;
+                let splits: Vec<Split> = req
+                    .splits
+                    .iter()
+                    .map(|s| Split {
+                        segment_id: s.segment_id,
+                        pieces: if s.pieces == 0 { 2 } else { s.pieces },
+                    })
+                    .collect();
+                let merges: Vec<Vec<u64>> =
+                    req.merges.into_iter().map(|m| m.segment_ids).collect();
+                let stream = self.node.scale_stream(&key, &splits, &merges).await?;
+                tracing::info!(stream = %key, epoch = stream.epoch, ?splits, ?merges, "stream scaled");
+                Ok(self.info(&stream).await?)
             },
         )
         .await

@@ -82,6 +82,16 @@ impl Append for AppendService {
         let segment = container
             .segment(setup.segment_id)
             .ok_or(Error::SegmentNotFound(setup.segment_id))?;
+        // A scale's successor takes writes only once its epoch is in force
+        // (its predecessors sealed): until then two segments would own its
+        // keys. This node's metadata may lag the leader's by a moment.
+        if self.node.controller.is_pending(setup.segment_id) {
+            return Err(Error::Unavailable(format!(
+                "segment {} is a successor of a scale not yet in force; retry",
+                setup.segment_id
+            ))
+            .into());
+        }
         let last = container
             .last_event_number(setup.segment_id, setup.writer_id.clone())
             .await?;

@@ -3,7 +3,7 @@
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetaCommand {
-    #[prost(oneof = "MetaCmd", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "MetaCmd", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub cmd: Option<MetaCmd>,
 }
 
@@ -32,6 +32,58 @@ pub enum MetaCmd {
     /// no placement is ever made over some of them). Ignored once formed.
     #[prost(message, tag = "9")]
     Form(FormCluster),
+    /// A scale begins: its successors are recorded (pending: not yet
+    /// written to) and its predecessors are to be sealed.
+    #[prost(message, tag = "10")]
+    StartScale(StartScale),
+    /// A scale's successors exist and its predecessors are sealed: the new
+    /// epoch is in force.
+    #[prost(message, tag = "11")]
+    CompleteScale(CompleteScale),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StartScale {
+    #[prost(string, tag = "1")]
+    pub scope: String,
+    #[prost(string, tag = "2")]
+    pub stream: String,
+    #[prost(message, repeated, tag = "3")]
+    pub splits: Vec<SplitRecord>,
+    #[prost(message, repeated, tag = "4")]
+    pub merges: Vec<MergeRecord>,
+    /// Containers in the cluster (as in `CreateStream`).
+    #[prost(uint32, tag = "5")]
+    pub containers: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SplitRecord {
+    #[prost(uint64, tag = "1")]
+    pub segment_id: u64,
+    #[prost(uint32, tag = "2")]
+    pub pieces: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MergeRecord {
+    #[prost(uint64, repeated, tag = "1")]
+    pub segment_ids: Vec<u64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CompleteScale {
+    #[prost(string, tag = "1")]
+    pub scope: String,
+    #[prost(string, tag = "2")]
+    pub stream: String,
+    /// The epoch the scale makes (guards against completing another one).
+    #[prost(uint64, tag = "3")]
+    pub epoch: u64,
+    /// When the epoch begins (ms since the Unix epoch; in the command so
+    /// replay records the same time).
+    #[prost(uint64, tag = "4")]
+    pub created_ms: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -120,6 +172,9 @@ pub struct CreateStream {
     pub retention_time_ms: u64,
     #[prost(uint64, tag = "6")]
     pub retention_bytes: u64,
+    /// When the stream (its epoch 0) begins, ms since the Unix epoch.
+    #[prost(uint64, tag = "7")]
+    pub created_ms: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -159,6 +214,26 @@ pub struct StreamSnapshot {
     pub retention_time_ms: u64,
     #[prost(uint64, tag = "7")]
     pub retention_bytes: u64,
+    #[prost(uint64, tag = "8")]
+    pub epoch: u64,
+    #[prost(message, repeated, tag = "9")]
+    pub epochs: Vec<EpochSnapshot>,
+    /// The scale under way, if any: its epoch and predecessors (its
+    /// successors are the pending segments).
+    #[prost(uint64, tag = "10")]
+    pub scaling_epoch: u64,
+    #[prost(uint64, repeated, tag = "11")]
+    pub scaling_predecessors: Vec<u64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EpochSnapshot {
+    #[prost(uint64, tag = "1")]
+    pub epoch: u64,
+    #[prost(uint64, repeated, tag = "2")]
+    pub segment_ids: Vec<u64>,
+    #[prost(uint64, tag = "3")]
+    pub created_ms: u64,
 }
 
 /// A stream's segment record as the `meta` snapshot stores it (see
@@ -175,4 +250,12 @@ pub struct SegmentSnapshot {
     pub key_low: f64,
     #[prost(double, tag = "5")]
     pub key_high: f64,
+    #[prost(uint64, tag = "6")]
+    pub epoch: u64,
+    #[prost(uint64, repeated, tag = "7")]
+    pub successors: Vec<u64>,
+    #[prost(uint64, repeated, tag = "8")]
+    pub predecessors: Vec<u64>,
+    #[prost(bool, tag = "9")]
+    pub pending: bool,
 }

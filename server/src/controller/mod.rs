@@ -10,9 +10,10 @@
 
 mod command;
 pub mod placement;
+pub(crate) mod scaling;
 mod state;
 
-pub use state::{Retention, StreamKey, StreamRecord};
+pub use state::{Retention, Scaling, StreamKey, StreamRecord};
 
 use crate::controller::placement::Placement;
 use crate::error::Error;
@@ -27,6 +28,8 @@ impl From<MetaError> for Error {
             MetaError::NotFound(name) => Error::StreamNotFound(name),
             MetaError::Exists(name) => Error::StreamExists(name),
             MetaError::Malformed(why) => Error::Internal(why),
+            MetaError::Invalid(why) => Error::InvalidArgument(why),
+            MetaError::Busy(why) => Error::FailedPrecondition(why),
         }
     }
 }
@@ -170,8 +173,61 @@ impl Controller {
             containers,
             retention_time_ms: retention.time_ms,
             retention_bytes: retention.bytes,
+            created_ms: crate::tier::writer::now_ms(),
         }))
         .await
+    }
+
+    /// Records a scale of `key` (see [`scaling::plan`] for what is refused):
+    /// its successors are created and its predecessors sealed by the
+    /// reconciler, then [`Controller::complete_scale`] puts the new epoch in
+    /// force.
+    pub async fn start_scale(
+        &self,
+        key: &StreamKey,
+        splits: &[scaling::Split],
+        merges: &[Vec<u64>],
+        containers: u32,
+    ) -> Result<StreamRecord, Error> {
+        self.propose(MetaCmd::StartScale(command::StartScale {
+            scope: key.scope.clone(),
+            stream: key.stream.clone(),
+            splits: splits
+                .iter()
+                .map(|s| command::SplitRecord {
+                    segment_id: s.segment_id,
+                    pieces: s.pieces,
+                })
+                .collect(),
+            merges: merges
+                .iter()
+                .map(|m| command::MergeRecord {
+                    segment_ids: m.clone(),
+                })
+                .collect(),
+            containers,
+        }))
+        .await
+    }
+
+    /// Puts the scale to `epoch` of `key` in force (a no-op once it is).
+    pub async fn complete_scale(&self, key: &StreamKey, epoch: u64) -> Result<StreamRecord, Error> {
+        self.propose(MetaCmd::CompleteScale(command::CompleteScale {
+            scope: key.scope.clone(),
+            stream: key.stream.clone(),
+            epoch,
+            created_ms: crate::tier::writer::now_ms(),
+        }))
+        .await
+    }
+
+    /// Whether segment `id` is a successor of a scale not yet in force.
+    pub fn is_pending(&self, id: u64) -> bool {
+        let map = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .filter(|s| s.scaling.is_some())
+            .flat_map(|s| &s.segments)
+            .any(|g| g.id == id && g.pending)
     }
 
     pub async fn set_retention(

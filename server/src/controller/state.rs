@@ -1,4 +1,5 @@
-//! The `meta` state machine: streams and their segments.
+//! The `meta` state machine: streams, their segments and epochs (the
+//! successor graph of their scales), the nodes and the placement.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -6,8 +7,10 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use super::command::{
-    MetaCmd, MetaCommand, MetaSnapshot, NodeRecord, SegmentSnapshot, StreamRef, StreamSnapshot,
+    CompleteScale, EpochSnapshot, MetaCmd, MetaCommand, MetaSnapshot, NodeRecord, SegmentSnapshot,
+    StartScale, StreamRef, StreamSnapshot,
 };
+use super::scaling::{self, Split};
 use crate::container::container_of;
 use crate::controller::placement::Placement;
 use crate::group::StateMachine;
@@ -40,6 +43,56 @@ pub struct SegmentRecord {
     pub container: u32,
     pub key_low: f64,
     pub key_high: f64,
+    /// The epoch that created it (also the id's top bits, see
+    /// [`segment_id`]).
+    pub epoch: u64,
+    /// The segments that replaced it when a scale sealed it.
+    pub successors: Vec<u64>,
+    /// The segments it replaced.
+    pub predecessors: Vec<u64>,
+    /// A successor of the scale under way: created in its container, not
+    /// yet written to (appends are refused until the epoch is in force).
+    pub pending: bool,
+}
+
+impl SegmentRecord {
+    /// Whether it belongs to the stream's current epoch.
+    pub fn is_active(&self) -> bool {
+        !self.pending && self.successors.is_empty()
+    }
+}
+
+/// Sequence numbers of segment ids are below this (ids are
+/// `epoch << SEGMENT_SEQ_BITS | sequence`).
+const SEGMENT_SEQ_BITS: u32 = 40;
+
+/// The id of the segment with global sequence number `seq` made by
+/// `epoch`: unique (the sequence never repeats) and saying its epoch. Epoch
+/// 0's ids are the sequence numbers themselves.
+fn segment_id(epoch: u64, seq: u64) -> Result<u64, MetaError> {
+    if seq >> SEGMENT_SEQ_BITS != 0 || epoch >> (64 - SEGMENT_SEQ_BITS) != 0 {
+        return Err(MetaError::Invalid(format!(
+            "segment ids are exhausted (epoch {epoch}, sequence {seq})"
+        )));
+    }
+    Ok(epoch << SEGMENT_SEQ_BITS | seq)
+}
+
+/// One epoch of a stream: the segments active in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochRecord {
+    pub epoch: u64,
+    pub segment_ids: Vec<u64>,
+    pub created_ms: u64,
+}
+
+/// A scale under way: recorded by `StartScale`, ended by `CompleteScale`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scaling {
+    /// The epoch it makes.
+    pub epoch: u64,
+    /// The segments it seals (its successors are the pending segments).
+    pub predecessors: Vec<u64>,
 }
 
 /// How much of a stream to keep; 0 means no limit.
@@ -63,6 +116,18 @@ pub struct StreamRecord {
     pub sealed: bool,
     /// Delete started: invisible to users, segments being removed.
     pub deleting: bool,
+    /// The current epoch: 0 at creation, one more per scale.
+    pub epoch: u64,
+    /// Every epoch, oldest first.
+    pub epochs: Vec<EpochRecord>,
+    pub scaling: Option<Scaling>,
+}
+
+impl StreamRecord {
+    /// The segments of the current epoch.
+    pub fn active(&self) -> impl Iterator<Item = &SegmentRecord> {
+        self.segments.iter().filter(|s| s.is_active())
+    }
 }
 
 pub type StreamMap = Arc<RwLock<BTreeMap<StreamKey, StreamRecord>>>;
@@ -81,6 +146,13 @@ pub enum MetaError {
     Exists(String),
     #[error("undecodable metadata command: {0}")]
     Malformed(String),
+    /// The request cannot be carried out as asked (a bad scale).
+    #[error("{0}")]
+    Invalid(String),
+    /// The stream is not in a state that allows it now (a scale under way,
+    /// a sealed stream).
+    #[error("{0}")]
+    Busy(String),
 }
 
 pub struct MetaState {
@@ -204,10 +276,10 @@ impl MetaState {
                 }
                 let n = c.segment_count.max(1);
                 let containers = c.containers.max(1);
-                let segments = (0..n)
+                let segments: Vec<SegmentRecord> = (0..n)
                     .map(|i| {
-                        let id = self.next_segment_id + u64::from(i);
-                        SegmentRecord {
+                        let id = segment_id(0, self.next_segment_id + u64::from(i))?;
+                        Ok(SegmentRecord {
                             id,
                             number: i,
                             container: container_of(id, containers),
@@ -217,12 +289,21 @@ impl MetaState {
                             } else {
                                 f64::from(i + 1) / f64::from(n)
                             },
-                        }
+                            epoch: 0,
+                            successors: Vec::new(),
+                            predecessors: Vec::new(),
+                            pending: false,
+                        })
                     })
-                    .collect();
+                    .collect::<Result<_, MetaError>>()?;
                 self.next_segment_id += u64::from(n);
                 let record = StreamRecord {
                     key: key.clone(),
+                    epochs: vec![EpochRecord {
+                        epoch: 0,
+                        segment_ids: segments.iter().map(|s| s.id).collect(),
+                        created_ms: c.created_ms,
+                    }],
                     segments,
                     retention: Retention {
                         time_ms: c.retention_time_ms,
@@ -230,6 +311,8 @@ impl MetaState {
                     },
                     sealed: false,
                     deleting: false,
+                    epoch: 0,
+                    scaling: None,
                 };
                 map.insert(key, record.clone());
                 Ok(record)
@@ -250,6 +333,8 @@ impl MetaState {
                 };
                 self.update(key, |s| s.retention = retention)
             }
+            Some(MetaCmd::StartScale(c)) => self.start_scale(c),
+            Some(MetaCmd::CompleteScale(c)) => self.complete_scale(c),
             Some(MetaCmd::Remove(r)) => {
                 let key = Self::key(r);
                 let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
@@ -264,6 +349,126 @@ impl MetaState {
             )
             | None => Err(MetaError::Malformed("empty command".into())),
         }
+    }
+
+    /// Records a scale's plan: its successors (pending) and predecessors.
+    fn start_scale(&mut self, c: StartScale) -> Result<StreamRecord, MetaError> {
+        let key = StreamKey {
+            scope: c.scope,
+            stream: c.stream,
+        };
+        let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        let s = map
+            .get_mut(&key)
+            .filter(|s| !s.deleting)
+            .ok_or_else(|| MetaError::NotFound(key.to_string()))?;
+        if s.sealed {
+            return Err(MetaError::Busy(format!(
+                "stream {key} is sealed: it cannot scale"
+            )));
+        }
+        if let Some(scaling) = &s.scaling {
+            return Err(MetaError::Busy(format!(
+                "stream {key} is already scaling to epoch {}; retry once it is done",
+                scaling.epoch
+            )));
+        }
+        let active: Vec<SegmentRecord> = s.active().cloned().collect();
+        let splits: Vec<Split> = c
+            .splits
+            .iter()
+            .map(|x| Split {
+                segment_id: x.segment_id,
+                pieces: if x.pieces == 0 { 2 } else { x.pieces },
+            })
+            .collect();
+        let merges: Vec<Vec<u64>> = c.merges.into_iter().map(|m| m.segment_ids).collect();
+        let plan = scaling::plan(&active, &splits, &merges, 1).map_err(MetaError::Invalid)?;
+        let epoch = s.epoch + 1;
+        let containers = c.containers.max(1);
+        let first_number = s
+            .segments
+            .iter()
+            .map(|g| g.number)
+            .max()
+            .map_or(0, |n| n + 1);
+        let mut successors = Vec::with_capacity(plan.ranges.len());
+        for (i, &(low, high)) in plan.ranges.iter().enumerate() {
+            let id = segment_id(epoch, self.next_segment_id + i as u64)?;
+            let number = first_number + i as u32;
+            successors.push(SegmentRecord {
+                id,
+                number,
+                container: container_of(id, containers),
+                key_low: low,
+                key_high: high,
+                epoch,
+                successors: Vec::new(),
+                predecessors: Vec::new(),
+                pending: true,
+            });
+        }
+        self.next_segment_id += plan.ranges.len() as u64;
+        s.segments.extend(successors);
+        s.scaling = Some(Scaling {
+            epoch,
+            predecessors: plan.predecessors,
+        });
+        Ok(s.clone())
+    }
+
+    /// Puts a scale's epoch in force: successors become active, and each
+    /// predecessor and successor learns the others whose ranges it overlaps.
+    fn complete_scale(&mut self, c: CompleteScale) -> Result<StreamRecord, MetaError> {
+        let key = StreamKey {
+            scope: c.scope,
+            stream: c.stream,
+        };
+        let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        let s = map
+            .get_mut(&key)
+            .ok_or_else(|| MetaError::NotFound(key.to_string()))?;
+        let Some(scaling) = s.scaling.take_if(|x| x.epoch == c.epoch) else {
+            // Completed already (a retried proposal), or another scale's.
+            return Ok(s.clone());
+        };
+        let range = |g: &SegmentRecord| (g.key_low, g.key_high);
+        let successors: Vec<(u64, (f64, f64))> = s
+            .segments
+            .iter()
+            .filter(|g| g.pending)
+            .map(|g| (g.id, range(g)))
+            .collect();
+        let predecessors: Vec<(u64, (f64, f64))> = s
+            .segments
+            .iter()
+            .filter(|g| scaling.predecessors.contains(&g.id))
+            .map(|g| (g.id, range(g)))
+            .collect();
+        for g in &mut s.segments {
+            if g.pending {
+                g.pending = false;
+                g.predecessors = predecessors
+                    .iter()
+                    .filter(|(_, r)| scaling::overlaps(*r, range(g)))
+                    .map(|(id, _)| *id)
+                    .collect();
+            } else if scaling.predecessors.contains(&g.id) {
+                g.successors = successors
+                    .iter()
+                    .filter(|(_, r)| scaling::overlaps(*r, range(g)))
+                    .map(|(id, _)| *id)
+                    .collect();
+            }
+        }
+        s.epoch = scaling.epoch;
+        let segment_ids = s.active().map(|g| g.id).collect();
+        s.epochs.push(EpochRecord {
+            epoch: scaling.epoch,
+            segment_ids,
+            created_ms: c.created_ms,
+        });
+        Ok(s.clone())
     }
 
     fn stream_snapshot(&self) -> MetaSnapshot {
@@ -286,8 +491,28 @@ impl MetaState {
                         container: g.container,
                         key_low: g.key_low,
                         key_high: g.key_high,
+                        epoch: g.epoch,
+                        successors: g.successors.clone(),
+                        predecessors: g.predecessors.clone(),
+                        pending: g.pending,
                     })
                     .collect(),
+                epoch: s.epoch,
+                epochs: s
+                    .epochs
+                    .iter()
+                    .map(|e| EpochSnapshot {
+                        epoch: e.epoch,
+                        segment_ids: e.segment_ids.clone(),
+                        created_ms: e.created_ms,
+                    })
+                    .collect(),
+                scaling_epoch: s.scaling.as_ref().map_or(0, |x| x.epoch),
+                scaling_predecessors: s
+                    .scaling
+                    .as_ref()
+                    .map(|x| x.predecessors.clone())
+                    .unwrap_or_default(),
             })
             .collect();
         MetaSnapshot {
@@ -315,8 +540,30 @@ impl MetaState {
                     container: g.container,
                     key_low: g.key_low,
                     key_high: g.key_high,
+                    epoch: g.epoch,
+                    successors: g.successors,
+                    predecessors: g.predecessors,
+                    pending: g.pending,
                 })
-                .collect();
+                .collect::<Vec<_>>();
+            // Snapshots from before epochs were recorded: one epoch 0 of
+            // every segment.
+            let epochs = if s.epochs.is_empty() {
+                vec![EpochRecord {
+                    epoch: 0,
+                    segment_ids: segments.iter().map(|g| g.id).collect(),
+                    created_ms: 0,
+                }]
+            } else {
+                s.epochs
+                    .into_iter()
+                    .map(|e| EpochRecord {
+                        epoch: e.epoch,
+                        segment_ids: e.segment_ids,
+                        created_ms: e.created_ms,
+                    })
+                    .collect()
+            };
             let record = StreamRecord {
                 key: key.clone(),
                 segments,
@@ -326,6 +573,12 @@ impl MetaState {
                 },
                 sealed: s.sealed,
                 deleting: s.deleting,
+                epoch: s.epoch,
+                epochs,
+                scaling: (s.scaling_epoch > 0).then_some(Scaling {
+                    epoch: s.scaling_epoch,
+                    predecessors: s.scaling_predecessors,
+                }),
             };
             map.insert(key, record);
         }
@@ -388,6 +641,113 @@ mod tests {
             .unwrap();
         assert_eq!(restored.snapshot(), s.snapshot());
         assert_eq!(restored.next_segment_id, 5);
+    }
+
+    #[test]
+    fn a_scale_records_pending_successors_then_puts_its_epoch_in_force() {
+        use super::super::command::{CompleteScale, MergeRecord, SplitRecord, StartScale};
+        let mut s = MetaState::new(
+            StreamMap::default(),
+            NodeMap::default(),
+            PlacementMap::default(),
+        );
+        let a = apply(
+            &mut s,
+            MetaCmd::Create(CreateStream {
+                scope: "sc".into(),
+                stream: "a".into(),
+                segment_count: 2,
+                containers: 4,
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        let (first, second) = (a.segments[0].id, a.segments[1].id);
+        let start = |splits: Vec<SplitRecord>, merges: Vec<MergeRecord>| {
+            MetaCmd::StartScale(StartScale {
+                scope: "sc".into(),
+                stream: "a".into(),
+                splits,
+                merges,
+                containers: 4,
+            })
+        };
+        let split = |segment_id| SplitRecord {
+            segment_id,
+            pieces: 2,
+        };
+        let started = apply(&mut s, start(vec![split(first)], vec![])).unwrap();
+        let pending: Vec<&SegmentRecord> = started.segments.iter().filter(|g| g.pending).collect();
+        assert_eq!(pending.len(), 2);
+        assert!(pending.iter().all(|g| g.epoch == 1 && g.id >> 40 == 1));
+        assert_eq!(started.active().count(), 2, "the old epoch still writes");
+        // One scale at a time.
+        assert!(matches!(
+            apply(&mut s, start(vec![split(second)], vec![])),
+            Err(MetaError::Busy(_))
+        ));
+        // A leader taking over mid-scale finds it in the snapshot.
+        let mut restored = MetaState::new(
+            StreamMap::default(),
+            NodeMap::default(),
+            PlacementMap::default(),
+        );
+        restored
+            .restore(prost::Message::encode_to_vec(&s.snapshot()).into())
+            .unwrap();
+        assert_eq!(restored.snapshot(), s.snapshot());
+        let complete = |epoch| {
+            MetaCmd::CompleteScale(CompleteScale {
+                scope: "sc".into(),
+                stream: "a".into(),
+                epoch,
+                created_ms: 7,
+            })
+        };
+        let done = apply(&mut restored, complete(1)).unwrap();
+        assert_eq!(done.epoch, 1);
+        assert!(done.scaling.is_none());
+        let old = done.segments.iter().find(|g| g.id == first).unwrap();
+        let new: Vec<&SegmentRecord> = done.segments.iter().filter(|g| g.epoch == 1).collect();
+        assert_eq!(old.successors, new.iter().map(|g| g.id).collect::<Vec<_>>());
+        assert!(new
+            .iter()
+            .all(|g| g.predecessors == vec![first] && !g.pending));
+        let active: Vec<u64> = done.active().map(|g| g.id).collect();
+        assert_eq!(active.len(), 3);
+        assert_eq!(
+            done.epochs.last().map(|e| (e.epoch, e.created_ms)),
+            Some((1, 7))
+        );
+        assert_eq!(done.epochs.last().unwrap().segment_ids, active);
+        // Completing again (a retried proposal) changes nothing.
+        assert_eq!(apply(&mut restored, complete(1)).unwrap(), done);
+        // The sealed segment is no longer active: it cannot be scaled again;
+        // its successors merge with their neighbour back to two segments.
+        assert!(matches!(
+            apply(&mut restored, start(vec![split(first)], vec![])),
+            Err(MetaError::Invalid(_))
+        ));
+        let ids: Vec<u64> = new.iter().map(|g| g.id).chain([second]).collect();
+        apply(
+            &mut restored,
+            start(
+                vec![],
+                vec![MergeRecord {
+                    segment_ids: ids.clone(),
+                }],
+            ),
+        )
+        .unwrap();
+        let merged = apply(&mut restored, complete(2)).unwrap();
+        let last: Vec<&SegmentRecord> = merged.active().collect();
+        assert_eq!(last.len(), 1);
+        assert_eq!((last[0].key_low, last[0].key_high), (0.0, 1.0));
+        let mut preds = last[0].predecessors.clone();
+        preds.sort_unstable();
+        let mut want = ids;
+        want.sort_unstable();
+        assert_eq!(preds, want);
     }
 
     #[test]

@@ -10,13 +10,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::container::SegmentView;
+use crate::controller::scaling::{Split, STREAM_SEGMENTS_MAX};
 use crate::controller::{Retention, StreamKey, StreamRecord};
 use crate::error::Error;
 
 use super::Node;
 
-/// Segments one stream may have.
-pub(crate) const STREAM_SEGMENTS_MAX: u32 = 1024;
 // Describe asks for a whole stream's segments in one call.
 const _: () =
     assert!(STREAM_SEGMENTS_MAX as usize <= crate::cluster::peers::SEGMENT_VIEWS_PER_CALL_MAX);
@@ -117,6 +116,31 @@ impl Node {
         })
         .await?;
         Ok(stream)
+    }
+
+    /// Scales `key` by hand: records the scale, then waits until the
+    /// reconciler has created the successors, sealed the predecessors and
+    /// the new epoch is in force.
+    pub async fn scale_stream(
+        &self,
+        key: &StreamKey,
+        splits: &[Split],
+        merges: &[Vec<u64>],
+    ) -> Result<StreamRecord, Error> {
+        self.stream(key)?;
+        let stream = self
+            .controller
+            .start_scale(key, splits, merges, self.config.containers)
+            .await?;
+        let epoch = stream.scaling.as_ref().map_or(stream.epoch, |x| x.epoch);
+        let key = key.clone();
+        self.settle("the scale", &[], |node, _| {
+            node.controller
+                .get(&key)
+                .is_ok_and(|s| s.epoch >= epoch && s.scaling.is_none())
+        })
+        .await?;
+        self.controller.get(&key)
     }
 
     pub async fn delete_stream(&self, key: &StreamKey) -> Result<(), Error> {

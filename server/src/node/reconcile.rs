@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::container::command::{Cmd, SegmentRef};
 use crate::container::state::Applied;
 use crate::container::Container;
+use crate::controller::{Scaling, StreamRecord};
 use crate::error::Error;
 
 use super::Node;
@@ -53,18 +54,29 @@ impl Node {
                 if c.leader_term().is_none() {
                     continue;
                 }
+                // Sealed with its stream, or as a predecessor of a scale
+                // (under way, or done).
+                let to_seal = stream.sealed
+                    || !seg.successors.is_empty()
+                    || stream
+                        .scaling
+                        .as_ref()
+                        .is_some_and(|x| x.predecessors.contains(&seg.id));
                 match c.segment(seg.id).map(|s| s.view()) {
                     Some(_) if stream.deleting => self.delete_segment(c, seg.id).await?,
                     None if !stream.deleting => {
                         c.propose(Cmd::Create(SegmentRef { segment_id: seg.id }))
                             .await?;
                     }
-                    Some(v) if stream.sealed && !v.sealed => {
+                    Some(v) if to_seal && !v.sealed => {
                         c.propose(Cmd::Seal(SegmentRef { segment_id: seg.id }))
                             .await?;
                     }
                     _ => {}
                 }
+            }
+            if let (Some(scaling), true) = (&stream.scaling, self.controller.is_leader()) {
+                self.complete_scale(&stream, scaling).await?;
             }
             if stream.deleting && self.controller.is_leader() {
                 // The containers may be led elsewhere; one that cannot
@@ -79,6 +91,39 @@ impl Node {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// On the meta leader: puts a scale's epoch in force once every
+    /// successor exists in its container and every predecessor is sealed
+    /// (the container leaders, here or elsewhere, do those steps). A leader
+    /// that takes over mid-scale carries on from the recorded scale.
+    async fn complete_scale(&self, stream: &StreamRecord, scaling: &Scaling) -> Result<(), Error> {
+        let successors: Vec<u64> = stream
+            .segments
+            .iter()
+            .filter(|g| g.pending)
+            .map(|g| g.id)
+            .collect();
+        let ids: Vec<u64> = successors
+            .iter()
+            .chain(&scaling.predecessors)
+            .copied()
+            .collect();
+        let Ok(views) = self.segment_views(&ids).await else {
+            return Ok(()); // a container cannot answer now: next pass
+        };
+        let created = successors.iter().all(|id| views.contains_key(id));
+        let sealed = scaling
+            .predecessors
+            .iter()
+            .all(|id| views.get(id).is_some_and(|v| v.sealed));
+        if created && sealed {
+            self.controller
+                .complete_scale(&stream.key, scaling.epoch)
+                .await?;
+            tracing::info!(stream = %stream.key, epoch = scaling.epoch, "scale complete: new epoch in force");
         }
         Ok(())
     }

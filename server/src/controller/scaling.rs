@@ -1,0 +1,261 @@
+//! Scaling plans: which active segments a scale seals and the key ranges of
+//! the successors that replace them, checked before anything is recorded.
+//!
+//! Pure functions of the stream's active segments and the request, run where
+//! the scale executes (the `meta` state machine applies `StartScale`), so a
+//! plan is valid against the state it changes, never against a stale copy.
+//! It owns the rules (active segments only, key-adjacent merges, pieces,
+//! the narrowest range a split may make, the fewest segments a stream may
+//! have); it never allocates ids or touches containers.
+
+use super::state::SegmentRecord;
+
+/// Active segments one stream may have.
+pub const STREAM_SEGMENTS_MAX: u32 = 1024;
+
+/// Most pieces one split may make.
+pub const SPLIT_PIECES_MAX: u32 = 16;
+/// The narrowest key range a split may make: a range this narrow holds a
+/// hot key (or a few), and splitting it further cannot spread its load.
+pub const KEY_RANGE_MIN: f64 = 1.0 / 65536.0;
+
+/// One segment split into `pieces` equal key ranges.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Split {
+    pub segment_id: u64,
+    pub pieces: u32,
+}
+
+/// What a scale seals and creates, in key order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalePlan {
+    /// The active segments it seals.
+    pub predecessors: Vec<u64>,
+    /// The successors' key ranges `[low, high)`; together they cover the
+    /// predecessors' ranges exactly.
+    pub ranges: Vec<(f64, f64)>,
+}
+
+/// Plans splitting and merging `active` segments (the stream's current
+/// epoch). `min_segments`: the fewest active segments the stream may be left
+/// with (at most [`STREAM_SEGMENTS_MAX`]).
+pub fn plan(
+    active: &[SegmentRecord],
+    splits: &[Split],
+    merges: &[Vec<u64>],
+    min_segments: usize,
+) -> Result<ScalePlan, String> {
+    if splits.is_empty() && merges.is_empty() {
+        return Err("nothing to scale: give at least one split or merge".into());
+    }
+    let find = |id: u64| {
+        active
+            .iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| format!("segment {id} is not an active segment of the stream"))
+    };
+    let mut predecessors = Vec::new();
+    let mut ranges = Vec::new();
+    let take = |id: u64, predecessors: &mut Vec<u64>| {
+        if predecessors.contains(&id) {
+            return Err(format!("segment {id} is named twice"));
+        }
+        predecessors.push(id);
+        Ok(())
+    };
+    for split in splits {
+        let s = find(split.segment_id)?;
+        take(s.id, &mut predecessors)?;
+        let n = split.pieces;
+        if !(2..=SPLIT_PIECES_MAX).contains(&n) {
+            return Err(format!(
+                "a split makes 2 to {SPLIT_PIECES_MAX} pieces, not {n}"
+            ));
+        }
+        let width = (s.key_high - s.key_low) / f64::from(n);
+        if width < KEY_RANGE_MIN {
+            return Err(format!(
+                "segment {} owns [{}, {}): {n} pieces would be narrower than 1/65536 of the key space (a hot key; it is not split further)",
+                s.id, s.key_low, s.key_high
+            ));
+        }
+        for i in 0..n {
+            let low = s.key_low + width * f64::from(i);
+            // The last piece ends where the segment did, exactly, so the
+            // successors cover it without a gap from rounding.
+            let high = if i + 1 == n {
+                s.key_high
+            } else {
+                s.key_low + width * f64::from(i + 1)
+            };
+            ranges.push((low, high));
+        }
+    }
+    for merge in merges {
+        if merge.len() < 2 {
+            return Err("a merge joins at least two segments".into());
+        }
+        let mut joined = Vec::with_capacity(merge.len());
+        for &id in merge {
+            let s = find(id)?;
+            take(s.id, &mut predecessors)?;
+            joined.push(s);
+        }
+        joined.sort_by(|a, b| a.key_low.total_cmp(&b.key_low));
+        for pair in joined.windows(2) {
+            if pair[0].key_high != pair[1].key_low {
+                return Err(format!(
+                    "segments {} [{}, {}) and {} [{}, {}) are not key-adjacent; only neighbours merge",
+                    pair[0].id,
+                    pair[0].key_low,
+                    pair[0].key_high,
+                    pair[1].id,
+                    pair[1].key_low,
+                    pair[1].key_high
+                ));
+            }
+        }
+        if let (Some(first), Some(last)) = (joined.first(), joined.last()) {
+            ranges.push((first.key_low, last.key_high));
+        }
+    }
+    let after = active.len() - predecessors.len() + ranges.len();
+    if after < min_segments {
+        return Err(format!(
+            "the stream would have {after} active segments, fewer than its minimum of {min_segments}"
+        ));
+    }
+    if after > STREAM_SEGMENTS_MAX as usize {
+        return Err(format!(
+            "the stream would have {after} active segments, more than the {STREAM_SEGMENTS_MAX} a stream may have"
+        ));
+    }
+    ranges.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(ScalePlan {
+        predecessors,
+        ranges,
+    })
+}
+
+/// Whether key ranges `[a.0, a.1)` and `[b.0, b.1)` share keys.
+pub fn overlaps(a: (f64, f64), b: (f64, f64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(id: u64, low: f64, high: f64) -> SegmentRecord {
+        SegmentRecord {
+            id,
+            number: 0,
+            container: 0,
+            key_low: low,
+            key_high: high,
+            epoch: 0,
+            successors: Vec::new(),
+            predecessors: Vec::new(),
+            pending: false,
+        }
+    }
+
+    fn four() -> Vec<SegmentRecord> {
+        vec![
+            seg(1, 0.0, 0.25),
+            seg(2, 0.25, 0.5),
+            seg(3, 0.5, 0.75),
+            seg(4, 0.75, 1.0),
+        ]
+    }
+
+    fn split(segment_id: u64, pieces: u32) -> Split {
+        Split { segment_id, pieces }
+    }
+
+    /// `ranges` joined where one ends exactly where the next begins.
+    fn union(mut ranges: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
+        ranges.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut out: Vec<(f64, f64)> = Vec::new();
+        for r in ranges {
+            match out.last_mut() {
+                Some(last) if last.1 == r.0 => last.1 = r.1,
+                _ => out.push(r),
+            }
+        }
+        out
+    }
+
+    /// Successor ranges cover exactly the predecessors' ranges: no gap, no
+    /// overlap, no key outside them (exact float equality at every joint).
+    fn covers(active: &[SegmentRecord], plan: &ScalePlan) {
+        for pair in plan.ranges.windows(2) {
+            assert!(pair[0].1 <= pair[1].0, "no overlap: {pair:?}");
+        }
+        let sealed = active
+            .iter()
+            .filter(|s| plan.predecessors.contains(&s.id))
+            .map(|s| (s.key_low, s.key_high))
+            .collect();
+        assert_eq!(union(sealed), union(plan.ranges.clone()));
+    }
+
+    #[test]
+    fn splits_cut_equal_pieces_ending_exactly_where_the_segment_did() {
+        let active = four();
+        let p = plan(&active, &[split(2, 3)], &[], 1).unwrap();
+        assert_eq!(p.predecessors, vec![2]);
+        assert_eq!(p.ranges.len(), 3);
+        assert_eq!(p.ranges[0].0, 0.25);
+        assert_eq!(p.ranges[2].1, 0.5);
+        covers(&active, &p);
+    }
+
+    #[test]
+    fn merges_join_key_adjacent_segments_in_any_order() {
+        let active = four();
+        let p = plan(&active, &[], &[vec![3, 2]], 1).unwrap();
+        assert_eq!(p.ranges, vec![(0.25, 0.75)]);
+        covers(&active, &p);
+        let p = plan(&active, &[split(1, 2)], &[vec![4, 3]], 1).unwrap();
+        assert_eq!(p.ranges.len(), 3);
+        covers(&active, &p);
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_the_reason() {
+        let active = four();
+        type Case = (Vec<Split>, Vec<Vec<u64>>, &'static str);
+        let cases: Vec<Case> = vec![
+            (vec![], vec![], "nothing to scale"),
+            (vec![split(9, 2)], vec![], "not an active segment"),
+            (vec![split(1, 1)], vec![], "2 to 16 pieces"),
+            (vec![split(1, 17)], vec![], "2 to 16 pieces"),
+            (vec![], vec![vec![1, 3]], "not key-adjacent"),
+            (vec![], vec![vec![1]], "at least two"),
+            (vec![split(1, 2)], vec![vec![1, 2]], "named twice"),
+            (vec![], vec![vec![2, 2]], "named twice"),
+        ];
+        for (splits, merges, why) in cases {
+            let err = plan(&active, &splits, &merges, 1).unwrap_err();
+            assert!(err.contains(why), "{splits:?} {merges:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_minimum_segment_count_holds_where_the_scale_executes() {
+        let active = four();
+        assert!(plan(&active, &[], &[vec![1, 2], vec![3, 4]], 2).is_ok());
+        let err = plan(&active, &[], &[vec![1, 2, 3, 4]], 2).unwrap_err();
+        assert!(err.contains("fewer than its minimum of 2"), "{err}");
+    }
+
+    #[test]
+    fn a_hot_key_range_is_not_split_further() {
+        let narrow = vec![seg(1, 0.5, 0.5 + 1.5 / 65536.0)];
+        let err = plan(&narrow, &[split(1, 2)], &[], 1).unwrap_err();
+        assert!(err.contains("hot key"), "{err}");
+        let ok = vec![seg(1, 0.5, 0.5 + 2.0 / 65536.0)];
+        assert!(plan(&ok, &[split(1, 2)], &[], 1).is_ok());
+    }
+}
