@@ -56,6 +56,22 @@ pub struct ServerConfig {
     pub join: bool,
     pub tier2: Tier2Config,
     pub raft: RaftConfig,
+    pub scaling: ScalingConfig,
+}
+
+/// How auto-scaling measures and waits. Production defaults are minutes
+/// (as Pravega's); tests set seconds.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScalingConfig {
+    /// How often container leaders fold traffic into the rates (a raft entry
+    /// per container), and the auto-scaler looks at them.
+    pub tick_ms: u64,
+    /// The rate windows, shortest first: the moving averages forget at
+    /// these speeds.
+    pub windows_ms: [u64; 4],
+    /// A segment is left alone this long after the scale that made it.
+    pub cooldown_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -113,6 +129,17 @@ impl Default for ServerConfig {
             join: false,
             tier2: Tier2Config::default(),
             raft: RaftConfig::default(),
+            scaling: ScalingConfig::default(),
+        }
+    }
+}
+
+impl Default for ScalingConfig {
+    fn default() -> Self {
+        ScalingConfig {
+            tick_ms: 5_000,
+            windows_ms: [120_000, 300_000, 600_000, 1_200_000],
+            cooldown_ms: 600_000,
         }
     }
 }
@@ -273,6 +300,13 @@ impl ServerConfig {
         }
         if self.tier2.flush_interval_ms == 0 || self.tier2.read_concurrency == 0 {
             return bad("tier2.flush_interval_ms and tier2.read_concurrency must be > 0".into());
+        }
+        let w = &self.scaling.windows_ms;
+        if self.scaling.tick_ms == 0 || w[0] == 0 || w.windows(2).any(|p| p[0] > p[1]) {
+            return bad(format!(
+                "scaling.tick_ms must be > 0 and scaling.windows_ms above 0 and shortest first, not {} and {w:?}",
+                self.scaling.tick_ms
+            ));
         }
         if self.raft.tick_ms == 0 || self.raft.heartbeat_ticks == 0 {
             return bad("raft.tick_ms and raft.heartbeat_ticks must be > 0".into());

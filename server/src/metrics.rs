@@ -32,6 +32,19 @@ pub struct GroupLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScaleLabels {
+    /// `split` or `merge` (a scale that does both counts as a split).
+    pub kind: String,
+    /// `manual` or `auto`.
+    pub trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SegmentLabels {
+    pub segment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TierLabels {
     pub tier: String,
 }
@@ -66,6 +79,13 @@ pub struct Metrics {
     pub tier2_flush_lag_seconds: Family<GroupLabels, FloatGauge>,
     pub read_bytes: Family<TierLabels, Counter>,
     pub connections: Gauge,
+    /// Active segments per stream: what a compute engine's autoscaler
+    /// follows.
+    pub stream_active_segments: Family<StreamLabels, Gauge>,
+    pub scale_operations: Family<ScaleLabels, Counter>,
+    /// Shortest-window rates of the segments this node leads.
+    pub segment_events_per_second: Family<SegmentLabels, FloatGauge>,
+    pub segment_bytes_per_second: Family<SegmentLabels, FloatGauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -84,6 +104,10 @@ impl Metrics {
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("aquifer");
         let m = Metrics {
+            stream_active_segments: Family::default(),
+            scale_operations: Family::default(),
+            segment_events_per_second: Family::default(),
+            segment_bytes_per_second: Family::default(),
             append_events: Family::default(),
             append_bytes: Family::default(),
             append_ack_seconds: latency_histogram(),
@@ -194,6 +218,26 @@ impl Metrics {
             "Open client connections",
             m.connections.clone(),
         );
+        r.register(
+            "stream_active_segments",
+            "Active segments per stream (the current epoch's)",
+            m.stream_active_segments.clone(),
+        );
+        r.register(
+            "scale_operations",
+            "Scales started, by kind (split, merge) and trigger (manual, auto)",
+            m.scale_operations.clone(),
+        );
+        r.register(
+            "segment_events_per_second",
+            "Events/s over the shortest rate window, per segment this node leads",
+            m.segment_events_per_second.clone(),
+        );
+        r.register(
+            "segment_bytes_per_second",
+            "Bytes/s over the shortest rate window, per segment this node leads",
+            m.segment_bytes_per_second.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -209,6 +253,16 @@ impl Metrics {
         GroupLabels {
             group: name.to_string(),
         }
+    }
+
+    /// Counts a scale started.
+    pub fn scale_started(&self, kind: &str, trigger: &str) {
+        self.scale_operations
+            .get_or_create(&ScaleLabels {
+                kind: kind.to_string(),
+                trigger: trigger.to_string(),
+            })
+            .inc();
     }
 
     pub fn read_from(&self, tier: &str, bytes: u64) {

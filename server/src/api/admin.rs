@@ -21,8 +21,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::container::SegmentView;
-use crate::controller::scaling::Split;
-use crate::controller::{Retention, StreamKey, StreamRecord};
+use crate::controller::scaling::{self, Split};
+use crate::controller::{PolicyRecord, Retention, ScalingPolicy, StreamKey, StreamRecord};
 use crate::error::Error;
 use crate::node::{validate_name, Node};
 
@@ -150,6 +150,13 @@ fn stream_info(s: &StreamRecord, views: &HashMap<u64, SegmentView>) -> StreamInf
                 epoch: g.epoch,
                 successors: g.successors.clone(),
                 predecessors: g.predecessors.clone(),
+                events_per_second: view
+                    .map(|v| v.events_per_second.to_vec())
+                    .unwrap_or_default(),
+                bytes_per_second: view
+                    .map(|v| v.bytes_per_second.to_vec())
+                    .unwrap_or_default(),
+                hot_key: view.is_some_and(|v| scaling::is_hot_key(g, &s.policy, v)),
             }
         })
         .collect();
@@ -164,6 +171,7 @@ fn stream_info(s: &StreamRecord, views: &HashMap<u64, SegmentView>) -> StreamInf
             time_ms: s.retention.time_ms,
             size_bytes: s.retention.bytes,
         }),
+        scaling: Some(policy_info(&s.policy)),
         epoch: s.epoch,
         epochs: s
             .epochs
@@ -174,6 +182,29 @@ fn stream_info(s: &StreamRecord, views: &HashMap<u64, SegmentView>) -> StreamInf
                 created_ms: e.created_ms,
             })
             .collect(),
+    }
+}
+
+fn policy(p: Option<pb::ScalingPolicy>) -> Result<ScalingPolicy, Error> {
+    let Some(p) = p else {
+        return Ok(ScalingPolicy::default());
+    };
+    let record = PolicyRecord {
+        kind: p.kind as u32,
+        target: p.target,
+        scale_factor: p.scale_factor,
+        min_segments: p.min_segments,
+    };
+    Ok(ScalingPolicy::from_record(&record)?)
+}
+
+fn policy_info(p: &ScalingPolicy) -> pb::ScalingPolicy {
+    let r = p.record();
+    pb::ScalingPolicy {
+        kind: r.kind as i32,
+        target: r.target,
+        scale_factor: r.scale_factor,
+        min_segments: r.min_segments,
     }
 }
 
@@ -205,7 +236,12 @@ impl StreamAdmin for AdminService {
                 let key = key(req.name)?;
                 let stream = self
                     .node
-                    .create_stream(&key, req.segment_count, retention(req.retention))
+                    .create_stream(
+                        &key,
+                        req.segment_count,
+                        retention(req.retention),
+                        policy(req.scaling)?,
+                    )
                     .await?;
                 tracing::info!(stream = %key, segments = stream.segments.len(), "stream created");
                 Ok(self.info(&stream).await?)
@@ -288,11 +324,18 @@ impl StreamAdmin for AdminService {
             |mut c, r| async move { c.update_stream(r).await },
             |req| async move {
             let key = key(req.name)?;
-            let stream = self
-                .node
-                .set_retention(&key, retention(req.retention))
-                .await?;
-            tracing::info!(stream = %key, retention = ?stream.retention, "stream retention changed");
+            let mut stream = None;
+            if req.retention.is_some() || req.scaling.is_none() {
+                let s = self.node.set_retention(&key, retention(req.retention)).await?;
+                tracing::info!(stream = %key, retention = ?s.retention, "stream retention changed");
+                stream = Some(s);
+            }
+            if req.scaling.is_some() {
+                let s = self.node.set_scaling(&key, policy(req.scaling)?).await?;
+                tracing::info!(stream = %key, policy = ?s.policy, "stream scaling policy changed");
+                stream = Some(s);
+            }
+            let stream = stream.ok_or_else(|| Error::Internal("update changed nothing".into()))?;
             Ok(self.info(&stream).await?)
             },
         )

@@ -8,7 +8,7 @@ pub struct ContainerCommand {
     // Tag 5 is reserved: it was a single-chunk "chunk flushed" command that
     // no release ever proposed (ChunksFlushed, tag 7, replaced it). Never
     // reuse it.
-    #[prost(oneof = "Cmd", tags = "1, 2, 3, 4, 6, 7")]
+    #[prost(oneof = "Cmd", tags = "1, 2, 3, 4, 6, 7, 8")]
     pub cmd: Option<Cmd>,
 }
 
@@ -27,6 +27,20 @@ pub enum Cmd {
     /// One tier-2 object holding pieces of several segments.
     #[prost(message, tag = "7")]
     ChunksFlushed(ChunksFlushed),
+    /// Fold each segment's traffic since the last tick into its rates.
+    #[prost(message, tag = "8")]
+    RateTick(RateTick),
+}
+
+/// A rate tick, with its time and windows in the entry so every replica
+/// (and every replay) computes the same rates.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RateTick {
+    #[prost(uint64, tag = "1")]
+    pub now_ms: u64,
+    /// One per rate window, shortest first.
+    #[prost(uint64, repeated, tag = "2")]
+    pub windows_ms: Vec<u64>,
 }
 
 /// The storage writer put one object holding each chunk's bytes at its
@@ -122,6 +136,20 @@ pub struct SegmentSnapshot {
     pub tail: Vec<TailBlock>,
     #[prost(uint64, tag = "8")]
     pub head: u64,
+    #[prost(uint64, tag = "9")]
+    pub events_total: u64,
+    #[prost(uint64, tag = "10")]
+    pub bytes_total: u64,
+    #[prost(uint64, tag = "11")]
+    pub ticked_events: u64,
+    #[prost(uint64, tag = "12")]
+    pub ticked_bytes: u64,
+    #[prost(uint64, tag = "13")]
+    pub ticked_ms: u64,
+    #[prost(double, repeated, tag = "14")]
+    pub events_per_second: Vec<f64>,
+    #[prost(double, repeated, tag = "15")]
+    pub bytes_per_second: Vec<f64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -7,6 +7,7 @@
 //! in-flight byte budget (bytes proposed but not yet applied).
 
 pub mod command;
+pub mod rates;
 pub mod segment;
 pub mod state;
 
@@ -140,6 +141,12 @@ impl Container {
     pub fn segment(&self, id: u64) -> Option<Arc<Segment>> {
         let map = self.segments.read().unwrap_or_else(|p| p.into_inner());
         map.get(&id).cloned()
+    }
+
+    /// The segments this container hosts now.
+    pub fn segments(&self) -> Vec<Arc<Segment>> {
+        let map = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        map.values().cloned().collect()
     }
 
     /// Ids of the segments this container hosts now.

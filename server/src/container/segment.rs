@@ -5,6 +5,7 @@
 //! buffer holds exactly the bytes `[tier2_length, length)`, one block per
 //! applied batch, so every block starts and ends at an event boundary.
 
+use super::rates::{Rates, RATE_WINDOWS};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
@@ -42,6 +43,8 @@ pub(crate) struct SegmentState {
     pub tail: VecDeque<(u64, Bytes)>,
     /// Last applied event number per writer id.
     pub writers: HashMap<String, i64>,
+    /// Traffic counters and moving averages (replicated state).
+    pub rates: Rates,
 }
 
 impl SegmentState {
@@ -51,7 +54,7 @@ impl SegmentState {
 }
 
 /// Counters of a segment at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SegmentView {
     pub head: u64,
     pub length: u64,
@@ -60,6 +63,9 @@ pub struct SegmentView {
     pub chunk_count: u32,
     pub tail_bytes: u64,
     pub log_bytes: u64,
+    /// Events/s and bytes/s per rate window, shortest first.
+    pub events_per_second: [f64; RATE_WINDOWS],
+    pub bytes_per_second: [f64; RATE_WINDOWS],
 }
 
 /// Where the bytes at a read offset are.
@@ -120,6 +126,8 @@ impl Segment {
             chunk_count: u32::try_from(s.chunks.len()).unwrap_or(u32::MAX),
             tail_bytes: s.tail_bytes(),
             log_bytes: s.length - s.snapshot_length,
+            events_per_second: s.rates.events_per_second,
+            bytes_per_second: s.rates.bytes_per_second,
         }
     }
 

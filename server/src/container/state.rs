@@ -10,9 +10,10 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use super::command::{
-    Append, ChunkFlushed, Cmd, ContainerCommand, ContainerSnapshot, SegmentSnapshot, TailBlock,
-    Truncate, WriterPosition,
+    Append, ChunkFlushed, Cmd, ContainerCommand, ContainerSnapshot, RateTick, SegmentSnapshot,
+    TailBlock, Truncate, WriterPosition,
 };
+use super::rates::{Rates, RATE_WINDOWS};
 use super::segment::{Chunk, Segment};
 use crate::cache::TailBudget;
 use crate::group::StateMachine;
@@ -48,6 +49,8 @@ pub enum Applied {
     Truncated {
         objects: Vec<String>,
     },
+    /// Every segment's rates took the tick.
+    RatesTicked,
 }
 
 /// Why a command was refused (deterministically, on every replica).
@@ -175,6 +178,7 @@ impl ContainerState {
         s.length += len;
         s.tail.push_back((offset, a.events));
         s.writers.insert(a.writer_id, last);
+        s.rates.record(a.event_count, len);
         drop(s);
         self.budget.add(len);
         seg.notify();
@@ -269,6 +273,15 @@ impl ContainerState {
 }
 
 impl ContainerState {
+    fn rate_tick(&mut self, t: &RateTick) -> Applied {
+        let windows = windows_of_ms(&t.windows_ms);
+        let map = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        for seg in map.values() {
+            seg.lock().rates.tick(t.now_ms, &windows);
+        }
+        Applied::RatesTicked
+    }
+
     fn truncate(&mut self, t: Truncate) -> Result<Applied, ApplyError> {
         let seg = self.segment(t.segment_id)?;
         let mut s = seg.lock();
@@ -310,6 +323,7 @@ impl StateMachine for ContainerState {
             Some(Cmd::Delete(r)) => Ok(self.delete(r.segment_id)),
             Some(Cmd::ChunksFlushed(c)) => Ok(self.chunks_flushed(c.chunks)),
             Some(Cmd::Truncate(t)) => self.truncate(t),
+            Some(Cmd::RateTick(t)) => Ok(self.rate_tick(&t)),
             None => Err(ApplyError::Malformed("empty command".into())),
         }
     }
@@ -363,6 +377,13 @@ impl StateMachine for ContainerState {
                             events: events.clone(),
                         })
                         .collect(),
+                    events_total: s.rates.events_total,
+                    bytes_total: s.rates.bytes_total,
+                    ticked_events: s.rates.ticked_events,
+                    ticked_bytes: s.rates.ticked_bytes,
+                    ticked_ms: s.rates.ticked_ms,
+                    events_per_second: s.rates.events_per_second.to_vec(),
+                    bytes_per_second: s.rates.bytes_per_second.to_vec(),
                 }
             })
             .collect();
@@ -401,6 +422,15 @@ impl StateMachine for ContainerState {
                 .map(|w| (w.writer_id, w.last_event_number))
                 .collect();
             s.tail = g.tail.into_iter().map(|b| (b.offset, b.events)).collect();
+            s.rates = Rates {
+                events_total: g.events_total,
+                bytes_total: g.bytes_total,
+                ticked_events: g.ticked_events,
+                ticked_bytes: g.ticked_bytes,
+                ticked_ms: g.ticked_ms,
+                events_per_second: windows_of(&g.events_per_second),
+                bytes_per_second: windows_of(&g.bytes_per_second),
+            };
             let tail_len: u64 = s.tail.iter().map(|(_, b)| b.len() as u64).sum();
             if tail_len != s.tail_bytes() {
                 return Err(format!(
@@ -425,6 +455,26 @@ impl StateMachine for ContainerState {
         *map = kept;
         Ok(())
     }
+}
+
+/// A tick's windows (a missing one is as long as the longest given; none:
+/// one second, so a tick can never divide by zero).
+fn windows_of_ms(v: &[u64]) -> [u64; RATE_WINDOWS] {
+    let mut out = [v.iter().copied().max().unwrap_or(1000); RATE_WINDOWS];
+    for (o, x) in out.iter_mut().zip(v) {
+        *o = *x;
+    }
+    out
+}
+
+/// Per-window rates from a snapshot (missing windows, as in snapshots from
+/// before rates, are 0).
+fn windows_of(v: &[f64]) -> [f64; RATE_WINDOWS] {
+    let mut out = [0.0; RATE_WINDOWS];
+    for (o, x) in out.iter_mut().zip(v) {
+        *o = *x;
+    }
+    out
 }
 
 fn chunk_of(c: ChunkFlushed) -> Chunk {

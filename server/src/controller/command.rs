@@ -3,7 +3,7 @@
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetaCommand {
-    #[prost(oneof = "MetaCmd", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
+    #[prost(oneof = "MetaCmd", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
     pub cmd: Option<MetaCmd>,
 }
 
@@ -40,6 +40,33 @@ pub enum MetaCmd {
     /// epoch is in force.
     #[prost(message, tag = "11")]
     CompleteScale(CompleteScale),
+    /// A stream's scaling policy changes.
+    #[prost(message, tag = "12")]
+    SetScaling(SetScaling),
+}
+
+/// How a stream follows its traffic (see `state::ScalingPolicy`).
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct PolicyRecord {
+    /// 0 fixed, 1 events/s, 2 KiB/s.
+    #[prost(uint32, tag = "1")]
+    pub kind: u32,
+    #[prost(uint64, tag = "2")]
+    pub target: u64,
+    #[prost(uint32, tag = "3")]
+    pub scale_factor: u32,
+    #[prost(uint32, tag = "4")]
+    pub min_segments: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetScaling {
+    #[prost(string, tag = "1")]
+    pub scope: String,
+    #[prost(string, tag = "2")]
+    pub stream: String,
+    #[prost(message, optional, tag = "3")]
+    pub policy: Option<PolicyRecord>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -175,6 +202,8 @@ pub struct CreateStream {
     /// When the stream (its epoch 0) begins, ms since the Unix epoch.
     #[prost(uint64, tag = "7")]
     pub created_ms: u64,
+    #[prost(message, optional, tag = "8")]
+    pub policy: Option<PolicyRecord>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -224,6 +253,8 @@ pub struct StreamSnapshot {
     pub scaling_epoch: u64,
     #[prost(uint64, repeated, tag = "11")]
     pub scaling_predecessors: Vec<u64>,
+    #[prost(message, optional, tag = "12")]
+    pub policy: Option<PolicyRecord>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

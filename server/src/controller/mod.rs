@@ -13,7 +13,8 @@ pub mod placement;
 pub(crate) mod scaling;
 mod state;
 
-pub use state::{Retention, Scaling, StreamKey, StreamRecord};
+pub use command::PolicyRecord;
+pub use state::{Retention, Scaling, ScalingKind, ScalingPolicy, StreamKey, StreamRecord};
 
 use crate::controller::placement::Placement;
 use crate::error::Error;
@@ -165,6 +166,7 @@ impl Controller {
         segment_count: u32,
         containers: u32,
         retention: Retention,
+        policy: ScalingPolicy,
     ) -> Result<StreamRecord, Error> {
         self.propose(MetaCmd::Create(command::CreateStream {
             scope: key.scope.clone(),
@@ -174,6 +176,20 @@ impl Controller {
             retention_time_ms: retention.time_ms,
             retention_bytes: retention.bytes,
             created_ms: crate::tier::writer::now_ms(),
+            policy: Some(policy.record()),
+        }))
+        .await
+    }
+
+    pub async fn set_scaling(
+        &self,
+        key: &StreamKey,
+        policy: ScalingPolicy,
+    ) -> Result<StreamRecord, Error> {
+        self.propose(MetaCmd::SetScaling(command::SetScaling {
+            scope: key.scope.clone(),
+            stream: key.stream.clone(),
+            policy: Some(policy.record()),
         }))
         .await
     }

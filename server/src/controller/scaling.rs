@@ -1,5 +1,6 @@
-//! Scaling plans: which active segments a scale seals and the key ranges of
-//! the successors that replace them, checked before anything is recorded.
+//! Scaling plans and decisions: which active segments a scale seals and the
+//! key ranges of the successors that replace them, checked before anything
+//! is recorded; and when a rate policy calls for a scale.
 //!
 //! Pure functions of the stream's active segments and the request, run where
 //! the scale executes (the `meta` state machine applies `StartScale`), so a
@@ -8,7 +9,9 @@
 //! the narrowest range a split may make, the fewest segments a stream may
 //! have); it never allocates ids or touches containers.
 
-use super::state::SegmentRecord;
+use super::state::{ScalingKind, ScalingPolicy, SegmentRecord};
+use crate::container::rates::RATE_WINDOWS;
+use crate::container::SegmentView;
 
 /// Active segments one stream may have.
 pub const STREAM_SEGMENTS_MAX: u32 = 1024;
@@ -137,6 +140,133 @@ pub fn plan(
     })
 }
 
+/// What the auto-scaler knows of one active segment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Load {
+    pub segment_id: u64,
+    pub key_low: f64,
+    pub key_high: f64,
+    /// In the policy's unit (events/s or KiB/s), one per window, shortest
+    /// first.
+    pub rates: [f64; RATE_WINDOWS],
+    /// Since its epoch began.
+    pub age_ms: u64,
+}
+
+impl Load {
+    pub fn of(
+        segment: &SegmentRecord,
+        policy: &ScalingPolicy,
+        view: &SegmentView,
+        age_ms: u64,
+    ) -> Load {
+        Load {
+            segment_id: segment.id,
+            key_low: segment.key_low,
+            key_high: segment.key_high,
+            rates: rates_in_unit(policy, view),
+            age_ms,
+        }
+    }
+}
+
+/// A segment's rates in the policy's unit.
+fn rates_in_unit(policy: &ScalingPolicy, view: &SegmentView) -> [f64; RATE_WINDOWS] {
+    match policy.kind {
+        ScalingKind::KibPerSecond => view.bytes_per_second.map(|b| b / 1024.0),
+        ScalingKind::EventsPerSecond | ScalingKind::Fixed => view.events_per_second,
+    }
+}
+
+/// Too hot for its target: the short window far above it, or the longer
+/// ones above it (windows shortest first).
+fn too_hot(r: &[f64; RATE_WINDOWS], target: f64) -> bool {
+    r[0] > 5.0 * target || r[1] > 2.0 * target || r[2] > target
+}
+
+/// Cold: every window below the target, the longest below half of it.
+fn cold(r: &[f64; RATE_WINDOWS], target: f64) -> bool {
+    r.iter().all(|&x| x < target) && r[RATE_WINDOWS - 1] < target / 2.0
+}
+
+/// Whether a segment is over its target but too narrow to split again.
+pub fn is_hot_key(segment: &SegmentRecord, policy: &ScalingPolicy, view: &SegmentView) -> bool {
+    policy.kind != ScalingKind::Fixed
+        && too_hot(&rates_in_unit(policy, view), policy.target as f64)
+        && (segment.key_high - segment.key_low) / 2.0 < KEY_RANGE_MIN
+}
+
+/// The scale a rate policy calls for, if any: splits of hot segments (into
+/// as many pieces as the rate asks, up to the scale factor), else merges of
+/// cold key-adjacent pairs whose sum stays below half the target (the band
+/// between half the target and the split thresholds is the hysteresis that
+/// keeps load near the target from oscillating). Segments younger than
+/// `cooldown_ms` are left alone. `loads` are the active segments.
+pub fn decide(
+    policy: &ScalingPolicy,
+    loads: &[Load],
+    cooldown_ms: u64,
+) -> Option<(Vec<Split>, Vec<Vec<u64>>)> {
+    if policy.kind == ScalingKind::Fixed || policy.target == 0 {
+        return None;
+    }
+    let target = policy.target as f64;
+    let settled = |l: &Load| l.age_ms >= cooldown_ms;
+    let mut room = (STREAM_SEGMENTS_MAX as usize).saturating_sub(loads.len());
+    let mut splits = Vec::new();
+    for l in loads
+        .iter()
+        .filter(|l| settled(l) && too_hot(&l.rates, target))
+    {
+        let peak = l.rates[..RATE_WINDOWS - 1]
+            .iter()
+            .copied()
+            .fold(0.0, f64::max);
+        let wanted = (peak / target)
+            .ceil()
+            .clamp(2.0, f64::from(policy.scale_factor)) as u32;
+        // Never a piece narrower than the hot-key limit.
+        let fit = ((l.key_high - l.key_low) / KEY_RANGE_MIN)
+            .floor()
+            .min(f64::from(SPLIT_PIECES_MAX)) as u32;
+        let pieces = wanted.min(fit);
+        if pieces >= 2 && (pieces - 1) as usize <= room {
+            room -= (pieces - 1) as usize;
+            splits.push(Split {
+                segment_id: l.segment_id,
+                pieces,
+            });
+        }
+    }
+    if !splits.is_empty() {
+        return Some((splits, Vec::new()));
+    }
+    let mut sorted: Vec<&Load> = loads.iter().collect();
+    sorted.sort_by(|a, b| a.key_low.total_cmp(&b.key_low));
+    let mut left = loads.len();
+    let mut merges = Vec::new();
+    let mut i = 0;
+    while i + 1 < sorted.len() {
+        let (a, b) = (sorted[i], sorted[i + 1]);
+        let joined_cold = a.rates[RATE_WINDOWS - 1] + b.rates[RATE_WINDOWS - 1] < target / 2.0;
+        if left > policy.min_segments as usize
+            && a.key_high == b.key_low
+            && settled(a)
+            && settled(b)
+            && cold(&a.rates, target)
+            && cold(&b.rates, target)
+            && joined_cold
+        {
+            merges.push(vec![a.segment_id, b.segment_id]);
+            left -= 1;
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    (!merges.is_empty()).then_some((Vec::new(), merges))
+}
+
 /// Whether key ranges `[a.0, a.1)` and `[b.0, b.1)` share keys.
 pub fn overlaps(a: (f64, f64), b: (f64, f64)) -> bool {
     a.0 < b.1 && b.0 < a.1
@@ -248,6 +378,122 @@ mod tests {
         assert!(plan(&active, &[], &[vec![1, 2], vec![3, 4]], 2).is_ok());
         let err = plan(&active, &[], &[vec![1, 2, 3, 4]], 2).unwrap_err();
         assert!(err.contains("fewer than its minimum of 2"), "{err}");
+    }
+
+    fn load(id: u64, low: f64, high: f64, rates: [f64; RATE_WINDOWS], age_ms: u64) -> Load {
+        Load {
+            segment_id: id,
+            key_low: low,
+            key_high: high,
+            rates,
+            age_ms,
+        }
+    }
+
+    fn events(target: u64, scale_factor: u32, min_segments: u32) -> ScalingPolicy {
+        ScalingPolicy {
+            kind: ScalingKind::EventsPerSecond,
+            target,
+            scale_factor,
+            min_segments,
+        }
+    }
+
+    /// Rates → decision, one row per rule.
+    #[test]
+    fn decisions_follow_the_rates() {
+        let p = events(1000, 4, 1);
+        let old = 60_000;
+        let cool = 10_000;
+        let half = |a, b| [load(1, 0.0, 0.5, a, old), load(2, 0.5, 1.0, b, old)];
+        type Row = (&'static str, [Load; 2], Option<(Vec<Split>, Vec<Vec<u64>>)>);
+        let quiet = [100.0, 100.0, 100.0, 100.0];
+        let rows: Vec<Row> = vec![
+            (
+                "near the target: nothing",
+                half([900.0; 4], [900.0; 4]),
+                None,
+            ),
+            (
+                "short window far above: split, pieces by rate up to the factor",
+                half([8000.0, 900.0, 900.0, 900.0], quiet),
+                Some((vec![split(1, 4)], vec![])),
+            ),
+            (
+                "mid window above twice: split in 3",
+                half([1500.0, 2500.0, 900.0, 900.0], quiet),
+                Some((vec![split(1, 3)], vec![])),
+            ),
+            (
+                "long window above: split in 2",
+                half([1100.0, 1100.0, 1100.0, 900.0], quiet),
+                Some((vec![split(1, 2)], vec![])),
+            ),
+            (
+                "both cold, sum below half: merge",
+                half(quiet, [50.0, 60.0, 70.0, 80.0]),
+                Some((vec![], vec![vec![1, 2]])),
+            ),
+            (
+                "cold each but the sum is not below half the target: hysteresis, nothing",
+                half([300.0; 4], [300.0; 4]),
+                None,
+            ),
+            (
+                "one window at the target: not cold",
+                half([1000.0, 100.0, 100.0, 100.0], quiet),
+                None,
+            ),
+        ];
+        for (why, loads, want) in rows {
+            assert_eq!(decide(&p, &loads, cool), want, "{why}");
+        }
+    }
+
+    #[test]
+    fn cooldown_minimum_and_fixed_policies_hold_back() {
+        let p = events(1000, 2, 1);
+        let hot = [9000.0; 4];
+        let young = [load(1, 0.0, 1.0, hot, 5_000)];
+        assert_eq!(decide(&p, &young, 10_000), None, "in its cooldown");
+        let cold = [0.0; 4];
+        let two = [
+            load(1, 0.0, 0.5, cold, 60_000),
+            load(2, 0.5, 1.0, cold, 60_000),
+        ];
+        assert_eq!(
+            decide(&events(1000, 2, 2), &two, 10_000),
+            None,
+            "at the minimum"
+        );
+        assert!(decide(&p, &two, 10_000).is_some());
+        assert_eq!(decide(&ScalingPolicy::default(), &young, 0), None, "fixed");
+    }
+
+    #[test]
+    fn a_hot_key_range_is_not_split_by_the_scaler_either() {
+        let p = events(1000, 4, 1);
+        let narrow = 1.5 / 65536.0;
+        let l = [load(1, 0.5, 0.5 + narrow, [9000.0; 4], 60_000)];
+        assert_eq!(decide(&p, &l, 0), None);
+        let seg = seg(1, 0.5, 0.5 + narrow);
+        let view = SegmentView {
+            head: 0,
+            length: 0,
+            sealed: false,
+            tier2_length: 0,
+            chunk_count: 0,
+            tail_bytes: 0,
+            log_bytes: 0,
+            events_per_second: [9000.0; 4],
+            bytes_per_second: [0.0; 4],
+        };
+        assert!(is_hot_key(&seg, &p, &view));
+        let wide = super::super::state::SegmentRecord {
+            key_high: 1.0,
+            ..seg
+        };
+        assert!(!is_hot_key(&wide, &p, &view));
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use super::command::{
-    CompleteScale, EpochSnapshot, MetaCmd, MetaCommand, MetaSnapshot, NodeRecord, SegmentSnapshot,
-    StartScale, StreamRef, StreamSnapshot,
+    CompleteScale, EpochSnapshot, MetaCmd, MetaCommand, MetaSnapshot, NodeRecord, PolicyRecord,
+    SegmentSnapshot, StartScale, StreamRef, StreamSnapshot,
 };
 use super::scaling::{self, Split};
 use crate::container::container_of;
@@ -95,6 +95,84 @@ pub struct Scaling {
     pub predecessors: Vec<u64>,
 }
 
+/// What a rate policy measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScalingKind {
+    /// Keep the segments the stream has (scaled only by hand).
+    Fixed,
+    EventsPerSecond,
+    KibPerSecond,
+}
+
+/// How a stream follows its traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScalingPolicy {
+    pub kind: ScalingKind,
+    /// Events/s or KiB/s per segment (rate kinds).
+    pub target: u64,
+    /// Most pieces one split makes, 2..=16.
+    pub scale_factor: u32,
+    /// Fewest active segments, at least 1.
+    pub min_segments: u32,
+}
+
+impl Default for ScalingPolicy {
+    fn default() -> Self {
+        ScalingPolicy {
+            kind: ScalingKind::Fixed,
+            target: 0,
+            scale_factor: 2,
+            min_segments: 1,
+        }
+    }
+}
+
+impl ScalingPolicy {
+    /// The policy a record stands for, checked: a rate policy needs a
+    /// target; the factor and minimum are brought into their ranges.
+    pub fn from_record(r: &PolicyRecord) -> Result<ScalingPolicy, MetaError> {
+        let kind = match r.kind {
+            0 => ScalingKind::Fixed,
+            1 => ScalingKind::EventsPerSecond,
+            2 => ScalingKind::KibPerSecond,
+            k => return Err(MetaError::Invalid(format!("unknown scaling kind {k}"))),
+        };
+        if kind != ScalingKind::Fixed && r.target == 0 {
+            return Err(MetaError::Invalid(
+                "a rate scaling policy needs a target above 0".into(),
+            ));
+        }
+        if r.scale_factor > scaling::SPLIT_PIECES_MAX
+            || r.min_segments > scaling::STREAM_SEGMENTS_MAX
+        {
+            return Err(MetaError::Invalid(format!(
+                "scale factor is 2..={} and minimum segments 1..={}",
+                scaling::SPLIT_PIECES_MAX,
+                scaling::STREAM_SEGMENTS_MAX
+            )));
+        }
+        Ok(ScalingPolicy {
+            kind,
+            target: r.target,
+            scale_factor: r.scale_factor.max(2),
+            min_segments: r.min_segments.max(1),
+        })
+    }
+
+    pub fn record(&self) -> PolicyRecord {
+        PolicyRecord {
+            kind: match self.kind {
+                ScalingKind::Fixed => 0,
+                ScalingKind::EventsPerSecond => 1,
+                ScalingKind::KibPerSecond => 2,
+            },
+            target: self.target,
+            scale_factor: self.scale_factor,
+            min_segments: self.min_segments,
+        }
+    }
+}
+
 /// How much of a stream to keep; 0 means no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retention {
@@ -121,6 +199,7 @@ pub struct StreamRecord {
     /// Every epoch, oldest first.
     pub epochs: Vec<EpochRecord>,
     pub scaling: Option<Scaling>,
+    pub policy: ScalingPolicy,
 }
 
 impl StreamRecord {
@@ -274,7 +353,13 @@ impl MetaState {
                 if map.contains_key(&key) {
                     return Err(MetaError::Exists(key.to_string()));
                 }
-                let n = c.segment_count.max(1);
+                let policy = c
+                    .policy
+                    .as_ref()
+                    .map(ScalingPolicy::from_record)
+                    .transpose()?
+                    .unwrap_or_default();
+                let n = c.segment_count.max(1).max(policy.min_segments);
                 let containers = c.containers.max(1);
                 let segments: Vec<SegmentRecord> = (0..n)
                     .map(|i| {
@@ -313,6 +398,7 @@ impl MetaState {
                     deleting: false,
                     epoch: 0,
                     scaling: None,
+                    policy,
                 };
                 map.insert(key, record.clone());
                 Ok(record)
@@ -334,6 +420,19 @@ impl MetaState {
                 self.update(key, |s| s.retention = retention)
             }
             Some(MetaCmd::StartScale(c)) => self.start_scale(c),
+            Some(MetaCmd::SetScaling(c)) => {
+                let policy = c
+                    .policy
+                    .as_ref()
+                    .map(ScalingPolicy::from_record)
+                    .transpose()?
+                    .unwrap_or_default();
+                let key = StreamRef {
+                    scope: c.scope,
+                    stream: c.stream,
+                };
+                self.update(key, |s| s.policy = policy)
+            }
             Some(MetaCmd::CompleteScale(c)) => self.complete_scale(c),
             Some(MetaCmd::Remove(r)) => {
                 let key = Self::key(r);
@@ -383,7 +482,10 @@ impl MetaState {
             })
             .collect();
         let merges: Vec<Vec<u64>> = c.merges.into_iter().map(|m| m.segment_ids).collect();
-        let plan = scaling::plan(&active, &splits, &merges, 1).map_err(MetaError::Invalid)?;
+        // The stream's minimum is enforced here, where the scale executes,
+        // whoever planned it (an operator, the auto-scaler).
+        let min = s.policy.min_segments as usize;
+        let plan = scaling::plan(&active, &splits, &merges, min).map_err(MetaError::Invalid)?;
         let epoch = s.epoch + 1;
         let containers = c.containers.max(1);
         let first_number = s
@@ -513,6 +615,7 @@ impl MetaState {
                     .as_ref()
                     .map(|x| x.predecessors.clone())
                     .unwrap_or_default(),
+                policy: Some(s.policy.record()),
             })
             .collect();
         MetaSnapshot {
@@ -579,6 +682,10 @@ impl MetaState {
                     epoch: s.scaling_epoch,
                     predecessors: s.scaling_predecessors,
                 }),
+                policy: match &s.policy {
+                    Some(p) => ScalingPolicy::from_record(p).map_err(|e| e.to_string())?,
+                    None => ScalingPolicy::default(),
+                },
             };
             map.insert(key, record);
         }

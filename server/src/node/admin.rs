@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::container::SegmentView;
 use crate::controller::scaling::{Split, STREAM_SEGMENTS_MAX};
-use crate::controller::{Retention, StreamKey, StreamRecord};
+use crate::controller::{Retention, ScalingPolicy, StreamKey, StreamRecord};
 use crate::error::Error;
 
 use super::Node;
@@ -72,6 +72,7 @@ impl Node {
         key: &StreamKey,
         segment_count: u32,
         retention: Retention,
+        policy: ScalingPolicy,
     ) -> Result<StreamRecord, Error> {
         validate_name("scope", &key.scope)?;
         validate_name("stream", &key.stream)?;
@@ -82,7 +83,13 @@ impl Node {
         }
         let stream = self
             .controller
-            .create(key, segment_count.max(1), self.config.containers, retention)
+            .create(
+                key,
+                segment_count.max(1),
+                self.config.containers,
+                retention,
+                policy,
+            )
             .await?;
         let ids: Vec<u64> = stream.segments.iter().map(|g| g.id).collect();
         self.settle("the new stream", &ids, |_, views| {
@@ -105,6 +112,15 @@ impl Node {
     ) -> Result<StreamRecord, Error> {
         self.stream(key)?;
         self.controller.set_retention(key, retention).await
+    }
+
+    pub async fn set_scaling(
+        &self,
+        key: &StreamKey,
+        policy: ScalingPolicy,
+    ) -> Result<StreamRecord, Error> {
+        self.stream(key)?;
+        self.controller.set_scaling(key, policy).await
     }
 
     pub async fn seal_stream(&self, key: &StreamKey) -> Result<StreamRecord, Error> {
@@ -132,6 +148,8 @@ impl Node {
             .controller
             .start_scale(key, splits, merges, self.config.containers)
             .await?;
+        let kind = if splits.is_empty() { "merge" } else { "split" };
+        self.metrics.scale_started(kind, "manual");
         let epoch = stream.scaling.as_ref().map_or(stream.epoch, |x| x.epoch);
         let key = key.clone();
         self.settle("the scale", &[], |node, _| {

@@ -8,12 +8,14 @@
 //! segment, and redirects), [`describe`] (segment views across nodes),
 //! [`admin`] (stream admin spanning `meta` and the containers),
 //! [`reconcile`] (every node, every 250 ms, moves the containers it leads
-//! toward the metadata), [`membership`] (the cluster's membership pass),
+//! toward the metadata), [`autoscale`] (rates and scaling decisions),
+//! [`membership`] (the cluster's membership pass),
 //! [`data_dir`] (the directory's lock and fixed container count).
 //!
 //! The node never serves before every group replayed its log.
 
 mod admin;
+mod autoscale;
 mod data_dir;
 mod describe;
 mod membership;
@@ -213,11 +215,12 @@ impl Node {
         // The reconciler is the node's own job (it spans meta, the
         // containers and the other nodes), so it holds the node; it stops
         // with the other tasks.
+        let autoscaler = tokio::spawn(autoscale::autoscale_loop(node.clone(), stopped.clone()));
         let reconciler = tokio::spawn(reconcile::reconcile_loop(node.clone(), stopped));
         node.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(reconciler);
+            .extend([autoscaler, reconciler]);
         Ok(node)
     }
 
@@ -240,6 +243,28 @@ impl Node {
         let m = &self.metrics;
         m.tail_buffer_bytes.set(self.budget.used() as i64);
         m.cache_bytes.set(self.tier2.cache_bytes() as i64);
+        for s in self.controller.all().iter().filter(|s| !s.deleting) {
+            let labels = crate::metrics::StreamLabels {
+                stream: s.key.to_string(),
+            };
+            m.stream_active_segments
+                .get_or_create(&labels)
+                .set(s.active().count() as i64);
+        }
+        for c in self.containers.iter().filter(|c| c.leader_term().is_some()) {
+            for seg in c.segments() {
+                let v = seg.view();
+                let labels = crate::metrics::SegmentLabels {
+                    segment: seg.id.to_string(),
+                };
+                m.segment_events_per_second
+                    .get_or_create(&labels)
+                    .set(v.events_per_second[0]);
+                m.segment_bytes_per_second
+                    .get_or_create(&labels)
+                    .set(v.bytes_per_second[0]);
+            }
+        }
     }
 
     /// Refuses with where the metadata leader is unless this node leads it.

@@ -39,7 +39,7 @@ async fn delete_succeeds_while_other_reconcile_passes_run() {
             stream: format!("s{round}"),
         };
         let stream = node
-            .create_stream(&key, 4, Retention::default())
+            .create_stream(&key, 4, Retention::default(), Default::default())
             .await
             .unwrap();
         let segment_id = stream.segments[0].id;
@@ -89,7 +89,7 @@ async fn scales_seal_predecessors_and_open_successors() {
         stream: "s".into(),
     };
     let stream = node
-        .create_stream(&key, 2, Retention::default())
+        .create_stream(&key, 2, Retention::default(), Default::default())
         .await
         .unwrap();
     let first = stream.segments[0].id;
@@ -136,5 +136,91 @@ async fn scales_seal_predecessors_and_open_successors() {
     assert_eq!(merged.epoch, 2);
     assert_eq!(merged.active().count(), 2);
     assert_eq!(merged.epochs.len(), 3);
+    node.stop().await;
+}
+
+/// Auto-scaling on one node with windows in seconds: load at 8x an
+/// events/s target splits the stream to at least 4 segments; silence then
+/// merges it back to its minimum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_policy_splits_under_load_and_merges_when_quiet() {
+    use crate::controller::{ScalingKind, ScalingPolicy};
+    use std::collections::HashMap;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig {
+        data_dir: dir.path().to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::default()
+    };
+    config.scaling.tick_ms = 100;
+    config.scaling.windows_ms = [400, 800, 1_600, 3_200];
+    config.scaling.cooldown_ms = 500;
+    let node = Node::open(config).await.unwrap();
+    let key = StreamKey {
+        scope: "auto".into(),
+        stream: "s".into(),
+    };
+    let policy = ScalingPolicy {
+        kind: ScalingKind::EventsPerSecond,
+        target: 1_000,
+        scale_factor: 2,
+        min_segments: 1,
+    };
+    node.create_stream(&key, 1, Retention::default(), policy)
+        .await
+        .unwrap();
+    // 8,000 events/s: 80 events per active segment share every 10 ms.
+    let mut numbers: HashMap<u64, i64> = HashMap::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut most = 1;
+    while most < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached 4 segments"
+        );
+        let stream = node.controller.get(&key).unwrap();
+        let active: Vec<u64> = stream.active().map(|g| g.id).collect();
+        most = most.max(active.len());
+        let share = (active.len() as u32).max(1);
+        let mut events = BytesMut::new();
+        for _ in 0..(80 / share).max(1) {
+            aquifer_proto::frame::encode_event(&mut events, Some("k"), b"x");
+        }
+        let events = events.freeze();
+        for id in active {
+            let next = numbers.entry(id).or_insert(0);
+            let count = (80 / share).max(1);
+            let applied = node
+                .container_of(id)
+                .propose(Cmd::Append(Append {
+                    segment_id: id,
+                    writer_id: "w".into(),
+                    first_event_number: *next + 1,
+                    event_count: count,
+                    events: events.clone(),
+                }))
+                .await;
+            // A segment sealed by a scale under way refuses; the others
+            // take the load.
+            if applied.is_ok() {
+                *next += i64::from(count);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Quiet: the rates decay and cold neighbours merge, down to 1.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let stream = node.controller.get(&key).unwrap();
+        if stream.active().count() == 1 && stream.scaling.is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never merged back: {} active",
+            stream.active().count()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     node.stop().await;
 }
