@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aquifer_proto::frame;
@@ -72,6 +72,9 @@ pub struct State {
     pub read_chunk: AtomicU64,
     /// While true, acks wait.
     pub pause_acks: watch::Sender<bool>,
+    /// While true, batches are applied but their acks never sent (as if
+    /// lost in flight).
+    pub swallow_acks: AtomicBool,
     /// Setups answered so far.
     pub setups: AtomicU64,
     /// Duplicate batches acked so far.
@@ -92,6 +95,7 @@ impl State {
             cut_reads: AtomicU32::new(0),
             read_chunk: AtomicU64::new(64 * 1024),
             pause_acks: watch::channel(false).0,
+            swallow_acks: AtomicBool::new(false),
             setups: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
         })
@@ -148,11 +152,12 @@ impl State {
             .collect();
         // Sealed: every segment not replaced by a scale is sealed (a
         // segment sealed by a scale still pending does not count).
-        let sealed = visible
+        let mut standing = visible
             .iter()
             .map(|id| &segments[id])
             .filter(|s| !s.scaled)
-            .all(|s| s.sealed);
+            .peekable();
+        let sealed = standing.peek().is_some() && standing.all(|s| s.sealed);
         Some(proto::StreamInfo {
             name: Some(proto::StreamName {
                 scope: key.0.clone(),
@@ -297,6 +302,12 @@ impl State {
             .copied()
             .filter(|id| !segments[id].hidden && !segments[id].scaled)
             .collect()
+    }
+
+    /// Every segment id a stream ever had (hidden successors too).
+    pub fn all_segments(&self, scope: &str, stream: &str) -> Vec<u64> {
+        let key = (scope.to_string(), stream.to_string());
+        self.streams.lock().unwrap()[&key].clone()
     }
 
     /// (key_low, key_high) of a segment.
@@ -561,6 +572,9 @@ impl append_server::Append for Svc {
                                 .send(Err(Status::invalid_argument("injected bad batch")))
                                 .await;
                             return;
+                        }
+                        if state.swallow_acks.load(Ordering::SeqCst) {
+                            continue;
                         }
                         if tx
                             .send(Ok(proto::AppendResponse {
