@@ -1,6 +1,8 @@
-//! Stream administration: create, list, describe, seal and delete streams.
+//! Stream administration: create, list, describe, scale, seal and delete
+//! streams.
 //!
-//! Owns the unary `StreamAdmin` calls and their deadline.
+//! Owns the unary `StreamAdmin` calls and their deadline, and [`Scale`], the
+//! client's form of a manual scale (never a generated type in the API).
 
 use std::sync::Arc;
 
@@ -8,8 +10,9 @@ use crate::conn::Conn;
 use crate::name::validate_part;
 use crate::proto::cluster_client::ClusterClient;
 use crate::proto::{
-    CreateStreamRequest, DeleteStreamRequest, DescribeStreamRequest, ListStreamsRequest, NodeInfo,
-    SealStreamRequest, UpdateStreamRequest,
+    CreateStreamRequest, DeleteStreamRequest, DescribeStreamRequest, ListStreamsRequest,
+    MergeSegments, NodeInfo, ScaleStreamRequest, SealStreamRequest, SplitSegment,
+    UpdateStreamRequest,
 };
 use crate::{ClusterStatus, Error, Retention, StreamInfo, StreamName};
 
@@ -127,6 +130,109 @@ impl Admin {
         .try_into()
     }
 
+    /// Scales a stream by hand: seals the segments `scale` names and
+    /// creates their successors in a new epoch; returns the stream once the
+    /// new epoch is in force. [`Error::InvalidArgument`] for a segment that
+    /// is not active, a merge of segments that are not key-adjacent, or a
+    /// split into fewer than 2 or more than 16 pieces;
+    /// [`Error::FailedPrecondition`] while another scale of the stream runs.
+    /// An empty `scale` is refused before anything is sent.
+    ///
+    /// Retried like every admin call (redirects, other nodes): a retry
+    /// whose first attempt did happen finds its segments sealed and gets
+    /// `InvalidArgument`; describe the stream to tell.
+    pub async fn scale_stream(
+        &self,
+        name: &StreamName,
+        scale: &Scale,
+    ) -> Result<StreamInfo, Error> {
+        if scale.splits.is_empty() && scale.merges.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a scale needs at least one split or merge".into(),
+            ));
+        }
+        if let Some(m) = scale.merges.iter().find(|m| m.len() < 2) {
+            return Err(Error::InvalidArgument(format!(
+                "a merge needs at least two segments, not {m:?}"
+            )));
+        }
+        let req = ScaleStreamRequest {
+            name: Some(name.to_proto()),
+            splits: scale
+                .splits
+                .iter()
+                .map(|&(segment_id, pieces)| SplitSegment { segment_id, pieces })
+                .collect(),
+            merges: scale
+                .merges
+                .iter()
+                .map(|ids| MergeSegments {
+                    segment_ids: ids.clone(),
+                })
+                .collect(),
+        };
+        self.call(|c| {
+            let req = c.request(req.clone());
+            async move { c.admin().scale_stream(req).await }
+        })
+        .await?
+        .try_into()
+    }
+
+    /// After `segment_id` was found sealed: describes the stream, with
+    /// backoff, until the segment lists its successors (then the stream as
+    /// described, whose `segments` hold them) or the stream itself is sealed
+    /// (`None`). A scale seals its segments up to about a second before it
+    /// records the new epoch that names their successors; `timeout` bounds
+    /// the wait. Shared by the writer (where to move events) and the reader
+    /// (what to read next).
+    pub(crate) async fn await_successors(
+        &self,
+        name: &StreamName,
+        segment_id: u64,
+        timeout: std::time::Duration,
+    ) -> Result<Option<StreamInfo>, Error> {
+        let started = tokio::time::Instant::now();
+        let mut attempt = 0;
+        loop {
+            let why = match self.describe_stream(name).await {
+                Ok(info) => {
+                    let listed = info.segments.iter().find(|s| s.segment_id == segment_id);
+                    let complete = listed.is_some_and(|me| {
+                        !me.successors.is_empty()
+                            && me
+                                .successors
+                                .iter()
+                                .all(|id| info.segments.iter().any(|s| s.segment_id == *id))
+                    });
+                    if complete {
+                        return Ok(Some(info));
+                    }
+                    if info.sealed {
+                        return Ok(None);
+                    }
+                    Error::unavailable(format!(
+                        "segment {segment_id} of {name} is sealed but lists no successors yet"
+                    ))
+                }
+                Err(e) if e.is_retryable() => e,
+                Err(e) => return Err(e),
+            };
+            attempt += 1;
+            let left = timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(Error::unavailable_from(
+                    format!(
+                        "gave up waiting for the successors of sealed segment {segment_id} after {} s",
+                        timeout.as_secs_f64()
+                    ),
+                    why,
+                ));
+            }
+            tokio::time::sleep(self.conn.backoff(attempt).min(left)).await;
+        }
+    }
+
     /// Seals a stream: no more appends, reads still work. Idempotent.
     pub async fn seal_stream(&self, name: &StreamName) -> Result<StreamInfo, Error> {
         let req = SealStreamRequest {
@@ -229,5 +335,49 @@ impl Admin {
                 }
             };
         }
+    }
+}
+
+/// A manual scale for [`Admin::scale_stream`]: splits and merges of active
+/// segments, all done in one new epoch.
+///
+/// ```
+/// use aquifer_client::Scale;
+///
+/// // Split segment 7 in three, merge 8 and 9 (key-adjacent) into one.
+/// let scale = Scale::default().split(7, 3).merge([8, 9]);
+/// assert_eq!(scale.splits(), &[(7, 3)]);
+/// assert_eq!(scale.merges(), &[vec![8, 9]]);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Scale {
+    splits: Vec<(u64, u32)>,
+    merges: Vec<Vec<u64>>,
+}
+
+impl Scale {
+    /// Splits active segment `segment_id` into `pieces` equal key ranges
+    /// (2 to 16; the server checks).
+    pub fn split(mut self, segment_id: u64, pieces: u32) -> Self {
+        self.splits.push((segment_id, pieces));
+        self
+    }
+
+    /// Merges key-adjacent active segments (at least two, any order) into
+    /// one.
+    pub fn merge(mut self, segment_ids: impl IntoIterator<Item = u64>) -> Self {
+        self.merges.push(segment_ids.into_iter().collect());
+        self
+    }
+
+    /// The splits: (segment id, pieces).
+    pub fn splits(&self) -> &[(u64, u32)] {
+        &self.splits
+    }
+
+    /// The merges: the segment ids of each.
+    pub fn merges(&self) -> &[Vec<u64>] {
+        &self.merges
     }
 }

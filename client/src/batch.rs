@@ -269,6 +269,27 @@ impl<T> BatchQueue<T> {
         out
     }
 
+    /// Like [`drain_all`](Self::drain_all), but each token comes with its
+    /// framed event (a slice of its batch's bytes, no copy), in the order
+    /// the events were pushed: what a writer moves to a sealed segment's
+    /// successors. Call it only after `on_setup` told what the server has
+    /// (else applied events would be moved, hence duplicated).
+    pub fn drain_all_framed(&mut self) -> Vec<(Bytes, T)> {
+        self.on_disconnect();
+        self.seal();
+        let mut out = Vec::new();
+        for batch in self.ready.drain(..) {
+            let mut at = 0usize;
+            for (len, token) in batch.events {
+                let end = at + len as usize;
+                out.push((batch.data.slice(at..end), token));
+                at = end;
+            }
+        }
+        self.resolved += out.len() as u64;
+        out
+    }
+
     /// Events pushed so far.
     pub fn pushed(&self) -> u64 {
         self.pushed
@@ -485,5 +506,29 @@ mod tests {
         assert!(q.is_empty());
         assert_eq!(q.pushed(), 5);
         assert_eq!(q.resolved(), 5);
+    }
+
+    #[test]
+    fn drain_all_framed_keeps_what_the_server_lacks_in_order_with_its_bytes() {
+        let now = Instant::now();
+        let evs: Vec<Vec<u8>> = (0..5u8).map(|i| framed(&[i; 10])).collect();
+        let mut q = BatchQueue::new(evs[0].len() * 2);
+        for (t, e) in evs.iter().enumerate() {
+            q.push(e, t as u32, now);
+        }
+        q.on_setup(0);
+        let _ = q.next_to_send(); // 1-2
+        let _ = q.next_to_send(); // 3-4; event 5 stays open
+                                  // The segment is sealed; the server applied 1-2 only.
+        assert_eq!(tokens(q.on_setup(2)), vec![0, 1]);
+        let left = q.drain_all_framed();
+        assert_eq!(
+            left.iter().map(|(_, t)| *t).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        for (bytes, t) in &left {
+            assert_eq!(&bytes[..], &evs[*t as usize][..]);
+        }
+        assert!(q.is_empty());
     }
 }

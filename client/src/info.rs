@@ -6,7 +6,7 @@
 //! semver (each struct is `#[non_exhaustive]`, so fields can be added), and
 //! wire sentinels (`0` for "no limit", "no leader") become `Option`s here.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{proto, Error, StreamName};
 
@@ -75,6 +75,43 @@ pub struct StreamInfo {
     pub segments: Vec<SegmentInfo>,
     /// What it keeps.
     pub retention: Retention,
+    /// The current epoch: 0 at creation, one more per scale.
+    pub epoch: u64,
+    /// Every epoch, oldest first (`stream history`).
+    pub epochs: Vec<EpochInfo>,
+}
+
+impl StreamInfo {
+    /// The segments writers append to now: the unsealed ones (all of them
+    /// once the stream is sealed).
+    pub fn active_segments(&self) -> impl Iterator<Item = &SegmentInfo> {
+        let all_sealed = self.sealed || self.segments.iter().all(|s| s.sealed);
+        self.segments
+            .iter()
+            .filter(move |s| all_sealed || !s.sealed)
+    }
+}
+
+/// One epoch of a stream: the segments active from one scale to the next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EpochInfo {
+    /// Its number: 0 at creation, one more per scale.
+    pub epoch: u64,
+    /// The segments active in it.
+    pub segment_ids: Vec<u64>,
+    /// When it began.
+    pub created: SystemTime,
+}
+
+impl From<proto::EpochInfo> for EpochInfo {
+    fn from(e: proto::EpochInfo) -> Self {
+        EpochInfo {
+            epoch: e.epoch,
+            segment_ids: e.segment_ids,
+            created: UNIX_EPOCH + Duration::from_millis(e.created_ms),
+        }
+    }
 }
 
 impl TryFrom<proto::StreamInfo> for StreamInfo {
@@ -89,6 +126,8 @@ impl TryFrom<proto::StreamInfo> for StreamInfo {
             sealed: info.sealed,
             segments: info.segments.into_iter().map(SegmentInfo::from).collect(),
             retention: Retention::from_proto(info.retention.unwrap_or_default()),
+            epoch: info.epoch,
+            epochs: info.epochs.into_iter().map(EpochInfo::from).collect(),
         })
     }
 }
@@ -123,6 +162,14 @@ pub struct SegmentInfo {
     /// Bytes appended since its container's last snapshot (replayed on
     /// restart).
     pub log_bytes: u64,
+    /// The epoch that created it.
+    pub epoch: u64,
+    /// The segments that replaced it when a scale sealed it (empty while it
+    /// is active); their key ranges overlap its own.
+    pub successors: Vec<u64>,
+    /// The segments it replaced (empty for a segment the stream was created
+    /// with). A reader reads it only after every one of them.
+    pub predecessors: Vec<u64>,
 }
 
 impl From<proto::SegmentInfo> for SegmentInfo {
@@ -140,6 +187,9 @@ impl From<proto::SegmentInfo> for SegmentInfo {
             chunk_count: s.chunk_count,
             tail_buffer_bytes: s.tail_buffer_bytes,
             log_bytes: s.log_bytes,
+            epoch: s.epoch,
+            successors: s.successors,
+            predecessors: s.predecessors,
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! - [`Client`]: one connection to a node (and, in a cluster, to the others
 //!   it learns of), cheap to clone; [`ClientBuilder`] for its settings;
-//! - [`Admin`]: create, list, describe, seal and delete streams;
+//! - [`Admin`]: create, list, describe, scale, seal and delete streams;
 //! - [`EventWriter`]: batching, exactly-once writer (per writer id), with
 //!   back-pressure and retries; each write resolves to a [`WriteAck`];
 //! - [`EventReader`] / [`SegmentReader`]: ordered, optionally tailing reads,
@@ -12,7 +12,8 @@
 //! Module map: `builder` (connection settings), `conn` (channel, limits,
 //! backoff), `name` (stream names), `info` (the client's views of server
 //! state), `error`, `admin`, `routing` (key hash), `batch` (pure batching
-//! and numbering), `session` (one append session per segment), `writer`,
+//! and numbering), `graph` (the successor graph a reader walks), `session` (one append session per segment), `reroute`
+//! (the writer's routing table and hand-overs across scales), `writer`,
 //! `reader`, `scan`, `direct` (tier-2 reads of a scan). No generated
 //! (prost) type is part of the public API.
 //!
@@ -26,9 +27,11 @@ mod builder;
 mod conn;
 mod direct;
 mod error;
+mod graph;
 mod info;
 mod name;
 mod reader;
+mod reroute;
 mod routing;
 mod scan;
 mod session;
@@ -39,12 +42,13 @@ use std::time::Duration;
 
 use aquifer_proto::v1 as proto;
 
-pub use admin::Admin;
+pub use admin::{Admin, Scale};
 pub use aquifer_proto::wire::{CLIENT_MESSAGE_BYTES_MAX, WRITER_ID_BYTES_MAX};
 pub use builder::ClientBuilder;
 pub use error::{Error, Source};
 pub use info::{
-    ClusterStatus, GroupStatus, NodeHealth, NodeStatus, Retention, SegmentInfo, StreamInfo,
+    ClusterStatus, EpochInfo, GroupStatus, NodeHealth, NodeStatus, Retention, SegmentInfo,
+    StreamInfo,
 };
 pub use name::{StreamName, NAME_BYTES_MAX};
 pub use reader::{Event, EventReader, ReaderConfig, SegmentReader, StartFrom};
@@ -179,16 +183,15 @@ impl Client {
     }
 
     /// A reader of every segment of `stream`, starting where `config.start`
-    /// says (offsets taken from a `describe_stream` now).
+    /// says (offsets taken from a `describe_stream` now), predecessors
+    /// before successors.
     pub async fn reader(
         &self,
         stream: &StreamName,
         config: ReaderConfig,
     ) -> Result<EventReader, Error> {
         let info = self.admin().describe_stream(stream).await?;
-        let mut segments = info.segments;
-        segments.sort_by_key(|s| s.number);
-        EventReader::new(&self.conn, &segments, &config)
+        EventReader::new(&self.conn, stream, &info.segments, &config)
     }
 
     /// Batch scans: stream cuts, segment ranges, bounded range reads.

@@ -5,7 +5,10 @@
 //! Owns [`EventReader`], [`SegmentReader`], [`ReaderConfig`], [`StartFrom`]
 //! and [`Event`], and the read retry rule: on a retryable failure a segment
 //! task reconnects from the offset after the last event it delivered, so
-//! events are never duplicated nor skipped.
+//! events are never duplicated nor skipped. An [`EventReader`] walks the
+//! stream's successor graph (`graph.rs`): it starts a segment only once
+//! every predecessor is read to its end, so per-key order holds across
+//! scales.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -20,10 +23,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::admin::Admin;
 use crate::conn::{Conn, MESSAGE_BYTES_MAX};
 use crate::direct::Tier2Stores;
+use crate::graph::Graph;
 use crate::proto::{LocateRangeRequest, ReadSegmentRequest};
-use crate::{Error, Position, SegmentInfo};
+use crate::{Error, Position, SegmentInfo, StreamName};
 
 /// Messages buffered between the segment tasks and the reader: bounds the
 /// reader's memory.
@@ -96,10 +101,63 @@ impl ReaderConfig {
     }
 }
 
-/// What a segment task sends the reader.
+/// What a segment task sends the reader; each task ends with one `Done`
+/// or one `Failed` (unless the reader is gone).
 enum Item {
     Events(Vec<Event>),
     Failed(Error),
+    /// The segment is read as far as asked; when following, with the
+    /// describe that listed its successors (empty: the stream is sealed).
+    Done {
+        segment_id: u64,
+        learned: Vec<SegmentInfo>,
+    },
+}
+
+/// An [`EventReader`]'s walk over the successor graph.
+struct Walk {
+    graph: Graph,
+    conn: Arc<Conn>,
+    /// Following: the stream, to learn each sealed segment's successors.
+    follow: Option<(Admin, StreamName)>,
+    /// Start offsets of the segments listed at creation; segments reached
+    /// later start at their head.
+    starts: std::collections::HashMap<u64, u64>,
+    /// The walk's own sender, for the tasks it starts.
+    tx: mpsc::Sender<Item>,
+    /// Tasks started and not yet ended.
+    running: usize,
+}
+
+impl Walk {
+    /// Starts every segment whose predecessors are all done; a segment with
+    /// nothing to read is done at once (which may free its successors).
+    fn start_ready(&mut self, tasks: &mut Vec<JoinHandle<()>>) {
+        loop {
+            let ready = self.graph.take_ready();
+            if ready.is_empty() {
+                return;
+            }
+            for s in ready {
+                let start = self
+                    .starts
+                    .get(&s.segment_id)
+                    .copied()
+                    .unwrap_or(s.head_offset);
+                let following = self.follow.is_some();
+                if !following && start >= s.length {
+                    self.graph.finish(s.segment_id);
+                    continue;
+                }
+                let end = if following { 0 } else { s.length };
+                let mut read =
+                    SegmentRead::new(self.conn.clone(), s.segment_id, start, following, end);
+                read.successors_of.clone_from(&self.follow);
+                tasks.push(tokio::spawn(read.run(self.tx.clone())));
+                self.running += 1;
+            }
+        }
+    }
 }
 
 /// The receiving side shared by both readers.
@@ -107,6 +165,8 @@ struct EventSource {
     rx: mpsc::Receiver<Item>,
     buffered: VecDeque<Event>,
     tasks: Vec<JoinHandle<()>>,
+    /// `None`: a fixed set of reads, over once every task has ended.
+    walk: Option<Walk>,
 }
 
 impl EventSource {
@@ -120,6 +180,33 @@ impl EventSource {
             rx,
             buffered: VecDeque::new(),
             tasks,
+            walk: None,
+        }
+    }
+
+    /// A source that walks `graph` from the segments it can start now.
+    fn walking(
+        conn: &Arc<Conn>,
+        graph: Graph,
+        starts: std::collections::HashMap<u64, u64>,
+        follow: Option<(Admin, StreamName)>,
+    ) -> EventSource {
+        let (tx, rx) = mpsc::channel(CHANNEL_MESSAGES);
+        let mut walk = Walk {
+            graph,
+            conn: conn.clone(),
+            follow,
+            starts,
+            tx,
+            running: 0,
+        };
+        let mut tasks = Vec::new();
+        walk.start_ready(&mut tasks);
+        EventSource {
+            rx,
+            buffered: VecDeque::new(),
+            tasks,
+            walk: Some(walk),
         }
     }
 
@@ -128,9 +215,32 @@ impl EventSource {
             if let Some(event) = self.buffered.pop_front() {
                 return Poll::Ready(Some(Ok(event)));
             }
+            if self.walk.as_ref().is_some_and(|w| w.running == 0) {
+                // The walk holds a sender, so the channel never ends by
+                // itself: it is over once no task runs and none can start.
+                return Poll::Ready(None);
+            }
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(Item::Events(events))) => self.buffered = events.into(),
-                Poll::Ready(Some(Item::Failed(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Item::Failed(e))) => {
+                    // The segment stopped: its successors never start (they
+                    // would come before the rest of it).
+                    if let Some(walk) = &mut self.walk {
+                        walk.running -= 1;
+                    }
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Item::Done {
+                    segment_id,
+                    learned,
+                })) => {
+                    if let Some(walk) = &mut self.walk {
+                        walk.running -= 1;
+                        walk.graph.learn(&learned);
+                        walk.graph.finish(segment_id);
+                        walk.start_ready(&mut self.tasks);
+                    }
+                }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
             }
@@ -146,13 +256,19 @@ impl Drop for EventSource {
     }
 }
 
-/// Reads a whole stream: every segment in parallel, events of one segment
-/// (hence of one routing key) in order. A [`Stream`] of events: use
+/// Reads a whole stream: segments in parallel, events of one segment
+/// (hence of one routing key) in order, and a scale's successors only once
+/// every one of their predecessors is read to its end, so a key's order
+/// holds across scales. A [`Stream`] of events: use
 /// [`futures::StreamExt`] / [`futures::TryStreamExt`] on it.
 ///
-/// Without `follow` the stream ends once every segment has been read up to
-/// its length as of reader creation; with `follow` it waits for new events
-/// and ends only once every segment is sealed and fully read.
+/// Without `follow` the stream ends once every segment listed at creation
+/// has been read up to its length then; with `follow` it waits for new
+/// events, moves on to the successors of segments a scale seals, and ends
+/// only once the stream is sealed and fully read. [`StartFrom`] applies to
+/// the segments listed at creation (with [`StartFrom::Positions`], the
+/// predecessors of a named segment count as read); segments reached
+/// through successors are read from their head.
 ///
 /// Connection failures are retried inside (resuming after the last event
 /// handed out). An error that stops a segment (unknown segment, corrupt
@@ -181,44 +297,44 @@ pub struct EventReader {
 impl EventReader {
     pub(crate) fn new(
         conn: &Arc<Conn>,
+        stream: &StreamName,
         segments: &[SegmentInfo],
         config: &ReaderConfig,
     ) -> Result<EventReader, Error> {
-        let mut starts = Vec::with_capacity(segments.len());
-        for s in segments {
-            let start = match &config.start {
-                StartFrom::Head | StartFrom::Positions(_) => s.head_offset,
-                StartFrom::Tail => s.length,
-            };
-            starts.push(start);
-        }
+        let mut starts: std::collections::HashMap<u64, u64> = segments
+            .iter()
+            .map(|s| {
+                let start = match &config.start {
+                    StartFrom::Head | StartFrom::Positions(_) => s.head_offset,
+                    StartFrom::Tail => s.length,
+                };
+                (s.segment_id, start)
+            })
+            .collect();
+        let mut graph = Graph::new(segments);
         if let StartFrom::Positions(positions) = &config.start {
             for p in positions {
-                let Some(i) = segments.iter().position(|s| s.segment_id == p.segment_id) else {
+                let Some(start) = starts.get_mut(&p.segment_id) else {
                     return Err(Error::InvalidArgument(format!(
                         "position in segment {} which is not part of the stream",
                         p.segment_id
                     )));
                 };
-                starts[i] = p.offset;
+                *start = p.offset;
+            }
+            // A position in a successor was saved after its predecessors
+            // were read: reading them again would duplicate them.
+            for p in positions {
+                for done in graph.ancestors(p.segment_id) {
+                    graph.finish(done);
+                }
             }
         }
-        let reads = segments
-            .iter()
-            .zip(starts)
-            .filter(|(s, start)| config.follow || *start < s.length)
-            .map(|(s, start)| {
-                SegmentRead::new(
-                    conn.clone(),
-                    s.segment_id,
-                    start,
-                    config.follow,
-                    if config.follow { 0 } else { s.length },
-                )
-            })
-            .collect();
+        let follow = config
+            .follow
+            .then(|| (Admin::new(conn.clone()), stream.clone()));
         Ok(EventReader {
-            source: EventSource::new(reads),
+            source: EventSource::walking(conn, graph, starts, follow),
         })
     }
 }
@@ -300,6 +416,9 @@ struct SegmentRead {
     attempt: u32,
     /// Read the range's tier-2 part from tier-2 first (direct scans).
     direct: Option<Arc<Tier2Stores>>,
+    /// Following a stream: once the segment ends (sealed), learn its
+    /// successors from this stream's describe.
+    successors_of: Option<(Admin, StreamName)>,
 }
 
 impl SegmentRead {
@@ -313,20 +432,44 @@ impl SegmentRead {
             failing_since: None,
             attempt: 0,
             direct: None,
+            successors_of: None,
         }
     }
 
+    /// Reads, then reports how it ended: `Done` (with the successors, when
+    /// following a stream) or `Failed`.
     async fn run(mut self, tx: mpsc::Sender<Item>) {
+        let end = match self.read_all(&tx).await {
+            Ok(true) => match &self.successors_of {
+                Some((admin, stream)) => admin
+                    .await_successors(stream, self.segment_id, READ_RETRY_TIMEOUT)
+                    .await
+                    .map(|info| Item::Done {
+                        segment_id: self.segment_id,
+                        learned: info.map(|i| i.segments).unwrap_or_default(),
+                    })
+                    .unwrap_or_else(Item::Failed),
+                None => Item::Done {
+                    segment_id: self.segment_id,
+                    learned: Vec::new(),
+                },
+            },
+            Ok(false) => return, // the reader is gone
+            Err(e) => Item::Failed(e),
+        };
+        let _ = tx.send(end).await;
+    }
+
+    /// Reads as far as asked: `Ok(true)` at the end, `Ok(false)` when the
+    /// reader is gone.
+    async fn read_all(&mut self, tx: &mpsc::Sender<Item>) -> Result<bool, Error> {
         if let Some(stores) = self.direct.take() {
-            if let Err(e) = self.read_tier2(&stores, &tx).await {
-                let _ = tx.send(Item::Failed(e)).await;
-                return;
-            }
+            self.read_tier2(&stores, tx).await?;
         }
         let mut last_error: Option<Error> = None;
         loop {
             if self.end_offset != 0 && self.offset >= self.end_offset {
-                return;
+                return Ok(true);
             }
             if let Some(since) = self.failing_since {
                 if since.elapsed() >= READ_RETRY_TIMEOUT {
@@ -336,19 +479,18 @@ impl SegmentRead {
                         self.offset,
                         READ_RETRY_TIMEOUT.as_secs()
                     );
-                    let err = match last_error.take() {
+                    return Err(match last_error.take() {
                         Some(why) => Error::unavailable_from(message, why),
                         None => Error::unavailable(message),
-                    };
-                    let _ = tx.send(Item::Failed(err)).await;
-                    return;
+                    });
                 }
                 let left = READ_RETRY_TIMEOUT.saturating_sub(since.elapsed());
                 tokio::time::sleep(self.conn.backoff(self.attempt).min(left)).await;
             }
             let (generation, channel) = self.conn.channel();
-            match self.read_once(channel, &tx).await {
-                Outcome::Done | Outcome::ReaderGone => return,
+            match self.read_once(channel, tx).await {
+                Outcome::Done => return Ok(true),
+                Outcome::ReaderGone => return Ok(false),
                 Outcome::Failed(e) if e.is_retryable() => {
                     tracing::debug!(segment_id = self.segment_id, offset = self.offset, error = %e, "read broke; reconnecting");
                     self.failing_since.get_or_insert_with(Instant::now);
@@ -364,10 +506,7 @@ impl SegmentRead {
                     }
                     last_error = Some(e);
                 }
-                Outcome::Failed(e) => {
-                    let _ = tx.send(Item::Failed(e)).await;
-                    return;
-                }
+                Outcome::Failed(e) => return Err(e),
             }
         }
     }

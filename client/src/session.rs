@@ -7,6 +7,11 @@
 //! backoff until `retry_timeout` has passed since the failure without an ack;
 //! then, or on any other error, the session fails for good: every pending
 //! and later event of this segment resolves with that error.
+//!
+//! Except `Sealed`: a scale sealed the segment. The session then learns what
+//! the server applied (a fresh setup), resolves that as written, learns the
+//! successors, and hands the rest to them (`reroute.rs`); it fails only if
+//! the whole stream is sealed or either step gives up.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
@@ -21,6 +26,7 @@ use tonic::Streaming;
 use crate::batch::BatchQueue;
 use crate::conn::Conn;
 use crate::proto::{append_request, append_response, AppendRequest, AppendResponse, SetupAppend};
+use crate::reroute::Shared;
 use crate::{Error, WriteAck};
 
 /// How long a session waits for the server's setup answer.
@@ -42,6 +48,9 @@ pub(crate) enum Cmd {
 pub(crate) struct EventToken {
     pub(crate) tx: oneshot::Sender<Result<WriteAck, Error>>,
     pub(crate) _permit: OwnedSemaphorePermit,
+    /// The routing key's position (`routing::key_position`), to route the
+    /// event again if its segment is sealed by a scale.
+    pub(crate) position: Option<f64>,
 }
 
 /// Settings a session needs from the `WriterConfig`.
@@ -77,6 +86,8 @@ pub(crate) struct Session {
     /// Failed attempts in the current run of failures.
     attempt: u32,
     last_error: Option<Error>,
+    /// The writer's routing table, for the hand-over after a scale.
+    shared: Arc<Shared>,
 }
 
 impl Session {
@@ -85,6 +96,7 @@ impl Session {
         conn: Arc<Conn>,
         config: SessionConfig,
         failed: Arc<OnceLock<Error>>,
+        shared: Arc<Shared>,
     ) -> Self {
         // Start where this segment's appends went last (its leader).
         let conn = conn
@@ -102,6 +114,7 @@ impl Session {
             failing_since: None,
             attempt: 0,
             last_error: None,
+            shared,
         }
     }
 
@@ -168,12 +181,24 @@ impl Session {
                     }
                 }
                 resp = next_response(&mut self.live) => {
-                    if let Some(fatal) = self.on_response(resp) {
+                    match self.on_response(resp) {
+                        Some(sealed @ Error::Sealed(_)) => match self.hand_over(sealed, &mut cmds).await {
+                            // The successors have every event: this
+                            // session is over.
+                            Ok(()) => return,
+                            Err(e) => {
+                                let _ = self.failed.set(e.clone());
+                                self.fail(e);
+                            }
+                        },
+                        Some(fatal) => {
                         // Failed from now on (new writes fail fast), even
                         // while the reconcile runs.
-                        let _ = self.failed.set(fatal.clone());
-                        self.reconcile().await;
-                        self.fail(fatal);
+                            let _ = self.failed.set(fatal.clone());
+                            self.reconcile().await;
+                            self.fail(fatal);
+                        }
+                        None => {}
                     }
                 }
                 () = &mut linger, if linger_for.is_some() => {
@@ -272,6 +297,30 @@ impl Session {
         } else {
             Some(err)
         }
+    }
+
+    /// The segment is sealed (a scale, or the stream): resolves what the
+    /// server applied here, then hands every other event, and whatever the
+    /// writer sent meanwhile, to the successors. `Err` (the stream is sealed:
+    /// `sealed` itself; or a step gave up) leaves the rest to `fail`.
+    async fn hand_over(
+        &mut self,
+        sealed: Error,
+        cmds: &mut mpsc::UnboundedReceiver<Cmd>,
+    ) -> Result<(), Error> {
+        // A setup on a sealed segment still answers the last event number
+        // applied for this writer, and no batch can land there any more: so
+        // what it says is final, and everything after it must move.
+        self.queue.on_disconnect();
+        self.establish().await?;
+        self.live = None;
+        self.answer_flushes();
+        let successors = self.shared.successors(self.segment_id, sealed).await?;
+        let events = self.queue.drain_all_framed();
+        let flushes = self.flushes.drain(..).map(|(_, reply)| reply).collect();
+        self.shared
+            .hand_over(self.segment_id, &successors, events, cmds, flushes);
+        Ok(())
     }
 
     /// Before failing for good with batches in flight: one setup to learn

@@ -1,23 +1,24 @@
-//! The event writer: routing, framing, the in-flight byte budget, and the
-//! handles of its per-segment append sessions (see `session.rs`).
+//! The event writer: framing, the in-flight byte budget, and the public
+//! face of its routing table and per-segment append sessions (see
+//! `reroute.rs` and `session.rs`).
 //!
 //! Owns the public writing API: [`EventWriter`], [`WriterConfig`],
 //! [`PendingWrite`], [`WriteAck`] and [`Position`].
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use aquifer_proto::frame;
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::conn::{Conn, MESSAGE_BYTES_MAX};
-use crate::routing::{writable_segments, Router};
-use crate::session::{Cmd, EventToken, Session, SessionConfig};
+use crate::reroute::Shared;
+use crate::routing::{key_position, writable_segments};
+use crate::session::{EventToken, SessionConfig};
 use crate::{Error, SegmentInfo, StreamName, WRITER_ID_BYTES_MAX};
 
 /// Largest framed event the client will send: a gRPC message must hold it
@@ -146,14 +147,6 @@ fn random_writer_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// One segment's session, as the writer sees it.
-struct SessionHandle {
-    cmds: mpsc::UnboundedSender<Cmd>,
-    /// Set when the session failed for good.
-    failed: Arc<OnceLock<Error>>,
-    task: JoinHandle<()>,
-}
-
 /// Appends events to one stream, batching them per segment, exactly once
 /// per writer id.
 ///
@@ -179,14 +172,17 @@ struct SessionHandle {
 /// ```
 ///
 /// `Send + Sync`: every method takes `&self`, so share it through an `Arc`.
-/// Events with the same routing key keep their order. Dropping the writer
-/// without [`close`](EventWriter::close) still delivers what was queued, in
-/// the background.
+/// Events with the same routing key keep their order, across scales too:
+/// when a scale seals a segment, the writer resolves what the server had
+/// applied there and moves the rest, in order, to the successor owning each
+/// key, before any later event of those keys. Dropping the writer without
+/// [`close`](EventWriter::close) still delivers what was queued, in the
+/// background.
 pub struct EventWriter {
     stream: StreamName,
     writer_id: String,
-    router: Router,
-    sessions: Vec<SessionHandle>,
+    /// Routing table and sessions, shared with the sessions (hand-overs).
+    shared: Arc<Shared>,
     /// Byte permits of the in-flight budget.
     budget: Arc<Semaphore>,
     /// Permits in the budget (what one event may take at most).
@@ -225,29 +221,12 @@ impl EventWriter {
             linger: config.linger,
             retry_timeout: config.retry_timeout,
         };
-        let sessions = segments
-            .iter()
-            .map(|s| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let failed = Arc::new(OnceLock::new());
-                let session = Session::new(
-                    s.segment_id,
-                    conn.clone(),
-                    session_config.clone(),
-                    failed.clone(),
-                );
-                SessionHandle {
-                    cmds: tx,
-                    failed,
-                    task: tokio::spawn(session.run(rx)),
-                }
-            })
-            .collect();
+        // Sessions start on demand, when the first event for a segment comes.
+        let shared = Shared::new(conn, stream.clone(), session_config, &segments);
         Ok(EventWriter {
             stream,
             writer_id: config.writer_id,
-            router: Router::new(&segments),
-            sessions,
+            shared,
             budget: Arc::new(Semaphore::new(budget_total as usize)),
             budget_total,
         })
@@ -286,11 +265,6 @@ impl EventWriter {
                 "event is {len} bytes framed, over the client's limit of {CLIENT_EVENT_BYTES_MAX}"
             )));
         }
-        let index = self.router.route(routing_key);
-        let session = self.sessions.get(index).ok_or(Error::Closed)?;
-        if let Some(e) = session.failed.get() {
-            return Err(e.clone());
-        }
         let cost = (len.min(self.budget_total as usize) as u32).max(1);
         let permit = self
             .budget
@@ -301,29 +275,19 @@ impl EventWriter {
         let mut framed = BytesMut::with_capacity(len);
         frame::encode_event(&mut framed, routing_key, &payload);
         let (tx, rx) = oneshot::channel();
-        let cmd = Cmd::Event {
-            framed: framed.freeze(),
-            token: EventToken {
-                tx,
-                _permit: permit,
-            },
+        let token = EventToken {
+            tx,
+            _permit: permit,
+            position: routing_key.map(key_position),
         };
-        session.cmds.send(cmd).map_err(|_| Error::Closed)?;
+        self.shared.send_event(framed.freeze(), token)?;
         Ok(PendingWrite { rx })
     }
 
     /// Waits until every event queued so far (by any caller) is durable;
     /// returns the first error of a segment that failed instead.
     pub async fn flush(&self) -> Result<(), Error> {
-        let mut replies = Vec::with_capacity(self.sessions.len());
-        for session in &self.sessions {
-            let (tx, rx) = oneshot::channel();
-            session
-                .cmds
-                .send(Cmd::Flush(tx))
-                .map_err(|_| Error::Closed)?;
-            replies.push(rx);
-        }
+        let replies = self.shared.flush_all();
         let mut first_error = None;
         for rx in replies {
             let result = rx.await.unwrap_or(Err(Error::Closed));
@@ -341,13 +305,7 @@ impl EventWriter {
     /// if any.
     pub async fn close(self) -> Result<(), Error> {
         let flushed = self.flush().await;
-        let EventWriter { sessions, .. } = self;
-        let mut tasks = Vec::with_capacity(sessions.len());
-        for s in sessions {
-            drop(s.cmds);
-            tasks.push(s.task);
-        }
-        for task in tasks {
+        for task in self.shared.close() {
             let _ = task.await;
         }
         flushed
@@ -361,6 +319,14 @@ impl EventWriter {
     /// The stream this writer appends to.
     pub fn stream(&self) -> &StreamName {
         &self.stream
+    }
+}
+
+impl Drop for EventWriter {
+    /// Lets the sessions end once what was queued is resolved (they hold
+    /// the table too, so it would otherwise keep them alive).
+    fn drop(&mut self) {
+        drop(self.shared.close());
     }
 }
 

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aquifer_client::{
-    Client, Error, EventWriter, Position, ReaderConfig, StartFrom, StreamName, WriteAck,
-    WriterConfig,
+    key_position, Client, Error, Event, EventWriter, Position, ReaderConfig, StartFrom, StreamName,
+    WriteAck, WriterConfig,
 };
 use aquifer_proto::frame;
 use bytes::Bytes;
@@ -68,8 +68,17 @@ async fn write_keyed(
     keys: usize,
     per_key: u64,
 ) -> Vec<(String, u64, WriteAck)> {
+    write_keyed_seqs(writer, keys, 0..per_key).await
+}
+
+/// Writes `key-K:SEQ` for every seq, then every key; waits for the acks.
+async fn write_keyed_seqs(
+    writer: &EventWriter,
+    keys: usize,
+    seqs: std::ops::Range<u64>,
+) -> Vec<(String, u64, WriteAck)> {
     let mut pending = Vec::new();
-    for seq in 0..per_key {
+    for seq in seqs {
         for k in 0..keys {
             let key = format!("key-{k}");
             let p = writer
@@ -482,4 +491,294 @@ async fn a_final_error_still_reports_what_the_server_applied() {
     drop(writer);
     let info = client.admin().describe_stream(&name).await.unwrap();
     assert_eq!(state.applied_batches(info.segments[0].segment_id), 1);
+}
+
+/// Whether segment `id`'s key range holds `key`.
+fn holds(state: &State, id: u64, key: &str) -> bool {
+    let (low, high) = state.range(id);
+    let pos = key_position(key);
+    low <= pos && (pos < high || high >= 1.0)
+}
+
+/// Every event the mock stores for the stream, ordered by segment epoch,
+/// then offset: a key lives in one segment per epoch, so this is each key's
+/// write order if scaling kept it. Checks each event is in a segment that
+/// owns its key.
+async fn stored_by_epoch(
+    state: &State,
+    client: &Client,
+    name: &StreamName,
+) -> Vec<(Option<String>, Bytes)> {
+    let mut segments = client.admin().describe_stream(name).await.unwrap().segments;
+    segments.sort_by_key(|s| (s.epoch, s.segment_id));
+    let mut out = Vec::new();
+    for s in &segments {
+        for (id, ev) in stored(state, &[s.segment_id]) {
+            let key = ev.routing_key.clone().unwrap();
+            assert!(holds(state, id, &key), "{key} stored in segment {id}");
+            out.push((ev.routing_key, ev.payload));
+        }
+    }
+    out
+}
+
+/// Waits until the mock stores at least `n` events of the stream.
+async fn wait_stored(state: &State, n: usize) {
+    let deadline = tokio::time::Instant::now() + T;
+    while stored(state, &state.all_segments("test", "s")).len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never stored {n} events"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Waits until the mock's scale that created `ids` is in force.
+async fn wait_active(state: &State, ids: &[u64]) {
+    let deadline = tokio::time::Instant::now() + T;
+    while !ids.iter().all(|id| state.active("test", "s").contains(id)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{ids:?} never active"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_keeps_each_key_once_and_in_order_across_a_split_and_a_merge() {
+    let (state, _server, client, name) = setup(2).await;
+    let writer = Arc::new(
+        client
+            .writer(&name, config("w-scale").batch_bytes_max(512))
+            .await
+            .unwrap(),
+    );
+    let (keys, per_key) = (16usize, 240u64);
+    let w = writer.clone();
+    // Paced, so both scales land while writes are queued and in flight.
+    let writing = tokio::spawn(async move {
+        let mut pending = Vec::new();
+        for seq in 0..per_key {
+            for k in 0..keys {
+                let key = format!("key-{k}");
+                let p = w
+                    .write_event(Some(&key), format!("{key}:{seq}"))
+                    .await
+                    .unwrap();
+                pending.push((key, p));
+            }
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        let mut acks = Vec::new();
+        for (key, p) in pending {
+            acks.push((key, tokio::time::timeout(T, p).await.unwrap().unwrap()));
+        }
+        acks
+    });
+    let total = keys * per_key as usize;
+    // Split [0, 0.5) in two, then merge its upper half with [0.5, 1); each
+    // new epoch shows up 300 ms after the seal.
+    wait_stored(&state, total / 3).await;
+    let halves = state.scale("test", "s", &[(100, 2)], &[], Duration::from_millis(300));
+    wait_active(&state, &halves).await;
+    wait_stored(&state, total * 2 / 3).await;
+    let merged = state.scale(
+        "test",
+        "s",
+        &[],
+        &[vec![halves[1], 101]],
+        Duration::from_millis(300),
+    );
+    let acks = writing.await.unwrap();
+    writer.flush().await.unwrap();
+
+    // Every event once, each key in write order, each in a segment owning
+    // its key; every ack names such a segment.
+    let events = stored_by_epoch(&state, &client, &name).await;
+    assert_eq!(events.len(), total);
+    assert_once_in_order(&events, keys, per_key);
+    for (key, ack) in &acks {
+        assert!(
+            holds(&state, ack.segment_id, key),
+            "{key} acked in {}",
+            ack.segment_id
+        );
+    }
+    // The scales hit live traffic: every segment of every epoch took events.
+    for id in [100, 101, halves[0], halves[1], merged[0]] {
+        assert!(!state.segment_data(id).is_empty(), "segment {id} unused");
+    }
+    let info = client.admin().describe_stream(&name).await.unwrap();
+    assert_eq!(info.epoch, 2);
+    let mut active: Vec<u64> = info.active_segments().map(|s| s.segment_id).collect();
+    active.sort_unstable();
+    assert_eq!(active, vec![halves[0], merged[0]]);
+    Arc::try_unwrap(writer).ok().unwrap().close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_in_flight_at_the_seal_are_resolved_or_moved_never_duplicated() {
+    let (state, _server, client, name) = setup(1).await;
+    let writer = client
+        .writer(&name, config("w-flight").batch_bytes_max(256))
+        .await
+        .unwrap();
+    let keys = 8;
+    write_keyed_seqs(&writer, keys, 0..5).await;
+    // Applied but never acknowledged: the writer still holds them when the
+    // seal comes.
+    state.swallow_acks.store(true, Ordering::SeqCst);
+    let mut pending = Vec::new();
+    let write = |seq: u64, k: usize| {
+        let key = format!("key-{k}");
+        let writer = &writer;
+        async move {
+            let p = writer
+                .write_event(Some(&key), format!("{key}:{seq}"))
+                .await
+                .unwrap();
+            (seq, key, p)
+        }
+    };
+    for seq in 5..15 {
+        for k in 0..keys {
+            pending.push(write(seq, k).await);
+        }
+    }
+    wait_stored(&state, keys * 15).await;
+    let halves = state.scale("test", "s", &[(100, 2)], &[], Duration::from_millis(200));
+    state.swallow_acks.store(false, Ordering::SeqCst);
+    // Sent to the sealed segment before the writer knows: refused there.
+    for seq in 15..30 {
+        for k in 0..keys {
+            pending.push(write(seq, k).await);
+        }
+    }
+    // Written while the writer waits for the successors: held behind the
+    // refused ones.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for seq in 30..45 {
+        for k in 0..keys {
+            pending.push(write(seq, k).await);
+        }
+    }
+    let mut resolved_on_seal = 0;
+    for (seq, key, p) in pending {
+        let ack = tokio::time::timeout(T, p).await.unwrap().unwrap();
+        if seq < 15 {
+            // The server had them: resolved by the fresh setup's answer,
+            // where they are (offset unknown).
+            assert_eq!(ack.segment_id, 100, "{key}:{seq}");
+            resolved_on_seal += usize::from(ack.offset.is_none());
+        } else {
+            assert!(
+                halves.contains(&ack.segment_id),
+                "{key}:{seq} in {}",
+                ack.segment_id
+            );
+            assert!(holds(&state, ack.segment_id, &key));
+        }
+    }
+    assert_eq!(resolved_on_seal, keys * 10);
+    let events = stored_by_epoch(&state, &client, &name).await;
+    assert_eq!(events.len(), keys * 45);
+    assert_once_in_order(&events, keys, 45);
+    writer.close().await.unwrap();
+}
+
+/// Each segment's (first, last) index in `events`.
+fn spans(events: &[Event]) -> HashMap<u64, (usize, usize)> {
+    let mut spans: HashMap<u64, (usize, usize)> = HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        spans
+            .entry(e.position.segment_id)
+            .and_modify(|s| s.1 = i)
+            .or_insert((i, i));
+    }
+    spans
+}
+
+/// Every event once, per key in order, and every segment's first event
+/// after the last event of each of its predecessors.
+async fn assert_read_in_graph_order(
+    client: &Client,
+    name: &StreamName,
+    events: &[Event],
+    keys: usize,
+    per_key: u64,
+) {
+    let pairs: Vec<(Option<String>, Bytes)> = events
+        .iter()
+        .map(|e| (e.routing_key.clone(), e.payload.clone()))
+        .collect();
+    assert_once_in_order(&pairs, keys, per_key);
+    let spans = spans(events);
+    let info = client.admin().describe_stream(name).await.unwrap();
+    let mut checked = 0;
+    for s in &info.segments {
+        for p in &s.predecessors {
+            let (Some(first), Some(before)) = (spans.get(&s.segment_id), spans.get(p)) else {
+                continue;
+            };
+            assert!(
+                first.0 > before.1,
+                "segment {} read before predecessor {p} ended",
+                s.segment_id
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "successor edges checked: {checked}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_read_successors_only_after_every_predecessor() {
+    let (state, _server, client, name) = setup(2).await;
+    // Small read messages, so segments read in parallel would interleave.
+    state.read_chunk.store(256, Ordering::SeqCst);
+    let follower = client
+        .reader(&name, ReaderConfig::default().follow(true))
+        .await
+        .unwrap();
+    let following = tokio::spawn(async move { follower.try_collect::<Vec<Event>>().await });
+    let writer = client
+        .writer(&name, config("w-read").batch_bytes_max(512))
+        .await
+        .unwrap();
+    let keys = 12;
+    write_keyed_seqs(&writer, keys, 0..40).await;
+    let halves = state.scale("test", "s", &[(100, 2)], &[], Duration::from_millis(100));
+    write_keyed_seqs(&writer, keys, 40..80).await;
+    wait_active(&state, &halves).await;
+    state.scale(
+        "test",
+        "s",
+        &[],
+        &[vec![halves[1], 101]],
+        Duration::from_millis(100),
+    );
+    write_keyed_seqs(&writer, keys, 80..120).await;
+    writer.close().await.unwrap();
+
+    // Not following: the whole graph from one describe.
+    let read: Vec<Event> = client
+        .reader(&name, ReaderConfig::default())
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_read_in_graph_order(&client, &name, &read, keys, 120).await;
+
+    // Following: it learned each successor as its predecessor ended, and
+    // ends once the stream is sealed and read.
+    state.seal("test", "s");
+    let followed = tokio::time::timeout(T, following)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_read_in_graph_order(&client, &name, &followed, keys, 120).await;
 }

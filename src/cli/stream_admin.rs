@@ -1,18 +1,22 @@
-//! `aquifer stream ...`: create, update, list, describe, seal and delete
-//! streams, and how a stream is shown (the describe block, the list table).
+//! `aquifer stream ...`: create, update, list, describe, scale, history,
+//! seal and delete streams, and how a stream is shown (the describe block,
+//! the list table, the epoch history).
 //!
 //! Owns only the admin commands' flags and output; limits are shown through
 //! `units` (never as raw seconds or bytes), names are checked by the
-//! client's `StreamName` before anything is dialled.
+//! client's `StreamName` before anything is dialled, and so are the segment
+//! ids and piece counts of `stream scale`.
 
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::bail;
-use aquifer_client::{Client, Retention, StreamInfo, StreamName};
+use aquifer_client::{Client, Retention, Scale, StreamInfo, StreamName};
 use clap::{Args, Subcommand};
 
-use super::units::{format_bytes, format_duration, parse_duration_ms, parse_size_bytes};
+use super::units::{
+    format_bytes, format_duration, format_utc, parse_duration_ms, parse_size_bytes,
+};
 use super::{header, plural, write_table};
 
 #[derive(Subcommand, Debug)]
@@ -52,6 +56,33 @@ pub enum StreamCommand {
         #[arg(value_name = "SCOPE/STREAM")]
         name: String,
     },
+    /// Scale a stream by hand: seal active segments and replace them, in a
+    /// new epoch, by successors whose key ranges exactly cover theirs.
+    /// Writers move to the successors and readers read them after their
+    /// predecessors, so per-key order and exactly-once hold. Prints the
+    /// stream as `describe` does once the new epoch is in force.
+    ///
+    /// Example: `aquifer stream scale shop/orders --split 4 --merge 5,6`.
+    Scale {
+        /// The stream, as SCOPE/STREAM.
+        #[arg(value_name = "SCOPE/STREAM")]
+        name: String,
+        /// Split active segment SEG (its id, as `describe` shows it) into N
+        /// equal key ranges, 2 to 16 [default N: 2]. Repeatable.
+        #[arg(long = "split", value_name = "SEG[:N]", value_parser = parse_split)]
+        splits: Vec<SplitArg>,
+        /// Merge key-adjacent active segments (at least two ids, comma
+        /// separated, any order) into one. Repeatable.
+        #[arg(long = "merge", value_name = "SEG,SEG[,...]", value_parser = parse_merge)]
+        merges: Vec<MergeArg>,
+    },
+    /// Show a stream's epochs, oldest first: when each began and its active
+    /// segments (one line per epoch).
+    History {
+        /// The stream, as SCOPE/STREAM.
+        #[arg(value_name = "SCOPE/STREAM")]
+        name: String,
+    },
     /// Seal a stream: no more appends, reads still work. Idempotent.
     Seal {
         /// The stream, as SCOPE/STREAM.
@@ -64,6 +95,64 @@ pub enum StreamCommand {
         #[arg(value_name = "SCOPE/STREAM")]
         name: String,
     },
+}
+
+/// Most pieces one split makes (the protocol's limit).
+const SPLIT_PIECES_MAX: u32 = 16;
+
+/// `--split SEG[:N]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitArg {
+    segment_id: u64,
+    pieces: u32,
+}
+
+/// `--merge SEG,SEG[,...]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergeArg(Vec<u64>);
+
+fn parse_segment_id(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a segment id (a number, as `stream describe` shows it)"))
+}
+
+fn parse_split(s: &str) -> Result<SplitArg, String> {
+    let (seg, pieces) = match s.split_once(':') {
+        Some((seg, n)) => {
+            let n: u32 = n
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{n}' is not a number of pieces"))?;
+            (seg, n)
+        }
+        None => (s, 2),
+    };
+    if !(2..=SPLIT_PIECES_MAX).contains(&pieces) {
+        return Err(format!(
+            "a split makes 2 to {SPLIT_PIECES_MAX} pieces, not {pieces}"
+        ));
+    }
+    Ok(SplitArg {
+        segment_id: parse_segment_id(seg)?,
+        pieces,
+    })
+}
+
+fn parse_merge(s: &str) -> Result<MergeArg, String> {
+    let ids = s
+        .split(',')
+        .map(parse_segment_id)
+        .collect::<Result<Vec<u64>, String>>()?;
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() < 2 || distinct.len() != ids.len() {
+        return Err(format!(
+            "a merge takes at least two different segment ids, comma separated, not '{s}'"
+        ));
+    }
+    Ok(MergeArg(ids))
 }
 
 /// How much of a stream to keep. Without either flag: everything, forever.
@@ -103,6 +192,8 @@ pub async fn run(addr: &str, cmd: StreamCommand) -> anyhow::Result<()> {
         StreamCommand::Create { name, .. }
         | StreamCommand::Update { name, .. }
         | StreamCommand::Describe { name }
+        | StreamCommand::Scale { name, .. }
+        | StreamCommand::History { name }
         | StreamCommand::Seal { name }
         | StreamCommand::Delete { name } => Some(name.parse::<StreamName>()?),
         StreamCommand::List { .. } => None,
@@ -113,6 +204,11 @@ pub async fn run(addr: &str, cmd: StreamCommand) -> anyhow::Result<()> {
     if let StreamCommand::Update { retention, .. } = &cmd {
         if retention.is_empty() {
             bail!("nothing to change: give --retention-time and/or --retention-size (0 removes a limit)");
+        }
+    }
+    if let StreamCommand::Scale { splits, merges, .. } = &cmd {
+        if splits.is_empty() && merges.is_empty() {
+            bail!("nothing to scale: give --split SEG[:N] and/or --merge SEG,SEG");
         }
     }
     let client = Client::connect(addr).await?;
@@ -156,6 +252,18 @@ pub async fn run(addr: &str, cmd: StreamCommand) -> anyhow::Result<()> {
         (StreamCommand::Describe { .. }, Some(name)) => {
             let info = admin.describe_stream(&name).await?;
             describe(&mut out, &info)?;
+        }
+        (StreamCommand::Scale { splits, merges, .. }, Some(name)) => {
+            let scale = splits.iter().fold(Scale::default(), |scale, s| {
+                scale.split(s.segment_id, s.pieces)
+            });
+            let scale = merges.into_iter().fold(scale, |scale, m| scale.merge(m.0));
+            let info = admin.scale_stream(&name, &scale).await?;
+            describe(&mut out, &info)?;
+        }
+        (StreamCommand::History { .. }, Some(name)) => {
+            let info = admin.describe_stream(&name).await?;
+            write_table(&mut out, &history_rows(&info))?;
         }
         (StreamCommand::Seal { .. }, Some(name)) => {
             admin.seal_stream(&name).await?;
@@ -202,19 +310,46 @@ fn retention_line(r: &Retention) -> String {
     format!("retention: time {time}, size {size}")
 }
 
+/// One row per epoch: number, start, active segments.
+fn history_rows(info: &StreamInfo) -> Vec<Vec<String>> {
+    let mut rows = vec![header(&["EPOCH", "CREATED", "SEGMENTS"])];
+    for e in &info.epochs {
+        rows.push(vec![
+            e.epoch.to_string(),
+            format_utc(e.created),
+            ids(&e.segment_ids),
+        ]);
+    }
+    rows
+}
+
+/// `3,4,5`; `-` for none.
+fn ids(ids: &[u64]) -> String {
+    if ids.is_empty() {
+        return "-".to_string();
+    }
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
 fn describe(out: &mut impl Write, info: &StreamInfo) -> std::io::Result<()> {
     let n = info.segments.len() as u64;
+    let active = info.active_segments().count() as u64;
     writeln!(
         out,
-        "stream {}: {n} segment{}, sealed: {}",
+        "stream {}: {n} segment{} ({active} active), epoch {}, sealed: {}",
         info.name,
         plural(n),
+        info.epoch,
         yes_no(info.sealed)
     )?;
     writeln!(out, "{}", retention_line(&info.retention))?;
     let mut segments = info.segments.clone();
-    segments.sort_by_key(|s| s.number);
-    let mut rows = vec![header(&[
+    segments.sort_by_key(|s| (s.epoch, s.number));
+    // The graph columns only when a scale made one.
+    let graph = segments
+        .iter()
+        .any(|s| !s.successors.is_empty() || !s.predecessors.is_empty());
+    let mut head = vec![
         "SEGMENT",
         "NUMBER",
         "CONTAINER",
@@ -226,9 +361,14 @@ fn describe(out: &mut impl Write, info: &StreamInfo) -> std::io::Result<()> {
         "TAIL BUFFER",
         "LOG",
         "SEALED",
-    ])];
+        "EPOCH",
+    ];
+    if graph {
+        head.extend(["PREDECESSORS", "SUCCESSORS"]);
+    }
+    let mut rows = vec![header(&head)];
     for s in &segments {
-        rows.push(vec![
+        let mut row = vec![
             s.segment_id.to_string(),
             s.number.to_string(),
             s.container.to_string(),
@@ -240,7 +380,12 @@ fn describe(out: &mut impl Write, info: &StreamInfo) -> std::io::Result<()> {
             s.tail_buffer_bytes.to_string(),
             s.log_bytes.to_string(),
             yes_no(s.sealed),
-        ]);
+            s.epoch.to_string(),
+        ];
+        if graph {
+            row.extend([ids(&s.predecessors), ids(&s.successors)]);
+        }
+        rows.push(row);
     }
     write_table(out, &rows)
 }
@@ -248,6 +393,38 @@ fn describe(out: &mut impl Write, info: &StreamInfo) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scale_flags_are_checked_before_dialling() {
+        assert_eq!(
+            parse_split("7"),
+            Ok(SplitArg {
+                segment_id: 7,
+                pieces: 2
+            })
+        );
+        assert_eq!(
+            parse_split("7:4"),
+            Ok(SplitArg {
+                segment_id: 7,
+                pieces: 4
+            })
+        );
+        assert!(parse_split("x").unwrap_err().contains("not a segment id"));
+        assert!(parse_split("7:1")
+            .unwrap_err()
+            .contains("2 to 16 pieces, not 1"));
+        assert!(parse_split("7:17").is_err());
+        assert!(parse_split("7:two")
+            .unwrap_err()
+            .contains("number of pieces"));
+        assert_eq!(parse_merge("5, 6,7"), Ok(MergeArg(vec![5, 6, 7])));
+        assert!(parse_merge("5").unwrap_err().contains("at least two"));
+        assert!(parse_merge("5,5").is_err());
+        assert!(parse_merge("5,x")
+            .unwrap_err()
+            .contains("'x' is not a segment id"));
+    }
 
     #[test]
     fn retention_reads_as_typed() {

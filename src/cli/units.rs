@@ -1,11 +1,12 @@
 //! The units users write limits in, both ways: `7d`, `12h`, `100GiB` parsed
 //! from flags, and durations and sizes shown back the same way (`7d`,
-//! `100 GiB`), so what `stream update` answers reads like what was typed.
+//! `100 GiB`), so what `stream update` answers reads like what was typed;
+//! and points in time, shown in UTC (`2026-12-01 10:31:47.123Z`).
 //!
 //! Owns the unit tables; a command must never format a duration or a byte
 //! count for a user by hand.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Duration units, largest first: (suffix, milliseconds).
 const TIME_UNITS: [(&str, u64); 4] = [
@@ -110,9 +111,45 @@ pub fn format_bytes(bytes: u64) -> String {
     format_in(bytes, &SIZE_UNITS, " ")
 }
 
+/// A point in time in UTC, to the millisecond: `2026-12-01 10:31:47.123Z`
+/// (before 1970: the Unix epoch).
+pub fn format_utc(t: SystemTime) -> String {
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let (days, ms_of_day) = (ms / 86_400_000, ms % 86_400_000);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm, for
+    // days >= 0).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    let (h, m, sec, milli) = (
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1000 % 60,
+        ms_of_day % 1000,
+    );
+    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{sec:02}.{milli:03}Z")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_show_in_utc() {
+        let at = |ms| format_utc(UNIX_EPOCH + Duration::from_millis(ms));
+        assert_eq!(at(0), "1970-01-01 00:00:00.000Z");
+        assert_eq!(at(951_782_400_000), "2000-02-29 00:00:00.000Z");
+        assert_eq!(at(1_700_000_000_123), "2023-11-14 22:13:20.123Z");
+        assert_eq!(at(1_767_225_599_999), "2025-12-31 23:59:59.999Z");
+    }
 
     #[test]
     fn parses_retention_durations_and_sizes() {

@@ -3,13 +3,17 @@
 //! (failing a session after a batch is applied but before its ack, pausing
 //! acks, cutting reads short) and hard restarts on the same port.
 //!
+//! Scaling: [`State::scale`] seals segments at once and makes their
+//! successors (and the new epoch) visible only after a delay, like the real
+//! server's window between the seal and the epoch record.
+//!
 //! It is deliberately simple: one mutex, no durability, no tiering.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aquifer_proto::frame;
@@ -24,6 +28,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 type Key = (String, String);
 
+/// One epoch: its number and its active segment ids.
+type Epoch = (u64, Vec<u64>);
+
 #[derive(Default)]
 struct Segment {
     data: Vec<u8>,
@@ -31,11 +38,24 @@ struct Segment {
     last: HashMap<String, i64>,
     /// Batches applied (not duplicates), for assertions.
     applied_batches: u64,
+    key_low: f64,
+    key_high: f64,
+    epoch: u64,
+    /// Set when the scale that sealed it is in force.
+    successors: Vec<u64>,
+    predecessors: Vec<u64>,
+    /// A successor whose epoch is not recorded yet: not described, setups
+    /// refused UNAVAILABLE.
+    hidden: bool,
+    /// Sealed by a scale (not by sealing the stream).
+    scaled: bool,
 }
 
 /// Shared state of the mock node; survives restarts.
 pub struct State {
     streams: Mutex<HashMap<Key, Vec<u64>>>,
+    /// Per stream: (epoch, active segment ids), oldest first.
+    epochs: Mutex<HashMap<Key, Vec<Epoch>>>,
     segments: Mutex<HashMap<u64, Segment>>,
     next_segment: AtomicU64,
     notify: Notify,
@@ -52,6 +72,9 @@ pub struct State {
     pub read_chunk: AtomicU64,
     /// While true, acks wait.
     pub pause_acks: watch::Sender<bool>,
+    /// While true, batches are applied but their acks never sent (as if
+    /// lost in flight).
+    pub swallow_acks: AtomicBool,
     /// Setups answered so far.
     pub setups: AtomicU64,
     /// Duplicate batches acked so far.
@@ -62,6 +85,7 @@ impl State {
     pub fn new() -> Arc<State> {
         Arc::new(State {
             streams: Mutex::default(),
+            epochs: Mutex::default(),
             segments: Mutex::default(),
             next_segment: AtomicU64::new(100),
             notify: Notify::new(),
@@ -71,6 +95,7 @@ impl State {
             cut_reads: AtomicU32::new(0),
             read_chunk: AtomicU64::new(64 * 1024),
             pause_acks: watch::channel(false).0,
+            swallow_acks: AtomicBool::new(false),
             setups: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
         })
@@ -89,8 +114,19 @@ impl State {
         let streams = self.streams.lock().unwrap();
         let ids = streams.get(key)?;
         let segments = self.segments.lock().unwrap();
-        let n = ids.len() as f64;
-        let infos: Vec<proto::SegmentInfo> = ids
+        let epochs = self
+            .epochs
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .unwrap_or_default();
+        let visible: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !segments[id].hidden)
+            .collect();
+        let infos: Vec<proto::SegmentInfo> = visible
             .iter()
             .enumerate()
             .map(|(i, id)| {
@@ -99,8 +135,8 @@ impl State {
                     segment_id: *id,
                     number: i as u32,
                     container: (*id % 4) as u32,
-                    key_low: i as f64 / n,
-                    key_high: (i + 1) as f64 / n,
+                    key_low: s.key_low,
+                    key_high: s.key_high,
                     head_offset: 0,
                     length: s.data.len() as u64,
                     sealed: s.sealed,
@@ -108,18 +144,176 @@ impl State {
                     chunk_count: 0,
                     tail_buffer_bytes: s.data.len() as u64,
                     log_bytes: s.data.len() as u64,
+                    epoch: s.epoch,
+                    successors: s.successors.clone(),
+                    predecessors: s.predecessors.clone(),
                 }
             })
             .collect();
+        // Sealed: every segment not replaced by a scale is sealed (a
+        // segment sealed by a scale still pending does not count).
+        let mut standing = visible
+            .iter()
+            .map(|id| &segments[id])
+            .filter(|s| !s.scaled)
+            .peekable();
+        let sealed = standing.peek().is_some() && standing.all(|s| s.sealed);
         Some(proto::StreamInfo {
             name: Some(proto::StreamName {
                 scope: key.0.clone(),
                 stream: key.1.clone(),
             }),
-            sealed: infos.iter().all(|s| s.sealed),
+            sealed,
             segments: infos,
             retention: None,
+            epoch: epochs.last().map_or(0, |e| e.0),
+            epochs: epochs
+                .into_iter()
+                .map(|(epoch, segment_ids)| proto::EpochInfo {
+                    epoch,
+                    segment_ids,
+                    created_ms: 1_700_000_000_000 + epoch,
+                })
+                .collect(),
         })
+    }
+
+    /// Scales a stream like the real server: creates the successors
+    /// (hidden), seals the predecessors at once, and after `publish_after`
+    /// records the new epoch: the successors become active and described,
+    /// the predecessors list them. Splits cut a range into equal pieces;
+    /// merges join the given segments' ranges. Returns the successor ids,
+    /// splits first (in order), then merges.
+    pub fn scale(
+        self: &Arc<State>,
+        scope: &str,
+        stream: &str,
+        splits: &[(u64, u32)],
+        merges: &[Vec<u64>],
+        publish_after: std::time::Duration,
+    ) -> Vec<u64> {
+        let key = (scope.to_string(), stream.to_string());
+        let epoch = self.epochs.lock().unwrap()[&key].last().unwrap().0 + 1;
+        let mut plan: Vec<(Vec<u64>, f64, f64)> = Vec::new();
+        {
+            let segments = self.segments.lock().unwrap();
+            for &(id, pieces) in splits {
+                let s = &segments[&id];
+                let n = pieces.max(2);
+                let w = (s.key_high - s.key_low) / f64::from(n);
+                for i in 0..n {
+                    let high = if i + 1 == n {
+                        s.key_high
+                    } else {
+                        s.key_low + w * f64::from(i + 1)
+                    };
+                    plan.push((vec![id], s.key_low + w * f64::from(i), high));
+                }
+            }
+            for ids in merges {
+                let low = ids
+                    .iter()
+                    .map(|id| segments[id].key_low)
+                    .fold(f64::MAX, f64::min);
+                let high = ids
+                    .iter()
+                    .map(|id| segments[id].key_high)
+                    .fold(f64::MIN, f64::max);
+                plan.push((ids.clone(), low, high));
+            }
+        }
+        let mut new_ids = Vec::new();
+        {
+            let mut streams = self.streams.lock().unwrap();
+            let mut segments = self.segments.lock().unwrap();
+            for (preds, low, high) in &plan {
+                let id = self.next_segment.fetch_add(1, Ordering::SeqCst);
+                segments.insert(
+                    id,
+                    Segment {
+                        key_low: *low,
+                        key_high: *high,
+                        epoch,
+                        predecessors: preds.clone(),
+                        hidden: true,
+                        ..Segment::default()
+                    },
+                );
+                streams.get_mut(&key).unwrap().push(id);
+                new_ids.push(id);
+            }
+            for (preds, _, _) in &plan {
+                for p in preds {
+                    let s = segments.get_mut(p).unwrap();
+                    s.sealed = true;
+                    s.scaled = true;
+                }
+            }
+        }
+        self.notify.notify_waiters();
+        let state = self.clone();
+        let publish = {
+            let new_ids = new_ids.clone();
+            move || {
+                let streams = state.streams.lock().unwrap();
+                let mut segments = state.segments.lock().unwrap();
+                for id in &new_ids {
+                    let preds = segments[id].predecessors.clone();
+                    segments.get_mut(id).unwrap().hidden = false;
+                    for p in preds {
+                        segments.get_mut(&p).unwrap().successors.push(*id);
+                    }
+                }
+                let active: Vec<u64> = streams[&key]
+                    .iter()
+                    .copied()
+                    .filter(|id| !segments[id].scaled)
+                    .collect();
+                state
+                    .epochs
+                    .lock()
+                    .unwrap()
+                    .get_mut(&key)
+                    .unwrap()
+                    .push((epoch, active));
+                drop(segments);
+                drop(streams);
+                state.notify.notify_waiters();
+            }
+        };
+        if publish_after.is_zero() {
+            publish();
+        } else {
+            std::thread::spawn(move || {
+                std::thread::sleep(publish_after);
+                publish();
+            });
+        }
+        new_ids
+    }
+
+    /// The ids of a stream's active segments (not hidden, not replaced).
+    pub fn active(&self, scope: &str, stream: &str) -> Vec<u64> {
+        let key = (scope.to_string(), stream.to_string());
+        let streams = self.streams.lock().unwrap();
+        let segments = self.segments.lock().unwrap();
+        streams[&key]
+            .iter()
+            .copied()
+            .filter(|id| !segments[id].hidden && !segments[id].scaled)
+            .collect()
+    }
+
+    /// Every segment id a stream ever had (hidden successors too).
+    pub fn all_segments(&self, scope: &str, stream: &str) -> Vec<u64> {
+        let key = (scope.to_string(), stream.to_string());
+        self.streams.lock().unwrap()[&key].clone()
+    }
+
+    /// (key_low, key_high) of a segment.
+    pub fn range(&self, id: u64) -> (f64, f64) {
+        let s = &self.segments.lock().unwrap()[&id];
+        (s.key_low, s.key_high)
     }
 
     /// Seals every segment of a stream.
@@ -171,9 +365,21 @@ impl stream_admin_server::StreamAdmin for Svc {
                 .map(|_| self.0.next_segment.fetch_add(1, Ordering::SeqCst))
                 .collect();
             let mut segments = self.0.segments.lock().unwrap();
-            for id in &ids {
-                segments.insert(*id, Segment::default());
+            for (i, id) in ids.iter().enumerate() {
+                segments.insert(
+                    *id,
+                    Segment {
+                        key_low: i as f64 / f64::from(n),
+                        key_high: (i + 1) as f64 / f64::from(n),
+                        ..Segment::default()
+                    },
+                );
             }
+            self.0
+                .epochs
+                .lock()
+                .unwrap()
+                .insert(key.clone(), vec![(0, ids.clone())]);
             streams.insert(key.clone(), ids);
         }
         Ok(Response::new(self.0.info(&key).unwrap()))
@@ -214,6 +420,42 @@ impl stream_admin_server::StreamAdmin for Svc {
             .info(&key)
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("stream {}/{} not found", key.0, key.1)))
+    }
+
+    async fn scale_stream(
+        &self,
+        req: Request<proto::ScaleStreamRequest>,
+    ) -> Result<Response<proto::StreamInfo>, Status> {
+        let req = req.into_inner();
+        let key = key_of(req.name)?;
+        if self.0.info(&key).is_none() {
+            return Err(Status::not_found(format!(
+                "stream {}/{} not found",
+                key.0, key.1
+            )));
+        }
+        let active = self.0.active(&key.0, &key.1);
+        let named = req.splits.iter().map(|s| s.segment_id).chain(
+            req.merges
+                .iter()
+                .flat_map(|m| m.segment_ids.iter().copied()),
+        );
+        for id in named {
+            if !active.contains(&id) {
+                return Err(Status::invalid_argument(format!(
+                    "segment {id} is not active"
+                )));
+            }
+        }
+        let splits: Vec<(u64, u32)> = req
+            .splits
+            .iter()
+            .map(|s| (s.segment_id, s.pieces))
+            .collect();
+        let merges: Vec<Vec<u64>> = req.merges.into_iter().map(|m| m.segment_ids).collect();
+        self.0
+            .scale(&key.0, &key.1, &splits, &merges, std::time::Duration::ZERO);
+        Ok(Response::new(self.0.info(&key).unwrap()))
     }
 
     async fn update_stream(
@@ -270,6 +512,12 @@ impl append_server::Append for Svc {
             let seg = segments.get(&setup.segment_id).ok_or_else(|| {
                 Status::not_found(format!("segment {} not found", setup.segment_id))
             })?;
+            if seg.hidden {
+                return Err(Status::unavailable(format!(
+                    "segment {} is not active yet",
+                    setup.segment_id
+                )));
+            }
             (
                 seg.last.get(&setup.writer_id).copied().unwrap_or(0),
                 seg.data.len() as u64,
@@ -324,6 +572,9 @@ impl append_server::Append for Svc {
                                 .send(Err(Status::invalid_argument("injected bad batch")))
                                 .await;
                             return;
+                        }
+                        if state.swallow_acks.load(Ordering::SeqCst) {
+                            continue;
                         }
                         if tx
                             .send(Ok(proto::AppendResponse {
