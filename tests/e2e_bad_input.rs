@@ -320,6 +320,7 @@ async fn server_validates_raw_requests() {
                 name: pb_name(scope, stream),
                 segment_count: 1,
                 retention: None,
+                scaling: None,
             })
             .await
             .expect_err("a bad name is refused by the server");
@@ -334,6 +335,7 @@ async fn server_validates_raw_requests() {
             name: None,
             segment_count: 1,
             retention: None,
+            scaling: None,
         })
         .await
         .expect_err("a missing name is refused");
@@ -344,6 +346,7 @@ async fn server_validates_raw_requests() {
             name: pb_name("raw", "s"),
             segment_count: 1,
             retention: None,
+            scaling: None,
         })
         .await
         .expect("create")

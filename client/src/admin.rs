@@ -14,7 +14,7 @@ use crate::proto::{
     MergeSegments, NodeInfo, ScaleStreamRequest, SealStreamRequest, SplitSegment,
     UpdateStreamRequest,
 };
-use crate::{ClusterStatus, Error, Retention, StreamInfo, StreamName};
+use crate::{ClusterStatus, Error, Retention, ScalingPolicy, StreamInfo, StreamName};
 
 /// Stream administration; get one from [`crate::Client::admin`]. Cheap to
 /// clone.
@@ -65,10 +65,24 @@ impl Admin {
         segment_count: u32,
         retention: Retention,
     ) -> Result<StreamInfo, Error> {
+        self.create_stream_with(name, segment_count, retention, ScalingPolicy::fixed())
+            .await
+    }
+
+    /// Like [`Admin::create_stream`], with its retention and its scaling
+    /// policy (a stream starts with at least the policy's minimum segments).
+    pub async fn create_stream_with(
+        &self,
+        name: &StreamName,
+        segment_count: u32,
+        retention: Retention,
+        scaling: ScalingPolicy,
+    ) -> Result<StreamInfo, Error> {
         let req = CreateStreamRequest {
             name: Some(name.to_proto()),
             segment_count,
             retention: Some(retention.to_proto()),
+            scaling: Some(scaling.to_proto()),
         };
         self.call(|c| {
             let req = c.request(req.clone());
@@ -85,10 +99,29 @@ impl Admin {
         name: &StreamName,
         retention: Retention,
     ) -> Result<StreamInfo, Error> {
-        let req = UpdateStreamRequest {
+        self.update(UpdateStreamRequest {
             name: Some(name.to_proto()),
             retention: Some(retention.to_proto()),
-        };
+            scaling: None,
+        })
+        .await
+    }
+
+    /// Changes a stream's scaling policy (its retention stays).
+    pub async fn update_scaling(
+        &self,
+        name: &StreamName,
+        scaling: ScalingPolicy,
+    ) -> Result<StreamInfo, Error> {
+        self.update(UpdateStreamRequest {
+            name: Some(name.to_proto()),
+            retention: None,
+            scaling: Some(scaling.to_proto()),
+        })
+        .await
+    }
+
+    async fn update(&self, req: UpdateStreamRequest) -> Result<StreamInfo, Error> {
         self.call(|c| {
             let req = c.request(req.clone());
             async move { c.admin().update_stream(req).await }

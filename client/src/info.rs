@@ -79,6 +79,138 @@ pub struct StreamInfo {
     pub epoch: u64,
     /// Every epoch, oldest first (`stream history`).
     pub epochs: Vec<EpochInfo>,
+    /// How it follows its traffic.
+    pub scaling: ScalingPolicy,
+}
+
+/// How a stream follows its traffic: [`ScalingPolicy::fixed`] (the default)
+/// keeps its segments; the rate policies split a segment whose rate stays
+/// above the target (into at most `scale_factor` pieces) and merge cold
+/// key-adjacent neighbours, never below `min_segments`.
+///
+/// ```
+/// use aquifer_client::ScalingPolicy;
+/// let policy = ScalingPolicy::events_per_second(1000).scale_factor(4).min_segments(2);
+/// assert_eq!(policy.target(), Some(1000));
+/// assert_eq!(ScalingPolicy::default(), ScalingPolicy::fixed());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScalingPolicy {
+    kind: ScalingKind,
+    target: u64,
+    scale_factor: u32,
+    min_segments: u32,
+}
+
+/// What a [`ScalingPolicy`] measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ScalingKind {
+    /// No automatic scaling.
+    Fixed,
+    /// Events per second per segment.
+    EventsPerSecond,
+    /// KiB per second per segment.
+    KibPerSecond,
+}
+
+impl Default for ScalingPolicy {
+    fn default() -> Self {
+        ScalingPolicy::fixed()
+    }
+}
+
+impl ScalingPolicy {
+    /// No automatic scaling (scales by hand still work).
+    pub fn fixed() -> ScalingPolicy {
+        ScalingPolicy {
+            kind: ScalingKind::Fixed,
+            target: 0,
+            scale_factor: 2,
+            min_segments: 1,
+        }
+    }
+
+    /// Keep each segment near `target` events/s.
+    pub fn events_per_second(target: u64) -> ScalingPolicy {
+        ScalingPolicy {
+            kind: ScalingKind::EventsPerSecond,
+            target,
+            ..ScalingPolicy::fixed()
+        }
+    }
+
+    /// Keep each segment near `target` KiB/s.
+    pub fn kib_per_second(target: u64) -> ScalingPolicy {
+        ScalingPolicy {
+            kind: ScalingKind::KibPerSecond,
+            target,
+            ..ScalingPolicy::fixed()
+        }
+    }
+
+    /// The most pieces one split makes (2..=16; default 2).
+    pub fn scale_factor(mut self, pieces: u32) -> Self {
+        self.scale_factor = pieces;
+        self
+    }
+
+    /// The fewest active segments (default 1).
+    pub fn min_segments(mut self, n: u32) -> Self {
+        self.min_segments = n;
+        self
+    }
+
+    /// What it measures.
+    pub fn kind(&self) -> ScalingKind {
+        self.kind
+    }
+
+    /// The per-segment target, for the rate kinds.
+    pub fn target(&self) -> Option<u64> {
+        (self.kind != ScalingKind::Fixed).then_some(self.target)
+    }
+
+    /// See [`ScalingPolicy::scale_factor`].
+    pub fn get_scale_factor(&self) -> u32 {
+        self.scale_factor
+    }
+
+    /// See [`ScalingPolicy::min_segments`].
+    pub fn get_min_segments(&self) -> u32 {
+        self.min_segments
+    }
+
+    pub(crate) fn to_proto(self) -> proto::ScalingPolicy {
+        use proto::scaling_policy::Kind;
+        let kind = match self.kind {
+            ScalingKind::Fixed => Kind::Fixed,
+            ScalingKind::EventsPerSecond => Kind::EventsPerSecond,
+            ScalingKind::KibPerSecond => Kind::KibPerSecond,
+        };
+        proto::ScalingPolicy {
+            kind: kind as i32,
+            target: self.target,
+            scale_factor: self.scale_factor,
+            min_segments: self.min_segments,
+        }
+    }
+
+    fn from_proto(p: proto::ScalingPolicy) -> ScalingPolicy {
+        use proto::scaling_policy::Kind;
+        let kind = match Kind::try_from(p.kind) {
+            Ok(Kind::EventsPerSecond) => ScalingKind::EventsPerSecond,
+            Ok(Kind::KibPerSecond) => ScalingKind::KibPerSecond,
+            Ok(Kind::Fixed) | Err(_) => ScalingKind::Fixed,
+        };
+        ScalingPolicy {
+            kind,
+            target: p.target,
+            scale_factor: p.scale_factor.max(2),
+            min_segments: p.min_segments.max(1),
+        }
+    }
 }
 
 impl StreamInfo {
@@ -128,6 +260,7 @@ impl TryFrom<proto::StreamInfo> for StreamInfo {
             retention: Retention::from_proto(info.retention.unwrap_or_default()),
             epoch: info.epoch,
             epochs: info.epochs.into_iter().map(EpochInfo::from).collect(),
+            scaling: ScalingPolicy::from_proto(info.scaling.unwrap_or_default()),
         })
     }
 }
@@ -170,6 +303,12 @@ pub struct SegmentInfo {
     /// The segments it replaced (empty for a segment the stream was created
     /// with). A reader reads it only after every one of them.
     pub predecessors: Vec<u64>,
+    /// Measured events/s, one per server rate window, shortest first.
+    pub events_per_second: Vec<f64>,
+    /// Measured bytes/s, likewise.
+    pub bytes_per_second: Vec<f64>,
+    /// Over its policy's target but too narrow to split further.
+    pub hot_key: bool,
 }
 
 impl From<proto::SegmentInfo> for SegmentInfo {
@@ -190,6 +329,9 @@ impl From<proto::SegmentInfo> for SegmentInfo {
             epoch: s.epoch,
             successors: s.successors,
             predecessors: s.predecessors,
+            events_per_second: s.events_per_second,
+            bytes_per_second: s.bytes_per_second,
+            hot_key: s.hot_key,
         }
     }
 }

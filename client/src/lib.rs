@@ -47,8 +47,8 @@ pub use aquifer_proto::wire::{CLIENT_MESSAGE_BYTES_MAX, WRITER_ID_BYTES_MAX};
 pub use builder::ClientBuilder;
 pub use error::{Error, Source};
 pub use info::{
-    ClusterStatus, EpochInfo, GroupStatus, NodeHealth, NodeStatus, Retention, SegmentInfo,
-    StreamInfo,
+    ClusterStatus, EpochInfo, GroupStatus, NodeHealth, NodeStatus, Retention, ScalingKind,
+    ScalingPolicy, SegmentInfo, StreamInfo,
 };
 pub use name::{StreamName, NAME_BYTES_MAX};
 pub use reader::{Event, EventReader, ReaderConfig, SegmentReader, StartFrom};

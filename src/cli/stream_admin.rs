@@ -11,7 +11,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::bail;
-use aquifer_client::{Client, Retention, Scale, StreamInfo, StreamName};
+use aquifer_client::{
+    Client, Retention, Scale, ScalingKind, ScalingPolicy, StreamInfo, StreamName,
+};
 use clap::{Args, Subcommand};
 
 use super::units::{
@@ -32,16 +34,20 @@ pub enum StreamCommand {
         segments: u32,
         #[command(flatten)]
         retention: RetentionArgs,
+        #[command(flatten)]
+        scaling: ScalingArgs,
     },
-    /// Change a stream's retention; data past the new limits leaves the head
-    /// within seconds (whole tier-2 chunks at a time). Prints the stream as
-    /// `describe` does.
+    /// Change a stream's retention (data past the new limits leaves the head
+    /// within seconds, whole tier-2 chunks at a time) or its scaling policy.
+    /// Prints the stream as `describe` does.
     Update {
         /// The stream, as SCOPE/STREAM.
         #[arg(value_name = "SCOPE/STREAM")]
         name: String,
         #[command(flatten)]
         retention: RetentionArgs,
+        #[command(flatten)]
+        scaling: ScalingArgs,
     },
     /// List streams, of one scope or of all scopes.
     List {
@@ -168,6 +174,83 @@ pub struct RetentionArgs {
     retention_size: Option<u64>,
 }
 
+/// How a stream follows its traffic. Without `--scaling`: a fixed number
+/// of segments (`stream scale` still works).
+#[derive(Args, Debug, Default)]
+pub struct ScalingArgs {
+    /// Scale by rate: `events:N` keeps each segment near N events/s,
+    /// `kib:N` near N KiB/s; `fixed` turns auto-scaling off. A segment whose
+    /// rate stays above N splits; cold neighbours merge.
+    #[arg(long, value_name = "POLICY", value_parser = parse_policy)]
+    scaling: Option<ScalingPolicy>,
+    /// With --scaling: the most pieces one split makes, 2 to 16 [default: 2].
+    #[arg(long, value_name = "N", requires = "scaling")]
+    scale_factor: Option<u32>,
+    /// With --scaling: the fewest active segments the stream keeps
+    /// [default: 1].
+    #[arg(long, value_name = "N", requires = "scaling")]
+    min_segments: Option<u32>,
+}
+
+impl ScalingArgs {
+    /// The policy these flags ask for, if any.
+    fn policy(&self) -> anyhow::Result<Option<ScalingPolicy>> {
+        let Some(mut p) = self.scaling else {
+            return Ok(None);
+        };
+        if let Some(n) = self.scale_factor {
+            if !(2..=16).contains(&n) {
+                bail!("--scale-factor must be 2 to 16, not {n}");
+            }
+            p = p.scale_factor(n);
+        }
+        if let Some(n) = self.min_segments {
+            if n == 0 {
+                bail!("--min-segments must be at least 1");
+            }
+            p = p.min_segments(n);
+        }
+        Ok(Some(p))
+    }
+}
+
+/// `events:N`, `kib:N` or `fixed`.
+fn parse_policy(s: &str) -> Result<ScalingPolicy, String> {
+    if s == "fixed" {
+        return Ok(ScalingPolicy::fixed());
+    }
+    let (kind, n) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: use events:N, kib:N or fixed"))?;
+    let n: u64 = n
+        .parse()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?}: the target must be a number above 0"))?;
+    match kind {
+        "events" => Ok(ScalingPolicy::events_per_second(n)),
+        "kib" => Ok(ScalingPolicy::kib_per_second(n)),
+        _ => Err(format!("{s:?}: use events:N, kib:N or fixed")),
+    }
+}
+
+/// The policy as `--scaling` writes it.
+fn policy_line(p: &ScalingPolicy) -> String {
+    match (p.kind(), p.target()) {
+        (ScalingKind::EventsPerSecond, Some(t)) => format!(
+            "scaling: events:{t} (events/s per segment), scale factor {}, min segments {}",
+            p.get_scale_factor(),
+            p.get_min_segments()
+        ),
+        (ScalingKind::KibPerSecond, Some(t)) => format!(
+            "scaling: kib:{t} (KiB/s per segment), scale factor {}, min segments {}",
+            p.get_scale_factor(),
+            p.get_min_segments()
+        ),
+        _ => "scaling: fixed".to_string(),
+    }
+}
+
 impl RetentionArgs {
     /// `base` with the limits these flags set (0 removes a limit).
     fn applied_to(&self, base: Retention) -> Retention {
@@ -201,9 +284,12 @@ pub async fn run(addr: &str, cmd: StreamCommand) -> anyhow::Result<()> {
     if let StreamCommand::Create { segments: 0, .. } = cmd {
         bail!("--segments must be at least 1");
     }
-    if let StreamCommand::Update { retention, .. } = &cmd {
-        if retention.is_empty() {
-            bail!("nothing to change: give --retention-time and/or --retention-size (0 removes a limit)");
+    if let StreamCommand::Update {
+        retention, scaling, ..
+    } = &cmd
+    {
+        if retention.is_empty() && scaling.scaling.is_none() {
+            bail!("nothing to change: give --retention-time and/or --retention-size (0 removes a limit), or --scaling");
         }
     }
     if let StreamCommand::Scale { splits, merges, .. } = &cmd {
@@ -219,25 +305,38 @@ pub async fn run(addr: &str, cmd: StreamCommand) -> anyhow::Result<()> {
             StreamCommand::Create {
                 segments,
                 retention,
+                scaling,
                 ..
             },
             Some(name),
         ) => {
+            let policy = scaling.policy()?.unwrap_or_default();
             let info = admin
-                .create_stream_with_retention(
+                .create_stream_with(
                     &name,
                     segments,
                     retention.applied_to(Retention::default()),
+                    policy,
                 )
                 .await?;
             let n = info.segments.len() as u64;
             writeln!(out, "created stream {name} with {n} segment{}", plural(n))?;
         }
-        (StreamCommand::Update { retention, .. }, Some(name)) => {
-            let current = admin.describe_stream(&name).await?.retention;
-            let info = admin
-                .update_retention(&name, retention.applied_to(current))
-                .await?;
+        (
+            StreamCommand::Update {
+                retention, scaling, ..
+            },
+            Some(name),
+        ) => {
+            let mut info = admin.describe_stream(&name).await?;
+            if !retention.is_empty() {
+                info = admin
+                    .update_retention(&name, retention.applied_to(info.retention))
+                    .await?;
+            }
+            if let Some(policy) = scaling.policy()? {
+                info = admin.update_scaling(&name, policy).await?;
+            }
             describe(&mut out, &info)?;
         }
         (StreamCommand::List { scope }, _) => {
@@ -343,6 +442,7 @@ fn describe(out: &mut impl Write, info: &StreamInfo) -> std::io::Result<()> {
         yes_no(info.sealed)
     )?;
     writeln!(out, "{}", retention_line(&info.retention))?;
+    writeln!(out, "{}", policy_line(&info.scaling))?;
     let mut segments = info.segments.clone();
     segments.sort_by_key(|s| (s.epoch, s.number));
     // The graph columns only when a scale made one.
@@ -362,6 +462,7 @@ fn describe(out: &mut impl Write, info: &StreamInfo) -> std::io::Result<()> {
         "LOG",
         "SEALED",
         "EPOCH",
+        "EVENTS/S",
     ];
     if graph {
         head.extend(["PREDECESSORS", "SUCCESSORS"]);
@@ -381,6 +482,7 @@ fn describe(out: &mut impl Write, info: &StreamInfo) -> std::io::Result<()> {
             s.log_bytes.to_string(),
             yes_no(s.sealed),
             s.epoch.to_string(),
+            rate_cell(s),
         ];
         if graph {
             row.extend([ids(&s.predecessors), ids(&s.successors)]);
@@ -390,9 +492,39 @@ fn describe(out: &mut impl Write, info: &StreamInfo) -> std::io::Result<()> {
     write_table(out, &rows)
 }
 
+/// A segment's shortest-window events/s, marked when it is a hot key.
+fn rate_cell(s: &aquifer_client::SegmentInfo) -> String {
+    let rate = s.events_per_second.first().copied().unwrap_or(0.0);
+    if s.hot_key {
+        format!("{rate:.0} (hot key)")
+    } else {
+        format!("{rate:.0}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scaling_policies_parse_as_written() {
+        assert_eq!(
+            parse_policy("events:1000"),
+            Ok(ScalingPolicy::events_per_second(1000))
+        );
+        assert_eq!(
+            parse_policy("kib:64"),
+            Ok(ScalingPolicy::kib_per_second(64))
+        );
+        assert_eq!(parse_policy("fixed"), Ok(ScalingPolicy::fixed()));
+        assert!(parse_policy("events:0").unwrap_err().contains("above 0"));
+        assert!(parse_policy("bytes:5").unwrap_err().contains("events:N"));
+        assert!(parse_policy("events").unwrap_err().contains("events:N"));
+        assert_eq!(
+            policy_line(&ScalingPolicy::events_per_second(1000).scale_factor(4)),
+            "scaling: events:1000 (events/s per segment), scale factor 4, min segments 1"
+        );
+    }
 
     #[test]
     fn scale_flags_are_checked_before_dialling() {

@@ -147,6 +147,7 @@ impl State {
                     epoch: s.epoch,
                     successors: s.successors.clone(),
                     predecessors: s.predecessors.clone(),
+                    ..Default::default()
                 }
             })
             .collect();
@@ -166,6 +167,7 @@ impl State {
             sealed,
             segments: infos,
             retention: None,
+            scaling: None,
             epoch: epochs.last().map_or(0, |e| e.0),
             epochs: epochs
                 .into_iter()
