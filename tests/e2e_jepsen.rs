@@ -1,7 +1,8 @@
 //! A Jepsen-style check of a cluster (3 nodes unless told): writers with known payloads
 //! and per-key sequence numbers, a tailing reader, and a nemesis mixing
-//! `kill -9`, restarts and partitions that isolate a node, for a bounded
-//! time. At the end it reads everything and reports:
+//! `kill -9`, restarts, partitions that isolate a node, and scales (splits
+//! and merges of the stream's active segments), for a bounded time. At the
+//! end it reads everything and reports:
 //! - lost: acknowledged events missing from the final read;
 //! - duplicated: an event (key, sequence) read twice;
 //! - reordered: a key's events out of sequence order;
@@ -20,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aquifer_client::{Client, EventWriter, ReaderConfig, StartFrom, WriterConfig};
+use aquifer_client::{Client, EventWriter, ReaderConfig, Scale, StartFrom, WriterConfig};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rand::{Rng, SeedableRng};
 
@@ -75,6 +76,38 @@ async fn write_until(writer: EventWriter, id: u64, until: Instant, history: Arc<
     while let Some((key, seq, outcome)) = pending.next().await {
         record(&history, key, seq, outcome.is_ok());
     }
+}
+
+/// Splits a random active segment of `name` in two, or merges a random
+/// key-adjacent pair, keeping 2 to 8 active segments. True if it scaled.
+async fn scale_once(
+    client: &Client,
+    name: &aquifer_client::StreamName,
+    rng: &mut rand::rngs::StdRng,
+) -> bool {
+    let Ok(info) = client.admin().describe_stream(name).await else {
+        return false;
+    };
+    let mut active: Vec<_> = info
+        .segments
+        .iter()
+        .filter(|s| !s.sealed && s.successors.is_empty())
+        .collect();
+    active.sort_by(|a, b| a.key_low.total_cmp(&b.key_low));
+    let split = active.len() < 3 || (active.len() < 8 && rng.random_bool(0.5));
+    let scale = if split {
+        let s = active[rng.random_range(0..active.len())];
+        Scale::default().split(s.segment_id, 2)
+    } else {
+        let i = rng.random_range(0..active.len() - 1);
+        Scale::default().merge([active[i].segment_id, active[i + 1].segment_id])
+    };
+    let admin = client.admin();
+    let call = admin.scale_stream(name, &scale);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(15), call).await,
+        Ok(Ok(_))
+    )
 }
 
 fn record(history: &Mutex<History>, key: String, seq: u64, acked: bool) {
@@ -162,7 +195,7 @@ async fn run(fault_secs: u64) {
     while Instant::now() + Duration::from_secs(4) < until {
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
         let victim = rng.random_range(1..=nodes);
-        match rng.random_range(0..3) {
+        match rng.random_range(0..4) {
             0 => {
                 *faults.entry("kill -9 + restart").or_default() += 1;
                 cluster.node(victim).kill9();
@@ -176,6 +209,16 @@ async fn run(fault_secs: u64) {
                 cluster.node(leader).kill9();
                 tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
                 cluster.node(leader).restart().await;
+            }
+            2 => {
+                let done = scale_once(&client, &name, &mut rng).await;
+                *faults
+                    .entry(if done {
+                        "scale"
+                    } else {
+                        "scale refused or timed out"
+                    })
+                    .or_default() += 1;
             }
             _ => {
                 *faults.entry("partition isolating a node").or_default() += 1;
