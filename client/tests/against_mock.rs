@@ -807,3 +807,41 @@ async fn readers_read_successors_only_after_every_predecessor() {
         .unwrap();
     assert_read_in_graph_order(&client, &name, &followed, keys, 120).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_made_while_a_scale_is_pending_ends_up_in_the_successors() {
+    let (state, _server, client, name) = setup(1).await;
+    // Sealed now, successors recorded in 300 ms: the new writer still sees
+    // the sealed segment as its keys' owner.
+    let halves = state.scale("test", "s", &[(100, 3)], &[], Duration::from_millis(300));
+    let writer = client.writer(&name, config("w-pending")).await.unwrap();
+    let mut pending = Vec::new();
+    for i in 0..30 {
+        let key = (i % 2 == 0).then(|| format!("key-{i}"));
+        pending.push(
+            writer
+                .write_event(key.as_deref(), format!("e{i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    writer.flush().await.unwrap();
+    for p in pending {
+        let ack = tokio::time::timeout(T, p).await.unwrap().unwrap();
+        assert!(
+            halves.contains(&ack.segment_id),
+            "acked in {}",
+            ack.segment_id
+        );
+    }
+    assert!(state.segment_data(100).is_empty());
+    let mut payloads: Vec<Bytes> = stored(&state, &halves)
+        .into_iter()
+        .map(|(_, e)| e.payload)
+        .collect();
+    payloads.sort();
+    let mut expected: Vec<Bytes> = (0..30).map(|i| Bytes::from(format!("e{i}"))).collect();
+    expected.sort();
+    assert_eq!(payloads, expected);
+    writer.close().await.unwrap();
+}
