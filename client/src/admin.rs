@@ -65,10 +65,14 @@ impl Admin {
         segment_count: u32,
         retention: Retention,
     ) -> Result<StreamInfo, Error> {
+        // Fields this client does not set keep the protocol's defaults (the
+        // protocol grows, e.g. with a scaling policy, ahead of this API).
+        #[allow(clippy::needless_update)]
         let req = CreateStreamRequest {
             name: Some(name.to_proto()),
             segment_count,
             retention: Some(retention.to_proto()),
+            ..Default::default()
         };
         self.call(|c| {
             let req = c.request(req.clone());
@@ -85,9 +89,11 @@ impl Admin {
         name: &StreamName,
         retention: Retention,
     ) -> Result<StreamInfo, Error> {
+        #[allow(clippy::needless_update)] // as in create_stream_with_retention
         let req = UpdateStreamRequest {
             name: Some(name.to_proto()),
             retention: Some(retention.to_proto()),
+            ..Default::default()
         };
         self.call(|c| {
             let req = c.request(req.clone());

@@ -9,6 +9,8 @@
 //!
 //! It is deliberately simple: one mutex, no durability, no tiering.
 #![allow(dead_code)]
+// It leaves the protocol's newer fields (rates, policies) at their defaults.
+#![allow(clippy::needless_update)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -147,6 +149,7 @@ impl State {
                     epoch: s.epoch,
                     successors: s.successors.clone(),
                     predecessors: s.predecessors.clone(),
+                    ..Default::default()
                 }
             })
             .collect();
@@ -175,6 +178,7 @@ impl State {
                     created_ms: 1_700_000_000_000 + epoch,
                 })
                 .collect(),
+            ..Default::default()
         })
     }
 
