@@ -772,6 +772,21 @@ async fn readers_read_successors_only_after_every_predecessor() {
         .unwrap();
     assert_read_in_graph_order(&client, &name, &read, keys, 120).await;
 
+    // A saved position in a successor: its predecessor counts as read.
+    let resumed: Vec<Event> = client
+        .reader(
+            &name,
+            ReaderConfig::default().start(StartFrom::Positions(vec![Position::new(halves[0], 0)])),
+        )
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(resumed.iter().all(|e| e.position.segment_id != 100));
+    let in_100 = read.iter().filter(|e| e.position.segment_id == 100).count();
+    assert_eq!(resumed.len(), read.len() - in_100);
+
     // A scan from the head cut (first segments) to the tail cut (active
     // ones) covers every segment of every epoch once.
     let batch = client.batch();
