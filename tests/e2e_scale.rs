@@ -112,12 +112,9 @@ async fn manual_split_and_merge_keep_every_key_once_and_in_order() {
     );
     let lines: Vec<&str> = history.lines().collect();
     assert_eq!(lines.len(), 4, "header and 3 epochs:\n{history}");
-    let mut original: Vec<String> = created
-        .segments
-        .iter()
-        .map(|s| s.segment_id.to_string())
-        .collect();
-    original.sort();
+    let mut original: Vec<u64> = created.segments.iter().map(|s| s.segment_id).collect();
+    original.sort_unstable();
+    let original: Vec<String> = original.iter().map(u64::to_string).collect();
     assert!(
         lines[1].starts_with('0') && lines[1].ends_with(&original.join(",")),
         "epoch 0 line: {}",
