@@ -1,7 +1,8 @@
 //! The successor graph a stream reader walks: which segments it has read to
 //! their end, which it is reading, and which may start next.
 //!
-//! Owns the reading-order rule across scales: a segment starts only once
+//! Owns the reading-order rule across scales (and the ancestor and
+//! descendant sets stream cuts are compared by): a segment starts only once
 //! every one of its predecessors that the graph knows is done (one the
 //! stream no longer lists was removed by retention: nothing to wait for).
 //! Pure bookkeeping, no I/O, so the rule is unit-tested here. Must never
@@ -63,13 +64,23 @@ impl Graph {
 
     /// Every known segment that `id` descends from (not `id` itself).
     pub(crate) fn ancestors(&self, id: u64) -> BTreeSet<u64> {
+        self.reach(id, |info| &info.predecessors)
+    }
+
+    /// Every known segment that descends from `id` (not `id` itself).
+    pub(crate) fn descendants(&self, id: u64) -> BTreeSet<u64> {
+        self.reach(id, |info| &info.successors)
+    }
+
+    /// The known segments reached from `id` by following `next`.
+    fn reach(&self, id: u64, next: impl Fn(&SegmentInfo) -> &[u64]) -> BTreeSet<u64> {
         let mut out = BTreeSet::new();
         let mut todo = vec![id];
         while let Some(at) = todo.pop() {
             let Some(node) = self.nodes.get(&at) else {
                 continue;
             };
-            for &p in &node.info.predecessors {
+            for &p in next(&node.info) {
                 if self.nodes.contains_key(&p) && out.insert(p) {
                     todo.push(p);
                 }
@@ -148,6 +159,8 @@ mod tests {
         g.finish(4);
         assert_eq!(ids(g.take_ready()), vec![5]);
         assert_eq!(g.ancestors(5), BTreeSet::from([1, 2, 4]));
+        assert_eq!(g.descendants(1), BTreeSet::from([3, 4, 5]));
+        assert!(g.descendants(3).is_empty());
     }
 
     #[test]

@@ -214,13 +214,17 @@ impl ScalingPolicy {
 }
 
 impl StreamInfo {
-    /// The segments writers append to now: the unsealed ones (all of them
-    /// once the stream is sealed).
+    /// The segments of the current epoch: the unsealed ones; once the
+    /// stream is sealed, the ones no scale replaced.
     pub fn active_segments(&self) -> impl Iterator<Item = &SegmentInfo> {
-        let all_sealed = self.sealed || self.segments.iter().all(|s| s.sealed);
-        self.segments
-            .iter()
-            .filter(move |s| all_sealed || !s.sealed)
+        let open = self.segments.iter().any(|s| !s.sealed);
+        self.segments.iter().filter(move |s| {
+            if open {
+                !s.sealed
+            } else {
+                s.successors.is_empty()
+            }
+        })
     }
 }
 

@@ -273,7 +273,8 @@ impl Drop for EventSource {
 /// Connection failures are retried inside (resuming after the last event
 /// handed out). An error that stops a segment (unknown segment, corrupt
 /// data, retries given up) is yielded once as `Err`; the stream goes on
-/// with the other segments. Dropping a pending `next()` loses no event.
+/// with the other segments (but not that segment's successors, which would
+/// come before the rest of it). Dropping a pending `next()` loses no event.
 /// Memory is bounded: segment tasks wait while the reader lags.
 ///
 /// ```no_run

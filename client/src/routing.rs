@@ -169,17 +169,18 @@ impl Router {
 }
 
 /// Sorts segments by key range (ties: by number) and keeps the ones a
-/// writer appends to: the unsealed ones, or all if every one is sealed (so
-/// writes to a sealed stream fail with the server's `Sealed` error).
+/// writer appends to: those no scale replaced (no successors listed). That
+/// keeps a segment sealed by a scale whose epoch is not recorded yet (its
+/// keys have no other owner yet: its session meets the seal and hands over)
+/// and, on a sealed stream, the last epoch's (so writes fail with the
+/// server's `Sealed` error).
 pub(crate) fn writable_segments(mut segments: Vec<SegmentInfo>) -> Vec<SegmentInfo> {
     segments.sort_by(|a, b| {
         a.key_low
             .total_cmp(&b.key_low)
             .then(a.number.cmp(&b.number))
     });
-    if segments.iter().any(|s| !s.sealed) {
-        segments.retain(|s| !s.sealed);
-    }
+    segments.retain(|s| s.successors.is_empty());
     segments
 }
 
@@ -330,12 +331,16 @@ mod tests {
     fn writable_segments_sorts_and_skips_sealed() {
         let mut segs = segments(3);
         segs.reverse();
-        segs[0].sealed = true; // number 2
+        segs[0].sealed = true; // number 2, replaced by a scale
+        segs[0].successors = vec![7];
         let w = writable_segments(segs.clone());
         assert_eq!(w.iter().map(|s| s.number).collect::<Vec<_>>(), vec![0, 1]);
+        // Sealed, its successors not recorded yet: still its keys' owner.
+        segs[1].sealed = true;
+        assert_eq!(writable_segments(segs.clone()).len(), 2);
         for s in &mut segs {
             s.sealed = true;
         }
-        assert_eq!(writable_segments(segs).len(), 3);
+        assert_eq!(writable_segments(segs).len(), 2);
     }
 }

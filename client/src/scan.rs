@@ -1,19 +1,26 @@
 //! Batch scans for compute engines: stream cuts, the segment ranges between
 //! two cuts, and bounded reads of a range, to be run in parallel.
 //!
-//! Owns the cut and range arithmetic; the reads themselves are ordinary
-//! segment reads with an end offset, so retries and framing checks are the
-//! reader's.
+//! Owns the cut and range arithmetic, across epochs too: a head cut holds
+//! the stream's first segments, a tail cut its active ones, and the ranges
+//! between two cuts cover every segment of every epoch in between once
+//! (segments before the first cut or after the second are left out). The
+//! reads themselves are ordinary segment reads with an end offset, so
+//! retries and framing checks are the reader's.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::conn::Conn;
 use crate::direct::Tier2Stores;
+use crate::graph::Graph;
 use crate::reader::SegmentReader;
 use crate::{Admin, Error, Position, SegmentInfo, StreamName};
 
-/// One position per segment of a stream: a consistent point in it.
+/// One position per segment of a stream: a consistent point in it. After
+/// scales a cut may hold segments of different epochs; a segment a cut does
+/// not name is before it if it is a predecessor (at any distance) of one it
+/// names, after it if it is a successor of one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StreamCut {
@@ -122,33 +129,36 @@ impl BatchClient {
         }
     }
 
-    /// The first readable position of every segment.
+    /// The stream's beginning: the first readable position of each of its
+    /// first segments (those with no predecessor still listed).
     pub async fn head_cut(&self, stream: &StreamName) -> Result<StreamCut, Error> {
-        self.cut(stream, |s| s.head_offset).await
-    }
-
-    /// The end of every segment now: everything committed so far.
-    pub async fn tail_cut(&self, stream: &StreamName) -> Result<StreamCut, Error> {
-        self.cut(stream, |s| s.length).await
-    }
-
-    async fn cut(
-        &self,
-        stream: &StreamName,
-        offset: impl Fn(&SegmentInfo) -> u64,
-    ) -> Result<StreamCut, Error> {
         let info = self.admin.describe_stream(stream).await?;
+        let listed = |id: &u64| info.segments.iter().any(|s| s.segment_id == *id);
         Ok(StreamCut::new(
             info.segments
                 .iter()
-                .map(|s| Position::new(s.segment_id, offset(s)))
+                .filter(|s| !s.predecessors.iter().any(listed))
+                .map(|s| Position::new(s.segment_id, s.head_offset))
                 .collect(),
         ))
     }
 
-    /// The non-empty ranges between two cuts, one per segment. A segment
-    /// missing from `from` starts at its head; missing from `to`, it ends at
-    /// its current length.
+    /// The stream now: the end of each active segment, everything
+    /// committed so far.
+    pub async fn tail_cut(&self, stream: &StreamName) -> Result<StreamCut, Error> {
+        let info = self.admin.describe_stream(stream).await?;
+        Ok(StreamCut::new(
+            info.active_segments()
+                .map(|s| Position::new(s.segment_id, s.length))
+                .collect(),
+        ))
+    }
+
+    /// The non-empty ranges between two cuts, one per segment, over every
+    /// epoch in between. A segment before `from` (a predecessor of one it
+    /// names) or after `to` (a successor of one it names) is left out; any
+    /// other segment missing from `from` starts at its head, missing from
+    /// `to` it ends at its current length.
     pub async fn segment_ranges(
         &self,
         stream: &StreamName,
@@ -168,25 +178,7 @@ impl BatchClient {
                 p.segment_id
             )));
         }
-        let mut ranges = Vec::new();
-        for s in &info.segments {
-            let start = from
-                .offset_of(s.segment_id)
-                .unwrap_or(s.head_offset)
-                .max(s.head_offset);
-            let end = to.offset_of(s.segment_id).unwrap_or(s.length).min(s.length);
-            if start < end {
-                ranges.push(SegmentRange {
-                    segment_id: s.segment_id,
-                    key_low: s.key_low,
-                    key_high: s.key_high,
-                    start,
-                    end,
-                    tier2_end: s.tier2_length.clamp(start, end),
-                });
-            }
-        }
-        Ok(ranges)
+        Ok(ranges_between(&info.segments, from, to))
     }
 
     /// Reads one range: a stream of its events in order, ending at the
@@ -200,5 +192,100 @@ impl BatchClient {
             range.end,
             config.direct.then(|| self.stores.clone()),
         )
+    }
+}
+
+/// The ranges between `from` and `to` over `segments` (one describe).
+fn ranges_between(segments: &[SegmentInfo], from: &StreamCut, to: &StreamCut) -> Vec<SegmentRange> {
+    let graph = Graph::new(segments);
+    let before: std::collections::BTreeSet<u64> = from
+        .positions
+        .iter()
+        .flat_map(|p| graph.ancestors(p.segment_id))
+        .collect();
+    let after: std::collections::BTreeSet<u64> = to
+        .positions
+        .iter()
+        .flat_map(|p| graph.descendants(p.segment_id))
+        .collect();
+    let mut ranges = Vec::new();
+    for s in segments {
+        let (in_from, in_to) = (from.offset_of(s.segment_id), to.offset_of(s.segment_id));
+        if (in_from.is_none() && before.contains(&s.segment_id))
+            || (in_to.is_none() && after.contains(&s.segment_id))
+        {
+            continue;
+        }
+        let start = in_from.unwrap_or(s.head_offset).max(s.head_offset);
+        let end = in_to.unwrap_or(s.length).min(s.length);
+        if start < end {
+            ranges.push(SegmentRange {
+                segment_id: s.segment_id,
+                key_low: s.key_low,
+                key_high: s.key_high,
+                start,
+                end,
+                tier2_end: s.tier2_length.clamp(start, end),
+            });
+        }
+    }
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(id: u64, preds: &[u64], succs: &[u64], length: u64) -> SegmentInfo {
+        SegmentInfo {
+            segment_id: id,
+            predecessors: preds.to_vec(),
+            successors: succs.to_vec(),
+            sealed: !succs.is_empty(),
+            length,
+            ..Default::default()
+        }
+    }
+
+    fn spans(ranges: &[SegmentRange]) -> Vec<(u64, u64, u64)> {
+        ranges
+            .iter()
+            .map(|r| (r.segment_id, r.start, r.end))
+            .collect()
+    }
+
+    #[test]
+    fn ranges_between_cuts_of_different_epochs_cover_each_segment_once() {
+        // 1 split into 2 and 3; 3 and 4 merged into 5.
+        let segments = [
+            seg(1, &[], &[2, 3], 100),
+            seg(4, &[], &[5], 40),
+            seg(2, &[1], &[], 30),
+            seg(3, &[1], &[5], 20),
+            seg(5, &[3, 4], &[], 10),
+        ];
+        let cut = |ps: &[(u64, u64)]| {
+            StreamCut::new(ps.iter().map(|&(s, o)| Position::new(s, o)).collect())
+        };
+        // Head (first segments) to tail (active ones): everything once.
+        let head = cut(&[(1, 0), (4, 0)]);
+        let tail = cut(&[(2, 30), (5, 10)]);
+        assert_eq!(
+            spans(&ranges_between(&segments, &head, &tail)),
+            vec![(1, 0, 100), (4, 0, 40), (2, 0, 30), (3, 0, 20), (5, 0, 10)]
+        );
+        // From a cut inside epoch 1 to one inside epoch 0's successors: 1
+        // is before it, 5 after the second.
+        let from = cut(&[(2, 10), (3, 5), (4, 30)]);
+        let to = cut(&[(2, 25), (3, 20), (4, 40)]);
+        assert_eq!(
+            spans(&ranges_between(&segments, &from, &to)),
+            vec![(4, 30, 40), (2, 10, 25), (3, 5, 20)]
+        );
+        // Old-style cuts naming every segment still work.
+        let all = cut(&[(1, 50), (4, 0), (2, 0), (3, 0), (5, 0)]);
+        let ranges = ranges_between(&segments, &all, &StreamCut::default());
+        assert_eq!(spans(&ranges)[0], (1, 50, 100));
+        assert_eq!(ranges.len(), 5);
     }
 }

@@ -52,7 +52,9 @@ pub struct WriteAck {
     pub segment_id: u64,
     /// Byte offset of the event in the segment; `None` when the server
     /// acknowledged its batch as a duplicate (a retry of a batch it already
-    /// had), which tells that it is stored but not where.
+    /// had) or the writer found it applied when setting up again (after a
+    /// reconnect, or on a segment a scale sealed), which tells that it is
+    /// stored but not where.
     pub offset: Option<u64>,
 }
 

@@ -772,6 +772,46 @@ async fn readers_read_successors_only_after_every_predecessor() {
         .unwrap();
     assert_read_in_graph_order(&client, &name, &read, keys, 120).await;
 
+    // A saved position in a successor: its predecessor counts as read.
+    let resumed: Vec<Event> = client
+        .reader(
+            &name,
+            ReaderConfig::default().start(StartFrom::Positions(vec![Position::new(halves[0], 0)])),
+        )
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(resumed.iter().all(|e| e.position.segment_id != 100));
+    let in_100 = read.iter().filter(|e| e.position.segment_id == 100).count();
+    assert_eq!(resumed.len(), read.len() - in_100);
+
+    // A scan from the head cut (first segments) to the tail cut (active
+    // ones) covers every segment of every epoch once.
+    let batch = client.batch();
+    let (head, tail) = (
+        batch.head_cut(&name).await.unwrap(),
+        batch.tail_cut(&name).await.unwrap(),
+    );
+    assert_eq!(head.positions.len(), 2);
+    assert_eq!(tail.positions.len(), 2);
+    let ranges = batch.segment_ranges(&name, &head, &tail).await.unwrap();
+    assert_eq!(ranges.len(), 5);
+    let mut scanned = Vec::new();
+    for range in &ranges {
+        let events: Vec<Event> = batch
+            .read_range(range, &aquifer_client::ScanConfig::default())
+            .try_collect()
+            .await
+            .unwrap();
+        scanned.extend(events.into_iter().map(|e| e.payload));
+    }
+    let mut expected: Vec<Bytes> = read.iter().map(|e| e.payload.clone()).collect();
+    expected.sort();
+    scanned.sort();
+    assert_eq!(scanned, expected);
+
     // Following: it learned each successor as its predecessor ended, and
     // ends once the stream is sealed and read.
     state.seal("test", "s");
@@ -781,4 +821,42 @@ async fn readers_read_successors_only_after_every_predecessor() {
         .unwrap()
         .unwrap();
     assert_read_in_graph_order(&client, &name, &followed, keys, 120).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_made_while_a_scale_is_pending_ends_up_in_the_successors() {
+    let (state, _server, client, name) = setup(1).await;
+    // Sealed now, successors recorded in 300 ms: the new writer still sees
+    // the sealed segment as its keys' owner.
+    let halves = state.scale("test", "s", &[(100, 3)], &[], Duration::from_millis(300));
+    let writer = client.writer(&name, config("w-pending")).await.unwrap();
+    let mut pending = Vec::new();
+    for i in 0..30 {
+        let key = (i % 2 == 0).then(|| format!("key-{i}"));
+        pending.push(
+            writer
+                .write_event(key.as_deref(), format!("e{i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    writer.flush().await.unwrap();
+    for p in pending {
+        let ack = tokio::time::timeout(T, p).await.unwrap().unwrap();
+        assert!(
+            halves.contains(&ack.segment_id),
+            "acked in {}",
+            ack.segment_id
+        );
+    }
+    assert!(state.segment_data(100).is_empty());
+    let mut payloads: Vec<Bytes> = stored(&state, &halves)
+        .into_iter()
+        .map(|(_, e)| e.payload)
+        .collect();
+    payloads.sort();
+    let mut expected: Vec<Bytes> = (0..30).map(|i| Bytes::from(format!("e{i}"))).collect();
+    expected.sort();
+    assert_eq!(payloads, expected);
+    writer.close().await.unwrap();
 }

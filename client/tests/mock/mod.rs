@@ -177,6 +177,7 @@ impl State {
                     created_ms: 1_700_000_000_000 + epoch,
                 })
                 .collect(),
+            ..Default::default()
         })
     }
 
