@@ -177,7 +177,6 @@ impl State {
                     created_ms: 1_700_000_000_000 + epoch,
                 })
                 .collect(),
-            ..Default::default()
         })
     }
 
