@@ -62,35 +62,23 @@ async fn active(client: &Client, name: &StreamName) -> Vec<u64> {
     segs.iter().map(|s| s.segment_id).collect()
 }
 
-/// Writes `to` sequence numbers of every key, pacing itself so scales land
-/// in the middle.
+/// Writes sequences `0..to` of every key at about 8,000 events/s, so
+/// scales land in the middle.
 async fn write_paced(client: Client, name: StreamName, to: u64) {
-    let writer = client
-        .writer(&name, WriterConfig::default().writer_id("scaled-writer"))
-        .await
-        .expect("writer");
-    for seq in 0..to {
-        for k in 0..KEYS {
-            let key = format!("k{k}");
-            writer
-                .write_event(Some(&key), common::keyed_payload(&key, seq, "w"))
-                .await
-                .expect("queued");
-        }
-        if seq % 100 == 99 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    writer.flush().await.expect("every write acknowledged");
-    writer.close().await.expect("closed");
+    assert_eq!(write_at(client, name, 8_000, 0, Until::Count(to)).await, to);
 }
 
+/// Scales by hand through the CLI while a keyed writer writes and a
+/// tailing reader follows: a split, then a merge of the split's last piece
+/// with its neighbour; `stream history` and `describe` show the epochs and
+/// the successor graph; bad scales are refused with the reason (bad flags
+/// before anything is dialled).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn manual_splits_and_merges_keep_every_key_once_and_in_order() {
     let server = ServerProcess::start(ServerOpts::default()).await;
     let client = server.client().await;
     let name = common::stream_name("scale/manual");
-    client
+    let created = client
         .admin()
         .create_stream(&name, 2)
         .await
@@ -101,32 +89,43 @@ async fn manual_splits_and_merges_keep_every_key_once_and_in_order() {
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let first = active(&client, &name).await;
-    let split = client
-        .admin()
-        .scale_stream(&name, &Scale::default().split(first[0], 3))
-        .await
-        .expect("split");
-    assert_eq!(split.epoch, 1);
+    let out = common::cli_ok(
+        &server.cli(
+            &[
+                "stream",
+                "scale",
+                "scale/manual",
+                "--split",
+                &format!("{}:3", first[0]),
+            ],
+            None,
+        ),
+        "scale --split",
+    );
+    assert!(out.contains("epoch 1"), "scale --split printed:\n{out}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let now = active(&client, &name).await;
     assert_eq!(now.len(), 4, "{now:?}");
-    // Merge the last successor of the split with its right neighbour.
-    let merged = client
-        .admin()
-        .scale_stream(&name, &Scale::default().merge([now[2], now[3]]))
-        .await
-        .expect("merge");
-    assert_eq!(merged.epoch, 2);
-    // Bad scales are refused with the reason.
+    let merge = format!("{},{}", now[2], now[3]);
+    let out = common::cli_ok(
+        &server.cli(
+            &["stream", "scale", "scale/manual", "--merge", &merge],
+            None,
+        ),
+        "scale --merge",
+    );
+    assert!(out.contains("epoch 2"), "scale --merge printed:\n{out}");
+    // A merge of segments that are not neighbours (or no longer active) is
+    // refused where the scale executes, with the reason.
     let err = client
         .admin()
         .scale_stream(&name, &Scale::default().merge([now[0], now[3]]))
         .await
         .unwrap_err();
+    let why = err.to_string();
     assert!(
-        err.to_string().contains("not an active segment")
-            || err.to_string().contains("key-adjacent"),
-        "{err}"
+        why.contains("not an active segment") || why.contains("key-adjacent"),
+        "{why}"
     );
 
     writing.await.expect("writer task");
@@ -135,12 +134,35 @@ async fn manual_splits_and_merges_keep_every_key_once_and_in_order() {
     assert_once_in_order(&all, to, "read from the head");
     let tailed = tailing.await.expect("tailing task");
     assert_once_in_order(&tailed, to, "tailing reader");
+
+    // One line per epoch; the first holds the segments the stream began with.
+    let history = common::cli_ok(
+        &server.cli(&["stream", "history", "scale/manual"], None),
+        "history",
+    );
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 4, "header and 3 epochs:\n{history}");
+    let mut original: Vec<u64> = created.segments.iter().map(|s| s.segment_id).collect();
+    original.sort_unstable();
+    let original: Vec<String> = original.iter().map(u64::to_string).collect();
+    assert!(
+        lines[1].starts_with('0') && lines[1].ends_with(&original.join(",")),
+        "epoch 0 line: {}",
+        lines[1]
+    );
+    let described = common::cli_ok(
+        &server.cli(&["stream", "describe", "scale/manual"], None),
+        "describe",
+    );
+    assert!(
+        described.contains("epoch 2") && described.contains("SUCCESSORS"),
+        "describe printed:\n{described}"
+    );
     let info = client
         .admin()
         .describe_stream(&name)
         .await
         .expect("describe");
-    assert_eq!(info.epochs.len(), 3, "epochs 0, 1, 2");
     let sealed: HashMap<u64, usize> = info
         .segments
         .iter()
@@ -148,6 +170,26 @@ async fn manual_splits_and_merges_keep_every_key_once_and_in_order() {
         .map(|s| (s.segment_id, s.successors.len()))
         .collect();
     assert_eq!(sealed.get(&first[0]), Some(&3));
+
+    // Bad scale flags are refused before dialling (nothing listens on :1).
+    let nowhere = ["--addr", "127.0.0.1:1", "stream", "scale", "scale/manual"];
+    let refused = |extra: &[&str]| common::cli(&[&nowhere[..], extra].concat(), None);
+    common::cli_err(
+        &refused(&["--split", "abc"]),
+        "split of a non-number",
+        &["not a segment id"],
+    );
+    common::cli_err(
+        &refused(&["--split", "5:1"]),
+        "split into one",
+        &["2 to 16 pieces"],
+    );
+    common::cli_err(
+        &refused(&["--merge", "5"]),
+        "merge of one",
+        &["at least two"],
+    );
+    common::cli_err(&refused(&[]), "nothing to scale", &["nothing to scale"]);
 }
 
 /// A scale's steps span a metadata leader's `kill -9`: each round starts a
@@ -248,25 +290,46 @@ async fn a_scale_survives_kill9_of_the_metadata_leader() {
     assert_once_in_order(&all, to, "read after the failovers");
 }
 
-/// Writes sequences of every key at about `per_second` events/s until
-/// `stop` turns true; returns how many sequences it wrote.
+/// When a paced writer stops.
+enum Until {
+    /// After this many sequences of every key.
+    Count(u64),
+    /// When this turns true.
+    Signal(tokio::sync::watch::Receiver<bool>),
+}
+
+/// Writes sequences `from..` of every key at about `per_second` events/s
+/// until `until`, then waits for every ack; returns the next sequence.
 async fn write_at(
     client: Client,
     name: StreamName,
     per_second: u64,
     from: u64,
-    stop: tokio::sync::watch::Receiver<bool>,
+    until: Until,
 ) -> u64 {
     let writer = client
-        .writer(&name, WriterConfig::default().writer_id("auto-writer"))
+        .writer(
+            &name,
+            WriterConfig::default().writer_id(format!("paced-{from}")),
+        )
         .await
         .expect("writer");
     let per_tick = (per_second / KEYS / 100).max(1); // sequences per 10 ms
     let mut seq = from;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
-    while !*stop.borrow() {
+    loop {
+        let done = match &until {
+            Until::Count(to) => seq >= *to,
+            Until::Signal(stop) => *stop.borrow(),
+        };
+        if done {
+            break;
+        }
         tick.tick().await;
         for _ in 0..per_tick {
+            if matches!(until, Until::Count(to) if seq >= to) {
+                break;
+            }
             for k in 0..KEYS {
                 let key = format!("k{k}");
                 writer
@@ -332,7 +395,13 @@ async fn a_rate_policy_follows_the_traffic_up_and_down() {
     };
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let fast = tokio::spawn(write_at(client.clone(), name.clone(), 8_000, 0, stopped));
+    let fast = tokio::spawn(write_at(
+        client.clone(),
+        name.clone(),
+        8_000,
+        0,
+        Until::Signal(stopped),
+    ));
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut most = 1;
     while most < 4 {
@@ -352,7 +421,7 @@ async fn a_rate_policy_follows_the_traffic_up_and_down() {
         name.clone(),
         100,
         written,
-        stopped,
+        Until::Signal(stopped),
     ));
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {

@@ -12,6 +12,16 @@
 /// Rate windows per segment, shortest first.
 pub const RATE_WINDOWS: usize = 4;
 
+/// Per-window rates from a list (a snapshot's, a peer's); missing windows
+/// are 0, extra ones ignored.
+pub fn rates_from(v: &[f64]) -> [f64; RATE_WINDOWS] {
+    let mut out = [0.0; RATE_WINDOWS];
+    for (o, x) in out.iter_mut().zip(v) {
+        *o = *x;
+    }
+    out
+}
+
 /// A segment's counters and moving averages.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Rates {

@@ -13,7 +13,7 @@ use super::command::{
     Append, ChunkFlushed, Cmd, ContainerCommand, ContainerSnapshot, RateTick, SegmentSnapshot,
     TailBlock, Truncate, WriterPosition,
 };
-use super::rates::{Rates, RATE_WINDOWS};
+use super::rates::{rates_from, Rates, RATE_WINDOWS};
 use super::segment::{Chunk, Segment};
 use crate::cache::TailBudget;
 use crate::group::StateMachine;
@@ -428,8 +428,8 @@ impl StateMachine for ContainerState {
                 ticked_events: g.ticked_events,
                 ticked_bytes: g.ticked_bytes,
                 ticked_ms: g.ticked_ms,
-                events_per_second: windows_of(&g.events_per_second),
-                bytes_per_second: windows_of(&g.bytes_per_second),
+                events_per_second: rates_from(&g.events_per_second),
+                bytes_per_second: rates_from(&g.bytes_per_second),
             };
             let tail_len: u64 = s.tail.iter().map(|(_, b)| b.len() as u64).sum();
             if tail_len != s.tail_bytes() {
@@ -461,16 +461,6 @@ impl StateMachine for ContainerState {
 /// one second, so a tick can never divide by zero).
 fn windows_of_ms(v: &[u64]) -> [u64; RATE_WINDOWS] {
     let mut out = [v.iter().copied().max().unwrap_or(1000); RATE_WINDOWS];
-    for (o, x) in out.iter_mut().zip(v) {
-        *o = *x;
-    }
-    out
-}
-
-/// Per-window rates from a snapshot (missing windows, as in snapshots from
-/// before rates, are 0).
-fn windows_of(v: &[f64]) -> [f64; RATE_WINDOWS] {
-    let mut out = [0.0; RATE_WINDOWS];
     for (o, x) in out.iter_mut().zip(v) {
         *o = *x;
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aquifer_proto::v1::SegmentInfo;
 
-use crate::container::rates::RATE_WINDOWS;
+use crate::container::rates::rates_from;
 use crate::container::{container_of, SegmentView};
 use crate::error::Error;
 
@@ -43,18 +43,9 @@ fn info_view(i: &SegmentInfo) -> SegmentView {
         chunk_count: i.chunk_count,
         tail_bytes: i.tail_buffer_bytes,
         log_bytes: i.log_bytes,
-        events_per_second: rates_of(&i.events_per_second),
-        bytes_per_second: rates_of(&i.bytes_per_second),
+        events_per_second: rates_from(&i.events_per_second),
+        bytes_per_second: rates_from(&i.bytes_per_second),
     }
-}
-
-/// Per-window rates as a peer sent them (missing windows are 0).
-fn rates_of(v: &[f64]) -> [f64; RATE_WINDOWS] {
-    let mut out = [0.0; RATE_WINDOWS];
-    for (o, x) in out.iter_mut().zip(v) {
-        *o = *x;
-    }
-    out
 }
 
 impl Node {
