@@ -707,6 +707,21 @@ mod tests {
         .map(|r| r.expect("a stream command answers its stream"))
     }
 
+    /// A fresh state restored from `s`'s snapshot, checked to snapshot the
+    /// same.
+    fn round_trip(s: &MetaState) -> MetaState {
+        let mut restored = MetaState::new(
+            StreamMap::default(),
+            NodeMap::default(),
+            PlacementMap::default(),
+        );
+        restored
+            .restore(prost::Message::encode_to_vec(&s.snapshot()).into())
+            .unwrap();
+        assert_eq!(restored.snapshot(), s.snapshot());
+        restored
+    }
+
     #[test]
     fn segments_split_the_key_space_and_ids_are_never_reused() {
         let mut s = MetaState::new(
@@ -738,15 +753,7 @@ mod tests {
         apply(&mut s, MetaCmd::Remove(r)).unwrap();
         let again = apply(&mut s, create("a", 1)).unwrap();
         assert_eq!(again.segments[0].id, 4);
-        let mut restored = MetaState::new(
-            StreamMap::default(),
-            NodeMap::default(),
-            PlacementMap::default(),
-        );
-        restored
-            .restore(prost::Message::encode_to_vec(&s.snapshot()).into())
-            .unwrap();
-        assert_eq!(restored.snapshot(), s.snapshot());
+        let restored = round_trip(&s);
         assert_eq!(restored.next_segment_id, 5);
     }
 
@@ -794,15 +801,7 @@ mod tests {
             Err(MetaError::Busy(_))
         ));
         // A leader taking over mid-scale finds it in the snapshot.
-        let mut restored = MetaState::new(
-            StreamMap::default(),
-            NodeMap::default(),
-            PlacementMap::default(),
-        );
-        restored
-            .restore(prost::Message::encode_to_vec(&s.snapshot()).into())
-            .unwrap();
-        assert_eq!(restored.snapshot(), s.snapshot());
+        let mut restored = round_trip(&s);
         let complete = |epoch| {
             MetaCmd::CompleteScale(CompleteScale {
                 scope: "sc".into(),
