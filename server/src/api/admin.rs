@@ -128,10 +128,15 @@ enum Routed<T, R> {
 fn stream_info(s: &StreamRecord, views: &HashMap<u64, SegmentView>) -> StreamInfo {
     // A scale's successors are not shown before its epoch is in force:
     // until then no client may write to them.
+    let listed = |id: &u64| {
+        s.segments
+            .iter()
+            .any(|g| g.id == *id && !g.pending && !g.dropped)
+    };
     let segments = s
         .segments
         .iter()
-        .filter(|g| !g.pending)
+        .filter(|g| !g.pending && !g.dropped)
         .map(|g| {
             let view = views.get(&g.id);
             SegmentInfo {
@@ -149,7 +154,9 @@ fn stream_info(s: &StreamRecord, views: &HashMap<u64, SegmentView>) -> StreamInf
                 log_bytes: view.map_or(0, |v| v.log_bytes),
                 epoch: g.epoch,
                 successors: g.successors.clone(),
-                predecessors: g.predecessors.clone(),
+                // Dropped predecessors are read no more: a segment whose
+                // predecessors are all gone is read from the start.
+                predecessors: g.predecessors.iter().copied().filter(listed).collect(),
                 events_per_second: view
                     .map(|v| v.events_per_second.to_vec())
                     .unwrap_or_default(),

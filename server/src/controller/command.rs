@@ -3,7 +3,10 @@
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetaCommand {
-    #[prost(oneof = "MetaCmd", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
+    #[prost(
+        oneof = "MetaCmd",
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14"
+    )]
     pub cmd: Option<MetaCmd>,
 }
 
@@ -43,6 +46,23 @@ pub enum MetaCmd {
     /// A stream's scaling policy changes.
     #[prost(message, tag = "12")]
     SetScaling(SetScaling),
+    /// Retention expired every byte of these sealed predecessors: they are
+    /// no longer read, and their containers delete them.
+    #[prost(message, tag = "13")]
+    DropSegments(SegmentsRef),
+    /// Dropped segments their containers no longer hold: forget them.
+    #[prost(message, tag = "14")]
+    PurgeSegments(SegmentsRef),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SegmentsRef {
+    #[prost(string, tag = "1")]
+    pub scope: String,
+    #[prost(string, tag = "2")]
+    pub stream: String,
+    #[prost(uint64, repeated, tag = "3")]
+    pub segment_ids: Vec<u64>,
 }
 
 /// How a stream follows its traffic (see `state::ScalingPolicy`).
@@ -289,4 +309,6 @@ pub struct SegmentSnapshot {
     pub predecessors: Vec<u64>,
     #[prost(bool, tag = "9")]
     pub pending: bool,
+    #[prost(bool, tag = "10")]
+    pub dropped: bool,
 }

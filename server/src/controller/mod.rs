@@ -237,6 +237,35 @@ impl Controller {
         .await
     }
 
+    /// Marks sealed predecessors of `key` that retention expired whole as
+    /// dropped (see `state::drop_segments` for which may go).
+    pub async fn drop_segments(
+        &self,
+        key: &StreamKey,
+        ids: Vec<u64>,
+    ) -> Result<StreamRecord, Error> {
+        self.propose(MetaCmd::DropSegments(command::SegmentsRef {
+            scope: key.scope.clone(),
+            stream: key.stream.clone(),
+            segment_ids: ids,
+        }))
+        .await
+    }
+
+    /// Forgets dropped segments of `key` that no container holds any more.
+    pub async fn purge_segments(
+        &self,
+        key: &StreamKey,
+        ids: Vec<u64>,
+    ) -> Result<StreamRecord, Error> {
+        self.propose(MetaCmd::PurgeSegments(command::SegmentsRef {
+            scope: key.scope.clone(),
+            stream: key.stream.clone(),
+            segment_ids: ids,
+        }))
+        .await
+    }
+
     /// Whether segment `id` is a successor of a scale not yet in force.
     pub fn is_pending(&self, id: u64) -> bool {
         let map = self.streams.read().unwrap_or_else(|p| p.into_inner());

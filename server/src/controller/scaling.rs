@@ -287,6 +287,7 @@ mod tests {
             successors: Vec::new(),
             predecessors: Vec::new(),
             pending: false,
+            dropped: false,
         }
     }
 

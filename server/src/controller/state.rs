@@ -53,12 +53,37 @@ pub struct SegmentRecord {
     /// A successor of the scale under way: created in its container, not
     /// yet written to (appends are refused until the epoch is in force).
     pub pending: bool,
+    /// A sealed predecessor retention expired whole: not read any more,
+    /// being deleted from its container.
+    pub dropped: bool,
 }
 
 impl SegmentRecord {
     /// Whether it belongs to the stream's current epoch.
     pub fn is_active(&self) -> bool {
-        !self.pending && self.successors.is_empty()
+        !self.pending && !self.dropped && self.successors.is_empty()
+    }
+}
+
+/// Marks `ids` dropped where that keeps readers' order: only a sealed
+/// predecessor (it has successors) whose own predecessors are all gone, so
+/// no reader can reach its successors before what came before it.
+fn drop_segments(s: &mut StreamRecord, ids: &[u64]) {
+    let gone = |s: &StreamRecord, id: u64| {
+        s.segments
+            .iter()
+            .find(|g| g.id == id)
+            .is_none_or(|g| g.dropped)
+    };
+    for &id in ids {
+        let droppable = s.segments.iter().any(|g| {
+            g.id == id && !g.successors.is_empty() && g.predecessors.iter().all(|&p| gone(s, p))
+        });
+        if droppable {
+            if let Some(g) = s.segments.iter_mut().find(|g| g.id == id) {
+                g.dropped = true;
+            }
+        }
     }
 }
 
@@ -378,6 +403,7 @@ impl MetaState {
                             successors: Vec::new(),
                             predecessors: Vec::new(),
                             pending: false,
+                            dropped: false,
                         })
                     })
                     .collect::<Result<_, MetaError>>()?;
@@ -420,6 +446,24 @@ impl MetaState {
                 self.update(key, |s| s.retention = retention)
             }
             Some(MetaCmd::StartScale(c)) => self.start_scale(c),
+            Some(MetaCmd::DropSegments(r)) => {
+                let ids = r.segment_ids;
+                let key = StreamRef {
+                    scope: r.scope,
+                    stream: r.stream,
+                };
+                self.update(key, |s| drop_segments(s, &ids))
+            }
+            Some(MetaCmd::PurgeSegments(r)) => {
+                let ids = r.segment_ids;
+                let key = StreamRef {
+                    scope: r.scope,
+                    stream: r.stream,
+                };
+                self.update(key, |s| {
+                    s.segments.retain(|g| !(g.dropped && ids.contains(&g.id)))
+                })
+            }
             Some(MetaCmd::SetScaling(c)) => {
                 let policy = c
                     .policy
@@ -508,6 +552,7 @@ impl MetaState {
                 successors: Vec::new(),
                 predecessors: Vec::new(),
                 pending: true,
+                dropped: false,
             });
         }
         self.next_segment_id += plan.ranges.len() as u64;
@@ -597,6 +642,7 @@ impl MetaState {
                         successors: g.successors.clone(),
                         predecessors: g.predecessors.clone(),
                         pending: g.pending,
+                        dropped: g.dropped,
                     })
                     .collect(),
                 epoch: s.epoch,
@@ -647,6 +693,7 @@ impl MetaState {
                     successors: g.successors,
                     predecessors: g.predecessors,
                     pending: g.pending,
+                    dropped: g.dropped,
                 })
                 .collect::<Vec<_>>();
             // Snapshots from before epochs were recorded: one epoch 0 of
@@ -854,6 +901,62 @@ mod tests {
         let mut want = ids;
         want.sort_unstable();
         assert_eq!(preds, want);
+    }
+
+    #[test]
+    fn only_predecessors_whose_own_predecessors_are_gone_are_dropped() {
+        let seg = |id, successors: Vec<u64>, predecessors: Vec<u64>| SegmentRecord {
+            id,
+            number: 0,
+            container: 0,
+            key_low: 0.0,
+            key_high: 1.0,
+            epoch: 0,
+            successors,
+            predecessors,
+            pending: false,
+            dropped: false,
+        };
+        let mut s = StreamRecord {
+            key: StreamKey {
+                scope: "s".into(),
+                stream: "t".into(),
+            },
+            // 1 -> 2 -> 3: a chain of two scales.
+            segments: vec![
+                seg(1, vec![2], vec![]),
+                seg(2, vec![3], vec![1]),
+                seg(3, vec![], vec![2]),
+            ],
+            retention: Retention::default(),
+            sealed: false,
+            deleting: false,
+            epoch: 2,
+            epochs: Vec::new(),
+            scaling: None,
+            policy: ScalingPolicy::default(),
+        };
+        let dropped = |s: &StreamRecord| {
+            s.segments
+                .iter()
+                .filter(|g| g.dropped)
+                .map(|g| g.id)
+                .collect::<Vec<_>>()
+        };
+        drop_segments(&mut s, &[2]);
+        assert_eq!(
+            dropped(&s),
+            Vec::<u64>::new(),
+            "2's predecessor 1 is still read"
+        );
+        drop_segments(&mut s, &[3]);
+        assert_eq!(
+            dropped(&s),
+            Vec::<u64>::new(),
+            "an active segment never goes"
+        );
+        drop_segments(&mut s, &[1, 2]);
+        assert_eq!(dropped(&s), vec![1, 2], "oldest first, in one go");
     }
 
     #[test]

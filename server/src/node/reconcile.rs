@@ -63,8 +63,10 @@ impl Node {
                         .as_ref()
                         .is_some_and(|x| x.predecessors.contains(&seg.id));
                 match c.segment(seg.id).map(|s| s.view()) {
-                    Some(_) if stream.deleting => self.delete_segment(c, seg.id).await?,
-                    None if !stream.deleting => {
+                    Some(_) if stream.deleting || seg.dropped => {
+                        self.delete_segment(c, seg.id).await?
+                    }
+                    None if !stream.deleting && !seg.dropped => {
                         c.propose(Cmd::Create(SegmentRef { segment_id: seg.id }))
                             .await?;
                     }
@@ -77,6 +79,9 @@ impl Node {
             }
             if let (Some(scaling), true) = (&stream.scaling, self.controller.is_leader()) {
                 self.complete_scale(&stream, scaling).await?;
+            }
+            if self.controller.is_leader() && !stream.deleting {
+                self.drop_expired_predecessors(&stream).await?;
             }
             if stream.deleting && self.controller.is_leader() {
                 // The containers may be led elsewhere; one that cannot
@@ -124,6 +129,55 @@ impl Node {
                 .complete_scale(&stream.key, scaling.epoch)
                 .await?;
             tracing::info!(stream = %stream.key, epoch = scaling.epoch, "scale complete: new epoch in force");
+        }
+        Ok(())
+    }
+
+    /// On the meta leader: retention removes whole sealed predecessors once
+    /// it has expired every byte of them (head at the length), oldest first;
+    /// dropped ones no container holds any more are forgotten.
+    async fn drop_expired_predecessors(&self, stream: &StreamRecord) -> Result<(), Error> {
+        let dropped: Vec<u64> = stream
+            .segments
+            .iter()
+            .filter(|g| g.dropped)
+            .map(|g| g.id)
+            .collect();
+        let candidates: Vec<u64> = if stream.retention.is_unlimited() {
+            Vec::new()
+        } else {
+            stream
+                .segments
+                .iter()
+                .filter(|g| !g.dropped && !g.successors.is_empty())
+                .map(|g| g.id)
+                .collect()
+        };
+        if dropped.is_empty() && candidates.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<u64> = dropped.iter().chain(&candidates).copied().collect();
+        let Ok(views) = self.segment_views(&ids).await else {
+            return Ok(()); // a container cannot answer now: next pass
+        };
+        let gone: Vec<u64> = dropped
+            .into_iter()
+            .filter(|id| !views.contains_key(id))
+            .collect();
+        if !gone.is_empty() {
+            self.controller.purge_segments(&stream.key, gone).await?;
+        }
+        let expired: Vec<u64> = candidates
+            .into_iter()
+            .filter(|id| {
+                views
+                    .get(id)
+                    .is_some_and(|v| v.sealed && v.head == v.length)
+            })
+            .collect();
+        if !expired.is_empty() {
+            tracing::info!(stream = %stream.key, segments = ?expired, "retention drops whole expired predecessors");
+            self.controller.drop_segments(&stream.key, expired).await?;
         }
         Ok(())
     }

@@ -224,3 +224,65 @@ async fn a_rate_policy_splits_under_load_and_merges_when_quiet() {
     }
     node.stop().await;
 }
+
+/// Retention removes a sealed predecessor once it has expired every byte
+/// of it: the segment leaves describe, its container, then the metadata;
+/// its successor is read from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_a_whole_expired_predecessor() {
+    use crate::controller::scaling::Split;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig {
+        data_dir: dir.path().to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::default()
+    };
+    config.tier2.flush_interval_ms = 100;
+    let node = Node::open(config).await.unwrap();
+    let key = StreamKey {
+        scope: "expire".into(),
+        stream: "s".into(),
+    };
+    let retention = Retention {
+        time_ms: 500,
+        bytes: 0,
+    };
+    let stream = node
+        .create_stream(&key, 1, retention, Default::default())
+        .await
+        .unwrap();
+    let first = stream.segments[0].id;
+    node.container_of(first)
+        .propose(Cmd::Append(Append {
+            segment_id: first,
+            writer_id: "w".into(),
+            first_event_number: 1,
+            event_count: 1,
+            events: event(),
+        }))
+        .await
+        .unwrap();
+    let split = [Split {
+        segment_id: first,
+        pieces: 2,
+    }];
+    node.scale_stream(&key, &split, &[]).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let s = node.controller.get(&key).unwrap();
+        let gone = s.segments.iter().all(|g| g.id != first);
+        if gone && node.container_of(first).segment(first).is_none() {
+            assert!(
+                s.segments.iter().all(|g| g.epoch == 1),
+                "only the successors stay"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired predecessor stayed: {s:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    node.stop().await;
+}
