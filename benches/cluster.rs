@@ -22,7 +22,7 @@ use aquifer_client::{Client, StreamName, WriterConfig};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 
-use args::{parse_args, Args};
+use args::{command_line, parse_args, Args};
 use common::{ServerOpts, ServerProcess, TestCluster};
 use workloads::{Window, WriteLoad, WriteResult};
 
@@ -49,14 +49,6 @@ fn main() {
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         eprintln!("cluster bench: wrote {}", path.display());
     }
-}
-
-fn command_line(cmd: &str, args: &[&str]) -> String {
-    std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
 }
 
 fn load(stream: &str, rate: Option<f64>) -> WriteLoad {

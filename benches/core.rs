@@ -19,12 +19,11 @@ use aquifer_testkit::workloads;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use args::{parse_args, Args};
+use args::{command_line, parse_args, Args};
 use common::{ServerOpts, ServerProcess};
 use workloads::{TailResult, Window, WriteLoad, WriteResult};
 
@@ -489,17 +488,6 @@ fn results_file(args: &Args, report: &str) -> String {
             ""
         }
     )
-}
-
-/// A command's trimmed stdout, or "unknown".
-fn command_line(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// A `kB` field of /proc/PID/status, in KiB.

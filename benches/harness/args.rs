@@ -22,3 +22,15 @@ pub fn parse_args(bench: &str) -> Args {
     }
     args
 }
+
+/// What `program args` prints, trimmed, or "unknown": the date and
+/// revision lines of results files.
+pub fn command_line(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
