@@ -65,7 +65,7 @@ async fn active(client: &Client, name: &StreamName) -> Vec<u64> {
 /// Writes sequences `0..to` of every key at about 8,000 events/s, so
 /// scales land in the middle.
 async fn write_paced(client: Client, name: StreamName, to: u64) {
-    assert_eq!(write_at(client, name, 8_000, 0, Until::Count(to)).await, to);
+    assert_eq!(write_at(client, name, 8_000, 0, to).await, to);
 }
 
 /// Scales by hand through the CLI while a keyed writer writes and a
@@ -290,23 +290,9 @@ async fn a_scale_survives_kill9_of_the_metadata_leader() {
     assert_once_in_order(&all, to, "read after the failovers");
 }
 
-/// When a paced writer stops.
-enum Until {
-    /// After this many sequences of every key.
-    Count(u64),
-    /// When this turns true.
-    Signal(tokio::sync::watch::Receiver<bool>),
-}
-
-/// Writes sequences `from..` of every key at about `per_second` events/s
-/// until `until`, then waits for every ack; returns the next sequence.
-async fn write_at(
-    client: Client,
-    name: StreamName,
-    per_second: u64,
-    from: u64,
-    until: Until,
-) -> u64 {
+/// Writes sequences `from..to` of every key at about `per_second`
+/// events/s, then waits for every ack; returns `to`.
+async fn write_at(client: Client, name: StreamName, per_second: u64, from: u64, to: u64) -> u64 {
     let writer = client
         .writer(
             &name,
@@ -317,19 +303,9 @@ async fn write_at(
     let per_tick = (per_second / KEYS / 100).max(1); // sequences per 10 ms
     let mut seq = from;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
-    loop {
-        let done = match &until {
-            Until::Count(to) => seq >= *to,
-            Until::Signal(stop) => *stop.borrow(),
-        };
-        if done {
-            break;
-        }
+    while seq < to {
         tick.tick().await;
-        for _ in 0..per_tick {
-            if matches!(until, Until::Count(to) if seq >= to) {
-                break;
-            }
+        for _ in 0..per_tick.min(to - seq) {
             for k in 0..KEYS {
                 let key = format!("k{k}");
                 writer
@@ -345,9 +321,50 @@ async fn write_at(
     seq
 }
 
-/// An events/s policy with windows in seconds: a keyed writer at about 8x
-/// the target splits a 1-segment stream to at least 4 segments; at a tenth
-/// of it the stream merges back toward its minimum. A tailing reader and a
+/// An `aquifer write --key-field-tab` process fed sequences `from..` of
+/// every key at about `per_second` events/s until `stop`; returns the next
+/// sequence once the process, its stdin closed, exited 0 (every event
+/// acknowledged).
+fn cli_writer(
+    addr: String,
+    stream: &'static str,
+    per_second: u64,
+    from: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(common::bin())
+            .args(["write", stream, "--key-field-tab", "--addr", &addr])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn aquifer write");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let per_tick = (per_second / KEYS / 100).max(1);
+        let mut seq = from;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut lines = String::new();
+            for _ in 0..per_tick {
+                for k in 0..KEYS {
+                    lines.push_str(&format!("k{k}\tk{k}:{seq}:w\n"));
+                }
+                seq += 1;
+            }
+            stdin.write_all(lines.as_bytes()).expect("feed the writer");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(stdin);
+        let status = child.wait().expect("the writer exits");
+        assert!(status.success(), "aquifer write exited {status}");
+        seq
+    })
+}
+
+/// An events/s policy with windows in seconds: a keyed `aquifer write`
+/// process at about 8x the target splits a 1-segment stream to at least 4
+/// segments; another at a tenth of it lets the stream merge back toward its
+/// minimum. Both writers exit 0. A tailing reader and a
 /// final read see every event once, in per-key order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rate_policy_follows_the_traffic_up_and_down() {
@@ -394,14 +411,8 @@ async fn a_rate_policy_follows_the_traffic_up_and_down() {
         })
     };
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let fast = tokio::spawn(write_at(
-        client.clone(),
-        name.clone(),
-        8_000,
-        0,
-        Until::Signal(stopped),
-    ));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fast = cli_writer(server.addr(), "scale/auto", 8_000, 0, stop.clone());
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut most = 1;
     while most < 4 {
@@ -412,17 +423,13 @@ async fn a_rate_policy_follows_the_traffic_up_and_down() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         most = most.max(active(&client, &name).await.len());
     }
-    stop.send_replace(true);
-    let written = fast.await.expect("fast writer");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = tokio::task::spawn_blocking(move || fast.join().expect("fast writer"))
+        .await
+        .expect("join");
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let slow = tokio::spawn(write_at(
-        client.clone(),
-        name.clone(),
-        100,
-        written,
-        Until::Signal(stopped),
-    ));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow = cli_writer(server.addr(), "scale/auto", 100, written, stop.clone());
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let n = active(&client, &name).await.len();
@@ -435,8 +442,10 @@ async fn a_rate_policy_follows_the_traffic_up_and_down() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    stop.send_replace(true);
-    let to = slow.await.expect("slow writer");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let to = tokio::task::spawn_blocking(move || slow.join().expect("slow writer"))
+        .await
+        .expect("join");
 
     let all = common::read_all(&client, &name, Duration::from_secs(60)).await;
     assert_once_in_order(&all, to, "read from the head");
