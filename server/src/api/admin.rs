@@ -163,7 +163,7 @@ fn stream_info(s: &StreamRecord, views: &HashMap<u64, SegmentView>) -> StreamInf
                 bytes_per_second: view
                     .map(|v| v.bytes_per_second.to_vec())
                     .unwrap_or_default(),
-                hot_key: view.is_some_and(|v| scaling::is_hot_key(g, &s.policy, v)),
+                hot_key: view.is_some_and(|v| scaling::is_hot_key(&g.span(), &s.policy, v)),
             }
         })
         .collect();

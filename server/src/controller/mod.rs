@@ -14,7 +14,8 @@ pub(crate) mod scaling;
 mod state;
 
 pub use command::PolicyRecord;
-pub use state::{Retention, Scaling, ScalingKind, ScalingPolicy, StreamKey, StreamRecord};
+pub use scaling::{ScalingKind, ScalingPolicy};
+pub use state::{Retention, Scaling, StreamKey, StreamRecord};
 
 use crate::controller::placement::Placement;
 use crate::error::Error;

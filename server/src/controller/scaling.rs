@@ -9,7 +9,6 @@
 //! the narrowest range a split may make, the fewest segments a stream may
 //! have); it never allocates ids or touches containers.
 
-use super::state::{ScalingKind, ScalingPolicy, SegmentRecord};
 use crate::container::rates::RATE_WINDOWS;
 use crate::container::SegmentView;
 
@@ -21,6 +20,46 @@ pub const SPLIT_PIECES_MAX: u32 = 16;
 /// The narrowest key range a split may make: a range this narrow holds a
 /// hot key (or a few), and splitting it further cannot spread its load.
 pub const KEY_RANGE_MIN: f64 = 1.0 / 65536.0;
+
+/// What a rate policy measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScalingKind {
+    /// Keep the segments the stream has (scaled only by hand).
+    Fixed,
+    EventsPerSecond,
+    KibPerSecond,
+}
+
+/// How a stream follows its traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScalingPolicy {
+    pub kind: ScalingKind,
+    /// Events/s or KiB/s per segment (rate kinds).
+    pub target: u64,
+    /// Most pieces one split makes, 2..=16.
+    pub scale_factor: u32,
+    /// Fewest active segments, at least 1.
+    pub min_segments: u32,
+}
+
+impl Default for ScalingPolicy {
+    fn default() -> Self {
+        ScalingPolicy {
+            kind: ScalingKind::Fixed,
+            target: 0,
+            scale_factor: 2,
+            min_segments: 1,
+        }
+    }
+}
+
+/// A segment as the rules see it: its id and key range `[low, high)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Span {
+    pub id: u64,
+    pub key_low: f64,
+    pub key_high: f64,
+}
 
 /// One segment split into `pieces` equal key ranges.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -43,7 +82,7 @@ pub struct ScalePlan {
 /// epoch). `min_segments`: the fewest active segments the stream may be left
 /// with (at most [`STREAM_SEGMENTS_MAX`]).
 pub fn plan(
-    active: &[SegmentRecord],
+    active: &[Span],
     splits: &[Split],
     merges: &[Vec<u64>],
     min_segments: usize,
@@ -154,12 +193,7 @@ pub struct Load {
 }
 
 impl Load {
-    pub fn of(
-        segment: &SegmentRecord,
-        policy: &ScalingPolicy,
-        view: &SegmentView,
-        age_ms: u64,
-    ) -> Load {
+    pub fn of(segment: &Span, policy: &ScalingPolicy, view: &SegmentView, age_ms: u64) -> Load {
         Load {
             segment_id: segment.id,
             key_low: segment.key_low,
@@ -190,7 +224,7 @@ fn cold(r: &[f64; RATE_WINDOWS], target: f64) -> bool {
 }
 
 /// Whether a segment is over its target but too narrow to split again.
-pub fn is_hot_key(segment: &SegmentRecord, policy: &ScalingPolicy, view: &SegmentView) -> bool {
+pub fn is_hot_key(segment: &Span, policy: &ScalingPolicy, view: &SegmentView) -> bool {
     policy.kind != ScalingKind::Fixed
         && too_hot(&rates_in_unit(policy, view), policy.target as f64)
         && (segment.key_high - segment.key_low) / 2.0 < KEY_RANGE_MIN
@@ -276,22 +310,15 @@ pub fn overlaps(a: (f64, f64), b: (f64, f64)) -> bool {
 mod tests {
     use super::*;
 
-    fn seg(id: u64, low: f64, high: f64) -> SegmentRecord {
-        SegmentRecord {
+    fn seg(id: u64, low: f64, high: f64) -> Span {
+        Span {
             id,
-            number: 0,
-            container: 0,
             key_low: low,
             key_high: high,
-            epoch: 0,
-            successors: Vec::new(),
-            predecessors: Vec::new(),
-            pending: false,
-            dropped: false,
         }
     }
 
-    fn four() -> Vec<SegmentRecord> {
+    fn four() -> Vec<Span> {
         vec![
             seg(1, 0.0, 0.25),
             seg(2, 0.25, 0.5),
@@ -319,7 +346,7 @@ mod tests {
 
     /// Successor ranges cover exactly the predecessors' ranges: no gap, no
     /// overlap, no key outside them (exact float equality at every joint).
-    fn covers(active: &[SegmentRecord], plan: &ScalePlan) {
+    fn covers(active: &[Span], plan: &ScalePlan) {
         for pair in plan.ranges.windows(2) {
             assert!(pair[0].1 <= pair[1].0, "no overlap: {pair:?}");
         }
@@ -490,7 +517,7 @@ mod tests {
             bytes_per_second: [0.0; 4],
         };
         assert!(is_hot_key(&seg, &p, &view));
-        let wide = super::super::state::SegmentRecord {
+        let wide = Span {
             key_high: 1.0,
             ..seg
         };

@@ -10,7 +10,7 @@ use super::command::{
     CompleteScale, EpochSnapshot, MetaCmd, MetaCommand, MetaSnapshot, NodeRecord, PolicyRecord,
     SegmentSnapshot, StartScale, StreamRef, StreamSnapshot,
 };
-use super::scaling::{self, Split};
+use super::scaling::{self, ScalingKind, ScalingPolicy, Span, Split};
 use crate::container::container_of;
 use crate::controller::placement::Placement;
 use crate::group::StateMachine;
@@ -59,6 +59,15 @@ pub struct SegmentRecord {
 }
 
 impl SegmentRecord {
+    /// The segment as the scaling rules see it.
+    pub fn span(&self) -> Span {
+        Span {
+            id: self.id,
+            key_low: self.key_low,
+            key_high: self.key_high,
+        }
+    }
+
     /// Whether it belongs to the stream's current epoch.
     pub fn is_active(&self) -> bool {
         !self.pending && !self.dropped && self.successors.is_empty()
@@ -118,38 +127,6 @@ pub struct Scaling {
     pub epoch: u64,
     /// The segments it seals (its successors are the pending segments).
     pub predecessors: Vec<u64>,
-}
-
-/// What a rate policy measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScalingKind {
-    /// Keep the segments the stream has (scaled only by hand).
-    Fixed,
-    EventsPerSecond,
-    KibPerSecond,
-}
-
-/// How a stream follows its traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ScalingPolicy {
-    pub kind: ScalingKind,
-    /// Events/s or KiB/s per segment (rate kinds).
-    pub target: u64,
-    /// Most pieces one split makes, 2..=16.
-    pub scale_factor: u32,
-    /// Fewest active segments, at least 1.
-    pub min_segments: u32,
-}
-
-impl Default for ScalingPolicy {
-    fn default() -> Self {
-        ScalingPolicy {
-            kind: ScalingKind::Fixed,
-            target: 0,
-            scale_factor: 2,
-            min_segments: 1,
-        }
-    }
 }
 
 impl ScalingPolicy {
@@ -516,7 +493,7 @@ impl MetaState {
                 scaling.epoch
             )));
         }
-        let active: Vec<SegmentRecord> = s.active().cloned().collect();
+        let active: Vec<Span> = s.active().map(SegmentRecord::span).collect();
         let splits: Vec<Split> = c
             .splits
             .iter()

@@ -81,7 +81,7 @@ impl Node {
             .filter_map(|g| {
                 let view = views.get(&g.id)?;
                 Some(Load::of(
-                    g,
+                    &g.span(),
                     &policy,
                     view,
                     now.saturating_sub(began(g.epoch)),
