@@ -1,8 +1,8 @@
 //! A Jepsen-style check of a cluster (3 nodes unless told): writers with known payloads
 //! and per-key sequence numbers, a tailing reader, and a nemesis mixing
-//! `kill -9`, restarts, partitions that isolate a node, and scales (splits
-//! and merges of the stream's active segments), for a bounded time. At the
-//! end it reads everything and reports:
+//! `kill -9`, restarts, partitions that isolate a node, and (in the soak)
+//! scales — splits and merges of the stream's active segments — for a
+//! bounded time. At the end it reads everything and reports:
 //! - lost: acknowledged events missing from the final read;
 //! - duplicated: an event (key, sequence) read twice;
 //! - reordered: a key's events out of sequence order;
@@ -119,7 +119,9 @@ fn record(history: &Mutex<History>, key: String, seq: u64, acked: bool) {
     }
 }
 
-async fn run(fault_secs: u64) {
+/// `scales`: the nemesis also splits and merges (the soak; see issue 15's
+/// note for why the short run leaves them out for now).
+async fn run(fault_secs: u64, scales: bool) {
     let seed: u64 = std::env::var("AQUIFER_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -195,7 +197,7 @@ async fn run(fault_secs: u64) {
     while Instant::now() + Duration::from_secs(4) < until {
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
         let victim = rng.random_range(1..=nodes);
-        match rng.random_range(0..4) {
+        match rng.random_range(0..if scales { 4 } else { 3 }) {
             0 => {
                 *faults.entry("kill -9 + restart").or_default() += 1;
                 cluster.node(victim).kill9();
@@ -210,7 +212,7 @@ async fn run(fault_secs: u64) {
                 tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
                 cluster.node(leader).restart().await;
             }
-            2 => {
+            2 if scales => {
                 let done = scale_once(&client, &name, &mut rng).await;
                 *faults
                     .entry(if done {
@@ -291,7 +293,7 @@ async fn run(fault_secs: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jepsen_short() {
-    run(30).await;
+    run(30, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,5 +303,5 @@ async fn jepsen_soak() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
-    run(secs).await;
+    run(secs, true).await;
 }
