@@ -344,14 +344,24 @@ impl Admin {
         let deadline = tokio::time::Instant::now() + self.conn.settings().request_timeout;
         let mut attempt = 0;
         loop {
-            let err = match f(conn.clone()).await {
-                Ok(answer) => {
+            // Bounded here, not only by the grpc-timeout header the request
+            // carries: a node that took the call and never answers (it died
+            // mid-call, or stalls) must not hold the caller, e.g. a writer
+            // waiting for a sealed segment's successors.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let err = match tokio::time::timeout(left, f(conn.clone())).await {
+                Ok(Ok(answer)) => {
                     if let Some(n) = &nodes {
                         n.set_meta_leader(&conn);
                     }
                     return Ok(answer.into_inner());
                 }
-                Err(status) => Error::from(status),
+                Ok(Err(status)) => Error::from(status),
+                Err(_) => Error::unavailable(format!(
+                    "no answer from {} within {} s",
+                    conn.addr(),
+                    self.conn.settings().request_timeout.as_secs_f64()
+                )),
             };
             attempt += 1;
             let clustered = nodes.as_ref().is_some_and(|n| n.len() > 1);
