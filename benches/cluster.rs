@@ -9,46 +9,42 @@
 //! `--write-results` writes `benches/RESULTS-cluster.md`. All nodes run on
 //! this one machine (2 cores here): three replicas share its CPU and disk.
 
-#[path = "harness/args.rs"]
-mod args;
 use aquifer_testkit as common;
 use aquifer_testkit::workloads;
 
 use std::fmt::Write as _;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aquifer_client::{Client, StreamName, WriterConfig};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 
-use args::{command_line, parse_args, Args};
+use aquifer_testkit::bench::{self as args, parse_args, Args};
 use common::{ServerOpts, ServerProcess, TestCluster};
 use workloads::{Window, WriteLoad, WriteResult};
 
 fn main() {
     let args = parse_args("cluster");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
     let started = Instant::now();
-    let report = runtime.block_on(run(&args));
-    println!("{report}");
-    eprintln!("cluster bench: done in {:.1?}", started.elapsed());
-    if args.write_results {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/RESULTS-cluster.md");
-        let text = format!(
-            "# Cluster benchmark results\n\nCommand: `cargo bench --bench cluster -- --write-results{}`  \n\
-             Date: {}  \nRevision: {}  \nMachine: {} cores, loopback; all nodes on this one machine.\n\n{report}\n",
-            if args.quick { " --quick" } else { "" },
-            command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-            command_line("git", &["rev-parse", "--short", "HEAD"]),
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-        );
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        eprintln!("cluster bench: wrote {}", path.display());
-    }
+    let report = args::runtime().block_on(run(&args));
+    args::finish(
+        "cluster",
+        &args,
+        started,
+        &report,
+        "RESULTS-cluster.md",
+        || {
+            format!(
+                "{}{report}\n",
+                args::results_header(
+                    "Cluster benchmark results",
+                    "cluster",
+                    &args,
+                    "loopback; all nodes on this one machine."
+                )
+            )
+        },
+    );
 }
 
 fn load(stream: &str, rate: Option<f64>) -> WriteLoad {

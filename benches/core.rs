@@ -10,20 +10,18 @@
 //! command. The server is the bench-profile (release) build of `aquifer`,
 //! started fresh on loopback with a temporary data dir.
 
-#[path = "harness/args.rs"]
-mod args;
 use aquifer_testkit as common;
 #[path = "harness/probe.rs"]
 mod probe;
 use aquifer_testkit::workloads;
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use args::{command_line, parse_args, Args};
+use aquifer_testkit::bench::{self as args, command_line, parse_args, Args};
 use common::{ServerOpts, ServerProcess};
 use workloads::{TailResult, Window, WriteLoad, WriteResult};
 
@@ -38,20 +36,11 @@ const TAIL_RATE: f64 = 10_000.0;
 
 fn main() {
     let args = parse_args("core");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
     let started = Instant::now();
-    let report = runtime.block_on(run(&args));
-    println!("{report}");
-    eprintln!("core bench: done in {:.1?}", started.elapsed());
-    if args.write_results {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/RESULTS.md");
-        let text = results_file(&args, &report);
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        eprintln!("core bench: wrote {}", path.display());
-    }
+    let report = args::runtime().block_on(run(&args));
+    args::finish("core", &args, started, &report, "RESULTS.md", || {
+        results_file(&args, &report)
+    });
 }
 
 async fn run(args: &Args) -> String {

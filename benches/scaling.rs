@@ -13,18 +13,15 @@
 //! `--quick` skips the production-window run (about 90 s).
 //! `--write-results` writes `benches/RESULTS-scaling.md`.
 
-#[path = "harness/args.rs"]
-mod args;
 use aquifer_testkit as common;
 use aquifer_testkit::workloads;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aquifer_client::{Scale, ScalingPolicy, StreamName, WriterConfig};
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use args::{command_line, parse_args, Args};
+use aquifer_testkit::bench::{self as args, parse_args, Args};
 use common::{ServerOpts, ServerProcess};
 use workloads::{Window, WriteLoad};
 
@@ -35,27 +32,26 @@ const KEYS: usize = 64;
 
 fn main() {
     let args = parse_args("scaling");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
     let started = Instant::now();
-    let report = runtime.block_on(run(&args));
-    println!("{report}");
-    eprintln!("scaling bench: done in {:.1?}", started.elapsed());
-    if args.write_results {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/RESULTS-scaling.md");
-        let text = format!(
-            "# Scaling benchmark results\n\nCommand: `cargo bench --bench scaling -- --write-results{}`  \n\
-             Date: {}  \nRevision: {}  \nMachine: {} cores, one node on loopback.\n\n{report}\n",
-            if args.quick { " --quick" } else { "" },
-            command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-            command_line("git", &["rev-parse", "--short", "HEAD"]),
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-        );
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        eprintln!("scaling bench: wrote {}", path.display());
-    }
+    let report = args::runtime().block_on(run(&args));
+    args::finish(
+        "scaling",
+        &args,
+        started,
+        &report,
+        "RESULTS-scaling.md",
+        || {
+            format!(
+                "{}{report}\n",
+                args::results_header(
+                    "Scaling benchmark results",
+                    "scaling",
+                    &args,
+                    "one node on loopback."
+                )
+            )
+        },
+    );
 }
 
 async fn run(args: &Args) -> String {

@@ -1,6 +1,7 @@
 //! aquifer-testkit: what the end-to-end tests and the benchmarks share (a
 //! dev-only crate; never published, never a dependency of the product).
 //!
+//! - [`bench`]: the benches' arguments, runtime and results files;
 //! - [`process`]: the real `aquifer` binary on loopback, and the CLI;
 //! - [`cluster`]: clusters of real processes;
 //! - [`in_process`]: nodes of `aquifer_server` in the test's own process;
@@ -12,6 +13,7 @@
 //!
 //! The tests and benches use it as `use aquifer_testkit as common;`.
 
+pub mod bench;
 pub mod cluster;
 pub mod events;
 pub mod files;
