@@ -135,16 +135,13 @@ async fn react(config: &str, stream: &str) -> f64 {
     }
 }
 
-/// Max rate on a 2-segment stream, then half of it while segment 0 splits:
-/// (max events/s, the half rate, the largest gap between consecutive acks,
-/// ack p99).
-async fn gap_during_split() -> (f64, f64, Duration, Duration) {
-    let server = ServerProcess::start(ServerOpts::default()).await;
-    let client = server.client().await;
+/// 1 KiB events as fast as acks allow from `writers` writers on `stream`
+/// (created with `segments`), measured for `secs` after a 1 s warm-up.
+fn max_load(stream: &str, segments: u32, writers: usize, secs: u64) -> (WriteLoad, Window) {
     let load = WriteLoad {
-        stream: "bench/gap-max".into(),
-        segments: 2,
-        writers: 1,
+        stream: stream.into(),
+        segments,
+        writers,
         keys_per_writer: KEYS,
         payload_bytes: 1024,
         rate: None,
@@ -152,8 +149,18 @@ async fn gap_during_split() -> (f64, f64, Duration, Duration) {
     };
     let window = Window {
         warmup: Duration::from_secs(1),
-        measure: Duration::from_secs(4),
+        measure: Duration::from_secs(secs),
     };
+    (load, window)
+}
+
+/// Max rate on a 2-segment stream, then half of it while segment 0 splits:
+/// (max events/s, the half rate, the largest gap between consecutive acks,
+/// ack p99).
+async fn gap_during_split() -> (f64, f64, Duration, Duration) {
+    let server = ServerProcess::start(ServerOpts::default()).await;
+    let client = server.client().await;
+    let (load, window) = max_load("bench/gap-max", 2, 1, 4);
     eprintln!("scaling bench: max rate on 2 segments");
     let max = workloads::run_write(&client, &load, window, Instant::now())
         .await
@@ -220,19 +227,7 @@ async fn gap_during_split() -> (f64, f64, Duration, Duration) {
 async fn throughput_before_after() -> (f64, f64) {
     let server = ServerProcess::start(ServerOpts::default()).await;
     let client = server.client().await;
-    let load = WriteLoad {
-        stream: "bench/grow".into(),
-        segments: 1,
-        writers: 4,
-        keys_per_writer: KEYS,
-        payload_bytes: 1024,
-        rate: None,
-        timestamped: false,
-    };
-    let window = Window {
-        warmup: Duration::from_secs(1),
-        measure: Duration::from_secs(5),
-    };
+    let (load, window) = max_load("bench/grow", 1, 4, 5);
     eprintln!("scaling bench: 1 segment");
     let one = workloads::run_write(&client, &load, window, Instant::now())
         .await

@@ -266,14 +266,26 @@ impl MetaState {
         r: StreamRef,
         f: impl FnOnce(&mut StreamRecord),
     ) -> Result<StreamRecord, MetaError> {
-        let key = Self::key(r);
-        let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
-        let s = map
-            .get_mut(&key)
-            .ok_or_else(|| MetaError::NotFound(key.to_string()))?;
-        f(s);
-        Ok(s.clone())
+        try_update(&self.streams, Self::key(r), |s| {
+            f(s);
+            Ok(())
+        })
     }
+}
+
+/// Changes stream `key` under the map's lock with `f`, which may refuse;
+/// the stream as it is after.
+fn try_update(
+    streams: &StreamMap,
+    key: StreamKey,
+    f: impl FnOnce(&mut StreamRecord) -> Result<(), MetaError>,
+) -> Result<StreamRecord, MetaError> {
+    let mut map = streams.write().unwrap_or_else(|p| p.into_inner());
+    let s = map
+        .get_mut(&key)
+        .ok_or_else(|| MetaError::NotFound(key.to_string()))?;
+    f(s)?;
+    Ok(s.clone())
 }
 
 impl StateMachine for MetaState {
@@ -477,68 +489,70 @@ impl MetaState {
             scope: c.scope,
             stream: c.stream,
         };
-        let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
-        let s = map
-            .get_mut(&key)
-            .filter(|s| !s.deleting)
-            .ok_or_else(|| MetaError::NotFound(key.to_string()))?;
-        if s.sealed {
-            return Err(MetaError::Busy(format!(
-                "stream {key} is sealed: it cannot scale"
-            )));
-        }
-        if let Some(scaling) = &s.scaling {
-            return Err(MetaError::Busy(format!(
-                "stream {key} is already scaling to epoch {}; retry once it is done",
-                scaling.epoch
-            )));
-        }
-        let active: Vec<Span> = s.active().map(SegmentRecord::span).collect();
-        let splits: Vec<Split> = c
-            .splits
-            .iter()
-            .map(|x| Split {
-                segment_id: x.segment_id,
-                pieces: if x.pieces == 0 { 2 } else { x.pieces },
-            })
-            .collect();
-        let merges: Vec<Vec<u64>> = c.merges.into_iter().map(|m| m.segment_ids).collect();
-        // The stream's minimum is enforced here, where the scale executes,
-        // whoever planned it (an operator, the auto-scaler).
-        let min = s.policy.min_segments as usize;
-        let plan = scaling::plan(&active, &splits, &merges, min).map_err(MetaError::Invalid)?;
-        let epoch = s.epoch + 1;
-        let containers = c.containers.max(1);
-        let first_number = s
-            .segments
-            .iter()
-            .map(|g| g.number)
-            .max()
-            .map_or(0, |n| n + 1);
-        let mut successors = Vec::with_capacity(plan.ranges.len());
-        for (i, &(low, high)) in plan.ranges.iter().enumerate() {
-            let id = segment_id(epoch, self.next_segment_id + i as u64)?;
-            let number = first_number + i as u32;
-            successors.push(SegmentRecord {
-                id,
-                number,
-                container: container_of(id, containers),
-                key_low: low,
-                key_high: high,
+        let next_segment_id = &mut self.next_segment_id;
+        try_update(&self.streams, key, |s| {
+            let key = &s.key;
+            if s.deleting {
+                return Err(MetaError::NotFound(key.to_string()));
+            }
+            if s.sealed {
+                return Err(MetaError::Busy(format!(
+                    "stream {key} is sealed: it cannot scale"
+                )));
+            }
+            if let Some(scaling) = &s.scaling {
+                return Err(MetaError::Busy(format!(
+                    "stream {key} is already scaling to epoch {}; retry once it is done",
+                    scaling.epoch
+                )));
+            }
+            let active: Vec<Span> = s.active().map(SegmentRecord::span).collect();
+            let splits: Vec<Split> = c
+                .splits
+                .iter()
+                .map(|x| Split {
+                    segment_id: x.segment_id,
+                    pieces: if x.pieces == 0 { 2 } else { x.pieces },
+                })
+                .collect();
+            let merges: Vec<Vec<u64>> = c.merges.into_iter().map(|m| m.segment_ids).collect();
+            // The stream's minimum is enforced here, where the scale executes,
+            // whoever planned it (an operator, the auto-scaler).
+            let min = s.policy.min_segments as usize;
+            let plan = scaling::plan(&active, &splits, &merges, min).map_err(MetaError::Invalid)?;
+            let epoch = s.epoch + 1;
+            let containers = c.containers.max(1);
+            let first_number = s
+                .segments
+                .iter()
+                .map(|g| g.number)
+                .max()
+                .map_or(0, |n| n + 1);
+            let mut successors = Vec::with_capacity(plan.ranges.len());
+            for (i, &(low, high)) in plan.ranges.iter().enumerate() {
+                let id = segment_id(epoch, *next_segment_id + i as u64)?;
+                let number = first_number + i as u32;
+                successors.push(SegmentRecord {
+                    id,
+                    number,
+                    container: container_of(id, containers),
+                    key_low: low,
+                    key_high: high,
+                    epoch,
+                    successors: Vec::new(),
+                    predecessors: Vec::new(),
+                    pending: true,
+                    dropped: false,
+                });
+            }
+            *next_segment_id += plan.ranges.len() as u64;
+            s.segments.extend(successors);
+            s.scaling = Some(Scaling {
                 epoch,
-                successors: Vec::new(),
-                predecessors: Vec::new(),
-                pending: true,
-                dropped: false,
+                predecessors: plan.predecessors,
             });
-        }
-        self.next_segment_id += plan.ranges.len() as u64;
-        s.segments.extend(successors);
-        s.scaling = Some(Scaling {
-            epoch,
-            predecessors: plan.predecessors,
-        });
-        Ok(s.clone())
+            Ok(())
+        })
     }
 
     /// Puts a scale's epoch in force: successors become active, and each
@@ -548,51 +562,49 @@ impl MetaState {
             scope: c.scope,
             stream: c.stream,
         };
-        let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
-        let s = map
-            .get_mut(&key)
-            .ok_or_else(|| MetaError::NotFound(key.to_string()))?;
-        let Some(scaling) = s.scaling.take_if(|x| x.epoch == c.epoch) else {
-            // Completed already (a retried proposal), or another scale's.
-            return Ok(s.clone());
-        };
-        let range = |g: &SegmentRecord| (g.key_low, g.key_high);
-        let successors: Vec<(u64, (f64, f64))> = s
-            .segments
-            .iter()
-            .filter(|g| g.pending)
-            .map(|g| (g.id, range(g)))
-            .collect();
-        let predecessors: Vec<(u64, (f64, f64))> = s
-            .segments
-            .iter()
-            .filter(|g| scaling.predecessors.contains(&g.id))
-            .map(|g| (g.id, range(g)))
-            .collect();
-        for g in &mut s.segments {
-            if g.pending {
-                g.pending = false;
-                g.predecessors = predecessors
-                    .iter()
-                    .filter(|(_, r)| scaling::overlaps(*r, range(g)))
-                    .map(|(id, _)| *id)
-                    .collect();
-            } else if scaling.predecessors.contains(&g.id) {
-                g.successors = successors
-                    .iter()
-                    .filter(|(_, r)| scaling::overlaps(*r, range(g)))
-                    .map(|(id, _)| *id)
-                    .collect();
+        try_update(&self.streams, key, |s| {
+            let Some(scaling) = s.scaling.take_if(|x| x.epoch == c.epoch) else {
+                // Completed already (a retried proposal), or another scale's.
+                return Ok(());
+            };
+            let range = |g: &SegmentRecord| (g.key_low, g.key_high);
+            let successors: Vec<(u64, (f64, f64))> = s
+                .segments
+                .iter()
+                .filter(|g| g.pending)
+                .map(|g| (g.id, range(g)))
+                .collect();
+            let predecessors: Vec<(u64, (f64, f64))> = s
+                .segments
+                .iter()
+                .filter(|g| scaling.predecessors.contains(&g.id))
+                .map(|g| (g.id, range(g)))
+                .collect();
+            for g in &mut s.segments {
+                if g.pending {
+                    g.pending = false;
+                    g.predecessors = predecessors
+                        .iter()
+                        .filter(|(_, r)| scaling::overlaps(*r, range(g)))
+                        .map(|(id, _)| *id)
+                        .collect();
+                } else if scaling.predecessors.contains(&g.id) {
+                    g.successors = successors
+                        .iter()
+                        .filter(|(_, r)| scaling::overlaps(*r, range(g)))
+                        .map(|(id, _)| *id)
+                        .collect();
+                }
             }
-        }
-        s.epoch = scaling.epoch;
-        let segment_ids = s.active().map(|g| g.id).collect();
-        s.epochs.push(EpochRecord {
-            epoch: scaling.epoch,
-            segment_ids,
-            created_ms: c.created_ms,
-        });
-        Ok(s.clone())
+            s.epoch = scaling.epoch;
+            let segment_ids = s.active().map(|g| g.id).collect();
+            s.epochs.push(EpochRecord {
+                epoch: scaling.epoch,
+                segment_ids,
+                created_ms: c.created_ms,
+            });
+            Ok(())
+        })
     }
 
     fn stream_snapshot(&self) -> MetaSnapshot {
