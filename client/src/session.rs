@@ -311,10 +311,20 @@ impl Session {
         // A setup on a sealed segment still answers the last event number
         // applied for this writer, and no batch can land there any more: so
         // what it says is final, and everything after it must move.
+        tracing::debug!(
+            segment_id = self.segment_id,
+            unresolved = self.queue.pushed() - self.queue.resolved(),
+            "segment sealed: learning what it applied"
+        );
         self.queue.on_disconnect();
         self.establish().await?;
         self.live = None;
         self.answer_flushes();
+        tracing::debug!(
+            segment_id = self.segment_id,
+            unresolved = self.queue.pushed() - self.queue.resolved(),
+            "segment sealed: awaiting its successors"
+        );
         let successors = self.shared.successors(self.segment_id, sealed).await?;
         let events = self.queue.drain_all_framed();
         let flushes = self.flushes.drain(..).map(|(_, reply)| reply).collect();
@@ -375,6 +385,12 @@ impl Session {
                         nodes.set_segment_leader(self.segment_id, &self.conn);
                     }
                     let done = self.queue.on_setup(server_last);
+                    tracing::debug!(
+                        segment_id = self.segment_id,
+                        server_last,
+                        resolved = done.len(),
+                        "append session set up"
+                    );
                     self.resolve_ok(done);
                     if !self.queue.has_ready() {
                         // No ack to wait for: the failure run is over.

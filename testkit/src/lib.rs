@@ -5,6 +5,7 @@
 //! - [`process`]: the real `aquifer` binary on loopback, and the CLI;
 //! - [`cluster`]: clusters of real processes;
 //! - [`in_process`]: nodes of `aquifer_server` in the test's own process;
+//! - [`logs`]: the test process's own log, on demand;
 //! - [`events`]: keyed test events, whole-stream reads, per-key order;
 //! - [`files`]: log files and the bytes tests damage in them;
 //! - [`timing`]: replayable seeds and bounded waits;
@@ -18,6 +19,7 @@ pub mod cluster;
 pub mod events;
 pub mod files;
 pub mod in_process;
+pub mod logs;
 pub mod process;
 pub mod timing;
 pub mod workloads;
