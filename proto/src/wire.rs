@@ -11,11 +11,20 @@ pub const LEADER_METADATA_KEY: &str = "aquifer-leader";
 
 /// gRPC metadata key saying which precondition failed on a
 /// `FAILED_PRECONDITION`, so clients tell the cases apart without reading
-/// the message. Values: [`REASON_SEALED`].
+/// the message. Values: [`REASON_SEALED`], [`REASON_CONDITION_FAILED`].
 pub const REASON_METADATA_KEY: &str = "aquifer-reason";
 
 /// [`REASON_METADATA_KEY`]'s value for an append to a sealed segment.
 pub const REASON_SEALED: &str = "sealed";
+
+/// [`REASON_METADATA_KEY`]'s value for a conditional append refused because
+/// the segment is not the length it expected; the actual length is in
+/// [`SEGMENT_LENGTH_METADATA_KEY`].
+pub const REASON_CONDITION_FAILED: &str = "condition-failed";
+
+/// gRPC metadata key carrying a segment's actual length (decimal ASCII) on a
+/// [`REASON_CONDITION_FAILED`] refusal.
+pub const SEGMENT_LENGTH_METADATA_KEY: &str = "aquifer-segment-length";
 
 /// Longest writer id, in bytes.
 pub const WRITER_ID_BYTES_MAX: usize = 255;

@@ -3,6 +3,8 @@
 //! Messages are for users: each says what went wrong and, where there is
 //! one, what to do about it.
 
+use aquifer_proto::wire;
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::group::ProposeError;
@@ -20,6 +22,10 @@ pub enum Error {
     StreamExists(String),
     #[error("segment {0} is sealed: it takes no more events (its stream was sealed, or scaled: then its successors take them); reads still work")]
     SegmentSealed(u64),
+    /// A conditional append met a segment of another length, `actual`
+    /// (sent to the client in metadata); nothing was applied.
+    #[error("{message}")]
+    ConditionFailed { actual: u64, message: String },
     /// The request does not fit the state it meets (a scale under way).
     #[error("{0}")]
     FailedPrecondition(String),
@@ -93,7 +99,9 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::StreamNotFound(_) | Error::SegmentNotFound(_) => Code::NotFound,
             Error::StreamExists(_) => Code::AlreadyExists,
-            Error::SegmentSealed(_) | Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::SegmentSealed(_)
+            | Error::ConditionFailed { .. }
+            | Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Unavailable(_) | Error::Tier2(_) | Error::NotLeader { .. } => Code::Unavailable,
             Error::OffsetOutOfRange { .. } | Error::Truncated { .. } => Code::OutOfRange,
@@ -101,10 +109,21 @@ impl From<Error> for Status {
             Error::Log(_) | Error::OrphanChunk(_) | Error::Internal(_) => Code::Internal,
         };
         let mut status = Status::new(code, e.to_string());
-        if let Error::SegmentSealed(_) = &e {
+        let reason = match &e {
+            Error::SegmentSealed(_) => Some(wire::REASON_SEALED),
+            Error::ConditionFailed { actual, .. } => {
+                status.metadata_mut().insert(
+                    wire::SEGMENT_LENGTH_METADATA_KEY,
+                    MetadataValue::from(*actual),
+                );
+                Some(wire::REASON_CONDITION_FAILED)
+            }
+            _ => None,
+        };
+        if let Some(reason) = reason {
             status.metadata_mut().insert(
-                aquifer_proto::wire::REASON_METADATA_KEY,
-                tonic::metadata::MetadataValue::from_static(aquifer_proto::wire::REASON_SEALED),
+                wire::REASON_METADATA_KEY,
+                MetadataValue::from_static(reason),
             );
         }
         if let Error::NotLeader {
@@ -112,9 +131,7 @@ impl From<Error> for Status {
         } = &e
         {
             if let Ok(v) = addr.parse() {
-                status
-                    .metadata_mut()
-                    .insert(aquifer_proto::wire::LEADER_METADATA_KEY, v);
+                status.metadata_mut().insert(wire::LEADER_METADATA_KEY, v);
             }
         }
         status

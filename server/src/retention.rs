@@ -84,7 +84,11 @@ async fn enforce(
         return Ok(());
     }
     let applied = container
-        .propose(Cmd::Truncate(Truncate { segment_id, head }))
+        .propose(Cmd::Truncate(Truncate {
+            segment_id,
+            head,
+            at_event_boundary: false,
+        }))
         .await?;
     if let Applied::Truncated { objects } = applied {
         tracing::info!(
@@ -93,12 +97,7 @@ async fn enforce(
             objects = objects.len(),
             "retention truncated segment"
         );
-        for name in objects {
-            if let Err(e) = tier2.delete_chunk(&name).await {
-                // Unreferenced now: start-up collection removes it later.
-                tracing::warn!(chunk = %name, error = %e, "cannot delete truncated chunk object");
-            }
-        }
+        tier2.delete_unreferenced(objects).await;
     }
     Ok(())
 }

@@ -29,7 +29,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::container::command::{self, Cmd};
 use crate::container::state::Applied;
-use crate::container::Container;
+use crate::container::{Container, Segment};
 use crate::error::Error;
 use crate::node::Node;
 
@@ -70,28 +70,8 @@ impl Append for AppendService {
                 .into())
             }
         };
-        if setup.writer_id.is_empty() || setup.writer_id.len() > WRITER_ID_BYTES_MAX {
-            return Err(Error::InvalidArgument(format!(
-                "writer id must be 1 to {WRITER_ID_BYTES_MAX} bytes"
-            ))
-            .into());
-        }
-        let container = self.node.serving_container(setup.segment_id)?.clone();
-        // Only the leader appends; the client follows the redirect.
-        container.check_leader()?;
-        let segment = container
-            .segment(setup.segment_id)
-            .ok_or(Error::SegmentNotFound(setup.segment_id))?;
-        // A scale's successor takes writes only once its epoch is in force
-        // (its predecessors sealed): until then two segments would own its
-        // keys. This node's metadata may lag the leader's by a moment.
-        if self.node.controller.is_pending(setup.segment_id) {
-            return Err(Error::Unavailable(format!(
-                "segment {} is a successor of a scale not yet in force; retry",
-                setup.segment_id
-            ))
-            .into());
-        }
+        check_writer_id(&setup.writer_id)?;
+        let (container, segment) = appendable(&self.node, setup.segment_id)?;
         let last = container
             .last_event_number(setup.segment_id, setup.writer_id.clone())
             .await?;
@@ -104,20 +84,14 @@ impl Append for AppendService {
         };
         // Cannot fail: the channel is new and empty.
         let _ = tx.try_send(Ok(first));
-        let m = &self.node.metrics;
-        let labels = crate::metrics::StreamLabels {
-            stream: self
-                .node
-                .stream_of(setup.segment_id)
-                .unwrap_or_else(|| "unknown".into()),
-        };
+        let (events, bytes) = append_counters(&self.node, setup.segment_id);
         let session = Session {
             node: self.node.clone(),
             container,
             segment_id: setup.segment_id,
             writer_id: setup.writer_id,
-            events: m.append_events.get_or_create(&labels).clone(),
-            bytes: m.append_bytes.get_or_create(&labels).clone(),
+            events,
+            bytes,
         };
         let closed = self.node.closed();
         tokio::spawn(async move {
@@ -207,12 +181,7 @@ impl Session {
                 "an append batch must hold at least one event".into(),
             ));
         }
-        if batch.first_event_number < 1 {
-            return Err(Error::InvalidArgument(format!(
-                "event numbers start at 1; got first event number {}",
-                batch.first_event_number
-            )));
-        }
+        check_event_number(batch.first_event_number)?;
         // Checked before anything adds to it: a client's first number may
         // be anything up to i64::MAX.
         let last = batch
@@ -226,36 +195,100 @@ impl Session {
                     i64::MAX
                 ))
             })?;
-        let max_event = self.node.config.event_bytes_max as usize;
-        // Framing adds a header and the key length to every event.
-        let max_framed =
-            max_event + aquifer_proto::frame::HEADER_BYTES + aquifer_proto::frame::KEY_LEN_BYTES;
-        let count = match count_events(&batch.events, max_framed) {
-            Ok(n) => n,
-            Err(FrameError::TooLarge { size, .. }) => {
-                return Err(Error::InvalidArgument(format!(
-                    "event of {size} bytes is over the limit of {max_event} bytes (event_bytes_max)"
-                )))
-            }
-            Err(e) => return Err(Error::InvalidArgument(format!("malformed batch: {e}"))),
-        };
-        if count != batch.event_count {
-            return Err(Error::InvalidArgument(format!(
-                "batch says it holds {} events but holds {count}",
-                batch.event_count
-            )));
-        }
-        let bytes = u32::try_from(batch.events.len())
-            .map_err(|_| Error::InvalidArgument("append batch over 4 GiB".into()))?;
+        let bytes = check_events(&self.node, &batch.events, batch.event_count)?;
         let cmd = Cmd::Append(command::Append {
             segment_id: self.segment_id,
             writer_id: self.writer_id.clone(),
             first_event_number: batch.first_event_number,
             event_count: batch.event_count,
             events: batch.events,
+            expected_length: None,
         });
         Ok(Checked { cmd, bytes, last })
     }
+}
+
+/// Refuses a writer id outside 1..=[`WRITER_ID_BYTES_MAX`] bytes.
+pub(super) fn check_writer_id(writer_id: &str) -> Result<(), Error> {
+    if writer_id.is_empty() || writer_id.len() > WRITER_ID_BYTES_MAX {
+        return Err(Error::InvalidArgument(format!(
+            "writer id must be 1 to {WRITER_ID_BYTES_MAX} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an event number below 1.
+pub(super) fn check_event_number(first: i64) -> Result<(), Error> {
+    if first < 1 {
+        return Err(Error::InvalidArgument(format!(
+            "event numbers start at 1; got first event number {first}"
+        )));
+    }
+    Ok(())
+}
+
+/// The container hosting `segment_id` and the segment, if this node's
+/// replica leads it and the segment takes appends now; otherwise where to
+/// go (a redirect) or why not.
+pub(super) fn appendable(
+    node: &Node,
+    segment_id: u64,
+) -> Result<(Arc<Container>, Arc<Segment>), Error> {
+    let container = node.serving_container(segment_id)?.clone();
+    // Only the leader appends; the client follows the redirect.
+    container.check_leader()?;
+    let segment = container
+        .segment(segment_id)
+        .ok_or(Error::SegmentNotFound(segment_id))?;
+    // A scale's successor takes writes only once its epoch is in force
+    // (its predecessors sealed): until then two segments would own its
+    // keys. This node's metadata may lag the leader's by a moment.
+    if node.controller.is_pending(segment_id) {
+        return Err(Error::Unavailable(format!(
+            "segment {segment_id} is a successor of a scale not yet in force; retry"
+        )));
+    }
+    Ok((container, segment))
+}
+
+/// Checks framed events (framing, every checksum, each event's size
+/// against `event_bytes_max`) and that there are `event_count` of them;
+/// returns their framed size.
+pub(super) fn check_events(node: &Node, events: &[u8], event_count: u32) -> Result<u32, Error> {
+    let max_event = node.config.event_bytes_max as usize;
+    // Framing adds a header and the key length to every event.
+    let max_framed =
+        max_event + aquifer_proto::frame::HEADER_BYTES + aquifer_proto::frame::KEY_LEN_BYTES;
+    let count = match count_events(events, max_framed) {
+        Ok(n) => n,
+        Err(FrameError::TooLarge { size, .. }) => {
+            return Err(Error::InvalidArgument(format!(
+                "event of {size} bytes is over the limit of {max_event} bytes (event_bytes_max)"
+            )))
+        }
+        Err(e) => return Err(Error::InvalidArgument(format!("malformed events: {e}"))),
+    };
+    if count != event_count {
+        return Err(Error::InvalidArgument(format!(
+            "the request says it holds {event_count} events but holds {count}"
+        )));
+    }
+    u32::try_from(events.len()).map_err(|_| Error::InvalidArgument("append over 4 GiB".into()))
+}
+
+/// The append counters (events, bytes) of the stream holding `segment_id`.
+pub(super) fn append_counters(node: &Node, segment_id: u64) -> (Counter, Counter) {
+    let m = &node.metrics;
+    let labels = crate::metrics::StreamLabels {
+        stream: node
+            .stream_of(segment_id)
+            .unwrap_or_else(|| "unknown".into()),
+    };
+    (
+        m.append_events.get_or_create(&labels).clone(),
+        m.append_bytes.get_or_create(&labels).clone(),
+    )
 }
 
 /// A batch that passed [`Session::check`].

@@ -1,4 +1,5 @@
 //! gRPC services (tonic): stream admin, append sessions, segment reads,
+//! single-request segment operations (conditional appends, truncation),
 //! plus the standard health service and server reflection.
 //!
 //! Each service is a thin layer: it checks the request, calls the node, and
@@ -11,6 +12,7 @@ mod cluster;
 mod connections;
 mod raft;
 mod read;
+mod segments;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use aquifer_proto::v1::append_server::AppendServer;
 use aquifer_proto::v1::cluster_server::ClusterServer;
 use aquifer_proto::v1::raft_transport_server::RaftTransportServer;
 use aquifer_proto::v1::read_server::ReadServer;
+use aquifer_proto::v1::segments_server::SegmentsServer;
 use aquifer_proto::v1::stream_admin_server::StreamAdminServer;
 
 use crate::node::Node;
@@ -45,6 +48,9 @@ pub async fn serve(
     let raft = RaftTransportServer::new(raft::RaftService::new(node.clone()))
         .max_decoding_message_size(aquifer_proto::wire::RAFT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(aquifer_proto::wire::RAFT_MESSAGE_BYTES_MAX);
+    let segments = SegmentsServer::new(segments::SegmentsService::new(node.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let cluster = ClusterServer::new(cluster::ClusterService::new(node.clone()));
     let read = ReadServer::new(read::ReadService::new(node))
         .max_decoding_message_size(max)
@@ -59,6 +65,9 @@ pub async fn serve(
         .set_serving::<AppendServer<append::AppendService>>()
         .await;
     health.set_serving::<ReadServer<read::ReadService>>().await;
+    health
+        .set_serving::<SegmentsServer<segments::SegmentsService>>()
+        .await;
     let shutdown = async move {
         shutdown.await;
         health
@@ -88,6 +97,7 @@ pub async fn serve(
         .add_service(admin)
         .add_service(append)
         .add_service(read)
+        .add_service(segments)
         .add_service(raft)
         .add_service(cluster)
         .add_service(health_service)

@@ -51,14 +51,19 @@ pub struct ChunksFlushed {
     pub chunks: Vec<ChunkFlushed>,
 }
 
-/// Retention: the segment now starts at `head`, the end of one of its
-/// chunks; chunks below it leave the segment (and are deleted from tier-2).
+/// The segment now starts at `head`; chunks that end at or below it leave
+/// the segment (and are deleted from tier-2). Retention's head is the end
+/// of one of the segment's chunks; a client's (`at_event_boundary`) is any
+/// event boundary at or below the length, which the API checked before
+/// proposing (segment bytes never change, so the check stays true).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Truncate {
     #[prost(uint64, tag = "1")]
     pub segment_id: u64,
     #[prost(uint64, tag = "2")]
     pub head: u64,
+    #[prost(bool, tag = "3")]
+    pub at_event_boundary: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -80,6 +85,11 @@ pub struct Append {
     pub event_count: u32,
     #[prost(bytes = "bytes", tag = "5")]
     pub events: Bytes,
+    /// A conditional append: applied only if the segment is exactly this
+    /// long when the entry applies (None: any length). Checked at apply
+    /// time, so it holds against every entry ordered before it.
+    #[prost(uint64, optional, tag = "6")]
+    pub expected_length: Option<u64>,
 }
 
 /// The storage writer put `[start, end)` of a segment to tier-2 in object

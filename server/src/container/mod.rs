@@ -85,7 +85,12 @@ impl From<ApplyError> for Error {
         match e {
             ApplyError::SegmentNotFound(id) => Error::SegmentNotFound(id),
             ApplyError::SegmentSealed(id) => Error::SegmentSealed(id),
-            ApplyError::EventNumberOverlap { .. } => Error::InvalidArgument(e.to_string()),
+            ApplyError::EventNumberOverlap { .. }
+            | ApplyError::ConditionalEventNumberGap { .. } => Error::InvalidArgument(e.to_string()),
+            ApplyError::ConditionFailed { actual, .. } => Error::ConditionFailed {
+                actual,
+                message: e.to_string(),
+            },
             ApplyError::EventNumberGap { .. } => Error::Unavailable(e.to_string()),
             ApplyError::StaleChunk { .. } => Error::OrphanChunk(e.to_string()),
             ApplyError::BadTruncate { .. } | ApplyError::Malformed(_) => {

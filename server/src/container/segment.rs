@@ -189,6 +189,27 @@ impl Segment {
         ReadSource::Tail(out.freeze())
     }
 
+    /// The nearest offset at or below `offset` (which must be at or above
+    /// the head) known to be an event boundary without reading any bytes:
+    /// the head, the start of the chunk or tail block holding `offset`, or
+    /// the length. Chunks and tail blocks start at batch boundaries.
+    pub fn known_boundary_below(&self, offset: u64) -> u64 {
+        let s = self.lock();
+        if offset >= s.length {
+            return s.length;
+        }
+        let start = if offset < s.tier2_length {
+            let i = s.chunks.partition_point(|c| c.end <= offset);
+            s.chunks.get(i).map_or(s.head, |c| c.start)
+        } else {
+            let i = s.tail.partition_point(|(o, _)| *o <= offset);
+            i.checked_sub(1)
+                .and_then(|i| s.tail.get(i))
+                .map_or(s.tier2_length, |(o, _)| *o)
+        };
+        start.max(s.head).min(offset)
+    }
+
     /// Direct scans: the tier-2 pieces of `[start, end)` and where the
     /// rest, still in the tail, begins.
     pub fn locate_range(&self, start: u64, end: u64) -> Result<(Vec<ChunkPiece>, u64), Error> {

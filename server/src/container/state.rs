@@ -73,6 +73,18 @@ pub enum ApplyError {
         first: i64,
         expected: i64,
     },
+    #[error("conditional append of writer {writer} has event number {first} but {expected} is next: number a writer's conditional appends 1, 2, 3, … and resend a failed one with the number it had")]
+    ConditionalEventNumberGap {
+        writer: String,
+        first: i64,
+        expected: i64,
+    },
+    #[error("segment {segment} is {actual} bytes long, not the expected {expected}: the conditional append was not applied; read what was appended since and decide again")]
+    ConditionFailed {
+        segment: u64,
+        expected: u64,
+        actual: u64,
+    },
     #[error("chunk [{start}, {end}) does not continue tier-2 at {tier2_length}: orphan")]
     StaleChunk {
         start: u64,
@@ -164,14 +176,34 @@ impl ContainerState {
             // Event numbers are contiguous per (segment, writer): a gap means
             // an earlier pipelined batch failed, and applying this one would
             // make that batch look like a duplicate on retry.
-            return Err(ApplyError::EventNumberGap {
-                writer: a.writer_id,
-                first: a.first_event_number,
-                expected: applied + 1,
+            let (writer, first, expected) = (a.writer_id, a.first_event_number, applied + 1);
+            return Err(match a.expected_length {
+                // A conditional append is one request, never pipelined: a
+                // gap is the caller's numbering, which a retry cannot mend.
+                Some(_) => ApplyError::ConditionalEventNumberGap {
+                    writer,
+                    first,
+                    expected,
+                },
+                None => ApplyError::EventNumberGap {
+                    writer,
+                    first,
+                    expected,
+                },
             });
         }
         if s.sealed {
             return Err(ApplyError::SegmentSealed(a.segment_id));
+        }
+        // After the duplicate check, so a retry of an applied conditional
+        // append is answered as a duplicate, never refused (nor applied
+        // twice); a refusal leaves the writer's number unused.
+        if let Some(expected) = a.expected_length.filter(|&e| e != s.length) {
+            return Err(ApplyError::ConditionFailed {
+                segment: a.segment_id,
+                expected,
+                actual: s.length,
+            });
         }
         let offset = s.length;
         let len = a.events.len() as u64;
@@ -293,14 +325,28 @@ impl ContainerState {
                 objects: Vec::new(),
             });
         }
-        // Only whole chunks go: the new head is the end of a chunk.
-        let Some(last) = s.chunks.iter().position(|c| c.end == t.head) else {
-            return Err(ApplyError::BadTruncate {
-                segment: t.segment_id,
-                head: t.head,
-            });
+        let bad = ApplyError::BadTruncate {
+            segment: t.segment_id,
+            head: t.head,
         };
-        let chunks: Vec<Chunk> = s.chunks.drain(..=last).collect();
+        let below = if t.at_event_boundary {
+            // A client's head: any event boundary (the API checked it). The
+            // chunk holding it stays; tail bytes below it stay too (the tail
+            // covers exactly [tier2_length, length)), are flushed as usual,
+            // and their chunks leave with the next truncation.
+            if t.head > s.length {
+                return Err(bad);
+            }
+            s.chunks.partition_point(|c| c.end <= t.head)
+        } else {
+            // Retention's head: only whole chunks go, the new head is the
+            // end of a chunk.
+            match s.chunks.iter().position(|c| c.end == t.head) {
+                Some(last) => last + 1,
+                None => return Err(bad),
+            }
+        };
+        let chunks: Vec<Chunk> = s.chunks.drain(..below).collect();
         s.head = t.head;
         drop(s);
         seg.notify();
@@ -515,7 +561,160 @@ mod tests {
             first_event_number: first,
             event_count: count,
             events: events.freeze(),
+            expected_length: None,
         })
+    }
+
+    /// Event `number` of `writer`, applied only at segment length `at`.
+    fn append_at(writer: &str, number: i64, at: u64) -> Cmd {
+        let Cmd::Append(a) = append(writer, number, 1) else {
+            unreachable!()
+        };
+        Cmd::Append(Append {
+            expected_length: Some(at),
+            ..a
+        })
+    }
+
+    fn length(s: &ContainerState) -> u64 {
+        s.segment(7).unwrap().view().length
+    }
+
+    #[test]
+    fn conditional_appends_apply_at_their_length_only_and_retries_are_duplicates() {
+        let (mut s, _) = state();
+        apply(&mut s, Cmd::Create(SegmentRef { segment_id: 7 })).unwrap();
+        assert_eq!(
+            apply(&mut s, append_at("a", 1, 0)).unwrap(),
+            Applied::Appended {
+                offset: 0,
+                duplicate: false
+            }
+        );
+        let one = length(&s);
+        // A racing writer that read length 0 is refused with the length,
+        // and its number stays free.
+        assert_eq!(
+            apply(&mut s, append_at("b", 1, 0)),
+            Err(ApplyError::ConditionFailed {
+                segment: 7,
+                expected: 0,
+                actual: one
+            })
+        );
+        assert_eq!(s.last_event_number(7, "b").unwrap(), 0);
+        // The winner's retry (same number) is a duplicate even though the
+        // length has moved on: never applied twice, never refused.
+        assert!(matches!(
+            apply(&mut s, append_at("a", 1, 0)).unwrap(),
+            Applied::Appended {
+                duplicate: true,
+                ..
+            }
+        ));
+        assert_eq!(length(&s), one);
+        // The loser decides again at the new length, with the same number.
+        assert_eq!(
+            apply(&mut s, append_at("b", 1, one)).unwrap(),
+            Applied::Appended {
+                offset: one,
+                duplicate: false
+            }
+        );
+        // A number that is not next is the caller's mistake, not a retry.
+        let at = length(&s);
+        assert!(matches!(
+            apply(&mut s, append_at("a", 3, at)),
+            Err(ApplyError::ConditionalEventNumberGap { expected: 2, .. })
+        ));
+        // Unconditional and conditional appends share the writer's numbers.
+        apply(&mut s, append("a", 2, 1)).unwrap();
+        assert_eq!(s.last_event_number(7, "a").unwrap(), 2);
+        // Sealed refuses as for every append, before the condition.
+        apply(&mut s, Cmd::Seal(SegmentRef { segment_id: 7 })).unwrap();
+        assert_eq!(
+            apply(&mut s, append_at("a", 3, 0)),
+            Err(ApplyError::SegmentSealed(7))
+        );
+    }
+
+    #[test]
+    fn a_client_truncates_at_any_event_boundary_keeping_the_tail() {
+        let (mut s, budget) = state();
+        apply(&mut s, Cmd::Create(SegmentRef { segment_id: 7 })).unwrap();
+        apply(&mut s, append("w", 1, 3)).unwrap();
+        let seg = s.segment(7).unwrap();
+        let end = length(&s);
+        let first_event = aquifer_proto::frame::framed_len(None, 2) as u64;
+        let truncate = |head| {
+            Cmd::Truncate(Truncate {
+                segment_id: 7,
+                head,
+                at_event_boundary: true,
+            })
+        };
+        // Inside the tail, not at a chunk's end: fine for a client.
+        assert_eq!(
+            apply(&mut s, truncate(first_event)).unwrap(),
+            Applied::Truncated {
+                objects: Vec::new()
+            }
+        );
+        let v = seg.view();
+        assert_eq!((v.head, v.length, v.tail_bytes), (first_event, end, end));
+        assert_eq!(budget.used(), end);
+        assert!(matches!(
+            seg.locate(0, 1 << 20),
+            super::super::segment::ReadSource::Truncated { head } if head == first_event
+        ));
+        assert!(matches!(
+            seg.locate(first_event, 1 << 20),
+            super::super::segment::ReadSource::Tail(b) if b.len() as u64 == end - first_event
+        ));
+        // The tail is flushed as usual; the next truncation releases the
+        // chunk once its end is at or below the head.
+        apply(
+            &mut s,
+            one_chunk(ChunkFlushed {
+                segment_id: 7,
+                start: 0,
+                end,
+                name: "a".into(),
+                flushed_at_ms: 0,
+                object_offset: 0,
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            apply(&mut s, truncate(2 * first_event)).unwrap(),
+            Applied::Truncated {
+                objects: Vec::new()
+            }
+        );
+        assert_eq!(
+            apply(&mut s, truncate(end)).unwrap(),
+            Applied::Truncated {
+                objects: vec!["a".to_string()]
+            }
+        );
+        // Never backward, never past the length.
+        assert_eq!(
+            apply(&mut s, truncate(first_event)).unwrap(),
+            Applied::Truncated {
+                objects: Vec::new()
+            }
+        );
+        assert_eq!(seg.view().head, end);
+        assert!(matches!(
+            apply(&mut s, truncate(end + 1)),
+            Err(ApplyError::BadTruncate { .. })
+        ));
+        // The head survives a snapshot.
+        let (mut restored, _) = state();
+        restored
+            .restore(prost::Message::encode_to_vec(&s.snapshot()).into())
+            .unwrap();
+        assert_eq!(restored.segment(7).unwrap().view().head, end);
     }
 
     #[test]
@@ -684,6 +883,7 @@ mod tests {
             Cmd::Truncate(Truncate {
                 segment_id: 7,
                 head,
+                at_event_boundary: false,
             })
         };
         assert!(matches!(
@@ -763,7 +963,8 @@ mod tests {
                 &mut restored,
                 Cmd::Truncate(Truncate {
                     segment_id: 8,
-                    head: length
+                    head: length,
+                    at_event_boundary: false,
                 })
             )
             .unwrap(),

@@ -186,12 +186,7 @@ impl Node {
         if let Applied::Deleted { objects } =
             c.propose(Cmd::Delete(SegmentRef { segment_id })).await?
         {
-            for name in objects {
-                if let Err(e) = self.tier2.delete_chunk(&name).await {
-                    // Left behind as an orphan; nothing refers to it.
-                    tracing::warn!(chunk = %name, error = %e, "cannot delete chunk object of deleted segment");
-                }
-            }
+            self.tier2.delete_unreferenced(objects).await;
         }
         Ok(())
     }

@@ -51,6 +51,7 @@ async fn delete_succeeds_while_other_reconcile_passes_run() {
                 first_event_number: 1,
                 event_count: 1,
                 events,
+                expected_length: None,
             }))
             .await
             .unwrap();
@@ -103,6 +104,7 @@ async fn scales_seal_predecessors_and_open_successors() {
                     first_event_number: number,
                     event_count: 1,
                     events: event(),
+                    expected_length: None,
                 }))
                 .await
         }
@@ -198,6 +200,7 @@ async fn a_rate_policy_splits_under_load_and_merges_when_quiet() {
                     first_event_number: *next + 1,
                     event_count: count,
                     events: events.clone(),
+                    expected_length: None,
                 }))
                 .await;
             // A segment sealed by a scale under way refuses; the others
@@ -259,6 +262,7 @@ async fn retention_drops_a_whole_expired_predecessor() {
             first_event_number: 1,
             event_count: 1,
             events: event(),
+            expected_length: None,
         }))
         .await
         .unwrap();

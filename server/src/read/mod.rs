@@ -5,6 +5,9 @@
 //!
 //! Memory is bounded per reader: each response holds about
 //! [`READ_RESPONSE_BYTES`] and the channel to the client holds a few.
+//!
+//! Also answers whether an offset is an event boundary (for a client's
+//! truncation), by walking frames the same way. It never changes a segment.
 
 use std::sync::Arc;
 
@@ -164,6 +167,43 @@ async fn stream_inner(
         }
         offset += n;
     }
+}
+
+/// Whether `offset` (at or below the length) is an event boundary of
+/// `segment`: walks the frame lengths from the nearest boundary the segment
+/// knows below it (its head, the start of the chunk or tail block holding
+/// `offset`), so it reads at most one chunk or one batch, in pieces of
+/// [`READ_RESPONSE_BYTES`]. The bytes walked were checked when appended.
+/// An offset the head has passed meanwhile counts as one: truncating there
+/// changes nothing.
+pub async fn is_event_boundary(
+    segment: &Segment,
+    tier2: &Tier2,
+    offset: u64,
+) -> Result<bool, Error> {
+    let mut pos = segment.known_boundary_below(offset);
+    while pos < offset {
+        let limit = READ_RESPONSE_BYTES.min((offset - pos) as usize);
+        let events = match segment.locate(pos, limit) {
+            ReadSource::Tail(b) => b,
+            ReadSource::Tier2(chunk) => tier2.read(segment.id, &chunk, pos, limit).await?,
+            // The head moved past `pos` meanwhile: it is a boundary too.
+            ReadSource::Truncated { head } if head <= offset => {
+                pos = head;
+                continue;
+            }
+            ReadSource::Truncated { .. } => return Ok(true), // below the head now
+            ReadSource::Deleted => return Err(Error::SegmentNotFound(segment.id)),
+            ReadSource::End { .. } | ReadSource::PastEnd { .. } => return Ok(false),
+        };
+        let upto = events.len().min((offset - pos) as usize);
+        let whole = whole_events_prefix(&events[..upto], usize::MAX);
+        if whole == 0 {
+            return Ok(false); // the event at `pos` runs past `offset`
+        }
+        pos += whole as u64;
+    }
+    Ok(pos == offset)
 }
 
 /// This replica has not applied up to `offset` yet: waits a little for it,

@@ -266,6 +266,17 @@ impl Tier2 {
         }
     }
 
+    /// Deletes objects no chunk refers to any more (a committed truncate or
+    /// delete released them). One whose delete fails stays behind as an
+    /// orphan, for a later term's collection.
+    pub async fn delete_unreferenced(&self, names: Vec<String>) {
+        for name in names {
+            if let Err(e) = self.delete_chunk(&name).await {
+                tracing::warn!(chunk = %name, error = %e, "cannot delete unreferenced chunk object; left for orphan collection");
+            }
+        }
+    }
+
     /// Every chunk object of `container` in tier-2, by name (for orphan
     /// collection).
     pub async fn list_chunks(&self, container: u32) -> Result<Vec<String>, Error> {
