@@ -1,5 +1,5 @@
 //! Stream administration: create, list, describe, scale, seal and delete
-//! streams.
+//! streams, and truncate a segment.
 //!
 //! Owns the unary `StreamAdmin` calls and their deadline, and [`Scale`], the
 //! client's form of a manual scale (never a generated type in the API).
@@ -12,8 +12,9 @@ use crate::proto::cluster_client::ClusterClient;
 use crate::proto::{
     CreateStreamRequest, DeleteStreamRequest, DescribeStreamRequest, ListStreamsRequest,
     MergeSegments, NodeInfo, ScaleStreamRequest, SealStreamRequest, SplitSegment,
-    UpdateStreamRequest,
+    TruncateSegmentRequest, UpdateStreamRequest,
 };
+use crate::segment::on_segment_leader;
 use crate::{ClusterStatus, Error, Retention, ScalingPolicy, StreamInfo, StreamName};
 
 /// Stream administration; get one from [`crate::Client::admin`]. Cheap to
@@ -291,6 +292,31 @@ impl Admin {
         })
         .await?;
         Ok(())
+    }
+
+    /// Moves segment `segment_id`'s head forward to `head_offset`, an event
+    /// boundary at or below its length (an offset a read or an append
+    /// returned): reads below it fail with [`Error::OutOfRange`] from then
+    /// on, and its tier-2 bytes below it are deleted. Returns the head after
+    /// the call; a head at or below the current one changes nothing (the
+    /// head never moves back), so a retry is safe.
+    /// [`Error::InvalidArgument`] for an offset inside an event,
+    /// [`Error::OutOfRange`] for one past the length.
+    ///
+    /// Answered by the leader of the segment's container (redirects and
+    /// retries as for [`crate::SegmentWriter::append_conditional`]).
+    pub async fn truncate_segment(&self, segment_id: u64, head_offset: u64) -> Result<u64, Error> {
+        let req = TruncateSegmentRequest {
+            segment_id,
+            head_offset,
+        };
+        let answer = on_segment_leader(&self.conn, segment_id, |mut c, timeout| {
+            let mut req = tonic::Request::new(req);
+            req.set_timeout(timeout);
+            async move { c.truncate_segment(req).await }
+        })
+        .await?;
+        Ok(answer.head_offset)
     }
 
     /// Adds node `id`, listening at `address`, to the cluster: every group

@@ -18,6 +18,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::error::chain_message;
 use crate::proto::append_client::AppendClient;
 use crate::proto::read_client::ReadClient;
+use crate::proto::segments_client::SegmentsClient;
 use crate::proto::stream_admin_client::StreamAdminClient;
 use crate::Error;
 
@@ -250,6 +251,12 @@ impl Conn {
 
     pub(crate) fn read(channel: Channel) -> ReadClient<Channel> {
         ReadClient::new(channel)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+
+    pub(crate) fn segments(channel: Channel) -> SegmentsClient<Channel> {
+        SegmentsClient::new(channel)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX)
     }

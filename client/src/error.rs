@@ -10,6 +10,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 
+use aquifer_proto::wire;
 use tonic::{Code, Status};
 
 /// The cause kept by [`Error::Unavailable`]: a transport error, or the last
@@ -50,6 +51,18 @@ pub enum Error {
     /// still work (`FAILED_PRECONDITION` for a sealed segment).
     #[error("{0}")]
     Sealed(String),
+    /// A conditional append found the segment `actual_length` bytes long,
+    /// not the length it expected; nothing was appended and the event
+    /// number stays unused (`FAILED_PRECONDITION` with the server's
+    /// `condition-failed` reason). Read what was appended since, then
+    /// decide again.
+    #[error("{message}")]
+    ConditionFailed {
+        /// The segment's length when the append was refused.
+        actual_length: u64,
+        /// The server's message.
+        message: String,
+    },
     /// The cluster is not in a state that allows the request, e.g. removing
     /// its last node, or changing membership of a node that runs alone
     /// (any other `FAILED_PRECONDITION`). Retrying as is will not help.
@@ -129,13 +142,33 @@ impl Error {
     }
 }
 
-/// Whether a `FAILED_PRECONDITION` is the server's "segment is sealed" (it
-/// says so in the reason metadata) rather than another precondition.
-fn is_sealed(status: &Status) -> bool {
-    status
-        .metadata()
-        .get(aquifer_proto::wire::REASON_METADATA_KEY)
-        .is_some_and(|v| v.as_bytes() == aquifer_proto::wire::REASON_SEALED.as_bytes())
+/// A `FAILED_PRECONDITION` by what the server's reason metadata says it is:
+/// a sealed segment, a failed condition (with the actual length), or
+/// another precondition. The words of the message never decide it.
+fn failed_precondition(status: &Status, msg: String) -> Error {
+    let metadata = status.metadata();
+    let reason = metadata
+        .get(wire::REASON_METADATA_KEY)
+        .and_then(|v| v.to_str().ok());
+    let length = || {
+        metadata
+            .get(wire::SEGMENT_LENGTH_METADATA_KEY)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
+    };
+    match reason {
+        Some(wire::REASON_SEALED) => Error::Sealed(msg),
+        Some(wire::REASON_CONDITION_FAILED) => match length() {
+            Some(actual_length) => Error::ConditionFailed {
+                actual_length,
+                message: msg,
+            },
+            None => Error::FailedPrecondition(msg),
+        },
+        _ => Error::FailedPrecondition(msg),
+    }
 }
 
 impl From<Status> for Error {
@@ -145,14 +178,13 @@ impl From<Status> for Error {
             Code::NotFound => Error::NotFound(msg),
             Code::AlreadyExists => Error::AlreadyExists(msg),
             Code::InvalidArgument => Error::InvalidArgument(msg),
-            Code::FailedPrecondition if is_sealed(&status) => Error::Sealed(msg),
-            Code::FailedPrecondition => Error::FailedPrecondition(msg),
+            Code::FailedPrecondition => failed_precondition(&status, msg),
             Code::ResourceExhausted => Error::ResourceExhausted(msg),
             Code::DataLoss => Error::Corrupt(msg),
             Code::OutOfRange => Error::OutOfRange(msg),
             Code::Unavailable => match status
                 .metadata()
-                .get(aquifer_proto::wire::LEADER_METADATA_KEY)
+                .get(wire::LEADER_METADATA_KEY)
                 .and_then(|v| v.to_str().ok())
             {
                 Some(leader) => Error::NotLeader {
@@ -319,6 +351,26 @@ mod tests {
         // The words alone do not make it sealed: the reason does.
         let worded = Status::failed_precondition("segment 3 is sealed");
         assert!(matches!(Error::from(worded), Error::FailedPrecondition(_)));
+        // A failed condition carries the actual length.
+        let mut condition = Status::failed_precondition("segment 3 is 120 bytes long, not 100");
+        condition.metadata_mut().insert(
+            aquifer_proto::wire::REASON_METADATA_KEY,
+            aquifer_proto::wire::REASON_CONDITION_FAILED
+                .parse()
+                .unwrap(),
+        );
+        let without_length = Error::from(condition.clone());
+        assert!(matches!(without_length, Error::FailedPrecondition(_)));
+        condition.metadata_mut().insert(
+            aquifer_proto::wire::SEGMENT_LENGTH_METADATA_KEY,
+            "120".parse().unwrap(),
+        );
+        let e = Error::from(condition);
+        assert!(
+            matches!(&e, Error::ConditionFailed { actual_length: 120, message } if message.contains("not 100")),
+            "{e:?}"
+        );
+        assert!(!e.is_retryable());
         // What the cluster service says for membership preconditions.
         for msg in [
             "cannot remove the last node",

@@ -7,15 +7,19 @@
 //!   back-pressure and retries; each write resolves to a [`WriteAck`];
 //! - [`EventReader`] / [`SegmentReader`]: ordered, optionally tailing reads,
 //!   each a [`futures::Stream`] of events;
-//! - [`BatchClient`]: stream cuts and parallel bounded range scans.
+//! - [`BatchClient`]: stream cuts and parallel bounded range scans;
+//! - [`SegmentWriter`]: conditional appends to one segment;
+//! - [`StateSynchronizer`]: a typed state shared through a stream, changed
+//!   optimistically ([`SyncState`] says how).
 //!
 //! Module map: `builder` (connection settings), `conn` (channel, limits,
 //! backoff), `name` (stream names), `info` (the client's views of server
 //! state), `error`, `admin`, `routing` (key hash), `batch` (pure batching
 //! and numbering), `graph` (the successor graph a reader walks), `session` (one append session per segment), `reroute`
 //! (the writer's routing table and hand-overs across scales), `writer`,
-//! `reader`, `scan`, `direct` (tier-2 reads of a scan). No generated
-//! (prost) type is part of the public API.
+//! `reader`, `scan`, `direct` (tier-2 reads of a scan), `segment`
+//! (conditional appends, calls to a segment's leader), `sync` (the state
+//! synchronizer). No generated (prost) type is part of the public API.
 //!
 //! Runnable examples are in `client/examples/`.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -34,7 +38,9 @@ mod reader;
 mod reroute;
 mod routing;
 mod scan;
+mod segment;
 mod session;
+mod sync;
 mod writer;
 
 use std::sync::Arc;
@@ -54,6 +60,8 @@ pub use name::{StreamName, NAME_BYTES_MAX};
 pub use reader::{Event, EventReader, ReaderConfig, SegmentReader, StartFrom};
 pub use routing::{fmix64, fnv1a_64, key_position};
 pub use scan::{BatchClient, ScanConfig, SegmentRange, StreamCut};
+pub use segment::{Appended, SegmentWriter};
+pub use sync::{DecodeError, StateSynchronizer, SyncConfig, SyncState};
 pub use writer::{
     EventWriter, PendingWrite, Position, WriteAck, WriterConfig, CLIENT_EVENT_BYTES_MAX,
 };
@@ -197,6 +205,28 @@ impl Client {
     /// Batch scans: stream cuts, segment ranges, bounded range reads.
     pub fn batch(&self) -> BatchClient {
         BatchClient::new(self.conn.clone(), self.admin())
+    }
+
+    /// Conditional appends to segment `segment_id` as writer `writer_id`
+    /// (1 to 255 bytes; see [`SegmentWriter`] for how its events are
+    /// numbered). Nothing is dialled until the first append.
+    pub fn segment_writer(
+        &self,
+        segment_id: u64,
+        writer_id: impl Into<String>,
+    ) -> Result<SegmentWriter, Error> {
+        SegmentWriter::new(self.conn.clone(), segment_id, writer_id.into())
+    }
+
+    /// A [`StateSynchronizer`] of `S` kept in `stream`, which is created
+    /// (with one segment) if it does not exist; the state it holds is read
+    /// before this returns.
+    pub async fn state_synchronizer<S: SyncState>(
+        &self,
+        stream: &StreamName,
+        config: SyncConfig,
+    ) -> Result<StateSynchronizer<S>, Error> {
+        StateSynchronizer::open(self.conn.clone(), stream, config).await
     }
 
     /// A reader of one segment from `offset` (an event boundary), tailing

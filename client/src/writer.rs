@@ -144,8 +144,44 @@ impl WriterConfig {
     }
 }
 
+/// Refuses a writer id outside 1..=[`WRITER_ID_BYTES_MAX`] bytes.
+pub(crate) fn check_writer_id(writer_id: &str) -> Result<(), Error> {
+    if writer_id.is_empty() || writer_id.len() > WRITER_ID_BYTES_MAX {
+        return Err(Error::InvalidArgument(format!(
+            "writer id must be 1 to {WRITER_ID_BYTES_MAX} bytes, not {}",
+            writer_id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The framed size of an event the client can send; `InvalidArgument` for
+/// a routing key over `frame::ROUTING_KEY_BYTES_MAX` bytes or an event over
+/// [`CLIENT_EVENT_BYTES_MAX`] framed.
+pub(crate) fn sendable_framed_len(
+    routing_key: Option<&str>,
+    payload_len: usize,
+) -> Result<usize, Error> {
+    if let Some(key) = routing_key {
+        if key.len() > frame::ROUTING_KEY_BYTES_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "routing key is {} bytes, over the limit of {}",
+                key.len(),
+                frame::ROUTING_KEY_BYTES_MAX
+            )));
+        }
+    }
+    let len = frame::framed_len(routing_key, payload_len);
+    if len > CLIENT_EVENT_BYTES_MAX {
+        return Err(Error::InvalidArgument(format!(
+            "event is {len} bytes framed, over the client's limit of {CLIENT_EVENT_BYTES_MAX}"
+        )));
+    }
+    Ok(len)
+}
+
 /// 16 random lowercase hex characters.
-fn random_writer_id() -> String {
+pub(crate) fn random_writer_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
@@ -198,12 +234,7 @@ impl EventWriter {
         segments: Vec<SegmentInfo>,
         config: WriterConfig,
     ) -> Result<EventWriter, Error> {
-        if config.writer_id.is_empty() || config.writer_id.len() > WRITER_ID_BYTES_MAX {
-            return Err(Error::InvalidArgument(format!(
-                "writer id must be 1 to {WRITER_ID_BYTES_MAX} bytes, not {}",
-                config.writer_id.len()
-            )));
-        }
+        check_writer_id(&config.writer_id)?;
         if config.batch_bytes_max == 0 || config.in_flight_bytes_max == 0 {
             return Err(Error::InvalidArgument(
                 "batch_bytes_max and in_flight_bytes_max must be greater than 0".into(),
@@ -252,21 +283,7 @@ impl EventWriter {
         payload: impl Into<Bytes>,
     ) -> Result<PendingWrite, Error> {
         let payload: Bytes = payload.into();
-        if let Some(key) = routing_key {
-            if key.len() > frame::ROUTING_KEY_BYTES_MAX {
-                return Err(Error::InvalidArgument(format!(
-                    "routing key is {} bytes, over the limit of {}",
-                    key.len(),
-                    frame::ROUTING_KEY_BYTES_MAX
-                )));
-            }
-        }
-        let len = frame::framed_len(routing_key, payload.len());
-        if len > CLIENT_EVENT_BYTES_MAX {
-            return Err(Error::InvalidArgument(format!(
-                "event is {len} bytes framed, over the client's limit of {CLIENT_EVENT_BYTES_MAX}"
-            )));
-        }
+        let len = sendable_framed_len(routing_key, payload.len())?;
         let cost = (len.min(self.budget_total as usize) as u32).max(1);
         let permit = self
             .budget

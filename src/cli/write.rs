@@ -1,6 +1,10 @@
 //! `aquifer write`: stdin lines to events, as text (one payload per line,
 //! optionally keyed) or as the JSON lines of `event_json`.
 //!
+//! With `--expect-length`, one conditional append instead: the single
+//! event on stdin goes to the stream's one active segment only if that
+//! segment is exactly as long as expected.
+//!
 //! Owns reading stdin in bounded pieces and the summary on stderr; it must
 //! never report success before every event is durable (it closes the
 //! writer, which flushes, before printing the summary).
@@ -38,6 +42,16 @@ pub struct WriteArgs {
     /// event per line, as `read --format json` prints them).
     #[arg(long, value_enum, default_value_t = Format::Text, long_help = event_json::WRITE_HELP)]
     format: Format,
+    /// Append the one event on stdin only if the stream's segment is
+    /// exactly BYTES long (a conditional append; the stream must have one
+    /// active segment). Fails, naming the actual length, if it is not.
+    #[arg(long, value_name = "BYTES")]
+    expect_length: Option<u64>,
+    /// With --expect-length: the event's number for its writer id: 1 for a
+    /// new writer id, else one more than its last applied event; resend a
+    /// failed append with the same number [default: 1].
+    #[arg(long, value_name = "N", requires = "expect_length")]
+    event_number: Option<i64>,
 }
 
 /// Bytes of stdin buffered at most (lines beyond wait for the writer).
@@ -49,6 +63,9 @@ pub async fn run(addr: &str, args: WriteArgs) -> anyhow::Result<()> {
     let mut config = WriterConfig::default();
     if let Some(id) = &args.writer_id {
         config = config.writer_id(id.as_str());
+    }
+    if let Some(expected) = args.expect_length {
+        return write_conditional(&client, &name, &args, &config.writer_id, expected).await;
     }
     let writer = client.writer(&name, config).await?;
 
@@ -98,6 +115,71 @@ pub async fn run(addr: &str, args: WriteArgs) -> anyhow::Result<()> {
         events as f64 / secs,
         mb / secs
     );
+    Ok(())
+}
+
+/// `--expect-length`: appends the one event on stdin to the stream's one
+/// active segment, only at length `expected`.
+async fn write_conditional(
+    client: &Client,
+    name: &StreamName,
+    args: &WriteArgs,
+    writer_id: &str,
+    expected: u64,
+) -> anyhow::Result<()> {
+    let mut input = tokio::io::BufReader::with_capacity(STDIN_BUFFER, tokio::io::stdin());
+    let mut line = Vec::new();
+    let n = input
+        .read_until(b'\n', &mut line)
+        .await
+        .context("cannot read stdin")?;
+    if n == 0 {
+        anyhow::bail!("--expect-length appends one event, but stdin is empty");
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    let mut more = Vec::new();
+    if input
+        .read_until(b'\n', &mut more)
+        .await
+        .context("cannot read stdin")?
+        > 0
+    {
+        anyhow::bail!(
+            "--expect-length appends exactly one event, but stdin holds more than one line"
+        );
+    }
+    let (key, payload) = event(args, &line).context("line 1")?;
+    let info = client.admin().describe_stream(name).await?;
+    let active: Vec<_> = info
+        .segments
+        .iter()
+        .filter(|s| !s.sealed && s.successors.is_empty())
+        .collect();
+    let [segment] = active[..] else {
+        anyhow::bail!(
+            "--expect-length needs a stream with one active segment; {name} has {}",
+            active.len()
+        );
+    };
+    let number = args.event_number.unwrap_or(1);
+    let appended = client
+        .segment_writer(segment.segment_id, writer_id)?
+        .append_conditional(number, expected, key.as_deref(), payload)
+        .await?;
+    let segment_id = segment.segment_id;
+    if appended.duplicate {
+        eprintln!(
+            "event {number} of writer {writer_id} was already written at offset {} of segment {segment_id}",
+            appended.offset
+        );
+    } else {
+        eprintln!(
+            "wrote 1 event at offset {} of segment {segment_id} (now {} bytes long)",
+            appended.offset, appended.length
+        );
+    }
     Ok(())
 }
 

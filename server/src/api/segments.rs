@@ -45,6 +45,11 @@ impl SegmentsService {
         let bytes = check_events(&self.node, &req.event, 1)?;
         let (container, _) = appendable(&self.node, req.segment_id)?;
         let expected = req.expected_length;
+        let length = expected.checked_add(u64::from(bytes)).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "expected length {expected} plus the event is past the largest segment length"
+            ))
+        })?;
         let cmd = Cmd::Append(command::Append {
             segment_id: req.segment_id,
             writer_id: req.writer_id,
@@ -75,7 +80,7 @@ impl SegmentsService {
         // of this request, which applied there).
         Ok(AppendConditionalResponse {
             offset: expected,
-            length: expected + u64::from(bytes),
+            length,
             duplicate,
         })
     }

@@ -1,0 +1,705 @@
+//! The synchronizer's logic, apart from the network: the state and its
+//! revision, reading records in, and the optimistic write loop, over any
+//! [`Log`] (the real segment, or an in-memory one in the tests below).
+//!
+//! Rules it keeps: the state is always exactly the records from the
+//! segment's head (a whole state) to the revision, each applied once and
+//! whole; a record is appended only at the revision, so it was decided on
+//! every record before it; an append whose answer never came is "in doubt"
+//! until a later call learns, without applying it late, whether it was
+//! applied. It never reuses an event number the server may have applied.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, TryStreamExt};
+use tokio::time::Instant;
+
+use super::record::{self, Record};
+use super::SyncState;
+use crate::{Appended, Error, Event};
+
+/// Conflicting attempts one write makes at most (besides its time limit).
+pub(crate) const UPDATE_ATTEMPTS_MAX: u32 = 10_000;
+
+/// Times one read starts over at a head that compaction moved meanwhile.
+const HEAD_MOVES_MAX: u32 = 16;
+
+/// The segment as the synchronizer uses it.
+pub(crate) trait Log {
+    /// Appends `record` as one event, event `event_number` of the
+    /// synchronizer's writer, only at segment length `expected_length`.
+    fn append_at(
+        &self,
+        event_number: i64,
+        expected_length: u64,
+        record: Bytes,
+    ) -> impl Future<Output = Result<Appended, Error>> + Send;
+
+    /// The records from offset `from` to `to` (None: the length as of now).
+    fn read(
+        &self,
+        from: u64,
+        to: Option<u64>,
+    ) -> impl Stream<Item = Result<Event, Error>> + Send + Unpin;
+
+    /// The segment's head: where its latest compacted whole state is.
+    fn head(&self) -> impl Future<Output = Result<u64, Error>> + Send;
+
+    /// Moves the head forward to `head` (an event boundary).
+    fn truncate(&self, head: u64) -> impl Future<Output = Result<u64, Error>> + Send;
+}
+
+/// An append that ended without an answer: applied or not, unknown yet.
+#[derive(Clone, Debug)]
+struct InDoubt {
+    event_number: i64,
+    record: Bytes,
+}
+
+pub(crate) struct Core<S> {
+    /// The stream's name, for messages.
+    name: String,
+    state: Option<S>,
+    /// The segment offset up to which `state` holds every record.
+    revision: u64,
+    /// The writer's next event number (its numbers are this
+    /// synchronizer's alone).
+    next_event_number: i64,
+    in_doubt: Option<InDoubt>,
+    update_timeout: Duration,
+}
+
+impl<S: SyncState> Core<S> {
+    /// Nothing read yet; reading starts at `head`.
+    pub(crate) fn new(name: String, head: u64, update_timeout: Duration) -> Core<S> {
+        Core {
+            name,
+            state: None,
+            revision: head,
+            next_event_number: 1,
+            in_doubt: None,
+            update_timeout,
+        }
+    }
+
+    pub(crate) fn state(&self) -> Option<&S> {
+        self.state.as_ref()
+    }
+
+    pub(crate) fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Reads and applies every record from the revision to `to` (None: the
+    /// segment's length as of now). A revision below the head (compacted
+    /// away) starts over from the whole state at the head.
+    pub(crate) async fn fetch<L: Log>(&mut self, log: &L, to: Option<u64>) -> Result<(), Error> {
+        let mut moves = 0;
+        loop {
+            if to.is_some_and(|t| t <= self.revision) {
+                return Ok(());
+            }
+            let err = match self.read_in(log, to).await {
+                Ok(()) => return Ok(()),
+                Err(e @ Error::OutOfRange(_)) if moves < HEAD_MOVES_MAX => e,
+                Err(e) => return Err(e),
+            };
+            let head = log.head().await?;
+            if head <= self.revision {
+                return Err(err); // past the end: not a compaction
+            }
+            tracing::debug!(stream = %self.name, revision = self.revision, head, "compacted past the revision; starting over at the head");
+            self.state = None;
+            self.revision = head;
+            moves += 1;
+        }
+    }
+
+    async fn read_in<L: Log>(&mut self, log: &L, to: Option<u64>) -> Result<(), Error> {
+        let mut records = log.read(self.revision, to);
+        while let Some(event) = records.try_next().await? {
+            if event.position.offset != self.revision {
+                return Err(Error::Server(format!(
+                    "state synchronizer {}: read a record at offset {} but expected one at {}",
+                    self.name, event.position.offset, self.revision
+                )));
+            }
+            self.apply_record(&event.payload, event.position.offset)?;
+            self.revision = event.next_offset;
+        }
+        Ok(())
+    }
+
+    /// Applies one record read at `offset`, whole or not at all.
+    fn apply_record(&mut self, payload: &[u8], offset: u64) -> Result<(), Error> {
+        let name = &self.name;
+        let corrupt = |why: String| {
+            Error::Corrupt(format!(
+                "state synchronizer {name}: the record at offset {offset} {why}"
+            ))
+        };
+        match record::decode(payload).map_err(|e| corrupt(format!("does not decode: {e}")))? {
+            Record::State(bytes) => {
+                let state = S::decode_state(bytes)
+                    .map_err(|e| corrupt(format!("holds a state that does not decode: {e}")))?;
+                self.state = Some(state);
+            }
+            Record::Updates(encoded) => {
+                // Every update decodes before any applies.
+                let updates = encoded
+                    .into_iter()
+                    .map(S::decode_update)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| corrupt(format!("holds an update that does not decode: {e}")))?;
+                let state = self.state.as_mut().ok_or_else(|| {
+                    corrupt("holds updates but no whole state comes before it".into())
+                })?;
+                for u in &updates {
+                    state.apply(u);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the updates `f` decides on the state, at the revision; after
+    /// a conflict, catches up and asks `f` again. `Ok(false)`: `f` asked
+    /// for none.
+    pub(crate) async fn update<L: Log>(
+        &mut self,
+        log: &L,
+        mut f: impl FnMut(&S) -> Vec<S::Update>,
+    ) -> Result<bool, Error> {
+        let name = self.name.clone();
+        let written = self
+            .commit(log, |state| {
+                let updates = f(state.ok_or_else(|| not_initialized(&name))?);
+                if updates.is_empty() {
+                    return Ok(None);
+                }
+                let record = encode_updates::<S>(&updates)?;
+                Ok(Some((record, updates)))
+            })
+            .await?;
+        let Some((updates, _)) = written else {
+            return Ok(false);
+        };
+        self.apply_local(&updates);
+        Ok(true)
+    }
+
+    /// Appends `updates` whatever the state they meet (after a conflict,
+    /// at the new revision, the same updates).
+    pub(crate) async fn update_unconditionally<L: Log>(
+        &mut self,
+        log: &L,
+        updates: Vec<S::Update>,
+    ) -> Result<(), Error> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let record = encode_updates::<S>(&updates)?;
+        let name = self.name.clone();
+        let written = self
+            .commit(log, |state| {
+                state.ok_or_else(|| not_initialized(&name))?;
+                Ok(Some((record.clone(), ())))
+            })
+            .await?;
+        if written.is_some() {
+            self.apply_local(&updates);
+        }
+        Ok(())
+    }
+
+    /// Writes `initial` as the whole state if there is no state yet.
+    /// `Ok(false)`: there was one (then it is the state now).
+    pub(crate) async fn initialize<L: Log>(&mut self, log: &L, initial: S) -> Result<bool, Error> {
+        let record = record::encode_state(&initial.encode_state())?;
+        let written = self
+            .commit(log, |state| {
+                Ok(state.is_none().then(|| (record.clone(), ())))
+            })
+            .await?;
+        if written.is_none() {
+            return Ok(false);
+        }
+        self.state = Some(initial);
+        Ok(true)
+    }
+
+    /// Writes the whole state at the revision, then truncates the segment
+    /// below it, so readers starting later begin there.
+    pub(crate) async fn compact<L: Log>(&mut self, log: &L) -> Result<(), Error> {
+        let name = self.name.clone();
+        let written = self
+            .commit(log, |state| {
+                let state = state.ok_or_else(|| not_initialized(&name))?;
+                Ok(Some((record::encode_state(&state.encode_state())?, ())))
+            })
+            .await?;
+        if let Some((_, appended)) = written {
+            // The record went exactly there (a conditional append); a failed
+            // truncation leaves it to the next compaction.
+            log.truncate(appended.offset).await?;
+        }
+        Ok(())
+    }
+
+    fn apply_local(&mut self, updates: &[S::Update]) {
+        if let Some(state) = self.state.as_mut() {
+            for u in updates {
+                state.apply(u);
+            }
+        }
+    }
+
+    /// The optimistic loop: `make` turns the state at the revision into a
+    /// record (None: nothing to write); it is appended only at the
+    /// revision; on a conflict the synchronizer reads up to the length the
+    /// server named and asks `make` again, until it writes, `make` declines,
+    /// or attempts or time run out. Returns what `make` gave with the
+    /// record and where it went; the revision is already past it, so the
+    /// caller applies it to the state at once.
+    async fn commit<L: Log, T>(
+        &mut self,
+        log: &L,
+        mut make: impl FnMut(Option<&S>) -> Result<Option<(Bytes, T)>, Error>,
+    ) -> Result<Option<(T, Appended)>, Error> {
+        self.resolve_in_doubt(log).await?;
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            let Some((record, made)) = make(self.state.as_ref())? else {
+                return Ok(None);
+            };
+            let event_number = self.next_event_number;
+            // In doubt until an answer comes, also if this future is dropped
+            // while waiting for it.
+            self.in_doubt = Some(InDoubt {
+                event_number,
+                record: record.clone(),
+            });
+            let refused = match log.append_at(event_number, self.revision, record).await {
+                Ok(appended) => {
+                    self.in_doubt = None;
+                    self.next_event_number += 1;
+                    self.revision = appended.length;
+                    return Ok(Some((made, appended)));
+                }
+                Err(e) if is_refusal(&e) => e,
+                Err(e) => return Err(e),
+            };
+            self.in_doubt = None;
+            let Error::ConditionFailed { actual_length, .. } = refused else {
+                return Err(refused);
+            };
+            attempts += 1;
+            if attempts >= UPDATE_ATTEMPTS_MAX || started.elapsed() >= self.update_timeout {
+                return Err(Error::unavailable_from(
+                    format!(
+                        "state synchronizer {}: gave up after {attempts} attempts in {:.1} s; other writers kept changing the state first",
+                        self.name,
+                        started.elapsed().as_secs_f64()
+                    ),
+                    refused,
+                ));
+            }
+            self.fetch(log, Some(actual_length)).await?;
+        }
+    }
+
+    /// Learns whether the append in doubt was applied, without applying it
+    /// late: sends it again (same number) expecting a length the segment
+    /// has already passed, so the server answers "duplicate" if it was
+    /// applied and "condition failed" if not (never applies it now). If it
+    /// was, its record is in the segment and the next read takes it in.
+    /// At revision 0 no length is passed yet: the same request goes again
+    /// (only `initialize` writes there, and writing it late is what it
+    /// asked for).
+    async fn resolve_in_doubt<L: Log>(&mut self, log: &L) -> Result<(), Error> {
+        let Some(doubt) = self.in_doubt.clone() else {
+            return Ok(());
+        };
+        let passed = self.revision.saturating_sub(1);
+        match log
+            .append_at(doubt.event_number, passed, doubt.record)
+            .await
+        {
+            Ok(_) => self.next_event_number = doubt.event_number + 1,
+            Err(e) if is_refusal(&e) => {} // never applied: the number is free
+            Err(e) => return Err(e),
+        }
+        self.in_doubt = None;
+        Ok(())
+    }
+}
+
+/// Errors after which the append certainly was not applied (and its
+/// number is free); after any other the outcome is unknown.
+fn is_refusal(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::ConditionFailed { .. }
+            | Error::InvalidArgument(_)
+            | Error::InvalidName(_)
+            | Error::NotFound(_)
+            | Error::Sealed(_)
+            | Error::FailedPrecondition(_)
+            | Error::OutOfRange(_)
+    )
+}
+
+fn encode_updates<S: SyncState>(updates: &[S::Update]) -> Result<Bytes, Error> {
+    let encoded: Vec<Vec<u8>> = updates.iter().map(S::encode_update).collect();
+    record::encode_updates(&encoded)
+}
+
+fn not_initialized(name: &str) -> Error {
+    Error::FailedPrecondition(format!(
+        "state synchronizer {name} holds no state yet: initialize it first"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, VecDeque};
+    use std::sync::{Arc, Mutex};
+
+    use aquifer_proto::frame;
+
+    use super::*;
+    use crate::sync::DecodeError;
+    use crate::Position;
+
+    /// A counter; updates add to it.
+    #[derive(Debug, PartialEq)]
+    struct Counter(u64);
+
+    impl SyncState for Counter {
+        type Update = u64;
+
+        fn apply(&mut self, update: &u64) {
+            self.0 += update;
+        }
+
+        fn encode_state(&self) -> Vec<u8> {
+            self.0.to_le_bytes().to_vec()
+        }
+
+        fn decode_state(bytes: &[u8]) -> Result<Self, DecodeError> {
+            Ok(Counter(u64::from_le_bytes(bytes.try_into()?)))
+        }
+
+        fn encode_update(update: &u64) -> Vec<u8> {
+            update.to_le_bytes().to_vec()
+        }
+
+        fn decode_update(bytes: &[u8]) -> Result<u64, DecodeError> {
+            Ok(u64::from_le_bytes(bytes.try_into()?))
+        }
+    }
+
+    /// What goes wrong with the next append.
+    #[derive(Clone, Copy)]
+    enum Fault {
+        /// Applied, but the answer never comes.
+        AnswerLost,
+        /// Never reaches the server.
+        NotSent,
+    }
+
+    /// One segment with the server's rules for conditional appends.
+    #[derive(Default)]
+    struct Segment {
+        /// (offset, payload, next offset)
+        records: Vec<(u64, Bytes, u64)>,
+        length: u64,
+        head: u64,
+        writers: HashMap<String, i64>,
+        faults: VecDeque<Fault>,
+    }
+
+    /// A synchronizer's view of the shared segment, as one writer.
+    #[derive(Clone)]
+    struct MemLog {
+        segment: Arc<Mutex<Segment>>,
+        writer: String,
+    }
+
+    impl MemLog {
+        fn writer(&self, writer: &str) -> MemLog {
+            MemLog {
+                segment: self.segment.clone(),
+                writer: writer.into(),
+            }
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, Segment> {
+            self.segment.lock().unwrap()
+        }
+    }
+
+    impl Log for MemLog {
+        async fn append_at(
+            &self,
+            event_number: i64,
+            expected_length: u64,
+            record: Bytes,
+        ) -> Result<Appended, Error> {
+            let mut s = self.lock();
+            let fault = s.faults.pop_front();
+            if matches!(fault, Some(Fault::NotSent)) {
+                return Err(Error::unavailable("connection refused"));
+            }
+            let size = frame::framed_len(None, record.len()) as u64;
+            let last = s.writers.get(&self.writer).copied().unwrap_or(0);
+            let answer = if event_number <= last {
+                Ok(Appended {
+                    offset: expected_length,
+                    length: expected_length + size,
+                    duplicate: true,
+                })
+            } else if event_number != last + 1 {
+                Err(Error::InvalidArgument(format!(
+                    "event number {event_number}, expected {}",
+                    last + 1
+                )))
+            } else if expected_length != s.length {
+                Err(Error::ConditionFailed {
+                    actual_length: s.length,
+                    message: "length differs".into(),
+                })
+            } else {
+                let offset = s.length;
+                s.length += size;
+                let length = s.length;
+                s.records.push((offset, record, length));
+                s.writers.insert(self.writer.clone(), event_number);
+                Ok(Appended {
+                    offset,
+                    length,
+                    duplicate: false,
+                })
+            };
+            match fault {
+                Some(Fault::AnswerLost) => Err(Error::unavailable("answer lost")),
+                _ => answer,
+            }
+        }
+
+        fn read(
+            &self,
+            from: u64,
+            to: Option<u64>,
+        ) -> impl Stream<Item = Result<Event, Error>> + Send + Unpin {
+            let s = self.lock();
+            let items: Vec<Result<Event, Error>> = if from < s.head {
+                vec![Err(Error::OutOfRange(format!("head is {}", s.head)))]
+            } else {
+                s.records
+                    .iter()
+                    .filter(|(o, _, _)| *o >= from && to.is_none_or(|t| *o < t))
+                    .map(|(o, payload, next)| {
+                        Ok(Event {
+                            routing_key: None,
+                            payload: payload.clone(),
+                            position: Position::new(7, *o),
+                            next_offset: *next,
+                        })
+                    })
+                    .collect()
+            };
+            futures::stream::iter(items)
+        }
+
+        async fn head(&self) -> Result<u64, Error> {
+            Ok(self.lock().head)
+        }
+
+        async fn truncate(&self, head: u64) -> Result<u64, Error> {
+            let mut s = self.lock();
+            s.head = s.head.max(head);
+            Ok(s.head)
+        }
+    }
+
+    fn shared_log() -> MemLog {
+        MemLog {
+            segment: Arc::default(),
+            writer: "a".into(),
+        }
+    }
+
+    fn core() -> Core<Counter> {
+        Core::new("test/sync".into(), 0, Duration::from_secs(10))
+    }
+
+    async fn opened(log: &MemLog) -> Core<Counter> {
+        let mut c = core();
+        c.fetch(log, None).await.unwrap();
+        c
+    }
+
+    fn value(c: &Core<Counter>) -> u64 {
+        c.state().unwrap().0
+    }
+
+    #[tokio::test]
+    async fn racing_updaters_each_apply_once() {
+        let shared = shared_log();
+        let (la, lb) = (shared.writer("a"), shared.writer("b"));
+        let mut a = opened(&la).await;
+        assert!(a.initialize(&la, Counter(0)).await.unwrap());
+        let mut b = opened(&lb).await;
+        // The second initializer finds the first one's state.
+        assert!(!b.initialize(&lb, Counter(99)).await.unwrap());
+        assert_eq!(value(&b), 0);
+        for i in 1..=50 {
+            // Each decides on a stale state every time (the other wrote
+            // last), is refused, catches up and decides again.
+            a.update(&la, |_| vec![1]).await.unwrap();
+            b.update(&lb, |_| vec![10]).await.unwrap();
+            assert_eq!(value(&b), 11 * i);
+        }
+        a.fetch(&la, None).await.unwrap();
+        assert_eq!((value(&a), a.revision()), (550, b.revision()));
+        // Nothing was appended that was not decided on the latest state:
+        // 1 initial state + 100 update records.
+        assert_eq!(shared.lock().records.len(), 101);
+        // An empty decision writes nothing.
+        assert!(!a.update(&la, |_| Vec::new()).await.unwrap());
+        assert_eq!(shared.lock().records.len(), 101);
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_update_is_resolved_and_never_applied_twice() {
+        let log = shared_log();
+        let mut c = opened(&log).await;
+        c.initialize(&log, Counter(0)).await.unwrap();
+        log.lock().faults.push_back(Fault::AnswerLost);
+        assert!(c
+            .update(&log, |_| vec![5])
+            .await
+            .unwrap_err()
+            .is_retryable());
+        assert_eq!(value(&c), 0, "not applied locally: the outcome is unknown");
+        // The next update learns it was applied (a duplicate of its number),
+        // reads it in, and goes on with the next number.
+        c.update(&log, |_| vec![1]).await.unwrap();
+        assert_eq!(value(&c), 6);
+        assert_eq!(log.lock().records.len(), 3);
+        assert_eq!(log.lock().writers["a"], 3);
+    }
+
+    #[tokio::test]
+    async fn an_update_that_never_arrived_frees_its_number_and_is_not_applied_late() {
+        let log = shared_log();
+        let mut c = opened(&log).await;
+        c.initialize(&log, Counter(0)).await.unwrap();
+        log.lock().faults.push_back(Fault::NotSent);
+        assert!(c.update(&log, |_| vec![5]).await.is_err());
+        // The probe is refused (it expects a length already passed), so the
+        // lost update is not written now; its number goes to the next one.
+        c.update(&log, |_| vec![1]).await.unwrap();
+        assert_eq!(value(&c), 1);
+        assert_eq!(log.lock().records.len(), 2);
+        assert_eq!(log.lock().writers["a"], 2);
+        // Unconditional updates keep the numbering and the local state.
+        c.update_unconditionally(&log, vec![2, 3]).await.unwrap();
+        let fresh = opened(&log.writer("other")).await;
+        assert_eq!((value(&c), value(&fresh)), (6, 6));
+    }
+
+    #[tokio::test]
+    async fn compaction_moves_the_head_to_a_whole_state() {
+        let shared = shared_log();
+        let (la, lb) = (shared.writer("a"), shared.writer("b"));
+        let mut a = opened(&la).await;
+        a.initialize(&la, Counter(0)).await.unwrap();
+        let mut behind = opened(&lb).await;
+        for _ in 0..10 {
+            a.update(&la, |_| vec![1]).await.unwrap();
+        }
+        let before = a.revision();
+        a.compact(&la).await.unwrap();
+        assert_eq!(shared.lock().head, before);
+        // A late reader starts at the whole state.
+        let mut late = core();
+        late.fetch(&lb, None).await.unwrap();
+        assert_eq!(value(&late), 10);
+        // One that read before the compaction finds its revision gone and
+        // starts over from the head.
+        behind.fetch(&lb, None).await.unwrap();
+        assert_eq!(value(&behind), 10);
+        behind.update(&lb, |_| vec![1]).await.unwrap();
+        a.fetch(&la, None).await.unwrap();
+        assert_eq!(value(&a), 11);
+    }
+
+    #[tokio::test]
+    async fn bad_records_are_clear_errors() {
+        let log = shared_log();
+        let mut c = core();
+        assert!(matches!(
+            c.update(&log, |_| vec![1]).await,
+            Err(Error::FailedPrecondition(m)) if m.contains("initialize")
+        ));
+        // Updates with no whole state before them.
+        let record = encode_updates::<Counter>(&[1]).unwrap();
+        log.append_at(1, 0, record).await.unwrap();
+        let err = c.fetch(&log, None).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt(m) if m.contains("offset 0") && m.contains("no whole state")),
+            "{err}"
+        );
+        // A state the user's type cannot decode.
+        let log = shared_log();
+        log.append_at(1, 0, record::encode_state(b"short").unwrap())
+            .await
+            .unwrap();
+        let err = core().fetch(&log, None).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt(m) if m.contains("does not decode")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn endless_conflicts_give_up_clearly() {
+        let shared = shared_log();
+        let (la, lb) = (shared.writer("a"), shared.writer("b"));
+        let mut a = opened(&la).await;
+        a.initialize(&la, Counter(0)).await.unwrap();
+        let mut b = opened(&lb).await;
+        b.update_timeout = Duration::ZERO;
+        let mut tries = 0;
+        // Every time b decides, another writer appends first.
+        let err = b
+            .update(&lb, |_| {
+                tries += 1;
+                let other = encode_updates::<Counter>(&[1]).unwrap();
+                let mut seg = shared.lock();
+                let offset = seg.length;
+                seg.length += frame::framed_len(None, other.len()) as u64;
+                let next = seg.length;
+                seg.records.push((offset, other, next));
+                vec![10]
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            err.is_retryable() && err.to_string().contains("gave up"),
+            "{err}"
+        );
+        // The last refusal is kept as the cause.
+        let cause = std::error::Error::source(&err).map(ToString::to_string);
+        assert_eq!(cause.as_deref(), Some("length differs"));
+        assert_eq!(tries, 1);
+        // Nothing of b's was written.
+        b.fetch(&lb, None).await.unwrap();
+        assert_eq!(value(&b), 1);
+    }
+}
