@@ -1,9 +1,11 @@
-//! Conditional appends against the real binary: two writers race for the
-//! same segment length round after round and exactly one wins each round
-//! (the loser learns the actual length); retries are duplicates, never
-//! applied twice; the same holds across `kill -9` of the segment's leader
-//! in a 3-node cluster; and `aquifer write --expect-length` says clearly
-//! when the length is not the one expected.
+//! The synchronizer's building blocks against the real binary. Conditional
+//! appends: two writers race for the same segment length round after round
+//! and exactly one wins each round (the loser learns the actual length);
+//! retries are duplicates, never applied twice; the same holds across
+//! `kill -9` of the segment's leader in a 3-node cluster; and `aquifer
+//! write --expect-length` says clearly when the length is not the one
+//! expected. Truncation: at any event boundary, also inside a tier-2
+//! chunk, never inside an event, never backward.
 
 use aquifer_testkit as common;
 
@@ -12,7 +14,9 @@ use std::time::Duration;
 use aquifer_client::{Appended, Client, Error, SegmentWriter};
 use futures::TryStreamExt;
 
-use common::{cli_err, cli_ok, stream_name, ServerOpts, ServerProcess, TestCluster};
+use common::{
+    cli_err, cli_ok, stream_name, wait_all_in_tier2, ServerOpts, ServerProcess, TestCluster,
+};
 
 /// Rounds of the single-node race.
 const ROUNDS: u64 = 200;
@@ -95,14 +99,9 @@ fn racers(client: &Client, segment_id: u64) -> [Racer; 2] {
     })
 }
 
-/// The segment's events, read from its head, as "round:winner" strings.
+/// The segment's events, read from offset 0, as "round:winner" strings.
 async fn payloads(client: &Client, segment_id: u64) -> Vec<String> {
-    client
-        .segment_reader(segment_id, 0, false)
-        .map_ok(|e| String::from_utf8(e.payload.to_vec()).expect("utf-8"))
-        .try_collect()
-        .await
-        .expect("read the segment back")
+    payloads_from(client, segment_id, 0).await
 }
 
 fn expected(winners: &[&str]) -> Vec<String> {
@@ -262,4 +261,226 @@ async fn cli_write_expect_length() {
     );
     let out = server.cli(&["read", "conditional/cli"], None);
     assert_eq!(cli_ok(&out, "read"), "first\nsecond\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncation_at_event_boundaries_inside_a_chunk() {
+    let config = "[tier2]\nchunk_bytes = 65536\nflush_interval_ms = 100\n";
+    let server = ServerProcess::start(ServerOpts::with_config(config)).await;
+    let client = server.client().await;
+    let name = stream_name("conditional/truncate");
+    let writer = common::stream_with_writer(&client, &name, 1).await;
+    for i in 0..50 {
+        writer
+            .write_event(None, format!("event-{i:03}"))
+            .await
+            .expect("queue");
+    }
+    writer.close().await.expect("written");
+    wait_all_in_tier2(&client, &name, Duration::from_secs(30)).await;
+    let admin = client.admin();
+    let segment = admin
+        .describe_stream(&name)
+        .await
+        .expect("describe")
+        .segments[0]
+        .clone();
+    let (id, length) = (segment.segment_id, segment.length);
+    assert_eq!(segment.chunk_count, 1, "{segment:?}");
+    let event = (8 + 2 + "event-000".len()) as u64;
+
+    // Inside the chunk, at the 11th event: reads start there.
+    assert_eq!(
+        admin
+            .truncate_segment(id, 10 * event)
+            .await
+            .expect("truncate"),
+        10 * event
+    );
+    let rest = payloads_from(&client, id, 10 * event).await;
+    assert_eq!(rest.len(), 40);
+    assert_eq!(rest[0], "event-010");
+    assert!(matches!(
+        client.segment_reader(id, 0, false).try_next().await,
+        Err(Error::OutOfRange(_))
+    ));
+    // Inside an event, past the end: refused; backward: nothing changes.
+    let inside = admin.truncate_segment(id, 10 * event + 1).await;
+    assert!(
+        matches!(&inside, Err(Error::InvalidArgument(m)) if m.contains("not an event boundary")),
+        "{inside:?}"
+    );
+    assert!(matches!(
+        admin.truncate_segment(id, length + 1).await,
+        Err(Error::OutOfRange(_))
+    ));
+    assert_eq!(
+        admin.truncate_segment(id, event).await.expect("backward"),
+        10 * event
+    );
+    // To the end: the chunk leaves the segment and tier-2.
+    assert_eq!(
+        admin.truncate_segment(id, length).await.expect("all"),
+        length
+    );
+    let segment = admin
+        .describe_stream(&name)
+        .await
+        .expect("describe")
+        .segments[0]
+        .clone();
+    assert_eq!((segment.head_offset, segment.chunk_count), (length, 0));
+    let chunks = server.data_dir().join("tier2").join("chunks");
+    let objects: Vec<_> = std::fs::read_dir(chunks)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|c| std::fs::read_dir(c.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .collect();
+    assert!(objects.is_empty(), "deleted from tier-2: {objects:?}");
+    assert!(payloads_from(&client, id, length).await.is_empty());
+}
+
+/// The segment's payloads from `offset` on.
+async fn payloads_from(client: &Client, segment_id: u64, offset: u64) -> Vec<String> {
+    client
+        .segment_reader(segment_id, offset, false)
+        .map_ok(|e| String::from_utf8(e.payload.to_vec()).expect("utf-8"))
+        .try_collect()
+        .await
+        .expect("read")
+}
+
+/// A plain gRPC client gets a clear status for every bad request, and the
+/// condition's refusal carries its reason and the actual length as metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_segment_requests_get_clear_statuses() {
+    use aquifer_proto::v1::segments_client::SegmentsClient;
+    use aquifer_proto::v1::{AppendConditionalRequest, TruncateSegmentRequest};
+    use aquifer_proto::wire;
+    use tonic::Code;
+
+    let server = ServerProcess::start(ServerOpts::default()).await;
+    let client = server.client().await;
+    let info = client
+        .admin()
+        .create_stream(&stream_name("conditional/raw"), 1)
+        .await
+        .expect("create");
+    let segment_id = info.segments[0].segment_id;
+    let mut raw = SegmentsClient::connect(format!("http://{}", server.addr()))
+        .await
+        .expect("connect");
+    let mut one = bytes::BytesMut::new();
+    aquifer_proto::frame::encode_event(&mut one, None, b"x");
+    let one = one.freeze();
+    let good = AppendConditionalRequest {
+        segment_id,
+        writer_id: "raw".into(),
+        event_number: 1,
+        expected_length: 0,
+        event: one.clone(),
+    };
+    let mut two = one.to_vec();
+    two.extend_from_slice(&one);
+    let cases = [
+        (
+            "empty writer id",
+            AppendConditionalRequest {
+                writer_id: String::new(),
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "writer id",
+        ),
+        (
+            "event number 0",
+            AppendConditionalRequest {
+                event_number: 0,
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "start at 1",
+        ),
+        (
+            "bad framing",
+            AppendConditionalRequest {
+                event: bytes::Bytes::from_static(b"garbage"),
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "malformed",
+        ),
+        (
+            "two events",
+            AppendConditionalRequest {
+                event: two.into(),
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "holds 2",
+        ),
+        (
+            "no segment",
+            AppendConditionalRequest {
+                segment_id: segment_id + 1000,
+                ..good.clone()
+            },
+            Code::NotFound,
+            "not found",
+        ),
+        (
+            "impossible length",
+            AppendConditionalRequest {
+                expected_length: u64::MAX,
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "largest segment length",
+        ),
+    ];
+    for (what, req, code, needle) in cases {
+        let status = raw.append_conditional(req).await.expect_err(what);
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert!(status.message().contains(needle), "{what}: {status:?}");
+    }
+    let applied = raw
+        .append_conditional(good.clone())
+        .await
+        .expect("good")
+        .into_inner();
+    assert_eq!(
+        (applied.offset, applied.length, applied.duplicate),
+        (0, one.len() as u64, false)
+    );
+    let refused = raw
+        .append_conditional(AppendConditionalRequest {
+            event_number: 2,
+            ..good
+        })
+        .await
+        .expect_err("stale length");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let metadata = refused.metadata();
+    assert_eq!(
+        metadata
+            .get(wire::REASON_METADATA_KEY)
+            .and_then(|v| v.to_str().ok()),
+        Some(wire::REASON_CONDITION_FAILED)
+    );
+    assert_eq!(
+        metadata
+            .get(wire::SEGMENT_LENGTH_METADATA_KEY)
+            .and_then(|v| v.to_str().ok()),
+        Some(one.len().to_string().as_str())
+    );
+    let status = raw
+        .truncate_segment(TruncateSegmentRequest {
+            segment_id: segment_id + 1000,
+            head_offset: 0,
+        })
+        .await
+        .expect_err("no segment");
+    assert_eq!(status.code(), Code::NotFound);
 }

@@ -145,6 +145,7 @@ async fn metrics_health_and_reflection() {
         "aquifer.v1.StreamAdmin",
         "aquifer.v1.Append",
         "aquifer.v1.Read",
+        "aquifer.v1.Segments",
     ] {
         assert!(names.iter().any(|n| n == expected), "{names:?}");
     }

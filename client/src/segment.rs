@@ -193,16 +193,16 @@ where
         }
         tracing::debug!(segment_id, attempt, error = %err, "segment call failed; retrying");
         at.failed(generation, attempt);
-        at = match at.redirect(&err) {
+        let redirect = at.redirect(&err);
+        // The first redirect goes at once (a leader moved); after that, nodes
+        // with stale views could send the call back and forth: back off.
+        if redirect.is_none() || attempt > 1 {
+            tokio::time::sleep(at.backoff(attempt).min(left)).await;
+        }
+        at = match redirect {
             Some(leader) => leader,
-            None => {
-                tokio::time::sleep(at.backoff(attempt).min(left)).await;
-                if attempt >= 2 {
-                    at.next()
-                } else {
-                    at
-                }
-            }
+            None if attempt >= 2 => at.next(),
+            None => at,
         };
     }
 }

@@ -96,6 +96,7 @@ impl<S: SyncState> Core<S> {
     /// segment's length as of now). A revision below the head (compacted
     /// away) starts over from the whole state at the head.
     pub(crate) async fn fetch<L: Log>(&mut self, log: &L, to: Option<u64>) -> Result<(), Error> {
+        let mut to = to;
         let mut moves = 0;
         loop {
             if to.is_some_and(|t| t <= self.revision) {
@@ -113,6 +114,9 @@ impl<S: SyncState> Core<S> {
             tracing::debug!(stream = %self.name, revision = self.revision, head, "compacted past the revision; starting over at the head");
             self.state = None;
             self.revision = head;
+            // The head may be past `to` by now: read on to the tail, so the
+            // whole state at the head (and what follows it) comes in.
+            to = None;
             moves += 1;
         }
     }
@@ -371,36 +375,8 @@ mod tests {
     use aquifer_proto::frame;
 
     use super::*;
-    use crate::sync::DecodeError;
+    use crate::sync::tests::Counter;
     use crate::Position;
-
-    /// A counter; updates add to it.
-    #[derive(Debug, PartialEq)]
-    struct Counter(u64);
-
-    impl SyncState for Counter {
-        type Update = u64;
-
-        fn apply(&mut self, update: &u64) {
-            self.0 += update;
-        }
-
-        fn encode_state(&self) -> Vec<u8> {
-            self.0.to_le_bytes().to_vec()
-        }
-
-        fn decode_state(bytes: &[u8]) -> Result<Self, DecodeError> {
-            Ok(Counter(u64::from_le_bytes(bytes.try_into()?)))
-        }
-
-        fn encode_update(update: &u64) -> Vec<u8> {
-            update.to_le_bytes().to_vec()
-        }
-
-        fn decode_update(bytes: &[u8]) -> Result<u64, DecodeError> {
-            Ok(u64::from_le_bytes(bytes.try_into()?))
-        }
-    }
 
     /// What goes wrong with the next append.
     #[derive(Clone, Copy)]
@@ -626,10 +602,14 @@ mod tests {
         let before = a.revision();
         a.compact(&la).await.unwrap();
         assert_eq!(shared.lock().head, before);
-        // A late reader starts at the whole state.
+        // A late reader starts at the whole state, even when asked to read
+        // only up to an offset the head has passed.
         let mut late = core();
         late.fetch(&lb, None).await.unwrap();
         assert_eq!(value(&late), 10);
+        let mut asked_short = core();
+        asked_short.fetch(&lb, Some(1)).await.unwrap();
+        assert_eq!(value(&asked_short), 10);
         // One that read before the compaction finds its revision gone and
         // starts over from the head.
         behind.fetch(&lb, None).await.unwrap();

@@ -323,3 +323,61 @@ impl Log for SegmentLog {
             .await
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A counter; updates add to it.
+    #[derive(Debug, PartialEq)]
+    pub(crate) struct Counter(pub(crate) u64);
+
+    impl SyncState for Counter {
+        type Update = u64;
+
+        fn apply(&mut self, update: &u64) {
+            self.0 += update;
+        }
+
+        fn encode_state(&self) -> Vec<u8> {
+            self.0.to_le_bytes().to_vec()
+        }
+
+        fn decode_state(bytes: &[u8]) -> Result<Self, DecodeError> {
+            Ok(Counter(u64::from_le_bytes(bytes.try_into()?)))
+        }
+
+        fn encode_update(update: &u64) -> Vec<u8> {
+            update.to_le_bytes().to_vec()
+        }
+
+        fn decode_update(bytes: &[u8]) -> Result<u64, DecodeError> {
+            Ok(u64::from_le_bytes(bytes.try_into()?))
+        }
+    }
+
+    fn send<T: Send>(_: &T) {}
+
+    #[tokio::test]
+    async fn synchronizer_calls_can_be_spawned() {
+        // Futures are only created here, never run: nothing is dialled.
+        let endpoint = tonic::transport::Endpoint::from_static("http://127.0.0.1:1");
+        let conn = Arc::new(Conn::from_lazy_for_tests(endpoint));
+        let stream: StreamName = "test/sync".parse().unwrap();
+        let mut sync = StateSynchronizer::<Counter> {
+            core: Core::new(stream.to_string(), 0, Duration::from_secs(1)),
+            log: SegmentLog {
+                admin: Admin::new(conn.clone()),
+                writer: SegmentWriter::new(conn.clone(), 7, "w".into()).unwrap(),
+                conn,
+                stream,
+            },
+        };
+        send(&sync);
+        send(&sync.update(|c| vec![c.0]));
+        send(&sync.update_unconditionally(vec![1]));
+        send(&sync.fetch_updates());
+        send(&sync.initialize(Counter(0)));
+        send(&sync.compact());
+    }
+}

@@ -183,10 +183,15 @@ pub async fn is_event_boundary(
 ) -> Result<bool, Error> {
     let mut pos = segment.known_boundary_below(offset);
     while pos < offset {
-        let limit = READ_RESPONSE_BYTES.min((offset - pos) as usize);
-        let events = match segment.locate(pos, limit) {
+        // Whole events, the last one possibly past `offset` (cut below): a
+        // limit of the distance left could be too short for one header.
+        let events = match segment.locate(pos, READ_RESPONSE_BYTES) {
             ReadSource::Tail(b) => b,
-            ReadSource::Tier2(chunk) => tier2.read(segment.id, &chunk, pos, limit).await?,
+            ReadSource::Tier2(chunk) => {
+                tier2
+                    .read(segment.id, &chunk, pos, READ_RESPONSE_BYTES)
+                    .await?
+            }
             // The head moved past `pos` meanwhile: it is a boundary too.
             ReadSource::Truncated { head } if head <= offset => {
                 pos = head;
