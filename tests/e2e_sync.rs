@@ -97,6 +97,9 @@ async fn updaters_in_separate_processes_count_exactly() {
         let output = std::fs::read_to_string(&*log).unwrap_or_default();
         assert!(status.success(), "updater failed ({status}):\n{output}");
         assert!(output.contains("1 passed"), "the updater ran:\n{output}");
+        for line in output.lines().filter(|l| l.starts_with("updater ")) {
+            eprintln!("{line}");
+        }
     }
 
     let total = UPDATERS as u64 * UPDATES_PER_UPDATER;
@@ -142,9 +145,14 @@ async fn updater_process() {
         .state_synchronizer::<Counter>(&stream_name(stream), SyncConfig::default())
         .await
         .expect("open");
+    let started = Instant::now();
+    let mut decisions = 0u64;
     for i in 1..=UPDATES_PER_UPDATER {
         let wrote = counter
-            .update(|c| vec![c.0 + 1])
+            .update(|c| {
+                decisions += 1;
+                vec![c.0 + 1]
+            })
             .await
             .unwrap_or_else(|e| panic!("update {i}: {e}"));
         assert!(wrote);
@@ -152,4 +160,8 @@ async fn updater_process() {
             counter.compact().await.expect("compact");
         }
     }
+    eprintln!(
+        "updater {index}: {UPDATES_PER_UPDATER} updates, {decisions} decisions, in {:?}",
+        started.elapsed()
+    );
 }

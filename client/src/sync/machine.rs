@@ -4,10 +4,11 @@
 //!
 //! Rules it keeps: the state is always exactly the records from the
 //! segment's head (a whole state) to the revision, each applied once and
-//! whole; a record is appended only at the revision, so it was decided on
-//! every record before it; an append whose answer never came is "in doubt"
-//! until a later call learns, without applying it late, whether it was
-//! applied. It never reuses an event number the server may have applied.
+//! whole, and changes only by a read or an append the server confirmed; a
+//! record is appended only at the revision, so it was decided on every
+//! record before it. It never reuses an event number the server may still
+//! apply: after an append whose answer never came, it writes under a fresh
+//! writer id.
 
 use std::future::Future;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use tokio::time::Instant;
 
 use super::record::{self, Record};
 use super::SyncState;
+use crate::writer::random_writer_id;
 use crate::{Appended, Error, Event};
 
 /// Conflicting attempts one write makes at most (besides its time limit).
@@ -28,10 +30,11 @@ const HEAD_MOVES_MAX: u32 = 16;
 
 /// The segment as the synchronizer uses it.
 pub(crate) trait Log {
-    /// Appends `record` as one event, event `event_number` of the
-    /// synchronizer's writer, only at segment length `expected_length`.
+    /// Appends `record` as one event, event `event_number` of
+    /// `writer_id`, only at segment length `expected_length`.
     fn append_at(
         &self,
+        writer_id: &str,
         event_number: i64,
         expected_length: u64,
         record: Bytes,
@@ -51,23 +54,19 @@ pub(crate) trait Log {
     fn truncate(&self, head: u64) -> impl Future<Output = Result<u64, Error>> + Send;
 }
 
-/// An append that ended without an answer: applied or not, unknown yet.
-#[derive(Clone, Debug)]
-struct InDoubt {
-    event_number: i64,
-    record: Bytes,
-}
-
 pub(crate) struct Core<S> {
     /// The stream's name, for messages.
     name: String,
     state: Option<S>,
     /// The segment offset up to which `state` holds every record.
     revision: u64,
-    /// The writer's next event number (its numbers are this
-    /// synchronizer's alone).
+    /// The writer id this synchronizer appends under (its alone) and the
+    /// id's next event number.
+    writer_id: String,
     next_event_number: i64,
-    in_doubt: Option<InDoubt>,
+    /// An append was sent and no answer came (retries gave up, or the call
+    /// was dropped): the server may have applied it, or may still.
+    in_doubt: bool,
     update_timeout: Duration,
 }
 
@@ -78,8 +77,9 @@ impl<S: SyncState> Core<S> {
             name,
             state: None,
             revision: head,
+            writer_id: random_writer_id(),
             next_event_number: 1,
-            in_doubt: None,
+            in_doubt: false,
             update_timeout,
         }
     }
@@ -272,23 +272,29 @@ impl<S: SyncState> Core<S> {
         log: &L,
         mut make: impl FnMut(Option<&S>) -> Result<Option<(Bytes, T)>, Error>,
     ) -> Result<Option<(T, Appended)>, Error> {
-        self.resolve_in_doubt(log).await?;
+        if self.in_doubt {
+            self.fresh_writer_id();
+        }
         let started = Instant::now();
         let mut attempts = 0u32;
         loop {
             let Some((record, made)) = make(self.state.as_ref())? else {
                 return Ok(None);
             };
-            let event_number = self.next_event_number;
             // In doubt until an answer comes, also if this future is dropped
             // while waiting for it.
-            self.in_doubt = Some(InDoubt {
-                event_number,
-                record: record.clone(),
-            });
-            let refused = match log.append_at(event_number, self.revision, record).await {
+            self.in_doubt = true;
+            let appended = log
+                .append_at(
+                    &self.writer_id,
+                    self.next_event_number,
+                    self.revision,
+                    record,
+                )
+                .await;
+            let refused = match appended {
                 Ok(appended) => {
-                    self.in_doubt = None;
+                    self.in_doubt = false;
                     self.next_event_number += 1;
                     self.revision = appended.length;
                     return Ok(Some((made, appended)));
@@ -296,7 +302,7 @@ impl<S: SyncState> Core<S> {
                 Err(e) if is_refusal(&e) => e,
                 Err(e) => return Err(e),
             };
-            self.in_doubt = None;
+            self.in_doubt = false;
             let Error::ConditionFailed { actual_length, .. } = refused else {
                 return Err(refused);
             };
@@ -315,29 +321,17 @@ impl<S: SyncState> Core<S> {
         }
     }
 
-    /// Learns whether the append in doubt was applied, without applying it
-    /// late: sends it again (same number) expecting a length the segment
-    /// has already passed, so the server answers "duplicate" if it was
-    /// applied and "condition failed" if not (never applies it now). If it
-    /// was, its record is in the segment and the next read takes it in.
-    /// At revision 0 no length is passed yet: the same request goes again
-    /// (only `initialize` writes there, and writing it late is what it
-    /// asked for).
-    async fn resolve_in_doubt<L: Log>(&mut self, log: &L) -> Result<(), Error> {
-        let Some(doubt) = self.in_doubt.clone() else {
-            return Ok(());
-        };
-        let passed = self.revision.saturating_sub(1);
-        match log
-            .append_at(doubt.event_number, passed, doubt.record)
-            .await
-        {
-            Ok(_) => self.next_event_number = doubt.event_number + 1,
-            Err(e) if is_refusal(&e) => {} // never applied: the number is free
-            Err(e) => return Err(e),
-        }
-        self.in_doubt = None;
-        Ok(())
+    /// After an append in doubt: its number may still be applied (its
+    /// request may sit in the server until its deadline), so reusing it
+    /// could take that append for this one. A fresh writer id starts its
+    /// numbers anew; the doubtful append, if it ever applies, is a record
+    /// like any other (decided on the state before it, as its condition
+    /// makes sure), and the next read takes it in.
+    fn fresh_writer_id(&mut self) {
+        let old = std::mem::replace(&mut self.writer_id, random_writer_id());
+        tracing::debug!(stream = %self.name, old = %old, new = %self.writer_id, "an append is in doubt; writing under a fresh writer id");
+        self.next_event_number = 1;
+        self.in_doubt = false;
     }
 }
 
@@ -385,6 +379,17 @@ mod tests {
         AnswerLost,
         /// Never reaches the server.
         NotSent,
+        /// No answer; the server applies it just before the next append
+        /// (it sat in the server until then).
+        Late,
+    }
+
+    /// An append as a writer sent it.
+    struct Request {
+        writer_id: String,
+        event_number: i64,
+        expected_length: u64,
+        record: Bytes,
     }
 
     /// One segment with the server's rules for conditional appends.
@@ -396,23 +401,60 @@ mod tests {
         head: u64,
         writers: HashMap<String, i64>,
         faults: VecDeque<Fault>,
+        late: Option<Request>,
     }
 
-    /// A synchronizer's view of the shared segment, as one writer.
-    #[derive(Clone)]
+    impl Segment {
+        /// What the server's state machine answers.
+        fn apply(&mut self, r: Request) -> Result<Appended, Error> {
+            let size = frame::framed_len(None, r.record.len()) as u64;
+            let last = self.writers.get(&r.writer_id).copied().unwrap_or(0);
+            if r.event_number <= last {
+                return Ok(Appended {
+                    offset: r.expected_length,
+                    length: r.expected_length + size,
+                    duplicate: true,
+                });
+            }
+            if r.event_number != last + 1 {
+                return Err(Error::InvalidArgument(format!(
+                    "event number {}, expected {}",
+                    r.event_number,
+                    last + 1
+                )));
+            }
+            if r.expected_length != self.length {
+                return Err(Error::ConditionFailed {
+                    actual_length: self.length,
+                    message: "length differs".into(),
+                });
+            }
+            let offset = self.length;
+            self.length += size;
+            self.records.push((offset, r.record, self.length));
+            self.writers.insert(r.writer_id, r.event_number);
+            Ok(Appended {
+                offset,
+                length: self.length,
+                duplicate: false,
+            })
+        }
+
+        /// Another writer appends a record at the end.
+        fn append_other(&mut self, record: Bytes) {
+            let offset = self.length;
+            self.length += frame::framed_len(None, record.len()) as u64;
+            self.records.push((offset, record, self.length));
+        }
+    }
+
+    /// The segment every synchronizer of a test shares.
+    #[derive(Clone, Default)]
     struct MemLog {
         segment: Arc<Mutex<Segment>>,
-        writer: String,
     }
 
     impl MemLog {
-        fn writer(&self, writer: &str) -> MemLog {
-            MemLog {
-                segment: self.segment.clone(),
-                writer: writer.into(),
-            }
-        }
-
         fn lock(&self) -> std::sync::MutexGuard<'_, Segment> {
             self.segment.lock().unwrap()
         }
@@ -421,48 +463,32 @@ mod tests {
     impl Log for MemLog {
         async fn append_at(
             &self,
+            writer_id: &str,
             event_number: i64,
             expected_length: u64,
             record: Bytes,
         ) -> Result<Appended, Error> {
             let mut s = self.lock();
-            let fault = s.faults.pop_front();
-            if matches!(fault, Some(Fault::NotSent)) {
-                return Err(Error::unavailable("connection refused"));
+            if let Some(late) = s.late.take() {
+                let _ = s.apply(late);
             }
-            let size = frame::framed_len(None, record.len()) as u64;
-            let last = s.writers.get(&self.writer).copied().unwrap_or(0);
-            let answer = if event_number <= last {
-                Ok(Appended {
-                    offset: expected_length,
-                    length: expected_length + size,
-                    duplicate: true,
-                })
-            } else if event_number != last + 1 {
-                Err(Error::InvalidArgument(format!(
-                    "event number {event_number}, expected {}",
-                    last + 1
-                )))
-            } else if expected_length != s.length {
-                Err(Error::ConditionFailed {
-                    actual_length: s.length,
-                    message: "length differs".into(),
-                })
-            } else {
-                let offset = s.length;
-                s.length += size;
-                let length = s.length;
-                s.records.push((offset, record, length));
-                s.writers.insert(self.writer.clone(), event_number);
-                Ok(Appended {
-                    offset,
-                    length,
-                    duplicate: false,
-                })
+            let request = Request {
+                writer_id: writer_id.into(),
+                event_number,
+                expected_length,
+                record,
             };
-            match fault {
-                Some(Fault::AnswerLost) => Err(Error::unavailable("answer lost")),
-                _ => answer,
+            match s.faults.pop_front() {
+                Some(Fault::NotSent) => Err(Error::unavailable("connection refused")),
+                Some(Fault::AnswerLost) => {
+                    let _ = s.apply(request);
+                    Err(Error::unavailable("answer lost"))
+                }
+                Some(Fault::Late) => {
+                    s.late = Some(request);
+                    Err(Error::unavailable("no answer in time"))
+                }
+                None => s.apply(request),
             }
         }
 
@@ -502,13 +528,6 @@ mod tests {
         }
     }
 
-    fn shared_log() -> MemLog {
-        MemLog {
-            segment: Arc::default(),
-            writer: "a".into(),
-        }
-    }
-
     fn core() -> Core<Counter> {
         Core::new("test/sync".into(), 0, Duration::from_secs(10))
     }
@@ -519,42 +538,45 @@ mod tests {
         c
     }
 
+    async fn initialized(log: &MemLog) -> Core<Counter> {
+        let mut c = opened(log).await;
+        assert!(c.initialize(log, Counter(0)).await.unwrap());
+        c
+    }
+
     fn value(c: &Core<Counter>) -> u64 {
         c.state().unwrap().0
     }
 
     #[tokio::test]
     async fn racing_updaters_each_apply_once() {
-        let shared = shared_log();
-        let (la, lb) = (shared.writer("a"), shared.writer("b"));
-        let mut a = opened(&la).await;
-        assert!(a.initialize(&la, Counter(0)).await.unwrap());
-        let mut b = opened(&lb).await;
+        let log = MemLog::default();
+        let mut a = initialized(&log).await;
+        let mut b = opened(&log).await;
         // The second initializer finds the first one's state.
-        assert!(!b.initialize(&lb, Counter(99)).await.unwrap());
+        assert!(!b.initialize(&log, Counter(99)).await.unwrap());
         assert_eq!(value(&b), 0);
         for i in 1..=50 {
             // Each decides on a stale state every time (the other wrote
             // last), is refused, catches up and decides again.
-            a.update(&la, |_| vec![1]).await.unwrap();
-            b.update(&lb, |_| vec![10]).await.unwrap();
+            a.update(&log, |_| vec![1]).await.unwrap();
+            b.update(&log, |_| vec![10]).await.unwrap();
             assert_eq!(value(&b), 11 * i);
         }
-        a.fetch(&la, None).await.unwrap();
+        a.fetch(&log, None).await.unwrap();
         assert_eq!((value(&a), a.revision()), (550, b.revision()));
         // Nothing was appended that was not decided on the latest state:
         // 1 initial state + 100 update records.
-        assert_eq!(shared.lock().records.len(), 101);
+        assert_eq!(log.lock().records.len(), 101);
         // An empty decision writes nothing.
-        assert!(!a.update(&la, |_| Vec::new()).await.unwrap());
-        assert_eq!(shared.lock().records.len(), 101);
+        assert!(!a.update(&log, |_| Vec::new()).await.unwrap());
+        assert_eq!(log.lock().records.len(), 101);
     }
 
     #[tokio::test]
-    async fn an_unanswered_update_is_resolved_and_never_applied_twice() {
-        let log = shared_log();
-        let mut c = opened(&log).await;
-        c.initialize(&log, Counter(0)).await.unwrap();
+    async fn an_update_applied_without_an_answer_is_read_in_once() {
+        let log = MemLog::default();
+        let mut c = initialized(&log).await;
         log.lock().faults.push_back(Fault::AnswerLost);
         assert!(c
             .update(&log, |_| vec![5])
@@ -562,84 +584,92 @@ mod tests {
             .unwrap_err()
             .is_retryable());
         assert_eq!(value(&c), 0, "not applied locally: the outcome is unknown");
-        // The next update learns it was applied (a duplicate of its number),
-        // reads it in, and goes on with the next number.
+        // The next update meets the applied one (its revision is stale),
+        // reads it in, and decides again, under a fresh writer id.
         c.update(&log, |_| vec![1]).await.unwrap();
         assert_eq!(value(&c), 6);
-        assert_eq!(log.lock().records.len(), 3);
-        assert_eq!(log.lock().writers["a"], 3);
+        let s = log.lock();
+        assert_eq!(s.records.len(), 3);
+        let mut numbers: Vec<i64> = s.writers.values().copied().collect();
+        numbers.sort_unstable();
+        assert_eq!(numbers, [1, 2], "the old id wrote 2, the fresh one 1");
     }
 
     #[tokio::test]
-    async fn an_update_that_never_arrived_frees_its_number_and_is_not_applied_late() {
-        let log = shared_log();
-        let mut c = opened(&log).await;
-        c.initialize(&log, Counter(0)).await.unwrap();
+    async fn an_update_that_never_arrived_is_not_applied() {
+        let log = MemLog::default();
+        let mut c = initialized(&log).await;
         log.lock().faults.push_back(Fault::NotSent);
         assert!(c.update(&log, |_| vec![5]).await.is_err());
-        // The probe is refused (it expects a length already passed), so the
-        // lost update is not written now; its number goes to the next one.
         c.update(&log, |_| vec![1]).await.unwrap();
         assert_eq!(value(&c), 1);
         assert_eq!(log.lock().records.len(), 2);
-        assert_eq!(log.lock().writers["a"], 2);
         // Unconditional updates keep the numbering and the local state.
         c.update_unconditionally(&log, vec![2, 3]).await.unwrap();
-        let fresh = opened(&log.writer("other")).await;
+        let fresh = opened(&log).await;
         assert_eq!((value(&c), value(&fresh)), (6, 6));
     }
 
     #[tokio::test]
+    async fn a_late_update_is_a_record_like_any_other() {
+        let log = MemLog::default();
+        let mut c = initialized(&log).await;
+        log.lock().faults.push_back(Fault::Late);
+        assert!(c.update(&log, |_| vec![5]).await.is_err());
+        // It applies just before the next append, which then meets it; had
+        // that one reused the old number, the server would have called it a
+        // duplicate and the +1 would be lost.
+        c.update(&log, |_| vec![1]).await.unwrap();
+        assert_eq!(value(&c), 6);
+        assert_eq!(opened(&log).await.state(), Some(&Counter(6)));
+    }
+
+    #[tokio::test]
     async fn compaction_moves_the_head_to_a_whole_state() {
-        let shared = shared_log();
-        let (la, lb) = (shared.writer("a"), shared.writer("b"));
-        let mut a = opened(&la).await;
-        a.initialize(&la, Counter(0)).await.unwrap();
-        let mut behind = opened(&lb).await;
+        let log = MemLog::default();
+        let mut a = initialized(&log).await;
+        let mut behind = opened(&log).await;
         for _ in 0..10 {
-            a.update(&la, |_| vec![1]).await.unwrap();
+            a.update(&log, |_| vec![1]).await.unwrap();
         }
         let before = a.revision();
-        a.compact(&la).await.unwrap();
-        assert_eq!(shared.lock().head, before);
+        a.compact(&log).await.unwrap();
+        assert_eq!(log.lock().head, before);
         // A late reader starts at the whole state, even when asked to read
         // only up to an offset the head has passed.
-        let mut late = core();
-        late.fetch(&lb, None).await.unwrap();
-        assert_eq!(value(&late), 10);
+        assert_eq!(value(&opened(&log).await), 10);
         let mut asked_short = core();
-        asked_short.fetch(&lb, Some(1)).await.unwrap();
+        asked_short.fetch(&log, Some(1)).await.unwrap();
         assert_eq!(value(&asked_short), 10);
         // One that read before the compaction finds its revision gone and
         // starts over from the head.
-        behind.fetch(&lb, None).await.unwrap();
+        behind.fetch(&log, None).await.unwrap();
         assert_eq!(value(&behind), 10);
-        behind.update(&lb, |_| vec![1]).await.unwrap();
-        a.fetch(&la, None).await.unwrap();
+        behind.update(&log, |_| vec![1]).await.unwrap();
+        a.fetch(&log, None).await.unwrap();
         assert_eq!(value(&a), 11);
     }
 
     #[tokio::test]
     async fn bad_records_are_clear_errors() {
-        let log = shared_log();
+        let log = MemLog::default();
         let mut c = core();
         assert!(matches!(
             c.update(&log, |_| vec![1]).await,
             Err(Error::FailedPrecondition(m)) if m.contains("initialize")
         ));
         // Updates with no whole state before them.
-        let record = encode_updates::<Counter>(&[1]).unwrap();
-        log.append_at(1, 0, record).await.unwrap();
+        log.lock()
+            .append_other(encode_updates::<Counter>(&[1]).unwrap());
         let err = c.fetch(&log, None).await.unwrap_err();
         assert!(
             matches!(&err, Error::Corrupt(m) if m.contains("offset 0") && m.contains("no whole state")),
             "{err}"
         );
         // A state the user's type cannot decode.
-        let log = shared_log();
-        log.append_at(1, 0, record::encode_state(b"short").unwrap())
-            .await
-            .unwrap();
+        let log = MemLog::default();
+        log.lock()
+            .append_other(record::encode_state(b"short").unwrap());
         let err = core().fetch(&log, None).await.unwrap_err();
         assert!(
             matches!(&err, Error::Corrupt(m) if m.contains("does not decode")),
@@ -649,23 +679,17 @@ mod tests {
 
     #[tokio::test]
     async fn endless_conflicts_give_up_clearly() {
-        let shared = shared_log();
-        let (la, lb) = (shared.writer("a"), shared.writer("b"));
-        let mut a = opened(&la).await;
-        a.initialize(&la, Counter(0)).await.unwrap();
-        let mut b = opened(&lb).await;
+        let log = MemLog::default();
+        let mut a = initialized(&log).await;
+        let mut b = opened(&log).await;
         b.update_timeout = Duration::ZERO;
         let mut tries = 0;
         // Every time b decides, another writer appends first.
         let err = b
-            .update(&lb, |_| {
+            .update(&log, |_| {
                 tries += 1;
-                let other = encode_updates::<Counter>(&[1]).unwrap();
-                let mut seg = shared.lock();
-                let offset = seg.length;
-                seg.length += frame::framed_len(None, other.len()) as u64;
-                let next = seg.length;
-                seg.records.push((offset, other, next));
+                log.lock()
+                    .append_other(encode_updates::<Counter>(&[1]).unwrap());
                 vec![10]
             })
             .await
@@ -679,7 +703,7 @@ mod tests {
         assert_eq!(cause.as_deref(), Some("length differs"));
         assert_eq!(tries, 1);
         // Nothing of b's was written.
-        b.fetch(&lb, None).await.unwrap();
-        assert_eq!(value(&b), 1);
+        a.fetch(&log, None).await.unwrap();
+        assert_eq!(value(&a), 1);
     }
 }

@@ -23,7 +23,6 @@ use crate::admin::Admin;
 use crate::conn::Conn;
 use crate::reader::SegmentReader;
 use crate::segment::SegmentWriter;
-use crate::writer::random_writer_id;
 use crate::{Appended, Error, Event, StreamName};
 
 /// What [`SyncState`]'s decoders return on bytes they cannot read: any
@@ -160,11 +159,12 @@ impl SyncConfig {
 /// # }
 /// ```
 ///
-/// Errors: a write that gives up retrying ([`Error::is_retryable`]) may or
-/// may not have been applied; the synchronizer learns which at its next
-/// write (never applying it late) and a following
-/// [`fetch_updates`](Self::fetch_updates) shows it. Each synchronizer
-/// writes under a writer id of its own (random), numbering its appends.
+/// Errors: a write that fails with a retryable error ([`Error::is_retryable`],
+/// after the client's own retries gave up), or whose future is dropped,
+/// may or may not be applied — at most once, and only on the state it was
+/// decided on; [`fetch_updates`](Self::fetch_updates) shows which. Each
+/// synchronizer appends under a random writer id of its own, and under a
+/// fresh one after such a write, so no later append can be taken for it.
 pub struct StateSynchronizer<S> {
     core: Core<S>,
     log: SegmentLog,
@@ -190,12 +190,11 @@ impl<S: SyncState> StateSynchronizer<S> {
                 info.segments.len()
             )));
         };
-        let writer = SegmentWriter::new(conn.clone(), segment.segment_id, random_writer_id())?;
         let log = SegmentLog {
             conn,
             admin,
             stream: stream.clone(),
-            writer,
+            segment_id: segment.segment_id,
         };
         let mut core = Core::new(
             stream.to_string(),
@@ -274,17 +273,18 @@ struct SegmentLog {
     conn: Arc<Conn>,
     admin: Admin,
     stream: StreamName,
-    writer: SegmentWriter,
+    segment_id: u64,
 }
 
 impl Log for SegmentLog {
     async fn append_at(
         &self,
+        writer_id: &str,
         event_number: i64,
         expected_length: u64,
         record: Bytes,
     ) -> Result<Appended, Error> {
-        self.writer
+        SegmentWriter::new(self.conn.clone(), self.segment_id, writer_id.into())?
             .append_conditional(event_number, expected_length, None, record)
             .await
     }
@@ -294,7 +294,7 @@ impl Log for SegmentLog {
         from: u64,
         to: Option<u64>,
     ) -> impl Stream<Item = Result<Event, Error>> + Send + Unpin {
-        let segment_id = self.writer.segment_id();
+        let segment_id = self.segment_id;
         match to {
             // A bounded read waits for a replica behind `to` to catch up.
             Some(to) => SegmentReader::bounded(&self.conn, segment_id, from, to, None),
@@ -303,7 +303,7 @@ impl Log for SegmentLog {
     }
 
     async fn head(&self) -> Result<u64, Error> {
-        let segment_id = self.writer.segment_id();
+        let segment_id = self.segment_id;
         let info = self.admin.describe_stream(&self.stream).await?;
         info.segments
             .iter()
@@ -318,9 +318,7 @@ impl Log for SegmentLog {
     }
 
     async fn truncate(&self, head: u64) -> Result<u64, Error> {
-        self.admin
-            .truncate_segment(self.writer.segment_id(), head)
-            .await
+        self.admin.truncate_segment(self.segment_id, head).await
     }
 }
 
@@ -368,9 +366,9 @@ pub(crate) mod tests {
             core: Core::new(stream.to_string(), 0, Duration::from_secs(1)),
             log: SegmentLog {
                 admin: Admin::new(conn.clone()),
-                writer: SegmentWriter::new(conn.clone(), 7, "w".into()).unwrap(),
                 conn,
                 stream,
+                segment_id: 7,
             },
         };
         send(&sync);
