@@ -88,8 +88,9 @@ pub enum Error {
     /// by the client or found by the server (`DATA_LOSS`).
     #[error("{0}")]
     Corrupt(String),
-    /// The offset is outside the segment: removed by retention (the message
-    /// names the new head) or past its end (`OUT_OF_RANGE`).
+    /// The offset is outside the segment: removed by retention or a
+    /// truncation (the message names the new head) or past its end
+    /// (`OUT_OF_RANGE`).
     #[error("{0}")]
     OutOfRange(String),
     /// The node does not lead the group that owns the request; `leader` is

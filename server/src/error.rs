@@ -33,7 +33,7 @@ pub enum Error {
     ResourceExhausted(String),
     #[error("{0}")]
     Unavailable(String),
-    #[error("offset {offset} of segment {segment} was removed by retention; the segment now starts at offset {head}")]
+    #[error("offset {offset} of segment {segment} was removed (by retention or a truncation); the segment now starts at offset {head}")]
     Truncated {
         segment: u64,
         offset: u64,
