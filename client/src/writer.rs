@@ -3,7 +3,9 @@
 //! `reroute.rs` and `session.rs`).
 //!
 //! Owns the public writing API: [`EventWriter`], [`WriterConfig`],
-//! [`PendingWrite`], [`WriteAck`] and [`Position`].
+//! [`PendingWrite`], [`WriteAck`] and [`Position`], and the checks every
+//! writer of events shares (writer ids, routing keys, event sizes; the
+//! conditional `SegmentWriter` uses them too).
 
 use std::future::Future;
 use std::pin::Pin;
