@@ -1,7 +1,10 @@
 //! Compiles the .proto files with protox (pure Rust), so a fresh machine
 //! builds without a system `protoc`.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/aquifer/v1/aquifer.proto"];
+    let files = [
+        "proto/aquifer/v1/aquifer.proto",
+        "proto/aquifer/v1/groups.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

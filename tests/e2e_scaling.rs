@@ -287,10 +287,11 @@ async fn a_scale_survives_kill9_of_the_metadata_leader() {
             assert_eq!(pair[0].1, pair[1].0, "round {round}: {ranges:?}");
         }
     }
-    tokio::time::timeout(Duration::from_secs(120), writing)
-        .await
-        .expect("the writer stalled: every write should be acknowledged within 2 minutes")
-        .expect("writer task");
+    let Ok(written) = tokio::time::timeout(Duration::from_secs(120), writing).await else {
+        let info = client.admin().describe_stream(&name).await;
+        panic!("the writer stalled: every write should be acknowledged within 2 minutes; the stream: {info:#?}");
+    };
+    written.expect("writer task");
     let all = common::read_all(&client, &name, Duration::from_secs(60)).await;
     assert_once_in_order(&all, to, "read after the failovers");
 }

@@ -95,6 +95,12 @@ pub enum Error {
     /// The writer (or one of its segment sessions) is closed.
     #[error("the writer is closed")]
     Closed,
+    /// A group reader is no longer in its reader group (it left, or timed
+    /// out and its segments went to others): it must join again
+    /// (`NOT_FOUND` with reason `reader-unknown`). Group readers rejoin by
+    /// themselves.
+    #[error("{0}")]
+    ReaderUnknown(String),
 }
 
 impl Error {
@@ -132,16 +138,24 @@ impl Error {
 /// Whether a `FAILED_PRECONDITION` is the server's "segment is sealed" (it
 /// says so in the reason metadata) rather than another precondition.
 fn is_sealed(status: &Status) -> bool {
+    has_reason(status, aquifer_proto::wire::REASON_SEALED)
+}
+
+/// Whether the status's reason metadata is `reason`.
+fn has_reason(status: &Status, reason: &str) -> bool {
     status
         .metadata()
         .get(aquifer_proto::wire::REASON_METADATA_KEY)
-        .is_some_and(|v| v.as_bytes() == aquifer_proto::wire::REASON_SEALED.as_bytes())
+        .is_some_and(|v| v.as_bytes() == reason.as_bytes())
 }
 
 impl From<Status> for Error {
     fn from(status: Status) -> Self {
         let msg = status_message(&status);
         match status.code() {
+            Code::NotFound if has_reason(&status, aquifer_proto::wire::REASON_READER_UNKNOWN) => {
+                Error::ReaderUnknown(msg)
+            }
             Code::NotFound => Error::NotFound(msg),
             Code::AlreadyExists => Error::AlreadyExists(msg),
             Code::InvalidArgument => Error::InvalidArgument(msg),

@@ -7,14 +7,17 @@
 //!   back-pressure and retries; each write resolves to a [`WriteAck`];
 //! - [`EventReader`] / [`SegmentReader`]: ordered, optionally tailing reads,
 //!   each a [`futures::Stream`] of events;
-//! - [`BatchClient`]: stream cuts and parallel bounded range scans.
+//! - [`BatchClient`]: stream cuts and parallel bounded range scans;
+//! - [`ReaderGroup`] / [`GroupReader`]: readers sharing a stream's segments,
+//!   with checkpoints.
 //!
 //! Module map: `builder` (connection settings), `conn` (channel, limits,
 //! backoff), `name` (stream names), `info` (the client's views of server
 //! state), `error`, `admin`, `routing` (key hash), `batch` (pure batching
 //! and numbering), `graph` (the successor graph a reader walks), `session` (one append session per segment), `reroute`
 //! (the writer's routing table and hand-overs across scales), `writer`,
-//! `reader`, `scan`, `direct` (tier-2 reads of a scan). No generated
+//! `reader`, `scan`, `direct` (tier-2 reads of a scan), `group` (reader
+//! groups). No generated
 //! (prost) type is part of the public API.
 //!
 //! Runnable examples are in `client/examples/`.
@@ -28,6 +31,7 @@ mod conn;
 mod direct;
 mod error;
 mod graph;
+mod group;
 mod info;
 mod name;
 mod reader;
@@ -46,6 +50,10 @@ pub use admin::{Admin, Scale};
 pub use aquifer_proto::wire::{CLIENT_MESSAGE_BYTES_MAX, WRITER_ID_BYTES_MAX};
 pub use builder::ClientBuilder;
 pub use error::{Error, Source};
+pub use group::{
+    CheckpointInfo, CheckpointState, GroupEvent, GroupReader, GroupReaderInfo, GroupStart,
+    ReaderGroup, ReaderGroupConfig, ReaderGroupInfo, SegmentLag,
+};
 pub use info::{
     ClusterStatus, EpochInfo, GroupStatus, NodeHealth, NodeStatus, Retention, ScalingKind,
     ScalingPolicy, SegmentInfo, StreamInfo,
@@ -192,6 +200,11 @@ impl Client {
     ) -> Result<EventReader, Error> {
         let info = self.admin().describe_stream(stream).await?;
         EventReader::new(&self.conn, stream, &info.segments, &config)
+    }
+
+    /// Reader group `scope/group` (create it with [`ReaderGroup::create`]).
+    pub fn reader_group(&self, scope: &str, group: &str) -> ReaderGroup {
+        ReaderGroup::new(self.conn.clone(), scope, group)
     }
 
     /// Batch scans: stream cuts, segment ranges, bounded range reads.

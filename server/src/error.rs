@@ -18,6 +18,13 @@ pub enum Error {
     SegmentNotFound(u64),
     #[error("stream {0} already exists")]
     StreamExists(String),
+    #[error("reader group {0} not found")]
+    GroupNotFound(String),
+    #[error("reader group {0} already exists")]
+    GroupExists(String),
+    /// The reader is not (any more) in its group: it must join again.
+    #[error("{0}")]
+    ReaderUnknown(String),
     #[error("segment {0} is sealed: it takes no more events (its stream was sealed, or scaled: then its successors take them); reads still work")]
     SegmentSealed(u64),
     /// The request does not fit the state it meets (a scale under way).
@@ -91,8 +98,11 @@ impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let code = match &e {
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::StreamNotFound(_) | Error::SegmentNotFound(_) => Code::NotFound,
-            Error::StreamExists(_) => Code::AlreadyExists,
+            Error::StreamNotFound(_)
+            | Error::SegmentNotFound(_)
+            | Error::GroupNotFound(_)
+            | Error::ReaderUnknown(_) => Code::NotFound,
+            Error::StreamExists(_) | Error::GroupExists(_) => Code::AlreadyExists,
             Error::SegmentSealed(_) | Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Unavailable(_) | Error::Tier2(_) | Error::NotLeader { .. } => Code::Unavailable,
@@ -101,10 +111,15 @@ impl From<Error> for Status {
             Error::Log(_) | Error::OrphanChunk(_) | Error::Internal(_) => Code::Internal,
         };
         let mut status = Status::new(code, e.to_string());
-        if let Error::SegmentSealed(_) = &e {
+        let reason = match &e {
+            Error::SegmentSealed(_) => Some(aquifer_proto::wire::REASON_SEALED),
+            Error::ReaderUnknown(_) => Some(aquifer_proto::wire::REASON_READER_UNKNOWN),
+            _ => None,
+        };
+        if let Some(reason) = reason {
             status.metadata_mut().insert(
                 aquifer_proto::wire::REASON_METADATA_KEY,
-                tonic::metadata::MetadataValue::from_static(aquifer_proto::wire::REASON_SEALED),
+                tonic::metadata::MetadataValue::from_static(reason),
             );
         }
         if let Error::NotLeader {

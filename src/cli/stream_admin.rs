@@ -89,6 +89,18 @@ pub enum StreamCommand {
         #[arg(value_name = "SCOPE/STREAM")]
         name: String,
     },
+    /// Print a stream cut as a token (SEGMENT:OFFSET pairs): the tail (where
+    /// the stream ends now) or, with --head, the head. Give it to `read
+    /// --from-cut`, `scan --from-cut/--to-cut` or `group create --from`.
+    Cut {
+        /// The stream, as SCOPE/STREAM.
+        #[arg(value_name = "SCOPE/STREAM")]
+        name: String,
+        /// The head cut (the first readable event of every segment) instead
+        /// of the tail.
+        #[arg(long)]
+        head: bool,
+    },
     /// Seal a stream: no more appends, reads still work. Idempotent.
     Seal {
         /// The stream, as SCOPE/STREAM.
@@ -277,6 +289,7 @@ pub async fn run(addr: &str, cmd: StreamCommand) -> anyhow::Result<()> {
         | StreamCommand::Describe { name }
         | StreamCommand::Scale { name, .. }
         | StreamCommand::History { name }
+        | StreamCommand::Cut { name, .. }
         | StreamCommand::Seal { name }
         | StreamCommand::Delete { name } => Some(name.parse::<StreamName>()?),
         StreamCommand::List { .. } => None,
@@ -363,6 +376,15 @@ pub async fn run(addr: &str, cmd: StreamCommand) -> anyhow::Result<()> {
         (StreamCommand::History { .. }, Some(name)) => {
             let info = admin.describe_stream(&name).await?;
             write_table(&mut out, &history_rows(&info))?;
+        }
+        (StreamCommand::Cut { head, .. }, Some(name)) => {
+            let batch = client.batch();
+            let cut = if head {
+                batch.head_cut(&name).await?
+            } else {
+                batch.tail_cut(&name).await?
+            };
+            writeln!(out, "{cut}")?;
         }
         (StreamCommand::Seal { .. }, Some(name)) => {
             admin.seal_stream(&name).await?;

@@ -1,5 +1,5 @@
 //! gRPC services (tonic): stream admin, append sessions, segment reads,
-//! plus the standard health service and server reflection.
+//! reader groups, plus the standard health service and server reflection.
 //!
 //! Each service is a thin layer: it checks the request, calls the node, and
 //! maps `crate::error::Error` to a status in one place (`error.rs`). Services
@@ -9,6 +9,7 @@ mod admin;
 mod append;
 mod cluster;
 mod connections;
+mod groups;
 mod raft;
 mod read;
 
@@ -20,6 +21,7 @@ use aquifer_proto::v1::append_server::AppendServer;
 use aquifer_proto::v1::cluster_server::ClusterServer;
 use aquifer_proto::v1::raft_transport_server::RaftTransportServer;
 use aquifer_proto::v1::read_server::ReadServer;
+use aquifer_proto::v1::reader_groups_server::ReaderGroupsServer;
 use aquifer_proto::v1::stream_admin_server::StreamAdminServer;
 
 use crate::node::Node;
@@ -46,6 +48,9 @@ pub async fn serve(
         .max_decoding_message_size(aquifer_proto::wire::RAFT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(aquifer_proto::wire::RAFT_MESSAGE_BYTES_MAX);
     let cluster = ClusterServer::new(cluster::ClusterService::new(node.clone()));
+    let groups = ReaderGroupsServer::new(groups::GroupService::new(node.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let read = ReadServer::new(read::ReadService::new(node))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -59,6 +64,9 @@ pub async fn serve(
         .set_serving::<AppendServer<append::AppendService>>()
         .await;
     health.set_serving::<ReadServer<read::ReadService>>().await;
+    health
+        .set_serving::<ReaderGroupsServer<groups::GroupService>>()
+        .await;
     let shutdown = async move {
         shutdown.await;
         health
@@ -88,6 +96,7 @@ pub async fn serve(
         .add_service(admin)
         .add_service(append)
         .add_service(read)
+        .add_service(groups)
         .add_service(raft)
         .add_service(cluster)
         .add_service(health_service)

@@ -9,11 +9,15 @@
 //! changes heals.
 
 mod command;
+pub mod groups;
 pub mod placement;
 pub(crate) mod scaling;
 mod state;
 
-pub use command::PolicyRecord;
+pub use command::{
+    CheckpointAck, CheckpointCmd, CreateGroup, GroupOp, HeartbeatRecord, LeaveRecord, PolicyRecord,
+    Positions, ReaderRef,
+};
 pub use scaling::{ScalingKind, ScalingPolicy};
 pub use state::{Retention, Scaling, StreamKey, StreamRecord};
 
@@ -22,7 +26,7 @@ use crate::error::Error;
 use crate::group::{Group, GroupConfig};
 use crate::log::LogError;
 use command::{MetaCmd, MetaCommand};
-use state::{MetaError, MetaState, NodeMap, PlacementMap, StreamMap};
+use state::{Applied, GroupMap, MetaError, MetaState, NodeMap, PlacementMap, StreamMap};
 
 impl From<MetaError> for Error {
     fn from(e: MetaError) -> Self {
@@ -32,6 +36,13 @@ impl From<MetaError> for Error {
             MetaError::Malformed(why) => Error::Internal(why),
             MetaError::Invalid(why) => Error::InvalidArgument(why),
             MetaError::Busy(why) => Error::FailedPrecondition(why),
+            MetaError::GroupNotFound(name) => Error::GroupNotFound(name),
+            MetaError::GroupExists(name) => Error::GroupExists(name),
+            MetaError::Group(e @ groups::GroupError::ReaderUnknown { .. }) => {
+                Error::ReaderUnknown(e.to_string())
+            }
+            MetaError::Group(groups::GroupError::Invalid(why)) => Error::InvalidArgument(why),
+            MetaError::Group(groups::GroupError::Full(why)) => Error::ResourceExhausted(why),
         }
     }
 }
@@ -41,6 +52,7 @@ pub struct Controller {
     streams: StreamMap,
     nodes: NodeMap,
     placement: PlacementMap,
+    groups: GroupMap,
 }
 
 impl Controller {
@@ -48,13 +60,20 @@ impl Controller {
         let streams = StreamMap::default();
         let nodes = NodeMap::default();
         let placement = PlacementMap::default();
-        let state = MetaState::new(streams.clone(), nodes.clone(), placement.clone());
+        let groups = GroupMap::default();
+        let state = MetaState::new(
+            streams.clone(),
+            nodes.clone(),
+            placement.clone(),
+            groups.clone(),
+        );
         let group = Group::start(group, state)?;
         Ok(Controller {
             group,
             streams,
             nodes,
             placement,
+            groups,
         })
     }
 
@@ -88,12 +107,15 @@ impl Controller {
     }
 
     async fn propose(&self, cmd: MetaCmd) -> Result<StreamRecord, Error> {
-        self.propose_any(cmd)
-            .await?
-            .ok_or_else(|| Error::Internal("a stream command answered no stream".into()))
+        match self.propose_any(cmd).await? {
+            Applied::Stream(s) => Ok(s),
+            other => Err(Error::Internal(format!(
+                "a stream command answered {other:?}"
+            ))),
+        }
     }
 
-    async fn propose_any(&self, cmd: MetaCmd) -> Result<Option<StreamRecord>, Error> {
+    async fn propose_any(&self, cmd: MetaCmd) -> Result<Applied, Error> {
         let data = prost::Message::encode_to_vec(&MetaCommand { cmd: Some(cmd) });
         Ok(self.group.propose(data).await??)
     }
@@ -265,6 +287,43 @@ impl Controller {
             segment_ids: ids,
         }))
         .await
+    }
+
+    /// Applies one change to reader group `key`; the view of the reader
+    /// that made it, if a reader did.
+    pub async fn group_change(
+        &self,
+        key: &groups::GroupKey,
+        op: GroupOp,
+    ) -> Result<Option<groups::ReaderView>, Error> {
+        let cmd = MetaCmd::Group(command::GroupCommand {
+            scope: key.scope.clone(),
+            group: key.group.clone(),
+            op: Some(op),
+        });
+        match self.propose_any(cmd).await? {
+            Applied::Group(view) => Ok(view),
+            other => Err(Error::Internal(format!(
+                "a group command answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Reader group `key` as this replica knows it.
+    pub fn group_record(&self, key: &groups::GroupKey) -> Result<groups::GroupRecord, Error> {
+        let map = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        map.get(key)
+            .cloned()
+            .ok_or_else(|| Error::GroupNotFound(key.to_string()))
+    }
+
+    /// Every reader group (of `scope`, unless empty).
+    pub fn group_records(&self, scope: &str) -> Vec<groups::GroupRecord> {
+        let map = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .filter(|g| scope.is_empty() || g.scope == scope)
+            .cloned()
+            .collect()
     }
 
     /// Whether segment `id` is a successor of a scale not yet in force.
