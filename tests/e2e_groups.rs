@@ -549,3 +549,102 @@ async fn group_commands_and_stream_cuts_from_the_cli() {
         "group delete",
     );
 }
+
+/// In a 3-node cluster the group's state lives in the metadata group: it
+/// survives `kill -9` of the metadata leader (the node holding the state).
+/// The readers carry on, a checkpoint after the failover completes, and
+/// every event is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_state_survives_kill9_of_the_metadata_leader() {
+    let mut cluster = common::TestCluster::start(3, "", "").await;
+    let client = cluster.nodes[0].client().await;
+    let name = common::stream_name("groups/cluster");
+    client
+        .admin()
+        .create_stream(&name, 4)
+        .await
+        .expect("create");
+    let g = client.reader_group("groups", "ha");
+    g.create(
+        std::slice::from_ref(&name),
+        &ReaderGroupConfig::default().reader_timeout(Duration::from_secs(10)),
+    )
+    .await
+    .expect("create group");
+    let (keys, to) = (8u64, 600u64);
+    let total = (keys * to) as usize;
+    let seen: Arc<Mutex<HashSet<(String, u64)>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for (id, node) in [("a", 1usize), ("b", 2)] {
+        let c = cluster.nodes[node].client().await;
+        let seen = seen.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut reader = c
+                .reader_group("groups", "ha")
+                .reader(id)
+                .await
+                .expect("join");
+            loop {
+                if seen.lock().unwrap().len() >= total {
+                    return reader;
+                }
+                let next =
+                    tokio::time::timeout(Duration::from_millis(100), reader.try_next()).await;
+                let Ok(next) = next else { continue };
+                match next {
+                    Ok(Some(GroupEvent::Event(e))) => {
+                        let k = common::parse_keyed(&e);
+                        seen.lock().unwrap().insert((k.key, k.seq));
+                    }
+                    Ok(_) => {}
+                    Err(e) => eprintln!("group read error (it resumes): {e}"),
+                }
+            }
+        }));
+    }
+    let writing = tokio::spawn(write_keys(client.clone(), name.clone(), keys, to, 2_000));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let meta = cluster
+        .leaders()
+        .await
+        .get(aquifer_proto::wire::META_GROUP)
+        .copied()
+        .expect("a metadata leader");
+    cluster.node(meta).kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.node(meta).restart().await;
+    // The group is still there, with both readers and every segment owned.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(info) = g.describe().await {
+            let owned: usize = info.readers.iter().map(|r| r.segments.len()).sum();
+            if info.readers.len() == 2 && owned + info.unassigned.len() >= 4 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group did not survive the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    g.checkpoint("after")
+        .await
+        .expect("checkpoint after the failover");
+    g.await_checkpoint("after", Duration::from_secs(30))
+        .await
+        .expect("the checkpoint completes");
+    writing.await.expect("writer");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.lock().unwrap().len() < total {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {total}",
+            seen.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for t in tasks {
+        t.await.expect("reader").close().await.expect("leave");
+    }
+}

@@ -198,7 +198,6 @@ async fn manual_splits_and_merges_keep_every_key_once_and_in_order() {
 /// writable segments or none, and the writer's events are all read once,
 /// in per-key order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "on demand: once in about ten runs the writer's hand-over to the successors stalled here (open bug, see issue 15's note)"]
 async fn a_scale_survives_kill9_of_the_metadata_leader() {
     common::logs::init();
     let mut cluster = common::TestCluster::start(3, "", "").await;

@@ -33,6 +33,8 @@ use crate::{Error, Position, StreamCut, StreamName};
 
 /// Items buffered between the segment tasks and the application.
 const CHANNEL_ITEMS: usize = 256;
+/// How long a segment task waits before resuming a read that gave up.
+const READ_RESUME_DELAY: Duration = Duration::from_secs(1);
 
 /// Where a new group starts reading.
 #[derive(Clone, Debug, Default)]
@@ -795,25 +797,38 @@ impl Driver {
         });
     }
 
-    /// Starts reading `segment_id` at `offset` until its end.
+    /// Starts reading `segment_id` at `offset` until its end. A read that
+    /// gives up on a retryable error is reported, then resumed after the
+    /// last event sent (the segment stays this reader's: nobody else would
+    /// read it).
     fn start(&mut self, epoch: u64, segment_id: u64, offset: u64) {
         let tx = self.tx.clone();
-        let mut reader = SegmentReader::new(&self.group.conn, segment_id, offset, true);
+        let conn = self.group.conn.clone();
         let task = tokio::spawn(async move {
             let mut end = offset;
-            while let Some(next) = reader.next().await {
-                match next {
-                    Ok(event) => {
-                        end = event.next_offset;
-                        if tx.send(Item::Event { epoch, event }).await.is_err() {
-                            return;
+            loop {
+                let mut reader = SegmentReader::new(&conn, segment_id, end, true);
+                let mut failed = None;
+                while let Some(next) = reader.next().await {
+                    match next {
+                        Ok(event) => {
+                            end = event.next_offset;
+                            if tx.send(Item::Event { epoch, event }).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
                         }
                     }
-                    Err(e) => {
-                        let _ = tx.send(Item::Failed(e)).await;
-                        return;
-                    }
                 }
+                let Some(e) = failed else { break };
+                let again = e.is_retryable();
+                if tx.send(Item::Failed(e)).await.is_err() || !again {
+                    return;
+                }
+                tokio::time::sleep(READ_RESUME_DELAY).await;
             }
             let _ = tx
                 .send(Item::Completed {
