@@ -648,3 +648,108 @@ async fn group_state_survives_kill9_of_the_metadata_leader() {
         t.await.expect("reader").close().await.expect("leave");
     }
 }
+
+/// Retention by consumption: the head waits for every subscribed group. A
+/// subscribed group that read nothing holds the whole stream; once it is
+/// deleted the head moves up to the other group's last checkpoint, never
+/// past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_by_consumption_waits_for_every_subscribed_group() {
+    let config = "[tier2]\nchunk_bytes = 65536\nflush_interval_ms = 100\n";
+    let server = ServerProcess::start(ServerOpts::with_config(config)).await;
+    let client = server.client().await;
+    let name = common::stream_name("groups/consumed");
+    let retention = aquifer_client::Retention::default().by_consumption(Duration::ZERO, 0);
+    let info = client
+        .admin()
+        .create_stream_with_retention(&name, 1, retention)
+        .await
+        .expect("create");
+    assert!(info.retention.by_consumption);
+    let subscribed = ReaderGroupConfig::default().subscribe(true);
+    let (reading, idle) = (
+        client.reader_group("groups", "reading"),
+        client.reader_group("groups", "idle"),
+    );
+    for g in [&reading, &idle] {
+        g.create(std::slice::from_ref(&name), &subscribed)
+            .await
+            .expect("create group");
+    }
+    let writer = client
+        .writer(&name, WriterConfig::default().batch_bytes_max(16 * 1024))
+        .await
+        .expect("writer");
+    common::write_keyed_range(&writer, 4, 0, 1000, 300).await; // ~1.3 MB
+                                                               // One group reads everything and checkpoints there.
+    let mut reader = reading.reader("r").await.expect("join");
+    let mut read = 0;
+    while read < 4000 {
+        let next = tokio::time::timeout(Duration::from_secs(10), reader.try_next())
+            .await
+            .expect("events keep coming")
+            .expect("read");
+        if let Some(GroupEvent::Event(_)) = next {
+            read += 1;
+        }
+    }
+    let checkpointing = reading.checkpoint("all");
+    // The marker comes with the reader's next heartbeat: keep reading.
+    let marker = async {
+        loop {
+            if let Ok(Some(GroupEvent::Checkpoint(n))) = reader.try_next().await {
+                return n;
+            }
+        }
+    };
+    let (done, marker) = tokio::join!(checkpointing, marker);
+    done.expect("checkpoint");
+    assert_eq!(marker, "all");
+    let cut = reading
+        .await_checkpoint("all", Duration::from_secs(20))
+        .await
+        .expect("complete");
+    let at = cut.positions[0].offset;
+    // The idle group holds the head at 0 while the data reaches tier-2.
+    let head = || async {
+        let s = client
+            .admin()
+            .describe_stream(&name)
+            .await
+            .expect("describe")
+            .segments[0]
+            .clone();
+        (s.head_offset, s.tier2_length, s.length)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while head().await.1 < at {
+        assert!(Instant::now() < deadline, "data never reached tier-2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        head().await.0,
+        0,
+        "an idle subscribed group keeps everything"
+    );
+    // Without it the head moves to the checkpoint, never past it.
+    idle.delete().await.expect("delete the idle group");
+    common::write_keyed_range(&writer, 4, 1000, 1200, 300).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (h, _, _) = head().await;
+        assert!(h <= at, "head {h} passed the checkpoint at {at}");
+        if h > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the head never moved");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (h, _, length) = head().await;
+    assert!(
+        h <= at && at < length,
+        "head {h}, checkpoint {at}, length {length}"
+    );
+    reader.close().await.expect("leave");
+}

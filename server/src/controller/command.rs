@@ -301,6 +301,13 @@ pub struct SetRetention {
     pub retention_time_ms: u64,
     #[prost(uint64, tag = "4")]
     pub retention_bytes: u64,
+    /// Retention by consumption (see `state::Retention`).
+    #[prost(bool, tag = "5")]
+    pub by_consumption: bool,
+    #[prost(uint64, tag = "6")]
+    pub min_time_ms: u64,
+    #[prost(uint64, tag = "7")]
+    pub min_bytes: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -325,6 +332,12 @@ pub struct CreateStream {
     pub created_ms: u64,
     #[prost(message, optional, tag = "8")]
     pub policy: Option<PolicyRecord>,
+    #[prost(bool, tag = "9")]
+    pub by_consumption: bool,
+    #[prost(uint64, tag = "10")]
+    pub min_time_ms: u64,
+    #[prost(uint64, tag = "11")]
+    pub min_bytes: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -378,6 +391,12 @@ pub struct StreamSnapshot {
     pub scaling_predecessors: Vec<u64>,
     #[prost(message, optional, tag = "12")]
     pub policy: Option<PolicyRecord>,
+    #[prost(bool, tag = "13")]
+    pub by_consumption: bool,
+    #[prost(uint64, tag = "14")]
+    pub min_time_ms: u64,
+    #[prost(uint64, tag = "15")]
+    pub min_bytes: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

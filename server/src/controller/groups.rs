@@ -462,6 +462,26 @@ impl GroupRecord {
         });
     }
 
+    /// Where the group has consumed to, for retention by consumption: its
+    /// last complete checkpoint, or before its first, where its readers
+    /// are now.
+    pub fn consumed_cut(&self) -> BTreeMap<u64, u64> {
+        if let Some(c) = self
+            .checkpoints
+            .iter()
+            .rev()
+            .find(|c| c.state() == CheckpointState::Complete)
+        {
+            return c.positions.clone();
+        }
+        let mut cut = self.unassigned.clone();
+        cut.extend(self.completed.iter().map(|(&s, &o)| (s, o)));
+        for r in self.readers.values() {
+            cut.extend(r.segments.iter().map(|(&s, &o)| (s, o)));
+        }
+        cut
+    }
+
     /// Whether the group knows `seg`: to read, being read, or read.
     fn known(&self, seg: u64) -> bool {
         self.unassigned.contains_key(&seg)
@@ -575,6 +595,38 @@ impl GroupRecord {
             if let Some(&seg) = r.segments.keys().next_back() {
                 r.releasing.push(seg);
             }
+        }
+    }
+}
+
+/// How far a group consumed each segment, from its consumed cut: a
+/// segment in the cut up to its position, an ancestor of one entirely
+/// (`u64::MAX`), any other not at all.
+pub struct Consumed {
+    cut: BTreeMap<u64, u64>,
+    ancestors: BTreeSet<u64>,
+}
+
+impl Consumed {
+    pub fn new(cut: BTreeMap<u64, u64>, graph: &SegmentGraph) -> Consumed {
+        let mut ancestors = BTreeSet::new();
+        let mut queue: VecDeque<u64> = cut.keys().copied().collect();
+        while let Some(s) = queue.pop_front() {
+            for &p in graph.predecessors(s) {
+                if ancestors.len() < ANCESTOR_WALK_MAX && ancestors.insert(p) {
+                    queue.push_back(p);
+                }
+            }
+        }
+        Consumed { cut, ancestors }
+    }
+
+    /// Bytes of segment `seg` below this offset were consumed.
+    pub fn offset(&self, seg: u64) -> u64 {
+        match self.cut.get(&seg) {
+            Some(&o) => o,
+            None if self.ancestors.contains(&seg) => u64::MAX,
+            None => 0,
         }
     }
 }
@@ -811,6 +863,32 @@ mod tests {
         let v = g.heartbeat("a", stale, &graph).unwrap();
         assert_eq!(v.generation, 1);
         assert_eq!(v.segments, BTreeMap::from([(10, 3), (11, 4)]));
+    }
+
+    #[test]
+    fn consumption_follows_the_last_complete_checkpoint_and_its_ancestors() {
+        let graph = graph();
+        let mut g = group(&[(1, 0)]);
+        g.join("a", &graph).unwrap();
+        let mut r = report(&g);
+        r.positions.insert(1, 30);
+        g.heartbeat("a", r, &graph).unwrap();
+        // Before any checkpoint: where the readers are.
+        let c = Consumed::new(g.consumed_cut(), &graph);
+        assert_eq!((c.offset(1), c.offset(2)), (30, 0));
+        let mut r = report(&g);
+        r.completed.insert(1, 100);
+        g.heartbeat("a", r, &graph).unwrap();
+        g.checkpoint("c", 1).unwrap();
+        let mut r = report(&g);
+        r.checkpoints
+            .push(("c".into(), BTreeMap::from([(2, 5), (3, 0)])));
+        g.heartbeat("a", r, &graph).unwrap();
+        let c = Consumed::new(g.consumed_cut(), &graph);
+        assert_eq!(
+            (c.offset(1), c.offset(2), c.offset(3), c.offset(4)),
+            (u64::MAX, 5, 0, 0)
+        );
     }
 
     #[test]

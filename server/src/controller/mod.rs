@@ -198,6 +198,9 @@ impl Controller {
             containers,
             retention_time_ms: retention.time_ms,
             retention_bytes: retention.bytes,
+            by_consumption: retention.by_consumption,
+            min_time_ms: retention.min_time_ms,
+            min_bytes: retention.min_bytes,
             created_ms: crate::tier::writer::now_ms(),
             policy: Some(policy.record()),
         }))
@@ -317,6 +320,47 @@ impl Controller {
             .ok_or_else(|| Error::GroupNotFound(key.to_string()))
     }
 
+    /// For retention by consumption: how far every reader group subscribed
+    /// to `stream` consumed each of its segments (the least of them), or
+    /// None when no group subscribes.
+    pub fn consumed(&self, stream: &StreamKey) -> Option<std::collections::HashMap<u64, u64>> {
+        let subscribed: Vec<groups::GroupRecord> = {
+            let map = self.groups.read().unwrap_or_else(|p| p.into_inner());
+            map.values()
+                .filter(|g| {
+                    g.subscribed
+                        && g.streams
+                            .iter()
+                            .any(|s| s.scope == stream.scope && s.stream == stream.stream)
+                })
+                .cloned()
+                .collect()
+        };
+        if subscribed.is_empty() {
+            return None;
+        }
+        let record = self.get(stream).ok()?;
+        let mut graph = groups::SegmentGraph::default();
+        for g in &record.segments {
+            graph.predecessors.insert(g.id, g.predecessors.clone());
+            graph.successors.insert(g.id, g.successors.clone());
+        }
+        let consumed: Vec<groups::Consumed> = subscribed
+            .iter()
+            .map(|g| groups::Consumed::new(g.consumed_cut(), &graph))
+            .collect();
+        Some(
+            record
+                .segments
+                .iter()
+                .map(|s| {
+                    let least = consumed.iter().map(|c| c.offset(s.id)).min().unwrap_or(0);
+                    (s.id, least)
+                })
+                .collect(),
+        )
+    }
+
     /// Every reader group (of `scope`, unless empty).
     pub fn group_records(&self, scope: &str) -> Vec<groups::GroupRecord> {
         let map = self.groups.read().unwrap_or_else(|p| p.into_inner());
@@ -345,6 +389,9 @@ impl Controller {
             stream: key.stream.clone(),
             retention_time_ms: retention.time_ms,
             retention_bytes: retention.bytes,
+            by_consumption: retention.by_consumption,
+            min_time_ms: retention.min_time_ms,
+            min_bytes: retention.min_bytes,
         }))
         .await
     }

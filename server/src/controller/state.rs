@@ -178,16 +178,23 @@ impl ScalingPolicy {
     }
 }
 
-/// How much of a stream to keep; 0 means no limit.
+/// How much of a stream to keep; 0 means no limit. With `by_consumption`
+/// data goes once every reader group subscribed to the stream has
+/// checkpointed past it, but not before it is past the minimum limits;
+/// `time_ms` and `bytes` are then the maximum (data past them goes
+/// whatever the groups read).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retention {
     pub time_ms: u64,
     pub bytes: u64,
+    pub by_consumption: bool,
+    pub min_time_ms: u64,
+    pub min_bytes: u64,
 }
 
 impl Retention {
     pub fn is_unlimited(&self) -> bool {
-        self.time_ms == 0 && self.bytes == 0
+        self.time_ms == 0 && self.bytes == 0 && !self.by_consumption
     }
 }
 
@@ -449,6 +456,9 @@ impl MetaState {
                     retention: Retention {
                         time_ms: c.retention_time_ms,
                         bytes: c.retention_bytes,
+                        by_consumption: c.by_consumption,
+                        min_time_ms: c.min_time_ms,
+                        min_bytes: c.min_bytes,
                     },
                     sealed: false,
                     deleting: false,
@@ -468,6 +478,9 @@ impl MetaState {
                 let retention = Retention {
                     time_ms: r.retention_time_ms,
                     bytes: r.retention_bytes,
+                    by_consumption: r.by_consumption,
+                    min_time_ms: r.min_time_ms,
+                    min_bytes: r.min_bytes,
                 };
                 let key = StreamRef {
                     scope: r.scope,
@@ -762,6 +775,9 @@ impl MetaState {
                 deleting: s.deleting,
                 retention_time_ms: s.retention.time_ms,
                 retention_bytes: s.retention.bytes,
+                by_consumption: s.retention.by_consumption,
+                min_time_ms: s.retention.min_time_ms,
+                min_bytes: s.retention.min_bytes,
                 segments: s
                     .segments
                     .iter()
@@ -854,6 +870,9 @@ impl MetaState {
                 retention: Retention {
                     time_ms: s.retention_time_ms,
                     bytes: s.retention_bytes,
+                    by_consumption: s.by_consumption,
+                    min_time_ms: s.min_time_ms,
+                    min_bytes: s.min_bytes,
                 },
                 sealed: s.sealed,
                 deleting: s.deleting,
