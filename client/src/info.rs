@@ -510,10 +510,14 @@ mod tests {
             r.to_proto(),
             proto::Retention {
                 time_ms: 60_000,
-                size_bytes: 5
+                size_bytes: 5,
+                ..Default::default()
             }
         );
         assert_eq!(Retention::from_proto(r.to_proto()), r);
+        let c = r.by_consumption(Duration::from_secs(1), 0);
+        assert_eq!(c.to_proto().min_time_ms, 1000);
+        assert_eq!(Retention::from_proto(c.to_proto()), c);
         let g = GroupStatus::from(proto::GroupInfo::default());
         assert_eq!(g.leader_id, None);
         assert_eq!(NodeHealth::from_wire("up"), NodeHealth::Up);
