@@ -30,9 +30,10 @@ use crate::node::{
 const POSITIONS_MAX: usize = 100_000;
 /// Streams one group may read.
 const GROUP_STREAMS_MAX: usize = 64;
-/// A reader heart-beats this often, at most (and at least 4 times per
-/// reader timeout).
-const HEARTBEAT_MAX_MS: u64 = 1_000;
+/// A reader heart-beats at least this often (and at least 4 times per
+/// reader timeout): it learns of checkpoints and new segments with its
+/// heartbeat answers, so this bounds how long they wait for it.
+const HEARTBEAT_MAX_MS: u64 = 250;
 
 pub struct GroupService {
     node: Arc<Node>,
