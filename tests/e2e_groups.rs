@@ -352,10 +352,10 @@ async fn a_reset_to_a_checkpoint_restores_exact_state() {
     }
 }
 
-/// Two group readers read a stream that is split and then merged while it
-/// is written: every event once, and per key in order across readers and
-/// epochs (a successor is handed out only after its predecessors were read
-/// to their end).
+/// Two group readers read a stream that is split (once while empty) and
+/// then merged while it is written: every event once, and per key in order
+/// across readers and epochs (a successor is handed out only after its
+/// predecessors were read to their end; an empty sealed one ends at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_group_reads_through_splits_and_merges_in_per_key_order() {
     let server = ServerProcess::start(ServerOpts::default()).await;
@@ -395,6 +395,22 @@ async fn a_group_reads_through_splits_and_merges_in_per_key_order() {
             }
         }));
     }
+    // A segment sealed empty: its readers must move on, not hang on it.
+    let empty = client
+        .admin()
+        .describe_stream(&name)
+        .await
+        .expect("describe");
+    let last = empty
+        .active_segments()
+        .last()
+        .expect("a segment")
+        .segment_id;
+    client
+        .admin()
+        .scale_stream(&name, &Scale::default().split(last, 2))
+        .await
+        .expect("split an empty segment");
     let writing = tokio::spawn(write_keys(client.clone(), name.clone(), keys, to, 3_000));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let first = client

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
@@ -32,7 +32,9 @@ use crate::reader::{Event, SegmentReader};
 use crate::{Error, Position, StreamCut, StreamName};
 
 /// Items buffered between the segment tasks and the application.
-const CHANNEL_ITEMS: usize = 256;
+const CHANNEL_ITEMS: usize = 64;
+/// Events a segment task sends in one item, at most (those already read).
+const ITEM_EVENTS_MAX: usize = 256;
 /// How long a segment task waits before resuming a read that gave up.
 const READ_RESUME_DELAY: Duration = Duration::from_secs(1);
 
@@ -434,6 +436,8 @@ impl ReaderGroup {
             reader_id: reader_id.to_string(),
             shared,
             rx,
+            ready: std::collections::VecDeque::new(),
+            ready_epoch: 0,
             task: Some(task),
         })
     }
@@ -475,10 +479,8 @@ pub enum GroupEvent {
 
 /// What the segment tasks and the driver send the application side.
 enum Item {
-    Event {
-        epoch: u64,
-        event: Event,
-    },
+    /// Consecutive events of one segment.
+    Events { epoch: u64, events: Vec<Event> },
     /// The segment is read to its end (`end`).
     Completed {
         epoch: u64,
@@ -530,6 +532,9 @@ pub struct GroupReader {
     reader_id: String,
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Item>,
+    /// Events of the item being handed out, with its epoch.
+    ready: std::collections::VecDeque<Event>,
+    ready_epoch: u64,
     task: Option<JoinHandle<()>>,
 }
 
@@ -583,6 +588,19 @@ impl Stream for GroupReader {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
+            if let Some(event) = this.ready.pop_front() {
+                let mut s = this.shared.state();
+                if this.ready_epoch != s.epoch {
+                    this.ready.clear();
+                    continue;
+                }
+                let seg = event.position.segment_id;
+                if let Some(at) = s.owned.get_mut(&seg) {
+                    *at = event.next_offset;
+                    return Poll::Ready(Some(Ok(GroupEvent::Event(event))));
+                }
+                continue;
+            }
             let item = match this.rx.poll_recv(cx) {
                 Poll::Ready(Some(item)) => item,
                 Poll::Ready(None) => return Poll::Ready(None),
@@ -590,12 +608,9 @@ impl Stream for GroupReader {
             };
             let mut s = this.shared.state();
             match item {
-                Item::Event { epoch, event } if epoch == s.epoch => {
-                    let seg = event.position.segment_id;
-                    if let Some(at) = s.owned.get_mut(&seg) {
-                        *at = event.next_offset;
-                        return Poll::Ready(Some(Ok(GroupEvent::Event(event))));
-                    }
+                Item::Events { epoch, events } if epoch == s.epoch => {
+                    this.ready = events.into();
+                    this.ready_epoch = epoch;
                 }
                 Item::Completed {
                     epoch,
@@ -810,17 +825,28 @@ impl Driver {
                 let mut reader = SegmentReader::new(&conn, segment_id, end, true);
                 let mut failed = None;
                 while let Some(next) = reader.next().await {
-                    match next {
-                        Ok(event) => {
-                            end = event.next_offset;
-                            if tx.send(Item::Event { epoch, event }).await.is_err() {
-                                return;
+                    // With the events already read: one item for them all.
+                    let mut events = Vec::new();
+                    let mut next = Some(next);
+                    while let Some(n) = next.take() {
+                        match n {
+                            Ok(event) => {
+                                end = event.next_offset;
+                                events.push(event);
+                                if events.len() < ITEM_EVENTS_MAX {
+                                    next = reader.next().now_or_never().flatten();
+                                }
                             }
+                            Err(e) => failed = Some(e),
                         }
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
+                    }
+                    if !events.is_empty()
+                        && tx.send(Item::Events { epoch, events }).await.is_err()
+                    {
+                        return;
+                    }
+                    if failed.is_some() {
+                        break;
                     }
                 }
                 let Some(e) = failed else { break };

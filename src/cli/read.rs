@@ -35,9 +35,10 @@ pub struct ReadArgs {
     from_cut: Option<String>,
     /// Read as reader READER of reader group SCOPE/GROUP (see `group
     /// create`): only the segments the group gives this reader, with
-    /// positions reported to the group. Follows until stopped (Ctrl-C or
-    /// SIGTERM leave the group cleanly) or --max.
-    #[arg(long, value_name = "SCOPE/GROUP", requires = "reader", conflicts_with_all = ["name", "from", "from_cut", "follow"])]
+    /// positions reported to the group. A group read always follows
+    /// (--follow is implied) until stopped (Ctrl-C or SIGTERM leave the
+    /// group cleanly) or --max.
+    #[arg(long, value_name = "SCOPE/GROUP", requires = "reader", conflicts_with_all = ["name", "from", "from_cut"])]
     group: Option<String>,
     /// This reader's id in the group (with --group).
     #[arg(long, value_name = "READER")]
