@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/aquifer/v1/aquifer.proto",
         "proto/aquifer/v1/segments.proto",
+        "proto/aquifer/v1/groups.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -1,7 +1,7 @@
 //! `aquifer`: the command-line tool. Runs a node (`serve`), administers
 //! streams (`stream ...`) and the cluster (`cluster ...`), writes stdin
-//! lines as events (`write`), reads events to stdout (`read`) and scans
-//! streams in parallel (`scan`).
+//! lines as events (`write`), reads events to stdout (`read`), scans
+//! streams in parallel (`scan`) and administers reader groups (`group`).
 //!
 //! This file owns the top level only: the command tree, dispatch, and exit
 //! codes: any failure exits non-zero with exactly one line,
@@ -18,6 +18,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use cli::cluster::ClusterCommand;
+use cli::group::GroupCommand;
 use cli::read::ReadArgs;
 use cli::scan::ScanArgs;
 use cli::serve::ServeArgs;
@@ -79,6 +80,10 @@ enum Command {
     /// Cluster membership and state.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Reader groups: readers sharing a stream's segments, with
+    /// checkpoints. Read as one reader with `aquifer read --group`.
+    #[command(subcommand)]
+    Group(GroupCommand),
 }
 
 fn main() -> ExitCode {
@@ -121,6 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Read(args) => client_command(cli::read::run(addr, args)).await,
         Command::Scan(args) => client_command(cli::scan::run(addr, args)).await,
         Command::Cluster(cmd) => client_command(cli::cluster::run(addr, cmd)).await,
+        Command::Group(cmd) => client_command(cli::group::run(addr, cmd)).await,
     }
 }
 

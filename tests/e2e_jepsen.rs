@@ -1,12 +1,16 @@
 //! A Jepsen-style check of a cluster (3 nodes unless told): writers with known payloads
-//! and per-key sequence numbers, a tailing reader, and a nemesis mixing
-//! `kill -9`, restarts, partitions that isolate a node, and (in the soak)
-//! scales — splits and merges of the stream's active segments — for a
-//! bounded time. At the end it reads everything and reports:
+//! and per-key sequence numbers, a tailing reader, a reader group (two
+//! readers on different nodes, checkpointed every 2 s), and a nemesis
+//! mixing `kill -9`, restarts, partitions that isolate a node, and scales
+//! (splits and merges of the stream's active segments) for a bounded
+//! time. At the end it reads everything and reports:
 //! - lost: acknowledged events missing from the final read;
 //! - duplicated: an event (key, sequence) read twice;
 //! - reordered: a key's events out of sequence order;
-//! - vanished: events the tailing reader saw that the final read lacks.
+//! - vanished: events the tailing reader saw that the final read lacks;
+//! - missed by the group: acknowledged events no group reader handed on
+//!   (the group is at-least-once between checkpoints, so its re-reads are
+//!   counted, not failed).
 //!
 //! Pass = zero of each. The short run is part of the suite; the soak:
 //! `AQUIFER_JEPSEN_SECS=600 cargo test --release --test e2e_jepsen -- --ignored`
@@ -21,7 +25,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aquifer_client::{Client, EventWriter, ReaderConfig, Scale, StartFrom, WriterConfig};
+use aquifer_client::{
+    CheckpointState, Client, EventWriter, GroupEvent, ReaderConfig, ReaderGroupConfig, Scale,
+    StartFrom, WriterConfig,
+};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rand::{Rng, SeedableRng};
 
@@ -43,6 +50,12 @@ struct History {
     tailed: Vec<(String, u64)>,
     /// Segment reads of the tailing reader that stopped with an error.
     tail_errors: u64,
+    /// (key, sequence) handed on by the group's readers.
+    grouped: Vec<(String, u64)>,
+    /// Checkpoint markers the group's readers handed on.
+    markers: u64,
+    /// Group reads that gave up for a while (then resumed).
+    group_errors: u64,
 }
 
 fn parse(payload: &[u8]) -> Option<(String, u64)> {
@@ -119,9 +132,70 @@ fn record(history: &Mutex<History>, key: String, seq: u64, acked: bool) {
     }
 }
 
-/// `scales`: the nemesis also splits and merges (the soak; see issue 15's
-/// note for why the short run leaves them out for now).
-async fn run(fault_secs: u64, scales: bool) {
+/// Starts the reader group's readers (on nodes 1 and 3) and its
+/// checkpointer (a checkpoint every 2 s until `until`); returns their tasks.
+async fn start_group(
+    cluster: &mut TestCluster,
+    name: &aquifer_client::StreamName,
+    until: Instant,
+    history: &Arc<Mutex<History>>,
+) -> (
+    aquifer_client::ReaderGroup,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let admin = Client::connect(&cluster.node(3).addr())
+        .await
+        .expect("connect");
+    let group = admin.reader_group("jepsen", "consumers");
+    group
+        .create(
+            std::slice::from_ref(name),
+            &ReaderGroupConfig::default().reader_timeout(Duration::from_secs(10)),
+        )
+        .await
+        .expect("create the reader group");
+    let mut tasks = Vec::new();
+    for (i, node) in [1u64, 3].into_iter().enumerate() {
+        let client = Client::connect(&cluster.node(node).addr())
+            .await
+            .expect("connect");
+        let group = client.reader_group("jepsen", "consumers");
+        let history = history.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut reader = group.reader(&format!("r{i}")).await.expect("join");
+            loop {
+                match reader.try_next().await {
+                    Ok(Some(GroupEvent::Event(e))) => {
+                        if let Some(event) = parse(&e.payload) {
+                            history.lock().unwrap().grouped.push(event);
+                        }
+                    }
+                    Ok(Some(GroupEvent::Checkpoint(_))) => history.lock().unwrap().markers += 1,
+                    Ok(Some(_)) => {}
+                    Ok(None) => return,
+                    Err(e) => {
+                        eprintln!("jepsen: group reader error (it resumes): {e}");
+                        history.lock().unwrap().group_errors += 1;
+                    }
+                }
+            }
+        }));
+    }
+    let checkpointer = group.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut n = 0u64;
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            n += 1;
+            // Refused while too many are outstanding, or during a failover:
+            // the next one tries again.
+            let _ = checkpointer.checkpoint(&format!("j{n}")).await;
+        }
+    }));
+    (group, tasks)
+}
+
+async fn run(fault_secs: u64) {
     let seed: u64 = std::env::var("AQUIFER_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -175,6 +249,8 @@ async fn run(fault_secs: u64, scales: bool) {
         }
     });
 
+    let (group, group_tasks) = start_group(&mut cluster, &name, until, &history).await;
+
     let mut writers = Vec::new();
     for id in 0..WRITERS {
         let writer = client
@@ -197,7 +273,7 @@ async fn run(fault_secs: u64, scales: bool) {
     while Instant::now() + Duration::from_secs(4) < until {
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
         let victim = rng.random_range(1..=nodes);
-        match rng.random_range(0..if scales { 4 } else { 3 }) {
+        match rng.random_range(0..4) {
             0 => {
                 *faults.entry("kill -9 + restart").or_default() += 1;
                 cluster.node(victim).kill9();
@@ -212,7 +288,7 @@ async fn run(fault_secs: u64, scales: bool) {
                 tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
                 cluster.node(leader).restart().await;
             }
-            2 if scales => {
+            2 => {
                 let done = scale_once(&client, &name, &mut rng).await;
                 *faults
                     .entry(if done {
@@ -246,6 +322,25 @@ async fn run(fault_secs: u64, scales: bool) {
         caught_up_at.elapsed()
     );
     tailer.abort();
+    // And the reader group with them.
+    let grouped_all = || {
+        let h = history.lock().unwrap();
+        let grouped: HashSet<&(String, u64)> = h.grouped.iter().collect();
+        h.acked.iter().filter(|k| !grouped.contains(k)).count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while grouped_all() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for t in group_tasks {
+        t.abort();
+    }
+    let checkpoints = group.describe().await.map_or(0, |g| {
+        g.checkpoints
+            .iter()
+            .filter(|c| c.state == CheckpointState::Complete)
+            .count()
+    });
 
     let reader = Client::connect(&cluster.node(3).addr())
         .await
@@ -266,13 +361,20 @@ async fn run(fault_secs: u64, scales: bool) {
     let lost = h.acked.iter().filter(|k| !seen.contains_key(*k)).count();
     let duplicated = seen.values().filter(|&&n| n > 1).count();
     let vanished = h.tailed.iter().filter(|k| !seen.contains_key(*k)).count();
+    let grouped: HashSet<&(String, u64)> = h.grouped.iter().collect();
+    let missed = h.acked.iter().filter(|k| !grouped.contains(k)).count();
+    let reread = h.grouped.len() - grouped.len();
     eprintln!(
         "jepsen: {nodes} nodes, {fault_secs} s of faults {faults:?}; {} acknowledged, {} failed (unknown), {} read, {} tailed; \
-         lost {lost}, duplicated {duplicated}, reordered {reordered}, vanished {vanished}",
+         lost {lost}, duplicated {duplicated}, reordered {reordered}, vanished {vanished}; \
+         group: {} handed on, missed {missed}, re-read {reread}, {} markers, {checkpoints} checkpoints complete (of the last kept), {} read errors",
         h.acked.len(),
         h.failed,
         events.len(),
-        h.tailed.len()
+        h.tailed.len(),
+        h.grouped.len(),
+        h.markers,
+        h.group_errors
     );
     assert!(!h.acked.is_empty(), "the writers made progress");
     assert_eq!(
@@ -289,11 +391,15 @@ async fn run(fault_secs: u64, scales: bool) {
         (0, 0, 0, 0),
         "lost, duplicated, reordered, vanished (seed {seed})"
     );
+    assert_eq!(
+        missed, 0,
+        "acknowledged events the group missed (seed {seed})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jepsen_short() {
-    run(30, false).await;
+    run(30).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,5 +409,5 @@ async fn jepsen_soak() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
-    run(secs, true).await;
+    run(secs).await;
 }

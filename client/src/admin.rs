@@ -357,7 +357,7 @@ impl Admin {
     /// on to the next node when one cannot be reached, until the admin
     /// request timeout. (A retried create may find its own stream:
     /// AlreadyExists.)
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    pub(crate) async fn call<T, F, Fut>(&self, f: F) -> Result<T, Error>
     where
         F: Fn(Arc<Conn>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,

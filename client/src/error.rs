@@ -109,6 +109,12 @@ pub enum Error {
     /// The writer (or one of its segment sessions) is closed.
     #[error("the writer is closed")]
     Closed,
+    /// A group reader is no longer in its reader group (it left, or timed
+    /// out and its segments went to others): it must join again
+    /// (`NOT_FOUND` with reason `reader-unknown`). Group readers rejoin by
+    /// themselves.
+    #[error("{0}")]
+    ReaderUnknown(String),
 }
 
 impl Error {
@@ -143,23 +149,28 @@ impl Error {
     }
 }
 
+/// The reason the server's metadata gives for a status, if any.
+fn reason(status: &Status) -> Option<&str> {
+    status
+        .metadata()
+        .get(wire::REASON_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+}
+
 /// A `FAILED_PRECONDITION` by what the server's reason metadata says it is:
 /// a sealed segment, a failed condition (with the actual length), or
 /// another precondition. The words of the message never decide it.
 fn failed_precondition(status: &Status, msg: String) -> Error {
-    let metadata = status.metadata();
-    let reason = metadata
-        .get(wire::REASON_METADATA_KEY)
-        .and_then(|v| v.to_str().ok());
     let length = || {
-        metadata
+        status
+            .metadata()
             .get(wire::SEGMENT_LENGTH_METADATA_KEY)?
             .to_str()
             .ok()?
             .parse()
             .ok()
     };
-    match reason {
+    match reason(status) {
         Some(wire::REASON_SEALED) => Error::Sealed(msg),
         Some(wire::REASON_CONDITION_FAILED) => match length() {
             Some(actual_length) => Error::ConditionFailed {
@@ -176,6 +187,9 @@ impl From<Status> for Error {
     fn from(status: Status) -> Self {
         let msg = status_message(&status);
         match status.code() {
+            Code::NotFound if reason(&status) == Some(wire::REASON_READER_UNKNOWN) => {
+                Error::ReaderUnknown(msg)
+            }
             Code::NotFound => Error::NotFound(msg),
             Code::AlreadyExists => Error::AlreadyExists(msg),
             Code::InvalidArgument => Error::InvalidArgument(msg),

@@ -31,6 +31,16 @@ pub struct Retention {
     /// Keep about this many bytes of the stream (split evenly over its
     /// segments).
     pub size_bytes: Option<u64>,
+    /// Retention by consumption: data goes once every reader group that
+    /// subscribes to the stream has checkpointed past it, but not before
+    /// it is past [`min_time`](Self::min_time) and
+    /// [`min_size_bytes`](Self::min_size_bytes); `time` and `size_bytes`
+    /// are then the most kept.
+    pub by_consumption: bool,
+    /// By consumption: keep at least this long.
+    pub min_time: Option<Duration>,
+    /// By consumption: keep at least about this many bytes.
+    pub min_size_bytes: Option<u64>,
 }
 
 impl Retention {
@@ -46,19 +56,35 @@ impl Retention {
         self
     }
 
+    /// Keeps data until every subscribed reader group consumed it, and at
+    /// least `min_time` / `min_size_bytes` (zero: no minimum).
+    pub fn by_consumption(mut self, min_time: Duration, min_size_bytes: u64) -> Self {
+        self.by_consumption = true;
+        self.min_time = Some(min_time).filter(|t| !t.is_zero());
+        self.min_size_bytes = Some(min_size_bytes).filter(|&b| b > 0);
+        self
+    }
+
     pub(crate) fn to_proto(self) -> proto::Retention {
+        let ms =
+            |t: Option<Duration>| t.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
         proto::Retention {
-            time_ms: self
-                .time
-                .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            time_ms: ms(self.time),
             size_bytes: self.size_bytes.unwrap_or(0),
+            by_consumption: self.by_consumption,
+            min_time_ms: ms(self.min_time),
+            min_size_bytes: self.min_size_bytes.unwrap_or(0),
         }
     }
 
     fn from_proto(r: proto::Retention) -> Retention {
+        let time = |ms: u64| Some(Duration::from_millis(ms)).filter(|t| !t.is_zero());
         Retention {
-            time: Some(Duration::from_millis(r.time_ms)).filter(|t| !t.is_zero()),
+            time: time(r.time_ms),
             size_bytes: Some(r.size_bytes).filter(|&b| b > 0),
+            by_consumption: r.by_consumption,
+            min_time: time(r.min_time_ms),
+            min_size_bytes: Some(r.min_size_bytes).filter(|&b| b > 0),
         }
     }
 }
@@ -484,10 +510,14 @@ mod tests {
             r.to_proto(),
             proto::Retention {
                 time_ms: 60_000,
-                size_bytes: 5
+                size_bytes: 5,
+                ..Default::default()
             }
         );
         assert_eq!(Retention::from_proto(r.to_proto()), r);
+        let c = r.by_consumption(Duration::from_secs(1), 0);
+        assert_eq!(c.to_proto().min_time_ms, 1000);
+        assert_eq!(Retention::from_proto(c.to_proto()), c);
         let g = GroupStatus::from(proto::GroupInfo::default());
         assert_eq!(g.leader_id, None);
         assert_eq!(NodeHealth::from_wire("up"), NodeHealth::Up);

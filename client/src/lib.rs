@@ -10,7 +10,9 @@
 //! - [`BatchClient`]: stream cuts and parallel bounded range scans;
 //! - [`SegmentWriter`]: conditional appends to one segment;
 //! - [`StateSynchronizer`]: a typed state shared through a stream, changed
-//!   optimistically ([`SyncState`] says how).
+//!   optimistically ([`SyncState`] says how);
+//! - [`ReaderGroup`] / [`GroupReader`]: readers sharing a stream's segments,
+//!   with checkpoints.
 //!
 //! Module map: `builder` (connection settings), `conn` (channel, limits,
 //! backoff), `name` (stream names), `info` (the client's views of server
@@ -19,7 +21,8 @@
 //! (the writer's routing table and hand-overs across scales), `writer`,
 //! `reader`, `scan`, `direct` (tier-2 reads of a scan), `segment`
 //! (conditional appends, calls to a segment's leader), `sync` (the state
-//! synchronizer). No generated (prost) type is part of the public API.
+//! synchronizer), `group` (reader groups). No generated (prost) type is
+//! part of the public API.
 //!
 //! Runnable examples are in `client/examples/`.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -32,6 +35,7 @@ mod conn;
 mod direct;
 mod error;
 mod graph;
+mod group;
 mod info;
 mod name;
 mod reader;
@@ -52,6 +56,10 @@ pub use admin::{Admin, Scale};
 pub use aquifer_proto::wire::{CLIENT_MESSAGE_BYTES_MAX, WRITER_ID_BYTES_MAX};
 pub use builder::ClientBuilder;
 pub use error::{Error, Source};
+pub use group::{
+    CheckpointInfo, CheckpointState, GroupEvent, GroupReader, GroupReaderInfo, GroupStart,
+    ReaderGroup, ReaderGroupConfig, ReaderGroupInfo, SegmentLag,
+};
 pub use info::{
     ClusterStatus, EpochInfo, GroupStatus, NodeHealth, NodeStatus, Retention, ScalingKind,
     ScalingPolicy, SegmentInfo, StreamInfo,
@@ -200,6 +208,11 @@ impl Client {
     ) -> Result<EventReader, Error> {
         let info = self.admin().describe_stream(stream).await?;
         EventReader::new(&self.conn, stream, &info.segments, &config)
+    }
+
+    /// Reader group `scope/group` (create it with [`ReaderGroup::create`]).
+    pub fn reader_group(&self, scope: &str, group: &str) -> ReaderGroup {
+        ReaderGroup::new(self.conn.clone(), scope, group)
     }
 
     /// Batch scans: stream cuts, segment ranges, bounded range reads.

@@ -34,11 +34,68 @@ impl StreamCut {
         StreamCut { positions }
     }
 
+    /// Parses the text form [`Display`](std::fmt::Display) writes:
+    /// `SEGMENT:OFFSET` pairs joined by commas, e.g. `7:0,8:1024`.
+    pub fn parse(text: &str) -> Result<StreamCut, Error> {
+        let bad = |why: &str| {
+            Error::InvalidArgument(format!(
+                "stream cut {text:?} {why}: expected SEGMENT:OFFSET pairs joined by commas, e.g. 7:0,8:1024"
+            ))
+        };
+        let mut positions: Vec<Position> = Vec::new();
+        for pair in text.trim().split(',') {
+            let (seg, off) = pair
+                .split_once(':')
+                .ok_or_else(|| bad("has a pair without ':'"))?;
+            let seg: u64 = seg
+                .trim()
+                .parse()
+                .map_err(|_| bad("has a bad segment id"))?;
+            let off: u64 = off.trim().parse().map_err(|_| bad("has a bad offset"))?;
+            if positions.iter().any(|p| p.segment_id == seg) {
+                return Err(bad("names a segment twice"));
+            }
+            positions.push(Position::new(seg, off));
+        }
+        Ok(StreamCut { positions })
+    }
+
     fn offset_of(&self, segment_id: u64) -> Option<u64> {
         self.positions
             .iter()
             .find(|p| p.segment_id == segment_id)
             .map(|p| p.offset)
+    }
+}
+
+/// The stable text form of a cut, a token users can hold and pass back
+/// (`StreamCut::parse` reads it): `SEGMENT:OFFSET` pairs joined by commas.
+///
+/// ```
+/// use aquifer_client::{Position, StreamCut};
+///
+/// let cut = StreamCut::new(vec![Position::new(7, 0), Position::new(8, 1024)]);
+/// assert_eq!(cut.to_string(), "7:0,8:1024");
+/// assert_eq!(StreamCut::parse("7:0,8:1024").unwrap(), cut);
+/// assert!(StreamCut::parse("7-0").is_err());
+/// ```
+impl std::fmt::Display for StreamCut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.positions.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{}:{}", p.segment_id, p.offset)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for StreamCut {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        StreamCut::parse(s)
     }
 }
 

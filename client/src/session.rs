@@ -231,6 +231,12 @@ impl Session {
     fn send_ready(&mut self) {
         let Some(live) = &self.live else { return };
         while let Some(batch) = self.queue.next_to_send() {
+            tracing::trace!(
+                segment_id = self.segment_id,
+                first = batch.first_event_number,
+                count = batch.event_count,
+                "batch sent"
+            );
             let req = AppendRequest {
                 kind: Some(append_request::Kind::Batch(batch)),
             };
@@ -248,6 +254,16 @@ impl Session {
         &mut self,
         resp: Result<Option<AppendResponse>, tonic::Status>,
     ) -> Option<Error> {
+        if let Ok(Some(AppendResponse {
+            kind: Some(append_response::Kind::Ack(ack)),
+        })) = &resp
+        {
+            tracing::trace!(
+                segment_id = self.segment_id,
+                last = ack.last_event_number,
+                "ack"
+            );
+        }
         let err = match resp {
             Ok(Some(AppendResponse {
                 kind: Some(append_response::Kind::Ack(ack)),
@@ -319,7 +335,6 @@ impl Session {
         self.queue.on_disconnect();
         self.establish().await?;
         self.live = None;
-        self.answer_flushes();
         tracing::debug!(
             segment_id = self.segment_id,
             unresolved = self.queue.pushed() - self.queue.resolved(),
@@ -476,6 +491,10 @@ impl Session {
         }
     }
 
+    /// Resolves `done` as written, then answers the flushes they complete:
+    /// at once, since nothing else may come to wake the session (a setup
+    /// after a reconnect can resolve the last events a writer waits for
+    /// in `flush`, with no ack or command to follow).
     fn resolve_ok(&mut self, done: Vec<(EventToken, Option<u64>)>) {
         for (token, offset) in done {
             let _ = token.tx.send(Ok(WriteAck {
@@ -483,6 +502,7 @@ impl Session {
                 offset,
             }));
         }
+        self.answer_flushes();
     }
 
     /// Fails the session for good: every pending event and flush gets `err`.

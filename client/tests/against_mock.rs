@@ -860,3 +860,23 @@ async fn a_writer_made_while_a_scale_is_pending_ends_up_in_the_successors() {
     assert_eq!(payloads, expected);
     writer.close().await.unwrap();
 }
+
+/// A flush waiting for events that a reconnect's setup reports applied is
+/// answered right then, though nothing else comes to wake the session (the
+/// writer stall once seen under `kill -9` in the middle of a scale).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_is_answered_when_a_reconnect_resolves_its_events() {
+    let (state, _server, client, name) = setup(1).await;
+    let writer = client.writer(&name, config("w-flush")).await.unwrap();
+    // Applied, then the session breaks before the ack.
+    state.fail_after_apply.store(1, Ordering::SeqCst);
+    let p = writer.write_event(Some("k"), "k:0").await.unwrap();
+    tokio::time::timeout(T, writer.flush())
+        .await
+        .expect("the flush is answered")
+        .unwrap();
+    // Resolved by the setup (offset unknown), written once.
+    assert_eq!(p.await.unwrap().offset, None);
+    let info = client.admin().describe_stream(&name).await.unwrap();
+    assert_eq!(state.applied_batches(info.segments[0].segment_id), 1);
+}

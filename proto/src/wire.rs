@@ -9,9 +9,10 @@
 /// a node that does not lead the group (or holds no replica of it).
 pub const LEADER_METADATA_KEY: &str = "aquifer-leader";
 
-/// gRPC metadata key saying which precondition failed on a
-/// `FAILED_PRECONDITION`, so clients tell the cases apart without reading
-/// the message. Values: [`REASON_SEALED`], [`REASON_CONDITION_FAILED`].
+/// gRPC metadata key saying which case an error status is, so clients tell
+/// the cases apart without reading the message. Values: [`REASON_SEALED`],
+/// [`REASON_CONDITION_FAILED`] (on `FAILED_PRECONDITION`),
+/// [`REASON_READER_UNKNOWN`] (on `NOT_FOUND`).
 pub const REASON_METADATA_KEY: &str = "aquifer-reason";
 
 /// [`REASON_METADATA_KEY`]'s value for an append to a sealed segment.
@@ -25,6 +26,9 @@ pub const REASON_CONDITION_FAILED: &str = "condition-failed";
 /// gRPC metadata key carrying a segment's actual length (decimal ASCII) on a
 /// [`REASON_CONDITION_FAILED`] refusal.
 pub const SEGMENT_LENGTH_METADATA_KEY: &str = "aquifer-segment-length";
+/// [`REASON_METADATA_KEY`]'s value for a reader-group call of a reader that
+/// is not in the group (it left or timed out): it must join again.
+pub const REASON_READER_UNKNOWN: &str = "reader-unknown";
 
 /// Longest writer id, in bytes.
 pub const WRITER_ID_BYTES_MAX: usize = 255;

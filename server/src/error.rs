@@ -20,6 +20,13 @@ pub enum Error {
     SegmentNotFound(u64),
     #[error("stream {0} already exists")]
     StreamExists(String),
+    #[error("reader group {0} not found")]
+    GroupNotFound(String),
+    #[error("reader group {0} already exists")]
+    GroupExists(String),
+    /// The reader is not (any more) in its group: it must join again.
+    #[error("{0}")]
+    ReaderUnknown(String),
     #[error("segment {0} is sealed: it takes no more events (its stream was sealed, or scaled: then its successors take them); reads still work")]
     SegmentSealed(u64),
     /// A conditional append met a segment of another length, `actual`
@@ -97,8 +104,11 @@ impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let code = match &e {
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::StreamNotFound(_) | Error::SegmentNotFound(_) => Code::NotFound,
-            Error::StreamExists(_) => Code::AlreadyExists,
+            Error::StreamNotFound(_)
+            | Error::SegmentNotFound(_)
+            | Error::GroupNotFound(_)
+            | Error::ReaderUnknown(_) => Code::NotFound,
+            Error::StreamExists(_) | Error::GroupExists(_) => Code::AlreadyExists,
             Error::SegmentSealed(_)
             | Error::ConditionFailed { .. }
             | Error::FailedPrecondition(_) => Code::FailedPrecondition,
@@ -118,6 +128,7 @@ impl From<Error> for Status {
                 );
                 Some(wire::REASON_CONDITION_FAILED)
             }
+            Error::ReaderUnknown(_) => Some(wire::REASON_READER_UNKNOWN),
             _ => None,
         };
         if let Some(reason) = reason {

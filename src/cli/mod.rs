@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod event_json;
+pub mod group;
 pub mod read;
 pub mod scan;
 pub mod serve;

@@ -7,7 +7,7 @@
 
 use std::io::Write;
 
-use aquifer_client::{Client, Event, ReaderConfig, StartFrom, StreamName};
+use aquifer_client::{Client, Event, ReaderConfig, StartFrom, StreamCut, StreamName};
 use clap::{Args, ValueEnum};
 use futures::{FutureExt, TryStreamExt};
 
@@ -23,12 +23,26 @@ pub enum From {
 
 #[derive(Args, Debug)]
 pub struct ReadArgs {
-    /// The stream to read, as SCOPE/STREAM.
-    #[arg(value_name = "SCOPE/STREAM")]
-    name: String,
+    /// The stream to read, as SCOPE/STREAM (not with --group).
+    #[arg(value_name = "SCOPE/STREAM", required_unless_present = "group")]
+    name: Option<String>,
     /// Where to start in each segment.
-    #[arg(long, value_enum, default_value_t = From::Head)]
+    #[arg(long, value_enum, default_value_t = From::Head, conflicts_with = "from_cut")]
     pub from: From,
+    /// Start at this stream cut (a token from `stream cut` or a group
+    /// checkpoint); segments after it are read once their predecessors are.
+    #[arg(long, value_name = "CUT")]
+    from_cut: Option<String>,
+    /// Read as reader READER of reader group SCOPE/GROUP (see `group
+    /// create`): only the segments the group gives this reader, with
+    /// positions reported to the group. A group read always follows
+    /// (--follow is implied) until stopped (Ctrl-C or SIGTERM leave the
+    /// group cleanly) or --max.
+    #[arg(long, value_name = "SCOPE/GROUP", requires = "reader", conflicts_with_all = ["name", "from", "from_cut"])]
+    group: Option<String>,
+    /// This reader's id in the group (with --group).
+    #[arg(long, value_name = "READER")]
+    reader: Option<String>,
     /// Keep waiting for new events (until every segment is sealed and read)
     /// instead of stopping at the current end.
     #[arg(long)]
@@ -45,12 +59,25 @@ pub struct ReadArgs {
     format: Format,
 }
 
+impl ReadArgs {
+    /// How events are printed.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+}
+
 pub async fn run(addr: &str, args: ReadArgs) -> anyhow::Result<()> {
-    let name: StreamName = args.name.parse()?;
+    if let Some(group) = &args.group {
+        let reader = args.reader.as_deref().unwrap_or_default();
+        return super::group::read(addr, group, reader, &args).await;
+    }
+    let name: StreamName = args.name.as_deref().unwrap_or_default().parse()?;
+    let from_cut = args.from_cut.as_deref().map(StreamCut::parse).transpose()?;
     let client = Client::connect(addr).await?;
-    let start = match args.from {
-        From::Head => StartFrom::Head,
-        From::Tail => StartFrom::Tail,
+    let start = match (from_cut, args.from) {
+        (Some(cut), _) => StartFrom::Positions(cut.positions),
+        (None, From::Head) => StartFrom::Head,
+        (None, From::Tail) => StartFrom::Tail,
     };
     let config = ReaderConfig::default().start(start).follow(args.follow);
     let mut reader = client.reader(&name, config).await?;
@@ -74,7 +101,7 @@ pub async fn run(addr: &str, args: ReadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print(out: &mut impl Write, args: &ReadArgs, event: &Event) -> std::io::Result<()> {
+pub(super) fn print(out: &mut impl Write, args: &ReadArgs, event: &Event) -> std::io::Result<()> {
     if args.format == Format::Json {
         let line = event_json::encode(
             event.routing_key.as_deref(),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::bail;
-use aquifer_client::{Client, ScanConfig, StreamName};
+use aquifer_client::{Client, ScanConfig, StreamCut, StreamName};
 use bytes::Bytes;
 use clap::Args;
 use futures::TryStreamExt;
@@ -31,6 +31,13 @@ pub struct ScanArgs {
     /// credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
     #[arg(long)]
     direct: bool,
+    /// Start at this stream cut (a token from `stream cut`) instead of the
+    /// head.
+    #[arg(long, value_name = "CUT")]
+    from_cut: Option<String>,
+    /// End at this stream cut instead of the tail as of now.
+    #[arg(long, value_name = "CUT")]
+    to_cut: Option<String>,
 }
 
 /// Events per message from a scan task to the printer.
@@ -50,9 +57,18 @@ pub async fn run(addr: &str, args: ScanArgs) -> anyhow::Result<()> {
         bail!("--parallel must be at least 1");
     }
     let name: StreamName = args.name.parse()?;
+    let from_cut = args.from_cut.as_deref().map(StreamCut::parse).transpose()?;
+    let to_cut = args.to_cut.as_deref().map(StreamCut::parse).transpose()?;
     let client = Client::connect(addr).await?;
     let batch = client.batch();
-    let (from, to) = (batch.head_cut(&name).await?, batch.tail_cut(&name).await?);
+    let from = match from_cut {
+        Some(cut) => cut,
+        None => batch.head_cut(&name).await?,
+    };
+    let to = match to_cut {
+        Some(cut) => cut,
+        None => batch.tail_cut(&name).await?,
+    };
     let ranges = batch.segment_ranges(&name, &from, &to).await?;
     let config = ScanConfig::default().direct(args.direct);
     let started = Instant::now();

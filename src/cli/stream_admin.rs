@@ -89,6 +89,18 @@ pub enum StreamCommand {
         #[arg(value_name = "SCOPE/STREAM")]
         name: String,
     },
+    /// Print a stream cut as a token (SEGMENT:OFFSET pairs): the tail (where
+    /// the stream ends now) or, with --head, the head. Give it to `read
+    /// --from-cut`, `scan --from-cut/--to-cut` or `group create --from`.
+    Cut {
+        /// The stream, as SCOPE/STREAM.
+        #[arg(value_name = "SCOPE/STREAM")]
+        name: String,
+        /// The head cut (the first readable event of every segment) instead
+        /// of the tail.
+        #[arg(long)]
+        head: bool,
+    },
     /// Seal a stream: no more appends, reads still work. Idempotent.
     Seal {
         /// The stream, as SCOPE/STREAM.
@@ -172,6 +184,18 @@ pub struct RetentionArgs {
     /// TiB (e.g. 100GiB); 0 for no size limit.
     #[arg(long, value_name = "SIZE", value_parser = parse_size_bytes)]
     retention_size: Option<u64>,
+    /// Retention by consumption: remove data once every reader group that
+    /// subscribes to the stream (`group create --subscribe`) has
+    /// checkpointed past it. --retention-time/--retention-size are then
+    /// the most kept; `--retention-by-consumption false` turns it off.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    retention_by_consumption: Option<bool>,
+    /// By consumption: keep at least this long (e.g. 1h; 0: no minimum).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+    retention_min_time: Option<u64>,
+    /// By consumption: keep at least about this much (e.g. 1GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_bytes)]
+    retention_min_size: Option<u64>,
 }
 
 /// How a stream follows its traffic. Without `--scaling`: a fixed number
@@ -261,11 +285,24 @@ impl RetentionArgs {
         if let Some(bytes) = self.retention_size {
             r.size_bytes = Some(bytes).filter(|&b| b > 0);
         }
+        if let Some(on) = self.retention_by_consumption {
+            r.by_consumption = on;
+        }
+        if let Some(ms) = self.retention_min_time {
+            r.min_time = Some(Duration::from_millis(ms)).filter(|t| !t.is_zero());
+        }
+        if let Some(bytes) = self.retention_min_size {
+            r.min_size_bytes = Some(bytes).filter(|&b| b > 0);
+        }
         r
     }
 
     fn is_empty(&self) -> bool {
-        self.retention_time.is_none() && self.retention_size.is_none()
+        self.retention_time.is_none()
+            && self.retention_size.is_none()
+            && self.retention_by_consumption.is_none()
+            && self.retention_min_time.is_none()
+            && self.retention_min_size.is_none()
     }
 }
 
@@ -277,6 +314,7 @@ pub async fn run(addr: &str, cmd: StreamCommand) -> anyhow::Result<()> {
         | StreamCommand::Describe { name }
         | StreamCommand::Scale { name, .. }
         | StreamCommand::History { name }
+        | StreamCommand::Cut { name, .. }
         | StreamCommand::Seal { name }
         | StreamCommand::Delete { name } => Some(name.parse::<StreamName>()?),
         StreamCommand::List { .. } => None,
@@ -289,7 +327,7 @@ pub async fn run(addr: &str, cmd: StreamCommand) -> anyhow::Result<()> {
     } = &cmd
     {
         if retention.is_empty() && scaling.scaling.is_none() {
-            bail!("nothing to change: give --retention-time and/or --retention-size (0 removes a limit), or --scaling");
+            bail!("nothing to change: give --retention-time, --retention-size (0 removes a limit), --retention-by-consumption, or --scaling");
         }
     }
     if let StreamCommand::Scale { splits, merges, .. } = &cmd {
@@ -364,6 +402,15 @@ pub async fn run(addr: &str, cmd: StreamCommand) -> anyhow::Result<()> {
             let info = admin.describe_stream(&name).await?;
             write_table(&mut out, &history_rows(&info))?;
         }
+        (StreamCommand::Cut { head, .. }, Some(name)) => {
+            let batch = client.batch();
+            let cut = if head {
+                batch.head_cut(&name).await?
+            } else {
+                batch.tail_cut(&name).await?
+            };
+            writeln!(out, "{cut}")?;
+        }
         (StreamCommand::Seal { .. }, Some(name)) => {
             admin.seal_stream(&name).await?;
             writeln!(out, "sealed stream {name}")?;
@@ -406,7 +453,18 @@ fn retention_line(r: &Retention) -> String {
     let size = r
         .size_bytes
         .map_or_else(|| "none".to_string(), format_bytes);
-    format!("retention: time {time}, size {size}")
+    if !r.by_consumption {
+        return format!("retention: time {time}, size {size}");
+    }
+    let min_time = r
+        .min_time
+        .map_or_else(|| "none".to_string(), format_duration);
+    let min_size = r
+        .min_size_bytes
+        .map_or_else(|| "none".to_string(), format_bytes);
+    format!(
+        "retention: by consumption (at least time {min_time}, size {min_size}; at most time {time}, size {size})"
+    )
 }
 
 /// One row per epoch: number, start, active segments.
@@ -563,6 +621,7 @@ mod tests {
         let r = RetentionArgs {
             retention_time: parse_duration_ms("7d").ok(),
             retention_size: parse_size_bytes("100GiB").ok(),
+            ..RetentionArgs::default()
         }
         .applied_to(Retention::default());
         assert_eq!(retention_line(&r), "retention: time 7d, size 100 GiB");
@@ -573,9 +632,19 @@ mod tests {
         // 0 removes one limit and keeps the other.
         let r = RetentionArgs {
             retention_time: Some(0),
-            retention_size: None,
+            ..RetentionArgs::default()
         }
         .applied_to(r);
         assert_eq!(retention_line(&r), "retention: time none, size 100 GiB");
+        let r = RetentionArgs {
+            retention_by_consumption: Some(true),
+            retention_min_time: parse_duration_ms("1h").ok(),
+            ..RetentionArgs::default()
+        }
+        .applied_to(r);
+        assert_eq!(
+            retention_line(&r),
+            "retention: by consumption (at least time 1h, size none; at most time none, size 100 GiB)"
+        );
     }
 }

@@ -177,6 +177,9 @@ fn stream_info(s: &StreamRecord, views: &HashMap<u64, SegmentView>) -> StreamInf
         retention: (!s.retention.is_unlimited()).then_some(pb::Retention {
             time_ms: s.retention.time_ms,
             size_bytes: s.retention.bytes,
+            by_consumption: s.retention.by_consumption,
+            min_time_ms: s.retention.min_time_ms,
+            min_size_bytes: s.retention.min_bytes,
         }),
         scaling: Some(policy_info(&s.policy)),
         epoch: s.epoch,
@@ -219,6 +222,9 @@ fn retention(r: Option<pb::Retention>) -> Retention {
     r.map_or_else(Retention::default, |r| Retention {
         time_ms: r.time_ms,
         bytes: r.size_bytes,
+        by_consumption: r.by_consumption,
+        min_time_ms: r.min_time_ms,
+        min_bytes: r.min_size_bytes,
     })
 }
 

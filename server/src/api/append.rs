@@ -94,11 +94,14 @@ impl Append for AppendService {
             bytes,
         };
         let closed = self.node.closed();
+        let session_segment = setup.segment_id;
+        tracing::debug!(segment_id = setup.segment_id, writer_id = %session.writer_id, last, "append session set up");
         tokio::spawn(async move {
             let result = tokio::select! {
                 r = session.run(inbound, &tx) => r,
                 _ = closed => Err(Status::unavailable("the server is shutting down; retry")),
             };
+            tracing::debug!(segment_id = session_segment, result = ?result.as_ref().err(), "append session ended");
             if let Err(status) = result {
                 let _ = tx.send(Err(status)).await;
             }

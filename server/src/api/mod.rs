@@ -1,6 +1,6 @@
 //! gRPC services (tonic): stream admin, append sessions, segment reads,
 //! single-request segment operations (conditional appends, truncation),
-//! plus the standard health service and server reflection.
+//! reader groups, plus the standard health service and server reflection.
 //!
 //! Each service is a thin layer: it checks the request, calls the node, and
 //! maps `crate::error::Error` to a status in one place (`error.rs`). Services
@@ -10,6 +10,7 @@ mod admin;
 mod append;
 mod cluster;
 mod connections;
+mod groups;
 mod raft;
 mod read;
 mod segments;
@@ -22,6 +23,7 @@ use aquifer_proto::v1::append_server::AppendServer;
 use aquifer_proto::v1::cluster_server::ClusterServer;
 use aquifer_proto::v1::raft_transport_server::RaftTransportServer;
 use aquifer_proto::v1::read_server::ReadServer;
+use aquifer_proto::v1::reader_groups_server::ReaderGroupsServer;
 use aquifer_proto::v1::segments_server::SegmentsServer;
 use aquifer_proto::v1::stream_admin_server::StreamAdminServer;
 
@@ -52,6 +54,9 @@ pub async fn serve(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let cluster = ClusterServer::new(cluster::ClusterService::new(node.clone()));
+    let groups = ReaderGroupsServer::new(groups::GroupService::new(node.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let read = ReadServer::new(read::ReadService::new(node))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -67,6 +72,9 @@ pub async fn serve(
     health.set_serving::<ReadServer<read::ReadService>>().await;
     health
         .set_serving::<SegmentsServer<segments::SegmentsService>>()
+        .await;
+    health
+        .set_serving::<ReaderGroupsServer<groups::GroupService>>()
         .await;
     let shutdown = async move {
         shutdown.await;
@@ -98,6 +106,7 @@ pub async fn serve(
         .add_service(append)
         .add_service(read)
         .add_service(segments)
+        .add_service(groups)
         .add_service(raft)
         .add_service(cluster)
         .add_service(health_service)

@@ -5,7 +5,7 @@
 pub struct MetaCommand {
     #[prost(
         oneof = "MetaCmd",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15"
     )]
     pub cmd: Option<MetaCmd>,
 }
@@ -53,6 +53,107 @@ pub enum MetaCmd {
     /// Dropped segments their containers no longer hold: forget them.
     #[prost(message, tag = "14")]
     PurgeSegments(SegmentsRef),
+    /// A reader-group change (see `groups.rs`).
+    #[prost(message, tag = "15")]
+    Group(GroupCommand),
+}
+
+/// One change of reader group `scope/group`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GroupCommand {
+    #[prost(string, tag = "1")]
+    pub scope: String,
+    #[prost(string, tag = "2")]
+    pub group: String,
+    #[prost(oneof = "GroupOp", tags = "3, 4, 5, 6, 7, 8, 9, 10")]
+    pub op: Option<GroupOp>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum GroupOp {
+    #[prost(message, tag = "3")]
+    Create(CreateGroup),
+    #[prost(message, tag = "4")]
+    Join(ReaderRef),
+    #[prost(message, tag = "5")]
+    Heartbeat(HeartbeatRecord),
+    /// A reader leaves, saying where it stopped.
+    #[prost(message, tag = "6")]
+    Leave(LeaveRecord),
+    /// The meta leader saw no heartbeat of a reader for its timeout.
+    #[prost(message, tag = "7")]
+    TimeOut(ReaderRef),
+    #[prost(message, tag = "8")]
+    Checkpoint(CheckpointCmd),
+    #[prost(message, tag = "9")]
+    Reset(Positions),
+    #[prost(message, tag = "10")]
+    Delete(ReaderRef),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CreateGroup {
+    #[prost(message, repeated, tag = "1")]
+    pub streams: Vec<super::groups::GroupStream>,
+    /// Where reading starts: segment → offset.
+    #[prost(btree_map = "uint64, uint64", tag = "2")]
+    pub start: std::collections::BTreeMap<u64, u64>,
+    #[prost(uint64, tag = "3")]
+    pub reader_timeout_ms: u64,
+    #[prost(bool, tag = "4")]
+    pub subscribed: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReaderRef {
+    #[prost(string, tag = "1")]
+    pub reader: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Positions {
+    #[prost(btree_map = "uint64, uint64", tag = "1")]
+    pub positions: std::collections::BTreeMap<u64, u64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaveRecord {
+    #[prost(string, tag = "1")]
+    pub reader: String,
+    #[prost(btree_map = "uint64, uint64", tag = "2")]
+    pub positions: std::collections::BTreeMap<u64, u64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CheckpointCmd {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint64, tag = "2")]
+    pub now_ms: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HeartbeatRecord {
+    #[prost(string, tag = "1")]
+    pub reader: String,
+    #[prost(uint64, tag = "2")]
+    pub generation: u64,
+    #[prost(btree_map = "uint64, uint64", tag = "3")]
+    pub positions: std::collections::BTreeMap<u64, u64>,
+    #[prost(btree_map = "uint64, uint64", tag = "4")]
+    pub completed: std::collections::BTreeMap<u64, u64>,
+    #[prost(btree_map = "uint64, uint64", tag = "5")]
+    pub released: std::collections::BTreeMap<u64, u64>,
+    #[prost(message, repeated, tag = "6")]
+    pub checkpoints: Vec<CheckpointAck>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CheckpointAck {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(btree_map = "uint64, uint64", tag = "2")]
+    pub positions: std::collections::BTreeMap<u64, u64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -200,6 +301,13 @@ pub struct SetRetention {
     pub retention_time_ms: u64,
     #[prost(uint64, tag = "4")]
     pub retention_bytes: u64,
+    /// Retention by consumption (see `state::Retention`).
+    #[prost(bool, tag = "5")]
+    pub by_consumption: bool,
+    #[prost(uint64, tag = "6")]
+    pub min_time_ms: u64,
+    #[prost(uint64, tag = "7")]
+    pub min_bytes: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -224,6 +332,12 @@ pub struct CreateStream {
     pub created_ms: u64,
     #[prost(message, optional, tag = "8")]
     pub policy: Option<PolicyRecord>,
+    #[prost(bool, tag = "9")]
+    pub by_consumption: bool,
+    #[prost(uint64, tag = "10")]
+    pub min_time_ms: u64,
+    #[prost(uint64, tag = "11")]
+    pub min_bytes: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -245,6 +359,8 @@ pub struct MetaSnapshot {
     pub nodes: Vec<NodeRecord>,
     #[prost(message, optional, tag = "4")]
     pub placement: Option<PlacementRecord>,
+    #[prost(message, repeated, tag = "5")]
+    pub groups: Vec<super::groups::GroupRecord>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -275,6 +391,12 @@ pub struct StreamSnapshot {
     pub scaling_predecessors: Vec<u64>,
     #[prost(message, optional, tag = "12")]
     pub policy: Option<PolicyRecord>,
+    #[prost(bool, tag = "13")]
+    pub by_consumption: bool,
+    #[prost(uint64, tag = "14")]
+    pub min_time_ms: u64,
+    #[prost(uint64, tag = "15")]
+    pub min_bytes: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

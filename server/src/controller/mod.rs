@@ -9,11 +9,15 @@
 //! changes heals.
 
 mod command;
+pub mod groups;
 pub mod placement;
 pub(crate) mod scaling;
 mod state;
 
-pub use command::PolicyRecord;
+pub use command::{
+    CheckpointAck, CheckpointCmd, CreateGroup, GroupOp, HeartbeatRecord, LeaveRecord, PolicyRecord,
+    Positions, ReaderRef,
+};
 pub use scaling::{ScalingKind, ScalingPolicy};
 pub use state::{Retention, Scaling, StreamKey, StreamRecord};
 
@@ -22,7 +26,7 @@ use crate::error::Error;
 use crate::group::{Group, GroupConfig};
 use crate::log::LogError;
 use command::{MetaCmd, MetaCommand};
-use state::{MetaError, MetaState, NodeMap, PlacementMap, StreamMap};
+use state::{Applied, GroupMap, MetaError, MetaState, NodeMap, PlacementMap, StreamMap};
 
 impl From<MetaError> for Error {
     fn from(e: MetaError) -> Self {
@@ -32,6 +36,13 @@ impl From<MetaError> for Error {
             MetaError::Malformed(why) => Error::Internal(why),
             MetaError::Invalid(why) => Error::InvalidArgument(why),
             MetaError::Busy(why) => Error::FailedPrecondition(why),
+            MetaError::GroupNotFound(name) => Error::GroupNotFound(name),
+            MetaError::GroupExists(name) => Error::GroupExists(name),
+            MetaError::Group(e @ groups::GroupError::ReaderUnknown { .. }) => {
+                Error::ReaderUnknown(e.to_string())
+            }
+            MetaError::Group(groups::GroupError::Invalid(why)) => Error::InvalidArgument(why),
+            MetaError::Group(groups::GroupError::Full(why)) => Error::ResourceExhausted(why),
         }
     }
 }
@@ -41,6 +52,7 @@ pub struct Controller {
     streams: StreamMap,
     nodes: NodeMap,
     placement: PlacementMap,
+    groups: GroupMap,
 }
 
 impl Controller {
@@ -48,13 +60,20 @@ impl Controller {
         let streams = StreamMap::default();
         let nodes = NodeMap::default();
         let placement = PlacementMap::default();
-        let state = MetaState::new(streams.clone(), nodes.clone(), placement.clone());
+        let groups = GroupMap::default();
+        let state = MetaState::new(
+            streams.clone(),
+            nodes.clone(),
+            placement.clone(),
+            groups.clone(),
+        );
         let group = Group::start(group, state)?;
         Ok(Controller {
             group,
             streams,
             nodes,
             placement,
+            groups,
         })
     }
 
@@ -88,12 +107,15 @@ impl Controller {
     }
 
     async fn propose(&self, cmd: MetaCmd) -> Result<StreamRecord, Error> {
-        self.propose_any(cmd)
-            .await?
-            .ok_or_else(|| Error::Internal("a stream command answered no stream".into()))
+        match self.propose_any(cmd).await? {
+            Applied::Stream(s) => Ok(s),
+            other => Err(Error::Internal(format!(
+                "a stream command answered {other:?}"
+            ))),
+        }
     }
 
-    async fn propose_any(&self, cmd: MetaCmd) -> Result<Option<StreamRecord>, Error> {
+    async fn propose_any(&self, cmd: MetaCmd) -> Result<Applied, Error> {
         let data = prost::Message::encode_to_vec(&MetaCommand { cmd: Some(cmd) });
         Ok(self.group.propose(data).await??)
     }
@@ -176,6 +198,9 @@ impl Controller {
             containers,
             retention_time_ms: retention.time_ms,
             retention_bytes: retention.bytes,
+            by_consumption: retention.by_consumption,
+            min_time_ms: retention.min_time_ms,
+            min_bytes: retention.min_bytes,
             created_ms: crate::tier::writer::now_ms(),
             policy: Some(policy.record()),
         }))
@@ -267,6 +292,84 @@ impl Controller {
         .await
     }
 
+    /// Applies one change to reader group `key`; the view of the reader
+    /// that made it, if a reader did.
+    pub async fn group_change(
+        &self,
+        key: &groups::GroupKey,
+        op: GroupOp,
+    ) -> Result<Option<groups::ReaderView>, Error> {
+        let cmd = MetaCmd::Group(command::GroupCommand {
+            scope: key.scope.clone(),
+            group: key.group.clone(),
+            op: Some(op),
+        });
+        match self.propose_any(cmd).await? {
+            Applied::Group(view) => Ok(view),
+            other => Err(Error::Internal(format!(
+                "a group command answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Reader group `key` as this replica knows it.
+    pub fn group_record(&self, key: &groups::GroupKey) -> Result<groups::GroupRecord, Error> {
+        let map = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        map.get(key)
+            .cloned()
+            .ok_or_else(|| Error::GroupNotFound(key.to_string()))
+    }
+
+    /// For retention by consumption: how far every reader group subscribed
+    /// to `stream` consumed each of its segments (the least of them), or
+    /// None when no group subscribes.
+    pub fn consumed(&self, stream: &StreamKey) -> Option<std::collections::HashMap<u64, u64>> {
+        let subscribed: Vec<groups::GroupRecord> = {
+            let map = self.groups.read().unwrap_or_else(|p| p.into_inner());
+            map.values()
+                .filter(|g| {
+                    g.subscribed
+                        && g.streams
+                            .iter()
+                            .any(|s| s.scope == stream.scope && s.stream == stream.stream)
+                })
+                .cloned()
+                .collect()
+        };
+        if subscribed.is_empty() {
+            return None;
+        }
+        let record = self.get(stream).ok()?;
+        let mut graph = groups::SegmentGraph::default();
+        for g in &record.segments {
+            graph.predecessors.insert(g.id, g.predecessors.clone());
+            graph.successors.insert(g.id, g.successors.clone());
+        }
+        let consumed: Vec<groups::Consumed> = subscribed
+            .iter()
+            .map(|g| groups::Consumed::new(g.consumed_cut(), &graph))
+            .collect();
+        Some(
+            record
+                .segments
+                .iter()
+                .map(|s| {
+                    let least = consumed.iter().map(|c| c.offset(s.id)).min().unwrap_or(0);
+                    (s.id, least)
+                })
+                .collect(),
+        )
+    }
+
+    /// Every reader group (of `scope`, unless empty).
+    pub fn group_records(&self, scope: &str) -> Vec<groups::GroupRecord> {
+        let map = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .filter(|g| scope.is_empty() || g.scope == scope)
+            .cloned()
+            .collect()
+    }
+
     /// Whether segment `id` is a successor of a scale not yet in force.
     pub fn is_pending(&self, id: u64) -> bool {
         let map = self.streams.read().unwrap_or_else(|p| p.into_inner());
@@ -286,6 +389,9 @@ impl Controller {
             stream: key.stream.clone(),
             retention_time_ms: retention.time_ms,
             retention_bytes: retention.bytes,
+            by_consumption: retention.by_consumption,
+            min_time_ms: retention.min_time_ms,
+            min_bytes: retention.min_bytes,
         }))
         .await
     }

@@ -7,8 +7,11 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use super::command::{
-    CompleteScale, EpochSnapshot, MetaCmd, MetaCommand, MetaSnapshot, NodeRecord, PolicyRecord,
-    SegmentSnapshot, StartScale, StreamRef, StreamSnapshot,
+    CompleteScale, EpochSnapshot, GroupCommand, GroupOp, MetaCmd, MetaCommand, MetaSnapshot,
+    NodeRecord, PolicyRecord, SegmentSnapshot, StartScale, StreamRef, StreamSnapshot,
+};
+use super::groups::{
+    GroupError, GroupKey, GroupRecord, GroupStream, ReaderView, Report, SegmentGraph,
 };
 use super::scaling::{self, ScalingKind, ScalingPolicy, Span, Split};
 use crate::container::container_of;
@@ -175,16 +178,23 @@ impl ScalingPolicy {
     }
 }
 
-/// How much of a stream to keep; 0 means no limit.
+/// How much of a stream to keep; 0 means no limit. With `by_consumption`
+/// data goes once every reader group subscribed to the stream has
+/// checkpointed past it, but not before it is past the minimum limits;
+/// `time_ms` and `bytes` are then the maximum (data past them goes
+/// whatever the groups read).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retention {
     pub time_ms: u64,
     pub bytes: u64,
+    pub by_consumption: bool,
+    pub min_time_ms: u64,
+    pub min_bytes: u64,
 }
 
 impl Retention {
     pub fn is_unlimited(&self) -> bool {
-        self.time_ms == 0 && self.bytes == 0
+        self.time_ms == 0 && self.bytes == 0 && !self.by_consumption
     }
 }
 
@@ -218,6 +228,20 @@ pub type NodeMap = Arc<RwLock<BTreeMap<u64, String>>>;
 /// Where the groups' replicas belong (empty until the first leader places
 /// them; always empty on a single node).
 pub type PlacementMap = Arc<RwLock<Placement>>;
+/// The reader groups.
+pub type GroupMap = Arc<RwLock<BTreeMap<GroupKey, GroupRecord>>>;
+
+/// What applying a metadata command answers.
+#[derive(Debug, PartialEq)]
+pub enum Applied {
+    /// A node or placement change.
+    Nothing,
+    /// The stream a command changed, as it is after.
+    Stream(StreamRecord),
+    /// A reader-group change; the view of the reader that made it, if a
+    /// reader did.
+    Group(Option<ReaderView>),
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetaError {
@@ -234,22 +258,35 @@ pub enum MetaError {
     /// a sealed stream).
     #[error("{0}")]
     Busy(String),
+    #[error("reader group {0} not found")]
+    GroupNotFound(String),
+    #[error("reader group {0} already exists")]
+    GroupExists(String),
+    #[error(transparent)]
+    Group(#[from] GroupError),
 }
 
 pub struct MetaState {
     streams: StreamMap,
     nodes: NodeMap,
     placement: PlacementMap,
+    groups: GroupMap,
     /// Segment ids are never reused; 0 is never an id.
     next_segment_id: u64,
 }
 
 impl MetaState {
-    pub fn new(streams: StreamMap, nodes: NodeMap, placement: PlacementMap) -> Self {
+    pub fn new(
+        streams: StreamMap,
+        nodes: NodeMap,
+        placement: PlacementMap,
+        groups: GroupMap,
+    ) -> Self {
         MetaState {
             streams,
             nodes,
             placement,
+            groups,
             next_segment_id: 1,
         }
     }
@@ -289,25 +326,27 @@ fn try_update(
 }
 
 impl StateMachine for MetaState {
-    /// The stream a command changed; None for node commands.
-    type Output = Result<Option<StreamRecord>, MetaError>;
+    type Output = Result<Applied, MetaError>;
 
     fn apply(&mut self, _index: u64, command: Bytes) -> Self::Output {
         let cmd: MetaCommand =
             prost::Message::decode(command).map_err(|e| MetaError::Malformed(e.to_string()))?;
+        if let Some(MetaCmd::Group(g)) = cmd.cmd {
+            return self.apply_group(g);
+        }
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
         match cmd.cmd {
             Some(MetaCmd::SetNode(n)) => {
                 nodes.insert(n.id, n.address);
-                return Ok(None);
+                return Ok(Applied::Nothing);
             }
             Some(MetaCmd::RemoveNode(n)) => {
                 nodes.remove(&n.id);
-                return Ok(None);
+                return Ok(Applied::Nothing);
             }
             Some(MetaCmd::SetPlacement(p)) => {
                 *self.placement.write().unwrap_or_else(|p| p.into_inner()) = p.into();
-                return Ok(None);
+                return Ok(Applied::Nothing);
             }
             Some(MetaCmd::Form(f)) => {
                 if nodes.is_empty() {
@@ -315,12 +354,12 @@ impl StateMachine for MetaState {
                     *self.placement.write().unwrap_or_else(|p| p.into_inner()) =
                         f.placement.map(Into::into).unwrap_or_default();
                 }
-                return Ok(None);
+                return Ok(Applied::Nothing);
             }
             _ => {}
         }
         drop(nodes);
-        self.apply_stream(cmd.cmd).map(Some)
+        self.apply_stream(cmd.cmd).map(Applied::Stream)
     }
 
     type Snapshot = MetaSnapshot;
@@ -339,6 +378,13 @@ impl StateMachine for MetaState {
             .collect();
         let placement = self.placement.read().unwrap_or_else(|p| p.into_inner());
         snap.placement = (!placement.is_empty()).then(|| (&*placement).into());
+        snap.groups = self
+            .groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         snap
     }
 
@@ -351,6 +397,8 @@ impl StateMachine for MetaState {
             .collect();
         *self.placement.write().unwrap_or_else(|p| p.into_inner()) =
             snap.placement.clone().map(Into::into).unwrap_or_default();
+        *self.groups.write().unwrap_or_else(|p| p.into_inner()) =
+            snap.groups.iter().map(|g| (g.key(), g.clone())).collect();
         self.restore_streams(snap)
     }
 }
@@ -408,6 +456,9 @@ impl MetaState {
                     retention: Retention {
                         time_ms: c.retention_time_ms,
                         bytes: c.retention_bytes,
+                        by_consumption: c.by_consumption,
+                        min_time_ms: c.min_time_ms,
+                        min_bytes: c.min_bytes,
                     },
                     sealed: false,
                     deleting: false,
@@ -427,6 +478,9 @@ impl MetaState {
                 let retention = Retention {
                     time_ms: r.retention_time_ms,
                     bytes: r.retention_bytes,
+                    by_consumption: r.by_consumption,
+                    min_time_ms: r.min_time_ms,
+                    min_bytes: r.min_bytes,
                 };
                 let key = StreamRef {
                     scope: r.scope,
@@ -477,7 +531,8 @@ impl MetaState {
                 MetaCmd::SetNode(_)
                 | MetaCmd::RemoveNode(_)
                 | MetaCmd::SetPlacement(_)
-                | MetaCmd::Form(_),
+                | MetaCmd::Form(_)
+                | MetaCmd::Group(_),
             )
             | None => Err(MetaError::Malformed("empty command".into())),
         }
@@ -607,6 +662,108 @@ impl MetaState {
         })
     }
 
+    /// Applies a reader-group change.
+    fn apply_group(&mut self, c: GroupCommand) -> Result<Applied, MetaError> {
+        let key = GroupKey {
+            scope: c.scope,
+            group: c.group,
+        };
+        let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        let op =
+            c.op.ok_or_else(|| MetaError::Malformed("empty group command".into()))?;
+        if let GroupOp::Create(g) = op {
+            if groups.contains_key(&key) {
+                return Err(MetaError::GroupExists(key.to_string()));
+            }
+            let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+            for s in &g.streams {
+                let k = StreamKey {
+                    scope: s.scope.clone(),
+                    stream: s.stream.clone(),
+                };
+                if streams.get(&k).is_none_or(|r| r.deleting) {
+                    return Err(MetaError::NotFound(k.to_string()));
+                }
+            }
+            let record = GroupRecord::new(
+                key.scope.clone(),
+                key.group.clone(),
+                g.streams,
+                g.start,
+                g.reader_timeout_ms,
+                g.subscribed,
+            );
+            groups.insert(key, record);
+            return Ok(Applied::Group(None));
+        }
+        if let GroupOp::Delete(_) = op {
+            return match groups.remove(&key) {
+                Some(_) => Ok(Applied::Group(None)),
+                None => Err(MetaError::GroupNotFound(key.to_string())),
+            };
+        }
+        let g = groups
+            .get_mut(&key)
+            .ok_or_else(|| MetaError::GroupNotFound(key.to_string()))?;
+        let graph = self.graph(&g.streams);
+        let view = match op {
+            GroupOp::Join(r) => Some(g.join(&r.reader, &graph)?),
+            GroupOp::Heartbeat(h) => {
+                let report = Report {
+                    generation: h.generation,
+                    positions: h.positions,
+                    completed: h.completed,
+                    released: h.released,
+                    checkpoints: h
+                        .checkpoints
+                        .into_iter()
+                        .map(|a| (a.name, a.positions))
+                        .collect(),
+                };
+                Some(g.heartbeat(&h.reader, report, &graph)?)
+            }
+            GroupOp::Leave(l) => {
+                g.remove_reader(&l.reader, Some(&l.positions), "left", &graph)?;
+                None
+            }
+            GroupOp::TimeOut(r) => {
+                g.remove_reader(&r.reader, None, "timed out", &graph)?;
+                None
+            }
+            GroupOp::Checkpoint(c) => {
+                g.checkpoint(&c.name, c.now_ms)?;
+                None
+            }
+            GroupOp::Reset(p) => {
+                g.reset(p.positions, &graph);
+                None
+            }
+            GroupOp::Create(_) | GroupOp::Delete(_) => None,
+        };
+        Ok(Applied::Group(view))
+    }
+
+    /// The successor graph of `streams` as the metadata records it now.
+    fn graph(&self, streams: &[GroupStream]) -> SegmentGraph {
+        let map = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        let mut graph = SegmentGraph::default();
+        for s in streams {
+            let key = StreamKey {
+                scope: s.scope.clone(),
+                stream: s.stream.clone(),
+            };
+            for g in map.get(&key).map(|r| r.segments.as_slice()).unwrap_or(&[]) {
+                if !g.successors.is_empty() {
+                    graph.successors.insert(g.id, g.successors.clone());
+                }
+                if !g.predecessors.is_empty() {
+                    graph.predecessors.insert(g.id, g.predecessors.clone());
+                }
+            }
+        }
+        graph
+    }
+
     fn stream_snapshot(&self) -> MetaSnapshot {
         let map = self.streams.read().unwrap_or_else(|p| p.into_inner());
         let streams = map
@@ -618,6 +775,9 @@ impl MetaState {
                 deleting: s.deleting,
                 retention_time_ms: s.retention.time_ms,
                 retention_bytes: s.retention.bytes,
+                by_consumption: s.retention.by_consumption,
+                min_time_ms: s.retention.min_time_ms,
+                min_bytes: s.retention.min_bytes,
                 segments: s
                     .segments
                     .iter()
@@ -658,6 +818,7 @@ impl MetaState {
             streams,
             nodes: Vec::new(),
             placement: None,
+            groups: Vec::new(),
         }
     }
 
@@ -709,6 +870,9 @@ impl MetaState {
                 retention: Retention {
                     time_ms: s.retention_time_ms,
                     bytes: s.retention_bytes,
+                    by_consumption: s.by_consumption,
+                    min_time_ms: s.min_time_ms,
+                    min_bytes: s.min_bytes,
                 },
                 sealed: s.sealed,
                 deleting: s.deleting,
@@ -740,7 +904,10 @@ mod tests {
             0,
             prost::Message::encode_to_vec(&MetaCommand { cmd: Some(cmd) }).into(),
         )
-        .map(|r| r.expect("a stream command answers its stream"))
+        .map(|r| match r {
+            Applied::Stream(s) => s,
+            other => panic!("a stream command answers its stream, not {other:?}"),
+        })
     }
 
     /// A fresh state restored from `s`'s snapshot, checked to snapshot the
@@ -750,6 +917,7 @@ mod tests {
             StreamMap::default(),
             NodeMap::default(),
             PlacementMap::default(),
+            GroupMap::default(),
         );
         restored
             .restore(prost::Message::encode_to_vec(&s.snapshot()).into())
@@ -764,6 +932,7 @@ mod tests {
             StreamMap::default(),
             NodeMap::default(),
             PlacementMap::default(),
+            GroupMap::default(),
         );
         let create = |name: &str, n| {
             MetaCmd::Create(CreateStream {
@@ -800,6 +969,7 @@ mod tests {
             StreamMap::default(),
             NodeMap::default(),
             PlacementMap::default(),
+            GroupMap::default(),
         );
         let a = apply(
             &mut s,
@@ -952,7 +1122,12 @@ mod tests {
     fn membership_is_replicated_state_and_in_the_snapshot() {
         let nodes = NodeMap::default();
         let placement = PlacementMap::default();
-        let mut s = MetaState::new(StreamMap::default(), nodes.clone(), placement.clone());
+        let mut s = MetaState::new(
+            StreamMap::default(),
+            nodes.clone(),
+            placement.clone(),
+            GroupMap::default(),
+        );
         let placed = Placement {
             replication_factor: 2,
             meta_voters: vec![2],
@@ -972,7 +1147,7 @@ mod tests {
                 0,
                 prost::Message::encode_to_vec(&MetaCommand { cmd: Some(cmd) }).into(),
             );
-            assert_eq!(out, Ok(None));
+            assert_eq!(out, Ok(Applied::Nothing));
         }
         assert_eq!(
             nodes.read().unwrap().clone(),
@@ -986,6 +1161,7 @@ mod tests {
             StreamMap::default(),
             restored_nodes.clone(),
             restored_placement.clone(),
+            GroupMap::default(),
         );
         restored.restore(snap.into()).unwrap();
         assert_eq!(*restored_nodes.read().unwrap(), *nodes.read().unwrap());
@@ -996,7 +1172,12 @@ mod tests {
     fn a_cluster_forms_once_with_all_its_nodes_and_placement() {
         let nodes = NodeMap::default();
         let placement = PlacementMap::default();
-        let mut s = MetaState::new(StreamMap::default(), nodes.clone(), placement.clone());
+        let mut s = MetaState::new(
+            StreamMap::default(),
+            nodes.clone(),
+            placement.clone(),
+            GroupMap::default(),
+        );
         let form = |ids: &[u64], rf| {
             let placed = Placement {
                 replication_factor: rf,
@@ -1019,12 +1200,12 @@ mod tests {
             )
         };
         let (first, placed) = form(&[1, 2, 3], 3);
-        assert_eq!(s.apply(1, first.into()), Ok(None));
+        assert_eq!(s.apply(1, first.into()), Ok(Applied::Nothing));
         assert_eq!(nodes.read().unwrap().len(), 3);
         assert_eq!(*placement.read().unwrap(), placed);
         // A second forming (another node that led briefly) changes nothing.
         let (again, _) = form(&[1, 2], 2);
-        assert_eq!(s.apply(2, again.into()), Ok(None));
+        assert_eq!(s.apply(2, again.into()), Ok(Applied::Nothing));
         assert_eq!(nodes.read().unwrap().len(), 3);
         assert_eq!(*placement.read().unwrap(), placed);
     }

@@ -9,7 +9,8 @@
 //! [`admin`] (stream admin spanning `meta` and the containers),
 //! [`reconcile`] (every node, every 250 ms, moves the containers it leads
 //! toward the metadata), [`autoscale`] (rates and scaling decisions),
-//! [`membership`] (the cluster's membership pass),
+//! [`membership`] (the cluster's membership pass), [`groups`] (reader
+//! groups' start cuts and reader liveness),
 //! [`data_dir`] (the directory's lock and fixed container count).
 //!
 //! The node never serves before every group replayed its log.
@@ -18,11 +19,13 @@ mod admin;
 mod autoscale;
 mod data_dir;
 mod describe;
+mod groups;
 mod membership;
 mod reconcile;
 mod routing;
 
 pub use admin::validate_name;
+pub use groups::{Start, READER_TIMEOUT_DEFAULT_MS, READER_TIMEOUT_MAX_MS, READER_TIMEOUT_MIN_MS};
 
 use std::fs::File;
 use std::sync::Arc;
@@ -72,6 +75,8 @@ pub struct Node {
     /// calls both run passes, and two at once act on the same stale view
     /// (both would remove a deleted stream; the second then fails).
     reconciling: tokio::sync::Mutex<()>,
+    /// When the metadata leader last heard from each group reader.
+    liveness: std::sync::Mutex<groups::Liveness>,
     /// Turns true to stop the node's tasks.
     stop: watch::Sender<bool>,
     /// Turns true when the node begins to shut down: long-lived sessions
@@ -204,6 +209,7 @@ impl Node {
             peers,
             membership,
             reconciling: tokio::sync::Mutex::new(()),
+            liveness: std::sync::Mutex::default(),
             stop,
             closing: watch::channel(false).0,
             tasks: std::sync::Mutex::new(tasks),
@@ -216,11 +222,12 @@ impl Node {
         // containers and the other nodes), so it holds the node; it stops
         // with the other tasks.
         let autoscaler = tokio::spawn(autoscale::autoscale_loop(node.clone(), stopped.clone()));
+        let liveness = tokio::spawn(groups::liveness_loop(node.clone(), stopped.clone()));
         let reconciler = tokio::spawn(reconcile::reconcile_loop(node.clone(), stopped));
         node.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend([autoscaler, reconciler]);
+            .extend([autoscaler, liveness, reconciler]);
         Ok(node)
     }
 

@@ -248,7 +248,7 @@ async fn retention_drops_a_whole_expired_predecessor() {
     };
     let retention = Retention {
         time_ms: 500,
-        bytes: 0,
+        ..Retention::default()
     };
     let stream = node
         .create_stream(&key, 1, retention, Default::default())
