@@ -590,10 +590,12 @@ async fn group_state_survives_kill9_of_the_metadata_leader() {
     let (keys, to) = (8u64, 600u64);
     let total = (keys * to) as usize;
     let seen: Arc<Mutex<HashSet<(String, u64)>>> = Arc::default();
+    // The readers read until told: a checkpoint needs them reading.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
     for (id, node) in [("a", 1usize), ("b", 2)] {
         let c = cluster.nodes[node].client().await;
-        let seen = seen.clone();
+        let (seen, done) = (seen.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             let mut reader = c
                 .reader_group("groups", "ha")
@@ -601,7 +603,7 @@ async fn group_state_survives_kill9_of_the_metadata_leader() {
                 .await
                 .expect("join");
             loop {
-                if seen.lock().unwrap().len() >= total {
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
                     return reader;
                 }
                 let next =
@@ -612,7 +614,8 @@ async fn group_state_survives_kill9_of_the_metadata_leader() {
                         let k = common::parse_keyed(&e);
                         seen.lock().unwrap().insert((k.key, k.seq));
                     }
-                    Ok(_) => {}
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("the group reader ended"),
                     Err(e) => eprintln!("group read error (it resumes): {e}"),
                 }
             }
@@ -660,6 +663,7 @@ async fn group_state_survives_kill9_of_the_metadata_leader() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
     for t in tasks {
         t.await.expect("reader").close().await.expect("leave");
     }

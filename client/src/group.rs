@@ -693,6 +693,7 @@ impl Driver {
                     })
                     .collect(),
             };
+            tracing::trace!(reader = self.reader_id, acks = acks.len(), "heartbeat");
             let answer = self
                 .group
                 .admin()
@@ -701,6 +702,7 @@ impl Driver {
                     async move { client(&c).heartbeat(req).await }
                 })
                 .await;
+            tracing::trace!(reader = self.reader_id, answer = ?answer.as_ref().map(|a| (a.generation, a.segments.len(), a.checkpoint.clone())), "heartbeat answered");
             let assignment = match answer {
                 Ok(a) => {
                     // Reported: forget what the server now has.
