@@ -4,7 +4,8 @@
 //! - checkpoint latency (initiate → complete), p50/p99, with 4 readers
 //!   reading while a writer writes;
 //! - rebalance time: a reader joins, one leaves cleanly, one dies (dropped
-//!   without leaving; 1 s reader timeout).
+//!   without leaving; 1 s reader timeout);
+//! - conditional-append round trip, p50/p99 (one writer, sequential).
 //!
 //! ```text
 //! cargo bench --bench groups -- [--quick] [--write-results]
@@ -68,6 +69,11 @@ async fn run(args: &Args) -> String {
     let (p50, p99, max, rate) = checkpoints(&client, rounds).await;
     out += &format!(
         "| checkpoint latency, 4 readers, writer at {rate:.0} events/s, {rounds} checkpoints | p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms |\n"
+    );
+    let appends = if args.quick { 500 } else { 3_000 };
+    let (p50, p99) = conditional_appends(&client, appends).await;
+    out += &format!(
+        "| conditional append round trip, 100 B, {appends} in a row | p50 {p50:.2} ms, p99 {p99:.2} ms |\n"
     );
     let (join, leave, death) = rebalance(&client).await;
     out += &format!(
@@ -254,6 +260,34 @@ async fn balanced(g: &ReaderGroup, readers: usize, segments: usize) {
         assert!(Instant::now() < deadline, "never balanced: {info:?}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// Round trips (ms, p50 and p99) of `n` conditional appends in a row, each
+/// at the length the previous one answered.
+async fn conditional_appends(client: &Client, n: i64) -> (f64, f64) {
+    let name: StreamName = "bench/groups-cond".parse().expect("name");
+    let info = client
+        .admin()
+        .create_stream(&name, 1)
+        .await
+        .expect("create");
+    let writer = client
+        .segment_writer(info.segments[0].segment_id, "bench-cond")
+        .expect("segment writer");
+    let payload = bytes::Bytes::from(vec![b'x'; 100]);
+    let mut length = 0;
+    let mut h = Histogram::<u64>::new(3).expect("histogram");
+    for number in 1..=n {
+        let t = Instant::now();
+        let done = writer
+            .append_conditional(number, length, None, payload.clone())
+            .await
+            .expect("conditional append");
+        h.record(t.elapsed().as_micros() as u64).expect("record");
+        length = done.length;
+    }
+    let ms = |v: u64| v as f64 / 1000.0;
+    (ms(h.value_at_quantile(0.5)), ms(h.value_at_quantile(0.99)))
 }
 
 /// (join, clean leave, death) rebalance times over an 8-segment stream.

@@ -17,28 +17,7 @@ use futures::TryStreamExt;
 /// Writes sequences `0..to` of keys `k0..k{keys}` (payload `key:seq:w`,
 /// value = seq) at about `per_second` events/s; waits for every ack.
 async fn write_keys(client: Client, name: StreamName, keys: u64, to: u64, per_second: u64) {
-    let writer = client
-        .writer(&name, WriterConfig::default().writer_id("groups"))
-        .await
-        .expect("writer");
-    let per_tick = (per_second / keys / 100).max(1);
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    let mut seq = 0;
-    while seq < to {
-        tick.tick().await;
-        for _ in 0..per_tick.min(to - seq) {
-            for k in 0..keys {
-                let key = format!("k{k}");
-                writer
-                    .write_event(Some(&key), common::keyed_payload(&key, seq, "w"))
-                    .await
-                    .expect("queued");
-            }
-            seq += 1;
-        }
-    }
-    writer.flush().await.expect("every write acknowledged");
-    writer.close().await.expect("closed");
+    common::write_paced(&client, &name, "groups", keys, 0..to, per_second).await;
 }
 
 /// One line of `read --group --format json`: (segment, offset, key, seq).

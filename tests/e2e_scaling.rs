@@ -7,7 +7,7 @@ use aquifer_testkit as common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use aquifer_client::{Client, Event, ReaderConfig, Scale, StreamName, WriterConfig};
+use aquifer_client::{Client, Event, ReaderConfig, Scale, StreamName};
 use common::{ServerOpts, ServerProcess};
 use futures::TryStreamExt;
 
@@ -298,32 +298,9 @@ async fn a_scale_survives_kill9_of_the_metadata_leader() {
 /// Writes sequences `from..to` of every key at about `per_second`
 /// events/s, then waits for every ack; returns `to`.
 async fn write_at(client: Client, name: StreamName, per_second: u64, from: u64, to: u64) -> u64 {
-    let writer = client
-        .writer(
-            &name,
-            WriterConfig::default().writer_id(format!("paced-{from}")),
-        )
-        .await
-        .expect("writer");
-    let per_tick = (per_second / KEYS / 100).max(1); // sequences per 10 ms
-    let mut seq = from;
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    while seq < to {
-        tick.tick().await;
-        for _ in 0..per_tick.min(to - seq) {
-            for k in 0..KEYS {
-                let key = format!("k{k}");
-                writer
-                    .write_event(Some(&key), common::keyed_payload(&key, seq, "w"))
-                    .await
-                    .expect("queued");
-            }
-            seq += 1;
-        }
-    }
-    writer.flush().await.expect("every write acknowledged");
-    writer.close().await.expect("closed");
-    seq
+    let id = format!("paced-{from}");
+    common::write_paced(&client, &name, &id, KEYS, from..to, per_second).await;
+    to
 }
 
 /// An `aquifer write --key-field-tab` process fed sequences `from..` of

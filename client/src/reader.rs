@@ -569,6 +569,11 @@ impl SegmentRead {
             Ok(resp) => resp.into_inner(),
             Err(status) => return Outcome::Failed(status.into()),
         };
+        // A node serves the read: the run of failures is over, even if no
+        // event comes (a following read of a quiet segment may wait for
+        // long; a later break must not count the wait as failing). The
+        // backoff keeps growing until a message does come.
+        self.failing_since = None;
         loop {
             let msg = match stream.message().await {
                 Ok(Some(msg)) => msg,

@@ -118,6 +118,44 @@ pub fn per_key_sequences(events: &[Event]) -> HashMap<String, Vec<u64>> {
     by_key
 }
 
+/// Writes sequences `seqs` of keys `k0..k{keys}` (payload `key:seq:w`,
+/// routing key = key) at about `per_second` events/s as writer
+/// `writer_id`, then waits for every ack (panics on a failed write).
+pub async fn write_paced(
+    client: &Client,
+    name: &StreamName,
+    writer_id: &str,
+    keys: u64,
+    seqs: std::ops::Range<u64>,
+    per_second: u64,
+) {
+    let writer = client
+        .writer(
+            name,
+            aquifer_client::WriterConfig::default().writer_id(writer_id),
+        )
+        .await
+        .expect("writer");
+    let per_tick = (per_second / keys.max(1) / 100).max(1); // sequences per 10 ms
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut seq = seqs.start;
+    while seq < seqs.end {
+        tick.tick().await;
+        for _ in 0..per_tick.min(seqs.end - seq) {
+            for k in 0..keys {
+                let key = format!("k{k}");
+                writer
+                    .write_event(Some(&key), keyed_payload(&key, seq, "w"))
+                    .await
+                    .expect("queued");
+            }
+            seq += 1;
+        }
+    }
+    writer.flush().await.expect("every write acknowledged");
+    writer.close().await.expect("closed");
+}
+
 /// Writes `key:seq:padding` events (routing key = key) for keys `k0..k{keys}`
 /// and seqs `from..to`, with `pad` bytes of padding, and waits until every
 /// one is durable.

@@ -65,7 +65,7 @@ pub struct GroupCommand {
     pub scope: String,
     #[prost(string, tag = "2")]
     pub group: String,
-    #[prost(oneof = "GroupOp", tags = "3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "GroupOp", tags = "3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub op: Option<GroupOp>,
 }
 
@@ -89,6 +89,10 @@ pub enum GroupOp {
     Reset(Positions),
     #[prost(message, tag = "10")]
     Delete(ReaderRef),
+    /// The meta leader measured each segment's lag (bytes from the group's
+    /// position to the length).
+    #[prost(message, tag = "11")]
+    Lags(Positions),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

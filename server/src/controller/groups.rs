@@ -65,6 +65,11 @@ pub struct GroupRecord {
     /// checkpointed past.
     #[prost(bool, tag = "10")]
     pub subscribed: bool,
+    /// Bytes between the group's position and each segment's length, as
+    /// the meta leader last measured them (a `Lags` entry): the balance
+    /// weighs readers by it after their segment counts.
+    #[prost(btree_map = "uint64, uint64", tag = "11")]
+    pub lag: BTreeMap<u64, u64>,
 }
 
 /// A stream a group reads.
@@ -210,6 +215,7 @@ impl GroupRecord {
             completed: BTreeMap::new(),
             checkpoints: Vec::new(),
             subscribed,
+            lag: BTreeMap::new(),
         }
     }
 
@@ -482,6 +488,33 @@ impl GroupRecord {
         cut
     }
 
+    /// Records each segment's lag (measured by the meta leader), then
+    /// balances with it.
+    pub fn set_lags(&mut self, lag: BTreeMap<u64, u64>, graph: &SegmentGraph) {
+        self.lag = lag;
+        self.settle(graph);
+    }
+
+    /// Where the group reads each segment it knows and has not finished:
+    /// what lag is measured against.
+    pub fn positions(&self) -> BTreeMap<u64, u64> {
+        let mut at = self.unassigned.clone();
+        for r in self.readers.values() {
+            at.extend(r.segments.iter().map(|(&s, &o)| (s, o)));
+        }
+        at
+    }
+
+    fn lag_of(&self, seg: u64) -> u64 {
+        self.lag.get(&seg).copied().unwrap_or(0)
+    }
+
+    /// A reader's load: its segment count, then their lag.
+    fn load(&self, r: &ReaderRecord) -> (usize, u64) {
+        let lag = r.segments.keys().map(|&s| self.lag_of(s)).sum();
+        (r.segments.len(), lag)
+    }
+
     /// Whether the group knows `seg`: to read, being read, or read.
     fn known(&self, seg: u64) -> bool {
         self.unassigned.contains_key(&seg)
@@ -551,9 +584,11 @@ impl GroupRecord {
         }
     }
 
-    /// Hands unassigned segments to the readers owning fewest, up to an even
-    /// share, and asks a reader above its share to give one up when another
-    /// is below it.
+    /// Balances by count, then lag: unassigned segments, most lagging
+    /// first, go to the least loaded readers (fewest segments, then least
+    /// lag) up to an even share; a reader two or more segments above
+    /// another is asked to give up its most lagging one (the one an idle
+    /// reader helps most with).
     fn balance(&mut self) {
         let n = self.readers.len();
         if n == 0 {
@@ -562,13 +597,18 @@ impl GroupRecord {
         let owned: usize = self.readers.values().map(|r| r.segments.len()).sum();
         let total = owned + self.unassigned.len();
         let high = total.div_ceil(n);
-        let segs: Vec<(u64, u64)> = self.unassigned.iter().map(|(&s, &o)| (s, o)).collect();
+        let mut segs: Vec<(u64, u64)> = self.unassigned.iter().map(|(&s, &o)| (s, o)).collect();
+        segs.sort_by_key(|&(s, _)| (std::cmp::Reverse(self.lag_of(s)), s));
         for (seg, offset) in segs {
-            let Some((_, r)) = self
+            let Some(id) = self
                 .readers
-                .iter_mut()
-                .min_by_key(|(id, r)| (r.segments.len(), (*id).clone()))
+                .iter()
+                .min_by_key(|(id, r)| (self.load(r), (*id).clone()))
+                .map(|(id, _)| id.clone())
             else {
+                break;
+            };
+            let Some(r) = self.readers.get_mut(&id) else {
                 break;
             };
             if r.segments.len() >= high {
@@ -587,12 +627,21 @@ impl GroupRecord {
         if max < min + 2 {
             return;
         }
-        if let Some(r) = self
+        let busiest = self
             .readers
-            .values_mut()
-            .find(|r| r.segments.len() == max && r.releasing.is_empty())
-        {
-            if let Some(&seg) = r.segments.keys().next_back() {
+            .iter()
+            .filter(|(_, r)| r.segments.len() == max && r.releasing.is_empty())
+            .max_by_key(|(id, r)| (self.load(r), std::cmp::Reverse((*id).clone())))
+            .map(|(id, r)| {
+                let seg = r
+                    .segments
+                    .keys()
+                    .copied()
+                    .max_by_key(|&s| (self.lag_of(s), s));
+                (id.clone(), seg)
+            });
+        if let Some((id, Some(seg))) = busiest {
+            if let Some(r) = self.readers.get_mut(&id) {
                 r.releasing.push(seg);
             }
         }
@@ -889,6 +938,31 @@ mod tests {
             (c.offset(1), c.offset(2), c.offset(3), c.offset(4)),
             (u64::MAX, 5, 0, 0)
         );
+    }
+
+    #[test]
+    fn the_balance_weighs_lag_after_count() {
+        let graph = SegmentGraph::default();
+        let mut g = group(&[]);
+        g.join("a", &graph).unwrap();
+        g.join("b", &graph).unwrap();
+        // Equal counts: the more lagging unassigned segment goes first, and
+        // the next to the reader with less lag.
+        g.lag = BTreeMap::from([(10, 5), (11, 500), (12, 50), (13, 1)]);
+        g.unassigned = BTreeMap::from([(10, 0), (11, 0), (12, 0), (13, 0)]);
+        g.settle(&graph);
+        let a: Vec<u64> = g.readers["a"].segments.keys().copied().collect();
+        let b: Vec<u64> = g.readers["b"].segments.keys().copied().collect();
+        assert_eq!((a, b), (vec![11, 13], vec![10, 12]));
+        // A third reader: the busiest reader gives up its most lagging
+        // segment.
+        g.join("c", &graph).unwrap();
+        let releasing: Vec<u64> = g
+            .readers
+            .values()
+            .flat_map(|r| r.releasing.clone())
+            .collect();
+        assert_eq!(releasing, vec![11]);
     }
 
     #[test]

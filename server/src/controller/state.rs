@@ -738,6 +738,10 @@ impl MetaState {
                 g.reset(p.positions, &graph);
                 None
             }
+            GroupOp::Lags(p) => {
+                g.set_lags(p.positions, &graph);
+                None
+            }
             GroupOp::Create(_) | GroupOp::Delete(_) => None,
         };
         Ok(Applied::Group(view))

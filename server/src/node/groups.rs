@@ -1,8 +1,10 @@
 //! Reader groups on the node: where a new group starts (head, tail or a
 //! cut, checked against its streams), the group as users see it (with each
-//! segment's lag), and reader liveness: the metadata leader notes each
+//! segment's lag), reader liveness — the metadata leader notes each
 //! reader's calls and times out those silent for the group's reader timeout
-//! (a `TimeOut` entry; the rules are in `controller/groups.rs`).
+//! (a `TimeOut` entry; the rules are in `controller/groups.rs`) — and the
+//! lag the balance weighs, measured by the metadata leader every
+//! [`LAG_INTERVAL`] (a `Lags` entry when it changed).
 //!
 //! Liveness is the leader's own clock and memory on purpose: a new leader
 //! starts every reader's clock afresh, so a failover gives readers a full
@@ -23,6 +25,8 @@ use super::Node;
 
 /// How often the metadata leader looks for silent readers.
 const LIVENESS_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the metadata leader measures the groups' lag.
+const LAG_INTERVAL: Duration = Duration::from_secs(2);
 /// A group's reader timeout when none is given.
 pub const READER_TIMEOUT_DEFAULT_MS: u64 = 30_000;
 /// The shortest and longest reader timeouts a group may have.
@@ -87,6 +91,7 @@ impl Liveness {
 /// On the metadata leader, every [`LIVENESS_INTERVAL`]: times out silent
 /// readers.
 pub(super) async fn liveness_loop(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let mut measured = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(LIVENESS_INTERVAL) => {}
@@ -97,6 +102,12 @@ pub(super) async fn liveness_loop(node: Arc<Node>, mut stop: watch::Receiver<boo
             continue;
         }
         let groups = node.controller.group_records("");
+        if measured.elapsed() >= LAG_INTERVAL {
+            measured = Instant::now();
+            for g in &groups {
+                node.measure_lag(g).await;
+            }
+        }
         let silent = node.liveness().silent(term, &groups);
         for (key, reader) in silent {
             let op = GroupOp::TimeOut(crate::controller::ReaderRef {
@@ -185,6 +196,23 @@ impl Node {
                 ))
             })
             .collect()
+    }
+
+    /// Records group `g`'s lag per segment, if it changed.
+    async fn measure_lag(&self, g: &GroupRecord) {
+        let lengths = self.group_lengths(g).await;
+        let lag: BTreeMap<u64, u64> = g
+            .positions()
+            .into_iter()
+            .filter_map(|(s, at)| Some((s, lengths.get(&s)?.saturating_sub(at))))
+            .collect();
+        if lag == g.lag {
+            return;
+        }
+        let op = GroupOp::Lags(crate::controller::Positions { positions: lag });
+        if let Err(e) = self.controller.group_change(&g.key(), op).await {
+            tracing::debug!(group = %g.key(), error = %e, "lag not recorded; will retry");
+        }
     }
 
     /// The lengths of the segments group `g` reads or may read next.
