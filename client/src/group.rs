@@ -429,6 +429,7 @@ impl ReaderGroup {
             pumps: HashMap::new(),
             heartbeat: Duration::from_millis(first.heartbeat_ms.max(10)),
             marked: BTreeSet::new(),
+            releasing: BTreeSet::new(),
         };
         let task = tokio::spawn(driver.run(first));
         Ok(GroupReader {
@@ -655,6 +656,18 @@ struct Driver {
     heartbeat: Duration,
     /// Checkpoints whose marker was sent in this assignment.
     marked: BTreeSet<String>,
+    /// Segments given up, whose release the server has not taken yet.
+    releasing: BTreeSet<u64>,
+}
+
+/// A driver that ends (the reader closed or dropped, or the group gone)
+/// stops its segment tasks: nothing reads for a reader that is not there.
+impl Drop for Driver {
+    fn drop(&mut self) {
+        for p in self.pumps.values() {
+            p.abort();
+        }
+    }
 }
 
 impl Driver {
@@ -723,9 +736,13 @@ impl Driver {
                             self.take_all(a);
                             continue;
                         }
-                        Err(e) => {
+                        Err(e) if e.is_retryable() => {
                             tracing::debug!(error = %e, "rejoin failed; will retry");
                             continue;
+                        }
+                        Err(e) => {
+                            let _ = self.tx.send(Item::Failed(e)).await;
+                            return;
                         }
                     }
                 }
@@ -753,6 +770,7 @@ impl Driver {
         for (_, p) in self.pumps.drain() {
             p.abort();
         }
+        self.releasing.clear();
         let epoch = {
             let mut s = self.shared.state();
             s.epoch += 1;
@@ -779,31 +797,58 @@ impl Driver {
     fn apply(&mut self, a: pb::ReaderAssignment) {
         let epoch = self.shared.state().epoch;
         let listed: BTreeSet<u64> = a.segments.iter().map(|p| p.segment_id).collect();
+        // A release is done once the server stops listing the segment;
+        // until then it is listed but must not be read again.
+        self.releasing.retain(|id| listed.contains(id));
         for p in &a.segments {
-            if !self.pumps.contains_key(&p.segment_id) {
-                self.shared.state().owned.insert(p.segment_id, p.offset);
-                self.start(epoch, p.segment_id, p.offset);
+            let id = p.segment_id;
+            if self.pumps.contains_key(&id) || self.releasing.contains(&id) {
+                continue;
+            }
+            self.shared.state().owned.insert(id, p.offset);
+            if a.release.contains(&id) {
+                // Given and taken back before it was read: give it up at
+                // once, where the group holds it.
+                self.releasing.insert(id);
+                self.report_released(epoch, id, None);
+            } else {
+                self.start(epoch, id, p.offset);
             }
         }
         // Segments the server no longer lists for this reader (reported
         // completed or released): their tasks are done.
-        self.pumps.retain(|id, _| listed.contains(id));
+        self.pumps.retain(|id, p| {
+            let keep = listed.contains(id);
+            if !keep {
+                p.abort();
+            }
+            keep
+        });
         for id in a.release {
             if let Some(p) = self.pumps.remove(&id) {
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    p.abort();
-                    let _ = p.await;
-                    let _ = tx
-                        .send(Item::Released {
-                            epoch,
-                            segment_id: id,
-                        })
-                        .await;
-                });
+                self.releasing.insert(id);
+                self.report_released(epoch, id, Some(p));
             }
         }
         self.mark(epoch, a.checkpoint);
+    }
+
+    /// Stops segment `id`'s task (awaited: nothing of it can follow), then
+    /// hands the application side the release, behind every event sent.
+    fn report_released(&self, epoch: u64, id: u64, task: Option<JoinHandle<()>>) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            if let Some(p) = task {
+                p.abort();
+                let _ = p.await;
+            }
+            let _ = tx
+                .send(Item::Released {
+                    epoch,
+                    segment_id: id,
+                })
+                .await;
+        });
     }
 
     /// Sends checkpoint `name`'s marker, once per assignment.

@@ -57,8 +57,10 @@ pub fn finish(
     println!("{report}");
     eprintln!("{bench} bench: done in {:.1?}", started.elapsed());
     if args.write_results {
+        // This crate sits in the workspace, beside the root package that
+        // owns `benches/`.
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("benches")
+            .join("../benches")
             .join(file);
         std::fs::write(&path, text()).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         eprintln!("{bench} bench: wrote {}", path.display());

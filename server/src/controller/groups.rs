@@ -19,6 +19,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+/// Reader groups a cluster may have.
+pub const GROUPS_MAX: usize = 10_000;
 /// Readers one group may have.
 pub const READERS_PER_GROUP_MAX: usize = 1024;
 /// Checkpoints one group may have outstanding (not yet complete); more are

@@ -11,7 +11,7 @@ use super::command::{
     NodeRecord, PolicyRecord, SegmentSnapshot, StartScale, StreamRef, StreamSnapshot,
 };
 use super::groups::{
-    GroupError, GroupKey, GroupRecord, GroupStream, ReaderView, Report, SegmentGraph,
+    GroupError, GroupKey, GroupRecord, GroupStream, ReaderView, Report, SegmentGraph, GROUPS_MAX,
 };
 use super::scaling::{self, ScalingKind, ScalingPolicy, Span, Split};
 use crate::container::container_of;
@@ -674,6 +674,11 @@ impl MetaState {
         if let GroupOp::Create(g) = op {
             if groups.contains_key(&key) {
                 return Err(MetaError::GroupExists(key.to_string()));
+            }
+            if groups.len() >= GROUPS_MAX {
+                return Err(MetaError::Group(GroupError::Full(format!(
+                    "the cluster has {GROUPS_MAX} reader groups, the most allowed; delete one first"
+                ))));
             }
             let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
             for s in &g.streams {
