@@ -874,6 +874,7 @@ impl Driver {
             loop {
                 let mut reader = SegmentReader::new(&conn, segment_id, end, true);
                 let mut failed = None;
+                let mut ended = false;
                 while let Some(next) = reader.next().await {
                     // With the events already read: one item for them all.
                     let mut events = Vec::new();
@@ -884,7 +885,14 @@ impl Driver {
                                 end = event.next_offset;
                                 events.push(event);
                                 if events.len() < ITEM_EVENTS_MAX {
-                                    next = reader.next().now_or_never().flatten();
+                                    // Ready now, or not; the end of the
+                                    // segment must not be lost here (the
+                                    // reader is not polled again after it).
+                                    match reader.next().now_or_never() {
+                                        Some(Some(n)) => next = Some(n),
+                                        Some(None) => ended = true,
+                                        None => {}
+                                    }
                                 }
                             }
                             Err(e) => failed = Some(e),
@@ -894,7 +902,7 @@ impl Driver {
                     {
                         return;
                     }
-                    if failed.is_some() {
+                    if failed.is_some() || ended {
                         break;
                     }
                 }
