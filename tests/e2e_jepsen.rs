@@ -335,6 +335,13 @@ async fn run(fault_secs: u64) {
     for t in group_tasks {
         t.abort();
     }
+    if grouped_all() > 0 {
+        // For the post-mortem: who held what when the group fell behind.
+        eprintln!(
+            "jepsen: the group missed events; its state: {:#?}",
+            group.describe().await
+        );
+    }
     let checkpoints = group.describe().await.map_or(0, |g| {
         g.checkpoints
             .iter()

@@ -724,6 +724,9 @@ impl Driver {
                     s.released.retain(|k, _| !released.contains_key(k));
                     s.acks.retain(|(n, _)| !acks.iter().any(|(m, _)| m == n));
                     drop(s);
+                    // A release the server took is over: if it lists the
+                    // segment again, it gave it back (read it afresh).
+                    self.releasing.retain(|id| !released.contains_key(id));
                     a
                 }
                 Err(Error::ReaderUnknown(_)) => {
@@ -797,8 +800,8 @@ impl Driver {
     fn apply(&mut self, a: pb::ReaderAssignment) {
         let epoch = self.shared.state().epoch;
         let listed: BTreeSet<u64> = a.segments.iter().map(|p| p.segment_id).collect();
-        // A release is done once the server stops listing the segment;
-        // until then it is listed but must not be read again.
+        // A segment given up stays unread while it is listed, until its
+        // release is reported (`run`) or the server stops listing it.
         self.releasing.retain(|id| listed.contains(id));
         for p in &a.segments {
             let id = p.segment_id;
