@@ -341,8 +341,22 @@ fn with_addr(args: &[&str], addr: &str) -> Vec<String> {
     v
 }
 
-/// A loopback port nobody listened on a moment ago.
+/// Ports tests give their servers: below Linux's ephemeral range (32768
+/// and up), so no outgoing connection can take one between the moment it
+/// is picked and the moment its server binds it (it could with a port the
+/// kernel handed out for `:0`).
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port below the ephemeral range that nobody listens on now.
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(TEST_PORTS);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
