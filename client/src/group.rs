@@ -275,8 +275,17 @@ impl ReaderGroup {
         }
     }
 
-    fn admin(&self) -> Admin {
+    /// One `ReaderGroups` call on the metadata leader, with the admin
+    /// calls' redirects, retries and request timeout.
+    async fn rpc<Q, R, F, Fut>(&self, req: &Q, call: F) -> Result<R, Error>
+    where
+        Q: Clone,
+        F: Fn(ReaderGroupsClient<tonic::transport::Channel>, tonic::Request<Q>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
         Admin::new(self.conn.clone())
+            .call(|c| call(client(&c), c.request(req.clone())))
+            .await
     }
 
     /// Creates the group over `streams`.
@@ -299,11 +308,7 @@ impl ReaderGroup {
             reader_timeout_ms: u64::try_from(config.reader_timeout.as_millis()).unwrap_or(u64::MAX),
             subscribe: config.subscribe,
         };
-        self.admin()
-            .call(|c| {
-                let req = c.request(req.clone());
-                async move { client(&c).create_group(req).await }
-            })
+        self.rpc(&req, |mut c, r| async move { c.create_group(r).await })
             .await
             .map(Into::into)
     }
@@ -311,11 +316,7 @@ impl ReaderGroup {
     /// The group: readers, their segments and lag, checkpoints.
     pub async fn describe(&self) -> Result<ReaderGroupInfo, Error> {
         let req = self.name();
-        self.admin()
-            .call(|c| {
-                let req = c.request(req.clone());
-                async move { client(&c).describe_group(req).await }
-            })
+        self.rpc(&req, |mut c, r| async move { c.describe_group(r).await })
             .await
             .map(Into::into)
     }
@@ -323,11 +324,7 @@ impl ReaderGroup {
     /// Deletes the group (its readers get `NotFound`); the group as it was.
     pub async fn delete(&self) -> Result<ReaderGroupInfo, Error> {
         let req = self.name();
-        self.admin()
-            .call(|c| {
-                let req = c.request(req.clone());
-                async move { client(&c).delete_group(req).await }
-            })
+        self.rpc(&req, |mut c, r| async move { c.delete_group(r).await })
             .await
             .map(Into::into)
     }
@@ -339,11 +336,7 @@ impl ReaderGroup {
             group: Some(self.name()),
             name: name.to_string(),
         };
-        self.admin()
-            .call(|c| {
-                let req = c.request(req.clone());
-                async move { client(&c).checkpoint(req).await }
-            })
+        self.rpc(&req, |mut c, r| async move { c.checkpoint(r).await })
             .await
             .map(Into::into)
     }
@@ -403,11 +396,7 @@ impl ReaderGroup {
             group: Some(self.name()),
             to: Some(to),
         };
-        self.admin()
-            .call(|c| {
-                let req = c.request(req.clone());
-                async move { client(&c).reset_group(req).await }
-            })
+        self.rpc(&req, |mut c, r| async move { c.reset_group(r).await })
             .await
             .map(Into::into)
     }
@@ -448,11 +437,7 @@ impl ReaderGroup {
             group: Some(self.name()),
             reader_id: reader_id.to_string(),
         };
-        self.admin()
-            .call(|c| {
-                let req = c.request(req.clone());
-                async move { client(&c).join_group(req).await }
-            })
+        self.rpc(&req, |mut c, r| async move { c.join_group(r).await })
             .await
     }
 }
@@ -557,11 +542,7 @@ impl GroupReader {
             positions: positions(&owned),
         };
         self.group
-            .admin()
-            .call(|c| {
-                let req = c.request(req.clone());
-                async move { client(&c).leave_group(req).await }
-            })
+            .rpc(&req, |mut c, r| async move { c.leave_group(r).await })
             .await
             .map(|_| ())
     }
@@ -709,11 +690,7 @@ impl Driver {
             tracing::trace!(reader = self.reader_id, acks = acks.len(), "heartbeat");
             let answer = self
                 .group
-                .admin()
-                .call(|c| {
-                    let req = c.request(req.clone());
-                    async move { client(&c).heartbeat(req).await }
-                })
+                .rpc(&req, |mut c, r| async move { c.heartbeat(r).await })
                 .await;
             tracing::trace!(reader = self.reader_id, answer = ?answer.as_ref().map(|a| (a.generation, a.segments.len(), a.checkpoint.clone())), "heartbeat answered");
             let assignment = match answer {

@@ -63,27 +63,6 @@ impl GroupService {
         let lengths = self.node.group_lengths(&g).await;
         Ok(group_info(&g, &lengths))
     }
-
-    fn assignment(
-        &self,
-        g: &GroupKey,
-        view: Option<ReaderView>,
-    ) -> Result<pb::ReaderAssignment, Error> {
-        let view =
-            view.ok_or_else(|| Error::Internal("a reader change answered no view".into()))?;
-        let timeout = self
-            .node
-            .controller
-            .group_record(g)
-            .map_or(READER_TIMEOUT_DEFAULT_MS, |r| r.reader_timeout_ms);
-        Ok(pb::ReaderAssignment {
-            generation: view.generation,
-            segments: positions_out(&view.segments),
-            release: view.release,
-            checkpoint: view.checkpoint.unwrap_or_default(),
-            heartbeat_ms: (timeout / 4).clamp(50, HEARTBEAT_MAX_MS),
-        })
-    }
 }
 
 #[tonic::async_trait]
@@ -192,7 +171,7 @@ impl ReaderGroups for GroupService {
         });
         let view = self.node.controller.group_change(&key, op).await?;
         tracing::info!(group = %key, reader = req.reader_id, "reader joined");
-        Ok(Response::new(self.assignment(&key, view)?))
+        Ok(Response::new(assignment(view)?))
     }
 
     async fn heartbeat(
@@ -235,7 +214,7 @@ impl ReaderGroups for GroupService {
                 .collect::<Result<_, Error>>()?,
         });
         let view = self.node.controller.group_change(&key, op).await?;
-        Ok(Response::new(self.assignment(&key, view)?))
+        Ok(Response::new(assignment(view)?))
     }
 
     async fn leave_group(
@@ -310,6 +289,18 @@ impl ReaderGroups for GroupService {
         tracing::info!(group = %key, "reader group reset");
         Ok(Response::new(self.info(&key).await?))
     }
+}
+
+/// A reader's assignment as the wire says it, with how often to heart-beat.
+fn assignment(view: Option<ReaderView>) -> Result<pb::ReaderAssignment, Error> {
+    let view = view.ok_or_else(|| Error::Internal("a reader change answered no view".into()))?;
+    Ok(pb::ReaderAssignment {
+        generation: view.generation,
+        segments: positions_out(&view.segments),
+        release: view.release,
+        checkpoint: view.checkpoint.unwrap_or_default(),
+        heartbeat_ms: (view.reader_timeout_ms / 4).clamp(50, HEARTBEAT_MAX_MS),
+    })
 }
 
 fn check_id(what: &str, id: &str) -> Result<(), Error> {

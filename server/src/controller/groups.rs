@@ -157,6 +157,8 @@ pub struct Report {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReaderView {
     pub generation: u64,
+    /// The group's reader timeout (the reader heart-beats well within it).
+    pub reader_timeout_ms: u64,
     /// Its segments, with the offsets the group holds for them (a newly
     /// given segment is read from there).
     pub segments: BTreeMap<u64, u64>,
@@ -253,6 +255,7 @@ impl GroupRecord {
             .ok_or_else(|| self.unknown(reader))?;
         Ok(ReaderView {
             generation: self.generation,
+            reader_timeout_ms: self.reader_timeout_ms,
             segments: r.segments.clone(),
             release: r.releasing.clone(),
             checkpoint: self
@@ -482,11 +485,8 @@ impl GroupRecord {
         {
             return c.positions.clone();
         }
-        let mut cut = self.unassigned.clone();
+        let mut cut = self.positions();
         cut.extend(self.completed.iter().map(|(&s, &o)| (s, o)));
-        for r in self.readers.values() {
-            cut.extend(r.segments.iter().map(|(&s, &o)| (s, o)));
-        }
         cut
     }
 

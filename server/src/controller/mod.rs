@@ -341,10 +341,7 @@ impl Controller {
         }
         let record = self.get(stream).ok()?;
         let mut graph = groups::SegmentGraph::default();
-        for g in &record.segments {
-            graph.predecessors.insert(g.id, g.predecessors.clone());
-            graph.successors.insert(g.id, g.successors.clone());
-        }
+        record.add_to_graph(&mut graph);
         let consumed: Vec<groups::Consumed> = subscribed
             .iter()
             .map(|g| groups::Consumed::new(g.consumed_cut(), &graph))
@@ -359,6 +356,21 @@ impl Controller {
                 })
                 .collect(),
         )
+    }
+
+    /// Every group's readers and reader timeout (what liveness needs,
+    /// without copying whole records).
+    pub fn group_readers(&self) -> Vec<(groups::GroupKey, u64, Vec<String>)> {
+        let map = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|(k, g)| {
+                (
+                    k.clone(),
+                    g.reader_timeout_ms,
+                    g.readers.keys().cloned().collect(),
+                )
+            })
+            .collect()
     }
 
     /// Every reader group (of `scope`, unless empty).

@@ -215,6 +215,18 @@ pub struct StreamRecord {
 }
 
 impl StreamRecord {
+    /// Adds this stream's successor links to `graph`.
+    pub fn add_to_graph(&self, graph: &mut SegmentGraph) {
+        for g in &self.segments {
+            if !g.successors.is_empty() {
+                graph.successors.insert(g.id, g.successors.clone());
+            }
+            if !g.predecessors.is_empty() {
+                graph.predecessors.insert(g.id, g.predecessors.clone());
+            }
+        }
+    }
+
     /// The segments of the current epoch.
     pub fn active(&self) -> impl Iterator<Item = &SegmentRecord> {
         self.segments.iter().filter(|s| s.is_active())
@@ -761,13 +773,8 @@ impl MetaState {
                 scope: s.scope.clone(),
                 stream: s.stream.clone(),
             };
-            for g in map.get(&key).map(|r| r.segments.as_slice()).unwrap_or(&[]) {
-                if !g.successors.is_empty() {
-                    graph.successors.insert(g.id, g.successors.clone());
-                }
-                if !g.predecessors.is_empty() {
-                    graph.predecessors.insert(g.id, g.predecessors.clone());
-                }
+            if let Some(r) = map.get(&key) {
+                r.add_to_graph(&mut graph);
             }
         }
         graph

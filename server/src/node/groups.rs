@@ -66,15 +66,18 @@ impl Liveness {
 
     /// The readers of `groups` silent for longer than their group's
     /// timeout; a reader first seen now is noted, not timed out.
-    fn silent(&mut self, term: Option<u64>, groups: &[GroupRecord]) -> Vec<(GroupKey, String)> {
+    fn silent(
+        &mut self,
+        term: Option<u64>,
+        groups: &[(GroupKey, u64, Vec<String>)],
+    ) -> Vec<(GroupKey, String)> {
         self.restart_if(term);
         let now = Instant::now();
         let mut out = Vec::new();
         let mut live = std::collections::HashSet::new();
-        for g in groups {
-            let key = g.key();
-            let timeout = Duration::from_millis(g.reader_timeout_ms);
-            for reader in g.readers.keys() {
+        for (key, timeout_ms, readers) in groups {
+            let timeout = Duration::from_millis(*timeout_ms);
+            for reader in readers {
                 let id = (key.clone(), reader.clone());
                 let seen = *self.seen.entry(id.clone()).or_insert(now);
                 if now.duration_since(seen) > timeout {
@@ -101,14 +104,14 @@ pub(super) async fn liveness_loop(node: Arc<Node>, mut stop: watch::Receiver<boo
         if term.is_none() {
             continue;
         }
-        let groups = node.controller.group_records("");
         if measured.elapsed() >= LAG_INTERVAL {
             measured = Instant::now();
-            for g in &groups {
+            for g in &node.controller.group_records("") {
                 node.measure_lag(g).await;
             }
         }
-        let silent = node.liveness().silent(term, &groups);
+        let readers = node.controller.group_readers();
+        let silent = node.liveness().silent(term, &readers);
         for (key, reader) in silent {
             let op = GroupOp::TimeOut(crate::controller::ReaderRef {
                 reader: reader.clone(),
