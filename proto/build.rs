@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/aquifer/v1/aquifer.proto",
         "proto/aquifer/v1/segments.proto",
         "proto/aquifer/v1/groups.proto",
+        "proto/aquifer/v1/transactions.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -115,6 +115,19 @@ pub enum Error {
     /// themselves.
     #[error("{0}")]
     ReaderUnknown(String),
+    /// The transaction was committed, so it cannot be aborted
+    /// (`FAILED_PRECONDITION` with reason `transaction-committed`).
+    #[error("{0}")]
+    TransactionCommitted(String),
+    /// The transaction was aborted (by a call, a timeout, or its stream's
+    /// seal or deletion), so it cannot be committed (reason
+    /// `transaction-aborted`).
+    #[error("{0}")]
+    TransactionAborted(String),
+    /// The transaction is no longer open: it takes no more events or pings
+    /// (reason `transaction-not-open`).
+    #[error("{0}")]
+    TransactionNotOpen(String),
 }
 
 impl Error {
@@ -172,6 +185,9 @@ fn failed_precondition(status: &Status, msg: String) -> Error {
     };
     match reason(status) {
         Some(wire::REASON_SEALED) => Error::Sealed(msg),
+        Some(wire::REASON_TRANSACTION_COMMITTED) => Error::TransactionCommitted(msg),
+        Some(wire::REASON_TRANSACTION_ABORTED) => Error::TransactionAborted(msg),
+        Some(wire::REASON_TRANSACTION_NOT_OPEN) => Error::TransactionNotOpen(msg),
         Some(wire::REASON_CONDITION_FAILED) => match length() {
             Some(actual_length) => Error::ConditionFailed {
                 actual_length,

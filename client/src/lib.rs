@@ -45,6 +45,7 @@ mod scan;
 mod segment;
 mod session;
 mod sync;
+mod txn;
 mod writer;
 
 use std::sync::Arc;
@@ -70,6 +71,10 @@ pub use routing::{fmix64, fnv1a_64, key_position};
 pub use scan::{BatchClient, ScanConfig, SegmentRange, StreamCut};
 pub use segment::{Appended, SegmentWriter};
 pub use sync::{DecodeError, StateSynchronizer, SyncConfig, SyncState};
+pub use txn::{
+    Transaction, TransactionInfo, TransactionPart, TransactionState, TransactionalWriter,
+    TRANSACTION_TIMEOUT_DEFAULT,
+};
 pub use writer::{
     EventWriter, PendingWrite, Position, WriteAck, WriterConfig, CLIENT_EVENT_BYTES_MAX,
 };
@@ -240,6 +245,29 @@ impl Client {
         config: SyncConfig,
     ) -> Result<StateSynchronizer<S>, Error> {
         StateSynchronizer::open(self.conn.clone(), stream, config).await
+    }
+
+    /// A writer of transactions on `stream` as `writer_id` (1 to 255 bytes,
+    /// stable across restarts for exactly-once retries of its writes).
+    pub fn transactional_writer(
+        &self,
+        stream: &StreamName,
+        writer_id: impl Into<String>,
+    ) -> Result<TransactionalWriter, Error> {
+        TransactionalWriter::new(
+            self.conn.clone(),
+            stream.clone(),
+            WriterConfig::default().writer_id(writer_id),
+        )
+    }
+
+    /// Transaction `id` of `stream`, resumed to write more to it (as a new
+    /// writer id), commit or abort it: what a committer does after a
+    /// restore, when the process that began it is gone.
+    pub async fn transaction(&self, stream: &StreamName, id: &str) -> Result<Transaction, Error> {
+        TransactionalWriter::new(self.conn.clone(), stream.clone(), WriterConfig::default())?
+            .resume(id)
+            .await
     }
 
     /// A reader of one segment from `offset` (an event boundary), tailing

@@ -60,6 +60,9 @@ pub(crate) struct SessionConfig {
     pub(crate) batch_bytes_max: usize,
     pub(crate) linger: Duration,
     pub(crate) retry_timeout: Duration,
+    /// Set: the sessions write into this transaction (their segments are
+    /// its parts' transaction segments).
+    pub(crate) transaction_id: Option<String>,
 }
 
 /// A live `AppendSession` call.
@@ -467,6 +470,7 @@ impl Session {
             kind: Some(append_request::Kind::Setup(SetupAppend {
                 segment_id: self.segment_id,
                 writer_id: self.config.writer_id.clone(),
+                transaction_id: self.config.transaction_id.clone().unwrap_or_default(),
             })),
         };
         // The receiver is alive: this cannot fail.

@@ -236,6 +236,28 @@ impl EventWriter {
         segments: Vec<SegmentInfo>,
         config: WriterConfig,
     ) -> Result<EventWriter, Error> {
+        Self::build(conn, stream, segments, config, None)
+    }
+
+    /// A writer into transaction `transaction_id`: `parts` are its parts,
+    /// each a transaction segment with its parent's key range.
+    pub(crate) fn for_transaction(
+        conn: Arc<Conn>,
+        stream: StreamName,
+        parts: Vec<SegmentInfo>,
+        config: WriterConfig,
+        transaction_id: String,
+    ) -> Result<EventWriter, Error> {
+        Self::build(conn, stream, parts, config, Some(transaction_id))
+    }
+
+    fn build(
+        conn: Arc<Conn>,
+        stream: StreamName,
+        segments: Vec<SegmentInfo>,
+        config: WriterConfig,
+        transaction_id: Option<String>,
+    ) -> Result<EventWriter, Error> {
         check_writer_id(&config.writer_id)?;
         if config.batch_bytes_max == 0 || config.in_flight_bytes_max == 0 {
             return Err(Error::InvalidArgument(
@@ -255,6 +277,7 @@ impl EventWriter {
             batch_bytes_max: config.batch_bytes_max.min(CLIENT_EVENT_BYTES_MAX),
             linger: config.linger,
             retry_timeout: config.retry_timeout,
+            transaction_id,
         };
         // Sessions start on demand, when the first event for a segment comes.
         let shared = Shared::new(conn, stream.clone(), session_config, &segments);

@@ -12,7 +12,8 @@ pub const LEADER_METADATA_KEY: &str = "aquifer-leader";
 /// gRPC metadata key saying which case an error status is, so clients tell
 /// the cases apart without reading the message. Values: [`REASON_SEALED`],
 /// [`REASON_CONDITION_FAILED`] (on `FAILED_PRECONDITION`),
-/// [`REASON_READER_UNKNOWN`] (on `NOT_FOUND`).
+/// [`REASON_READER_UNKNOWN`] (on `NOT_FOUND`), the transaction reasons
+/// (on `FAILED_PRECONDITION`).
 pub const REASON_METADATA_KEY: &str = "aquifer-reason";
 
 /// [`REASON_METADATA_KEY`]'s value for an append to a sealed segment.
@@ -29,6 +30,12 @@ pub const SEGMENT_LENGTH_METADATA_KEY: &str = "aquifer-segment-length";
 /// [`REASON_METADATA_KEY`]'s value for a reader-group call of a reader that
 /// is not in the group (it left or timed out): it must join again.
 pub const REASON_READER_UNKNOWN: &str = "reader-unknown";
+/// [`REASON_METADATA_KEY`]'s values on `FAILED_PRECONDITION` for a
+/// transaction call its state forbids: it was committed (abort refused) /
+/// aborted (commit refused) / is no longer open (a write or ping refused).
+pub const REASON_TRANSACTION_COMMITTED: &str = "transaction-committed";
+pub const REASON_TRANSACTION_ABORTED: &str = "transaction-aborted";
+pub const REASON_TRANSACTION_NOT_OPEN: &str = "transaction-not-open";
 
 /// Longest writer id, in bytes.
 pub const WRITER_ID_BYTES_MAX: usize = 255;

@@ -27,6 +27,11 @@ pub struct ServerConfig {
     /// Budget for bytes applied but not yet in tier-2, over all segments.
     /// At the budget, appends wait (back-pressure).
     pub tail_buffer_bytes_max: u64,
+    /// Bytes open transactions may hold in this node's memory (at most half
+    /// the tail budget, whatever is set): their events stay in memory until
+    /// commit or abort. At the limit transactional appends are refused with
+    /// RESOURCE_EXHAUSTED.
+    pub transaction_bytes_max: u64,
     /// Budget for the block cache of bytes read back from tier-2.
     pub cache_bytes_max: u64,
     /// Bytes proposed to raft but not yet applied, per container; at the
@@ -118,6 +123,7 @@ impl Default for ServerConfig {
             containers: 4,
             event_bytes_max: 8 * MIB,
             tail_buffer_bytes_max: 256 * MIB,
+            transaction_bytes_max: 128 * MIB,
             cache_bytes_max: 256 * MIB,
             in_flight_bytes_max: 16 * MIB,
             snapshot_log_bytes: 256 * MIB,
@@ -324,6 +330,13 @@ impl ServerConfig {
         self.tail_buffer_bytes_max
             + self.cache_bytes_max
             + u64::from(self.containers) * self.in_flight_bytes_max
+    }
+
+    /// Bytes open transactions may hold here: `transaction_bytes_max`, at
+    /// most half the tail budget (the rest stays for flushable appends).
+    pub fn txn_bytes_limit(&self) -> u64 {
+        self.transaction_bytes_max
+            .min(self.tail_buffer_bytes_max / 2)
     }
 
     /// The largest gRPC message either side may send: one maximal event plus

@@ -24,6 +24,15 @@ pub enum Error {
     GroupNotFound(String),
     #[error("reader group {0} already exists")]
     GroupExists(String),
+    #[error("{0}")]
+    TransactionNotFound(String),
+    /// A transaction call its state forbids; `reason` goes to the client
+    /// in `aquifer-reason`.
+    #[error("{message}")]
+    TransactionState {
+        reason: &'static str,
+        message: String,
+    },
     /// The reader is not (any more) in its group: it must join again.
     #[error("{0}")]
     ReaderUnknown(String),
@@ -107,11 +116,13 @@ impl From<Error> for Status {
             Error::StreamNotFound(_)
             | Error::SegmentNotFound(_)
             | Error::GroupNotFound(_)
-            | Error::ReaderUnknown(_) => Code::NotFound,
+            | Error::ReaderUnknown(_)
+            | Error::TransactionNotFound(_) => Code::NotFound,
             Error::StreamExists(_) | Error::GroupExists(_) => Code::AlreadyExists,
             Error::SegmentSealed(_)
             | Error::ConditionFailed { .. }
-            | Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            | Error::FailedPrecondition(_)
+            | Error::TransactionState { .. } => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Unavailable(_) | Error::Tier2(_) | Error::NotLeader { .. } => Code::Unavailable,
             Error::OffsetOutOfRange { .. } | Error::Truncated { .. } => Code::OutOfRange,
@@ -129,6 +140,7 @@ impl From<Error> for Status {
                 Some(wire::REASON_CONDITION_FAILED)
             }
             Error::ReaderUnknown(_) => Some(wire::REASON_READER_UNKNOWN),
+            Error::TransactionState { reason, .. } => Some(*reason),
             _ => None,
         };
         if let Some(reason) = reason {

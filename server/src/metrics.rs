@@ -86,6 +86,16 @@ pub struct Metrics {
     /// Shortest-window rates of the segments this node leads.
     pub segment_events_per_second: Family<SegmentLabels, FloatGauge>,
     pub segment_bytes_per_second: Family<SegmentLabels, FloatGauge>,
+    /// Transactions (counted by the metadata leader): open now, and those
+    /// committed, aborted and timed out since it started.
+    pub txn_open: Gauge,
+    pub txn_commits: Counter,
+    pub txn_aborts: Counter,
+    pub txn_timeouts: Counter,
+    /// From the commit call to every part merged (commits that waited).
+    pub txn_commit_seconds: Histogram,
+    /// Bytes open transactions hold on this node.
+    pub txn_bytes: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -108,6 +118,12 @@ impl Metrics {
             scale_operations: Family::default(),
             segment_events_per_second: Family::default(),
             segment_bytes_per_second: Family::default(),
+            txn_open: Gauge::default(),
+            txn_commits: Counter::default(),
+            txn_aborts: Counter::default(),
+            txn_timeouts: Counter::default(),
+            txn_commit_seconds: latency_histogram(),
+            txn_bytes: Gauge::default(),
             append_events: Family::default(),
             append_bytes: Family::default(),
             append_ack_seconds: latency_histogram(),
@@ -237,6 +253,36 @@ impl Metrics {
             "segment_bytes_per_second",
             "Bytes/s over the shortest rate window, per segment this node leads",
             m.segment_bytes_per_second.clone(),
+        );
+        r.register(
+            "transactions_open",
+            "Open and committing transactions (on the metadata leader)",
+            m.txn_open.clone(),
+        );
+        r.register(
+            "transaction_commits",
+            "Transactions committed (by this node as metadata leader)",
+            m.txn_commits.clone(),
+        );
+        r.register(
+            "transaction_aborts",
+            "Transactions aborted, timeouts included (by this node as metadata leader)",
+            m.txn_aborts.clone(),
+        );
+        r.register(
+            "transaction_timeouts",
+            "Transactions aborted because no ping came for their timeout",
+            m.txn_timeouts.clone(),
+        );
+        r.register(
+            "transaction_commit_seconds",
+            "From a commit call to every part merged into its segment",
+            m.txn_commit_seconds.clone(),
+        );
+        r.register(
+            "transaction_bytes",
+            "Bytes open transactions hold in this node's memory",
+            m.txn_bytes.clone(),
         );
         Metrics { registry: r, ..m }
     }

@@ -71,24 +71,47 @@ impl Append for AppendService {
             }
         };
         check_writer_id(&setup.writer_id)?;
-        let (container, segment) = appendable(&self.node, setup.segment_id)?;
-        let last = container
-            .last_event_number(setup.segment_id, setup.writer_id.clone())
-            .await?;
+        // A transactional session writes to a hidden part of its
+        // transaction, in the parent segment's container.
+        let txn_parent = if setup.transaction_id.is_empty() {
+            None
+        } else {
+            Some(
+                super::txns::txn_part(&self.node, &setup.transaction_id, setup.segment_id)?
+                    .segment_id,
+            )
+        };
+        let (container, length, last) = match txn_parent {
+            None => {
+                let (container, segment) = appendable(&self.node, setup.segment_id)?;
+                let last = container
+                    .last_event_number(setup.segment_id, setup.writer_id.clone())
+                    .await?;
+                (container, segment.view().length, last)
+            }
+            Some(parent) => {
+                let (container, _) = appendable(&self.node, parent)?;
+                let last = container
+                    .txn_last_event_number(setup.segment_id, setup.writer_id.clone())
+                    .await?;
+                (container, 0, last)
+            }
+        };
         let (tx, rx) = mpsc::channel(ACK_QUEUE_MAX);
         let first = AppendResponse {
             kind: Some(ResponseKind::Setup(SetupAppendResponse {
                 last_event_number: last,
-                segment_length: segment.view().length,
+                segment_length: length,
             })),
         };
         // Cannot fail: the channel is new and empty.
         let _ = tx.try_send(Ok(first));
-        let (events, bytes) = append_counters(&self.node, setup.segment_id);
+        let (events, bytes) = append_counters(&self.node, txn_parent.unwrap_or(setup.segment_id));
         let session = Session {
             node: self.node.clone(),
             container,
             segment_id: setup.segment_id,
+            txn_parent,
             writer_id: setup.writer_id,
             events,
             bytes,
@@ -114,6 +137,9 @@ struct Session {
     node: Arc<Node>,
     container: Arc<Container>,
     segment_id: u64,
+    /// Set for a transactional session: `segment_id` is a part of this
+    /// parent's transaction.
+    txn_parent: Option<u64>,
     writer_id: String,
     /// This stream's append counters.
     events: Counter,
@@ -140,6 +166,9 @@ impl Session {
                             let received = Instant::now();
                             let count = batch.event_count;
                             let Checked { cmd, bytes, last } = self.check(batch)?;
+                            if self.txn_parent.is_some() {
+                                self.check_txn_room(bytes)?;
+                            }
                             self.node.budget.wait_for_room(u64::from(bytes)).await;
                             let outcome = self.container.submit(cmd, bytes).await?;
                             let m = &self.node.metrics;
@@ -206,8 +235,26 @@ impl Session {
             event_count: batch.event_count,
             events: batch.events,
             expected_length: None,
+            txn_parent: self.txn_parent,
         });
         Ok(Checked { cmd, bytes, last })
+    }
+
+    /// Refuses a transactional batch that would take this node's open
+    /// transactions past their byte limit (they leave memory only by a
+    /// commit or an abort, so waiting could wait forever).
+    fn check_txn_room(&self, bytes: u32) -> Result<(), Error> {
+        let (used, limit) = (
+            self.node.budget.txn_used(),
+            self.node.config.txn_bytes_limit(),
+        );
+        if used + u64::from(bytes) > limit {
+            return Err(Error::ResourceExhausted(format!(
+                "open transactions hold {used} bytes on this node, the most allowed is {limit} \
+                 (transaction_bytes_max): commit or abort transactions, or write less per transaction"
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -4,13 +4,15 @@
 use std::sync::Arc;
 
 use aquifer_proto::v1::cluster_server::Cluster;
+use aquifer_proto::v1::finish_parts_request::Action;
 use aquifer_proto::v1::{
-    ClusterStatus, ClusterStatusRequest, Faults, GroupInfo, NodeInfo, SegmentViewsRequest,
-    SegmentViewsResponse,
+    ClusterStatus, ClusterStatusRequest, Faults, FinishPartsRequest, FinishPartsResponse,
+    GroupInfo, NodeInfo, SegmentViewsRequest, SegmentViewsResponse,
 };
 use tonic::{Request, Response, Status};
 
 use crate::cluster::peers::SEGMENT_VIEWS_PER_CALL_MAX;
+use crate::controller::txns::TxnPart;
 use crate::group::GroupStatus;
 use crate::node::Node;
 
@@ -137,6 +139,27 @@ impl Cluster for ClusterService {
         }
         let segments = self.node.segment_infos(&ids).await?;
         Ok(Response::new(SegmentViewsResponse { segments }))
+    }
+
+    async fn finish_transaction_parts(
+        &self,
+        req: Request<FinishPartsRequest>,
+    ) -> Result<Response<FinishPartsResponse>, Status> {
+        let req = req.into_inner();
+        let action = match Action::try_from(req.action) {
+            Ok(a @ (Action::Merge | Action::Drop | Action::Forget)) => a,
+            _ => return Err(Status::invalid_argument("unknown transaction part action")),
+        };
+        let parts: Vec<TxnPart> = req
+            .parts
+            .into_iter()
+            .map(|p| TxnPart {
+                segment_id: p.segment_id,
+                txn_segment_id: p.transaction_segment_id,
+            })
+            .collect();
+        self.node.local_finish_parts(action, &parts).await?;
+        Ok(Response::new(FinishPartsResponse {}))
     }
 
     async fn set_faults(&self, req: Request<Faults>) -> Result<Response<Faults>, Status> {

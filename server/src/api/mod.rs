@@ -1,6 +1,6 @@
 //! gRPC services (tonic): stream admin, append sessions, segment reads,
 //! single-request segment operations (conditional appends, truncation),
-//! reader groups, plus the standard health service and server reflection.
+//! reader groups, transactions, plus the standard health service and server reflection.
 //!
 //! Each service is a thin layer: it checks the request, calls the node, and
 //! maps `crate::error::Error` to a status in one place (`error.rs`). Services
@@ -14,6 +14,7 @@ mod groups;
 mod raft;
 mod read;
 mod segments;
+mod txns;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use aquifer_proto::v1::read_server::ReadServer;
 use aquifer_proto::v1::reader_groups_server::ReaderGroupsServer;
 use aquifer_proto::v1::segments_server::SegmentsServer;
 use aquifer_proto::v1::stream_admin_server::StreamAdminServer;
+use aquifer_proto::v1::transactions_server::TransactionsServer;
 
 use crate::node::Node;
 
@@ -57,6 +59,7 @@ pub async fn serve(
     let groups = ReaderGroupsServer::new(groups::GroupService::new(node.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let txns = TransactionsServer::new(txns::TxnService::new(node.clone()));
     let read = ReadServer::new(read::ReadService::new(node))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -75,6 +78,9 @@ pub async fn serve(
         .await;
     health
         .set_serving::<ReaderGroupsServer<groups::GroupService>>()
+        .await;
+    health
+        .set_serving::<TransactionsServer<txns::TxnService>>()
         .await;
     let shutdown = async move {
         shutdown.await;
@@ -107,6 +113,7 @@ pub async fn serve(
         .add_service(read)
         .add_service(segments)
         .add_service(groups)
+        .add_service(txns)
         .add_service(raft)
         .add_service(cluster)
         .add_service(health_service)

@@ -57,6 +57,7 @@ impl SegmentsService {
             event_count: 1,
             events: req.event,
             expected_length: Some(expected),
+            txn_parent: None,
         });
         self.node.budget.wait_for_room(u64::from(bytes)).await;
         let applied = container.submit(cmd, bytes).await?.await?;

@@ -20,6 +20,9 @@ use tokio::sync::Notify;
 #[derive(Debug)]
 pub struct TailBudget {
     used: AtomicU64,
+    /// Of `used`, the bytes open transactions' parts hold: they leave only
+    /// by a commit or an abort, never by flushing.
+    txn: AtomicU64,
     max: u64,
     freed: Notify,
 }
@@ -28,6 +31,7 @@ impl TailBudget {
     pub fn new(max: u64) -> Arc<Self> {
         Arc::new(TailBudget {
             used: AtomicU64::new(0),
+            txn: AtomicU64::new(0),
             max,
             freed: Notify::new(),
         })
@@ -62,6 +66,29 @@ impl TailBudget {
     /// log cannot block).
     pub fn add(&self, bytes: u64) {
         self.used.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes open transactions hold on this node.
+    pub fn txn_used(&self) -> u64 {
+        self.txn.load(Ordering::Acquire)
+    }
+
+    /// Bytes entered a transaction's part (at apply).
+    pub fn add_txn(&self, bytes: u64) {
+        self.txn.fetch_add(bytes, Ordering::AcqRel);
+        self.add(bytes);
+    }
+
+    /// A part merged into its parent's tail: its bytes stay in memory, as
+    /// tail bytes the storage writer may now flush.
+    pub fn merge_txn(&self, bytes: u64) {
+        self.txn.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// A part was dropped (aborted) or replaced by a snapshot.
+    pub fn release_txn(&self, bytes: u64) {
+        self.txn.fetch_sub(bytes, Ordering::AcqRel);
+        self.release(bytes);
     }
 
     /// Bytes left a tail buffer (flushed to tier-2, or the segment deleted).

@@ -1,6 +1,7 @@
 //! Calls to other nodes' `Cluster` service: their view of the groups
-//! (leaders, memberships) and the segments of containers this node holds
-//! no replica of.
+//! (leaders, memberships), the segments of containers this node holds
+//! no replica of, and finishing transaction parts at their container's
+//! leader.
 //!
 //! One lazily connected channel per address, every call under a short
 //! deadline: a slow or dead peer costs its caller that deadline, never a
@@ -11,7 +12,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use aquifer_proto::v1::cluster_client::ClusterClient;
-use aquifer_proto::v1::{ClusterStatus, ClusterStatusRequest, SegmentInfo, SegmentViewsRequest};
+use aquifer_proto::v1::finish_parts_request::Action;
+use aquifer_proto::v1::{
+    ClusterStatus, ClusterStatusRequest, FinishPart, FinishPartsRequest, SegmentInfo,
+    SegmentViewsRequest,
+};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::addresses::NodeAddresses;
@@ -86,6 +91,30 @@ impl Peers {
             .await;
         answer
             .map(|r| r.into_inner().segments)
+            .map_err(|s| Error::Unavailable(format!("node at {addr}: {}", s.message())))
+    }
+
+    /// Asks node `addr` (the leader of their container) to merge, drop or
+    /// forget transaction `parts`.
+    pub async fn finish_parts(
+        &self,
+        addr: &str,
+        action: Action,
+        parts: &[crate::controller::txns::TxnPart],
+    ) -> Result<(), Error> {
+        let request = FinishPartsRequest {
+            action: action as i32,
+            parts: parts
+                .iter()
+                .map(|p| FinishPart {
+                    segment_id: p.segment_id,
+                    transaction_segment_id: p.txn_segment_id,
+                })
+                .collect(),
+        };
+        let answer = self.client(addr)?.finish_transaction_parts(request).await;
+        answer
+            .map(|_| ())
             .map_err(|s| Error::Unavailable(format!("node at {addr}: {}", s.message())))
     }
 }

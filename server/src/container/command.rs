@@ -8,7 +8,7 @@ pub struct ContainerCommand {
     // Tag 5 is reserved: it was a single-chunk "chunk flushed" command that
     // no release ever proposed (ChunksFlushed, tag 7, replaced it). Never
     // reuse it.
-    #[prost(oneof = "Cmd", tags = "1, 2, 3, 4, 6, 7, 8")]
+    #[prost(oneof = "Cmd", tags = "1, 2, 3, 4, 6, 7, 8, 9, 10, 11")]
     pub cmd: Option<Cmd>,
 }
 
@@ -30,6 +30,31 @@ pub enum Cmd {
     /// Fold each segment's traffic since the last tick into its rates.
     #[prost(message, tag = "8")]
     RateTick(RateTick),
+    /// A committed transaction's part joins its parent segment.
+    #[prost(message, tag = "9")]
+    MergeTxn(TxnPartRef),
+    /// An aborted transaction's part is discarded.
+    #[prost(message, tag = "10")]
+    DropTxn(TxnPartRef),
+    /// The metadata forgot these finished transactions: so do the parts'
+    /// tombstones.
+    #[prost(message, tag = "11")]
+    ForgetTxns(TxnSegmentsRef),
+}
+
+/// Transaction segment `txn_segment_id`, a part of parent `segment_id`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TxnPartRef {
+    #[prost(uint64, tag = "1")]
+    pub segment_id: u64,
+    #[prost(uint64, tag = "2")]
+    pub txn_segment_id: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TxnSegmentsRef {
+    #[prost(uint64, repeated, tag = "1")]
+    pub txn_segment_ids: Vec<u64>,
 }
 
 /// A rate tick, with its time and windows in the entry so every replica
@@ -90,6 +115,11 @@ pub struct Append {
     /// time, so it holds against every entry ordered before it.
     #[prost(uint64, optional, tag = "6")]
     pub expected_length: Option<u64>,
+    /// A transactional append: `segment_id` is a transaction segment, a
+    /// part of this parent (created by its first append, never after the
+    /// part was merged or dropped).
+    #[prost(uint64, optional, tag = "7")]
+    pub txn_parent: Option<u64>,
 }
 
 /// The storage writer put `[start, end)` of a segment to tier-2 in object
@@ -126,6 +156,34 @@ impl ContainerCommand {
 pub struct ContainerSnapshot {
     #[prost(message, repeated, tag = "1")]
     pub segments: Vec<SegmentSnapshot>,
+    #[prost(message, repeated, tag = "2")]
+    pub txn_segments: Vec<TxnSegmentSnapshot>,
+    /// Parts merged or dropped whose transactions the metadata still keeps.
+    #[prost(message, repeated, tag = "3")]
+    pub closed_txns: Vec<ClosedTxn>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TxnSegmentSnapshot {
+    #[prost(uint64, tag = "1")]
+    pub txn_segment_id: u64,
+    #[prost(uint64, tag = "2")]
+    pub segment_id: u64,
+    #[prost(uint64, tag = "3")]
+    pub events: u64,
+    #[prost(bytes = "bytes", repeated, tag = "4")]
+    pub blocks: Vec<Bytes>,
+    #[prost(message, repeated, tag = "5")]
+    pub writers: Vec<WriterPosition>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ClosedTxn {
+    #[prost(uint64, tag = "1")]
+    pub txn_segment_id: u64,
+    /// Merged (true) or dropped.
+    #[prost(bool, tag = "2")]
+    pub merged: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

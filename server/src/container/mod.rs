@@ -10,6 +10,7 @@ pub mod command;
 pub mod rates;
 pub mod segment;
 pub mod state;
+mod txn;
 
 use std::sync::Arc;
 
@@ -93,6 +94,10 @@ impl From<ApplyError> for Error {
             },
             ApplyError::EventNumberGap { .. } => Error::Unavailable(e.to_string()),
             ApplyError::StaleChunk { .. } => Error::OrphanChunk(e.to_string()),
+            ApplyError::TxnPartClosed { .. } => Error::TransactionState {
+                reason: aquifer_proto::wire::REASON_TRANSACTION_NOT_OPEN,
+                message: e.to_string(),
+            },
             ApplyError::BadTruncate { .. } | ApplyError::Malformed(_) => {
                 Error::Internal(e.to_string())
             }
@@ -196,6 +201,15 @@ impl Container {
             .submit(ContainerCommand::encode(cmd), Some(permit))
             .await?;
         Ok(async move { Ok(outcome.await??) })
+    }
+
+    /// The last event number applied for `writer` on transaction segment
+    /// `id` (0: none).
+    pub async fn txn_last_event_number(&self, id: u64, writer: String) -> Result<i64, Error> {
+        Ok(self
+            .group
+            .query(move |s| s.txn_last_event_number(id, &writer))
+            .await??)
     }
 
     /// The last event number applied for `writer` on `segment` (0: none).

@@ -15,6 +15,7 @@ use super::command::{
 };
 use super::rates::{rates_from, Rates, RATE_WINDOWS};
 use super::segment::{Chunk, Segment};
+use super::txn::{Closed, TxnSegment};
 use crate::cache::TailBudget;
 use crate::group::StateMachine;
 
@@ -51,6 +52,13 @@ pub enum Applied {
     },
     /// Every segment's rates took the tick.
     RatesTicked,
+    /// A transaction's part joined its parent at `offset` (None: it had
+    /// been merged before).
+    TxnMerged {
+        offset: Option<u64>,
+    },
+    TxnDropped,
+    TxnsForgotten,
 }
 
 /// Why a command was refused (deterministically, on every replica).
@@ -93,16 +101,68 @@ pub enum ApplyError {
     },
     #[error("segment {segment} cannot start at {head}: not the end of one of its chunks")]
     BadTruncate { segment: u64, head: u64 },
+    #[error("transaction segment {txn_segment} was already {}: its transaction is over and takes no more events", if *merged { "committed" } else { "aborted" })]
+    TxnPartClosed { txn_segment: u64, merged: bool },
     #[error("undecodable command: {0}")]
     Malformed(String),
 }
 
+/// What a batch's event numbers are against the last applied one.
+pub(super) enum Numbered {
+    /// Applied before: acknowledge again.
+    Duplicate,
+    /// Next in line; its last number.
+    Next(i64),
+}
+
+/// The exactly-once rules of section 8: a duplicate, the next batch, or
+/// refused (overlap, gap).
+pub(super) fn check_numbers(applied: i64, a: &Append) -> Result<Numbered, ApplyError> {
+    let last = a.first_event_number + i64::from(a.event_count) - 1;
+    if last <= applied {
+        return Ok(Numbered::Duplicate);
+    }
+    if a.first_event_number <= applied {
+        return Err(ApplyError::EventNumberOverlap {
+            writer: a.writer_id.clone(),
+            first: a.first_event_number,
+            last,
+            applied,
+        });
+    }
+    if a.first_event_number != applied + 1 {
+        // Event numbers are contiguous per (segment, writer): a gap means
+        // an earlier pipelined batch failed, and applying this one would
+        // make that batch look like a duplicate on retry.
+        let (writer, first, expected) = (a.writer_id.clone(), a.first_event_number, applied + 1);
+        return Err(match a.expected_length {
+            // A conditional append is one request, never pipelined: a
+            // gap is the caller's numbering, which a retry cannot mend.
+            Some(_) => ApplyError::ConditionalEventNumberGap {
+                writer,
+                first,
+                expected,
+            },
+            None => ApplyError::EventNumberGap {
+                writer,
+                first,
+                expected,
+            },
+        });
+    }
+    Ok(Numbered::Next(last))
+}
+
 pub struct ContainerState {
-    segments: SegmentMap,
-    budget: Arc<TailBudget>,
+    pub(super) segments: SegmentMap,
+    pub(super) budget: Arc<TailBudget>,
     /// Live chunks per tier-2 object. An object holds chunks of several
     /// segments and may be deleted only when none of them is left.
     objects: HashMap<String, usize>,
+    /// Open transactions' parts by transaction segment id (`txn.rs`).
+    pub(super) txns: HashMap<u64, TxnSegment>,
+    /// Parts merged or dropped, until their transaction is forgotten.
+    pub(super) closed_txns: HashMap<u64, Closed>,
 }
 
 impl ContainerState {
@@ -111,6 +171,8 @@ impl ContainerState {
             segments,
             budget,
             objects: HashMap::new(),
+            txns: HashMap::new(),
+            closed_txns: HashMap::new(),
         }
     }
 
@@ -129,7 +191,7 @@ impl ContainerState {
         unreferenced
     }
 
-    fn segment(&self, id: u64) -> Result<Arc<Segment>, ApplyError> {
+    pub(super) fn segment(&self, id: u64) -> Result<Arc<Segment>, ApplyError> {
         let map = self.segments.read().unwrap_or_else(|p| p.into_inner());
         map.get(&id).cloned().ok_or(ApplyError::SegmentNotFound(id))
     }
@@ -151,47 +213,24 @@ impl ContainerState {
     }
 
     fn append(&mut self, a: Append) -> Result<Applied, ApplyError> {
+        if let Some(parent) = a.txn_parent {
+            return self.txn_append(parent, a);
+        }
         let seg = self.segment(a.segment_id)?;
         let mut s = seg.lock();
         if s.deleted {
             return Err(ApplyError::SegmentNotFound(a.segment_id));
         }
         let applied = s.writers.get(&a.writer_id).copied().unwrap_or(0);
-        let last = a.first_event_number + i64::from(a.event_count) - 1;
-        if last <= applied {
-            return Ok(Applied::Appended {
-                offset: 0,
-                duplicate: true,
-            });
-        }
-        if a.first_event_number <= applied {
-            return Err(ApplyError::EventNumberOverlap {
-                writer: a.writer_id,
-                first: a.first_event_number,
-                last,
-                applied,
-            });
-        }
-        if a.first_event_number != applied + 1 {
-            // Event numbers are contiguous per (segment, writer): a gap means
-            // an earlier pipelined batch failed, and applying this one would
-            // make that batch look like a duplicate on retry.
-            let (writer, first, expected) = (a.writer_id, a.first_event_number, applied + 1);
-            return Err(match a.expected_length {
-                // A conditional append is one request, never pipelined: a
-                // gap is the caller's numbering, which a retry cannot mend.
-                Some(_) => ApplyError::ConditionalEventNumberGap {
-                    writer,
-                    first,
-                    expected,
-                },
-                None => ApplyError::EventNumberGap {
-                    writer,
-                    first,
-                    expected,
-                },
-            });
-        }
+        let last = match check_numbers(applied, &a)? {
+            Numbered::Duplicate => {
+                return Ok(Applied::Appended {
+                    offset: 0,
+                    duplicate: true,
+                })
+            }
+            Numbered::Next(last) => last,
+        };
         if s.sealed {
             return Err(ApplyError::SegmentSealed(a.segment_id));
         }
@@ -370,6 +409,9 @@ impl StateMachine for ContainerState {
             Some(Cmd::ChunksFlushed(c)) => Ok(self.chunks_flushed(c.chunks)),
             Some(Cmd::Truncate(t)) => self.truncate(t),
             Some(Cmd::RateTick(t)) => Ok(self.rate_tick(&t)),
+            Some(Cmd::MergeTxn(p)) => self.merge_txn(p),
+            Some(Cmd::DropTxn(p)) => self.drop_txn(p),
+            Some(Cmd::ForgetTxns(r)) => Ok(self.forget_txns(&r.txn_segment_ids)),
             None => Err(ApplyError::Malformed("empty command".into())),
         }
     }
@@ -433,7 +475,13 @@ impl StateMachine for ContainerState {
                 }
             })
             .collect();
-        ContainerSnapshot { segments }
+        drop(map);
+        let (txn_segments, closed_txns) = self.txn_snapshot();
+        ContainerSnapshot {
+            segments,
+            txn_segments,
+            closed_txns,
+        }
     }
 
     /// Replaces the state with a snapshot's: at start-up, or on a lagging
@@ -499,6 +547,8 @@ impl StateMachine for ContainerState {
             gone.notify();
         }
         *map = kept;
+        drop(map);
+        self.restore_txns(snap.txn_segments, snap.closed_txns);
         Ok(())
     }
 }
@@ -562,6 +612,7 @@ mod tests {
             event_count: count,
             events: events.freeze(),
             expected_length: None,
+            txn_parent: None,
         })
     }
 
@@ -572,6 +623,7 @@ mod tests {
         };
         Cmd::Append(Append {
             expected_length: Some(at),
+            txn_parent: None,
             ..a
         })
     }

@@ -5,7 +5,7 @@
 pub struct MetaCommand {
     #[prost(
         oneof = "MetaCmd",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16"
     )]
     pub cmd: Option<MetaCmd>,
 }
@@ -56,6 +56,45 @@ pub enum MetaCmd {
     /// A reader-group change (see `groups.rs`).
     #[prost(message, tag = "15")]
     Group(GroupCommand),
+    /// A transaction change (see `txns.rs`).
+    #[prost(message, tag = "16")]
+    Txn(TxnCommand),
+}
+
+/// What a [`TxnCommand`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum TxnOp {
+    Unspecified = 0,
+    /// A new transaction on `scope/stream` with `timeout_ms`: one part per
+    /// active segment.
+    Begin = 1,
+    Commit = 2,
+    Abort = 3,
+    /// The meta leader saw no ping for the transaction's timeout.
+    TimeOut = 4,
+    /// Every part is merged (committing) or dropped (aborting).
+    Finish = 5,
+    /// A finished transaction whose parts the containers forgot.
+    Forget = 6,
+}
+
+/// One change of transaction `id`. Times are the proposer's clock, in the
+/// entry so replay decides as the first apply did.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TxnCommand {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(enumeration = "TxnOp", tag = "2")]
+    pub op: i32,
+    #[prost(string, tag = "3")]
+    pub scope: String,
+    #[prost(string, tag = "4")]
+    pub stream: String,
+    #[prost(uint64, tag = "5")]
+    pub timeout_ms: u64,
+    #[prost(uint64, tag = "6")]
+    pub now_ms: u64,
 }
 
 /// One change of reader group `scope/group`.
@@ -365,6 +404,8 @@ pub struct MetaSnapshot {
     pub placement: Option<PlacementRecord>,
     #[prost(message, repeated, tag = "5")]
     pub groups: Vec<super::groups::GroupRecord>,
+    #[prost(message, repeated, tag = "6")]
+    pub txns: Vec<super::txns::TxnRecord>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

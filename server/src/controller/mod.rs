@@ -13,6 +13,7 @@ pub mod groups;
 pub mod placement;
 pub(crate) mod scaling;
 mod state;
+pub mod txns;
 
 pub use command::{
     CheckpointAck, CheckpointCmd, CreateGroup, GroupOp, HeartbeatRecord, LeaveRecord, PolicyRecord,
@@ -25,8 +26,9 @@ use crate::controller::placement::Placement;
 use crate::error::Error;
 use crate::group::{Group, GroupConfig};
 use crate::log::LogError;
+pub use command::TxnOp;
 use command::{MetaCmd, MetaCommand};
-use state::{Applied, GroupMap, MetaError, MetaState, NodeMap, PlacementMap, StreamMap};
+use state::{Applied, GroupMap, MetaError, MetaState, NodeMap, PlacementMap, StreamMap, TxnMap};
 
 impl From<MetaError> for Error {
     fn from(e: MetaError) -> Self {
@@ -43,7 +45,31 @@ impl From<MetaError> for Error {
             }
             MetaError::Group(groups::GroupError::Invalid(why)) => Error::InvalidArgument(why),
             MetaError::Group(groups::GroupError::Full(why)) => Error::ResourceExhausted(why),
+            MetaError::Txn(e) => match e {
+                txns::TxnError::NotFound(_) => Error::TransactionNotFound(e.to_string()),
+                txns::TxnError::Committed { .. } => Error::TransactionState {
+                    reason: aquifer_proto::wire::REASON_TRANSACTION_COMMITTED,
+                    message: e.to_string(),
+                },
+                txns::TxnError::Aborted { .. } => Error::TransactionState {
+                    reason: aquifer_proto::wire::REASON_TRANSACTION_ABORTED,
+                    message: e.to_string(),
+                },
+                txns::TxnError::NotOpen { .. } => Error::TransactionState {
+                    reason: aquifer_proto::wire::REASON_TRANSACTION_NOT_OPEN,
+                    message: e.to_string(),
+                },
+                txns::TxnError::Full(why) => Error::ResourceExhausted(why),
+                txns::TxnError::Invalid(why) => Error::InvalidArgument(why),
+                txns::TxnError::Retry(why) => Error::Unavailable(why),
+            },
         }
+    }
+}
+
+impl From<txns::TxnError> for Error {
+    fn from(e: txns::TxnError) -> Self {
+        MetaError::Txn(e).into()
     }
 }
 
@@ -53,6 +79,7 @@ pub struct Controller {
     nodes: NodeMap,
     placement: PlacementMap,
     groups: GroupMap,
+    txns: TxnMap,
 }
 
 impl Controller {
@@ -61,11 +88,13 @@ impl Controller {
         let nodes = NodeMap::default();
         let placement = PlacementMap::default();
         let groups = GroupMap::default();
+        let txns = TxnMap::default();
         let state = MetaState::new(
             streams.clone(),
             nodes.clone(),
             placement.clone(),
             groups.clone(),
+            txns.clone(),
         );
         let group = Group::start(group, state)?;
         Ok(Controller {
@@ -74,6 +103,7 @@ impl Controller {
             nodes,
             placement,
             groups,
+            txns,
         })
     }
 
@@ -310,6 +340,46 @@ impl Controller {
                 "a group command answered {other:?}"
             ))),
         }
+    }
+
+    /// Applies one change to transaction `id` (`scope`, `stream`, `timeout_ms`
+    /// matter to a begin only); the record after (None once forgotten).
+    pub async fn txn_change(
+        &self,
+        op: TxnOp,
+        id: &str,
+        stream: &StreamKey,
+        timeout_ms: u64,
+    ) -> Result<Option<txns::TxnRecord>, Error> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let cmd = MetaCmd::Txn(command::TxnCommand {
+            id: id.to_string(),
+            op: op as i32,
+            scope: stream.scope.clone(),
+            stream: stream.stream.clone(),
+            timeout_ms,
+            now_ms,
+        });
+        match self.propose_any(cmd).await? {
+            Applied::Txn(t) => Ok(t),
+            other => Err(Error::Internal(format!(
+                "a transaction command answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Transaction `id` as this replica knows it.
+    pub fn txn(&self, id: &str) -> Option<txns::TxnRecord> {
+        let map = self.txns.read().unwrap_or_else(|p| p.into_inner());
+        map.get(id).cloned()
+    }
+
+    /// Every transaction this replica knows, oldest id first.
+    pub fn txns(&self) -> Vec<txns::TxnRecord> {
+        let map = self.txns.read().unwrap_or_else(|p| p.into_inner());
+        map.values().cloned().collect()
     }
 
     /// Reader group `key` as this replica knows it.

@@ -1,5 +1,6 @@
 //! The `meta` state machine: streams, their segments and epochs (the
-//! successor graph of their scales), the nodes and the placement.
+//! successor graph of their scales), the nodes and the placement, reader
+//! groups (`groups.rs` has their rules) and transactions (`txns.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -8,12 +9,14 @@ use bytes::Bytes;
 
 use super::command::{
     CompleteScale, EpochSnapshot, GroupCommand, GroupOp, MetaCmd, MetaCommand, MetaSnapshot,
-    NodeRecord, PolicyRecord, SegmentSnapshot, StartScale, StreamRef, StreamSnapshot,
+    NodeRecord, PolicyRecord, SegmentSnapshot, StartScale, StreamRef, StreamSnapshot, TxnCommand,
+    TxnOp,
 };
 use super::groups::{
     GroupError, GroupKey, GroupRecord, GroupStream, ReaderView, Report, SegmentGraph, GROUPS_MAX,
 };
 use super::scaling::{self, ScalingKind, ScalingPolicy, Span, Split};
+use super::txns::{self, Change, TxnError, TxnPart, TxnRecord, TxnState, TxnTable};
 use crate::container::container_of;
 use crate::controller::placement::Placement;
 use crate::group::StateMachine;
@@ -242,6 +245,8 @@ pub type NodeMap = Arc<RwLock<BTreeMap<u64, String>>>;
 pub type PlacementMap = Arc<RwLock<Placement>>;
 /// The reader groups.
 pub type GroupMap = Arc<RwLock<BTreeMap<GroupKey, GroupRecord>>>;
+/// The transactions, by id.
+pub type TxnMap = Arc<RwLock<TxnTable>>;
 
 /// What applying a metadata command answers.
 #[derive(Debug, PartialEq)]
@@ -253,6 +258,8 @@ pub enum Applied {
     /// A reader-group change; the view of the reader that made it, if a
     /// reader did.
     Group(Option<ReaderView>),
+    /// A transaction as it is after the change (None: forgotten).
+    Txn(Option<TxnRecord>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -276,6 +283,8 @@ pub enum MetaError {
     GroupExists(String),
     #[error(transparent)]
     Group(#[from] GroupError),
+    #[error(transparent)]
+    Txn(#[from] TxnError),
 }
 
 pub struct MetaState {
@@ -283,6 +292,7 @@ pub struct MetaState {
     nodes: NodeMap,
     placement: PlacementMap,
     groups: GroupMap,
+    txns: TxnMap,
     /// Segment ids are never reused; 0 is never an id.
     next_segment_id: u64,
 }
@@ -293,12 +303,14 @@ impl MetaState {
         nodes: NodeMap,
         placement: PlacementMap,
         groups: GroupMap,
+        txns: TxnMap,
     ) -> Self {
         MetaState {
             streams,
             nodes,
             placement,
             groups,
+            txns,
             next_segment_id: 1,
         }
     }
@@ -343,8 +355,17 @@ impl StateMachine for MetaState {
     fn apply(&mut self, _index: u64, command: Bytes) -> Self::Output {
         let cmd: MetaCommand =
             prost::Message::decode(command).map_err(|e| MetaError::Malformed(e.to_string()))?;
-        if let Some(MetaCmd::Group(g)) = cmd.cmd {
-            return self.apply_group(g);
+        match cmd.cmd {
+            Some(MetaCmd::Group(g)) => return self.apply_group(g),
+            Some(MetaCmd::Txn(t)) => return self.apply_txn(t).map(Applied::Txn),
+            Some(MetaCmd::Seal(ref r) | MetaCmd::MarkDeleting(ref r)) => {
+                let why = match cmd.cmd {
+                    Some(MetaCmd::Seal(_)) => "stream sealed",
+                    _ => "stream deleted",
+                };
+                self.end_open_txns(&Self::key(r.clone()), why)?;
+            }
+            _ => {}
         }
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
         match cmd.cmd {
@@ -397,6 +418,13 @@ impl StateMachine for MetaState {
             .values()
             .cloned()
             .collect();
+        snap.txns = self
+            .txns
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         snap
     }
 
@@ -411,6 +439,11 @@ impl StateMachine for MetaState {
             snap.placement.clone().map(Into::into).unwrap_or_default();
         *self.groups.write().unwrap_or_else(|p| p.into_inner()) =
             snap.groups.iter().map(|g| (g.key(), g.clone())).collect();
+        *self.txns.write().unwrap_or_else(|p| p.into_inner()) = snap
+            .txns
+            .iter()
+            .map(|t| (t.id.clone(), t.clone()))
+            .collect();
         self.restore_streams(snap)
     }
 }
@@ -544,7 +577,8 @@ impl MetaState {
                 | MetaCmd::RemoveNode(_)
                 | MetaCmd::SetPlacement(_)
                 | MetaCmd::Form(_)
-                | MetaCmd::Group(_),
+                | MetaCmd::Group(_)
+                | MetaCmd::Txn(_),
             )
             | None => Err(MetaError::Malformed("empty command".into())),
         }
@@ -556,6 +590,7 @@ impl MetaState {
             scope: c.scope,
             stream: c.stream,
         };
+        let txn_parents = self.live_txn_parents(&key);
         let next_segment_id = &mut self.next_segment_id;
         try_update(&self.streams, key, |s| {
             let key = &s.key;
@@ -587,6 +622,12 @@ impl MetaState {
             // whoever planned it (an operator, the auto-scaler).
             let min = s.policy.min_segments as usize;
             let plan = scaling::plan(&active, &splits, &merges, min).map_err(MetaError::Invalid)?;
+            if let Some(id) = plan.predecessors.iter().find(|id| txn_parents.contains(id)) {
+                return Err(MetaError::Busy(format!(
+                    "segment {id} of stream {key} has a part of an open or committing transaction; \
+                     scale it once its transactions are committed or aborted"
+                )));
+            }
             let epoch = s.epoch + 1;
             let containers = c.containers.max(1);
             let first_number = s
@@ -672,6 +713,124 @@ impl MetaState {
             });
             Ok(())
         })
+    }
+
+    /// The parent segments of `stream`'s open and committing transactions.
+    fn live_txn_parents(&self, stream: &StreamKey) -> std::collections::HashSet<u64> {
+        let txns = self.txns.read().unwrap_or_else(|p| p.into_inner());
+        txns.values()
+            .filter(|t| t.scope == stream.scope && t.stream == stream.stream)
+            .filter(|t| t.state().is_live())
+            .flat_map(|t| t.parts.iter().map(|p| p.segment_id))
+            .collect()
+    }
+
+    /// Before a stream is sealed or deleted: its open transactions abort
+    /// (`why`); a committing one makes the seal wait (its merges need the
+    /// parents unsealed).
+    fn end_open_txns(&mut self, stream: &StreamKey, why: &'static str) -> Result<(), MetaError> {
+        let mut txns = self.txns.write().unwrap_or_else(|p| p.into_inner());
+        let mine = |t: &TxnRecord| t.scope == stream.scope && t.stream == stream.stream;
+        if let Some(t) = txns
+            .values()
+            .find(|t| mine(t) && t.state() == TxnState::Committing)
+        {
+            return Err(MetaError::Busy(format!(
+                "transaction {} of stream {stream} is committing; retry in a moment",
+                t.id
+            )));
+        }
+        for t in txns.values_mut().filter(|t| mine(t)) {
+            txns::apply_change(t, Change::StreamGone(why), 0)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a transaction change.
+    fn apply_txn(&mut self, c: TxnCommand) -> Result<Option<TxnRecord>, MetaError> {
+        let op = TxnOp::try_from(c.op).unwrap_or(TxnOp::Unspecified);
+        let mut txns = self.txns.write().unwrap_or_else(|p| p.into_inner());
+        if op == TxnOp::Begin {
+            if let Some(t) = txns.get(&c.id) {
+                // A retried proposal of this begin.
+                return Ok(Some(t.clone()));
+            }
+            let key = StreamKey {
+                scope: c.scope.clone(),
+                stream: c.stream.clone(),
+            };
+            let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+            let s = streams
+                .get(&key)
+                .filter(|s| !s.deleting)
+                .ok_or_else(|| MetaError::NotFound(key.to_string()))?;
+            if s.sealed {
+                return Err(MetaError::Busy(format!(
+                    "stream {key} is sealed: it takes no transactions"
+                )));
+            }
+            if let Some(x) = &s.scaling {
+                return Err(MetaError::Txn(TxnError::Retry(format!(
+                    "stream {key} is scaling to epoch {}; begin the transaction again in a moment",
+                    x.epoch
+                ))));
+            }
+            let live = txns.values().filter(|t| t.state().is_live());
+            let (mut total, mut here) = (0, 0);
+            for t in live {
+                total += 1;
+                here += usize::from(t.scope == key.scope && t.stream == key.stream);
+            }
+            if here >= txns::TXNS_PER_STREAM_MAX || total >= txns::TXNS_MAX {
+                return Err(MetaError::Txn(TxnError::Full(format!(
+                    "stream {key} has {here} open transactions and the cluster {total} \
+                     (limits {} and {}): commit or abort some first",
+                    txns::TXNS_PER_STREAM_MAX,
+                    txns::TXNS_MAX
+                ))));
+            }
+            let parents: Vec<u64> = s.active().map(|g| g.id).collect();
+            drop(streams);
+            let mut parts = Vec::with_capacity(parents.len());
+            for (i, parent) in parents.into_iter().enumerate() {
+                parts.push(TxnPart {
+                    segment_id: parent,
+                    txn_segment_id: segment_id(0, self.next_segment_id + i as u64)?,
+                });
+            }
+            self.next_segment_id += parts.len() as u64;
+            let record = TxnRecord {
+                id: c.id.clone(),
+                scope: c.scope,
+                stream: c.stream,
+                state: TxnState::Open as i32,
+                timeout_ms: c.timeout_ms,
+                begun_ms: c.now_ms,
+                finished_ms: 0,
+                reason: String::new(),
+                parts,
+            };
+            txns.insert(c.id, record.clone());
+            return Ok(Some(record));
+        }
+        if op == TxnOp::Forget {
+            txns.remove(&c.id);
+            return Ok(None);
+        }
+        let t = txns
+            .get_mut(&c.id)
+            .ok_or_else(|| TxnError::NotFound(c.id.clone()))?;
+        let change = match op {
+            TxnOp::Commit => Change::Commit,
+            TxnOp::Abort => Change::Abort,
+            TxnOp::TimeOut => Change::TimeOut,
+            TxnOp::Finish => Change::Finish,
+            TxnOp::Begin | TxnOp::Forget | TxnOp::Unspecified => {
+                return Err(MetaError::Malformed(format!("transaction op {}", c.op)))
+            }
+        };
+        txns::apply_change(t, change, c.now_ms)?;
+        Ok(Some(t.clone()))
     }
 
     /// Applies a reader-group change.
@@ -835,6 +994,7 @@ impl MetaState {
             nodes: Vec::new(),
             placement: None,
             groups: Vec::new(),
+            txns: Vec::new(),
         }
     }
 
@@ -934,6 +1094,7 @@ mod tests {
             NodeMap::default(),
             PlacementMap::default(),
             GroupMap::default(),
+            TxnMap::default(),
         );
         restored
             .restore(prost::Message::encode_to_vec(&s.snapshot()).into())
@@ -949,6 +1110,7 @@ mod tests {
             NodeMap::default(),
             PlacementMap::default(),
             GroupMap::default(),
+            TxnMap::default(),
         );
         let create = |name: &str, n| {
             MetaCmd::Create(CreateStream {
@@ -986,6 +1148,7 @@ mod tests {
             NodeMap::default(),
             PlacementMap::default(),
             GroupMap::default(),
+            TxnMap::default(),
         );
         let a = apply(
             &mut s,

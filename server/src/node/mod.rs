@@ -10,7 +10,8 @@
 //! [`reconcile`] (every node, every 250 ms, moves the containers it leads
 //! toward the metadata), [`autoscale`] (rates and scaling decisions),
 //! [`membership`] (the cluster's membership pass), [`groups`] (reader
-//! groups' start cuts and reader liveness),
+//! groups' start cuts and reader liveness), [`txns`] (transaction leases,
+//! and driving decided transactions to their end),
 //! [`data_dir`] (the directory's lock and fixed container count).
 //!
 //! The node never serves before every group replayed its log.
@@ -23,6 +24,7 @@ mod groups;
 mod membership;
 mod reconcile;
 mod routing;
+mod txns;
 
 pub use admin::validate_name;
 pub use groups::{Start, READER_TIMEOUT_DEFAULT_MS, READER_TIMEOUT_MAX_MS, READER_TIMEOUT_MIN_MS};
@@ -77,6 +79,8 @@ pub struct Node {
     reconciling: tokio::sync::Mutex<()>,
     /// When the metadata leader last heard from each group reader.
     liveness: std::sync::Mutex<groups::Liveness>,
+    /// When the metadata leader's transaction leases end.
+    leases: std::sync::Mutex<txns::Leases>,
     /// Turns true to stop the node's tasks.
     stop: watch::Sender<bool>,
     /// Turns true when the node begins to shut down: long-lived sessions
@@ -210,6 +214,7 @@ impl Node {
             membership,
             reconciling: tokio::sync::Mutex::new(()),
             liveness: std::sync::Mutex::default(),
+            leases: std::sync::Mutex::default(),
             stop,
             closing: watch::channel(false).0,
             tasks: std::sync::Mutex::new(tasks),
@@ -223,11 +228,12 @@ impl Node {
         // with the other tasks.
         let autoscaler = tokio::spawn(autoscale::autoscale_loop(node.clone(), stopped.clone()));
         let liveness = tokio::spawn(groups::liveness_loop(node.clone(), stopped.clone()));
+        let txn_driver = tokio::spawn(txns::drive_loop(node.clone(), stopped.clone()));
         let reconciler = tokio::spawn(reconcile::reconcile_loop(node.clone(), stopped));
         node.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend([autoscaler, liveness, reconciler]);
+            .extend([autoscaler, liveness, txn_driver, reconciler]);
         Ok(node)
     }
 
@@ -249,6 +255,7 @@ impl Node {
     pub fn refresh_metrics(&self) {
         let m = &self.metrics;
         m.tail_buffer_bytes.set(self.budget.used() as i64);
+        m.txn_bytes.set(self.budget.txn_used() as i64);
         m.cache_bytes.set(self.tier2.cache_bytes() as i64);
         for s in self.controller.all().iter().filter(|s| !s.deleting) {
             let labels = crate::metrics::StreamLabels {

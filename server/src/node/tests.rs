@@ -52,6 +52,7 @@ async fn delete_succeeds_while_other_reconcile_passes_run() {
                 event_count: 1,
                 events,
                 expected_length: None,
+                txn_parent: None,
             }))
             .await
             .unwrap();
@@ -105,6 +106,7 @@ async fn scales_seal_predecessors_and_open_successors() {
                     event_count: 1,
                     events: event(),
                     expected_length: None,
+                    txn_parent: None,
                 }))
                 .await
         }
@@ -201,6 +203,7 @@ async fn a_rate_policy_splits_under_load_and_merges_when_quiet() {
                     event_count: count,
                     events: events.clone(),
                     expected_length: None,
+                    txn_parent: None,
                 }))
                 .await;
             // A segment sealed by a scale under way refuses; the others
@@ -263,6 +266,7 @@ async fn retention_drops_a_whole_expired_predecessor() {
             event_count: 1,
             events: event(),
             expected_length: None,
+            txn_parent: None,
         }))
         .await
         .unwrap();

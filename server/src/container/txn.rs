@@ -1,0 +1,256 @@
+//! Transaction segments: the hidden parts of open transactions, in the
+//! container of their parent segment, and the tombstones of parts already
+//! merged or dropped.
+//!
+//! A transaction segment holds its events in memory (counted in the node's
+//! tail budget and its transaction bytes) and in the log, with its own
+//! writer table, so transactional appends are exactly-once like any other.
+//! It is kept apart from the stream segments: no read, scan, describe or
+//! storage writer ever finds it. A merge moves its blocks onto the end of
+//! the parent's tail buffer in one entry, so a transaction's events land
+//! contiguously and in the order they were appended.
+//!
+//! Must never: apply an append to a part once it was merged or dropped (the
+//! tombstone refuses it, until the metadata forgot the transaction); merge
+//! into a sealed parent; read a clock.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use super::command::{Append, ClosedTxn, TxnPartRef, TxnSegmentSnapshot, WriterPosition};
+use super::state::{check_numbers, Applied, ApplyError, ContainerState, Numbered};
+
+/// One open transaction's events for one parent segment.
+#[derive(Debug, Default)]
+pub(crate) struct TxnSegment {
+    pub parent: u64,
+    pub length: u64,
+    pub events: u64,
+    /// One block per applied batch, in order.
+    pub blocks: Vec<Bytes>,
+    pub writers: HashMap<String, i64>,
+}
+
+/// How a part ended (its tombstone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closed {
+    Merged,
+    Dropped,
+}
+
+impl ContainerState {
+    /// A transactional append to part `a.segment_id` of `parent`.
+    pub(super) fn txn_append(&mut self, parent: u64, a: Append) -> Result<Applied, ApplyError> {
+        let id = a.segment_id;
+        if let Some(&how) = self.closed_txns.get(&id) {
+            return Err(ApplyError::TxnPartClosed {
+                txn_segment: id,
+                merged: how == Closed::Merged,
+            });
+        }
+        let parent_gone = self
+            .segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&parent)
+            .is_none_or(|s| s.lock().deleted);
+        if parent_gone {
+            return Err(ApplyError::SegmentNotFound(parent));
+        }
+        let t = self.txns.entry(id).or_insert_with(|| TxnSegment {
+            parent,
+            ..Default::default()
+        });
+        if t.parent != parent {
+            return Err(ApplyError::Malformed(format!(
+                "transaction segment {id} belongs to segment {}, not {parent}",
+                t.parent
+            )));
+        }
+        let applied = t.writers.get(&a.writer_id).copied().unwrap_or(0);
+        let last = match check_numbers(applied, &a)? {
+            Numbered::Duplicate => {
+                return Ok(Applied::Appended {
+                    offset: 0,
+                    duplicate: true,
+                })
+            }
+            Numbered::Next(last) => last,
+        };
+        let offset = t.length;
+        let len = a.events.len() as u64;
+        t.length += len;
+        t.events += u64::from(a.event_count);
+        t.blocks.push(a.events);
+        t.writers.insert(a.writer_id, last);
+        self.budget.add_txn(len);
+        Ok(Applied::Appended {
+            offset,
+            duplicate: false,
+        })
+    }
+
+    /// Last applied event number of `writer` on transaction segment `id`
+    /// (0: none yet, the part not even created).
+    pub fn txn_last_event_number(&self, id: u64, writer: &str) -> Result<i64, ApplyError> {
+        if let Some(&how) = self.closed_txns.get(&id) {
+            return Err(ApplyError::TxnPartClosed {
+                txn_segment: id,
+                merged: how == Closed::Merged,
+            });
+        }
+        Ok(self
+            .txns
+            .get(&id)
+            .and_then(|t| t.writers.get(writer).copied())
+            .unwrap_or(0))
+    }
+
+    /// Bytes the open parts of this container hold.
+    pub fn txn_bytes(&self) -> u64 {
+        self.txns.values().map(|t| t.length).sum()
+    }
+
+    /// Commit of one part: its events go to the end of the parent, in one
+    /// piece. Idempotent; a part never written to merges as nothing.
+    pub(super) fn merge_txn(&mut self, p: TxnPartRef) -> Result<Applied, ApplyError> {
+        match self.closed_txns.get(&p.txn_segment_id) {
+            Some(Closed::Merged) => return Ok(Applied::TxnMerged { offset: None }),
+            Some(Closed::Dropped) => {
+                return Err(ApplyError::TxnPartClosed {
+                    txn_segment: p.txn_segment_id,
+                    merged: false,
+                })
+            }
+            None => {}
+        }
+        let seg = self.segment(p.segment_id)?;
+        let mut s = seg.lock();
+        if s.deleted {
+            return Err(ApplyError::SegmentNotFound(p.segment_id));
+        }
+        if s.sealed {
+            return Err(ApplyError::SegmentSealed(p.segment_id));
+        }
+        let offset = s.length;
+        if let Some(t) = self.txns.remove(&p.txn_segment_id) {
+            for block in t.blocks {
+                let len = block.len() as u64;
+                let at = s.length;
+                s.tail.push_back((at, block));
+                s.length += len;
+            }
+            s.rates
+                .record(u32::try_from(t.events).unwrap_or(u32::MAX), t.length);
+            // The bytes stay in memory, now as the parent's tail.
+            self.budget.merge_txn(t.length);
+        }
+        drop(s);
+        self.closed_txns.insert(p.txn_segment_id, Closed::Merged);
+        seg.notify();
+        Ok(Applied::TxnMerged {
+            offset: Some(offset),
+        })
+    }
+
+    /// Abort of one part: its events are discarded. Idempotent.
+    pub(super) fn drop_txn(&mut self, p: TxnPartRef) -> Result<Applied, ApplyError> {
+        if self.closed_txns.get(&p.txn_segment_id) == Some(&Closed::Merged) {
+            return Err(ApplyError::TxnPartClosed {
+                txn_segment: p.txn_segment_id,
+                merged: true,
+            });
+        }
+        if let Some(t) = self.txns.remove(&p.txn_segment_id) {
+            self.budget.release_txn(t.length);
+        }
+        self.closed_txns.insert(p.txn_segment_id, Closed::Dropped);
+        Ok(Applied::TxnDropped)
+    }
+
+    pub(super) fn forget_txns(&mut self, ids: &[u64]) -> Applied {
+        for id in ids {
+            self.closed_txns.remove(id);
+            // A part the metadata no longer knows holds nothing anyone can
+            // commit: an append that raced its transaction's end.
+            if let Some(t) = self.txns.remove(id) {
+                self.budget.release_txn(t.length);
+            }
+        }
+        Applied::TxnsForgotten
+    }
+
+    /// The open parts and tombstones, for the snapshot (ordered by id).
+    pub(super) fn txn_snapshot(&self) -> (Vec<TxnSegmentSnapshot>, Vec<ClosedTxn>) {
+        let mut parts: Vec<TxnSegmentSnapshot> = self
+            .txns
+            .iter()
+            .map(|(&id, t)| {
+                let mut writers: Vec<WriterPosition> = t
+                    .writers
+                    .iter()
+                    .map(|(w, n)| WriterPosition {
+                        writer_id: w.clone(),
+                        last_event_number: *n,
+                    })
+                    .collect();
+                writers.sort_by(|a, b| a.writer_id.cmp(&b.writer_id));
+                TxnSegmentSnapshot {
+                    txn_segment_id: id,
+                    segment_id: t.parent,
+                    events: t.events,
+                    blocks: t.blocks.clone(),
+                    writers,
+                }
+            })
+            .collect();
+        parts.sort_by_key(|p| p.txn_segment_id);
+        let mut closed: Vec<ClosedTxn> = self
+            .closed_txns
+            .iter()
+            .map(|(&id, &how)| ClosedTxn {
+                txn_segment_id: id,
+                merged: how == Closed::Merged,
+            })
+            .collect();
+        closed.sort_by_key(|c| c.txn_segment_id);
+        (parts, closed)
+    }
+
+    /// Replaces the open parts and tombstones with a snapshot's.
+    pub(super) fn restore_txns(&mut self, parts: Vec<TxnSegmentSnapshot>, closed: Vec<ClosedTxn>) {
+        for t in self.txns.drain() {
+            self.budget.release_txn(t.1.length);
+        }
+        for p in parts {
+            let length: u64 = p.blocks.iter().map(|b| b.len() as u64).sum();
+            self.budget.add_txn(length);
+            self.txns.insert(
+                p.txn_segment_id,
+                TxnSegment {
+                    parent: p.segment_id,
+                    length,
+                    events: p.events,
+                    blocks: p.blocks,
+                    writers: p
+                        .writers
+                        .into_iter()
+                        .map(|w| (w.writer_id, w.last_event_number))
+                        .collect(),
+                },
+            );
+        }
+        self.closed_txns = closed
+            .into_iter()
+            .map(|c| {
+                let how = if c.merged {
+                    Closed::Merged
+                } else {
+                    Closed::Dropped
+                };
+                (c.txn_segment_id, how)
+            })
+            .collect();
+    }
+}
