@@ -4,6 +4,7 @@
 //! Owns the wire formats only; it must never hold policy (limits, retries).
 
 pub mod frame;
+pub mod keys;
 pub mod name;
 pub mod wire;
 

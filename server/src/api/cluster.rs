@@ -6,8 +6,9 @@ use std::sync::Arc;
 use aquifer_proto::v1::cluster_server::Cluster;
 use aquifer_proto::v1::finish_parts_request::Action;
 use aquifer_proto::v1::{
-    ClusterStatus, ClusterStatusRequest, Faults, FinishPartsRequest, FinishPartsResponse,
-    GroupInfo, NodeInfo, SegmentViewsRequest, SegmentViewsResponse,
+    AppendPartRequest, ClusterStatus, ClusterStatusRequest, Faults, FinishPartsRequest,
+    FinishPartsResponse, GroupInfo, MovePartRequest, NodeInfo, SegmentViewsRequest,
+    SegmentViewsResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -156,9 +157,35 @@ impl Cluster for ClusterService {
             .map(|p| TxnPart {
                 segment_id: p.segment_id,
                 txn_segment_id: p.transaction_segment_id,
+                ..TxnPart::default()
             })
             .collect();
         self.node.local_finish_parts(action, &parts).await?;
+        Ok(Response::new(FinishPartsResponse {}))
+    }
+
+    async fn move_transaction_part(
+        &self,
+        req: Request<MovePartRequest>,
+    ) -> Result<Response<FinishPartsResponse>, Status> {
+        let req = req.into_inner();
+        let p = req
+            .part
+            .ok_or_else(|| Status::invalid_argument("a move names its part"))?;
+        let part = TxnPart {
+            segment_id: p.segment_id,
+            txn_segment_id: p.transaction_segment_id,
+            ..TxnPart::default()
+        };
+        self.node.local_move_part(&part, &req.targets).await?;
+        Ok(Response::new(FinishPartsResponse {}))
+    }
+
+    async fn append_transaction_part(
+        &self,
+        req: Request<AppendPartRequest>,
+    ) -> Result<Response<FinishPartsResponse>, Status> {
+        self.node.local_append_part(req.into_inner()).await?;
         Ok(Response::new(FinishPartsResponse {}))
     }
 

@@ -55,7 +55,10 @@ pub async fn serve(
     let segments = SegmentsServer::new(segments::SegmentsService::new(node.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let cluster = ClusterServer::new(cluster::ClusterService::new(node.clone()));
+    // Between nodes too, events travel (a moved transaction part's).
+    let cluster = ClusterServer::new(cluster::ClusterService::new(node.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let groups = ReaderGroupsServer::new(groups::GroupService::new(node.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

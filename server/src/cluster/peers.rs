@@ -14,8 +14,8 @@ use std::time::Duration;
 use aquifer_proto::v1::cluster_client::ClusterClient;
 use aquifer_proto::v1::finish_parts_request::Action;
 use aquifer_proto::v1::{
-    ClusterStatus, ClusterStatusRequest, FinishPart, FinishPartsRequest, SegmentInfo,
-    SegmentViewsRequest,
+    AppendPartRequest, ClusterStatus, ClusterStatusRequest, FinishPart, FinishPartsRequest,
+    MovePartRequest, MoveTarget, SegmentInfo, SegmentViewsRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -113,6 +113,34 @@ impl Peers {
                 .collect(),
         };
         let answer = self.client(addr)?.finish_transaction_parts(request).await;
+        answer
+            .map(|_| ())
+            .map_err(|s| Error::Unavailable(format!("node at {addr}: {}", s.message())))
+    }
+
+    /// Asks node `addr` to move transaction `part` to `targets`.
+    pub async fn move_part(
+        &self,
+        addr: &str,
+        part: &crate::controller::txns::TxnPart,
+        targets: &[MoveTarget],
+    ) -> Result<(), Error> {
+        let request = MovePartRequest {
+            part: Some(FinishPart {
+                segment_id: part.segment_id,
+                transaction_segment_id: part.txn_segment_id,
+            }),
+            targets: targets.to_vec(),
+        };
+        let answer = self.client(addr)?.move_transaction_part(request).await;
+        answer
+            .map(|_| ())
+            .map_err(|s| Error::Unavailable(format!("node at {addr}: {}", s.message())))
+    }
+
+    /// Asks node `addr` to append copied events to a transaction part.
+    pub async fn append_part(&self, addr: &str, request: AppendPartRequest) -> Result<(), Error> {
+        let answer = self.client(addr)?.append_transaction_part(request).await;
         answer
             .map(|_| ())
             .map_err(|s| Error::Unavailable(format!("node at {addr}: {}", s.message())))

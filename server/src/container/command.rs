@@ -8,7 +8,7 @@ pub struct ContainerCommand {
     // Tag 5 is reserved: it was a single-chunk "chunk flushed" command that
     // no release ever proposed (ChunksFlushed, tag 7, replaced it). Never
     // reuse it.
-    #[prost(oneof = "Cmd", tags = "1, 2, 3, 4, 6, 7, 8, 9, 10, 11")]
+    #[prost(oneof = "Cmd", tags = "1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12")]
     pub cmd: Option<Cmd>,
 }
 
@@ -30,9 +30,9 @@ pub enum Cmd {
     /// Fold each segment's traffic since the last tick into its rates.
     #[prost(message, tag = "8")]
     RateTick(RateTick),
-    /// A committed transaction's part joins its parent segment.
+    /// A committed transaction's parts of one parent join it, in one piece.
     #[prost(message, tag = "9")]
-    MergeTxn(TxnPartRef),
+    MergeTxn(TxnPartsRef),
     /// An aborted transaction's part is discarded.
     #[prost(message, tag = "10")]
     DropTxn(TxnPartRef),
@@ -40,6 +40,19 @@ pub enum Cmd {
     /// tombstones.
     #[prost(message, tag = "11")]
     ForgetTxns(TxnSegmentsRef),
+    /// A committed transaction's part is about to be copied to the
+    /// successors of its sealed parent: it takes no more appends.
+    #[prost(message, tag = "12")]
+    SealTxn(TxnPartRef),
+}
+
+/// Parts `txn_segment_ids` of parent `segment_id`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TxnPartsRef {
+    #[prost(uint64, tag = "1")]
+    pub segment_id: u64,
+    #[prost(uint64, repeated, tag = "2")]
+    pub txn_segment_ids: Vec<u64>,
 }
 
 /// Transaction segment `txn_segment_id`, a part of parent `segment_id`.
@@ -175,6 +188,8 @@ pub struct TxnSegmentSnapshot {
     pub blocks: Vec<Bytes>,
     #[prost(message, repeated, tag = "5")]
     pub writers: Vec<WriterPosition>,
+    #[prost(bool, tag = "6")]
+    pub sealed: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -212,6 +212,12 @@ impl Container {
             .await??)
     }
 
+    /// A sealed transaction part's blocks, to copy (None: copied and
+    /// dropped before).
+    pub async fn txn_blocks(&self, id: u64) -> Result<Option<Vec<bytes::Bytes>>, Error> {
+        Ok(self.group.query(move |s| s.txn_blocks(id)).await??)
+    }
+
     /// The last event number applied for `writer` on `segment` (0: none).
     pub async fn last_event_number(&self, segment: u64, writer: String) -> Result<i64, Error> {
         Ok(self

@@ -58,6 +58,7 @@ pub enum Applied {
         offset: Option<u64>,
     },
     TxnDropped,
+    TxnSealed,
     TxnsForgotten,
 }
 
@@ -412,6 +413,7 @@ impl StateMachine for ContainerState {
             Some(Cmd::MergeTxn(p)) => self.merge_txn(p),
             Some(Cmd::DropTxn(p)) => self.drop_txn(p),
             Some(Cmd::ForgetTxns(r)) => Ok(self.forget_txns(&r.txn_segment_ids)),
+            Some(Cmd::SealTxn(p)) => Ok(self.seal_txn(p)),
             None => Err(ApplyError::Malformed("empty command".into())),
         }
     }

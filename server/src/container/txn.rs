@@ -18,7 +18,9 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use super::command::{Append, ClosedTxn, TxnPartRef, TxnSegmentSnapshot, WriterPosition};
+use super::command::{
+    Append, ClosedTxn, TxnPartRef, TxnPartsRef, TxnSegmentSnapshot, WriterPosition,
+};
 use super::state::{check_numbers, Applied, ApplyError, ContainerState, Numbered};
 
 /// One open transaction's events for one parent segment.
@@ -30,6 +32,8 @@ pub(crate) struct TxnSegment {
     /// One block per applied batch, in order.
     pub blocks: Vec<Bytes>,
     pub writers: HashMap<String, i64>,
+    /// Being copied to its parent's successors: no more appends.
+    pub sealed: bool,
 }
 
 /// How a part ended (its tombstone).
@@ -67,6 +71,12 @@ impl ContainerState {
                 "transaction segment {id} belongs to segment {}, not {parent}",
                 t.parent
             )));
+        }
+        if t.sealed {
+            return Err(ApplyError::TxnPartClosed {
+                txn_segment: id,
+                merged: true,
+            });
         }
         let applied = t.writers.get(&a.writer_id).copied().unwrap_or(0);
         let last = match check_numbers(applied, &a)? {
@@ -112,46 +122,87 @@ impl ContainerState {
         self.txns.values().map(|t| t.length).sum()
     }
 
-    /// Commit of one part: its events go to the end of the parent, in one
-    /// piece. Idempotent; a part never written to merges as nothing.
-    pub(super) fn merge_txn(&mut self, p: TxnPartRef) -> Result<Applied, ApplyError> {
-        match self.closed_txns.get(&p.txn_segment_id) {
-            Some(Closed::Merged) => return Ok(Applied::TxnMerged { offset: None }),
-            Some(Closed::Dropped) => {
+    /// Commit of a parent's parts: their events go to the end of the
+    /// parent, in one piece, part after part. Idempotent; a part never
+    /// written to merges as nothing.
+    pub(super) fn merge_txn(&mut self, p: TxnPartsRef) -> Result<Applied, ApplyError> {
+        for id in &p.txn_segment_ids {
+            if self.closed_txns.get(id) == Some(&Closed::Dropped) {
                 return Err(ApplyError::TxnPartClosed {
-                    txn_segment: p.txn_segment_id,
+                    txn_segment: *id,
                     merged: false,
-                })
+                });
             }
-            None => {}
         }
         let seg = self.segment(p.segment_id)?;
         let mut s = seg.lock();
         if s.deleted {
             return Err(ApplyError::SegmentNotFound(p.segment_id));
         }
+        let open: Vec<u64> = p
+            .txn_segment_ids
+            .iter()
+            .copied()
+            .filter(|id| !self.closed_txns.contains_key(id))
+            .collect();
+        if open.is_empty() {
+            return Ok(Applied::TxnMerged { offset: None });
+        }
         if s.sealed {
             return Err(ApplyError::SegmentSealed(p.segment_id));
         }
         let offset = s.length;
-        if let Some(t) = self.txns.remove(&p.txn_segment_id) {
-            for block in t.blocks {
-                let len = block.len() as u64;
-                let at = s.length;
-                s.tail.push_back((at, block));
-                s.length += len;
+        for id in open {
+            if let Some(t) = self.txns.remove(&id) {
+                for block in t.blocks {
+                    let len = block.len() as u64;
+                    let at = s.length;
+                    s.tail.push_back((at, block));
+                    s.length += len;
+                }
+                s.rates
+                    .record(u32::try_from(t.events).unwrap_or(u32::MAX), t.length);
+                // The bytes stay in memory, now as the parent's tail.
+                self.budget.merge_txn(t.length);
             }
-            s.rates
-                .record(u32::try_from(t.events).unwrap_or(u32::MAX), t.length);
-            // The bytes stay in memory, now as the parent's tail.
-            self.budget.merge_txn(t.length);
+            self.closed_txns.insert(id, Closed::Merged);
         }
         drop(s);
-        self.closed_txns.insert(p.txn_segment_id, Closed::Merged);
         seg.notify();
         Ok(Applied::TxnMerged {
             offset: Some(offset),
         })
+    }
+
+    /// Before a part is copied to its parent's successors: no more appends
+    /// (an acknowledged one would miss the copy). Idempotent.
+    pub(super) fn seal_txn(&mut self, p: TxnPartRef) -> Applied {
+        if !self.closed_txns.contains_key(&p.txn_segment_id) {
+            self.txns
+                .entry(p.txn_segment_id)
+                .or_insert_with(|| TxnSegment {
+                    parent: p.segment_id,
+                    ..Default::default()
+                })
+                .sealed = true;
+        }
+        Applied::TxnSealed
+    }
+
+    /// A sealed part's blocks, in order, to copy; None once it is dropped
+    /// (the copy was done before).
+    pub fn txn_blocks(&self, id: u64) -> Result<Option<Vec<Bytes>>, ApplyError> {
+        match (self.closed_txns.get(&id), self.txns.get(&id)) {
+            (Some(Closed::Dropped), _) => Ok(None),
+            (Some(Closed::Merged), _) => Err(ApplyError::TxnPartClosed {
+                txn_segment: id,
+                merged: true,
+            }),
+            (None, Some(t)) if t.sealed => Ok(Some(t.blocks.clone())),
+            (None, _) => Err(ApplyError::Malformed(format!(
+                "transaction segment {id} is not sealed for copying"
+            ))),
+        }
     }
 
     /// Abort of one part: its events are discarded. Idempotent.
@@ -202,6 +253,7 @@ impl ContainerState {
                     events: t.events,
                     blocks: t.blocks.clone(),
                     writers,
+                    sealed: t.sealed,
                 }
             })
             .collect();
@@ -238,6 +290,7 @@ impl ContainerState {
                         .into_iter()
                         .map(|w| (w.writer_id, w.last_event_number))
                         .collect(),
+                    sealed: p.sealed,
                 },
             );
         }

@@ -77,6 +77,11 @@ pub enum TxnOp {
     Finish = 5,
     /// A finished transaction whose parts the containers forgot.
     Forget = 6,
+    /// Part `txn_segment_id` of a committing transaction lies in a segment
+    /// a scale sealed: record a child part per successor.
+    SplitPart = 7,
+    /// Part `txn_segment_id`'s events are in its children: it goes.
+    PartMoved = 8,
 }
 
 /// One change of transaction `id`. Times are the proposer's clock, in the
@@ -95,6 +100,9 @@ pub struct TxnCommand {
     pub timeout_ms: u64,
     #[prost(uint64, tag = "6")]
     pub now_ms: u64,
+    /// SplitPart, PartMoved: the part.
+    #[prost(uint64, tag = "7")]
+    pub txn_segment_id: u64,
 }
 
 /// One change of reader group `scope/group`.

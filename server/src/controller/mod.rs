@@ -61,7 +61,6 @@ impl From<MetaError> for Error {
                 },
                 txns::TxnError::Full(why) => Error::ResourceExhausted(why),
                 txns::TxnError::Invalid(why) => Error::InvalidArgument(why),
-                txns::TxnError::Retry(why) => Error::Unavailable(why),
             },
         }
     }
@@ -342,8 +341,8 @@ impl Controller {
         }
     }
 
-    /// Applies one change to transaction `id` (`scope`, `stream`, `timeout_ms`
-    /// matter to a begin only); the record after (None once forgotten).
+    /// Applies one change to transaction `id` (`timeout_ms` matters to a
+    /// begin only); the record after (None once forgotten).
     pub async fn txn_change(
         &self,
         op: TxnOp,
@@ -351,18 +350,43 @@ impl Controller {
         stream: &StreamKey,
         timeout_ms: u64,
     ) -> Result<Option<txns::TxnRecord>, Error> {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let cmd = MetaCmd::Txn(command::TxnCommand {
+        self.propose_txn(command::TxnCommand {
             id: id.to_string(),
             op: op as i32,
             scope: stream.scope.clone(),
             stream: stream.stream.clone(),
             timeout_ms,
-            now_ms,
-        });
-        match self.propose_any(cmd).await? {
+            now_ms: 0,
+            txn_segment_id: 0,
+        })
+        .await
+    }
+
+    /// Moves part `txn_segment_id` of transaction `id` along (`SplitPart`,
+    /// `PartMoved`); the record after.
+    pub async fn txn_part_change(
+        &self,
+        op: TxnOp,
+        id: &str,
+        txn_segment_id: u64,
+    ) -> Result<Option<txns::TxnRecord>, Error> {
+        self.propose_txn(command::TxnCommand {
+            id: id.to_string(),
+            op: op as i32,
+            txn_segment_id,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn propose_txn(
+        &self,
+        mut cmd: command::TxnCommand,
+    ) -> Result<Option<txns::TxnRecord>, Error> {
+        cmd.now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        match self.propose_any(MetaCmd::Txn(cmd)).await? {
             Applied::Txn(t) => Ok(t),
             other => Err(Error::Internal(format!(
                 "a transaction command answered {other:?}"

@@ -590,7 +590,6 @@ impl MetaState {
             scope: c.scope,
             stream: c.stream,
         };
-        let txn_parents = self.live_txn_parents(&key);
         let next_segment_id = &mut self.next_segment_id;
         try_update(&self.streams, key, |s| {
             let key = &s.key;
@@ -622,12 +621,6 @@ impl MetaState {
             // whoever planned it (an operator, the auto-scaler).
             let min = s.policy.min_segments as usize;
             let plan = scaling::plan(&active, &splits, &merges, min).map_err(MetaError::Invalid)?;
-            if let Some(id) = plan.predecessors.iter().find(|id| txn_parents.contains(id)) {
-                return Err(MetaError::Busy(format!(
-                    "segment {id} of stream {key} has a part of an open or committing transaction; \
-                     scale it once its transactions are committed or aborted"
-                )));
-            }
             let epoch = s.epoch + 1;
             let containers = c.containers.max(1);
             let first_number = s
@@ -715,16 +708,6 @@ impl MetaState {
         })
     }
 
-    /// The parent segments of `stream`'s open and committing transactions.
-    fn live_txn_parents(&self, stream: &StreamKey) -> std::collections::HashSet<u64> {
-        let txns = self.txns.read().unwrap_or_else(|p| p.into_inner());
-        txns.values()
-            .filter(|t| t.scope == stream.scope && t.stream == stream.stream)
-            .filter(|t| t.state().is_live())
-            .flat_map(|t| t.parts.iter().map(|p| p.segment_id))
-            .collect()
-    }
-
     /// Before a stream is sealed or deleted: its open transactions abort
     /// (`why`); a committing one makes the seal wait (its merges need the
     /// parents unsealed).
@@ -769,12 +752,6 @@ impl MetaState {
                     "stream {key} is sealed: it takes no transactions"
                 )));
             }
-            if let Some(x) = &s.scaling {
-                return Err(MetaError::Txn(TxnError::Retry(format!(
-                    "stream {key} is scaling to epoch {}; begin the transaction again in a moment",
-                    x.epoch
-                ))));
-            }
             let live = txns.values().filter(|t| t.state().is_live());
             let (mut total, mut here) = (0, 0);
             for t in live {
@@ -796,6 +773,8 @@ impl MetaState {
                 parts.push(TxnPart {
                     segment_id: parent,
                     txn_segment_id: segment_id(0, self.next_segment_id + i as u64)?,
+                    moving: false,
+                    from: 0,
                 });
             }
             self.next_segment_id += parts.len() as u64;
@@ -817,6 +796,22 @@ impl MetaState {
             txns.remove(&c.id);
             return Ok(None);
         }
+        if op == TxnOp::SplitPart || op == TxnOp::PartMoved {
+            let t = txns
+                .get_mut(&c.id)
+                .ok_or_else(|| TxnError::NotFound(c.id.clone()))?;
+            if op == TxnOp::SplitPart {
+                let successors = self.successors_of(t, c.txn_segment_id)?;
+                let first = self.next_segment_id;
+                let added = txns::split_part(t, c.txn_segment_id, &successors, |i| {
+                    segment_id(0, first + i as u64)
+                })?;
+                self.next_segment_id += added as u64;
+            } else {
+                txns::part_moved(t, c.txn_segment_id)?;
+            }
+            return Ok(Some(t.clone()));
+        }
         let t = txns
             .get_mut(&c.id)
             .ok_or_else(|| TxnError::NotFound(c.id.clone()))?;
@@ -825,12 +820,37 @@ impl MetaState {
             TxnOp::Abort => Change::Abort,
             TxnOp::TimeOut => Change::TimeOut,
             TxnOp::Finish => Change::Finish,
-            TxnOp::Begin | TxnOp::Forget | TxnOp::Unspecified => {
+            TxnOp::Begin
+            | TxnOp::Forget
+            | TxnOp::SplitPart
+            | TxnOp::PartMoved
+            | TxnOp::Unspecified => {
                 return Err(MetaError::Malformed(format!("transaction op {}", c.op)))
             }
         };
         txns::apply_change(t, change, c.now_ms)?;
         Ok(Some(t.clone()))
+    }
+
+    /// The successors (by the metadata now) of the parent of part
+    /// `txn_segment_id` of `t`.
+    fn successors_of(&self, t: &TxnRecord, txn_segment_id: u64) -> Result<Vec<u64>, MetaError> {
+        let part = t.part(txn_segment_id).ok_or_else(|| {
+            TxnError::Invalid(format!(
+                "segment {txn_segment_id} is not a part of transaction {}",
+                t.id
+            ))
+        })?;
+        let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        let key = StreamKey {
+            scope: t.scope.clone(),
+            stream: t.stream.clone(),
+        };
+        Ok(streams
+            .get(&key)
+            .and_then(|s| s.segments.iter().find(|g| g.id == part.segment_id))
+            .map(|g| g.successors.clone())
+            .unwrap_or_default())
     }
 
     /// Applies a reader-group change.

@@ -65,12 +65,24 @@ impl TxnState {
 
 /// One part: events for `segment_id` wait in `txn_segment_id`, which lives
 /// in the parent's container.
+///
+/// A scale may seal a part's parent before the transaction commits (a
+/// sealed segment never grows again). The commit then *moves* the part:
+/// it gets one child part per successor of its parent (`from` names it),
+/// its events are copied into them by routing key, in order, and it is
+/// dropped; the children are merged (or moved again) like any part.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TxnPart {
     #[prost(uint64, tag = "1")]
     pub segment_id: u64,
     #[prost(uint64, tag = "2")]
     pub txn_segment_id: u64,
+    /// Its children are recorded; it is being copied into them.
+    #[prost(bool, tag = "3")]
+    pub moving: bool,
+    /// The part this one is a child of (0: one of the transaction's first).
+    #[prost(uint64, tag = "4")]
+    pub from: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -120,9 +132,6 @@ pub enum TxnError {
     Full(String),
     #[error("{0}")]
     Invalid(String),
-    /// Not now (a scale under way): retry shortly.
-    #[error("{0}")]
-    Retry(String),
 }
 
 /// A change the meta leader applies to a transaction.
@@ -187,6 +196,66 @@ pub fn apply_change(r: &mut TxnRecord, change: Change, now_ms: u64) -> Result<bo
         }
     }
     Ok(true)
+}
+
+/// Records the children of part `txn_segment_id` of committing transaction
+/// `t`, one per `successors` of its parent, their ids from `new_id(i)`;
+/// returns how many ids it took. Idempotent: a part already moving (or
+/// gone) takes none.
+pub fn split_part(
+    t: &mut TxnRecord,
+    txn_segment_id: u64,
+    successors: &[u64],
+    new_id: impl Fn(usize) -> Result<u64, super::state::MetaError>,
+) -> Result<usize, super::state::MetaError> {
+    if t.state() != TxnState::Committing {
+        return Err(TxnError::Invalid(format!(
+            "transaction {} is {}: only a committing one moves its parts",
+            t.id,
+            t.state().name()
+        ))
+        .into());
+    }
+    let Some(part) = t
+        .parts
+        .iter_mut()
+        .find(|p| p.txn_segment_id == txn_segment_id)
+    else {
+        return Ok(0);
+    };
+    if part.moving {
+        return Ok(0);
+    }
+    if successors.is_empty() {
+        return Err(TxnError::Invalid(format!(
+            "segment {} has no successors: part {txn_segment_id} cannot move",
+            part.segment_id
+        ))
+        .into());
+    }
+    part.moving = true;
+    for (i, &s) in successors.iter().enumerate() {
+        t.parts.push(TxnPart {
+            segment_id: s,
+            txn_segment_id: new_id(i)?,
+            moving: false,
+            from: txn_segment_id,
+        });
+    }
+    Ok(successors.len())
+}
+
+/// Part `txn_segment_id`'s events are in its children: it leaves `t`.
+/// Idempotent.
+pub fn part_moved(t: &mut TxnRecord, txn_segment_id: u64) -> Result<(), TxnError> {
+    if t.part(txn_segment_id).is_some_and(|p| !p.moving) {
+        return Err(TxnError::Invalid(format!(
+            "part {txn_segment_id} of transaction {} has no children to have moved to",
+            t.id
+        )));
+    }
+    t.parts.retain(|p| p.txn_segment_id != txn_segment_id);
+    Ok(())
 }
 
 /// Transaction ids are UUIDs; stored and shown as 32 lowercase hex digits

@@ -4,9 +4,13 @@
 //!   the leader's own clock and memory: a new leader starts every lease
 //!   afresh, so a failover never shortens one);
 //! - for each committing transaction, asks the leader of every part's
-//!   container to merge the part into its parent (one raft entry per part),
-//!   then records the transaction committed; aborting ones likewise drop
-//!   their parts, then are recorded aborted;
+//!   container to merge the part into its parent (one raft entry per
+//!   parent), then records the transaction committed; aborting ones
+//!   likewise drop their parts, then are recorded aborted;
+//! - first, a committing transaction's part in a segment a scale sealed
+//!   moves: child parts are recorded for the successors, the part's
+//!   container leader copies its events into them by routing key (numbered
+//!   appends, so a repeated copy is a duplicate) and drops it;
 //! - forgets old finished transactions once their containers forgot the
 //!   parts' tombstones.
 //! Every step is idempotent, so a leader that dies between any two is
@@ -19,10 +23,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aquifer_proto::frame::FrameIter;
+use aquifer_proto::keys::key_position;
 use aquifer_proto::v1::finish_parts_request::Action;
+use aquifer_proto::v1::{AppendPartRequest, FinishPart, MoveTarget};
+use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
-use crate::container::command::{Cmd, TxnPartRef, TxnSegmentsRef};
+use crate::container::command::{Append, Cmd, TxnPartRef, TxnPartsRef, TxnSegmentsRef};
 use crate::controller::txns::{self, TxnPart, TxnRecord, TxnState};
 use crate::controller::{StreamKey, TxnOp};
 use crate::error::Error;
@@ -31,6 +39,10 @@ use super::Node;
 
 /// How often the metadata leader drives transactions.
 const DRIVE_INTERVAL: Duration = Duration::from_millis(100);
+/// Scales one commit follows in one go before it yields to the next pass.
+const MOVE_ROUNDS_MAX: usize = 8;
+/// A moved part's events travel in appends of about this size.
+const MOVE_BATCH_BYTES: usize = 1024 * 1024;
 
 /// When each open transaction's lease ends, on the metadata leader.
 #[derive(Default)]
@@ -167,18 +179,22 @@ impl Node {
     }
 
     /// Carries a decided transaction to its end: every part merged
-    /// (committing) or dropped (aborting), then the end recorded. The
+    /// (committing; parts in segments a scale sealed are moved to the
+    /// successors first) or dropped (aborting), then the end recorded. The
     /// record after.
     pub(crate) async fn finish_txn(&self, t: &TxnRecord) -> Result<TxnRecord, Error> {
-        let action = match t.state() {
-            TxnState::Committing => Action::Merge,
-            TxnState::Aborting => Action::Drop,
-            _ => return Ok(t.clone()),
-        };
-        self.finish_parts(action, &t.parts).await?;
+        let mut t = t.clone();
+        match t.state() {
+            TxnState::Committing => {
+                t = self.move_parts(t).await?;
+                self.finish_parts(Action::Merge, &t.parts).await?;
+            }
+            TxnState::Aborting => self.finish_parts(Action::Drop, &t.parts).await?,
+            _ => return Ok(t),
+        }
         let after = self
             .controller
-            .txn_change(TxnOp::Finish, &t.id, &key_of(t), 0)
+            .txn_change(TxnOp::Finish, &t.id, &key_of(&t), 0)
             .await?
             .ok_or_else(|| Error::TransactionNotFound(t.id.clone()))?;
         if after.state() != t.state() {
@@ -189,6 +205,71 @@ impl Node {
             tracing::debug!(txn = %t.id, state = after.state().name(), "transaction finished");
         }
         Ok(after)
+    }
+
+    /// Moves every part of committing `t` whose parent a scale sealed to
+    /// the parent's successors (again, if those were sealed too), until
+    /// every part's parent takes appends; the record after.
+    async fn move_parts(&self, mut t: TxnRecord) -> Result<TxnRecord, Error> {
+        for _ in 0..MOVE_ROUNDS_MAX {
+            let stream = self.controller.get(&key_of(&t))?;
+            let successors = |id: u64| {
+                stream
+                    .segments
+                    .iter()
+                    .find(|g| g.id == id)
+                    .map(|g| g.successors.clone())
+                    .unwrap_or_default()
+            };
+            let to_split: Vec<u64> = t
+                .parts
+                .iter()
+                .filter(|p| !p.moving && !successors(p.segment_id).is_empty())
+                .map(|p| p.txn_segment_id)
+                .collect();
+            for x in to_split {
+                t = self
+                    .controller
+                    .txn_part_change(TxnOp::SplitPart, &t.id, x)
+                    .await?
+                    .ok_or_else(|| Error::TransactionNotFound(t.id.clone()))?;
+            }
+            let moving: Vec<TxnPart> = t.parts.iter().filter(|p| p.moving).cloned().collect();
+            if moving.is_empty() {
+                return Ok(t);
+            }
+            for part in moving {
+                let targets: Vec<MoveTarget> = t
+                    .parts
+                    .iter()
+                    .filter(|c| c.from == part.txn_segment_id)
+                    .map(|c| {
+                        let (key_low, key_high) = stream
+                            .segments
+                            .iter()
+                            .find(|g| g.id == c.segment_id)
+                            .map_or((0.0, 1.0), |g| (g.key_low, g.key_high));
+                        MoveTarget {
+                            segment_id: c.segment_id,
+                            transaction_segment_id: c.txn_segment_id,
+                            key_low,
+                            key_high,
+                        }
+                    })
+                    .collect();
+                self.move_part(&part, targets).await?;
+                t = self
+                    .controller
+                    .txn_part_change(TxnOp::PartMoved, &t.id, part.txn_segment_id)
+                    .await?
+                    .ok_or_else(|| Error::TransactionNotFound(t.id.clone()))?;
+                tracing::info!(txn = %t.id, part = part.txn_segment_id, segment = part.segment_id, "transaction part moved to the successors of its sealed segment");
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "transaction {}: its segments keep scaling; the commit carries on next pass",
+            t.id
+        )))
     }
 
     /// Merges, drops or forgets `parts`, each at its container's leader
@@ -205,26 +286,41 @@ impl Node {
                 .or_default()
                 .push(p.clone());
         }
-        let asks = by_container
-            .into_values()
-            .map(|parts| self.container_finish(action, parts));
+        let asks = by_container.into_values().map(|parts| async move {
+            let first = parts.first().map_or(0, |p| p.segment_id);
+            match self.local_finish_parts(action, &parts).await {
+                Err(Error::NotLeader { leader, message }) => {
+                    let parts = &parts;
+                    self.at_leader_of(first, leader, message, |addr| async move {
+                        self.peers.finish_parts(&addr, action, parts).await
+                    })
+                    .await
+                }
+                other => other,
+            }
+        });
         for answer in futures::future::join_all(asks).await {
             answer?;
         }
         Ok(())
     }
 
-    async fn container_finish(&self, action: Action, parts: Vec<TxnPart>) -> Result<(), Error> {
-        let Some(first) = parts.first() else {
-            return Ok(());
-        };
-        let redirect = match self.local_finish_parts(action, &parts).await {
-            Ok(()) => return Ok(()),
-            Err(Error::NotLeader { leader, message }) => (leader, message),
-            Err(e) => return Err(e),
-        };
-        let c = self.container_of(first.segment_id).id;
-        let mut addrs: Vec<String> = redirect.0.into_iter().collect();
+    /// Calls `remote` at the nodes that may lead `segment`'s container:
+    /// `hint` (a redirect's leader) first, then every other replica, until
+    /// one answers.
+    async fn at_leader_of<F, Fut>(
+        &self,
+        segment: u64,
+        hint: Option<String>,
+        why: String,
+        remote: F,
+    ) -> Result<(), Error>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<(), Error>>,
+    {
+        let c = self.container_of(segment).id;
+        let mut addrs: Vec<String> = hint.into_iter().collect();
         for n in self.placed(c).unwrap_or_default() {
             if n == self.config.node_id {
                 continue;
@@ -233,9 +329,9 @@ impl Node {
                 addrs.push(a);
             }
         }
-        let mut last = Error::Unavailable(redirect.1);
+        let mut last = Error::Unavailable(why);
         for addr in addrs {
-            match self.peers.finish_parts(&addr, action, &parts).await {
+            match remote(addr).await {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e,
             }
@@ -263,26 +359,197 @@ impl Node {
                 "transaction parts of one call must share a container".into(),
             ));
         }
-        if action == Action::Forget {
-            let txn_segment_ids = parts.iter().map(|p| p.txn_segment_id).collect();
-            c.propose(Cmd::ForgetTxns(TxnSegmentsRef { txn_segment_ids }))
-                .await?;
-            return Ok(());
-        }
+        let cmds: Vec<Cmd> = match action {
+            Action::Forget => vec![Cmd::ForgetTxns(TxnSegmentsRef {
+                txn_segment_ids: parts.iter().map(|p| p.txn_segment_id).collect(),
+            })],
+            Action::Merge => {
+                // A parent's parts (a moved part's children may share one)
+                // merge in one entry, so they land contiguously.
+                let mut by_parent: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+                for p in parts {
+                    by_parent
+                        .entry(p.segment_id)
+                        .or_default()
+                        .push(p.txn_segment_id);
+                }
+                by_parent
+                    .into_iter()
+                    .map(|(segment_id, txn_segment_ids)| {
+                        Cmd::MergeTxn(TxnPartsRef {
+                            segment_id,
+                            txn_segment_ids,
+                        })
+                    })
+                    .collect()
+            }
+            _ => parts
+                .iter()
+                .map(|p| {
+                    Cmd::DropTxn(TxnPartRef {
+                        segment_id: p.segment_id,
+                        txn_segment_id: p.txn_segment_id,
+                    })
+                })
+                .collect(),
+        };
         // Proposed together: one log write carries them all.
-        let proposals = parts.iter().map(|p| {
-            let part = TxnPartRef {
-                segment_id: p.segment_id,
-                txn_segment_id: p.txn_segment_id,
-            };
-            c.propose(match action {
-                Action::Merge => Cmd::MergeTxn(part),
-                _ => Cmd::DropTxn(part),
-            })
-        });
-        for outcome in futures::future::join_all(proposals).await {
+        for outcome in futures::future::join_all(cmds.into_iter().map(|cmd| c.propose(cmd))).await {
             outcome?;
         }
         Ok(())
     }
+
+    /// Moves `part` to `targets` (its parent's successors' parts) at the
+    /// leader of its container, here or elsewhere.
+    async fn move_part(&self, part: &TxnPart, targets: Vec<MoveTarget>) -> Result<(), Error> {
+        match self.local_move_part(part, &targets).await {
+            Err(Error::NotLeader { leader, message }) => {
+                let targets = &targets;
+                self.at_leader_of(part.segment_id, leader, message, |addr| async move {
+                    self.peers.move_part(&addr, part, targets).await
+                })
+                .await
+            }
+            other => other,
+        }
+    }
+
+    /// [`Node::move_part`] where this node leads the part's container: seal
+    /// the part (no append may land after the copy), copy its events to the
+    /// targets by routing key in order (numbered, so a repeated copy is a
+    /// duplicate), then drop it. A part already dropped was moved before.
+    pub(crate) async fn local_move_part(
+        &self,
+        part: &TxnPart,
+        targets: &[MoveTarget],
+    ) -> Result<(), Error> {
+        let c = self.serving_container(part.segment_id)?;
+        c.check_leader()?;
+        let this = TxnPartRef {
+            segment_id: part.segment_id,
+            txn_segment_id: part.txn_segment_id,
+        };
+        c.propose(Cmd::SealTxn(this.clone())).await?;
+        let Some(blocks) = c.txn_blocks(part.txn_segment_id).await? else {
+            return Ok(());
+        };
+        let batches = route_events(&blocks, targets)?;
+        let writer_id = format!("txn-move-{}", part.txn_segment_id);
+        let copies = targets.iter().zip(batches).map(|(target, batches)| {
+            let writer_id = writer_id.clone();
+            async move {
+                let mut next = 1i64;
+                for (events, count) in batches {
+                    let req = AppendPartRequest {
+                        part: Some(FinishPart {
+                            segment_id: target.segment_id,
+                            transaction_segment_id: target.transaction_segment_id,
+                        }),
+                        writer_id: writer_id.clone(),
+                        first_event_number: next,
+                        event_count: count,
+                        events: events.freeze(),
+                    };
+                    next += i64::from(count);
+                    self.append_part(req).await?;
+                }
+                Ok::<(), Error>(())
+            }
+        });
+        for copied in futures::future::join_all(copies).await {
+            copied?;
+        }
+        c.propose(Cmd::DropTxn(this)).await?;
+        Ok(())
+    }
+
+    /// Appends copied events to a transaction part at its container's
+    /// leader, here or elsewhere.
+    async fn append_part(&self, req: AppendPartRequest) -> Result<(), Error> {
+        let segment = req.part.as_ref().map_or(0, |p| p.segment_id);
+        match self.local_append_part(req.clone()).await {
+            Err(Error::NotLeader { leader, message }) => {
+                let req = &req;
+                self.at_leader_of(segment, leader, message, |addr| async move {
+                    self.peers.append_part(&addr, req.clone()).await
+                })
+                .await
+            }
+            other => other,
+        }
+    }
+
+    /// [`Node::append_part`] where this node leads the part's container.
+    pub(crate) async fn local_append_part(&self, req: AppendPartRequest) -> Result<(), Error> {
+        let part = req
+            .part
+            .ok_or_else(|| Error::InvalidArgument("an append to a part names the part".into()))?;
+        let c = self.serving_container(part.segment_id)?;
+        c.check_leader()?;
+        let bytes = u32::try_from(req.events.len())
+            .map_err(|_| Error::InvalidArgument("append over 4 GiB".into()))?;
+        self.budget.wait_for_room(u64::from(bytes)).await;
+        let cmd = Cmd::Append(Append {
+            segment_id: part.transaction_segment_id,
+            writer_id: req.writer_id,
+            first_event_number: req.first_event_number,
+            event_count: req.event_count,
+            events: req.events,
+            expected_length: None,
+            txn_parent: Some(part.segment_id),
+        });
+        c.submit(cmd, bytes).await?.await?;
+        Ok(())
+    }
+}
+
+/// A moved part's events, per target (in `targets`' order), cut into
+/// batches of about [`MOVE_BATCH_BYTES`]: each event goes to the target
+/// whose key range holds its routing key (keyless ones to the first), in
+/// the order the part holds them.
+fn route_events(
+    blocks: &[Bytes],
+    targets: &[MoveTarget],
+) -> Result<Vec<Vec<(BytesMut, u32)>>, Error> {
+    if targets.is_empty() {
+        return Err(Error::Internal(
+            "a part moves to at least one segment".into(),
+        ));
+    }
+    let mut order: Vec<usize> = (0..targets.len()).collect();
+    order.sort_by(|&a, &b| targets[a].key_low.total_cmp(&targets[b].key_low));
+    let mut out: Vec<Vec<(BytesMut, u32)>> = vec![Vec::new(); targets.len()];
+    for block in blocks {
+        let mut events = FrameIter::new(block.clone(), 0, usize::MAX);
+        let mut at = 0usize;
+        for event in events.by_ref() {
+            let event = event.map_err(|e| Error::Corrupt(format!("a transaction part: {e}")))?;
+            let target = match &event.routing_key {
+                None => order[0],
+                Some(key) => {
+                    let pos = key_position(key);
+                    order
+                        .iter()
+                        .copied()
+                        .rev()
+                        .find(|&i| targets[i].key_low <= pos)
+                        .unwrap_or(order[0])
+                }
+            };
+            let batches = &mut out[target];
+            if batches
+                .last()
+                .is_none_or(|(b, _)| b.len() + event.framed_len > MOVE_BATCH_BYTES)
+            {
+                batches.push((BytesMut::new(), 0));
+            }
+            if let Some((b, n)) = batches.last_mut() {
+                b.extend_from_slice(&block[at..at + event.framed_len]);
+                *n += 1;
+            }
+            at += event.framed_len;
+        }
+    }
+    Ok(out)
 }
