@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use aquifer_client::{Client, Error, Event, ReaderConfig, StartFrom, StreamName, TransactionState};
 use aquifer_testkit as common;
-use common::{stream_name, ServerOpts, ServerProcess};
+use common::{stream_name, ServerOpts, ServerProcess, TestCluster};
 use futures::TryStreamExt;
 
 /// Events of one test payload `key:seq:writer`; a transaction's writer
@@ -448,4 +448,169 @@ async fn concurrent_transactions_and_plain_writers_on_the_same_keys() {
         .collect();
     assert_eq!(plain.len(), (keys * 400) as usize);
     common::per_key_sequences(&plain);
+}
+
+/// Sends SIGKILL to `pid` after `delay`, from a task (the test reaps the
+/// process afterwards with `kill9`, so the PID cannot be reused meanwhile).
+fn kill_after(pid: u32, delay: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        // SAFETY: kill(2) on the PID of our own child, not yet reaped.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    })
+}
+
+/// How many of a transaction's events each of its parts' segments gets:
+/// the events of `keys` keys, `per_key` each, routed by key.
+fn expected_per_segment(
+    txn: &aquifer_client::Transaction,
+    keys: u64,
+    per_key: u64,
+) -> HashMap<u64, usize> {
+    let mut out = HashMap::new();
+    for k in 0..keys {
+        let pos = aquifer_client::key_position(&format!("k{k}"));
+        let part = txn
+            .info()
+            .parts
+            .iter()
+            .filter(|p| p.key_low <= pos)
+            .max_by(|a, b| a.key_low.total_cmp(&b.key_low))
+            .expect("a part");
+        *out.entry(part.segment_id).or_default() += per_key as usize;
+    }
+    out
+}
+
+/// Checks that in each segment transaction `tag` is all there or absent;
+/// returns how many of its events are visible.
+fn whole_or_absent(events: &[Event], tag: &str, expected: &HashMap<u64, usize>) -> usize {
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for e in events.iter().filter(|e| parse(e).writer == tag) {
+        *seen.entry(e.position.segment_id).or_default() += 1;
+    }
+    for (seg, n) in &seen {
+        assert_eq!(
+            Some(n),
+            expected.get(seg),
+            "{tag}: segment {seg} holds part of the transaction"
+        );
+    }
+    seen.values().sum()
+}
+
+/// Waits until transaction `id` is committed (the driver finishes a
+/// decided commit after a restart or failover).
+async fn wait_committed(client: &Client, name: &StreamName, id: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(t) = client.transaction(name, id).await {
+            match t.status().await.map(|i| i.state) {
+                Ok(TransactionState::Committed) => return,
+                Ok(TransactionState::Open) => {
+                    let _ = t.commit().await;
+                }
+                _ => {}
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "{id} never committed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `kill -9` of a single node while a commit is in flight, at a different
+/// moment each round: after the restart each transaction is whole or absent
+/// in every segment; a decided commit finishes by itself, an undecided one
+/// commits when asked again; nothing is duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_during_commit_leaves_each_transaction_whole_or_absent() {
+    let mut server = ServerProcess::start(ServerOpts::default()).await;
+    let name = stream_name("txn/crash");
+    server
+        .client()
+        .await
+        .admin()
+        .create_stream(&name, 4)
+        .await
+        .expect("create");
+    let (keys, per_key) = (16u64, 200u64);
+    let total = (keys * per_key) as usize;
+    let (mut decided, mut undecided) = (0, 0);
+    for round in 0..6u64 {
+        let client = server.client().await;
+        let tag = format!("t{round}");
+        let txn = write_txn(&client, &name, &tag, keys, per_key).await;
+        let (id, expected) = (txn.id().to_string(), expected_per_segment(&txn, keys, per_key));
+        let pid = server.pid().expect("running");
+        let commit = tokio::spawn(txn.commit());
+        kill_after(pid, Duration::from_micros(round * 1500)).await.expect("kill");
+        server.kill9();
+        commit.abort();
+        server.restart().await;
+        let client = server.client().await;
+        let events = read_all(&client, &name).await;
+        let visible = whole_or_absent(&events, &tag, &expected);
+        let state = client
+            .transaction(&name, &id)
+            .await
+            .expect("resume")
+            .status()
+            .await
+            .expect("status")
+            .state;
+        eprintln!("round {round}: after the restart {state}, {visible} of {total} visible");
+        match state {
+            TransactionState::Open => undecided += 1,
+            TransactionState::Committing | TransactionState::Committed => decided += 1,
+            other => panic!("{tag} is {other} after a crash during its commit"),
+        }
+        wait_committed(&client, &name, &id).await;
+        let events = read_all(&client, &name).await;
+        assert_eq!(whole_or_absent(&events, &tag, &expected), total, "{tag} whole once committed");
+        check_contiguous(&events);
+    }
+    eprintln!("commits decided before the kill: {decided}, undecided: {undecided}");
+}
+
+/// A 3-node cluster: the leader of a container holding a part (and, in the
+/// last round, the metadata leader) is killed with `kill -9` while a commit
+/// is in flight; the client's commit (retried, it is idempotent) succeeds
+/// and every event is visible exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_failover_during_commit_delivers_every_event_once() {
+    let mut cluster = TestCluster::start(3, "", "").await;
+    let name = stream_name("txn/failover");
+    let admin = Client::connect(&cluster.node(1).addr()).await.expect("connect");
+    let info = admin.admin().create_stream(&name, 4).await.expect("create");
+    let (keys, per_key) = (16u64, 150u64);
+    let total = (keys * per_key) as usize;
+    for round in 0..3u64 {
+        let group = if round == 2 {
+            aquifer_proto::wire::META_GROUP.to_string()
+        } else {
+            aquifer_proto::wire::container_group(info.segments[round as usize].container)
+        };
+        let victim = cluster.leader_of(&group).await;
+        let survivor = (1..=3).find(|&n| n != victim).expect("a survivor");
+        let client = Client::connect(&cluster.node(survivor).addr())
+            .await
+            .expect("connect");
+        let tag = format!("t{round}");
+        let txn = write_txn(&client, &name, &tag, keys, per_key).await;
+        let (id, expected) = (txn.id().to_string(), expected_per_segment(&txn, keys, per_key));
+        let pid = cluster.node(victim).pid().expect("running");
+        let commit = tokio::spawn(txn.commit());
+        kill_after(pid, Duration::from_millis(2)).await.expect("kill");
+        cluster.node(victim).kill9();
+        match commit.await.expect("commit task") {
+            Ok(i) => assert_eq!(i.state, TransactionState::Committed),
+            Err(e) => eprintln!("round {round}: commit answered {e}; asking again"),
+        }
+        wait_committed(&client, &name, &id).await;
+        let events = read_all(&client, &name).await;
+        assert_eq!(whole_or_absent(&events, &tag, &expected), total, "{tag} whole once committed");
+        check_contiguous(&events);
+        eprintln!("round {round}: killed the leader of {group} (node {victim}) mid-commit; all {total} events once");
+        cluster.node(victim).restart().await;
+    }
 }
