@@ -1,7 +1,8 @@
 //! `aquifer`: the command-line tool. Runs a node (`serve`), administers
 //! streams (`stream ...`) and the cluster (`cluster ...`), writes stdin
 //! lines as events (`write`), reads events to stdout (`read`), scans
-//! streams in parallel (`scan`) and administers reader groups (`group`).
+//! streams in parallel (`scan`), administers reader groups (`group`) and
+//! transactions (`txn`; `write --txn` writes one).
 //!
 //! This file owns the top level only: the command tree, dispatch, and exit
 //! codes: any failure exits non-zero with exactly one line,
@@ -23,6 +24,7 @@ use cli::read::ReadArgs;
 use cli::scan::ScanArgs;
 use cli::serve::ServeArgs;
 use cli::stream_admin::StreamCommand;
+use cli::txn::TxnCommand;
 use cli::write::WriteArgs;
 
 /// Aquifer: tiered stream storage. Writers append events to streams; the
@@ -84,6 +86,10 @@ enum Command {
     /// checkpoints. Read as one reader with `aquifer read --group`.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Transactions: list a stream's, show one, commit or abort one by id.
+    /// Write one with `aquifer write --txn`.
+    #[command(subcommand)]
+    Txn(TxnCommand),
 }
 
 fn main() -> ExitCode {
@@ -127,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scan(args) => client_command(cli::scan::run(addr, args)).await,
         Command::Cluster(cmd) => client_command(cli::cluster::run(addr, cmd)).await,
         Command::Group(cmd) => client_command(cli::group::run(addr, cmd)).await,
+        Command::Txn(cmd) => client_command(cli::txn::run(addr, cmd)).await,
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use aquifer_client::{Client, Error, Event, ReaderConfig, StartFrom, StreamName, TransactionState};
 use aquifer_testkit as common;
-use common::{stream_name, ServerOpts, ServerProcess, TestCluster};
+use common::{cli_err, cli_ok, stream_name, ServerOpts, ServerProcess, TestCluster};
 use futures::TryStreamExt;
 
 /// Events of one test payload `key:seq:writer`; a transaction's writer
@@ -540,10 +540,15 @@ async fn kill9_during_commit_leaves_each_transaction_whole_or_absent() {
         let client = server.client().await;
         let tag = format!("t{round}");
         let txn = write_txn(&client, &name, &tag, keys, per_key).await;
-        let (id, expected) = (txn.id().to_string(), expected_per_segment(&txn, keys, per_key));
+        let (id, expected) = (
+            txn.id().to_string(),
+            expected_per_segment(&txn, keys, per_key),
+        );
         let pid = server.pid().expect("running");
         let commit = tokio::spawn(txn.commit());
-        kill_after(pid, Duration::from_micros(round * 1500)).await.expect("kill");
+        kill_after(pid, Duration::from_micros(round * 1500))
+            .await
+            .expect("kill");
         server.kill9();
         commit.abort();
         server.restart().await;
@@ -566,7 +571,11 @@ async fn kill9_during_commit_leaves_each_transaction_whole_or_absent() {
         }
         wait_committed(&client, &name, &id).await;
         let events = read_all(&client, &name).await;
-        assert_eq!(whole_or_absent(&events, &tag, &expected), total, "{tag} whole once committed");
+        assert_eq!(
+            whole_or_absent(&events, &tag, &expected),
+            total,
+            "{tag} whole once committed"
+        );
         check_contiguous(&events);
     }
     eprintln!("commits decided before the kill: {decided}, undecided: {undecided}");
@@ -580,7 +589,9 @@ async fn kill9_during_commit_leaves_each_transaction_whole_or_absent() {
 async fn leader_failover_during_commit_delivers_every_event_once() {
     let mut cluster = TestCluster::start(3, "", "").await;
     let name = stream_name("txn/failover");
-    let admin = Client::connect(&cluster.node(1).addr()).await.expect("connect");
+    let admin = Client::connect(&cluster.node(1).addr())
+        .await
+        .expect("connect");
     let info = admin.admin().create_stream(&name, 4).await.expect("create");
     let (keys, per_key) = (16u64, 150u64);
     let total = (keys * per_key) as usize;
@@ -597,10 +608,15 @@ async fn leader_failover_during_commit_delivers_every_event_once() {
             .expect("connect");
         let tag = format!("t{round}");
         let txn = write_txn(&client, &name, &tag, keys, per_key).await;
-        let (id, expected) = (txn.id().to_string(), expected_per_segment(&txn, keys, per_key));
+        let (id, expected) = (
+            txn.id().to_string(),
+            expected_per_segment(&txn, keys, per_key),
+        );
         let pid = cluster.node(victim).pid().expect("running");
         let commit = tokio::spawn(txn.commit());
-        kill_after(pid, Duration::from_millis(2)).await.expect("kill");
+        kill_after(pid, Duration::from_millis(2))
+            .await
+            .expect("kill");
         cluster.node(victim).kill9();
         match commit.await.expect("commit task") {
             Ok(i) => assert_eq!(i.state, TransactionState::Committed),
@@ -608,9 +624,81 @@ async fn leader_failover_during_commit_delivers_every_event_once() {
         }
         wait_committed(&client, &name, &id).await;
         let events = read_all(&client, &name).await;
-        assert_eq!(whole_or_absent(&events, &tag, &expected), total, "{tag} whole once committed");
+        assert_eq!(
+            whole_or_absent(&events, &tag, &expected),
+            total,
+            "{tag} whole once committed"
+        );
         check_contiguous(&events);
         eprintln!("round {round}: killed the leader of {group} (node {victim}) mid-commit; all {total} events once");
         cluster.node(victim).restart().await;
     }
+}
+
+/// `write --txn`: all of stdin at once at EOF, nothing after a bad line
+/// (exit status non-zero); `txn list`, `status`, `commit` and `abort`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_write_txn_and_the_txn_commands() {
+    let server = ServerProcess::start(ServerOpts::default()).await;
+    cli_ok(
+        &server.cli(&["stream", "create", "txn/cli", "--segments", "2"], None),
+        "create",
+    );
+    let lines: String = (0..500).map(|i| format!("k{}\tv{i}\n", i % 7)).collect();
+    let out = server.cli(
+        &["write", "txn/cli", "--txn", "--key-field-tab"],
+        Some(lines.as_bytes()),
+    );
+    cli_ok(&out, "write --txn");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("wrote 500 events in transaction"), "{said}");
+    let read = server.cli(&["read", "txn/cli"], None);
+    cli_ok(&read, "read");
+    assert_eq!(read.stdout.iter().filter(|&&b| b == b'\n').count(), 500);
+
+    // A bad line in the middle: the transaction aborts, nothing shows.
+    let bad = "{\"payload\":\"ok\"}\nnot json\n";
+    let out = server.cli(
+        &["write", "txn/cli", "--txn", "--format", "json"],
+        Some(bad.as_bytes()),
+    );
+    let said = cli_err(
+        &out,
+        "write --txn with a bad line",
+        &["aborted: nothing was written"],
+    );
+    let aborted = said
+        .split("transaction ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the aborted transaction's id")
+        .to_string();
+    let read = server.cli(&["read", "txn/cli"], None);
+    assert_eq!(read.stdout.iter().filter(|&&b| b == b'\n').count(), 500);
+
+    let list = server.cli(&["txn", "list", "txn/cli"], None);
+    cli_ok(&list, "txn list");
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains("committed") && text.contains("aborted"),
+        "{text}"
+    );
+    let status = server.cli(&["txn", "status", "txn/cli", &aborted], None);
+    cli_ok(&status, "txn status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("state:      aborted"), "{text}");
+    cli_err(
+        &server.cli(&["txn", "commit", "txn/cli", &aborted], None),
+        "commit of an aborted transaction",
+        &["aborted", "can no longer be committed"],
+    );
+    cli_ok(
+        &server.cli(&["txn", "abort", "txn/cli", &aborted], None),
+        "abort again",
+    );
+    cli_err(
+        &server.cli(&["txn", "status", "txn/cli", "not-an-id"], None),
+        "a bad id",
+        &["not a UUID"],
+    );
 }

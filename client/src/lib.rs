@@ -72,8 +72,8 @@ pub use scan::{BatchClient, ScanConfig, SegmentRange, StreamCut};
 pub use segment::{Appended, SegmentWriter};
 pub use sync::{DecodeError, StateSynchronizer, SyncConfig, SyncState};
 pub use txn::{
-    Transaction, TransactionInfo, TransactionPart, TransactionState, TransactionalWriter,
-    TRANSACTION_TIMEOUT_DEFAULT,
+    KeepAlive, Transaction, TransactionInfo, TransactionPart, TransactionState,
+    TransactionalWriter, TRANSACTION_TIMEOUT_DEFAULT,
 };
 pub use writer::{
     EventWriter, PendingWrite, Position, WriteAck, WriterConfig, CLIENT_EVENT_BYTES_MAX,

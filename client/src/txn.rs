@@ -414,4 +414,35 @@ impl Transaction {
     pub async fn status(&self) -> Result<TransactionInfo, Error> {
         self.calls.status(&self.info.id).await
     }
+
+    /// Pings the transaction every third of its timeout from now until the
+    /// returned guard is dropped (a long-running load keeps it alive
+    /// without pinging by hand). A failed ping is retried at the next tick.
+    pub fn keep_alive(&self) -> KeepAlive {
+        let calls = self.calls.clone();
+        let id = self.info.id.clone();
+        let every = (self.info.timeout / 3).max(Duration::from_millis(100));
+        KeepAlive(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = calls.ping(&id).await {
+                    if !e.is_retryable() {
+                        return; // committed, aborted, or gone: nothing to keep
+                    }
+                }
+            }
+        }))
+    }
+}
+
+/// Keeps a transaction alive while it lives ([`Transaction::keep_alive`]).
+#[must_use = "the pings stop when this is dropped"]
+pub struct KeepAlive(tokio::task::JoinHandle<()>);
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

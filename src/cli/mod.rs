@@ -13,6 +13,7 @@ pub mod read;
 pub mod scan;
 pub mod serve;
 pub mod stream_admin;
+pub mod txn;
 pub mod units;
 pub mod write;
 

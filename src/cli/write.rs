@@ -3,17 +3,22 @@
 //!
 //! With `--expect-length`, one conditional append instead: the single
 //! event on stdin goes to the stream's one active segment only if that
-//! segment is exactly as long as expected.
+//! segment is exactly as long as expected. With `--txn`, all of stdin is one
+//! transaction: committed at EOF, aborted on any error, so the exit status
+//! says all or nothing.
 //!
 //! Owns reading stdin in bounded pieces and the summary on stderr; it must
 //! never report success before every event is durable (it closes the
-//! writer, which flushes, before printing the summary).
+//! writer, which flushes, or commits the transaction, before printing the
+//! summary).
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use aquifer_client::{Client, StreamName, WriterConfig};
+use aquifer_client::{
+    Client, EventWriter, KeepAlive, PendingWrite, StreamName, Transaction, WriterConfig,
+};
 use bytes::Bytes;
 use clap::Args;
 use tokio::io::AsyncBufReadExt;
@@ -52,6 +57,71 @@ pub struct WriteArgs {
     /// failed append with the same number [default: 1].
     #[arg(long, value_name = "N", requires = "expect_length")]
     event_number: Option<i64>,
+    /// Write all of stdin as one transaction: committed at EOF (every event
+    /// visible at once), aborted on any error (none visible). The exit
+    /// status tells which.
+    #[arg(long, conflicts_with = "expect_length")]
+    txn: bool,
+    /// With --txn: the transaction times out this long after its last ping
+    /// (it is pinged while stdin is read), e.g. 10m, 30s.
+    #[arg(long, default_value = "10m", value_name = "DURATION", requires = "txn",
+          value_parser = super::units::parse_duration_ms)]
+    txn_timeout: u64,
+}
+
+/// Where the events go: a plain writer, or one transaction (pinged while
+/// it is written).
+enum Sink {
+    Plain(EventWriter),
+    Txn(Transaction, KeepAlive),
+}
+
+impl Sink {
+    async fn write(
+        &self,
+        key: Option<&str>,
+        payload: Bytes,
+    ) -> Result<PendingWrite, aquifer_client::Error> {
+        match self {
+            Sink::Plain(w) => w.write_event(key, payload).await,
+            Sink::Txn(t, _) => t.write(key, payload).await,
+        }
+    }
+
+    /// Makes every event durable (and, for a transaction, visible); what
+    /// to say of it.
+    async fn finish(self) -> anyhow::Result<String> {
+        match self {
+            Sink::Plain(w) => {
+                w.close().await?;
+                Ok(String::new())
+            }
+            Sink::Txn(t, _alive) => {
+                let id = t.id().to_string();
+                let info = t
+                    .commit()
+                    .await
+                    .with_context(|| format!("transaction {id} not committed"))?;
+                Ok(format!(" in transaction {} ({})", info.id, info.state))
+            }
+        }
+    }
+
+    /// After an error: a transaction is aborted, so nothing of it shows.
+    async fn fail(self, e: anyhow::Error) -> anyhow::Error {
+        match self {
+            Sink::Plain(_) => e,
+            Sink::Txn(t, _alive) => {
+                let id = t.id().to_string();
+                match t.abort().await {
+                    Ok(_) => e.context(format!("transaction {id} aborted: nothing was written")),
+                    Err(abort) => e.context(format!(
+                        "transaction {id} could not be aborted ({abort}); it times out unless committed"
+                    )),
+                }
+            }
+        }
+    }
 }
 
 /// Bytes of stdin buffered at most (lines beyond wait for the writer).
@@ -67,10 +137,45 @@ pub async fn run(addr: &str, args: WriteArgs) -> anyhow::Result<()> {
     if let Some(expected) = args.expect_length {
         return write_conditional(&client, &name, &args, &config.writer_id, expected).await;
     }
-    let writer = client.writer(&name, config).await?;
-
+    let sink = if args.txn {
+        let txn = client
+            .transactional_writer(&name, config.writer_id.clone())?
+            .timeout(Duration::from_millis(args.txn_timeout))
+            .begin()
+            .await?;
+        let alive = txn.keep_alive();
+        Sink::Txn(txn, alive)
+    } else {
+        Sink::Plain(client.writer(&name, config).await?)
+    };
     let progress = progress_spinner();
     let started = Instant::now();
+    let copied = copy_stdin(&args, &sink, progress.as_ref()).await;
+    let finished = match copied {
+        Ok(counts) => sink.finish().await.map(|said| (counts, said)),
+        Err(e) => Err(sink.fail(e).await),
+    };
+    if let Some(p) = &progress {
+        p.finish_and_clear();
+    }
+    let ((events, bytes), said) = finished?;
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let mb = bytes as f64 / 1e6;
+    eprintln!(
+        "wrote {events} event{}{said} ({mb:.2} MB, {:.0} events/s, {:.2} MB/s)",
+        plural(events),
+        events as f64 / secs,
+        mb / secs
+    );
+    Ok(())
+}
+
+/// Writes stdin's events to `sink`; their count and payload bytes.
+async fn copy_stdin(
+    args: &WriteArgs,
+    sink: &Sink,
+    progress: Option<&indicatif::ProgressBar>,
+) -> anyhow::Result<(u64, u64)> {
     let mut input = tokio::io::BufReader::with_capacity(STDIN_BUFFER, tokio::io::stdin());
     let mut line = Vec::new();
     let mut events: u64 = 0;
@@ -82,40 +187,27 @@ pub async fn run(addr: &str, args: WriteArgs) -> anyhow::Result<()> {
             .await
             .context("cannot read stdin")?;
         if n == 0 {
-            break;
+            return Ok((events, bytes));
         }
         if line.last() == Some(&b'\n') {
             line.pop();
         }
         let what = || format!("line {}", events + 1);
-        let (key, payload) = event(&args, &line).with_context(what)?;
-        // The PendingWrite is not awaited: close() below reports failures.
-        let _pending = writer
-            .write_event(key.as_deref(), payload.clone())
+        let (key, payload) = event(args, &line).with_context(what)?;
+        // The PendingWrite is not awaited: the close or commit reports
+        // failures.
+        let _pending = sink
+            .write(key.as_deref(), payload.clone())
             .await
             .with_context(what)?;
         events += 1;
         bytes += payload.len() as u64;
-        if let Some(p) = &progress {
+        if let Some(p) = progress {
             if events.is_multiple_of(1024) {
                 p.set_position(events);
             }
         }
     }
-    let flushed = writer.close().await;
-    if let Some(p) = &progress {
-        p.finish_and_clear();
-    }
-    flushed?;
-    let secs = started.elapsed().as_secs_f64().max(1e-9);
-    let mb = bytes as f64 / 1e6;
-    eprintln!(
-        "wrote {events} event{} ({mb:.2} MB, {:.0} events/s, {:.2} MB/s)",
-        plural(events),
-        events as f64 / secs,
-        mb / secs
-    );
-    Ok(())
 }
 
 /// `--expect-length`: appends the one event on stdin to the stream's one
