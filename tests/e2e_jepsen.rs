@@ -10,7 +10,14 @@
 //! - vanished: events the tailing reader saw that the final read lacks;
 //! - missed by the group: acknowledged events no group reader handed on
 //!   (the group is at-least-once between checkpoints, so its re-reads are
-//!   counted, not failed).
+//!   counted, not failed);
+//! - transactions (two transactional writers commit or abort at random):
+//!   a committed one not visible whole, an aborted one with any event
+//!   visible, or one whose events in a segment are not one contiguous run,
+//!   in the final read or as the tailing reader saw them (it must see each
+//!   committed transaction's events in a segment all together, and all).
+//!   A commit or abort whose answer was lost is resolved at the end from
+//!   the transaction's status; committed events count as acknowledged.
 //!
 //! Pass = zero of each. The short run is part of the suite; the soak:
 //! `AQUIFER_JEPSEN_SECS=600 cargo test --release --test e2e_jepsen -- --ignored`
@@ -39,6 +46,11 @@ const WRITERS: u64 = 2;
 const KEYS_PER_WRITER: u64 = 8;
 /// Events a writer may have queued but not acknowledged.
 const IN_FLIGHT_MAX: usize = 512;
+/// Transactional writers, each with its own keys, and the shape of their
+/// transactions: events per key per transaction, keys per writer.
+const TXN_WRITERS: u64 = 2;
+const TXN_KEYS: u64 = 4;
+const TXN_EVENTS_PER_KEY: u64 = 8;
 
 #[derive(Default)]
 struct History {
@@ -56,6 +68,148 @@ struct History {
     markers: u64,
     /// Group reads that gave up for a while (then resumed).
     group_errors: u64,
+    /// Transaction events the tailing reader saw: (segment, transaction tag).
+    tailed_txn: Vec<(u64, String)>,
+    /// Every transaction: its tag, id, events and how it ended as far as
+    /// its writer knows.
+    txns: Vec<TxnOutcome>,
+}
+
+/// One transaction of the checker.
+struct TxnOutcome {
+    tag: String,
+    id: String,
+    /// (key, sequence) it wrote.
+    events: Vec<(String, u64)>,
+    /// Some(true): committed; Some(false): aborted; None: unknown (the
+    /// answer was lost).
+    committed: Option<bool>,
+}
+
+/// The transaction tag of a transactional payload `key:seq:x<tag>`.
+fn txn_tag(payload: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(payload).ok()?;
+    text.split(':')
+        .nth(2)?
+        .strip_prefix('x')
+        .map(str::to_string)
+}
+
+/// Writes transactions of `TXN_KEYS` keys × `TXN_EVENTS_PER_KEY` events
+/// (payload `t{id}k{k}:{seq}:x{tag}`) until `until`, committing about two
+/// in three and aborting the rest; a transaction whose write fails is
+/// aborted. Records each with what its writer knows of its end.
+async fn write_txns_until(
+    client: Client,
+    name: aquifer_client::StreamName,
+    id: u64,
+    until: Instant,
+    seed: u64,
+    history: Arc<Mutex<History>>,
+) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let Ok(writer) = client.transactional_writer(&name, format!("jepsen-txn-{id}")) else {
+        return;
+    };
+    let writer = writer.timeout(Duration::from_secs(60));
+    let mut seq = 0u64;
+    let mut n = 0u64;
+    while Instant::now() < until {
+        let Ok(Ok(txn)) = tokio::time::timeout(Duration::from_secs(20), writer.begin()).await
+        else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let tag = format!("{id}.{n}");
+        n += 1;
+        let mut events = Vec::new();
+        let mut pending = Vec::new();
+        let mut failed = false;
+        for _ in 0..TXN_EVENTS_PER_KEY {
+            for k in 0..TXN_KEYS {
+                let key = format!("t{id}k{k}");
+                match txn.write(Some(&key), format!("{key}:{seq}:x{tag}")).await {
+                    Ok(p) => pending.push(p),
+                    Err(_) => failed = true,
+                }
+                events.push((key, seq));
+            }
+            seq += 1;
+        }
+        for p in pending {
+            failed |= p.await.is_err();
+        }
+        let commit = !failed && rng.random_range(0..3) < 2;
+        let txn_id = txn.id().to_string();
+        let outcome = if commit {
+            match tokio::time::timeout(Duration::from_secs(30), txn.commit()).await {
+                Ok(Ok(_)) => Some(true),
+                _ => None,
+            }
+        } else {
+            match tokio::time::timeout(Duration::from_secs(30), txn.abort()).await {
+                Ok(Ok(_)) => Some(false),
+                _ => None,
+            }
+        };
+        history.lock().unwrap().txns.push(TxnOutcome {
+            tag,
+            id: txn_id,
+            events,
+            committed: outcome,
+        });
+    }
+}
+
+/// How transaction `id` ended, for one whose commit or abort answer was
+/// lost: an open one is aborted now (a later commit is then refused).
+async fn resolve_txn(client: &Client, name: &aquifer_client::StreamName, id: &str) -> bool {
+    use aquifer_client::{Error, TransactionState as S};
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "transaction {id} never ended");
+        let Ok(t) = client.transaction(name, id).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        match t.status().await.map(|i| i.state) {
+            Ok(S::Committed) => return true,
+            Ok(S::Aborted) => return false,
+            Ok(S::Open) => match t.abort().await {
+                Ok(_) => return false,
+                Err(Error::TransactionCommitted(_)) => return true,
+                Err(_) => {}
+            },
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Transactions whose events in some segment are not one contiguous run
+/// of `order` (segment, tag) — a tag's events interleaved with others'.
+fn interleaved(order: &[(u64, String)]) -> usize {
+    let mut by_segment: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+    for (seg, tag) in order {
+        by_segment.entry(*seg).or_default().push(tag);
+    }
+    let mut bad = HashSet::new();
+    for tags in by_segment.values() {
+        let mut done: HashSet<&str> = HashSet::new();
+        let mut current: Option<&str> = None;
+        for &t in tags {
+            if current != Some(t) {
+                if let Some(c) = current {
+                    done.insert(c);
+                }
+                if done.contains(t) {
+                    bad.insert(t.to_string());
+                }
+                current = Some(t);
+            }
+        }
+    }
+    bad.len()
 }
 
 fn parse(payload: &[u8]) -> Option<(String, u64)> {
@@ -236,7 +390,11 @@ async fn run(fault_secs: u64) {
             match tail.try_next().await {
                 Ok(Some(e)) => {
                     if let Some(event) = parse(&e.payload) {
-                        tailed.lock().unwrap().tailed.push(event);
+                        let mut h = tailed.lock().unwrap();
+                        h.tailed.push(event);
+                        if let Some(tag) = txn_tag(&e.payload) {
+                            h.tailed_txn.push((e.position.segment_id, tag));
+                        }
                     }
                 }
                 Ok(None) => return,
@@ -267,6 +425,19 @@ async fn run(fault_secs: u64) {
             history.clone(),
         )));
     }
+
+    let txn_writers: Vec<_> = (0..TXN_WRITERS)
+        .map(|id| {
+            tokio::spawn(write_txns_until(
+                client.clone(),
+                name.clone(),
+                id,
+                until,
+                seed ^ (id + 1),
+                history.clone(),
+            ))
+        })
+        .collect();
 
     // The nemesis: one fault at a time, each healed before the next.
     let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
@@ -308,6 +479,34 @@ async fn run(fault_secs: u64) {
     }
     for w in writers {
         w.await.expect("writer task");
+    }
+    for w in txn_writers {
+        w.await.expect("transactional writer task");
+    }
+    // Transactions whose end is unknown are resolved from their status;
+    // a committed one's events count as acknowledged from here on.
+    let unknown: Vec<(usize, String)> = history
+        .lock()
+        .unwrap()
+        .txns
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.committed.is_none())
+        .map(|(i, t)| (i, t.id.clone()))
+        .collect();
+    for (i, id) in &unknown {
+        let committed = resolve_txn(&client, &name, id).await;
+        history.lock().unwrap().txns[*i].committed = Some(committed);
+    }
+    {
+        let mut h = history.lock().unwrap();
+        let committed: Vec<(String, u64)> = h
+            .txns
+            .iter()
+            .filter(|t| t.committed == Some(true))
+            .flat_map(|t| t.events.iter().cloned())
+            .collect();
+        h.acked.extend(committed);
     }
     // Let the tailing reader catch up with the last acknowledged events.
     let expected = history.lock().unwrap().acked.len();
@@ -366,6 +565,44 @@ async fn run(fault_secs: u64) {
         *seen.entry((key, seq)).or_default() += 1;
     }
     let lost = h.acked.iter().filter(|k| !seen.contains_key(*k)).count();
+    // Transactions: whole or absent, contiguous per segment, in the final
+    // read and as the tailing reader saw them.
+    let mut final_txn: Vec<(u64, String)> = Vec::new();
+    for e in &events {
+        if let Some(tag) = txn_tag(&e.payload) {
+            final_txn.push((e.position.segment_id, tag));
+        }
+    }
+    let mut visible: HashMap<&str, usize> = HashMap::new();
+    for (_, tag) in &final_txn {
+        *visible.entry(tag).or_default() += 1;
+    }
+    let (mut committed, mut aborted, mut not_whole, mut aborted_seen) = (0, 0, 0, 0);
+    for t in &h.txns {
+        let n = visible.get(t.tag.as_str()).copied().unwrap_or(0);
+        if t.committed == Some(true) {
+            committed += 1;
+            not_whole += usize::from(n != t.events.len());
+        } else {
+            aborted += 1;
+            aborted_seen += usize::from(n > 0);
+        }
+    }
+    let count = |v: &[(u64, String)]| {
+        let mut m: HashMap<(u64, String), usize> = HashMap::new();
+        for x in v {
+            *m.entry(x.clone()).or_default() += 1;
+        }
+        m
+    };
+    let tail_partial = {
+        let (tail, full) = (count(&h.tailed_txn), count(&final_txn));
+        full.iter()
+            .filter(|(k, n)| tail.get(*k) != Some(*n))
+            .count()
+    };
+    let interleaved_final = interleaved(&final_txn);
+    let interleaved_tail = interleaved(&h.tailed_txn);
     let duplicated = seen.values().filter(|&&n| n > 1).count();
     let vanished = h.tailed.iter().filter(|k| !seen.contains_key(*k)).count();
     let grouped: HashSet<&(String, u64)> = h.grouped.iter().collect();
@@ -374,14 +611,17 @@ async fn run(fault_secs: u64) {
     eprintln!(
         "jepsen: {nodes} nodes, {fault_secs} s of faults {faults:?}; {} acknowledged, {} failed (unknown), {} read, {} tailed; \
          lost {lost}, duplicated {duplicated}, reordered {reordered}, vanished {vanished}; \
-         group: {} handed on, missed {missed}, re-read {reread}, {} markers, {checkpoints} checkpoints complete (of the last kept), {} read errors",
+         group: {} handed on, missed {missed}, re-read {reread}, {} markers, {checkpoints} checkpoints complete (of the last kept), {} read errors; \
+         transactions: {committed} committed ({} with a lost answer), {aborted} aborted; not whole {not_whole}, aborted but seen {aborted_seen}, \
+         interleaved {interleaved_final} (tailed {interleaved_tail}), partial in the tail {tail_partial}",
         h.acked.len(),
         h.failed,
         events.len(),
         h.tailed.len(),
         h.grouped.len(),
         h.markers,
-        h.group_errors
+        h.group_errors,
+        unknown.len()
     );
     assert!(!h.acked.is_empty(), "the writers made progress");
     assert_eq!(
@@ -401,6 +641,12 @@ async fn run(fault_secs: u64) {
     assert_eq!(
         missed, 0,
         "acknowledged events the group missed (seed {seed})"
+    );
+    assert!(committed > 0 && aborted > 0, "transactions ran both ways");
+    assert_eq!(
+        (not_whole, aborted_seen, interleaved_final, interleaved_tail, tail_partial),
+        (0, 0, 0, 0, 0),
+        "transactions not whole, aborted but seen, interleaved (final, tailed), partial in the tail (seed {seed})"
     );
 }
 
