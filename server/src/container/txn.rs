@@ -307,3 +307,190 @@ impl ContainerState {
             .collect();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::BytesMut;
+
+    use super::super::command::{Cmd, ContainerCommand, SegmentRef, TxnSegmentsRef};
+    use super::super::state::SegmentMap;
+    use super::*;
+    use crate::cache::TailBudget;
+    use crate::group::StateMachine;
+
+    const PARENT: u64 = 7;
+
+    fn state() -> (ContainerState, Arc<TailBudget>) {
+        let budget = TailBudget::new(1 << 30);
+        let mut s = ContainerState::new(SegmentMap::default(), budget.clone());
+        apply(&mut s, Cmd::Create(SegmentRef { segment_id: PARENT })).unwrap();
+        (s, budget)
+    }
+
+    fn apply(s: &mut ContainerState, cmd: Cmd) -> Result<Applied, ApplyError> {
+        s.apply(0, ContainerCommand::encode(cmd).into())
+    }
+
+    /// `count` events numbered from `first` by `writer`, into part `part`
+    /// (None: the parent itself).
+    fn append(part: Option<u64>, writer: &str, first: i64, count: u32) -> Cmd {
+        let mut events = BytesMut::new();
+        for i in 0..count {
+            let text = format!("{writer}-{}", first + i64::from(i));
+            aquifer_proto::frame::encode_event(&mut events, Some("k"), text.as_bytes());
+        }
+        Cmd::Append(Append {
+            segment_id: part.unwrap_or(PARENT),
+            writer_id: writer.into(),
+            first_event_number: first,
+            event_count: count,
+            events: events.freeze(),
+            expected_length: None,
+            txn_parent: part.map(|_| PARENT),
+        })
+    }
+
+    fn merge(parts: &[u64]) -> Cmd {
+        Cmd::MergeTxn(TxnPartsRef {
+            segment_id: PARENT,
+            txn_segment_ids: parts.to_vec(),
+        })
+    }
+
+    fn part(id: u64) -> TxnPartRef {
+        TxnPartRef {
+            segment_id: PARENT,
+            txn_segment_id: id,
+        }
+    }
+
+    fn parent_length(s: &ContainerState) -> u64 {
+        s.segment(PARENT).unwrap().view().length
+    }
+
+    #[test]
+    fn a_merge_lands_every_part_in_one_piece_and_once() {
+        let (mut s, budget) = state();
+        apply(&mut s, append(None, "plain", 1, 2)).unwrap();
+        let before = parent_length(&s);
+        apply(&mut s, append(Some(100), "w", 1, 3)).unwrap();
+        apply(&mut s, append(Some(101), "w", 1, 2)).unwrap();
+        // A retried batch is a duplicate, in a part as anywhere.
+        let dup = apply(&mut s, append(Some(100), "w", 1, 3)).unwrap();
+        assert!(matches!(
+            dup,
+            Applied::Appended {
+                duplicate: true,
+                ..
+            }
+        ));
+        let held = s.txn_bytes();
+        assert_eq!(budget.txn_used(), held);
+        // Invisible until merged.
+        assert_eq!(parent_length(&s), before);
+        let merged = apply(&mut s, merge(&[100, 101, 102])).unwrap();
+        assert_eq!(
+            merged,
+            Applied::TxnMerged {
+                offset: Some(before)
+            }
+        );
+        assert_eq!(parent_length(&s), before + held);
+        assert_eq!((budget.txn_used(), budget.used()), (0, before + held));
+        // Again: nothing more; appends to a merged part are refused.
+        assert_eq!(
+            apply(&mut s, merge(&[100, 101, 102])).unwrap(),
+            Applied::TxnMerged { offset: None }
+        );
+        assert_eq!(parent_length(&s), before + held);
+        let late = apply(&mut s, append(Some(102), "w", 1, 1));
+        assert!(matches!(
+            late,
+            Err(ApplyError::TxnPartClosed { merged: true, .. })
+        ));
+        // Abort of a merged part is refused.
+        assert!(apply(&mut s, Cmd::DropTxn(part(100))).is_err());
+    }
+
+    #[test]
+    fn a_drop_discards_and_refuses_a_later_merge_and_appends() {
+        let (mut s, budget) = state();
+        apply(&mut s, append(Some(100), "w", 1, 3)).unwrap();
+        assert_eq!(
+            apply(&mut s, Cmd::DropTxn(part(100))).unwrap(),
+            Applied::TxnDropped
+        );
+        assert_eq!(
+            apply(&mut s, Cmd::DropTxn(part(100))).unwrap(),
+            Applied::TxnDropped
+        );
+        assert_eq!(
+            (budget.txn_used(), budget.used(), parent_length(&s)),
+            (0, 0, 0)
+        );
+        assert!(apply(&mut s, merge(&[100])).is_err());
+        assert!(apply(&mut s, append(Some(100), "w", 4, 1)).is_err());
+        // Once forgotten, the tombstone is gone.
+        apply(
+            &mut s,
+            Cmd::ForgetTxns(TxnSegmentsRef {
+                txn_segment_ids: vec![100],
+            }),
+        )
+        .unwrap();
+        assert!(s.closed_txns.is_empty());
+    }
+
+    #[test]
+    fn a_sealed_part_takes_no_appends_and_hands_out_its_blocks_until_dropped() {
+        let (mut s, _) = state();
+        apply(&mut s, append(Some(100), "w", 1, 3)).unwrap();
+        apply(&mut s, Cmd::SealTxn(part(100))).unwrap();
+        assert!(apply(&mut s, append(Some(100), "w", 4, 1)).is_err());
+        assert_eq!(s.txn_blocks(100).unwrap().map(|b| b.len()), Some(1));
+        apply(&mut s, Cmd::DropTxn(part(100))).unwrap();
+        assert_eq!(s.txn_blocks(100).unwrap(), None, "moved before");
+        // Sealing a part never written to keeps stragglers out too.
+        apply(&mut s, Cmd::SealTxn(part(101))).unwrap();
+        assert!(apply(&mut s, append(Some(101), "w", 1, 1)).is_err());
+    }
+
+    #[test]
+    fn a_merge_into_a_sealed_parent_is_refused_and_keeps_the_part() {
+        let (mut s, _) = state();
+        apply(&mut s, append(Some(100), "w", 1, 3)).unwrap();
+        apply(&mut s, Cmd::Seal(SegmentRef { segment_id: PARENT })).unwrap();
+        let refused = apply(&mut s, merge(&[100]));
+        assert_eq!(refused, Err(ApplyError::SegmentSealed(PARENT)));
+        assert!(s.txns.contains_key(&100));
+    }
+
+    #[test]
+    fn parts_and_tombstones_survive_a_snapshot() {
+        let (mut s, _) = state();
+        apply(&mut s, append(Some(100), "w", 1, 3)).unwrap();
+        apply(&mut s, append(Some(101), "w", 1, 1)).unwrap();
+        apply(&mut s, Cmd::SealTxn(part(101))).unwrap();
+        apply(&mut s, append(Some(102), "w", 1, 1)).unwrap();
+        apply(&mut s, merge(&[102])).unwrap();
+        let snap = prost::Message::encode_to_vec(&s.snapshot());
+        let budget = TailBudget::new(1 << 30);
+        let mut r = ContainerState::new(SegmentMap::default(), budget.clone());
+        r.restore(snap.into()).unwrap();
+        assert_eq!(r.txn_bytes(), s.txn_bytes());
+        assert_eq!(budget.txn_used(), s.txn_bytes());
+        assert_eq!(r.txn_last_event_number(100, "w").unwrap(), 3);
+        assert!(
+            apply(&mut r, append(Some(101), "w", 2, 1)).is_err(),
+            "still sealed"
+        );
+        assert!(
+            apply(&mut r, append(Some(102), "w", 2, 1)).is_err(),
+            "still merged"
+        );
+        apply(&mut r, merge(&[100])).unwrap();
+        assert_eq!(parent_length(&r), parent_length(&s) + s.txns[&100].length);
+    }
+}

@@ -1326,6 +1326,7 @@ mod tests {
             nodes.clone(),
             placement.clone(),
             GroupMap::default(),
+            TxnMap::default(),
         );
         let placed = Placement {
             replication_factor: 2,
@@ -1361,6 +1362,7 @@ mod tests {
             restored_nodes.clone(),
             restored_placement.clone(),
             GroupMap::default(),
+            TxnMap::default(),
         );
         restored.restore(snap.into()).unwrap();
         assert_eq!(*restored_nodes.read().unwrap(), *nodes.read().unwrap());
@@ -1376,6 +1378,7 @@ mod tests {
             nodes.clone(),
             placement.clone(),
             GroupMap::default(),
+            TxnMap::default(),
         );
         let form = |ids: &[u64], rf| {
             let placed = Placement {

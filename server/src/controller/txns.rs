@@ -346,6 +346,40 @@ mod tests {
     }
 
     #[test]
+    fn a_part_in_a_sealed_segment_moves_to_children_once() {
+        let mut r = open();
+        r.parts.push(TxnPart {
+            segment_id: 1,
+            txn_segment_id: 10,
+            ..Default::default()
+        });
+        let ids = |i: usize| Ok(20 + i as u64);
+        assert!(
+            split_part(&mut r, 10, &[2, 3], ids).is_err(),
+            "only when committing"
+        );
+        apply_change(&mut r, Change::Commit, 1).unwrap();
+        assert_eq!(split_part(&mut r, 10, &[2, 3], ids).unwrap(), 2);
+        assert_eq!(
+            split_part(&mut r, 10, &[2, 3], ids).unwrap(),
+            0,
+            "idempotent"
+        );
+        let children: Vec<(u64, u64, u64)> = r
+            .parts
+            .iter()
+            .filter(|p| p.from == 10)
+            .map(|p| (p.segment_id, p.txn_segment_id, p.from))
+            .collect();
+        assert_eq!(children, vec![(2, 20, 10), (3, 21, 10)]);
+        assert!(r.part(10).is_some_and(|p| p.moving));
+        assert!(part_moved(&mut r, 20).is_err(), "a part that is not moving");
+        part_moved(&mut r, 10).unwrap();
+        part_moved(&mut r, 10).unwrap();
+        assert_eq!(r.parts.len(), 2);
+    }
+
+    #[test]
     fn ids_are_uuids() {
         let id = normalize_id("67E55044-10B1-426F-9247-BB680E5FE0C8").unwrap();
         assert_eq!(id, "67e5504410b1426f9247bb680e5fe0c8");
