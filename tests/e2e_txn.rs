@@ -702,3 +702,60 @@ async fn cli_write_txn_and_the_txn_commands() {
         &["not a UUID"],
     );
 }
+
+/// A transaction larger than the node's transaction memory spills to
+/// tier-2 as it is written, survives `kill -9` of the node while open, and
+/// commits whole; the merge hands its chunks to the segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_transaction_spills_to_tier2_survives_a_crash_and_commits_whole() {
+    let config = "transaction_bytes_max = 4194304\n[tier2]\nchunk_bytes = 1048576\n";
+    let mut server = ServerProcess::start(ServerOpts::with_config(config)).await;
+    let client = server.client().await;
+    let name = stream_name("txn/large");
+    client
+        .admin()
+        .create_stream(&name, 2)
+        .await
+        .expect("create");
+    let w = client
+        .transactional_writer(&name, "w-large")
+        .expect("writer");
+    let txn = w.begin().await.expect("begin");
+    let id = txn.id().to_string();
+    // 16 MiB: four times what open transactions may hold in memory here.
+    let (keys, per_key) = (16u64, 1024u64);
+    let pad = "x".repeat(1000);
+    for seq in 0..per_key {
+        for k in 0..keys {
+            let key = format!("k{k}");
+            // The writer field carries the padding: `tbigxxx…`.
+            txn.write(Some(&key), format!("{key}:{seq}:tbig{pad}"))
+                .await
+                .expect("write");
+        }
+    }
+    txn.flush().await.expect("flush");
+    drop(txn);
+    server.kill9();
+    server.restart().await;
+    let client = server.client().await;
+    let info = client
+        .transaction(&name, &id)
+        .await
+        .expect("resume")
+        .commit()
+        .await
+        .expect("commit after the restart");
+    assert_eq!(info.state, TransactionState::Committed);
+    let events = read_all(&client, &name).await;
+    let per_txn = check_contiguous(&events);
+    let big = &per_txn[&format!("tbig{pad}")];
+    assert_eq!(big.len(), (keys * per_key) as usize, "whole, once");
+    let mut by_key: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for e in big {
+        by_key.entry(&e.key).or_default().push(e.seq);
+    }
+    for (k, seqs) in by_key {
+        assert_eq!(seqs, (0..per_key).collect::<Vec<_>>(), "key {k} in order");
+    }
+}

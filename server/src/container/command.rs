@@ -169,27 +169,12 @@ impl ContainerCommand {
 pub struct ContainerSnapshot {
     #[prost(message, repeated, tag = "1")]
     pub segments: Vec<SegmentSnapshot>,
+    /// Open transactions' parts, as segments (`part_of` set).
     #[prost(message, repeated, tag = "2")]
-    pub txn_segments: Vec<TxnSegmentSnapshot>,
+    pub txn_segments: Vec<SegmentSnapshot>,
     /// Parts merged or dropped whose transactions the metadata still keeps.
     #[prost(message, repeated, tag = "3")]
     pub closed_txns: Vec<ClosedTxn>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct TxnSegmentSnapshot {
-    #[prost(uint64, tag = "1")]
-    pub txn_segment_id: u64,
-    #[prost(uint64, tag = "2")]
-    pub segment_id: u64,
-    #[prost(uint64, tag = "3")]
-    pub events: u64,
-    #[prost(bytes = "bytes", repeated, tag = "4")]
-    pub blocks: Vec<Bytes>,
-    #[prost(message, repeated, tag = "5")]
-    pub writers: Vec<WriterPosition>,
-    #[prost(bool, tag = "6")]
-    pub sealed: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -233,6 +218,9 @@ pub struct SegmentSnapshot {
     pub events_per_second: Vec<f64>,
     #[prost(double, repeated, tag = "15")]
     pub bytes_per_second: Vec<f64>,
+    /// A transaction part: its parent segment (0: a stream segment).
+    #[prost(uint64, tag = "16")]
+    pub part_of: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -249,4 +237,8 @@ pub struct TailBlock {
     pub offset: u64,
     #[prost(bytes = "bytes", tag = "2")]
     pub events: Bytes,
+    /// Set: the block is this chunk, already in tier-2 (a merged
+    /// transaction part's), and `events` is empty.
+    #[prost(message, optional, tag = "3")]
+    pub chunk: Option<ChunkFlushed>,
 }

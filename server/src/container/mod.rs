@@ -77,6 +77,8 @@ pub struct Container {
     pub id: u32,
     group: Group<ContainerState>,
     segments: SegmentMap,
+    /// Open transactions' parts (hidden from reads).
+    parts: SegmentMap,
     in_flight: Arc<Semaphore>,
     in_flight_max: u32,
 }
@@ -114,6 +116,7 @@ impl Container {
     ) -> Result<Self, LogError> {
         let segments = SegmentMap::default();
         let state = ContainerState::new(segments.clone(), budget);
+        let parts = state.parts();
         let group = Group::start(group, state)?;
         // The config bounds it far below u32::MAX (and Semaphore::MAX_PERMITS).
         let in_flight_max = u32::try_from(in_flight_bytes_max).unwrap_or(u32::MAX);
@@ -121,6 +124,7 @@ impl Container {
             id,
             group,
             segments,
+            parts,
             in_flight: Arc::new(Semaphore::new(in_flight_max as usize)),
             in_flight_max,
         })
@@ -165,12 +169,24 @@ impl Container {
         map.keys().copied().collect()
     }
 
-    /// Names of the tier-2 objects the container's segments refer to.
+    /// Names of the tier-2 objects the container's segments and open
+    /// transaction parts refer to (chunks, and merged parts' tier-2 blocks
+    /// not yet reached by the flush).
     pub fn chunk_objects(&self) -> std::collections::HashSet<String> {
-        let map = self.segments.read().unwrap_or_else(|p| p.into_inner());
-        map.values()
-            .flat_map(|s| s.chunks().into_iter().map(|c| c.name))
-            .collect()
+        let mut names = std::collections::HashSet::new();
+        for map in [&self.segments, &self.parts] {
+            let map = map.read().unwrap_or_else(|p| p.into_inner());
+            for seg in map.values() {
+                names.extend(seg.referenced_objects());
+            }
+        }
+        names
+    }
+
+    /// The open transaction parts (the storage writer spills large ones).
+    pub fn parts(&self) -> Vec<Arc<Segment>> {
+        let map = self.parts.read().unwrap_or_else(|p| p.into_inner());
+        map.values().cloned().collect()
     }
 
     /// Proposes a control command (create, seal, delete, chunk flushed) and
@@ -212,9 +228,12 @@ impl Container {
             .await??)
     }
 
-    /// A sealed transaction part's blocks, to copy (None: copied and
-    /// dropped before).
-    pub async fn txn_blocks(&self, id: u64) -> Result<Option<Vec<bytes::Bytes>>, Error> {
+    /// A sealed transaction part's bytes, to copy: its tier-2 chunks, then
+    /// its memory blocks (None: copied and dropped before).
+    pub async fn txn_blocks(
+        &self,
+        id: u64,
+    ) -> Result<Option<(Vec<Chunk>, Vec<bytes::Bytes>)>, Error> {
         Ok(self.group.query(move |s| s.txn_blocks(id)).await??)
     }
 

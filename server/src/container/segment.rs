@@ -3,7 +3,10 @@
 //! The container's thread is the only writer (under the mutex, never across
 //! an await); readers take short locks to copy out `Bytes` handles. The tail
 //! buffer holds exactly the bytes `[tier2_length, length)`, one block per
-//! applied batch, so every block starts and ends at an event boundary.
+//! applied batch, so every block starts and ends at an event boundary. A
+//! block is bytes in memory, or — for a merged transaction part that had
+//! spilled to tier-2 — a chunk already in tier-2, which becomes one of the
+//! segment's chunks (no copy) once everything before it is flushed.
 
 use super::rates::{Rates, RATE_WINDOWS};
 use std::collections::{HashMap, VecDeque};
@@ -39,17 +42,65 @@ pub(crate) struct SegmentState {
     pub snapshot_length: u64,
     /// Contiguous, in offset order, ending at `tier2_length`.
     pub chunks: Vec<Chunk>,
-    /// `(offset, bytes)` per applied batch, covering `[tier2_length, length)`.
-    pub tail: VecDeque<(u64, Bytes)>,
+    /// `(offset, block)` per applied batch, covering `[tier2_length, length)`.
+    pub tail: VecDeque<(u64, Block)>,
     /// Last applied event number per writer id.
     pub writers: HashMap<String, i64>,
     /// Traffic counters and moving averages (replicated state).
     pub rates: Rates,
+    /// For a transaction part: its parent segment (0: a stream segment).
+    pub part_of: u64,
+}
+
+/// One block of a tail buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Block {
+    /// Applied bytes, in memory (and the log) until flushed.
+    Mem(Bytes),
+    /// Bytes already in tier-2 (a merged transaction part's spilled chunk,
+    /// in this segment's offsets): recorded as a chunk as it is reached.
+    Tier2(Chunk),
+}
+
+impl Block {
+    pub fn len(&self) -> u64 {
+        match self {
+            Block::Mem(b) => b.len() as u64,
+            Block::Tier2(c) => c.end - c.start,
+        }
+    }
+
+    /// Bytes it holds in memory.
+    pub fn mem_len(&self) -> u64 {
+        match self {
+            Block::Mem(b) => b.len() as u64,
+            Block::Tier2(_) => 0,
+        }
+    }
 }
 
 impl SegmentState {
     pub fn tail_bytes(&self) -> u64 {
         self.length - self.tier2_length
+    }
+
+    /// Bytes of the tail held in memory (what the tail budget counts).
+    pub fn tail_mem_bytes(&self) -> u64 {
+        self.tail.iter().map(|(_, b)| b.mem_len()).sum()
+    }
+
+    /// Records tier-2 blocks at the front of the tail as chunks: each
+    /// continues tier-2 exactly where it ends now.
+    pub fn promote_tier2_blocks(&mut self) {
+        while let Some((offset, Block::Tier2(c))) = self.tail.front() {
+            if *offset != self.tier2_length {
+                break;
+            }
+            let c = c.clone();
+            self.tail.pop_front();
+            self.tier2_length = c.end;
+            self.chunks.push(c);
+        }
     }
 }
 
@@ -131,6 +182,21 @@ impl Segment {
         }
     }
 
+    /// Tier-2 objects it refers to: its chunks' and its tail's tier-2
+    /// blocks'.
+    pub fn referenced_objects(&self) -> Vec<String> {
+        let s = self.lock();
+        let tail = s.tail.iter().filter_map(|(_, b)| match b {
+            Block::Tier2(c) => Some(c.name.clone()),
+            Block::Mem(_) => None,
+        });
+        s.chunks
+            .iter()
+            .map(|c| c.name.clone())
+            .chain(tail)
+            .collect()
+    }
+
     /// The chunks that make up the segment in tier-2, oldest first.
     pub fn chunks(&self) -> Vec<Chunk> {
         self.lock().chunks.clone()
@@ -166,7 +232,13 @@ impl Segment {
             .saturating_sub(1);
         let mut parts: Vec<Bytes> = Vec::new();
         let mut total = 0usize;
-        for (block_offset, bytes) in s.tail.iter().skip(i) {
+        for (block_offset, block) in s.tail.iter().skip(i) {
+            let bytes = match block {
+                Block::Mem(bytes) => bytes,
+                // A merged part's spilled chunk: read from tier-2.
+                Block::Tier2(c) if parts.is_empty() => return ReadSource::Tier2(c.clone()),
+                Block::Tier2(_) => break,
+            };
             let part = if parts.is_empty() {
                 bytes.slice((offset - block_offset) as usize..)
             } else {
@@ -254,14 +326,16 @@ impl Segment {
         let start = s.tail.front()?.0;
         let mut parts: Vec<Bytes> = Vec::new();
         let mut len = 0u64;
-        for (_, bytes) in s.tail.iter() {
+        for (_, block) in s.tail.iter() {
+            // Tier-2 blocks are recorded as chunks once reached, not put.
+            let Block::Mem(bytes) = block else { break };
             if !parts.is_empty() && len + bytes.len() as u64 > max_bytes {
                 break;
             }
             len += bytes.len() as u64;
             parts.push(bytes.clone());
         }
-        Some(Unflushed { start, len, parts })
+        (!parts.is_empty()).then_some(Unflushed { start, len, parts })
     }
 }
 

@@ -14,8 +14,8 @@ use super::command::{
     TailBlock, Truncate, WriterPosition,
 };
 use super::rates::{rates_from, Rates, RATE_WINDOWS};
-use super::segment::{Chunk, Segment};
-use super::txn::{Closed, TxnSegment};
+use super::segment::{Block, Chunk, Segment};
+use super::txn::Closed;
 use crate::cache::TailBudget;
 use crate::group::StateMachine;
 
@@ -57,9 +57,12 @@ pub enum Applied {
     TxnMerged {
         offset: Option<u64>,
     },
-    TxnDropped,
+    /// Parts were discarded; `objects` are tier-2 objects (spilled parts')
+    /// no segment refers to any more, left for the caller to delete.
+    TxnDropped {
+        objects: Vec<String>,
+    },
     TxnSealed,
-    TxnsForgotten,
 }
 
 /// Why a command was refused (deterministically, on every replica).
@@ -160,8 +163,9 @@ pub struct ContainerState {
     /// Live chunks per tier-2 object. An object holds chunks of several
     /// segments and may be deleted only when none of them is left.
     objects: HashMap<String, usize>,
-    /// Open transactions' parts by transaction segment id (`txn.rs`).
-    pub(super) txns: HashMap<u64, TxnSegment>,
+    /// Open transactions' parts by transaction segment id (`txn.rs`),
+    /// shared with the storage writer (which spills large ones).
+    pub(super) parts: SegmentMap,
     /// Parts merged or dropped, until their transaction is forgotten.
     pub(super) closed_txns: HashMap<u64, Closed>,
 }
@@ -172,13 +176,24 @@ impl ContainerState {
             segments,
             budget,
             objects: HashMap::new(),
-            txns: HashMap::new(),
+            parts: SegmentMap::default(),
             closed_txns: HashMap::new(),
         }
     }
 
+    /// Names of the objects this state counts as referenced (tests).
+    #[cfg(test)]
+    pub fn chunk_objects_for_test(&self) -> std::collections::HashSet<String> {
+        self.objects.keys().cloned().collect()
+    }
+
+    /// The open transaction parts, shared (the storage writer spills them).
+    pub fn parts(&self) -> SegmentMap {
+        self.parts.clone()
+    }
+
     /// Drops the references of `chunks`; returns the objects left with none.
-    fn release_objects(&mut self, chunks: &[Chunk]) -> Vec<String> {
+    pub(super) fn release_objects(&mut self, chunks: &[Chunk]) -> Vec<String> {
         let mut unreferenced = Vec::new();
         for c in chunks {
             if let Some(n) = self.objects.get_mut(&c.name) {
@@ -248,7 +263,7 @@ impl ContainerState {
         let offset = s.length;
         let len = a.events.len() as u64;
         s.length += len;
-        s.tail.push_back((offset, a.events));
+        s.tail.push_back((offset, Block::Mem(a.events)));
         s.writers.insert(a.writer_id, last);
         s.rates.record(a.event_count, len);
         drop(s);
@@ -286,9 +301,12 @@ impl ContainerState {
         };
         let mut s = seg.lock();
         s.deleted = true;
-        let freed = s.tail_bytes();
-        s.tail.clear();
-        let chunks = std::mem::take(&mut s.chunks);
+        let freed = s.tail_mem_bytes();
+        let mut chunks = std::mem::take(&mut s.chunks);
+        chunks.extend(s.tail.drain(..).filter_map(|(_, b)| match b {
+            Block::Tier2(c) => Some(c),
+            Block::Mem(_) => None,
+        }));
         drop(s);
         self.budget.release(freed);
         seg.notify();
@@ -310,7 +328,18 @@ impl ContainerState {
     }
 
     fn chunk_flushed(&mut self, c: ChunkFlushed) -> Result<(), ApplyError> {
-        let seg = self.segment(c.segment_id)?;
+        // A stream segment's chunk, or a spilled transaction part's.
+        let part = self
+            .parts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&c.segment_id)
+            .cloned();
+        let is_part = part.is_some();
+        let seg = match part {
+            Some(p) => p,
+            None => self.segment(c.segment_id)?,
+        };
         let mut s = seg.lock();
         let stale = ApplyError::StaleChunk {
             start: c.start,
@@ -322,12 +351,12 @@ impl ContainerState {
         }
         // The storage writer cuts chunks at batch boundaries.
         let mut freed = 0u64;
-        while let Some((offset, bytes)) = s.tail.front() {
-            let block_end = offset + bytes.len() as u64;
+        while let Some((offset, block)) = s.tail.front() {
+            let block_end = offset + block.len();
             if block_end > c.end {
                 break;
             }
-            freed += bytes.len() as u64;
+            freed += block.mem_len();
             s.tail.pop_front();
         }
         if s.tail.front().is_some_and(|(o, _)| *o != c.end) {
@@ -338,8 +367,14 @@ impl ContainerState {
         s.tier2_length = c.end;
         *self.objects.entry(c.name.clone()).or_default() += 1;
         s.chunks.push(chunk_of(c));
+        // A merged part's spilled chunks right after it join tier-2 too.
+        s.promote_tier2_blocks();
         drop(s);
-        self.budget.release(freed);
+        if is_part {
+            self.budget.release_txn(freed);
+        } else {
+            self.budget.release(freed);
+        }
         Ok(())
     }
 }
@@ -421,68 +456,16 @@ impl StateMachine for ContainerState {
     type Snapshot = ContainerSnapshot;
 
     fn snapshot(&self) -> ContainerSnapshot {
-        let map = self.segments.read().unwrap_or_else(|p| p.into_inner());
-        let mut ids: Vec<u64> = map.keys().copied().collect();
-        ids.sort_unstable();
-        let segments = ids
-            .iter()
-            .filter_map(|id| map.get(id))
-            .map(|seg| {
-                let mut s = seg.lock();
-                // Log entries up to here are about to be compacted away.
-                s.snapshot_length = s.length;
-                let mut writers: Vec<WriterPosition> = s
-                    .writers
-                    .iter()
-                    .map(|(w, n)| WriterPosition {
-                        writer_id: w.clone(),
-                        last_event_number: *n,
-                    })
-                    .collect();
-                writers.sort_by(|a, b| a.writer_id.cmp(&b.writer_id));
-                SegmentSnapshot {
-                    segment_id: seg.id,
-                    head: s.head,
-                    length: s.length,
-                    sealed: s.sealed,
-                    tier2_length: s.tier2_length,
-                    chunks: s
-                        .chunks
-                        .iter()
-                        .map(|c| ChunkFlushed {
-                            segment_id: seg.id,
-                            start: c.start,
-                            end: c.end,
-                            name: c.name.clone(),
-                            flushed_at_ms: c.flushed_at_ms,
-                            object_offset: c.object_offset,
-                        })
-                        .collect(),
-                    writers,
-                    tail: s
-                        .tail
-                        .iter()
-                        .map(|(offset, events)| TailBlock {
-                            offset: *offset,
-                            events: events.clone(),
-                        })
-                        .collect(),
-                    events_total: s.rates.events_total,
-                    bytes_total: s.rates.bytes_total,
-                    ticked_events: s.rates.ticked_events,
-                    ticked_bytes: s.rates.ticked_bytes,
-                    ticked_ms: s.rates.ticked_ms,
-                    events_per_second: s.rates.events_per_second.to_vec(),
-                    bytes_per_second: s.rates.bytes_per_second.to_vec(),
-                }
-            })
-            .collect();
-        drop(map);
-        let (txn_segments, closed_txns) = self.txn_snapshot();
+        let all = |map: &SegmentMap| {
+            let map = map.read().unwrap_or_else(|p| p.into_inner());
+            let mut segs: Vec<Arc<Segment>> = map.values().cloned().collect();
+            segs.sort_unstable_by_key(|s| s.id);
+            segs.iter().map(|seg| segment_snapshot(seg)).collect()
+        };
         ContainerSnapshot {
-            segments,
-            txn_segments,
-            closed_txns,
+            segments: all(&self.segments),
+            txn_segments: all(&self.parts),
+            closed_txns: self.closed_snapshot(),
         }
     }
 
@@ -493,20 +476,50 @@ impl StateMachine for ContainerState {
     fn restore(&mut self, snapshot: Bytes) -> Result<(), String> {
         let snap: ContainerSnapshot =
             prost::Message::decode(snapshot).map_err(|e| e.to_string())?;
-        let mut map = self.segments.write().unwrap_or_else(|p| p.into_inner());
         self.objects.clear();
-        let mut kept = HashMap::with_capacity(snap.segments.len());
-        for g in snap.segments {
+        let segments = self.segments.clone();
+        self.restore_map(&segments, snap.segments, false)?;
+        let parts = self.parts.clone();
+        self.restore_map(&parts, snap.txn_segments, true)?;
+        self.restore_closed(snap.closed_txns);
+        Ok(())
+    }
+}
+
+impl ContainerState {
+    /// Makes `map` hold exactly the snapshot's segments (`parts`: the
+    /// transaction parts, whose memory also counts as transaction bytes).
+    fn restore_map(
+        &mut self,
+        map: &SegmentMap,
+        snap: Vec<SegmentSnapshot>,
+        parts: bool,
+    ) -> Result<(), String> {
+        let mut map = map.write().unwrap_or_else(|p| p.into_inner());
+        let (add, release) = if parts {
+            (
+                TailBudget::add_txn as fn(&TailBudget, u64),
+                TailBudget::release_txn as fn(&TailBudget, u64),
+            )
+        } else {
+            (
+                TailBudget::add as fn(&TailBudget, u64),
+                TailBudget::release as fn(&TailBudget, u64),
+            )
+        };
+        let mut kept = HashMap::with_capacity(snap.len());
+        for g in snap {
             let seg = map
                 .remove(&g.segment_id)
                 .unwrap_or_else(|| Arc::new(Segment::new(g.segment_id)));
             let mut s = seg.lock();
-            self.budget.release(s.tail_bytes());
+            release(&self.budget, s.tail_mem_bytes());
             s.head = g.head;
             s.length = g.length;
             s.snapshot_length = g.length;
             s.sealed = g.sealed;
             s.deleted = false;
+            s.part_of = g.part_of;
             s.tier2_length = g.tier2_length;
             for c in &g.chunks {
                 *self.objects.entry(c.name.clone()).or_default() += 1;
@@ -517,7 +530,17 @@ impl StateMachine for ContainerState {
                 .into_iter()
                 .map(|w| (w.writer_id, w.last_event_number))
                 .collect();
-            s.tail = g.tail.into_iter().map(|b| (b.offset, b.events)).collect();
+            s.tail = g
+                .tail
+                .into_iter()
+                .map(|b| match b.chunk {
+                    Some(c) => {
+                        *self.objects.entry(c.name.clone()).or_default() += 1;
+                        (b.offset, Block::Tier2(chunk_of(c)))
+                    }
+                    None => (b.offset, Block::Mem(b.events)),
+                })
+                .collect();
             s.rates = Rates {
                 events_total: g.events_total,
                 bytes_total: g.bytes_total,
@@ -527,7 +550,7 @@ impl StateMachine for ContainerState {
                 events_per_second: rates_from(&g.events_per_second),
                 bytes_per_second: rates_from(&g.bytes_per_second),
             };
-            let tail_len: u64 = s.tail.iter().map(|(_, b)| b.len() as u64).sum();
+            let tail_len: u64 = s.tail.iter().map(|(_, b)| b.len()).sum();
             if tail_len != s.tail_bytes() {
                 return Err(format!(
                     "segment {} tail holds {tail_len} bytes, expected {}",
@@ -535,7 +558,7 @@ impl StateMachine for ContainerState {
                     s.tail_bytes()
                 ));
             }
-            self.budget.add(tail_len);
+            add(&self.budget, s.tail_mem_bytes());
             drop(s);
             seg.notify();
             kept.insert(g.segment_id, seg);
@@ -543,15 +566,70 @@ impl StateMachine for ContainerState {
         for (_, gone) in map.drain() {
             let mut s = gone.lock();
             s.deleted = true;
-            self.budget.release(s.tail_bytes());
+            release(&self.budget, s.tail_mem_bytes());
             s.tail.clear();
             drop(s);
             gone.notify();
         }
         *map = kept;
-        drop(map);
-        self.restore_txns(snap.txn_segments, snap.closed_txns);
         Ok(())
+    }
+}
+
+/// A segment's (or a part's) state in the snapshot.
+fn segment_snapshot(seg: &Segment) -> SegmentSnapshot {
+    let mut s = seg.lock();
+    // Log entries up to here are about to be compacted away.
+    s.snapshot_length = s.length;
+    let mut writers: Vec<WriterPosition> = s
+        .writers
+        .iter()
+        .map(|(w, n)| WriterPosition {
+            writer_id: w.clone(),
+            last_event_number: *n,
+        })
+        .collect();
+    writers.sort_by(|a, b| a.writer_id.cmp(&b.writer_id));
+    let flushed = |c: &Chunk| ChunkFlushed {
+        segment_id: seg.id,
+        start: c.start,
+        end: c.end,
+        name: c.name.clone(),
+        flushed_at_ms: c.flushed_at_ms,
+        object_offset: c.object_offset,
+    };
+    SegmentSnapshot {
+        segment_id: seg.id,
+        head: s.head,
+        length: s.length,
+        sealed: s.sealed,
+        tier2_length: s.tier2_length,
+        chunks: s.chunks.iter().map(flushed).collect(),
+        writers,
+        tail: s
+            .tail
+            .iter()
+            .map(|(offset, block)| match block {
+                Block::Mem(events) => TailBlock {
+                    offset: *offset,
+                    events: events.clone(),
+                    chunk: None,
+                },
+                Block::Tier2(c) => TailBlock {
+                    offset: *offset,
+                    events: Bytes::new(),
+                    chunk: Some(flushed(c)),
+                },
+            })
+            .collect(),
+        events_total: s.rates.events_total,
+        bytes_total: s.rates.bytes_total,
+        ticked_events: s.rates.ticked_events,
+        ticked_bytes: s.rates.ticked_bytes,
+        ticked_ms: s.rates.ticked_ms,
+        events_per_second: s.rates.events_per_second.to_vec(),
+        bytes_per_second: s.rates.bytes_per_second.to_vec(),
+        part_of: s.part_of,
     }
 }
 

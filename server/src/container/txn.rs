@@ -1,40 +1,29 @@
-//! Transaction segments: the hidden parts of open transactions, in the
+//! Transaction parts: the hidden segments of open transactions, in the
 //! container of their parent segment, and the tombstones of parts already
 //! merged or dropped.
 //!
-//! A transaction segment holds its events in memory (counted in the node's
-//! tail budget and its transaction bytes) and in the log, with its own
-//! writer table, so transactional appends are exactly-once like any other.
-//! It is kept apart from the stream segments: no read, scan, describe or
-//! storage writer ever finds it. A merge moves its blocks onto the end of
-//! the parent's tail buffer in one entry, so a transaction's events land
-//! contiguously and in the order they were appended.
+//! A part is a [`Segment`] of its own (its own writer table, so
+//! transactional appends are exactly-once like any other) kept in a map of
+//! its own: no read, scan or describe ever finds it. Its bytes are in
+//! memory (counted in the node's tail budget and transaction bytes) and the
+//! log; the storage writer spills a large part to tier-2 like any segment.
+//! A merge moves the part onto the end of the parent's tail buffer in one
+//! entry — its chunks as tier-2 blocks (no copy), its memory blocks as they
+//! are — so a transaction's events land contiguously and in the order they
+//! were appended.
 //!
-//! Must never: apply an append to a part once it was merged or dropped (the
-//! tombstone refuses it, until the metadata forgot the transaction); merge
-//! into a sealed parent; read a clock.
+//! Must never: apply an append to a part once it was merged, dropped or
+//! sealed for a move (the tombstone refuses it, until the metadata forgot
+//! the transaction); merge into a sealed parent; read a clock.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::command::{
-    Append, ClosedTxn, TxnPartRef, TxnPartsRef, TxnSegmentSnapshot, WriterPosition,
-};
+use super::command::{Append, ClosedTxn, TxnPartRef, TxnPartsRef};
+use super::segment::{Block, Chunk, Segment};
 use super::state::{check_numbers, Applied, ApplyError, ContainerState, Numbered};
-
-/// One open transaction's events for one parent segment.
-#[derive(Debug, Default)]
-pub(crate) struct TxnSegment {
-    pub parent: u64,
-    pub length: u64,
-    pub events: u64,
-    /// One block per applied batch, in order.
-    pub blocks: Vec<Bytes>,
-    pub writers: HashMap<String, i64>,
-    /// Being copied to its parent's successors: no more appends.
-    pub sealed: bool,
-}
 
 /// How a part ended (its tombstone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,41 +33,53 @@ pub(crate) enum Closed {
 }
 
 impl ContainerState {
+    fn part(&self, id: u64) -> Option<Arc<Segment>> {
+        let map = self.parts.read().unwrap_or_else(|p| p.into_inner());
+        map.get(&id).cloned()
+    }
+
+    fn take_part(&self, id: u64) -> Option<Arc<Segment>> {
+        let mut map = self.parts.write().unwrap_or_else(|p| p.into_inner());
+        map.remove(&id)
+    }
+
+    /// The tombstone's refusal of part `id`, if it has one.
+    fn closed_error(&self, id: u64) -> Option<ApplyError> {
+        self.closed_txns
+            .get(&id)
+            .map(|&how| ApplyError::TxnPartClosed {
+                txn_segment: id,
+                merged: how == Closed::Merged,
+            })
+    }
+
     /// A transactional append to part `a.segment_id` of `parent`.
     pub(super) fn txn_append(&mut self, parent: u64, a: Append) -> Result<Applied, ApplyError> {
         let id = a.segment_id;
-        if let Some(&how) = self.closed_txns.get(&id) {
-            return Err(ApplyError::TxnPartClosed {
-                txn_segment: id,
-                merged: how == Closed::Merged,
-            });
+        if let Some(e) = self.closed_error(id) {
+            return Err(e);
         }
-        let parent_gone = self
-            .segments
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&parent)
-            .is_none_or(|s| s.lock().deleted);
-        if parent_gone {
+        if self.segment(parent)?.lock().deleted {
             return Err(ApplyError::SegmentNotFound(parent));
         }
-        let t = self.txns.entry(id).or_insert_with(|| TxnSegment {
-            parent,
-            ..Default::default()
-        });
-        if t.parent != parent {
+        let part = {
+            let mut map = self.parts.write().unwrap_or_else(|p| p.into_inner());
+            map.entry(id)
+                .or_insert_with(|| {
+                    let seg = Segment::new(id);
+                    seg.lock().part_of = parent;
+                    Arc::new(seg)
+                })
+                .clone()
+        };
+        let mut s = part.lock();
+        if s.part_of != parent {
             return Err(ApplyError::Malformed(format!(
                 "transaction segment {id} belongs to segment {}, not {parent}",
-                t.parent
+                s.part_of
             )));
         }
-        if t.sealed {
-            return Err(ApplyError::TxnPartClosed {
-                txn_segment: id,
-                merged: true,
-            });
-        }
-        let applied = t.writers.get(&a.writer_id).copied().unwrap_or(0);
+        let applied = s.writers.get(&a.writer_id).copied().unwrap_or(0);
         let last = match check_numbers(applied, &a)? {
             Numbered::Duplicate => {
                 return Ok(Applied::Appended {
@@ -88,12 +89,20 @@ impl ContainerState {
             }
             Numbered::Next(last) => last,
         };
-        let offset = t.length;
+        if s.sealed {
+            // Being moved to the successors of its sealed parent.
+            return Err(ApplyError::TxnPartClosed {
+                txn_segment: id,
+                merged: true,
+            });
+        }
+        let offset = s.length;
         let len = a.events.len() as u64;
-        t.length += len;
-        t.events += u64::from(a.event_count);
-        t.blocks.push(a.events);
-        t.writers.insert(a.writer_id, last);
+        s.length += len;
+        s.tail.push_back((offset, Block::Mem(a.events)));
+        s.writers.insert(a.writer_id, last);
+        s.rates.record(a.event_count, len);
+        drop(s);
         self.budget.add_txn(len);
         Ok(Applied::Appended {
             offset,
@@ -104,22 +113,20 @@ impl ContainerState {
     /// Last applied event number of `writer` on transaction segment `id`
     /// (0: none yet, the part not even created).
     pub fn txn_last_event_number(&self, id: u64, writer: &str) -> Result<i64, ApplyError> {
-        if let Some(&how) = self.closed_txns.get(&id) {
-            return Err(ApplyError::TxnPartClosed {
-                txn_segment: id,
-                merged: how == Closed::Merged,
-            });
+        if let Some(e) = self.closed_error(id) {
+            return Err(e);
         }
         Ok(self
-            .txns
-            .get(&id)
-            .and_then(|t| t.writers.get(writer).copied())
+            .part(id)
+            .and_then(|p| p.lock().writers.get(writer).copied())
             .unwrap_or(0))
     }
 
-    /// Bytes the open parts of this container hold.
+    /// Bytes (logical: memory and tier-2) the open parts of this container
+    /// hold.
     pub fn txn_bytes(&self) -> u64 {
-        self.txns.values().map(|t| t.length).sum()
+        let map = self.parts.read().unwrap_or_else(|p| p.into_inner());
+        map.values().map(|p| p.lock().length).sum()
     }
 
     /// Commit of a parent's parts: their events go to the end of the
@@ -153,20 +160,36 @@ impl ContainerState {
         }
         let offset = s.length;
         for id in open {
-            if let Some(t) = self.txns.remove(&id) {
-                for block in t.blocks {
-                    let len = block.len() as u64;
-                    let at = s.length;
-                    s.tail.push_back((at, block));
-                    s.length += len;
+            if let Some(part) = self.take_part(id) {
+                let mut t = part.lock();
+                let base = s.length;
+                // Its chunks, then its memory blocks: offsets shift by where
+                // the part lands; the tier-2 objects stay referenced.
+                for c in t.chunks.drain(..) {
+                    let at = base + c.start;
+                    let shifted = Chunk {
+                        start: at,
+                        end: base + c.end,
+                        ..c
+                    };
+                    s.tail.push_back((at, Block::Tier2(shifted)));
                 }
-                s.rates
-                    .record(u32::try_from(t.events).unwrap_or(u32::MAX), t.length);
-                // The bytes stay in memory, now as the parent's tail.
-                self.budget.merge_txn(t.length);
+                let mem = t.tail_mem_bytes();
+                for (o, block) in t.tail.drain(..) {
+                    s.tail.push_back((base + o, block));
+                }
+                s.length += t.length;
+                s.rates.record(
+                    u32::try_from(t.rates.events_total).unwrap_or(u32::MAX),
+                    t.length,
+                );
+                t.deleted = true;
+                // The memory bytes stay, now as the parent's tail.
+                self.budget.merge_txn(mem);
             }
             self.closed_txns.insert(id, Closed::Merged);
         }
+        s.promote_tier2_blocks();
         drop(s);
         seg.notify();
         Ok(Applied::TxnMerged {
@@ -178,34 +201,63 @@ impl ContainerState {
     /// (an acknowledged one would miss the copy). Idempotent.
     pub(super) fn seal_txn(&mut self, p: TxnPartRef) -> Applied {
         if !self.closed_txns.contains_key(&p.txn_segment_id) {
-            self.txns
-                .entry(p.txn_segment_id)
-                .or_insert_with(|| TxnSegment {
-                    parent: p.segment_id,
-                    ..Default::default()
-                })
-                .sealed = true;
+            let mut map = self.parts.write().unwrap_or_else(|p| p.into_inner());
+            let part = map.entry(p.txn_segment_id).or_insert_with(|| {
+                let seg = Segment::new(p.txn_segment_id);
+                seg.lock().part_of = p.segment_id;
+                Arc::new(seg)
+            });
+            part.lock().sealed = true;
         }
         Applied::TxnSealed
     }
 
-    /// A sealed part's blocks, in order, to copy; None once it is dropped
-    /// (the copy was done before).
-    pub fn txn_blocks(&self, id: u64) -> Result<Option<Vec<Bytes>>, ApplyError> {
-        match (self.closed_txns.get(&id), self.txns.get(&id)) {
-            (Some(Closed::Dropped), _) => Ok(None),
-            (Some(Closed::Merged), _) => Err(ApplyError::TxnPartClosed {
-                txn_segment: id,
-                merged: true,
-            }),
-            (None, Some(t)) if t.sealed => Ok(Some(t.blocks.clone())),
-            (None, _) => Err(ApplyError::Malformed(format!(
-                "transaction segment {id} is not sealed for copying"
-            ))),
+    /// A sealed part's bytes to copy — its tier-2 chunks, then its memory
+    /// blocks, in order; None once it is dropped (the copy was done before).
+    pub fn txn_blocks(&self, id: u64) -> Result<Option<(Vec<Chunk>, Vec<Bytes>)>, ApplyError> {
+        match self.closed_txns.get(&id) {
+            Some(Closed::Dropped) => return Ok(None),
+            Some(Closed::Merged) => {
+                return Err(self.closed_error(id).unwrap_or(ApplyError::TxnPartClosed {
+                    txn_segment: id,
+                    merged: true,
+                }))
+            }
+            None => {}
         }
+        let part = self.part(id).filter(|p| p.lock().sealed).ok_or_else(|| {
+            ApplyError::Malformed(format!(
+                "transaction segment {id} is not sealed for copying"
+            ))
+        })?;
+        let s = part.lock();
+        let mem = s
+            .tail
+            .iter()
+            .filter_map(|(_, b)| match b {
+                Block::Mem(bytes) => Some(bytes.clone()),
+                Block::Tier2(_) => None,
+            })
+            .collect();
+        Ok(Some((s.chunks.clone(), mem)))
     }
 
-    /// Abort of one part: its events are discarded. Idempotent.
+    /// Discards part `id` (if open); the tier-2 objects left unreferenced.
+    fn discard_part(&mut self, id: u64) -> Vec<String> {
+        let Some(part) = self.take_part(id) else {
+            return Vec::new();
+        };
+        let mut s = part.lock();
+        s.deleted = true;
+        self.budget.release_txn(s.tail_mem_bytes());
+        s.tail.clear();
+        let chunks = std::mem::take(&mut s.chunks);
+        drop(s);
+        self.release_objects(&chunks)
+    }
+
+    /// Abort of one part (or the end of a moved one): its events are
+    /// discarded. Idempotent.
     pub(super) fn drop_txn(&mut self, p: TxnPartRef) -> Result<Applied, ApplyError> {
         if self.closed_txns.get(&p.txn_segment_id) == Some(&Closed::Merged) {
             return Err(ApplyError::TxnPartClosed {
@@ -213,51 +265,25 @@ impl ContainerState {
                 merged: true,
             });
         }
-        if let Some(t) = self.txns.remove(&p.txn_segment_id) {
-            self.budget.release_txn(t.length);
-        }
+        let objects = self.discard_part(p.txn_segment_id);
         self.closed_txns.insert(p.txn_segment_id, Closed::Dropped);
-        Ok(Applied::TxnDropped)
+        Ok(Applied::TxnDropped { objects })
     }
 
     pub(super) fn forget_txns(&mut self, ids: &[u64]) -> Applied {
+        let mut objects = Vec::new();
         for id in ids {
             self.closed_txns.remove(id);
             // A part the metadata no longer knows holds nothing anyone can
             // commit: an append that raced its transaction's end.
-            if let Some(t) = self.txns.remove(id) {
-                self.budget.release_txn(t.length);
-            }
+            objects.extend(self.discard_part(*id));
         }
-        Applied::TxnsForgotten
+        Applied::TxnDropped { objects }
     }
 
-    /// The open parts and tombstones, for the snapshot (ordered by id).
-    pub(super) fn txn_snapshot(&self) -> (Vec<TxnSegmentSnapshot>, Vec<ClosedTxn>) {
-        let mut parts: Vec<TxnSegmentSnapshot> = self
-            .txns
-            .iter()
-            .map(|(&id, t)| {
-                let mut writers: Vec<WriterPosition> = t
-                    .writers
-                    .iter()
-                    .map(|(w, n)| WriterPosition {
-                        writer_id: w.clone(),
-                        last_event_number: *n,
-                    })
-                    .collect();
-                writers.sort_by(|a, b| a.writer_id.cmp(&b.writer_id));
-                TxnSegmentSnapshot {
-                    txn_segment_id: id,
-                    segment_id: t.parent,
-                    events: t.events,
-                    blocks: t.blocks.clone(),
-                    writers,
-                    sealed: t.sealed,
-                }
-            })
-            .collect();
-        parts.sort_by_key(|p| p.txn_segment_id);
+    /// The tombstones, for the snapshot (ordered by id); the parts go with
+    /// the segments.
+    pub(super) fn closed_snapshot(&self) -> Vec<ClosedTxn> {
         let mut closed: Vec<ClosedTxn> = self
             .closed_txns
             .iter()
@@ -267,33 +293,10 @@ impl ContainerState {
             })
             .collect();
         closed.sort_by_key(|c| c.txn_segment_id);
-        (parts, closed)
+        closed
     }
 
-    /// Replaces the open parts and tombstones with a snapshot's.
-    pub(super) fn restore_txns(&mut self, parts: Vec<TxnSegmentSnapshot>, closed: Vec<ClosedTxn>) {
-        for t in self.txns.drain() {
-            self.budget.release_txn(t.1.length);
-        }
-        for p in parts {
-            let length: u64 = p.blocks.iter().map(|b| b.len() as u64).sum();
-            self.budget.add_txn(length);
-            self.txns.insert(
-                p.txn_segment_id,
-                TxnSegment {
-                    parent: p.segment_id,
-                    length,
-                    events: p.events,
-                    blocks: p.blocks,
-                    writers: p
-                        .writers
-                        .into_iter()
-                        .map(|w| (w.writer_id, w.last_event_number))
-                        .collect(),
-                    sealed: p.sealed,
-                },
-            );
-        }
+    pub(super) fn restore_closed(&mut self, closed: Vec<ClosedTxn>) {
         self.closed_txns = closed
             .into_iter()
             .map(|c| {
@@ -304,7 +307,7 @@ impl ContainerState {
                 };
                 (c.txn_segment_id, how)
             })
-            .collect();
+            .collect::<HashMap<_, _>>();
     }
 }
 
@@ -420,11 +423,11 @@ mod tests {
         apply(&mut s, append(Some(100), "w", 1, 3)).unwrap();
         assert_eq!(
             apply(&mut s, Cmd::DropTxn(part(100))).unwrap(),
-            Applied::TxnDropped
+            Applied::TxnDropped { objects: vec![] }
         );
         assert_eq!(
             apply(&mut s, Cmd::DropTxn(part(100))).unwrap(),
-            Applied::TxnDropped
+            Applied::TxnDropped { objects: vec![] }
         );
         assert_eq!(
             (budget.txn_used(), budget.used(), parent_length(&s)),
@@ -449,7 +452,10 @@ mod tests {
         apply(&mut s, append(Some(100), "w", 1, 3)).unwrap();
         apply(&mut s, Cmd::SealTxn(part(100))).unwrap();
         assert!(apply(&mut s, append(Some(100), "w", 4, 1)).is_err());
-        assert_eq!(s.txn_blocks(100).unwrap().map(|b| b.len()), Some(1));
+        assert_eq!(
+            s.txn_blocks(100).unwrap().map(|(c, m)| (c.len(), m.len())),
+            Some((0, 1))
+        );
         apply(&mut s, Cmd::DropTxn(part(100))).unwrap();
         assert_eq!(s.txn_blocks(100).unwrap(), None, "moved before");
         // Sealing a part never written to keeps stragglers out too.
@@ -464,7 +470,92 @@ mod tests {
         apply(&mut s, Cmd::Seal(SegmentRef { segment_id: PARENT })).unwrap();
         let refused = apply(&mut s, merge(&[100]));
         assert_eq!(refused, Err(ApplyError::SegmentSealed(PARENT)));
-        assert!(s.txns.contains_key(&100));
+        assert!(s.part(100).is_some());
+    }
+
+    /// The storage writer's record of `[start, end)` of `segment` in `name`.
+    fn flushed(segment: u64, start: u64, end: u64, name: &str) -> Cmd {
+        Cmd::ChunksFlushed(super::super::command::ChunksFlushed {
+            chunks: vec![super::super::command::ChunkFlushed {
+                segment_id: segment,
+                start,
+                end,
+                name: name.into(),
+                flushed_at_ms: 1,
+                object_offset: 0,
+            }],
+        })
+    }
+
+    #[test]
+    fn a_spilled_part_merges_its_chunks_without_a_copy() {
+        let (mut s, budget) = state();
+        apply(&mut s, append(None, "plain", 1, 2)).unwrap();
+        let base = parent_length(&s);
+        apply(&mut s, append(Some(100), "w", 1, 3)).unwrap();
+        let spilled = s.part(100).unwrap().view().length;
+        apply(&mut s, flushed(100, 0, spilled, "obj-part")).unwrap();
+        assert_eq!(budget.txn_used(), 0, "spilled: out of memory");
+        apply(&mut s, append(Some(100), "w", 4, 2)).unwrap();
+        let part_len = s.part(100).unwrap().view().length;
+        assert!(s.chunk_objects_for_test().contains("obj-part"));
+        apply(&mut s, merge(&[100])).unwrap();
+        let parent = s.segment(PARENT).unwrap();
+        {
+            let p = parent.lock();
+            assert_eq!(p.length, base + part_len);
+            // Plain bytes in memory, then the part's chunk, then its rest.
+            let kinds: Vec<bool> = p
+                .tail
+                .iter()
+                .map(|(_, b)| matches!(b, Block::Tier2(_)))
+                .collect();
+            assert_eq!(kinds, vec![false, true, false]);
+        }
+        // Reads of the chunk's offsets go to tier-2.
+        assert!(matches!(
+            parent.locate(base, 1 << 20),
+            crate::container::ReadSource::Tier2(c) if c.start == base && c.name == "obj-part"
+        ));
+        // Flushing what comes before it makes the chunk the parent's own.
+        apply(&mut s, flushed(PARENT, 0, base, "obj-plain")).unwrap();
+        {
+            let p = parent.lock();
+            assert_eq!(p.tier2_length, base + spilled);
+            assert_eq!(p.chunks.len(), 2);
+            assert_eq!(p.chunks[1].name, "obj-part");
+        }
+        // Snapshot and restore keep it whole, object references included.
+        let snap = prost::Message::encode_to_vec(&s.snapshot());
+        let mut r = ContainerState::new(SegmentMap::default(), TailBudget::new(1 << 30));
+        r.restore(snap.into()).unwrap();
+        assert_eq!(r.segment(PARENT).unwrap().view().length, base + part_len);
+        let deleted = apply(&mut r, Cmd::Delete(SegmentRef { segment_id: PARENT })).unwrap();
+        let Applied::Deleted { mut objects } = deleted else {
+            panic!("{deleted:?}")
+        };
+        objects.sort();
+        assert_eq!(
+            objects,
+            vec!["obj-part".to_string(), "obj-plain".to_string()]
+        );
+    }
+
+    #[test]
+    fn an_aborted_spilled_part_gives_its_objects_back() {
+        let (mut s, budget) = state();
+        apply(&mut s, append(Some(100), "w", 1, 3)).unwrap();
+        let len = s.part(100).unwrap().view().length;
+        apply(&mut s, flushed(100, 0, len, "obj-part")).unwrap();
+        apply(&mut s, append(Some(100), "w", 4, 1)).unwrap();
+        let dropped = apply(&mut s, Cmd::DropTxn(part(100))).unwrap();
+        assert_eq!(
+            dropped,
+            Applied::TxnDropped {
+                objects: vec!["obj-part".into()]
+            }
+        );
+        assert_eq!((budget.txn_used(), budget.used()), (0, 0));
     }
 
     #[test]
@@ -491,6 +582,7 @@ mod tests {
             "still merged"
         );
         apply(&mut r, merge(&[100])).unwrap();
-        assert_eq!(parent_length(&r), parent_length(&s) + s.txns[&100].length);
+        let part_len = s.part(100).map(|p| p.lock().length).unwrap();
+        assert_eq!(parent_length(&r), parent_length(&s) + part_len);
     }
 }

@@ -174,6 +174,7 @@ impl Node {
                     budget: budget.clone(),
                     chunk_bytes: config.tier2.chunk_bytes,
                     flush_interval: Duration::from_millis(config.tier2.flush_interval_ms),
+                    txn_spill_pressure: config.txn_bytes_limit() / 2,
                 };
                 tokio::spawn(w.run(stopped.clone()))
             })

@@ -31,6 +31,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
 use crate::container::command::{Append, Cmd, TxnPartRef, TxnPartsRef, TxnSegmentsRef};
+use crate::container::state::Applied;
 use crate::controller::txns::{self, TxnPart, TxnRecord, TxnState};
 use crate::controller::{StreamKey, TxnOp};
 use crate::error::Error;
@@ -431,9 +432,23 @@ impl Node {
             txn_segment_id: part.txn_segment_id,
         };
         c.propose(Cmd::SealTxn(this.clone())).await?;
-        let Some(blocks) = c.txn_blocks(part.txn_segment_id).await? else {
+        let Some((chunks, mem)) = c.txn_blocks(part.txn_segment_id).await? else {
             return Ok(());
         };
+        // A spilled part's oldest bytes are in tier-2: read them back.
+        let mut blocks = Vec::with_capacity(chunks.len() + mem.len());
+        for chunk in &chunks {
+            let mut at = chunk.start;
+            while at < chunk.end {
+                let bytes = self
+                    .tier2
+                    .read(part.txn_segment_id, chunk, at, MOVE_BATCH_BYTES)
+                    .await?;
+                at += bytes.len() as u64;
+                blocks.push(bytes);
+            }
+        }
+        blocks.extend(mem);
         let batches = route_events(&blocks, targets)?;
         let writer_id = format!("txn-move-{}", part.txn_segment_id);
         let copies = targets.iter().zip(batches).map(|(target, batches)| {
@@ -460,7 +475,9 @@ impl Node {
         for copied in futures::future::join_all(copies).await {
             copied?;
         }
-        c.propose(Cmd::DropTxn(this)).await?;
+        if let Applied::TxnDropped { objects } = c.propose(Cmd::DropTxn(this)).await? {
+            self.tier2.delete_unreferenced(objects).await;
+        }
         Ok(())
     }
 

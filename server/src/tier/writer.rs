@@ -11,6 +11,12 @@
 //! back-pressure once the budget is full. It must never drop bytes from a
 //! tail buffer itself: only an applied "chunks flushed" entry does.
 //!
+//! Open transactions' parts are spilled the same way once large: a part
+//! whose memory fills an object, or any part over [`PART_SPILL_MIN`] while
+//! the node's transactions hold more than half their memory limit. Their
+//! chunks stay theirs until the transaction commits (the merge hands them
+//! to the parent segment without a copy) or aborts (they are deleted).
+//!
 //! It also collects the container's orphan objects, once per term it leads:
 //! puts that a crash or a lost leadership cut off from their entry, and
 //! what a delete left behind. Only objects of earlier terms go: a leader of
@@ -37,6 +43,8 @@ const PASS_INTERVAL: Duration = Duration::from_millis(50);
 const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 /// Objects put in one pass at most, so a busy writer still sees `stop`.
 const OBJECTS_PER_PASS_MAX: usize = 16;
+/// Under transaction memory pressure, parts at least this large spill.
+pub const PART_SPILL_MIN: u64 = 1024 * 1024;
 
 /// Wall-clock milliseconds since the epoch (0 if the clock is before it).
 pub fn now_ms() -> u64 {
@@ -51,6 +59,8 @@ pub struct StorageWriter {
     pub budget: Arc<TailBudget>,
     pub chunk_bytes: u64,
     pub flush_interval: Duration,
+    /// Transaction memory on the node above which parts spill early.
+    pub txn_spill_pressure: u64,
 }
 
 /// A segment with unflushed bytes.
@@ -146,6 +156,19 @@ impl StorageWriter {
                 due: view.sealed || now.duration_since(first_seen) >= self.flush_interval,
                 first_seen,
             });
+        }
+        // Transaction parts spill only when large: most commit first.
+        let pressure = self.budget.txn_used() > self.txn_spill_pressure;
+        for part in self.container.parts() {
+            let bytes = part.view().tail_bytes;
+            if bytes >= self.chunk_bytes || (pressure && bytes >= PART_SPILL_MIN) {
+                pending.push(Pending {
+                    segment: part,
+                    bytes,
+                    due: pressure,
+                    first_seen: now,
+                });
+            }
         }
         pending.sort_by_key(|p| (!p.due, p.first_seen));
         let lag = pending
