@@ -437,6 +437,7 @@ async fn raw_append(
         kind: Some(Req::Setup(pb::SetupAppend {
             segment_id,
             writer_id: format!("raw-{segment_id}-{}", rand::random::<u32>()),
+            ..Default::default()
         })),
     })
     .await

@@ -25,6 +25,10 @@ use super::command::{Append, ClosedTxn, TxnPartRef, TxnPartsRef};
 use super::segment::{Block, Chunk, Segment};
 use super::state::{check_numbers, Applied, ApplyError, ContainerState, Numbered};
 
+/// A sealed part's bytes to copy: its tier-2 chunks, then its memory
+/// blocks, in order.
+pub type PartBytes = (Vec<Chunk>, Vec<Bytes>);
+
 /// How a part ended (its tombstone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Closed {
@@ -214,7 +218,7 @@ impl ContainerState {
 
     /// A sealed part's bytes to copy — its tier-2 chunks, then its memory
     /// blocks, in order; None once it is dropped (the copy was done before).
-    pub fn txn_blocks(&self, id: u64) -> Result<Option<(Vec<Chunk>, Vec<Bytes>)>, ApplyError> {
+    pub fn txn_blocks(&self, id: u64) -> Result<Option<PartBytes>, ApplyError> {
         match self.closed_txns.get(&id) {
             Some(Closed::Dropped) => return Ok(None),
             Some(Closed::Merged) => {

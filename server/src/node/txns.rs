@@ -13,6 +13,7 @@
 //!   appends, so a repeated copy is a duplicate) and drops it;
 //! - forgets old finished transactions once their containers forgot the
 //!   parts' tombstones.
+//!
 //! Every step is idempotent, so a leader that dies between any two is
 //! followed by one that carries on from the recorded state.
 //!
