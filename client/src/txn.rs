@@ -136,6 +136,9 @@ impl TransactionInfo {
     }
 }
 
+/// Pause before asking again about a commit the server still carries out.
+const COMMIT_POLL: Duration = Duration::from_millis(100);
+
 /// The `Transactions` calls of one stream, on the metadata leader.
 #[derive(Clone)]
 pub(crate) struct TxnCalls {
@@ -185,15 +188,26 @@ impl TxnCalls {
         TransactionInfo::from_proto(info)
     }
 
+    /// Commits and waits until every part is merged (the server answers
+    /// "committing" when that takes it long: a container without a leader
+    /// for a while; then this asks again, within the request timeout).
     pub(crate) async fn commit(&self, id: &str) -> Result<TransactionInfo, Error> {
         let req = self.request(id, true);
-        let info = self
-            .rpc(
-                &req,
-                |mut c, r| async move { c.commit_transaction(r).await },
-            )
-            .await?;
-        TransactionInfo::from_proto(info)
+        let deadline = tokio::time::Instant::now() + self.conn.settings().request_timeout;
+        loop {
+            let info = self
+                .rpc(
+                    &req,
+                    |mut c, r| async move { c.commit_transaction(r).await },
+                )
+                .await?;
+            let info = TransactionInfo::from_proto(info)?;
+            if info.state != TransactionState::Committing || tokio::time::Instant::now() >= deadline
+            {
+                return Ok(info);
+            }
+            tokio::time::sleep(COMMIT_POLL).await;
+        }
     }
 
     pub(crate) async fn abort(&self, id: &str) -> Result<TransactionInfo, Error> {
@@ -386,11 +400,14 @@ impl Transaction {
         self.writer.flush().await
     }
 
-    /// Flushes, then commits: when this returns Ok, every event written is
-    /// visible (in each segment contiguously, in write order per key).
-    /// After an error other than a refused commit, the outcome may be
-    /// unknown: ask [`TransactionalWriter::resume`] and `status`, or commit
-    /// again (idempotent).
+    /// Flushes, then commits: when this returns Ok in state `Committed`,
+    /// every event written is visible (in each segment contiguously, in
+    /// write order per key). `Committing` (rare: a container without a
+    /// leader past the request timeout) means the commit is decided and
+    /// durable and the server finishes it by itself. After an error other
+    /// than a refused commit, the outcome may be unknown: ask
+    /// [`TransactionalWriter::resume`] and `status`, or commit again
+    /// (idempotent).
     pub async fn commit(self) -> Result<TransactionInfo, Error> {
         self.writer.flush().await?;
         let info = self.calls.commit(&self.info.id).await;

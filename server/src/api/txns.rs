@@ -23,6 +23,12 @@ use crate::controller::{StreamKey, TxnOp};
 use crate::error::Error;
 use crate::node::{validate_name, Node};
 
+/// How long a commit or abort call waits for the transaction's end before
+/// answering with its state (committing, aborting) as it is.
+const FINISH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Pause between attempts to finish it within that wait.
+const FINISH_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub struct TxnService {
     node: Arc<Node>,
 }
@@ -102,6 +108,35 @@ impl TxnService {
         }
     }
 
+    /// Drives a decided transaction to its end, for up to
+    /// [`FINISH_WAIT`]: a merge may wait for a scale to be put in force, or
+    /// for a container to elect a leader. The record as it is then (still
+    /// committing or aborting if that did not happen in time: the driver
+    /// carries on). Errors only when this node no longer leads `meta`.
+    async fn finish(&self, mut t: TxnRecord) -> Result<TxnRecord, Error> {
+        let deadline = Instant::now() + FINISH_WAIT;
+        loop {
+            if t.state().is_finished() || t.state() == TxnState::Open {
+                return Ok(t);
+            }
+            match self.node.finish_txn(&t).await {
+                Ok(done) => return Ok(done),
+                Err(e) => {
+                    self.node.check_meta_leader()?;
+                    tracing::debug!(txn = %t.id, error = %e, "transaction not finished yet; retrying");
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(self.node.controller.txn(&t.id).unwrap_or(t));
+            }
+            tokio::time::sleep(FINISH_RETRY).await;
+            // Another driver (this node's loop) may have finished it.
+            if let Some(now) = self.node.controller.txn(&t.id) {
+                t = now;
+            }
+        }
+    }
+
     async fn change(&self, op: TxnOp, key: &StreamKey, t: &TxnRecord) -> Result<TxnRecord, Error> {
         self.node
             .controller
@@ -149,14 +184,16 @@ impl Transactions for TxnService {
         let r = req.into_inner();
         let (key, t) = self.txn(&r)?;
         let mut t = self.change(TxnOp::Commit, &key, &t).await?;
-        if r.wait && t.state() == TxnState::Committing {
+        if r.wait {
             // The driver would finish it within its interval; doing it here
-            // makes the commit's answer mean "visible" without that wait.
-            t = self.node.finish_txn(&t).await?;
-            self.node
-                .metrics
-                .txn_commit_seconds
-                .observe(started.elapsed().as_secs_f64());
+            // makes the answer mean "visible" without that wait.
+            t = self.finish(t).await?;
+            if t.state() == TxnState::Committed {
+                self.node
+                    .metrics
+                    .txn_commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
         }
         Ok(Response::new(self.info(&t)))
     }
@@ -167,10 +204,8 @@ impl Transactions for TxnService {
     ) -> Result<Response<pb::TransactionInfo>, Status> {
         let r = req.into_inner();
         let (key, t) = self.txn(&r)?;
-        let mut t = self.change(TxnOp::Abort, &key, &t).await?;
-        if t.state() == TxnState::Aborting {
-            t = self.node.finish_txn(&t).await?;
-        }
+        let t = self.change(TxnOp::Abort, &key, &t).await?;
+        let t = self.finish(t).await?;
         Ok(Response::new(self.info(&t)))
     }
 

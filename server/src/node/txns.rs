@@ -165,6 +165,15 @@ impl Node {
             }
         }
         self.metrics.txn_open.set(live);
+        // Leases of transactions no longer open go.
+        self.leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ends
+            .retain(|id, _| {
+                all.iter()
+                    .any(|t| &t.id == id && t.state() == TxnState::Open)
+            });
         let now_ms = crate::tier::writer::now_ms();
         for (key, records) in finished {
             for id in txns::to_forget(records.iter(), now_ms) {
