@@ -335,7 +335,9 @@ async fn a_transaction_open_across_a_split_and_a_merge_commits_whole() {
 /// never appear; a pinged one outlives its timeout and commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_transaction_without_pings_times_out_and_one_with_pings_lives() {
-    let server = ServerProcess::start(ServerOpts::default()).await;
+    let port = common::free_port();
+    let config = format!("metrics_listen = \"127.0.0.1:{port}\"\n");
+    let server = ServerProcess::start(ServerOpts::with_config(&config)).await;
     let client = server.client().await;
     let name = stream_name("txn/timeout");
     client
@@ -386,6 +388,30 @@ async fn a_transaction_without_pings_times_out_and_one_with_pings_lives() {
         !per_txn.contains_key("tsilent"),
         "a timed-out event appeared"
     );
+    // The metadata leader counted it all.
+    let m = common::metrics::samples(&common::metrics::scrape(port).await);
+    let get = |k: &str| {
+        m.get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("{k} missing: {m:?}"))
+    };
+    assert_eq!(get("aquifer_transaction_timeouts_total"), 1.0);
+    assert_eq!(get("aquifer_transaction_aborts_total"), 1.0);
+    assert_eq!(get("aquifer_transaction_commits_total"), 1.0);
+    assert!(get("aquifer_transaction_commit_seconds_count") >= 1.0);
+    // The gauge follows within a pass of the metadata leader's driver.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = common::metrics::samples(&common::metrics::scrape(port).await);
+        if m.get("aquifer_transactions_open") == Some(&0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "open transactions: {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Concurrent transactions and plain writers on the same keys: each
@@ -758,4 +784,97 @@ async fn a_large_transaction_spills_to_tier2_survives_a_crash_and_commits_whole(
     for (k, seqs) in by_key {
         assert_eq!(seqs, (0..per_key).collect::<Vec<_>>(), "key {k} in order");
     }
+}
+
+/// Bad transaction calls get a clear error and break nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_transaction_calls_get_clear_errors() {
+    use aquifer_proto::v1 as pb;
+    let server = ServerProcess::start(ServerOpts::default()).await;
+    let client = server.client().await;
+    let name = stream_name("txn/bad");
+    client
+        .admin()
+        .create_stream(&name, 2)
+        .await
+        .expect("create");
+    let missing = client
+        .transactional_writer(&stream_name("txn/none"), "w")
+        .expect("writer")
+        .begin()
+        .await;
+    assert!(matches!(missing, Err(Error::NotFound(_))), "{missing:?}");
+    let short = client
+        .transactional_writer(&name, "w")
+        .expect("writer")
+        .timeout(Duration::from_millis(10))
+        .begin()
+        .await;
+    assert!(
+        matches!(&short, Err(Error::InvalidArgument(m)) if m.contains("timeout")),
+        "{short:?}"
+    );
+    let bad_id = client.transaction(&name, "xyz").await;
+    assert!(
+        matches!(&bad_id, Err(Error::InvalidArgument(m)) if m.contains("UUID")),
+        "{bad_id:?}"
+    );
+    let w = client.transactional_writer(&name, "w").expect("writer");
+    let txn = w.begin().await.expect("begin");
+    // An append session naming the transaction with a segment that is not
+    // one of its parts is refused; one naming an aborted one, too.
+    let mut raw = pb::append_client::AppendClient::connect(format!("http://{}", server.addr()))
+        .await
+        .expect("connect");
+    let setup = |segment_id: u64, transaction_id: &str| pb::AppendRequest {
+        kind: Some(pb::append_request::Kind::Setup(pb::SetupAppend {
+            segment_id,
+            writer_id: "raw".into(),
+            transaction_id: transaction_id.into(),
+        })),
+    };
+    let parent = txn.info().parts[0].segment_id;
+    let refused = raw
+        .append_session(futures::stream::iter([setup(parent, txn.id())]))
+        .await
+        .expect_err("a stream segment is not a part");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let part = txn.info().parts[0].transaction_segment_id;
+    let id = txn.id().to_string();
+    txn.abort().await.expect("abort");
+    let refused = raw
+        .append_session(futures::stream::iter([setup(part, &id)]))
+        .await
+        .expect_err("an aborted transaction takes no writes");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused
+            .metadata()
+            .get("aquifer-reason")
+            .and_then(|v| v.to_str().ok()),
+        Some("transaction-not-open")
+    );
+    // The limit of open transactions per stream is a clear error.
+    let mut open = Vec::new();
+    let full = loop {
+        match w.begin().await {
+            Ok(t) => open.push(t),
+            Err(e) => break e,
+        }
+        assert!(open.len() <= 1000, "no limit on open transactions");
+    };
+    assert!(
+        matches!(&full, Error::ResourceExhausted(m) if m.contains("open transactions")),
+        "{full:?}"
+    );
+    assert_eq!(open.len(), 1000);
+    for t in open.drain(..10) {
+        t.abort().await.expect("abort");
+    }
+    let more = w.begin().await.expect("room again after aborts");
+    more.commit().await.expect("commit an empty transaction");
 }

@@ -6,6 +6,7 @@
 //! - [`cluster`]: clusters of real processes;
 //! - [`in_process`]: nodes of `aquifer_server` in the test's own process;
 //! - [`logs`]: the test process's own log, on demand;
+//! - [`metrics`]: a node's `/metrics`, scraped and parsed;
 //! - [`events`]: keyed test events, whole-stream reads, per-key order;
 //! - [`files`]: log files and the bytes tests damage in them;
 //! - [`timing`]: replayable seeds and bounded waits;
@@ -20,6 +21,7 @@ pub mod events;
 pub mod files;
 pub mod in_process;
 pub mod logs;
+pub mod metrics;
 pub mod process;
 pub mod timing;
 pub mod workloads;

@@ -350,6 +350,18 @@ impl Controller {
         stream: &StreamKey,
         timeout_ms: u64,
     ) -> Result<Option<txns::TxnRecord>, Error> {
+        Ok(self.txn_change_new(op, id, stream, timeout_ms).await?.0)
+    }
+
+    /// [`Controller::txn_change`], also saying whether the change was new
+    /// (not a repeat of one already made): what counts in the metrics.
+    pub async fn txn_change_new(
+        &self,
+        op: TxnOp,
+        id: &str,
+        stream: &StreamKey,
+        timeout_ms: u64,
+    ) -> Result<(Option<txns::TxnRecord>, bool), Error> {
         self.propose_txn(command::TxnCommand {
             id: id.to_string(),
             op: op as i32,
@@ -370,24 +382,24 @@ impl Controller {
         id: &str,
         txn_segment_id: u64,
     ) -> Result<Option<txns::TxnRecord>, Error> {
-        self.propose_txn(command::TxnCommand {
+        let cmd = command::TxnCommand {
             id: id.to_string(),
             op: op as i32,
             txn_segment_id,
             ..Default::default()
-        })
-        .await
+        };
+        Ok(self.propose_txn(cmd).await?.0)
     }
 
     async fn propose_txn(
         &self,
         mut cmd: command::TxnCommand,
-    ) -> Result<Option<txns::TxnRecord>, Error> {
+    ) -> Result<(Option<txns::TxnRecord>, bool), Error> {
         cmd.now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         match self.propose_any(MetaCmd::Txn(cmd)).await? {
-            Applied::Txn(t) => Ok(t),
+            Applied::Txn { record, changed } => Ok((record, changed)),
             other => Err(Error::Internal(format!(
                 "a transaction command answered {other:?}"
             ))),

@@ -258,8 +258,12 @@ pub enum Applied {
     /// A reader-group change; the view of the reader that made it, if a
     /// reader did.
     Group(Option<ReaderView>),
-    /// A transaction as it is after the change (None: forgotten).
-    Txn(Option<TxnRecord>),
+    /// A transaction as it is after the change (None: forgotten), and
+    /// whether the change was new.
+    Txn {
+        record: Option<TxnRecord>,
+        changed: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -357,7 +361,11 @@ impl StateMachine for MetaState {
             prost::Message::decode(command).map_err(|e| MetaError::Malformed(e.to_string()))?;
         match cmd.cmd {
             Some(MetaCmd::Group(g)) => return self.apply_group(g),
-            Some(MetaCmd::Txn(t)) => return self.apply_txn(t).map(Applied::Txn),
+            Some(MetaCmd::Txn(t)) => {
+                let mut changed = true;
+                let record = self.apply_txn(t, &mut changed)?;
+                return Ok(Applied::Txn { record, changed });
+            }
             Some(MetaCmd::Seal(ref r) | MetaCmd::MarkDeleting(ref r)) => {
                 let why = match cmd.cmd {
                     Some(MetaCmd::Seal(_)) => "stream sealed",
@@ -730,7 +738,13 @@ impl MetaState {
     }
 
     /// Applies a transaction change.
-    fn apply_txn(&mut self, c: TxnCommand) -> Result<Option<TxnRecord>, MetaError> {
+    /// Applies a transaction change; `changed` turns false when it was one
+    /// already made (a repeated commit, abort or finish).
+    fn apply_txn(
+        &mut self,
+        c: TxnCommand,
+        changed: &mut bool,
+    ) -> Result<Option<TxnRecord>, MetaError> {
         let op = TxnOp::try_from(c.op).unwrap_or(TxnOp::Unspecified);
         let mut txns = self.txns.write().unwrap_or_else(|p| p.into_inner());
         if op == TxnOp::Begin {
@@ -828,7 +842,7 @@ impl MetaState {
                 return Err(MetaError::Malformed(format!("transaction op {}", c.op)))
             }
         };
-        txns::apply_change(t, change, c.now_ms)?;
+        *changed = txns::apply_change(t, change, c.now_ms)?;
         Ok(Some(t.clone()))
     }
 

@@ -147,10 +147,13 @@ impl Node {
                         .end(term, t);
                     if end <= now {
                         tracing::info!(txn = %t.id, stream = %key_of(t), timeout_ms = t.timeout_ms, "transaction timed out: aborting it");
-                        self.controller
-                            .txn_change(TxnOp::TimeOut, &t.id, &key_of(t), 0)
+                        let (_, changed) = self
+                            .controller
+                            .txn_change_new(TxnOp::TimeOut, &t.id, &key_of(t), 0)
                             .await?;
-                        self.metrics.txn_timeouts.inc();
+                        if changed {
+                            self.metrics.txn_timeouts.inc();
+                        }
                     }
                 }
                 TxnState::Committing | TxnState::Aborting => {
@@ -203,12 +206,12 @@ impl Node {
             TxnState::Aborting => self.finish_parts(Action::Drop, &t.parts).await?,
             _ => return Ok(t),
         }
-        let after = self
+        let (after, changed) = self
             .controller
-            .txn_change(TxnOp::Finish, &t.id, &key_of(&t), 0)
-            .await?
-            .ok_or_else(|| Error::TransactionNotFound(t.id.clone()))?;
-        if after.state() != t.state() {
+            .txn_change_new(TxnOp::Finish, &t.id, &key_of(&t), 0)
+            .await?;
+        let after = after.ok_or_else(|| Error::TransactionNotFound(t.id.clone()))?;
+        if changed {
             match after.state() {
                 TxnState::Committed => self.metrics.txn_commits.inc(),
                 _ => self.metrics.txn_aborts.inc(),
