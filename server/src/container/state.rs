@@ -15,7 +15,6 @@ use super::command::{
 };
 use super::rates::{rates_from, Rates, RATE_WINDOWS};
 use super::segment::{Block, Chunk, Segment};
-use super::txn::Closed;
 use crate::cache::TailBudget;
 use crate::group::StateMachine;
 
@@ -109,6 +108,13 @@ pub enum ApplyError {
     TxnPartClosed { txn_segment: u64, merged: bool },
     #[error("undecodable command: {0}")]
     Malformed(String),
+}
+
+/// How a transaction part ended (its tombstone; `txn.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closed {
+    Merged,
+    Dropped,
 }
 
 /// What a batch's event numbers are against the last applied one.

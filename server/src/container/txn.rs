@@ -23,18 +23,11 @@ use bytes::Bytes;
 
 use super::command::{Append, ClosedTxn, TxnPartRef, TxnPartsRef};
 use super::segment::{Block, Chunk, Segment};
-use super::state::{check_numbers, Applied, ApplyError, ContainerState, Numbered};
+use super::state::{check_numbers, Applied, ApplyError, Closed, ContainerState, Numbered};
 
 /// A sealed part's bytes to copy: its tier-2 chunks, then its memory
 /// blocks, in order.
 pub type PartBytes = (Vec<Chunk>, Vec<Bytes>);
-
-/// How a part ended (its tombstone).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Closed {
-    Merged,
-    Dropped,
-}
 
 impl ContainerState {
     fn part(&self, id: u64) -> Option<Arc<Segment>> {

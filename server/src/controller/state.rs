@@ -818,7 +818,7 @@ impl MetaState {
                 let successors = self.successors_of(t, c.txn_segment_id)?;
                 let first = self.next_segment_id;
                 let added = txns::split_part(t, c.txn_segment_id, &successors, |i| {
-                    segment_id(0, first + i as u64)
+                    segment_id(0, first + i as u64).map_err(|e| TxnError::Invalid(e.to_string()))
                 })?;
                 self.next_segment_id += added as u64;
             } else {

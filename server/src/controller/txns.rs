@@ -206,15 +206,14 @@ pub fn split_part(
     t: &mut TxnRecord,
     txn_segment_id: u64,
     successors: &[u64],
-    new_id: impl Fn(usize) -> Result<u64, super::state::MetaError>,
-) -> Result<usize, super::state::MetaError> {
+    new_id: impl Fn(usize) -> Result<u64, TxnError>,
+) -> Result<usize, TxnError> {
     if t.state() != TxnState::Committing {
         return Err(TxnError::Invalid(format!(
             "transaction {} is {}: only a committing one moves its parts",
             t.id,
             t.state().name()
-        ))
-        .into());
+        )));
     }
     let Some(part) = t
         .parts
@@ -230,8 +229,7 @@ pub fn split_part(
         return Err(TxnError::Invalid(format!(
             "segment {} has no successors: part {txn_segment_id} cannot move",
             part.segment_id
-        ))
-        .into());
+        )));
     }
     part.moving = true;
     for (i, &s) in successors.iter().enumerate() {
