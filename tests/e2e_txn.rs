@@ -400,18 +400,11 @@ async fn a_transaction_without_pings_times_out_and_one_with_pings_lives() {
     assert_eq!(get("aquifer_transaction_commits_total"), 1.0);
     assert!(get("aquifer_transaction_commit_seconds_count") >= 1.0);
     // The gauge follows within a pass of the metadata leader's driver.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    common::wait_for("no open transactions", Duration::from_secs(5), || async {
         let m = common::metrics::samples(&common::metrics::scrape(port).await);
-        if m.get("aquifer_transactions_open") == Some(&0.0) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "open transactions: {m:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        m.get("aquifer_transactions_open") == Some(&0.0)
+    })
+    .await;
 }
 
 /// Concurrent transactions and plain writers on the same keys: each

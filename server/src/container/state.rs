@@ -14,7 +14,7 @@ use super::command::{
     TailBlock, Truncate, WriterPosition,
 };
 use super::rates::{rates_from, Rates, RATE_WINDOWS};
-use super::segment::{Block, Chunk, Segment};
+use super::segment::{Block, Chunk, Segment, SegmentState};
 use crate::cache::TailBudget;
 use crate::group::StateMachine;
 
@@ -108,6 +108,18 @@ pub enum ApplyError {
     TxnPartClosed { txn_segment: u64, merged: bool },
     #[error("undecodable command: {0}")]
     Malformed(String),
+}
+
+/// Applies a checked batch (`last`: its last event number) to the end of
+/// `s`; its offset and length.
+pub(super) fn push_batch(s: &mut SegmentState, a: Append, last: i64) -> (u64, u64) {
+    let offset = s.length;
+    let len = a.events.len() as u64;
+    s.length += len;
+    s.tail.push_back((offset, Block::Mem(a.events)));
+    s.writers.insert(a.writer_id, last);
+    s.rates.record(a.event_count, len);
+    (offset, len)
 }
 
 /// How a transaction part ended (its tombstone; `txn.rs`).
@@ -266,12 +278,7 @@ impl ContainerState {
                 actual: s.length,
             });
         }
-        let offset = s.length;
-        let len = a.events.len() as u64;
-        s.length += len;
-        s.tail.push_back((offset, Block::Mem(a.events)));
-        s.writers.insert(a.writer_id, last);
-        s.rates.record(a.event_count, len);
+        let (offset, len) = push_batch(&mut s, a, last);
         drop(s);
         self.budget.add(len);
         seg.notify();

@@ -23,7 +23,9 @@ use bytes::Bytes;
 
 use super::command::{Append, ClosedTxn, TxnPartRef, TxnPartsRef};
 use super::segment::{Block, Chunk, Segment};
-use super::state::{check_numbers, Applied, ApplyError, Closed, ContainerState, Numbered};
+use super::state::{
+    check_numbers, push_batch, Applied, ApplyError, Closed, ContainerState, Numbered,
+};
 
 /// A sealed part's bytes to copy: its tier-2 chunks, then its memory
 /// blocks, in order.
@@ -93,12 +95,7 @@ impl ContainerState {
                 merged: true,
             });
         }
-        let offset = s.length;
-        let len = a.events.len() as u64;
-        s.length += len;
-        s.tail.push_back((offset, Block::Mem(a.events)));
-        s.writers.insert(a.writer_id, last);
-        s.rates.record(a.event_count, len);
+        let (offset, len) = push_batch(&mut s, a, last);
         drop(s);
         self.budget.add_txn(len);
         Ok(Applied::Appended {
