@@ -166,13 +166,23 @@ async fn write_txns_until(
 async fn resolve_txn(client: &Client, name: &aquifer_client::StreamName, id: &str) -> bool {
     use aquifer_client::{Error, TransactionState as S};
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = String::from("no answer");
     loop {
-        assert!(Instant::now() < deadline, "transaction {id} never ended");
-        let Ok(t) = client.transaction(name, id).await else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
+        assert!(
+            Instant::now() < deadline,
+            "transaction {id} never ended; last seen: {last}"
+        );
+        let t = match client.transaction(name, id).await {
+            Ok(t) => t,
+            Err(e) => {
+                last = e.to_string();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
         };
-        match t.status().await.map(|i| i.state) {
+        let status = t.status().await;
+        last = format!("{status:?}");
+        match status.map(|i| i.state) {
             Ok(S::Committed) => return true,
             Ok(S::Aborted) => return false,
             Ok(S::Open) => match t.abort().await {

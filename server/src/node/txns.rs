@@ -147,13 +147,19 @@ impl Node {
                         .end(term, t);
                     if end <= now {
                         tracing::info!(txn = %t.id, stream = %key_of(t), timeout_ms = t.timeout_ms, "transaction timed out: aborting it");
-                        let (_, changed) = self
+                        let timed_out = self
                             .controller
                             .txn_change_new(TxnOp::TimeOut, &t.id, &key_of(t), 0)
-                            .await?;
-                        if changed {
-                            self.metrics.txn_timeouts.inc();
-                        }
+                            .await;
+                        match timed_out {
+                            Ok((_, true)) => self.metrics.txn_timeouts.inc(),
+                            Ok((_, false)) => 0,
+                            // Not this pass: the next one tries again.
+                            Err(e) => {
+                                tracing::debug!(txn = %t.id, error = %e, "timeout not recorded yet");
+                                0
+                            }
+                        };
                     }
                 }
                 TxnState::Committing | TxnState::Aborting => {
@@ -183,10 +189,19 @@ impl Node {
                 let Some(t) = records.iter().find(|r| r.id == id) else {
                     continue;
                 };
-                self.finish_parts(Action::Forget, &t.parts).await?;
-                self.controller
-                    .txn_change(TxnOp::Forget, &id, &key, 0)
-                    .await?;
+                // One that cannot be forgotten now (a container without a
+                // leader) holds up no other.
+                let forgotten = match self.finish_parts(Action::Forget, &t.parts).await {
+                    Ok(()) => {
+                        self.controller
+                            .txn_change(TxnOp::Forget, &id, &key, 0)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = forgotten {
+                    tracing::debug!(txn = %id, error = %e, "transaction not forgotten yet");
+                }
             }
         }
         Ok(())
