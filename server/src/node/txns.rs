@@ -9,6 +9,7 @@
 //!   their parts, then are recorded aborted;
 //! - forgets old finished transactions once their containers forgot the
 //!   parts' tombstones.
+//!
 //! Every step is idempotent, so a leader that dies between any two is
 //! followed by one that carries on from the recorded state.
 //!
