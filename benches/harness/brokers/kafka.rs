@@ -11,10 +11,24 @@
 //! before it answers), and Kafka's defaults, which acknowledge from the page
 //! cache and leave fsync to the OS and to replication (not durable per ack
 //! on one node).
+//!
+//! Transactions: rskafka has none, so `Kafka::transactional_producer` runs
+//! Kafka's own Java transactional producer (`benches/peers/kafka-txn/`,
+//! compiled by `build-kafka-txn.sh`) as a child process against the broker
+//! (one node, so the transaction state log has a replication factor and a
+//! min ISR of one) and parses the figures it prints. In the durable set-up
+//! the flush per append also covers the transaction coordinator's log
+//! (`__transaction_state`, no topic override) and the commit markers:
+//! commitTransaction returns once PrepareCommit is appended (and flushed)
+//! there; the markers and CompleteCommit are written after the answer, and
+//! the producer's next transaction waits for them (the partition leader
+//! retries adding the partition every `add.partitions.to.txn.retry.backoff.ms`,
+//! 20 ms by default). rskafka cannot read the control records (commit
+//! markers) of such a topic: consume it with another client.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +50,10 @@ const FETCH_BYTES_MAX: i32 = 4 << 20;
 const FETCH_WAIT_MS: i32 = 500;
 /// Fetched batches a consumer buffers across its partitions.
 const CONSUMER_QUEUE: usize = 16;
+/// How much longer than its `seconds` the transactional producer may take
+/// (JVM start, initTransactions, the warm-up and last transactions, close)
+/// before it is killed.
+const TXN_BENCH_SLACK: Duration = Duration::from_secs(60);
 /// The JVM options of Kafka's own start scripts (kafka-server-start.sh).
 const JVM_OPTS: &[&str] = &[
     "-Xms1G",
@@ -54,6 +72,33 @@ pub struct Kafka {
     port: u16,
     /// The connection that creates topics.
     admin: Client,
+    /// The install's jars (kafka-clients for the transactional producer).
+    lib: PathBuf,
+    /// Warnings and errors to stderr: the broker's log4j2 configuration,
+    /// also the transactional producer's.
+    log4j: PathBuf,
+}
+
+/// What one run of Kafka's transactional producer measured
+/// (`Kafka::transactional_producer`): latencies in ms over the committed
+/// transactions, throughput over their wall time (MB = 10^6 bytes).
+#[allow(dead_code)] // read by benches/txn.rs (issue 17)
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct KafkaTxnFigures {
+    pub events_per_txn: usize,
+    /// Transactions committed (and measured).
+    pub txns: u64,
+    /// From the commitTransaction call to its return: the flush of the
+    /// transaction's records (acks=all) and the EndTxn round trip.
+    pub commit_p50_ms: f64,
+    pub commit_p99_ms: f64,
+    /// From beginTransaction to commitTransaction's return.
+    pub txn_p50_ms: f64,
+    pub txn_p99_ms: f64,
+    /// Committed events per second.
+    pub events_per_s: f64,
+    /// Committed event bytes (payloads) per second, in MB.
+    pub mb_per_s: f64,
 }
 
 impl Kafka {
@@ -116,9 +161,89 @@ impl Kafka {
                 bootstrap,
                 port,
                 admin,
+                lib,
+                log4j,
             },
             version,
         ))
+    }
+
+    /// Creates `topic` with `partitions` and runs one Kafka transactional
+    /// producer (Java kafka-clients: `transactional.id`,
+    /// `enable.idempotence=true`, `acks=all`, otherwise its defaults) on it:
+    /// after initTransactions and an untimed warm-up transaction,
+    /// transactions of `events_per_txn` events of `event_bytes` bytes
+    /// (spread round-robin over the partitions), back to back, for at most
+    /// `seconds` and at most `max_txns` transactions. The Java program is
+    /// compiled on first use (`benches/peers/build-kafka-txn.sh`); it is
+    /// killed if it runs `TXN_BENCH_SLACK` past `seconds` or this future is
+    /// dropped.
+    #[allow(dead_code)] // called by benches/txn.rs (issue 17)
+    pub async fn transactional_producer(
+        &self,
+        topic: &str,
+        partitions: u32,
+        events_per_txn: usize,
+        event_bytes: usize,
+        seconds: u64,
+        max_txns: u64,
+    ) -> Result<KafkaTxnFigures> {
+        self.create(topic, partitions).await?;
+        let classes = broker::install("build-kafka-txn.sh")?;
+        let mut cmd = tokio::process::Command::new("java");
+        cmd.arg("-cp")
+            .arg(format!("{classes}:{}/*", self.lib.display()))
+            .arg(format!(
+                "-Dlog4j2.configurationFile={}",
+                self.log4j.display()
+            ))
+            .arg("KafkaTxnBench")
+            .args(["--bootstrap", &self.bootstrap, "--topic", topic])
+            .args(["--partitions", &partitions.to_string()])
+            .args(["--events-per-txn", &events_per_txn.to_string()])
+            .args(["--event-bytes", &event_bytes.to_string()])
+            .args(["--seconds", &seconds.to_string()])
+            .args(["--max-txns", &max_txns.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = cmd.spawn().context("spawn java KafkaTxnBench")?;
+        let limit = Duration::from_secs(seconds) + TXN_BENCH_SLACK;
+        // On the timeout the child is dropped with the future: killed.
+        let out = tokio::time::timeout(limit, child.wait_with_output())
+            .await
+            .map_err(|_| anyhow!("KafkaTxnBench still running after {limit:?}: killed"))?
+            .context("wait for java KafkaTxnBench")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last_err = || {
+            stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+        };
+        if !out.status.success() {
+            return Err(anyhow!(
+                "KafkaTxnBench exited with {}: {}",
+                out.status,
+                last_err()
+            ));
+        }
+        let line = stdout
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'))
+            .ok_or_else(|| anyhow!("KafkaTxnBench printed no figures: {}", last_err()))?;
+        let figures: KafkaTxnFigures = serde_json::from_str(line)
+            .with_context(|| format!("KafkaTxnBench's figures {line:?}"))?;
+        if figures.txns == 0 || figures.events_per_txn != events_per_txn {
+            return Err(anyhow!(
+                "KafkaTxnBench measured no transactions or another run: {line}"
+            ));
+        }
+        Ok(figures)
     }
 
     /// A client of its own (as a separate producer or consumer has) and
