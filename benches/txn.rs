@@ -629,7 +629,17 @@ fn breakdown_table(b: &Breakdown, disk: &probe::DiskProbe) -> String {
 }
 
 /// Kafka's figures per size, or why there are none.
-async fn kafka(args: &Args, plan: Plan) -> Result<(String, Vec<KafkaTxnFigures>), String> {
+/// The Kafka producer set-ups: kafka-clients' batching defaults (16 KiB,
+/// 5 ms linger), and batching like Aquifer's writer (1 MiB, 1 ms).
+const KAFKA_SETUPS: [(&str, Option<(usize, u64)>); 2] = [
+    ("defaults", None),
+    ("batch.size 1 MiB, linger.ms 1", Some((1 << 20, 1))),
+];
+
+/// Kafka's figures per set-up.
+type KafkaRuns = Vec<(&'static str, Vec<KafkaTxnFigures>)>;
+
+async fn kafka(args: &Args, plan: Plan) -> Result<(String, KafkaRuns), String> {
     if args.no_kafka {
         return Err("left out (`--no-kafka`)".into());
     }
@@ -655,26 +665,31 @@ async fn kafka(args: &Args, plan: Plan) -> Result<(String, Vec<KafkaTxnFigures>)
         java.lines().next().unwrap_or("java")
     );
     let mut out = Vec::new();
-    for n in SIZES {
-        let topic = format!("txn-{n}");
-        let figures = broker
-            .transactional_producer(
-                &topic,
-                SEGMENTS,
-                n,
-                EVENT_BYTES,
-                plan.budget.as_secs(),
-                max_batches(n),
-            )
-            .await
-            .map_err(|e| {
-                format!("skipped: Kafka's transactional producer failed at {n} events: {e:#}")
-            })?;
-        eprintln!(
-            "txn bench: kafka, {n} events: {} txns, {:.0} events/s",
-            figures.txns, figures.events_per_s
-        );
-        out.push(figures);
+    for (setup, batching) in KAFKA_SETUPS {
+        let mut figures = Vec::new();
+        for n in SIZES {
+            let topic = format!("txn-{setup}-{n}");
+            let f = broker
+                .transactional_producer(
+                    &topic,
+                    SEGMENTS,
+                    n,
+                    EVENT_BYTES,
+                    plan.budget.as_secs(),
+                    max_batches(n),
+                    batching,
+                )
+                .await
+                .map_err(|e| {
+                    format!("skipped: Kafka's transactional producer ({setup}) failed at {n} events: {e:#}")
+                })?;
+            eprintln!(
+                "txn bench: kafka ({setup}), {n} events: {} txns, {:.0} events/s",
+                f.txns, f.events_per_s
+            );
+            figures.push(f);
+        }
+        out.push((setup, figures));
     }
     Ok((version, out))
 }
@@ -758,15 +773,20 @@ async fn run(args: &Args) -> String {
     );
     out += "## Kafka's transactional producer (durable broker)\n\n";
     match kafka {
-        Ok((version, figures)) => {
+        Ok((version, runs)) => {
             out += &format!(
                 "{version}; Java kafka-clients transactional producer (`transactional.id`, \
                  `enable.idempotence=true`, `acks=all`), one producer, transactions back to back, \
                  events spread round-robin over the topic's {SEGMENTS} partitions, {secs} s or the \
                  same maximum count per size. Ratios against the one-writer Aquifer transactions \
-                 above.\n\n{}",
-                kafka_table(&one, &figures)
+                 above.\n\n"
             );
+            for (setup, figures) in runs {
+                out += &format!(
+                    "Producer batching: {setup}.\n\n{}\n",
+                    kafka_table(&one, &figures)
+                );
+            }
         }
         Err(why) => {
             eprintln!("txn bench: kafka {why}");

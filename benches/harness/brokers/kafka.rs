@@ -174,7 +174,9 @@ impl Kafka {
     /// after initTransactions and an untimed warm-up transaction,
     /// transactions of `events_per_txn` events of `event_bytes` bytes
     /// (spread round-robin over the partitions), back to back, for at most
-    /// `seconds` and at most `max_txns` transactions. The Java program is
+    /// `seconds` and at most `max_txns` transactions; `batching`, if given,
+    /// sets the producer's `batch.size` (bytes) and `linger.ms` instead of
+    /// kafka-clients' defaults (16 KiB, 5 ms). The Java program is
     /// compiled on first use (`benches/peers/build-kafka-txn.sh`); it is
     /// killed if it runs `TXN_BENCH_SLACK` past `seconds` or this future is
     /// dropped.
@@ -187,6 +189,7 @@ impl Kafka {
         event_bytes: usize,
         seconds: u64,
         max_txns: u64,
+        batching: Option<(usize, u64)>,
     ) -> Result<KafkaTxnFigures> {
         self.create(topic, partitions).await?;
         let classes = broker::install("build-kafka-txn.sh")?;
@@ -203,8 +206,12 @@ impl Kafka {
             .args(["--events-per-txn", &events_per_txn.to_string()])
             .args(["--event-bytes", &event_bytes.to_string()])
             .args(["--seconds", &seconds.to_string()])
-            .args(["--max-txns", &max_txns.to_string()])
-            .stdin(Stdio::null())
+            .args(["--max-txns", &max_txns.to_string()]);
+        if let Some((bytes, linger_ms)) = batching {
+            cmd.args(["--batch-bytes", &bytes.to_string()])
+                .args(["--linger-ms", &linger_ms.to_string()]);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);

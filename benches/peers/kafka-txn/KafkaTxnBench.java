@@ -38,7 +38,8 @@ import org.apache.kafka.common.serialization.ByteArraySerializer;
 
 public final class KafkaTxnBench {
     private static final String USAGE = "usage: KafkaTxnBench --bootstrap HOST:PORT --topic T"
-            + " --partitions N --events-per-txn K --event-bytes B --seconds S --max-txns M";
+            + " --partitions N --events-per-txn K --event-bytes B --seconds S --max-txns M"
+            + " [--batch-bytes N --linger-ms N]";
 
     public static void main(String[] argv) {
         try {
@@ -64,8 +65,12 @@ public final class KafkaTxnBench {
         int eventBytes = (int) positive(args, "event-bytes", Integer.MAX_VALUE);
         long seconds = positive(args, "seconds", Integer.MAX_VALUE);
         long maxTxns = positive(args, "max-txns", Long.MAX_VALUE);
+        // Optional: the producer's batching (kafka-clients' defaults otherwise:
+        // batch.size 16384, linger.ms 5).
+        String batchBytes = args.get("batch-bytes");
+        String lingerMs = args.get("linger-ms");
         args.keySet().removeAll(Arrays.asList("bootstrap", "topic", "partitions",
-                "events-per-txn", "event-bytes", "seconds", "max-txns"));
+                "events-per-txn", "event-bytes", "seconds", "max-txns", "batch-bytes", "linger-ms"));
         if (!args.isEmpty()) {
             throw new IllegalArgumentException("unknown arguments " + args.keySet() + "; " + USAGE);
         }
@@ -77,6 +82,15 @@ public final class KafkaTxnBench {
         props.put(ProducerConfig.ACKS_CONFIG, "all");
         props.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, ByteArraySerializer.class.getName());
         props.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, ByteArraySerializer.class.getName());
+        if (batchBytes != null) {
+            props.put(ProducerConfig.BATCH_SIZE_CONFIG, batchBytes);
+            // A batch must fit one request.
+            props.put(ProducerConfig.MAX_REQUEST_SIZE_CONFIG, Integer.toString(
+                    Math.max(1 << 20, 2 * Integer.parseInt(batchBytes))));
+        }
+        if (lingerMs != null) {
+            props.put(ProducerConfig.LINGER_MS_CONFIG, lingerMs);
+        }
 
         byte[] value = new byte[eventBytes];
         new Random(17).nextBytes(value);
