@@ -41,7 +41,7 @@ use hdrhistogram::Histogram;
 
 use aquifer_testkit::bench;
 use common::{ServerOpts, ServerProcess};
-use kafka::{Kafka, KafkaTxnFigures};
+use kafka::{Kafka, KafkaTxnFigures, KafkaTxnRun};
 
 /// Events per transaction (and per plain batch).
 const SIZES: [usize; 3] = [1, 100, 10_000];
@@ -669,20 +669,20 @@ async fn kafka(args: &Args, plan: Plan) -> Result<(String, KafkaRuns), String> {
         let mut figures = Vec::new();
         for n in SIZES {
             let topic = format!("txn-{setup}-{n}");
-            let f = broker
-                .transactional_producer(
-                    &topic,
-                    SEGMENTS,
-                    n,
-                    EVENT_BYTES,
-                    plan.budget.as_secs(),
-                    max_batches(n),
-                    batching,
+            let run = KafkaTxnRun {
+                topic: &topic,
+                partitions: SEGMENTS,
+                events_per_txn: n,
+                event_bytes: EVENT_BYTES,
+                seconds: plan.budget.as_secs(),
+                max_txns: max_batches(n),
+                batching,
+            };
+            let f = broker.transactional_producer(&run).await.map_err(|e| {
+                format!(
+                    "skipped: Kafka's transactional producer ({setup}) failed at {n} events: {e:#}"
                 )
-                .await
-                .map_err(|e| {
-                    format!("skipped: Kafka's transactional producer ({setup}) failed at {n} events: {e:#}")
-                })?;
+            })?;
             eprintln!(
                 "txn bench: kafka ({setup}), {n} events: {} txns, {:.0} events/s",
                 f.txns, f.events_per_s

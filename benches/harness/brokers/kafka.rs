@@ -79,6 +79,23 @@ pub struct Kafka {
     log4j: PathBuf,
 }
 
+/// One run of [`Kafka::transactional_producer`].
+#[allow(dead_code)] // used by benches/txn.rs (issue 17)
+#[derive(Debug, Clone, Copy)]
+pub struct KafkaTxnRun<'a> {
+    /// A fresh topic, created with `partitions`.
+    pub topic: &'a str,
+    pub partitions: u32,
+    pub events_per_txn: usize,
+    pub event_bytes: usize,
+    /// At most this long, and at most `max_txns` transactions.
+    pub seconds: u64,
+    pub max_txns: u64,
+    /// The producer's `batch.size` (bytes) and `linger.ms`; None:
+    /// kafka-clients' defaults.
+    pub batching: Option<(usize, u64)>,
+}
+
 /// What one run of Kafka's transactional producer measured
 /// (`Kafka::transactional_producer`): latencies in ms over the committed
 /// transactions, throughput over their wall time (MB = 10^6 bytes).
@@ -168,7 +185,7 @@ impl Kafka {
         ))
     }
 
-    /// Creates `topic` with `partitions` and runs one Kafka transactional
+    /// Creates `run.topic` with its partitions and runs one Kafka transactional
     /// producer (Java kafka-clients: `transactional.id`,
     /// `enable.idempotence=true`, `acks=all`, otherwise its defaults) on it:
     /// after initTransactions and an untimed warm-up transaction,
@@ -181,16 +198,16 @@ impl Kafka {
     /// killed if it runs `TXN_BENCH_SLACK` past `seconds` or this future is
     /// dropped.
     #[allow(dead_code)] // called by benches/txn.rs (issue 17)
-    pub async fn transactional_producer(
-        &self,
-        topic: &str,
-        partitions: u32,
-        events_per_txn: usize,
-        event_bytes: usize,
-        seconds: u64,
-        max_txns: u64,
-        batching: Option<(usize, u64)>,
-    ) -> Result<KafkaTxnFigures> {
+    pub async fn transactional_producer(&self, run: &KafkaTxnRun<'_>) -> Result<KafkaTxnFigures> {
+        let KafkaTxnRun {
+            topic,
+            partitions,
+            events_per_txn,
+            event_bytes,
+            seconds,
+            max_txns,
+            batching,
+        } = *run;
         self.create(topic, partitions).await?;
         let classes = broker::install("build-kafka-txn.sh")?;
         let mut cmd = tokio::process::Command::new("java");
