@@ -665,10 +665,10 @@ async fn kafka(args: &Args, plan: Plan) -> Result<(String, KafkaRuns), String> {
         java.lines().next().unwrap_or("java")
     );
     let mut out = Vec::new();
-    for (setup, batching) in KAFKA_SETUPS {
+    for (i, (setup, batching)) in KAFKA_SETUPS.into_iter().enumerate() {
         let mut figures = Vec::new();
         for n in SIZES {
-            let topic = format!("txn-{setup}-{n}");
+            let topic = format!("txn-{i}-{n}");
             let run = KafkaTxnRun {
                 topic: &topic,
                 partitions: SEGMENTS,
