@@ -73,7 +73,7 @@ pub struct WriteArgs {
 /// it is written).
 enum Sink {
     Plain(EventWriter),
-    Txn(Transaction, KeepAlive),
+    Txn(Box<Transaction>, KeepAlive),
 }
 
 impl Sink {
@@ -144,7 +144,7 @@ pub async fn run(addr: &str, args: WriteArgs) -> anyhow::Result<()> {
             .begin()
             .await?;
         let alive = txn.keep_alive();
-        Sink::Txn(txn, alive)
+        Sink::Txn(Box::new(txn), alive)
     } else {
         Sink::Plain(client.writer(&name, config).await?)
     };
