@@ -871,3 +871,80 @@ async fn bad_transaction_calls_get_clear_errors() {
     let more = w.begin().await.expect("room again after aborts");
     more.commit().await.expect("commit an empty transaction");
 }
+
+/// A part written to after its transaction was forgotten (what a copy
+/// delayed past the end of its transaction would do) is discarded by the
+/// reconciler instead of holding its bytes forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_of_a_forgotten_transaction_is_swept() {
+    use aquifer_proto::v1 as pb;
+    let port = common::free_port();
+    let config = format!("metrics_listen = \"127.0.0.1:{port}\"\n");
+    let server = ServerProcess::start(ServerOpts::with_config(&config)).await;
+    let client = server.client().await;
+    let name = stream_name("txn/sweep");
+    client
+        .admin()
+        .create_stream(&name, 1)
+        .await
+        .expect("create");
+    let w = client.transactional_writer(&name, "w").expect("writer");
+    let first = w.begin().await.expect("begin");
+    let (id, part) = (first.id().to_string(), first.info().parts[0].clone());
+    first.commit().await.expect("commit");
+    // One more finished than a stream keeps: the first is forgotten.
+    for _ in 0..100 {
+        w.begin()
+            .await
+            .expect("begin")
+            .commit()
+            .await
+            .expect("commit");
+    }
+    common::wait_for(
+        "the first transaction forgotten",
+        Duration::from_secs(10),
+        || async {
+            matches!(
+                client.transaction(&name, &id).await,
+                Err(Error::NotFound(_))
+            )
+        },
+    )
+    .await;
+    let mut events = bytes::BytesMut::new();
+    aquifer_proto::frame::encode_event(&mut events, Some("k"), &[7u8; 4096]);
+    let mut cluster =
+        pb::cluster_client::ClusterClient::connect(format!("http://{}", server.addr()))
+            .await
+            .expect("connect");
+    cluster
+        .append_transaction_part(pb::AppendPartRequest {
+            part: Some(pb::FinishPart {
+                segment_id: part.segment_id,
+                transaction_segment_id: part.transaction_segment_id,
+            }),
+            writer_id: "stray".into(),
+            first_event_number: 1,
+            event_count: 1,
+            events: events.freeze(),
+        })
+        .await
+        .expect("a late copy lands in a part no one will commit");
+    common::wait_for(
+        "the stray part discarded",
+        Duration::from_secs(10),
+        || async {
+            server
+                .stderr_text()
+                .contains("discarding transaction parts of forgotten transactions")
+        },
+    )
+    .await;
+    let m = common::metrics::samples(&common::metrics::scrape(port).await);
+    assert_eq!(m.get("aquifer_transaction_bytes"), Some(&0.0), "{m:?}");
+    assert!(
+        read_all(&client, &name).await.is_empty(),
+        "nothing of it is visible"
+    );
+}

@@ -79,6 +79,8 @@ pub struct Controller {
     placement: PlacementMap,
     groups: GroupMap,
     txns: TxnMap,
+    /// Every segment id below this was allocated by an applied entry.
+    allocated: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Controller {
@@ -95,6 +97,7 @@ impl Controller {
             groups.clone(),
             txns.clone(),
         );
+        let allocated = state.allocated();
         let group = Group::start(group, state)?;
         Ok(Controller {
             group,
@@ -103,6 +106,7 @@ impl Controller {
             placement,
             groups,
             txns,
+            allocated,
         })
     }
 
@@ -410,6 +414,23 @@ impl Controller {
     pub fn txn(&self, id: &str) -> Option<txns::TxnRecord> {
         let map = self.txns.read().unwrap_or_else(|p| p.into_inner());
         map.get(id).cloned()
+    }
+
+    /// Of `part_ids` (transaction segments a container holds), those this
+    /// replica knows were allocated yet belong to no transaction it keeps:
+    /// their transaction was forgotten, so nothing can ever commit them.
+    pub fn orphan_parts(&self, part_ids: &[u64]) -> Vec<u64> {
+        let allocated = self.allocated.load(std::sync::atomic::Ordering::Acquire);
+        let map = self.txns.read().unwrap_or_else(|p| p.into_inner());
+        let known: std::collections::HashSet<u64> = map
+            .values()
+            .flat_map(|t| t.parts.iter().map(|p| p.txn_segment_id))
+            .collect();
+        part_ids
+            .iter()
+            .copied()
+            .filter(|id| *id < allocated && !known.contains(id))
+            .collect()
     }
 
     /// Every transaction this replica knows, oldest id first.

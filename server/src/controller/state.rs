@@ -297,6 +297,9 @@ pub struct MetaState {
     placement: PlacementMap,
     groups: GroupMap,
     txns: TxnMap,
+    /// `next_segment_id` as of the last applied entry, for readers outside
+    /// the group thread: every id below it was allocated here.
+    allocated: Arc<std::sync::atomic::AtomicU64>,
     /// Segment ids are never reused; 0 is never an id.
     next_segment_id: u64,
 }
@@ -315,8 +318,14 @@ impl MetaState {
             placement,
             groups,
             txns,
+            allocated: Arc::new(std::sync::atomic::AtomicU64::new(1)),
             next_segment_id: 1,
         }
+    }
+
+    /// The shared mirror of the next segment id (see `allocated`).
+    pub fn allocated(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.allocated.clone()
     }
 
     fn key(r: StreamRef) -> StreamKey {
@@ -357,6 +366,28 @@ impl StateMachine for MetaState {
     type Output = Result<Applied, MetaError>;
 
     fn apply(&mut self, _index: u64, command: Bytes) -> Self::Output {
+        let out = self.apply_command(command);
+        self.allocated
+            .store(self.next_segment_id, std::sync::atomic::Ordering::Release);
+        out
+    }
+
+    type Snapshot = MetaSnapshot;
+
+    fn snapshot(&self) -> MetaSnapshot {
+        self.snapshot_state()
+    }
+
+    fn restore(&mut self, snapshot: Bytes) -> Result<(), String> {
+        let restored = self.restore_state(snapshot);
+        self.allocated
+            .store(self.next_segment_id, std::sync::atomic::Ordering::Release);
+        restored
+    }
+}
+
+impl MetaState {
+    fn apply_command(&mut self, command: Bytes) -> Result<Applied, MetaError> {
         let cmd: MetaCommand =
             prost::Message::decode(command).map_err(|e| MetaError::Malformed(e.to_string()))?;
         match cmd.cmd {
@@ -403,9 +434,7 @@ impl StateMachine for MetaState {
         self.apply_stream(cmd.cmd).map(Applied::Stream)
     }
 
-    type Snapshot = MetaSnapshot;
-
-    fn snapshot(&self) -> MetaSnapshot {
+    fn snapshot_state(&self) -> MetaSnapshot {
         let mut snap = self.stream_snapshot();
         snap.nodes = self
             .nodes
@@ -436,7 +465,7 @@ impl StateMachine for MetaState {
         snap
     }
 
-    fn restore(&mut self, snapshot: Bytes) -> Result<(), String> {
+    fn restore_state(&mut self, snapshot: Bytes) -> Result<(), String> {
         let snap: MetaSnapshot = prost::Message::decode(snapshot).map_err(|e| e.to_string())?;
         *self.nodes.write().unwrap_or_else(|p| p.into_inner()) = snap
             .nodes

@@ -1,6 +1,7 @@
 //! The reconciler: every node, every [`RECONCILE_INTERVAL`], brings the
 //! containers it leads in line with the metadata (create, seal, delete
-//! segments) and runs the membership pass.
+//! segments; discard transaction parts of forgotten transactions) and runs
+//! the membership pass.
 //!
 //! The metadata is the truth: the reconciler only ever moves containers
 //! toward it, so a crash between a metadata change and its container half
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::container::command::{Cmd, SegmentRef};
+use crate::container::command::{Cmd, SegmentRef, TxnSegmentsRef};
 use crate::container::state::Applied;
 use crate::container::Container;
 use crate::controller::{Scaling, StreamRecord};
@@ -48,6 +49,7 @@ impl Node {
         if self.transport.is_some() {
             self.reconcile_membership().await?;
         }
+        self.sweep_orphan_parts().await;
         for stream in self.controller.all() {
             for seg in &stream.segments {
                 let c = self.container_of(seg.id);
@@ -180,6 +182,34 @@ impl Node {
             self.controller.drop_segments(&stream.key, expired).await?;
         }
         Ok(())
+    }
+
+    /// Discards transaction parts of the containers this node leads whose
+    /// transaction the metadata forgot: an append that raced both its
+    /// transaction's end and the forgetting of the part's tombstone (a
+    /// copy delayed that long, or a metadata replica that far behind)
+    /// would otherwise hold its bytes forever.
+    async fn sweep_orphan_parts(&self) {
+        for c in self.containers.iter().filter(|c| c.leader_term().is_some()) {
+            let ids: Vec<u64> = c.parts().iter().map(|p| p.id).collect();
+            let orphans = self.controller.orphan_parts(&ids);
+            if orphans.is_empty() {
+                continue;
+            }
+            tracing::info!(container = c.id, parts = ?orphans, "discarding transaction parts of forgotten transactions");
+            let cmd = Cmd::ForgetTxns(TxnSegmentsRef {
+                txn_segment_ids: orphans,
+            });
+            match c.propose(cmd).await {
+                Ok(Applied::TxnDropped { objects }) => {
+                    self.tier2.delete_unreferenced(objects).await
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(container = c.id, error = %e, "orphan parts not discarded yet")
+                }
+            }
+        }
     }
 
     async fn delete_segment(&self, c: &Container, segment_id: u64) -> Result<(), Error> {
