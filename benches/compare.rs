@@ -93,7 +93,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let load_start = load_average();
+    let load_start = aquifer_testkit::bench::load_average();
     let started = Instant::now();
     let (entries, report, versions) = runtime.block_on(run(&args));
     let took = started.elapsed();
@@ -253,15 +253,6 @@ fn lock_version(krate: &str) -> String {
         .map_or("unknown".into(), |v| v.trim_matches('"').to_owned())
 }
 
-/// The 1, 5 and 15 minute load averages: the machine is shared, so they
-/// say how much else ran beside the benchmark.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "unknown".into())
-}
-
 fn results_file(
     args: &Args,
     versions: &[(String, String)],
@@ -270,22 +261,14 @@ fn results_file(
     load_start: &str,
     plotted: bool,
 ) -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
+    let cpu = aquifer_testkit::bench::cpu_model();
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem = broker::command_text("free", &["-g"])
         .lines()
         .nth(1)
         .and_then(|l| l.split_whitespace().nth(1).map(|g| format!("{g} GiB")))
         .unwrap_or_else(|| "unknown".into());
-    let load = load_average();
+    let load = aquifer_testkit::bench::load_average();
     let date = broker::command_text("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]);
     let mut command = String::from("cargo bench --bench compare --");
     if args.quick {

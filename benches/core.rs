@@ -434,20 +434,9 @@ fn report(r: &Report) -> String {
 }
 
 fn results_file(args: &Args, report: &str) -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
+    let cpu = args::cpu_model();
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "unknown".into());
+    let load = args::load_average();
     let date = command_line("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]);
     let dir = env!("CARGO_MANIFEST_DIR");
     let rev = command_line("git", &["-C", dir, "rev-parse", "--short", "HEAD"]);

@@ -55,34 +55,11 @@ const SEGMENTS: u32 = 4;
 const WRITERS: usize = 4;
 /// Untimed transactions (or batches) each writer runs before measuring.
 const WARMUP: u32 = 2;
+/// Leaves Kafka out.
+const NO_KAFKA: &str = "--no-kafka";
 /// How much longer than its budget a measurement may take before the bench
 /// gives up on it.
 const SLACK: Duration = Duration::from_secs(60);
-
-struct Args {
-    quick: bool,
-    write_results: bool,
-    no_kafka: bool,
-}
-
-fn parse_args() -> Args {
-    let mut args = Args {
-        quick: false,
-        write_results: false,
-        no_kafka: false,
-    };
-    for arg in std::env::args().skip(1) {
-        match arg.as_str() {
-            "--quick" => args.quick = true,
-            "--write-results" => args.write_results = true,
-            "--no-kafka" => args.no_kafka = true,
-            // cargo passes --bench to harness-less benches.
-            "--bench" => {}
-            other => eprintln!("txn bench: ignoring argument {other:?}"),
-        }
-    }
-    args
-}
 
 /// How long and how often each figure is measured.
 #[derive(Clone, Copy)]
@@ -123,42 +100,25 @@ fn max_batches(n: usize) -> u64 {
 }
 
 fn main() {
-    let args = parse_args();
+    let args = bench::parse_args_with("txn", &[NO_KAFKA]);
     let started = Instant::now();
-    let load_start = load_average();
+    let load_start = bench::load_average();
     let report = bench::runtime().block_on(run(&args));
-    let common_args = bench::Args {
-        quick: args.quick,
-        write_results: args.write_results,
-    };
-    bench::finish(
-        "txn",
-        &common_args,
-        started,
-        &report,
-        "RESULTS-txn.md",
-        || format!("{}{report}", header(&args, &load_start, started.elapsed())),
-    );
+    bench::finish("txn", &args, started, &report, "RESULTS-txn.md", || {
+        format!("{}{report}", header(&args, &load_start, started.elapsed()))
+    });
 }
 
 /// The results file's opening: command, date, revision, machine.
-fn header(args: &Args, load_start: &str, took: Duration) -> String {
+fn header(args: &bench::Args, load_start: &str, took: Duration) -> String {
     let mut command = String::from("cargo bench --bench txn -- --write-results");
     if args.quick {
         command.push_str(" --quick");
     }
-    if args.no_kafka {
+    if args.has(NO_KAFKA) {
         command.push_str(" --no-kafka");
     }
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
+    let cpu = bench::cpu_model();
     let dirty = !bench::command_line("git", &["status", "--porcelain"]).is_empty();
     format!(
         "# Transaction benchmark results\n\n\
@@ -178,16 +138,8 @@ fn header(args: &Args, load_start: &str, took: Duration) -> String {
             ""
         },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        load_average(),
+        bench::load_average(),
     )
-}
-
-/// The 1, 5 and 15 minute load averages (the machine is shared).
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// What one writer (or several, merged) measured.
@@ -639,8 +591,8 @@ const KAFKA_SETUPS: [(&str, Option<(usize, u64)>); 2] = [
 /// Kafka's figures per set-up.
 type KafkaRuns = Vec<(&'static str, Vec<KafkaTxnFigures>)>;
 
-async fn kafka(args: &Args, plan: Plan) -> Result<(String, KafkaRuns), String> {
-    if args.no_kafka {
+async fn kafka(args: &bench::Args, plan: Plan) -> Result<(String, KafkaRuns), String> {
+    if args.has(NO_KAFKA) {
         return Err("left out (`--no-kafka`)".into());
     }
     for tool in ["java", "mvn"] {
@@ -723,7 +675,7 @@ fn kafka_table(rows: &[Row], kafka: &[KafkaTxnFigures]) -> String {
     out
 }
 
-async fn run(args: &Args) -> String {
+async fn run(args: &bench::Args) -> String {
     let plan = Plan::new(args.quick);
     let tmp = std::env::temp_dir();
     eprintln!("txn bench: fdatasync probe in {}", tmp.display());

@@ -1,27 +1,68 @@
 //! What the harness-less benches share: their command-line arguments, the
 //! runtime, printing and writing the results file.
 
-/// `--quick` (a smoke run) and `--write-results` (write the results file);
-/// cargo's own `--bench` is accepted, anything else is reported and ignored.
+/// `--quick` (a smoke run), `--write-results` (write the results file) and
+/// the bench's own flags that were given; cargo's own `--bench` is
+/// accepted, anything else is reported and ignored.
 pub struct Args {
     pub quick: bool,
     pub write_results: bool,
+    /// Of the bench's own flags (see [`parse_args_with`]), those given.
+    pub flags: Vec<&'static str>,
+}
+
+impl Args {
+    /// Whether the bench's own `flag` was given.
+    pub fn has(&self, flag: &str) -> bool {
+        self.flags.contains(&flag)
+    }
 }
 
 pub fn parse_args(bench: &str) -> Args {
+    parse_args_with(bench, &[])
+}
+
+/// [`parse_args`] for a bench that also takes the flags in `own`.
+pub fn parse_args_with(bench: &str, own: &[&'static str]) -> Args {
     let mut args = Args {
         quick: false,
         write_results: false,
+        flags: Vec::new(),
     };
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--quick" => args.quick = true,
             "--write-results" => args.write_results = true,
             "--bench" => {}
-            other => eprintln!("{bench} bench: ignoring argument {other:?}"),
+            other => match own.iter().find(|f| **f == other) {
+                Some(flag) => args.flags.push(flag),
+                None => eprintln!("{bench} bench: ignoring argument {other:?}"),
+            },
         }
     }
     args
+}
+
+/// The CPU's model name, or "unknown": the machine line of results files.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The 1, 5 and 15 minute load averages: the machine is shared, so they
+/// say how much else ran beside a benchmark.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// What `program args` prints, trimmed, or "unknown": the date and
