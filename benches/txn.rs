@@ -232,6 +232,13 @@ impl Load {
             keys: (0..KEYS).map(|k| format!("k{k}")).collect(),
         })
     }
+
+    /// The key after `*next`'s, round-robin over the keys.
+    fn next_key(&self, next: &mut usize) -> &str {
+        let key = &self.keys[*next % KEYS];
+        *next += 1;
+        key
+    }
 }
 
 /// One transaction of `n` events, keys from `*next` on: (begin, commit,
@@ -246,8 +253,7 @@ async fn one_txn(
     let txn = w.begin().await.expect("begin");
     let t1 = Instant::now();
     for _ in 0..n {
-        let key = &load.keys[*next % KEYS];
-        *next += 1;
+        let key = load.next_key(next);
         let _ack = txn
             .write(Some(key), load.payload.clone())
             .await
@@ -302,8 +308,7 @@ async fn one_batch(
 ) -> (Duration, Duration) {
     let t0 = Instant::now();
     for _ in 0..n {
-        let key = &load.keys[*next % KEYS];
-        *next += 1;
+        let key = load.next_key(next);
         let _ack = w
             .write_event(Some(key), load.payload.clone())
             .await

@@ -96,6 +96,16 @@ fn check_contiguous(events: &[Event]) -> HashMap<String, Vec<common::KeyedEvent>
     per_txn
 }
 
+/// A node serving `/metrics` too; its metrics port.
+async fn metered_server() -> (ServerProcess, u16) {
+    let port = common::free_port();
+    let config = format!("metrics_listen = \"127.0.0.1:{port}\"\n");
+    (
+        ServerProcess::start(ServerOpts::with_config(&config)).await,
+        port,
+    )
+}
+
 /// The events of `name` from its head (no follow).
 async fn read_all(client: &Client, name: &StreamName) -> Vec<Event> {
     common::read_all(client, name, Duration::from_secs(60)).await
@@ -335,9 +345,7 @@ async fn a_transaction_open_across_a_split_and_a_merge_commits_whole() {
 /// never appear; a pinged one outlives its timeout and commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_transaction_without_pings_times_out_and_one_with_pings_lives() {
-    let port = common::free_port();
-    let config = format!("metrics_listen = \"127.0.0.1:{port}\"\n");
-    let server = ServerProcess::start(ServerOpts::with_config(&config)).await;
+    let (server, port) = metered_server().await;
     let client = server.client().await;
     let name = stream_name("txn/timeout");
     client
@@ -879,9 +887,7 @@ async fn bad_transaction_calls_get_clear_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_part_of_a_forgotten_transaction_is_swept() {
     use aquifer_proto::v1 as pb;
-    let port = common::free_port();
-    let config = format!("metrics_listen = \"127.0.0.1:{port}\"\n");
-    let server = ServerProcess::start(ServerOpts::with_config(&config)).await;
+    let (server, port) = metered_server().await;
     let client = server.client().await;
     let name = stream_name("txn/sweep");
     client

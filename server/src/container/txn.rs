@@ -117,7 +117,8 @@ impl ContainerState {
     }
 
     /// Bytes (logical: memory and tier-2) the open parts of this container
-    /// hold.
+    /// hold (tests).
+    #[cfg(test)]
     pub fn txn_bytes(&self) -> u64 {
         let map = self.parts.read().unwrap_or_else(|p| p.into_inner());
         map.values().map(|p| p.lock().length).sum()

@@ -88,23 +88,12 @@ impl Node {
             Err(Error::Unavailable(message)) => (None, message),
             Err(e) => return Err(e),
         };
-        let c = self.container_of(first).id;
-        let mut addrs: Vec<String> = redirect.0.into_iter().collect();
-        for n in self.placed(c).unwrap_or_default() {
-            if let Some(a) = self.addresses.get(n).filter(|a| !addrs.contains(a)) {
-                addrs.push(a);
-            }
-        }
-        let mut last = Error::Unavailable(redirect.1);
-        for addr in addrs {
-            match self.peers.segment_views(&addr, ids.clone()).await {
-                Ok(infos) => {
-                    return Ok(infos.iter().map(|i| (i.segment_id, info_view(i))).collect())
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        let ids = &ids;
+        self.at_replicas_of(first, redirect.0, redirect.1, |addr| async move {
+            let infos = self.peers.segment_views(&addr, ids.clone()).await?;
+            Ok(infos.iter().map(|i| (i.segment_id, info_view(i))).collect())
+        })
+        .await
     }
 
     /// [`Node::segment_views`] from this node's replicas only (all of `ids`

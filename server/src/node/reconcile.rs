@@ -190,15 +190,34 @@ impl Node {
     /// copy delayed that long, or a metadata replica that far behind)
     /// would otherwise hold its bytes forever.
     async fn sweep_orphan_parts(&self) {
-        for c in self.containers.iter().filter(|c| c.leader_term().is_some()) {
-            let ids: Vec<u64> = c.parts().iter().map(|p| p.id).collect();
-            let orphans = self.controller.orphan_parts(&ids);
-            if orphans.is_empty() {
+        let led: Vec<(&Container, Vec<u64>)> = self
+            .containers
+            .iter()
+            .filter(|c| c.leader_term().is_some())
+            .map(|c| {
+                (
+                    c.as_ref(),
+                    c.parts().iter().map(|p| p.id).collect::<Vec<u64>>(),
+                )
+            })
+            .filter(|(_, ids)| !ids.is_empty())
+            .collect();
+        if led.is_empty() {
+            return; // the common case: no open parts here
+        }
+        let all: Vec<u64> = led
+            .iter()
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .collect();
+        let orphans = self.controller.orphan_parts(&all);
+        for (c, ids) in led {
+            let mine: Vec<u64> = ids.into_iter().filter(|id| orphans.contains(id)).collect();
+            if mine.is_empty() {
                 continue;
             }
-            tracing::info!(container = c.id, parts = ?orphans, "discarding transaction parts of forgotten transactions");
+            tracing::info!(container = c.id, parts = ?mine, "discarding transaction parts of forgotten transactions");
             let cmd = Cmd::ForgetTxns(TxnSegmentsRef {
-                txn_segment_ids: orphans,
+                txn_segment_ids: mine,
             });
             match c.propose(cmd).await {
                 Ok(Applied::TxnDropped { objects }) => {

@@ -75,6 +75,41 @@ impl Node {
         })
     }
 
+    /// Calls `remote` at the other nodes that may serve `segment`'s
+    /// container, `hint` (a redirect's leader) first, then its other
+    /// replicas, until one answers; `why` is the error if none is tried.
+    /// For a call this node's own replica refused.
+    pub(super) async fn at_replicas_of<T, F, Fut>(
+        &self,
+        segment: u64,
+        hint: Option<String>,
+        why: String,
+        remote: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let c = self.container_of(segment).id;
+        let mut addrs: Vec<String> = hint.into_iter().collect();
+        for n in self.placed(c).unwrap_or_default() {
+            if n == self.config.node_id {
+                continue;
+            }
+            if let Some(a) = self.addresses.get(n).filter(|a| !addrs.contains(a)) {
+                addrs.push(a);
+            }
+        }
+        let mut last = Error::Unavailable(why);
+        for addr in addrs {
+            match remote(addr).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     /// The nodes container `id` is placed on; None on a single node or
     /// before the cluster placed it (every node then holds every group).
     pub(super) fn placed(&self, id: u32) -> Option<Vec<u64>> {

@@ -175,14 +175,16 @@ impl Node {
         }
         self.metrics.txn_open.set(live);
         // Leases of transactions no longer open go.
+        let open: std::collections::HashSet<&str> = all
+            .iter()
+            .filter(|t| t.state() == TxnState::Open)
+            .map(|t| t.id.as_str())
+            .collect();
         self.leases
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .ends
-            .retain(|id, _| {
-                all.iter()
-                    .any(|t| &t.id == id && t.state() == TxnState::Open)
-            });
+            .retain(|id, _| open.contains(id.as_str()));
         let now_ms = crate::tier::writer::now_ms();
         for (key, records) in finished {
             for id in txns::to_forget(records.iter(), now_ms) {
@@ -320,7 +322,7 @@ impl Node {
             match self.local_finish_parts(action, &parts).await {
                 Err(Error::NotLeader { leader, message }) => {
                     let parts = &parts;
-                    self.at_leader_of(first, leader, message, |addr| async move {
+                    self.at_replicas_of(first, leader, message, |addr| async move {
                         self.peers.finish_parts(&addr, action, parts).await
                     })
                     .await
@@ -332,40 +334,6 @@ impl Node {
             answer?;
         }
         Ok(())
-    }
-
-    /// Calls `remote` at the nodes that may lead `segment`'s container:
-    /// `hint` (a redirect's leader) first, then every other replica, until
-    /// one answers.
-    async fn at_leader_of<F, Fut>(
-        &self,
-        segment: u64,
-        hint: Option<String>,
-        why: String,
-        remote: F,
-    ) -> Result<(), Error>
-    where
-        F: Fn(String) -> Fut,
-        Fut: std::future::Future<Output = Result<(), Error>>,
-    {
-        let c = self.container_of(segment).id;
-        let mut addrs: Vec<String> = hint.into_iter().collect();
-        for n in self.placed(c).unwrap_or_default() {
-            if n == self.config.node_id {
-                continue;
-            }
-            if let Some(a) = self.addresses.get(n).filter(|a| !addrs.contains(a)) {
-                addrs.push(a);
-            }
-        }
-        let mut last = Error::Unavailable(why);
-        for addr in addrs {
-            match remote(addr).await {
-                Ok(()) => return Ok(()),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
     }
 
     /// [`Node::finish_parts`] for parts of one container this node leads;
@@ -435,7 +403,7 @@ impl Node {
         match self.local_move_part(part, &targets).await {
             Err(Error::NotLeader { leader, message }) => {
                 let targets = &targets;
-                self.at_leader_of(part.segment_id, leader, message, |addr| async move {
+                self.at_replicas_of(part.segment_id, leader, message, |addr| async move {
                     self.peers.move_part(&addr, part, targets).await
                 })
                 .await
@@ -516,7 +484,7 @@ impl Node {
         match self.local_append_part(req.clone()).await {
             Err(Error::NotLeader { leader, message }) => {
                 let req = &req;
-                self.at_leader_of(segment, leader, message, |addr| async move {
+                self.at_replicas_of(segment, leader, message, |addr| async move {
                     self.peers.append_part(&addr, req.clone()).await
                 })
                 .await
