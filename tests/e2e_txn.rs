@@ -708,13 +708,14 @@ async fn cli_write_txn_and_the_txn_commands() {
     cli_ok(&list, "txn list");
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(
-        text.contains("committed") && text.contains("aborted"),
+        text.contains("committed") && text.contains("aborted") && text.contains("OWNER"),
         "{text}"
     );
     let status = server.cli(&["txn", "status", "txn/cli", &aborted], None);
     cli_ok(&status, "txn status");
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("state:      aborted"), "{text}");
+    assert!(text.contains("owner:      -"), "{text}");
     cli_err(
         &server.cli(&["txn", "commit", "txn/cli", &aborted], None),
         "commit of an aborted transaction",
@@ -821,8 +822,32 @@ async fn bad_transaction_calls_get_clear_errors() {
         matches!(&bad_id, Err(Error::InvalidArgument(m)) if m.contains("UUID")),
         "{bad_id:?}"
     );
-    let w = client.transactional_writer(&name, "w").expect("writer");
+    let long = client
+        .transactional_writer(&name, "w")
+        .expect("writer")
+        .owner("o".repeat(256))
+        .begin()
+        .await;
+    assert!(
+        matches!(&long, Err(Error::InvalidArgument(m)) if m.contains("owner") && m.contains("255")),
+        "{long:?}"
+    );
+    // The owner label comes back from begin, status and list (what a
+    // restarted sink subtask looks for to abort what it left open).
+    let w = client
+        .transactional_writer(&name, "w")
+        .expect("writer")
+        .owner("job-7/sink-3 é");
     let txn = w.begin().await.expect("begin");
+    assert_eq!(txn.info().owner, "job-7/sink-3 é");
+    assert_eq!(txn.status().await.expect("status").owner, "job-7/sink-3 é");
+    let listed = w.list().await.expect("list");
+    assert!(
+        listed
+            .iter()
+            .any(|t| t.id == txn.id() && t.owner == "job-7/sink-3 é"),
+        "{listed:?}"
+    );
     // An append session naming the transaction with a segment that is not
     // one of its parts is refused; one naming an aborted one, too.
     let mut raw = pb::append_client::AppendClient::connect(format!("http://{}", server.addr()))

@@ -109,6 +109,9 @@ pub struct TransactionInfo {
     pub parts: Vec<TransactionPart>,
     /// For an open transaction: how long before it times out.
     pub lease_left: Duration,
+    /// The label it was begun with ([`TransactionalWriter::owner`]; empty:
+    /// none).
+    pub owner: String,
 }
 
 impl TransactionInfo {
@@ -132,6 +135,7 @@ impl TransactionInfo {
                 })
                 .collect(),
             lease_left: Duration::from_millis(i.lease_left_ms),
+            owner: i.owner,
         })
     }
 }
@@ -176,11 +180,12 @@ impl TxnCalls {
         }
     }
 
-    async fn begin(&self, timeout: Duration) -> Result<TransactionInfo, Error> {
+    async fn begin(&self, timeout: Duration, owner: &str) -> Result<TransactionInfo, Error> {
         let req = pb::BeginTransactionRequest {
             scope: self.stream.scope.clone(),
             stream: self.stream.stream.clone(),
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            owner: owner.to_string(),
         };
         let info = self
             .rpc(&req, |mut c, r| async move { c.begin_transaction(r).await })
@@ -275,6 +280,7 @@ pub struct TransactionalWriter {
     calls: TxnCalls,
     config: WriterConfig,
     timeout: Duration,
+    owner: String,
 }
 
 /// A new transaction's timeout unless [`TransactionalWriter::timeout`] says
@@ -292,6 +298,7 @@ impl TransactionalWriter {
             calls: TxnCalls::new(conn, stream),
             config,
             timeout: TRANSACTION_TIMEOUT_DEFAULT,
+            owner: String::new(),
         })
     }
 
@@ -302,9 +309,20 @@ impl TransactionalWriter {
         self
     }
 
+    /// Transactions begun from now on carry this opaque label (at most
+    /// 255 bytes; the server refuses a longer one with
+    /// [`Error::InvalidArgument`]), e.g. which sink subtask began them.
+    /// [`list`](Self::list) reports it, so a restarted process finds the
+    /// transactions an earlier run of it left open and aborts or commits
+    /// them. Default: none.
+    pub fn owner(mut self, label: impl Into<String>) -> Self {
+        self.owner = label.into();
+        self
+    }
+
     /// Begins a transaction: one part per segment active now.
     pub async fn begin(&self) -> Result<Transaction, Error> {
-        let info = self.calls.begin(self.timeout).await?;
+        let info = self.calls.begin(self.timeout, &self.owner).await?;
         Transaction::open(self.calls.clone(), info, self.config.clone())
     }
 

@@ -40,6 +40,10 @@ pub const REASON_TRANSACTION_NOT_OPEN: &str = "transaction-not-open";
 /// Longest writer id, in bytes.
 pub const WRITER_ID_BYTES_MAX: usize = 255;
 
+/// Longest transaction owner label (`BeginTransactionRequest.owner`), in
+/// bytes.
+pub const TRANSACTION_OWNER_BYTES_MAX: usize = 255;
+
 /// Largest event any server accepts (the server's `event_bytes_max` is at
 /// most this).
 pub const EVENT_BYTES_MAX: usize = 64 * 1024 * 1024;

@@ -69,6 +69,7 @@ pub async fn run(addr: &str, cmd: TxnCommand) -> anyhow::Result<()> {
                 "AGE",
                 "PARTS",
                 "LEASE LEFT",
+                "OWNER",
                 "REASON",
             ])];
             for t in &txns {
@@ -78,6 +79,7 @@ pub async fn run(addr: &str, cmd: TxnCommand) -> anyhow::Result<()> {
                     format_duration(age(t.begun_ms)),
                     t.parts.len().to_string(),
                     lease(t),
+                    owner(t),
                     t.reason.clone(),
                 ]);
             }
@@ -126,10 +128,29 @@ fn lease(t: &TransactionInfo) -> String {
     }
 }
 
+/// The owner label, "-" for none; control characters escaped (it is the
+/// client's opaque bytes and must not break the table's lines).
+fn owner(t: &TransactionInfo) -> String {
+    if t.owner.is_empty() {
+        return "-".into();
+    }
+    t.owner
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn print_info(t: &TransactionInfo) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "transaction {} of {}", t.id, t.stream)?;
     writeln!(out, "state:      {}", t.state)?;
+    writeln!(out, "owner:      {}", owner(t))?;
     if !t.reason.is_empty() {
         writeln!(out, "reason:     {}", t.reason)?;
     }

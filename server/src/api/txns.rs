@@ -16,8 +16,8 @@ use rand::Rng;
 use tonic::{Request, Response, Status};
 
 use crate::controller::txns::{
-    normalize_id, TxnPart, TxnRecord, TxnState, TXN_TIMEOUT_DEFAULT_MS, TXN_TIMEOUT_MAX_MS,
-    TXN_TIMEOUT_MIN_MS,
+    check_owner, normalize_id, TxnPart, TxnRecord, TxnState, TXN_TIMEOUT_DEFAULT_MS,
+    TXN_TIMEOUT_MAX_MS, TXN_TIMEOUT_MIN_MS,
 };
 use crate::controller::{StreamKey, TxnOp};
 use crate::error::Error;
@@ -105,6 +105,7 @@ impl TxnService {
             } else {
                 0
             },
+            owner: t.owner.clone(),
         }
     }
 
@@ -140,7 +141,7 @@ impl TxnService {
     async fn change(&self, op: TxnOp, key: &StreamKey, t: &TxnRecord) -> Result<TxnRecord, Error> {
         self.node
             .controller
-            .txn_change(op, &t.id, key, 0)
+            .txn_change(op, &t.id, key)
             .await?
             .ok_or_else(|| Error::TransactionNotFound(t.id.clone()))
     }
@@ -164,15 +165,16 @@ impl Transactions for TxnService {
                 .into())
             }
         };
+        check_owner(&r.owner).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let id = format!("{:032x}", rand::rng().random::<u128>());
         let t = self
             .node
             .controller
-            .txn_change(TxnOp::Begin, &id, &key, timeout_ms)
+            .txn_begin(&id, &key, timeout_ms, &r.owner)
             .await?
             .ok_or_else(|| Error::Internal("a begin answered no transaction".into()))?;
         self.node.renew_lease(&t.id, t.timeout_ms);
-        tracing::debug!(txn = %t.id, stream = %key, parts = t.parts.len(), "transaction begun");
+        tracing::debug!(txn = %t.id, stream = %key, owner = %t.owner, parts = t.parts.len(), "transaction begun");
         Ok(Response::new(self.info(&t)))
     }
 

@@ -66,8 +66,8 @@ pub enum MetaCmd {
 #[repr(i32)]
 pub enum TxnOp {
     Unspecified = 0,
-    /// A new transaction on `scope/stream` with `timeout_ms`: one part per
-    /// active segment.
+    /// A new transaction on `scope/stream` with `timeout_ms` and `owner`:
+    /// one part per active segment.
     Begin = 1,
     Commit = 2,
     Abort = 3,
@@ -103,6 +103,10 @@ pub struct TxnCommand {
     /// SplitPart, PartMoved: the part.
     #[prost(uint64, tag = "7")]
     pub txn_segment_id: u64,
+    /// Begin: the client's opaque label (empty: none, as in entries from
+    /// before it existed).
+    #[prost(string, tag = "8")]
+    pub owner: String,
 }
 
 /// One change of reader group `scope/group`.

@@ -345,16 +345,36 @@ impl Controller {
         }
     }
 
-    /// Applies one change to transaction `id` (`timeout_ms` matters to a
-    /// begin only); the record after (None once forgotten).
+    /// Begins transaction `id` on `stream` with `timeout_ms` and the
+    /// client's `owner` label (checked by the caller); the new record.
+    pub async fn txn_begin(
+        &self,
+        id: &str,
+        stream: &StreamKey,
+        timeout_ms: u64,
+        owner: &str,
+    ) -> Result<Option<txns::TxnRecord>, Error> {
+        let cmd = command::TxnCommand {
+            id: id.to_string(),
+            op: TxnOp::Begin as i32,
+            scope: stream.scope.clone(),
+            stream: stream.stream.clone(),
+            timeout_ms,
+            owner: owner.to_string(),
+            ..Default::default()
+        };
+        Ok(self.propose_txn(cmd).await?.0)
+    }
+
+    /// Applies one change (not a begin) to transaction `id`; the record
+    /// after (None once forgotten).
     pub async fn txn_change(
         &self,
         op: TxnOp,
         id: &str,
         stream: &StreamKey,
-        timeout_ms: u64,
     ) -> Result<Option<txns::TxnRecord>, Error> {
-        Ok(self.txn_change_new(op, id, stream, timeout_ms).await?.0)
+        Ok(self.txn_change_new(op, id, stream).await?.0)
     }
 
     /// [`Controller::txn_change`], also saying whether the change was new
@@ -364,16 +384,13 @@ impl Controller {
         op: TxnOp,
         id: &str,
         stream: &StreamKey,
-        timeout_ms: u64,
     ) -> Result<(Option<txns::TxnRecord>, bool), Error> {
         self.propose_txn(command::TxnCommand {
             id: id.to_string(),
             op: op as i32,
             scope: stream.scope.clone(),
             stream: stream.stream.clone(),
-            timeout_ms,
-            now_ms: 0,
-            txn_segment_id: 0,
+            ..Default::default()
         })
         .await
     }

@@ -831,6 +831,7 @@ impl MetaState {
                 finished_ms: 0,
                 reason: String::new(),
                 parts,
+                owner: c.owner,
             };
             txns.insert(c.id, record.clone());
             return Ok(Some(record));

@@ -106,6 +106,10 @@ pub struct TxnRecord {
     pub reason: String,
     #[prost(message, repeated, tag = "9")]
     pub parts: Vec<TxnPart>,
+    /// The client's opaque label (empty: none; records from before it
+    /// existed decode with none).
+    #[prost(string, tag = "10")]
+    pub owner: String,
 }
 
 impl TxnRecord {
@@ -256,6 +260,21 @@ pub fn part_moved(t: &mut TxnRecord, txn_segment_id: u64) -> Result<(), TxnError
     Ok(())
 }
 
+/// A begin's owner label: opaque, at most
+/// [`TRANSACTION_OWNER_BYTES_MAX`](aquifer_proto::wire::TRANSACTION_OWNER_BYTES_MAX)
+/// bytes of UTF-8 (empty: none).
+pub fn check_owner(owner: &str) -> Result<(), TxnError> {
+    let max = aquifer_proto::wire::TRANSACTION_OWNER_BYTES_MAX;
+    if owner.len() > max {
+        return Err(TxnError::Invalid(format!(
+            "transaction owner is {} bytes, longer than {max}: \
+             use a shorter label (e.g. a job name and subtask number)",
+            owner.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Transaction ids are UUIDs; stored and shown as 32 lowercase hex digits
 /// (dashes accepted on input).
 pub fn normalize_id(id: &str) -> Result<String, TxnError> {
@@ -375,6 +394,21 @@ mod tests {
         part_moved(&mut r, 10).unwrap();
         part_moved(&mut r, 10).unwrap();
         assert_eq!(r.parts.len(), 2);
+    }
+
+    #[test]
+    fn owners_are_at_most_255_bytes() {
+        let max = aquifer_proto::wire::TRANSACTION_OWNER_BYTES_MAX;
+        assert!(check_owner("").is_ok());
+        assert!(check_owner(&"o".repeat(max)).is_ok());
+        let long = check_owner(&"o".repeat(max + 1)).unwrap_err();
+        assert!(
+            matches!(&long, TxnError::Invalid(m) if m.contains("256 bytes")),
+            "{long}"
+        );
+        // Bytes, not characters: 128 two-byte characters are 256 bytes.
+        assert!(check_owner(&"é".repeat(127)).is_ok());
+        assert!(check_owner(&"é".repeat(128)).is_err());
     }
 
     #[test]

@@ -149,7 +149,7 @@ impl Node {
                         tracing::info!(txn = %t.id, stream = %key_of(t), timeout_ms = t.timeout_ms, "transaction timed out: aborting it");
                         let timed_out = self
                             .controller
-                            .txn_change_new(TxnOp::TimeOut, &t.id, &key_of(t), 0)
+                            .txn_change_new(TxnOp::TimeOut, &t.id, &key_of(t))
                             .await;
                         match timed_out {
                             Ok((_, true)) => self.metrics.txn_timeouts.inc(),
@@ -194,11 +194,7 @@ impl Node {
                 // One that cannot be forgotten now (a container without a
                 // leader) holds up no other.
                 let forgotten = match self.finish_parts(Action::Forget, &t.parts).await {
-                    Ok(()) => {
-                        self.controller
-                            .txn_change(TxnOp::Forget, &id, &key, 0)
-                            .await
-                    }
+                    Ok(()) => self.controller.txn_change(TxnOp::Forget, &id, &key).await,
                     Err(e) => Err(e),
                 };
                 if let Err(e) = forgotten {
@@ -225,7 +221,7 @@ impl Node {
         }
         let (after, changed) = self
             .controller
-            .txn_change_new(TxnOp::Finish, &t.id, &key_of(&t), 0)
+            .txn_change_new(TxnOp::Finish, &t.id, &key_of(&t))
             .await?;
         let after = after.ok_or_else(|| Error::TransactionNotFound(t.id.clone()))?;
         if changed {
