@@ -23,6 +23,10 @@
 //! `user-0` .. `user-9` would all land in one segment.
 //!
 //! Events without a routing key are spread round-robin over the segments.
+//!
+//! `proto/testdata/key-positions.tsv` holds 300 keys and their positions
+//! (exact f64 bits), checked by this module's tests; the Java client's
+//! tests check the same file.
 
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -53,4 +57,48 @@ pub fn fmix64(mut h: u64) -> u64 {
 /// last segment.)
 pub fn key_position(routing_key: &str) -> f64 {
     fmix64(fnv1a_64(routing_key.as_bytes())) as f64 / 18_446_744_073_709_551_616.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every vector of the shared file (`KEY<TAB>BITS<TAB>POSITION`, `#`
+    /// lines are comments): the position's bits exactly, and the decimal
+    /// naming the same double.
+    #[test]
+    fn the_shared_test_vectors_hold() {
+        let file = include_str!("../testdata/key-positions.tsv");
+        let mut checked = 0;
+        for (n, line) in file.lines().enumerate() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = line.split('\t').collect();
+            let [key, bits, decimal] = fields[..] else {
+                panic!("line {}: {} fields, not 3: {line:?}", n + 1, fields.len());
+            };
+            assert_eq!(bits.len(), 16, "line {}: {bits:?}", n + 1);
+            let bits = u64::from_str_radix(bits, 16).expect("hex bits");
+            let position = key_position(key);
+            assert_eq!(
+                position.to_bits(),
+                bits,
+                "line {}: key {key:?} is at {position:?}, the file says {}",
+                n + 1,
+                f64::from_bits(bits)
+            );
+            assert_eq!(decimal.parse::<f64>().map(f64::to_bits), Ok(bits));
+            assert!((0.0..=1.0).contains(&position));
+            checked += 1;
+        }
+        assert_eq!(checked, 300);
+    }
+
+    #[test]
+    fn known_values() {
+        assert_eq!(fnv1a_64(b""), FNV_OFFSET_BASIS);
+        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fmix64(0), 0);
+    }
 }
