@@ -505,10 +505,19 @@ impl CliChild {
         self.lines.recv_timeout(timeout).ok()
     }
 
-    /// Kills the child (SIGKILL), reaps it and returns its stderr.
-    pub fn kill(mut self) -> String {
+    /// Kills the child (SIGKILL) and reaps it, keeping what it wrote
+    /// before: [`Self::next_line`] still returns every line it flushed,
+    /// then None. (What a killed reader printed may be all that shows an
+    /// event was read: it may have reported its position past it.)
+    pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Kills the child (SIGKILL), reaps it and returns its stderr (its
+    /// stdout lines not read yet are dropped; see [`Self::kill9`]).
+    pub fn kill(mut self) -> String {
+        self.kill9();
         let bytes = self
             .stderr
             .take()
