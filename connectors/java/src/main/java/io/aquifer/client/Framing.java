@@ -1,0 +1,98 @@
+package io.aquifer.client;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.zip.CRC32;
+
+/**
+ * The event framing, a wire rule (top of {@code aquifer.proto}): {@code u32 LE body_len, u32 LE
+ * crc32(body), body = u16 LE key_len, key, payload}. Owns encoding and checked decoding; never
+ * accepts a frame whose length or checksum does not hold.
+ */
+public final class Framing {
+  /** Bytes before the body. */
+  public static final int HEADER_BYTES = 8;
+
+  /** Longest routing key, in UTF-8 bytes (its length is a u16). */
+  public static final int KEY_BYTES_MAX = 0xffff;
+
+  private Framing() {}
+
+  /** Framed size of an event with {@code keyBytes} of key and {@code payloadBytes} of payload. */
+  public static int framedSize(int keyBytes, int payloadBytes) {
+    return HEADER_BYTES + 2 + keyBytes + payloadBytes;
+  }
+
+  /** Frames one event; {@code routingKey} null or empty means none. */
+  public static byte[] frame(String routingKey, byte[] payload) {
+    byte[] key =
+        routingKey == null ? new byte[0] : routingKey.getBytes(StandardCharsets.UTF_8);
+    if (key.length > KEY_BYTES_MAX) {
+      throw new IllegalArgumentException(
+          "routing key of " + key.length + " bytes is longer than " + KEY_BYTES_MAX);
+    }
+    int bodyLen = 2 + key.length + payload.length;
+    ByteBuffer out = ByteBuffer.allocate(HEADER_BYTES + bodyLen).order(ByteOrder.LITTLE_ENDIAN);
+    out.putInt(bodyLen);
+    out.putInt(0);
+    out.putShort((short) key.length);
+    out.put(key);
+    out.put(payload);
+    CRC32 crc = new CRC32();
+    crc.update(out.array(), HEADER_BYTES, bodyLen);
+    out.putInt(4, (int) crc.getValue());
+    return out.array();
+  }
+
+  /**
+   * Decodes whole framed events of segment {@code segmentId} starting at {@code offset}.
+   *
+   * @throws AquiferException (DATA_LOSS) for a torn or corrupt frame
+   */
+  public static List<Event> decode(long segmentId, long offset, byte[] bytes) {
+    List<Event> events = new ArrayList<>();
+    ByteBuffer in = ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN);
+    long at = offset;
+    while (in.hasRemaining()) {
+      if (in.remaining() < HEADER_BYTES + 2) {
+        throw corrupt(segmentId, at, "a frame header is cut short");
+      }
+      int start = in.position();
+      long bodyLen = Integer.toUnsignedLong(in.getInt());
+      long crc = Integer.toUnsignedLong(in.getInt());
+      if (bodyLen < 2 || bodyLen > in.remaining()) {
+        throw corrupt(segmentId, at, "a frame claims " + bodyLen + " bytes");
+      }
+      CRC32 check = new CRC32();
+      check.update(bytes, start + HEADER_BYTES, (int) bodyLen);
+      if (check.getValue() != crc) {
+        throw corrupt(segmentId, at, "a frame's checksum does not match");
+      }
+      int keyLen = Short.toUnsignedInt(in.getShort());
+      if (keyLen > bodyLen - 2) {
+        throw corrupt(segmentId, at, "a key is longer than its frame");
+      }
+      String key = null;
+      if (keyLen > 0) {
+        key = new String(bytes, in.position(), keyLen, StandardCharsets.UTF_8);
+        in.position(in.position() + keyLen);
+      }
+      byte[] payload = new byte[(int) bodyLen - 2 - keyLen];
+      in.get(payload);
+      long next = at + HEADER_BYTES + bodyLen;
+      events.add(new Event(segmentId, at, next, key, payload));
+      at = next;
+    }
+    return events;
+  }
+
+  private static AquiferException corrupt(long segmentId, long offset, String why) {
+    return new AquiferException(
+        io.grpc.Status.Code.DATA_LOSS,
+        null,
+        "segment " + segmentId + " at offset " + offset + ": " + why);
+  }
+}
