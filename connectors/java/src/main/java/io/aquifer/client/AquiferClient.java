@@ -124,6 +124,22 @@ public final class AquiferClient implements AutoCloseable {
             admin(ch).deleteStream(DeleteStreamRequest.newBuilder().setName(name.toProto()).build()));
   }
 
+  /**
+   * Sets a stream's retention: keep data flushed to tier-2 less than {@code time} ago (null: no
+   * time limit) and about {@code sizeBytes} (0: no size limit).
+   */
+  public StreamInfo updateRetention(StreamName name, Duration time, long sizeBytes) {
+    io.aquifer.proto.v1.UpdateStreamRequest req =
+        io.aquifer.proto.v1.UpdateStreamRequest.newBuilder()
+            .setName(name.toProto())
+            .setRetention(
+                io.aquifer.proto.v1.Retention.newBuilder()
+                    .setTimeMs(time == null ? 0 : time.toMillis())
+                    .setSizeBytes(sizeBytes))
+            .build();
+    return conn.meta("update " + name, ch -> admin(ch).updateStream(req));
+  }
+
   /** Splits {@code segmentId} into {@code pieces} equal key ranges. */
   public StreamInfo splitSegment(StreamName name, long segmentId, int pieces) {
     ScaleStreamRequest req =

@@ -102,12 +102,12 @@ public final class EventWriter implements AutoCloseable {
   }
 
   /**
-   * Queues one event; the future completes once it is durable (or fails with an {@link
-   * AquiferException}). Blocks while the in-flight budget is spent: back-pressure.
+   * Queues one event; the future completes once it is durable, with where it is (or fails with an
+   * {@link AquiferException}). Blocks while the in-flight budget is spent: back-pressure.
    *
    * @param routingKey null or empty: no key (events are spread round-robin)
    */
-  public CompletableFuture<Void> write(String routingKey, byte[] payload) {
+  public CompletableFuture<WriteAck> write(String routingKey, byte[] payload) {
     byte[] framed = Framing.frame(routingKey == null || routingKey.isEmpty() ? null : routingKey, payload);
     if (framed.length > Connection.MESSAGE_BYTES_MAX - 64 * 1024) {
       throw new IllegalArgumentException(
@@ -133,7 +133,7 @@ public final class EventWriter implements AutoCloseable {
 
   /** Blocks until every event written before the call is durable; throws the first failure. */
   public void flush() {
-    List<CompletableFuture<Void>> waits = new ArrayList<>();
+    List<CompletableFuture<WriteAck>> waits = new ArrayList<>();
     synchronized (this) {
       for (Session s : sessions.values()) {
         s.sealOpen();
@@ -220,7 +220,7 @@ public final class EventWriter implements AutoCloseable {
     final String key;
     final byte[] framed;
     final int permits;
-    final CompletableFuture<Void> done = new CompletableFuture<>();
+    final CompletableFuture<WriteAck> done = new CompletableFuture<>();
 
     Pending(String key, byte[] framed, int permits) {
       this.key = key;
@@ -334,7 +334,7 @@ public final class EventWriter implements AutoCloseable {
       }
     }
 
-    void collect(List<CompletableFuture<Void>> out) {
+    void collect(List<CompletableFuture<WriteAck>> out) {
       for (Batch b : inFlightBatches) {
         b.events.forEach(e -> out.add(e.done));
       }
@@ -404,7 +404,7 @@ public final class EventWriter implements AutoCloseable {
         while (!ready.isEmpty()
             && ready.peek().firstEventNumber != null
             && ready.peek().last() <= serverLast) {
-          resolve(ready.poll());
+          resolve(ready.poll(), -1);
         }
         long serverNext = Math.max(1, serverLast + 1);
         nextEventNumber = nextEventNumber == null ? serverNext : Math.max(nextEventNumber, serverNext);
@@ -437,13 +437,18 @@ public final class EventWriter implements AutoCloseable {
         return;
       }
       failingSince = 0;
-      resolve(b);
+      resolve(b, ack.getDuplicate() ? -1 : ack.getOffset());
     }
 
-    void resolve(Batch b) {
+    /** Completes a batch's events: consecutive from {@code base}, or all unknown (-1). */
+    void resolve(Batch b, long base) {
+      long offset = base;
       for (Pending e : b.events) {
         inFlight.release(e.permits);
-        e.done.complete(null);
+        e.done.complete(new WriteAck(segmentId, offset));
+        if (offset >= 0) {
+          offset += e.framed.length;
+        }
       }
     }
 

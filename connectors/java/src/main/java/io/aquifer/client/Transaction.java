@@ -39,7 +39,7 @@ public final class Transaction implements AutoCloseable {
   }
 
   /** Queues one event into the transaction (see {@link EventWriter#write}). */
-  public CompletableFuture<Void> write(String routingKey, byte[] payload) {
+  public CompletableFuture<WriteAck> write(String routingKey, byte[] payload) {
     return writer.write(routingKey, payload);
   }
 

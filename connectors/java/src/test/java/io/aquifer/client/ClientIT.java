@@ -63,12 +63,17 @@ class ClientIT {
     StreamName name = new StreamName("java", "basic");
     client.createStream(name, 3);
     try (EventWriter w = client.writer(name, new WriterConfig().writerId("basic-1"))) {
-      List<CompletableFuture<Void>> acks = new ArrayList<>();
+      List<CompletableFuture<WriteAck>> acks = new ArrayList<>();
       for (int i = 0; i < 3000; i++) {
         acks.add(w.write("key-" + (i % 17), utf8("key-" + (i % 17) + ":" + i)));
       }
       w.flush();
       acks.forEach(CompletableFuture::join);
+      // Acks say exactly where each event is.
+      WriteAck last = acks.get(2999).join();
+      try (SegmentReader r = client.segmentReader(last.segmentId(), last.offset(), -1, false)) {
+        assertEquals("key-" + (2999 % 17) + ":2999", r.next().get(0).payloadUtf8());
+      }
     }
     List<Event> events = readAll(name);
     assertEquals(3000, events.size());
@@ -103,7 +108,7 @@ class ClientIT {
     StreamName name = new StreamName("java", "crash");
     client.createStream(name, 2);
     try (EventWriter w = client.writer(name, new WriterConfig().writerId("crash-1"))) {
-      List<CompletableFuture<Void>> acks = new ArrayList<>();
+      List<CompletableFuture<WriteAck>> acks = new ArrayList<>();
       for (int i = 0; i < 2000; i++) {
         acks.add(w.write("k" + (i % 5), utf8("k" + (i % 5) + ":" + i)));
         if (i == 1000) {

@@ -6,6 +6,7 @@ import io.aquifer.client.EventWriter;
 import io.aquifer.client.StreamName;
 import io.aquifer.client.Transaction;
 import io.aquifer.client.Transactions;
+import io.aquifer.client.WriteAck;
 import io.aquifer.client.WriterConfig;
 import io.aquifer.proto.v1.TransactionInfo;
 import io.aquifer.proto.v1.TransactionState;
@@ -189,7 +190,7 @@ final class AquiferSinkWriter<IN>
     }
   }
 
-  private void onAck(Void ignored, Throwable error) {
+  private void onAck(WriteAck ignored, Throwable error) {
     if (error != null) {
       failure.compareAndSet(null, error);
     }

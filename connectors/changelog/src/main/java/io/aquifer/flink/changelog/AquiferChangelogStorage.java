@@ -1,0 +1,226 @@
+package io.aquifer.flink.changelog;
+
+import io.aquifer.client.AquiferClient;
+import io.aquifer.client.AquiferException;
+import io.aquifer.client.EventWriter;
+import io.aquifer.client.Framing;
+import io.aquifer.client.StreamName;
+import io.aquifer.client.WriteAck;
+import io.aquifer.client.WriterConfig;
+import java.nio.charset.StandardCharsets;
+import java.time.Duration;
+import java.util.HashMap;
+import java.util.Map;
+import java.util.TreeMap;
+import java.util.UUID;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.atomic.AtomicLong;
+import org.apache.flink.api.common.JobID;
+import org.apache.flink.api.common.operators.MailboxExecutor;
+import org.apache.flink.configuration.Configuration;
+import org.apache.flink.runtime.io.AvailabilityProvider;
+import org.apache.flink.runtime.state.KeyGroupRange;
+import org.apache.flink.runtime.state.changelog.ChangelogStateHandleStreamImpl;
+import org.apache.flink.runtime.state.changelog.StateChangelogHandleReader;
+import org.apache.flink.runtime.state.changelog.StateChangelogStorage;
+import org.apache.flink.runtime.state.changelog.StateChangelogWriter;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * One TaskManager's changelog for one job: a stream of its own ({@code scope/<job>-<random>}),
+ * written by one {@link EventWriter} that every operator's writer shares, so the persists of many
+ * small operators within the persist delay go out as one append (one raft entry).
+ *
+ * <p>Fencing is by stream: a stream is written only by the storage that created it, with a writer
+ * id of its own, so a zombie attempt on another TaskManager appends elsewhere; and a handle names
+ * exact events (segment, offset, length) that are never rewritten, so nothing appended later,
+ * by anyone, changes what a restore reads. Space is freed by moving each segment's head to the
+ * oldest event a writer of this storage still needs ({@link #truncate}); a closed writer keeps its
+ * events (a checkpoint may name them) until the storage closes, when the stream gets a time
+ * retention instead.
+ */
+final class AquiferChangelogStorage implements StateChangelogStorage<ChangelogStateHandleStreamImpl> {
+  private static final Logger LOG = LoggerFactory.getLogger(AquiferChangelogStorage.class);
+  static final String IDENTIFIER = "aquifer";
+
+  private final AquiferClient client;
+  private final StreamName stream;
+  private final EventWriter writer;
+  private final Duration persistTimeout;
+  private final Duration retentionAfterClose;
+  private final long inFlightMax;
+  private final AtomicLong inFlight = new AtomicLong();
+  private final AvailabilityProvider.AvailabilityHelper availability =
+      new AvailabilityProvider.AvailabilityHelper();
+  /** Writer → first sequence number of each placed event → {last sqn, segment, offset}. */
+  private final Map<String, TreeMap<Long, long[]>> placements = new HashMap<>();
+  /** In-flight append → the segments' ends when it began. */
+  private final Map<Long, Map<Long, Long>> inFlightFloors = new HashMap<>();
+  private long appends;
+  /** Segment → one past the last event acknowledged to this storage. */
+  private final Map<Long, Long> ends = new HashMap<>();
+  /** Segment → the head this storage last asked for. */
+  private final Map<Long, Long> heads = new HashMap<>();
+  private final ExecutorService truncations =
+      Executors.newSingleThreadExecutor(
+          r -> {
+            Thread t = new Thread(r, "aquifer-changelog-truncate");
+            t.setDaemon(true);
+            return t;
+          });
+  private int writers;
+  /** Completed checkpoints Flink keeps: their changes must stay. */
+  private final int retained;
+
+  AquiferChangelogStorage(JobID job, Configuration config) {
+    this.client = AquiferClient.connect(config.get(AquiferChangelogOptions.ADDRESS));
+    this.persistTimeout = config.get(AquiferChangelogOptions.PERSIST_TIMEOUT);
+    this.retentionAfterClose = config.get(AquiferChangelogOptions.RETENTION_AFTER_CLOSE);
+    this.inFlightMax = config.get(AquiferChangelogOptions.IN_FLIGHT_MAX).getBytes();
+    this.retained = config.get(org.apache.flink.configuration.CheckpointingOptions.MAX_RETAINED_CHECKPOINTS);
+    String suffix = UUID.randomUUID().toString().replace("-", "").substring(0, 12);
+    this.stream = new StreamName(config.get(AquiferChangelogOptions.SCOPE), job.toHexString() + "-" + suffix);
+    client.createStream(stream, config.get(AquiferChangelogOptions.SEGMENTS));
+    // Twice the availability bound: the writer blocks only if a task ignores back-pressure.
+    this.writer =
+        client.writer(
+            stream,
+            new WriterConfig()
+                .writerId("changelog-" + suffix)
+                .linger(config.get(AquiferChangelogOptions.PERSIST_DELAY))
+                .inFlightBytesMax(2 * inFlightMax));
+    availability.resetAvailable();
+    LOG.info("state changelog for job {} in {}", job, stream);
+  }
+
+  StreamName stream() {
+    return stream;
+  }
+
+  Duration persistTimeout() {
+    return persistTimeout;
+  }
+
+  @Override
+  public StateChangelogWriter<ChangelogStateHandleStreamImpl> createWriter(
+      String operatorId, KeyGroupRange keyGroupRange, MailboxExecutor mailboxExecutor) {
+    synchronized (this) {
+      writers++;
+      return new AquiferChangelogWriter(
+          this, operatorId + "/" + keyGroupRange + "/" + writers, keyGroupRange, retained);
+    }
+  }
+
+  /**
+   * Appends one event of {@code writerKey} holding its changes {@code firstSqn..lastSqn};
+   * completes with where it is (offset -1: unknown, a duplicate after a reconnect).
+   */
+  CompletableFuture<WriteAck> append(String writerKey, long firstSqn, long lastSqn, byte[] payload) {
+    int framed =
+        Framing.framedSize(writerKey.getBytes(StandardCharsets.UTF_8).length, payload.length);
+    long id;
+    synchronized (this) {
+      id = ++appends;
+      // Until it is placed, no head moves past where the segments end now.
+      inFlightFloors.put(id, new HashMap<>(ends));
+    }
+    if (inFlight.addAndGet(payload.length) > inFlightMax) {
+      availability.resetUnavailable();
+    }
+    CompletableFuture<WriteAck> ack;
+    try {
+      ack = writer.write(writerKey, payload);
+    } catch (RuntimeException e) {
+      placed(id, writerKey, firstSqn, lastSqn, null, framed, payload.length);
+      return CompletableFuture.failedFuture(e);
+    }
+    return ack.whenComplete(
+        (a, error) -> placed(id, writerKey, firstSqn, lastSqn, a, framed, payload.length));
+  }
+
+  private void placed(
+      long id, String writerKey, long firstSqn, long lastSqn, WriteAck a, int framed, int bytes) {
+    synchronized (this) {
+      inFlightFloors.remove(id);
+      if (a != null && a.offset() >= 0) {
+        ends.merge(a.segmentId(), a.offset() + framed, Math::max);
+        placements
+            .computeIfAbsent(writerKey, k -> new TreeMap<>())
+            .put(firstSqn, new long[] {lastSqn, a.segmentId(), a.offset()});
+      }
+    }
+    if (inFlight.addAndGet(-bytes) <= inFlightMax / 2) {
+      // Complete the waiters outside any lock of ours.
+      CompletableFuture.runAsync(availability::resetAvailable);
+    }
+  }
+
+  /**
+   * {@code writerKey} no longer needs its changes before {@code toSqn}: forget its events that
+   * hold only those, and move each segment's head to the oldest event any writer of this storage
+   * still needs (never past an append still in flight).
+   */
+  synchronized void truncate(String writerKey, long toSqn) {
+    TreeMap<Long, long[]> mine = placements.get(writerKey);
+    if (mine != null) {
+      mine.values().removeIf(p -> p[0] < toSqn);
+    }
+    for (Map.Entry<Long, Long> end : ends.entrySet()) {
+      long segment = end.getKey();
+      long head = end.getValue();
+      for (Map<Long, Long> floor : inFlightFloors.values()) {
+        head = Math.min(head, floor.getOrDefault(segment, 0L));
+      }
+      for (TreeMap<Long, long[]> p : placements.values()) {
+        for (long[] at : p.values()) {
+          if (at[1] == segment) {
+            head = Math.min(head, at[2]);
+          }
+        }
+      }
+      if (head > heads.getOrDefault(segment, 0L)) {
+        heads.put(segment, head);
+        long target = head;
+        truncations.execute(() -> truncateSegment(segment, target));
+      }
+    }
+  }
+
+  private void truncateSegment(long segment, long head) {
+    try {
+      client.truncateSegment(segment, head);
+      LOG.debug("{}: segment {} truncated to {}", stream, segment, head);
+    } catch (AquiferException e) {
+      // Space only: the next truncation moves the head further.
+      LOG.warn("{}: truncating segment {} to {} failed", stream, segment, head, e);
+    }
+  }
+
+  @Override
+  public AvailabilityProvider getAvailabilityProvider() {
+    return availability;
+  }
+
+  @Override
+  public StateChangelogHandleReader<ChangelogStateHandleStreamImpl> createReader() {
+    return new AquiferChangelogReader(client);
+  }
+
+  @Override
+  public void close() {
+    try {
+      writer.close();
+      // A retained checkpoint may still name these events: keep them for a while, then let
+      // retention remove the stream's data.
+      client.updateRetention(stream, retentionAfterClose, 0);
+    } catch (AquiferException e) {
+      LOG.warn("closing the state changelog in {}", stream, e);
+    } finally {
+      truncations.shutdownNow();
+      client.close();
+    }
+  }
+}
