@@ -99,7 +99,17 @@ public final class AquiferServer implements AutoCloseable {
 
   /** kill -9, then start again on the same port and data directory. */
   public void crashAndRestart() throws IOException, InterruptedException {
+    kill();
+    restart();
+  }
+
+  /** kill -9 (the node stays down until {@link #restart}). */
+  public void kill() throws InterruptedException {
     process.destroyForcibly().waitFor();
+  }
+
+  /** Starts the node again on the same port and data directory. */
+  public void restart() throws IOException {
     launch();
   }
 

@@ -241,6 +241,34 @@ class AquiferChangelogStorageIT {
   }
 
   @Test
+  void persistsBeyondTheInFlightBudgetBackPressureUntilTheNodeAnswers() throws Exception {
+    Configuration small = new Configuration(config);
+    small.set(
+        AquiferChangelogOptions.IN_FLIGHT_MAX,
+        org.apache.flink.configuration.MemorySize.parse("64kb"));
+    AquiferChangelogStorage storage = new AquiferChangelogStorage(new JobID(), small);
+    try {
+      StateChangelogWriter<ChangelogStateHandleStreamImpl> w =
+          storage.createWriter("op-bp", KeyGroupRange.of(0, 0), null);
+      assertTrue(storage.getAvailabilityProvider().isAvailable());
+      server.kill();
+      for (int i = 0; i < 100; i++) {
+        w.append(0, new byte[1024]);
+      }
+      java.util.concurrent.CompletableFuture<?> persisted = w.persist(SequenceNumber.of(0), 1);
+      assertTrue(!storage.getAvailabilityProvider().isAvailable(), "over budget: unavailable");
+      Thread.sleep(300);
+      assertTrue(!persisted.isDone(), "the node is down: nothing acknowledged");
+      server.restart();
+      persisted.get(60, java.util.concurrent.TimeUnit.SECONDS);
+      storage.getAvailabilityProvider().getAvailableFuture().get(10, java.util.concurrent.TimeUnit.SECONDS);
+      assertEquals(100, restore(w.persist(SequenceNumber.of(0), 2).get().getJobManagerOwnedSnapshot()).size());
+    } finally {
+      storage.close();
+    }
+  }
+
+  @Test
   void badHandlesAreRefusedClearly() {
     ChangelogStateHandleStreamImpl forged =
         new ChangelogStateHandleStreamImpl(
