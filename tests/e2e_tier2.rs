@@ -239,6 +239,47 @@ async fn local_log_disk_stays_bounded_while_tier2_grows() {
     assert_eq!(events.len(), 60_000);
 }
 
+/// With the default 256 MiB snapshot interval, a stream written, sealed and
+/// flushed to tier-2 leaves the local log within seconds: a group whose
+/// unflushed tail is small beside its log snapshots early and drops the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_follows_tier2_after_a_seal_and_flush() {
+    let config = "[tier2]\nchunk_bytes = 1048576\nflush_interval_ms = 100\n";
+    let server = ServerProcess::start(ServerOpts::with_config(config)).await;
+    let client = server.client().await;
+    let name = stream_name("tier/follows");
+    let admin = client.admin();
+    admin.create_stream(&name, 2).await.expect("create");
+    let writer = client
+        .writer(&name, WriterConfig::default())
+        .await
+        .expect("writer");
+    // 80,000 events of ~330 bytes: about 26 MiB, a tenth of the interval.
+    write_keyed_range(&writer, 10, 0, 8000, 300).await;
+    writer.flush().await.expect("flush");
+    let log_dir = server.data_dir().join("log");
+    let written = dir_bytes(&log_dir);
+    assert!(written > 20 * 1024 * 1024, "the log holds {written} bytes");
+    admin.seal_stream(&name).await.expect("seal");
+    wait_all_in_tier2(&client, &name, Duration::from_secs(60)).await;
+    let flushed = std::time::Instant::now();
+    let mut left = dir_bytes(&log_dir);
+    while left > 4 * 1024 * 1024 && flushed.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        left = dir_bytes(&log_dir);
+    }
+    eprintln!(
+        "local log: {written} bytes written, {left} left {:?} after the flush",
+        flushed.elapsed()
+    );
+    assert!(
+        left <= 4 * 1024 * 1024,
+        "30 s after the flush the local log still holds {left} bytes (of {written})"
+    );
+    let events = read_all(&client, &name, Duration::from_secs(60)).await;
+    assert_eq!(events.len(), 80_000, "everything reads back from tier-2");
+}
+
 /// Retention by size truncates the head whole chunks at a time and deletes
 /// them from tier-2; a read below the new head fails with an error naming
 /// it; `stream update` sets retention on an existing stream.

@@ -482,6 +482,15 @@ impl StateMachine for ContainerState {
         }
     }
 
+    /// The tails of the segments and transaction parts not yet in tier-2.
+    fn snapshot_data_bytes(&self) -> Option<u64> {
+        let tails = |map: &SegmentMap| -> u64 {
+            let map = map.read().unwrap_or_else(|p| p.into_inner());
+            map.values().map(|seg| seg.lock().tail_bytes()).sum()
+        };
+        Some(tails(&self.segments) + tails(&self.parts))
+    }
+
     /// Replaces the state with a snapshot's: at start-up, or on a lagging
     /// replica when the leader sends one. Segments keep their identity, so
     /// readers waiting on one see the new state; segments the snapshot does

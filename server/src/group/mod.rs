@@ -49,6 +49,15 @@ pub trait StateMachine: Send + 'static {
 
     /// Replaces the state with a snapshot's (at start-up, before replay).
     fn restore(&mut self, snapshot: bytes::Bytes) -> Result<(), String>;
+
+    /// The bytes of data a snapshot taken now would carry (a container's
+    /// tail not yet in tier-2), if the state knows. When it is small beside
+    /// the log a snapshot would drop, the group snapshots early, so local
+    /// disk follows tier-2 instead of waiting for `snapshot_log_bytes`.
+    /// `None` (the default): snapshot by log size only.
+    fn snapshot_data_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Why a proposal did not produce an output.

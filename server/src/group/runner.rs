@@ -44,6 +44,15 @@ const READS_PENDING_MAX: usize = 4096;
 /// A log write slower than this is logged.
 const SLOW_PERSIST: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// An early snapshot (see `maybe_snapshot_early`) needs at least this much
+/// log to drop: below it the log costs less than a snapshot write.
+const EARLY_SNAPSHOT_LOG_BYTES: u64 = 1024 * 1024;
+/// ... and may carry at most 1/this of the log it drops (so while writes go
+/// on, early snapshots add at most that much to what the log writes).
+const EARLY_SNAPSHOT_RATIO: u64 = 16;
+/// How often a group asks its state whether an early snapshot is worth it.
+const EARLY_SNAPSHOT_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 type Done<S> = Reply<S>;
 
 struct Runner<S: StateMachine> {
@@ -68,6 +77,8 @@ struct Runner<S: StateMachine> {
     applied: u64,
     /// Entry bytes applied since the last snapshot.
     applied_bytes: u64,
+    /// When `maybe_snapshot_early` last asked the state.
+    last_early_check: std::time::Instant,
     /// A snapshot being written on its own thread: (index, term) once durable.
     snapshotting: Option<oneshot::Receiver<Result<(u64, u64), LogError>>>,
     snapshot_log_bytes: u64,
@@ -178,6 +189,7 @@ pub(super) fn run<S: StateMachine>(
         commands: shared.commands,
         applied,
         applied_bytes: 0,
+        last_early_check: std::time::Instant::now(),
         snapshotting: None,
         snapshot_log_bytes: config.snapshot_log_bytes,
         conf_index: applied,
@@ -207,6 +219,7 @@ pub(super) fn run<S: StateMachine>(
             tokio::select! {
                 _ = ticker.tick() => {
                     runner.node.tick();
+                    runner.maybe_snapshot_early();
                 }
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => runner.handle(cmd),
@@ -531,6 +544,27 @@ impl<S: StateMachine> Runner<S> {
         self.conf_index = index;
         self.fail_pending();
         tracing::info!(group = %self.name, index, "installed a snapshot from the leader");
+    }
+
+    /// Snapshots before `snapshot_log_bytes` once the log holds at least
+    /// `EARLY_SNAPSHOT_LOG_BYTES` and the snapshot would carry at most
+    /// 1/`EARLY_SNAPSHOT_RATIO` of it: after a flush to tier-2 (or a seal and
+    /// flush) the log goes within a check interval, not 256 MiB later.
+    /// Checked once per `EARLY_SNAPSHOT_CHECK`, on the group's own thread.
+    fn maybe_snapshot_early(&mut self) {
+        if self.applied_bytes < EARLY_SNAPSHOT_LOG_BYTES
+            || self.snapshotting.is_some()
+            || self.last_early_check.elapsed() < EARLY_SNAPSHOT_CHECK
+        {
+            return;
+        }
+        self.last_early_check = std::time::Instant::now();
+        if let Some(data) = self.state.snapshot_data_bytes() {
+            if data.saturating_mul(EARLY_SNAPSHOT_RATIO) <= self.applied_bytes {
+                tracing::debug!(group = %self.name, log_bytes = self.applied_bytes, data, "early snapshot: the log is mostly in tier-2");
+                self.snapshot();
+            }
+        }
     }
 
     /// Takes the state (cheap) and writes it on a thread of its own, so the

@@ -66,6 +66,9 @@ struct LogFile {
 
 /// A raft group's log on disk. Owned by the group's thread (raft-rs's
 /// `RawNode` is single threaded), so no locks.
+/// A fully compacted active file at least this large is closed (and goes).
+const ROLL_EMPTY_FILE_BYTES: u64 = 1024 * 1024;
+
 pub struct LogStorage {
     dir: PathBuf,
     hard_state: HardState,
@@ -394,8 +397,12 @@ impl LogStorage {
         self.locs.drain(..drop_locs);
         self.compacted = (index, term);
         self.cache.drop_through(index);
-        if self.active().max_index <= index && self.active_len >= self.file_bytes_max / 4 {
-            // Close a large active file that holds nothing needed any more.
+        if self.active().max_index <= index
+            && self.active_len >= (self.file_bytes_max / 4).min(ROLL_EMPTY_FILE_BYTES)
+        {
+            // Close an active file that holds nothing needed any more, so
+            // the disk follows the snapshot (and tier-2) rather than the
+            // file size; tiny files stay, so frequent snapshots do not churn.
             self.start_file(self.active().seq + 1)?;
         }
         let active_seq = self.active().seq;
