@@ -53,8 +53,16 @@ public final class Framing {
    * @throws AquiferException (DATA_LOSS) for a torn or corrupt frame
    */
   public static List<Event> decode(long segmentId, long offset, byte[] bytes) {
+    return decode(segmentId, offset, ByteBuffer.wrap(bytes));
+  }
+
+  /**
+   * Decodes from a buffer (a read response's bytes, without copying them first); only each
+   * event's key and payload are copied out.
+   */
+  public static List<Event> decode(long segmentId, long offset, ByteBuffer buffer) {
     List<Event> events = new ArrayList<>();
-    ByteBuffer in = ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN);
+    ByteBuffer in = buffer.slice().order(ByteOrder.LITTLE_ENDIAN);
     long at = offset;
     while (in.hasRemaining()) {
       if (in.remaining() < HEADER_BYTES + 2) {
@@ -66,8 +74,10 @@ public final class Framing {
       if (bodyLen < 2 || bodyLen > in.remaining()) {
         throw corrupt(segmentId, at, "a frame claims " + bodyLen + " bytes");
       }
+      ByteBuffer body = in.duplicate();
+      body.position(start + HEADER_BYTES).limit(start + HEADER_BYTES + (int) bodyLen);
       CRC32 check = new CRC32();
-      check.update(bytes, start + HEADER_BYTES, (int) bodyLen);
+      check.update(body);
       if (check.getValue() != crc) {
         throw corrupt(segmentId, at, "a frame's checksum does not match");
       }
@@ -77,8 +87,9 @@ public final class Framing {
       }
       String key = null;
       if (keyLen > 0) {
-        key = new String(bytes, in.position(), keyLen, StandardCharsets.UTF_8);
-        in.position(in.position() + keyLen);
+        byte[] k = new byte[keyLen];
+        in.get(k);
+        key = new String(k, StandardCharsets.UTF_8);
       }
       byte[] payload = new byte[(int) bodyLen - 2 - keyLen];
       in.get(payload);

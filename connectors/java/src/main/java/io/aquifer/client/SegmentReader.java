@@ -76,7 +76,8 @@ public final class SegmentReader implements AutoCloseable {
           continue;
         }
         ReadSegmentResponse r = responses.next();
-        List<Event> events = Framing.decode(segmentId, r.getOffset(), r.getEvents().toByteArray());
+        List<Event> events =
+            Framing.decode(segmentId, r.getOffset(), r.getEvents().asReadOnlyByteBuffer());
         if (r.getOffset() != offset) {
           throw new AquiferException(
               io.grpc.Status.Code.INTERNAL,
