@@ -241,3 +241,87 @@ async fn appends_survive_an_s3_outage_and_flushing_catches_up() {
         assert_eq!(seqs, (0..300).collect::<Vec<u64>>(), "key {key} in order");
     }
 }
+
+/// A read that needs tier-2 while S3 is down fails within
+/// `tier2.request_timeout_ms` with UNAVAILABLE naming tier-2 (not after
+/// object_store's minutes of retries), and succeeds once S3 is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_during_an_s3_outage_fails_fast_and_clearly() {
+    let mut s3 = match S3Server::start() {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("SKIPPING S3 test: the S3 test server is not available here: {why}");
+            return;
+        }
+    };
+    // A small cache, so the read must go to tier-2.
+    let config = format!(
+        "cache_bytes_max = 1048576\n{}request_timeout_ms = 3000\n",
+        s3.tier2_config("outage")
+    );
+    let server = ServerProcess::start(ServerOpts::with_config(&config)).await;
+    let client = server.client().await;
+    let name = stream_name("s3/outage");
+    client
+        .admin()
+        .create_stream(&name, 1)
+        .await
+        .expect("create");
+    let writer = client
+        .writer(&name, WriterConfig::default())
+        .await
+        .expect("writer");
+    write_keyed_range(&writer, 10, 0, 1000, 1000).await;
+    wait_all_in_tier2(&client, &name, Duration::from_secs(60)).await;
+    client.admin().seal_stream(&name).await.expect("seal");
+
+    let segment = client
+        .admin()
+        .describe_stream(&name)
+        .await
+        .expect("describe")
+        .segments[0]
+        .segment_id;
+    s3.stop();
+    // One raw read (the clients would retry UNAVAILABLE for their own retry timeout).
+    let started = std::time::Instant::now();
+    let mut raw =
+        aquifer_proto::v1::read_client::ReadClient::connect(format!("http://{}", server.addr()))
+            .await
+            .expect("connect");
+    let first = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut stream = raw
+            .read_segment(aquifer_proto::v1::ReadSegmentRequest {
+                segment_id: segment,
+                offset: 0,
+                follow: false,
+                end_offset: 0,
+            })
+            .await?
+            .into_inner();
+        stream.message().await
+    })
+    .await
+    .expect("the read answers within 30 s");
+    let took = started.elapsed();
+    let status = first.expect_err("the read cannot succeed with tier-2 down");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("tier-2"),
+        "the error names tier-2: {}",
+        status.message()
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "it failed after {took:?}, not within the 3 s request timeout"
+    );
+    eprintln!("read failed after {took:?}: {}", status.message());
+
+    s3.run().expect("restart the S3 server");
+    let events = read_all(&client, &name, Duration::from_secs(60)).await;
+    assert_eq!(
+        events.len(),
+        10_000,
+        "everything reads back once S3 is back"
+    );
+}

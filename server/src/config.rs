@@ -102,6 +102,10 @@ pub struct Tier2Config {
     pub flush_interval_ms: u64,
     /// Concurrent tier-2 reads for catch-up readers, per node.
     pub read_concurrency: usize,
+    /// A tier-2 request (read, put, list, delete) not answered by then,
+    /// retries included, fails: a read with UNAVAILABLE naming tier-2, a
+    /// put is retried by the storage writer later.
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -162,6 +166,7 @@ impl Default for Tier2Config {
             chunk_bytes: 8 * MIB,
             flush_interval_ms: 10_000,
             read_concurrency: 8,
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -304,8 +309,14 @@ impl ServerConfig {
                 self.tier2.chunk_bytes
             ));
         }
-        if self.tier2.flush_interval_ms == 0 || self.tier2.read_concurrency == 0 {
-            return bad("tier2.flush_interval_ms and tier2.read_concurrency must be > 0".into());
+        if self.tier2.flush_interval_ms == 0
+            || self.tier2.read_concurrency == 0
+            || self.tier2.request_timeout_ms == 0
+        {
+            return bad(
+                "tier2.flush_interval_ms, tier2.read_concurrency and tier2.request_timeout_ms must be > 0"
+                    .into(),
+            );
         }
         let w = &self.scaling.windows_ms;
         if self.scaling.tick_ms == 0 || w[0] == 0 || w.windows(2).any(|p| p[0] > p[1]) {

@@ -49,6 +49,8 @@ pub struct Tier2 {
     local_root: Option<PathBuf>,
     cache: BlockCache,
     reads: Semaphore,
+    /// Bound on one read from the object store, its retries included.
+    request_timeout: std::time::Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -156,6 +158,7 @@ impl Tier2 {
             local_root,
             cache: BlockCache::new(config.cache_bytes_max),
             reads: Semaphore::new(t.read_concurrency),
+            request_timeout: std::time::Duration::from_millis(t.request_timeout_ms),
             metrics,
         })
     }
@@ -187,9 +190,23 @@ impl Tier2 {
                 "tier2.url s3:// names no bucket".into(),
             ));
         }
+        let timeout = std::time::Duration::from_millis(t.request_timeout_ms);
+        // Retries stop at the request timeout: a tier-2 outage surfaces as an
+        // error within it rather than after object_store's default 3 minutes.
+        let retry = object_store::RetryConfig {
+            retry_timeout: timeout,
+            ..Default::default()
+        };
+        let client = object_store::ClientOptions::new()
+            .with_allow_http(t.allow_http)
+            .with_timeout(timeout)
+            .with_connect_timeout(timeout.min(std::time::Duration::from_secs(5)));
+        // Client options first: they replace every client setting, allow_http included.
         let mut b = AmazonS3Builder::from_env()
+            .with_client_options(client)
             .with_bucket_name(bucket)
-            .with_allow_http(t.allow_http);
+            .with_allow_http(t.allow_http)
+            .with_retry(retry);
         if let Some(endpoint) = &t.endpoint {
             // S3-compatible servers are addressed by path, not by host name.
             b = b
@@ -375,19 +392,24 @@ impl Tier2 {
         let range = b * BLOCK_BYTES..(last * BLOCK_BYTES).min(chunk.end - chunk.start);
         let expected = range.end - range.start;
         let range = chunk.object_offset + range.start..chunk.object_offset + range.end;
-        let data = match self
-            .store
-            .get_range(&ObjectPath::from(chunk.name.as_str()), range)
-            .await
-        {
-            Ok(d) => d,
-            Err(object_store::Error::NotFound { .. }) => {
+        let object = ObjectPath::from(chunk.name.as_str());
+        let get = self.store.get_range(&object, range);
+        let data = match tokio::time::timeout(self.request_timeout, get).await {
+            Err(_) => {
+                return Err(Error::Tier2(format!(
+                    "tier-2 did not answer a read of chunk {} of segment {segment_id} within {} ms (tier2.request_timeout_ms); retry once it is back",
+                    chunk.name,
+                    self.request_timeout.as_millis()
+                )))
+            }
+            Ok(Ok(d)) => d,
+            Ok(Err(object_store::Error::NotFound { .. })) => {
                 return Err(Error::Corrupt(format!(
                     "tier-2 chunk {} of segment {segment_id} is missing",
                     chunk.name
                 )))
             }
-            Err(e) => return Err(e.into()),
+            Ok(Err(e)) => return Err(e.into()),
         };
         if data.len() as u64 != expected {
             return Err(Error::Corrupt(format!(
