@@ -39,6 +39,14 @@ public final class AquiferChangelogOptions {
               "How long a persist waits for others of the same TaskManager to share its append"
                   + " (the writer's linger).");
 
+  public static final ConfigOption<MemorySize> UPLOAD_EARLY =
+      ConfigOptions.key("state.changelog.aquifer.upload-early")
+          .memoryType()
+          .defaultValue(MemorySize.parse("512kb"))
+          .withDescription(
+              "A writer uploads its buffered changes once they reach this size, between"
+                  + " checkpoints, so a persist has little left to send.");
+
   public static final ConfigOption<MemorySize> IN_FLIGHT_MAX =
       ConfigOptions.key("state.changelog.aquifer.in-flight-max")
           .memoryType()

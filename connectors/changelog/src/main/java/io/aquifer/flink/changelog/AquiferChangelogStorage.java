@@ -5,11 +5,11 @@ import io.aquifer.client.AquiferException;
 import io.aquifer.client.EventWriter;
 import io.aquifer.client.Framing;
 import io.aquifer.client.StreamName;
-import io.aquifer.client.WriteAck;
 import io.aquifer.client.WriterConfig;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.HashMap;
+import java.util.List;
 import java.util.Map;
 import java.util.TreeMap;
 import java.util.UUID;
@@ -64,6 +64,14 @@ final class AquiferChangelogStorage implements StateChangelogStorage<ChangelogSt
   private final Map<Long, Long> ends = new HashMap<>();
   /** Segment → the head this storage last asked for. */
   private final Map<Long, Long> heads = new HashMap<>();
+  /** Encodes and appends uploads, in the order persists and early uploads hand them over. */
+  private final ExecutorService uploader =
+      Executors.newSingleThreadExecutor(
+          r -> {
+            Thread t = new Thread(r, "aquifer-changelog-upload");
+            t.setDaemon(true);
+            return t;
+          });
   private final ExecutorService truncations =
       Executors.newSingleThreadExecutor(
           r -> {
@@ -74,6 +82,8 @@ final class AquiferChangelogStorage implements StateChangelogStorage<ChangelogSt
   private int writers;
   /** Completed checkpoints Flink keeps: their changes must stay. */
   private final int retained;
+  /** A writer uploads its buffered changes once they reach this, without waiting for a persist. */
+  private final long uploadEarly;
 
   AquiferChangelogStorage(JobID job, Configuration config) {
     this.client = AquiferClient.connect(config.get(AquiferChangelogOptions.ADDRESS));
@@ -81,6 +91,7 @@ final class AquiferChangelogStorage implements StateChangelogStorage<ChangelogSt
     this.retentionAfterClose = config.get(AquiferChangelogOptions.RETENTION_AFTER_CLOSE);
     this.inFlightMax = config.get(AquiferChangelogOptions.IN_FLIGHT_MAX).getBytes();
     this.retained = config.get(org.apache.flink.configuration.CheckpointingOptions.MAX_RETAINED_CHECKPOINTS);
+    this.uploadEarly = config.get(AquiferChangelogOptions.UPLOAD_EARLY).getBytes();
     String suffix = UUID.randomUUID().toString().replace("-", "").substring(0, 12);
     this.stream = new StreamName(config.get(AquiferChangelogOptions.SCOPE), job.toHexString() + "-" + suffix);
     client.createStream(stream, config.get(AquiferChangelogOptions.SEGMENTS));
@@ -110,46 +121,60 @@ final class AquiferChangelogStorage implements StateChangelogStorage<ChangelogSt
     synchronized (this) {
       writers++;
       return new AquiferChangelogWriter(
-          this, operatorId + "/" + keyGroupRange + "/" + writers, keyGroupRange, retained);
+          this, operatorId + "/" + keyGroupRange + "/" + writers, keyGroupRange, retained, uploadEarly);
     }
   }
 
   /**
-   * Appends one event of {@code writerKey} holding its changes {@code firstSqn..lastSqn};
-   * completes with where it is (offset -1: unknown, a duplicate after a reconnect).
+   * Uploads one event of {@code writerKey} holding its changes {@code firstSqn..lastSqn}: encoded
+   * and appended on the uploader thread, never the task's; completes with where it is (null:
+   * unknown, a duplicate after a reconnect). Its bytes count against the in-flight budget from
+   * this call until its ack.
    */
-  CompletableFuture<WriteAck> append(String writerKey, long firstSqn, long lastSqn, byte[] payload) {
-    int framed =
-        Framing.framedSize(writerKey.getBytes(StandardCharsets.UTF_8).length, payload.length);
+  CompletableFuture<Locator> upload(
+      String writerKey, long firstSqn, long lastSqn, List<ChangeFormat.Change> changes, long bytes) {
     long id;
     synchronized (this) {
       id = ++appends;
       // Until it is placed, no head moves past where the segments end now.
       inFlightFloors.put(id, new HashMap<>(ends));
     }
-    if (inFlight.addAndGet(payload.length) > inFlightMax) {
+    if (inFlight.addAndGet(bytes) > inFlightMax) {
       availability.resetUnavailable();
     }
-    CompletableFuture<WriteAck> ack;
-    try {
-      ack = writer.write(writerKey, payload);
-    } catch (RuntimeException e) {
-      placed(id, writerKey, firstSqn, lastSqn, null, framed, payload.length);
-      return CompletableFuture.failedFuture(e);
-    }
-    return ack.whenComplete(
-        (a, error) -> placed(id, writerKey, firstSqn, lastSqn, a, framed, payload.length));
+    int keyBytes = writerKey.getBytes(StandardCharsets.UTF_8).length;
+    String name = stream.toString();
+    CompletableFuture<Locator> placedAt = new CompletableFuture<>();
+    CompletableFuture.supplyAsync(() -> ChangeFormat.encode(changes), uploader)
+        .thenCompose(
+            payload -> {
+              int framed = Framing.framedSize(keyBytes, payload.length);
+              return writer
+                  .write(writerKey, payload)
+                  .thenApply(
+                      a -> a.offset() < 0 ? null : new Locator(name, a.segmentId(), a.offset(), framed));
+            })
+        .whenComplete(
+            (at, error) -> {
+              placed(id, writerKey, firstSqn, lastSqn, at, bytes);
+              if (error != null) {
+                placedAt.completeExceptionally(error);
+              } else {
+                placedAt.complete(at);
+              }
+            });
+    return placedAt;
   }
 
   private void placed(
-      long id, String writerKey, long firstSqn, long lastSqn, WriteAck a, int framed, int bytes) {
+      long id, String writerKey, long firstSqn, long lastSqn, Locator at, long bytes) {
     synchronized (this) {
       inFlightFloors.remove(id);
-      if (a != null && a.offset() >= 0) {
-        ends.merge(a.segmentId(), a.offset() + framed, Math::max);
+      if (at != null) {
+        ends.merge(at.segmentId, at.offset + at.framedBytes, Math::max);
         placements
             .computeIfAbsent(writerKey, k -> new TreeMap<>())
-            .put(firstSqn, new long[] {lastSqn, a.segmentId(), a.offset()});
+            .put(firstSqn, new long[] {lastSqn, at.segmentId, at.offset});
       }
     }
     if (inFlight.addAndGet(-bytes) <= inFlightMax / 2) {
@@ -220,6 +245,7 @@ final class AquiferChangelogStorage implements StateChangelogStorage<ChangelogSt
       LOG.warn("closing the state changelog in {}", stream, e);
     } finally {
       truncations.shutdownNow();
+      uploader.shutdownNow();
       client.close();
     }
   }

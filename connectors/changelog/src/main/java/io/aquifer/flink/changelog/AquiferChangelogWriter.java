@@ -1,8 +1,6 @@
 package io.aquifer.flink.changelog;
 
-import io.aquifer.client.WriteAck;
 import io.aquifer.flink.changelog.ChangeFormat.Change;
-import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.Iterator;
 import java.util.List;
@@ -46,21 +44,29 @@ final class AquiferChangelogWriter implements StateChangelogWriter<ChangelogStat
   /** The start sqns of the last {@code retained} confirmed checkpoints, oldest first. */
   private final java.util.ArrayDeque<Long> confirmed = new java.util.ArrayDeque<>();
   private final int retained;
+  private final long uploadEarly;
+  private long notUploadedBytes;
   /** Flink's truncation point: it will not persist anything older again. */
   private long truncatedTo;
   private boolean closed;
 
   AquiferChangelogWriter(
-      AquiferChangelogStorage storage, String key, KeyGroupRange keyGroupRange, int retained) {
+      AquiferChangelogStorage storage,
+      String key,
+      KeyGroupRange keyGroupRange,
+      int retained,
+      long uploadEarly) {
     this.storage = storage;
     this.key = key;
     this.keyGroupRange = keyGroupRange;
     this.retained = Math.max(1, retained);
+    this.uploadEarly = uploadEarly;
   }
 
   /** One event's worth of changes, from append to ack. */
   private static final class Upload {
-    final List<Change> changes;
+    /** Kept only until the event is placed (to upload it again if it is not): then dropped. */
+    volatile List<Change> changes;
     final long firstSqn;
     final long lastSqn;
     final long bytes;
@@ -98,7 +104,17 @@ final class AquiferChangelogWriter implements StateChangelogWriter<ChangelogStat
     if (closed) {
       throw new IllegalStateException("append to a closed changelog writer");
     }
-    notUploaded.add(new Change(nextSqn++, keyGroup, value));
+    Change c = new Change(nextSqn++, keyGroup, value);
+    notUploaded.add(c);
+    notUploadedBytes += c.encodedBytes();
+    if (notUploadedBytes >= uploadEarly) {
+      // Between checkpoints: a persist then has only the rest to send.
+      for (Upload u : split(notUploaded)) {
+        upload(u);
+      }
+      notUploaded = new ArrayList<>();
+      notUploadedBytes = 0;
+    }
   }
 
   @Override
@@ -117,6 +133,7 @@ final class AquiferChangelogWriter implements StateChangelogWriter<ChangelogStat
     }
     again.addAll(notUploaded);
     notUploaded = new ArrayList<>();
+    notUploadedBytes = 0;
     long incremental = 0;
     for (Upload u : split(again)) {
       upload(u);
@@ -176,15 +193,16 @@ final class AquiferChangelogWriter implements StateChangelogWriter<ChangelogStat
   }
 
   private void upload(Upload u) {
-    byte[] payload = ChangeFormat.encode(u.changes);
-    int framed = io.aquifer.client.Framing.framedSize(key.getBytes(StandardCharsets.UTF_8).length, payload.length);
-    String stream = storage.stream().toString();
     u.done =
         storage
-            .append(key, u.firstSqn, u.lastSqn, payload)
+            .upload(key, u.firstSqn, u.lastSqn, u.changes, u.bytes)
             .thenApply(
-                (WriteAck a) ->
-                    a.offset() < 0 ? null : new Locator(stream, a.segmentId(), a.offset(), framed));
+                at -> {
+                  if (at != null) {
+                    u.changes = null;
+                  }
+                  return at;
+                });
     uploads.put(u.firstSqn, u);
   }
 
@@ -194,6 +212,7 @@ final class AquiferChangelogWriter implements StateChangelogWriter<ChangelogStat
     truncatedTo = Math.max(truncatedTo, toSqn);
     uploads.headMap(toSqn).entrySet().removeIf(e -> e.getValue().lastSqn < toSqn);
     notUploaded.removeIf(c -> c.sqn < toSqn);
+    notUploadedBytes = notUploaded.stream().mapToLong(Change::encodedBytes).sum();
     free();
   }
 
