@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Builds the driver of benches/changelog.rs (benches/peers/changelog-bench/:
+# Flink 2.3.0, aquifer-flink-changelog, flink-dstl-dfs, flink-s3-fs-hadoop)
+# into the cache and prints the path of a file holding its runtime classpath
+# (classes first, then every jar), for
+# `java -cp "$(cat FILE)" aquifer.bench.changelog.ChangelogBench ...`.
+#
+# First installs the connectors (io.aquifer:aquifer-client, aquifer-flink,
+# aquifer-flink-changelog 0.1.0-SNAPSHOT) into ~/.m2, never building inside
+# connectors/ (others build there): the sources are copied with rsync to
+# $AQUIFER_CHANGELOG_BUILD_DIR (default /work/bench-cl, or ~/.cache/... when
+# /work is absent) beside a link to proto/, and `mvn -q install -DskipTests`
+# runs in the copy, unless the installed jars were built from the same
+# sources. Idempotent: a driver build whose .complete marker holds the hash
+# of its sources and of the installed connector jars is reused. Fails fast.
+source "$(dirname "$0")/common.sh"
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+CONNECTORS="$ROOT/connectors"
+JOB="$HERE/changelog-bench"
+DIR="$PEERS_DIR/changelog-bench"
+if [ -n "${AQUIFER_CHANGELOG_BUILD_DIR:-}" ]; then
+    COPY="$AQUIFER_CHANGELOG_BUILD_DIR"
+elif [ -d /work ] && [ -w /work ]; then
+    COPY=/work/bench-cl
+else
+    COPY="$PEERS_DIR/changelog-connectors-build"
+fi
+M2="${MAVEN_REPO_LOCAL:-$HOME/.m2/repository}"
+JARS=(
+    "$M2/io/aquifer/aquifer-client/0.1.0-SNAPSHOT/aquifer-client-0.1.0-SNAPSHOT.jar"
+    "$M2/io/aquifer/aquifer-flink/0.1.0-SNAPSHOT/aquifer-flink-0.1.0-SNAPSHOT.jar"
+    "$M2/io/aquifer/aquifer-flink-changelog/0.1.0-SNAPSHOT/aquifer-flink-changelog-0.1.0-SNAPSHOT.jar"
+)
+
+command -v mvn >/dev/null || fail "mvn is not installed (needed to build the changelog bench)"
+command -v java >/dev/null || fail "java is not installed (needed to run the changelog bench)"
+command -v rsync >/dev/null || fail "rsync is not installed (needed to copy connectors/)"
+[ -f "$CONNECTORS/pom.xml" ] || fail "no $CONNECTORS/pom.xml"
+[ -d "$CONNECTORS/changelog" ] || fail "no $CONNECTORS/changelog (the aquifer changelog storage)"
+[ -d "$ROOT/proto" ] || fail "no $ROOT/proto"
+
+# The hash of every file under the given folders (not their build output).
+tree_hash() {
+    find "$@" -name target -prune -o -type f -print | LC_ALL=C sort |
+        xargs -d '\n' sha256sum | sha256sum | cut -d' ' -f1
+}
+
+# mvn ... with its output in LOG; on failure the reason is WHAT and the
+# first error Maven reported (its last lines are only advice).
+mvn_quiet() {
+    local log="$1" what="$2"
+    shift 2
+    if ! "$@" >"$log" 2>&1; then
+        fail "$what failed: $(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -m 1 -E '^\[ERROR\] .+' ||
+            tail -n 1 "$log") (log: $log)"
+    fi
+}
+
+mkdir -p "$PEERS_DIR"
+CONNECTOR_STAMP="$( (cd "$CONNECTORS" && tree_hash .; cd "$ROOT/proto" && tree_hash .) | sha256sum | cut -d' ' -f1)"
+missing=0
+for j in "${JARS[@]}"; do [ -f "$j" ] || missing=1; done
+if [ "$(cat "$DIR-connectors.complete" 2>/dev/null)" != "$CONNECTOR_STAMP" ] || [ "$missing" = 1 ]; then
+    mkdir -p "$COPY/connectors"
+    rsync -a --delete --exclude target "$CONNECTORS/" "$COPY/connectors/"
+    ln -sfn "$ROOT/proto" "$COPY/proto"
+    mvn_quiet "$PEERS_DIR/changelog-connectors-mvn.log" "mvn install (a copy of connectors/ in $COPY)" \
+        bash -c 'cd "$1/connectors" && mvn -B -q install -DskipTests' _ "$COPY"
+    for j in "${JARS[@]}"; do [ -f "$j" ] || fail "mvn install left no $j"; done
+    echo "$CONNECTOR_STAMP" >"$DIR-connectors.complete"
+fi
+
+STAMP="$( (cd "$JOB" && tree_hash pom.xml src; sha256sum "${JARS[@]}") | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$DIR/.complete" 2>/dev/null)" != "$STAMP" ]; then
+    rm -rf "$DIR"
+    mkdir -p "$DIR"
+    mvn_quiet "$PEERS_DIR/changelog-bench-mvn.log" "mvn compile (changelog-bench)" \
+        mvn -B -q -f "$JOB/pom.xml" -Dbench.build.dir="$DIR/build" \
+        compile dependency:build-classpath -Dmdep.outputFile="$DIR/deps.txt" \
+        -Dmdep.includeScope=runtime
+    [ -d "$DIR/build/classes" ] || fail "mvn left no $DIR/build/classes"
+    printf '%s:%s\n' "$DIR/build/classes" "$(cat "$DIR/deps.txt")" >"$DIR/classpath.txt"
+    echo "$STAMP" >"$DIR/.complete"
+fi
+echo "$DIR/classpath.txt"
