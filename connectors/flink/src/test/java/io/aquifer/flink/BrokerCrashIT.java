@@ -4,9 +4,6 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.aquifer.client.StreamName;
-import io.aquifer.flink.sink.AquiferSink;
-import io.aquifer.flink.source.AquiferDeserializer;
-import io.aquifer.flink.source.AquiferSource;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
@@ -14,8 +11,6 @@ import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 import org.apache.flink.api.common.eventtime.WatermarkStrategy;
 import org.apache.flink.api.common.functions.MapFunction;
-import org.apache.flink.api.common.serialization.SimpleStringSchema;
-import org.apache.flink.connector.base.DeliveryGuarantee;
 import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 import org.junit.jupiter.api.Test;
 
@@ -47,35 +42,16 @@ class BrokerCrashIT extends AquiferFlinkTestBase {
     int perKey = 1000;
     writeSequences(in, keys, 0, perKey);
 
-    StreamExecutionEnvironment env = ExactlyOnceIT.env(2);
+    StreamExecutionEnvironment env = checkpointedEnv(2);
     env.fromSource(
-            AquiferSource.<String>builder()
-                .address(server.address())
-                .stream(in.toString())
-                .boundedAtTail()
-                .deserializer(AquiferDeserializer.utf8())
-                .build(),
+            utf8Source(in, true),
             WatermarkStrategy.noWatermarks(),
             "aquifer")
         .map(new Slow())
         .sinkTo(
-            AquiferSink.<String>builder()
-                .address(server.address())
-                .stream(out.toString())
-                .serializer(new SimpleStringSchema())
-                .keySelector(line -> line.split(",")[0])
-                .deliveryGuarantee(DeliveryGuarantee.EXACTLY_ONCE)
-                .transactionalIdPrefix("crash")
-                .build());
+            keyedExactlyOnceSink(out, "crash"));
     CompletableFuture<Void> job =
-        CompletableFuture.runAsync(
-            () -> {
-              try {
-                env.execute("broker crash");
-              } catch (Exception e) {
-                throw new RuntimeException(e);
-              }
-            });
+        executeAsync(env, "broker crash");
     long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
     while (SEEN.get() < keys * perKey / 3 && System.nanoTime() < deadline) {
       Thread.sleep(10);

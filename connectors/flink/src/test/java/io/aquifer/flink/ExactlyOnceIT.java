@@ -4,8 +4,6 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.aquifer.client.StreamName;
-import io.aquifer.flink.sink.AquiferSink;
-import io.aquifer.flink.source.AquiferDeserializer;
 import io.aquifer.flink.source.AquiferSource;
 import java.time.Duration;
 import java.util.List;
@@ -15,13 +13,9 @@ import java.util.concurrent.atomic.AtomicLong;
 import org.apache.flink.api.common.eventtime.WatermarkStrategy;
 import org.apache.flink.api.common.functions.OpenContext;
 import org.apache.flink.api.common.functions.RichMapFunction;
-import org.apache.flink.api.common.serialization.SimpleStringSchema;
 import org.apache.flink.api.common.state.ValueState;
 import org.apache.flink.api.common.state.ValueStateDescriptor;
 import org.apache.flink.api.common.typeinfo.Types;
-import org.apache.flink.configuration.Configuration;
-import org.apache.flink.configuration.RestartStrategyOptions;
-import org.apache.flink.connector.base.DeliveryGuarantee;
 import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.util.Collector;
@@ -31,17 +25,6 @@ import org.junit.jupiter.api.Test;
 class ExactlyOnceIT extends AquiferFlinkTestBase {
   static final AtomicBoolean FAILED = new AtomicBoolean();
   static final AtomicLong SEEN = new AtomicLong();
-
-  static StreamExecutionEnvironment env(int parallelism) {
-    Configuration conf = new Configuration();
-    conf.set(RestartStrategyOptions.RESTART_STRATEGY, "fixed-delay");
-    conf.set(RestartStrategyOptions.RESTART_STRATEGY_FIXED_DELAY_ATTEMPTS, 3);
-    conf.set(RestartStrategyOptions.RESTART_STRATEGY_FIXED_DELAY_DELAY, Duration.ofMillis(200));
-    StreamExecutionEnvironment env = StreamExecutionEnvironment.getExecutionEnvironment(conf);
-    env.setParallelism(parallelism);
-    env.enableCheckpointing(500);
-    return env;
-  }
 
   /** Counts per key: emits "key,count" for every event. */
   static final class CountPerKey extends KeyedProcessFunction<String, String, String> {
@@ -87,28 +70,15 @@ class ExactlyOnceIT extends AquiferFlinkTestBase {
     int perKey = 500;
     writeSequences(in, keys, 0, perKey);
 
-    StreamExecutionEnvironment env = env(2);
+    StreamExecutionEnvironment env = checkpointedEnv(2);
     AquiferSource<String> source =
-        AquiferSource.<String>builder()
-            .address(server.address())
-            .stream(in.toString())
-            .startFromHead()
-            .boundedAtTail()
-            .deserializer(AquiferDeserializer.utf8())
-            .build();
+        utf8Source(in, true);
     env.fromSource(source, WatermarkStrategy.noWatermarks(), "aquifer")
         .keyBy(line -> line.split(",")[0])
         .process(new CountPerKey())
         .map(new FailOnce(keys * perKey / 2))
         .sinkTo(
-            AquiferSink.<String>builder()
-                .address(server.address())
-                .stream(out.toString())
-                .serializer(new SimpleStringSchema())
-                .keySelector(line -> line.split(",")[0])
-                .deliveryGuarantee(DeliveryGuarantee.EXACTLY_ONCE)
-                .transactionalIdPrefix("eo-count")
-                .build());
+            keyedExactlyOnceSink(out, "eo-count"));
     env.execute("exactly-once count");
 
     assertTrue(FAILED.get(), "the induced failure happened");

@@ -4,8 +4,6 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.aquifer.client.StreamName;
-import io.aquifer.flink.sink.AquiferSink;
-import io.aquifer.flink.source.AquiferDeserializer;
 import io.aquifer.flink.source.AquiferSource;
 import java.util.HashMap;
 import java.util.List;
@@ -15,8 +13,6 @@ import java.util.concurrent.atomic.AtomicLong;
 import org.apache.flink.api.common.JobExecutionResult;
 import org.apache.flink.api.common.eventtime.WatermarkStrategy;
 import org.apache.flink.api.common.functions.RichMapFunction;
-import org.apache.flink.api.common.serialization.SimpleStringSchema;
-import org.apache.flink.connector.base.DeliveryGuarantee;
 import org.apache.flink.runtime.executiongraph.AccessExecutionGraph;
 import org.apache.flink.runtime.executiongraph.AccessExecutionJobVertex;
 import org.apache.flink.runtime.executiongraph.AccessExecutionVertex;
@@ -65,25 +61,13 @@ class FailoverIT extends AquiferFlinkTestBase {
     int perKey = 1000;
     writeSequences(in, keys, 0, perKey);
 
-    StreamExecutionEnvironment env = ExactlyOnceIT.env(2);
+    StreamExecutionEnvironment env = checkpointedEnv(2);
     AquiferSource<String> source =
-        AquiferSource.<String>builder()
-            .address(server.address())
-            .stream(in.toString())
-            .boundedAtTail()
-            .deserializer(AquiferDeserializer.utf8())
-            .build();
+        utf8Source(in, true);
     env.fromSource(source, WatermarkStrategy.noWatermarks(), "aquifer")
         .map(new FailSubtaskZeroOnce(keys * perKey / 4))
         .sinkTo(
-            AquiferSink.<String>builder()
-                .address(server.address())
-                .stream(out.toString())
-                .serializer(new SimpleStringSchema())
-                .keySelector(line -> line.split(",")[0])
-                .deliveryGuarantee(DeliveryGuarantee.EXACTLY_ONCE)
-                .transactionalIdPrefix("failover")
-                .build());
+            keyedExactlyOnceSink(out, "failover"));
     JobExecutionResult result = env.execute("region failover");
     assertTrue(FAILED.get(), "the induced failure happened");
 

@@ -5,8 +5,6 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.aquifer.client.AquiferClient;
 import io.aquifer.client.StreamName;
-import io.aquifer.flink.sink.AquiferSink;
-import io.aquifer.flink.source.AquiferDeserializer;
 import io.aquifer.flink.source.AquiferSource;
 import io.aquifer.proto.v1.SegmentInfo;
 import java.util.ArrayList;
@@ -14,8 +12,6 @@ import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
 import org.apache.flink.api.common.eventtime.WatermarkStrategy;
-import org.apache.flink.api.common.serialization.SimpleStringSchema;
-import org.apache.flink.connector.base.DeliveryGuarantee;
 import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 import org.junit.jupiter.api.Test;
 
@@ -34,33 +30,14 @@ class ScalingIT extends AquiferFlinkTestBase {
     int rounds = 40;
     int perRound = 25;
 
-    StreamExecutionEnvironment env = ExactlyOnceIT.env(2);
+    StreamExecutionEnvironment env = checkpointedEnv(2);
     AquiferSource<String> source =
-        AquiferSource.<String>builder()
-            .address(server.address())
-            .stream(in.toString())
-            .startFromHead()
-            .deserializer(AquiferDeserializer.utf8())
-            .build();
+        utf8Source(in, false);
     env.fromSource(source, WatermarkStrategy.noWatermarks(), "aquifer")
         .sinkTo(
-            AquiferSink.<String>builder()
-                .address(server.address())
-                .stream(out.toString())
-                .serializer(new SimpleStringSchema())
-                .keySelector(line -> line.split(",")[0])
-                .deliveryGuarantee(DeliveryGuarantee.EXACTLY_ONCE)
-                .transactionalIdPrefix("scaling")
-                .build());
+            keyedExactlyOnceSink(out, "scaling"));
     CompletableFuture<Void> job =
-        CompletableFuture.runAsync(
-            () -> {
-              try {
-                env.execute("scaling");
-              } catch (Exception e) {
-                throw new RuntimeException(e);
-              }
-            });
+        executeAsync(env, "scaling");
 
     // Write while the job runs: split both segments after a quarter, merge two neighbours at the
     // half, split again at three quarters; then seal, which ends the unbounded source.
