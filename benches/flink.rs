@@ -36,6 +36,9 @@
 //! `AQUIFER_FLINK_JOB_JAVA_OPTS` adds JVM options to the job's `java` (a
 //! profiler agent, say).
 
+#[path = "harness/brokers/aquifer.rs"]
+#[allow(dead_code)] // the compare suite's broker; its producer is used here
+mod aquifer;
 #[path = "harness/broker.rs"]
 #[allow(dead_code)] // the comparison's counters and traits, partly used here
 mod broker;
@@ -58,7 +61,8 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::io::AsyncBufReadExt;
 
-use aquifer_client::{key_position, Client, EventWriter, StreamName, WriterConfig};
+use aquifer::AquiferProducer;
+use aquifer_client::{Client, StreamName, WriterConfig};
 use aquifer_testkit::bench;
 use broker::{Broker, ProcSample, Producer};
 use common::{ServerOpts, ServerProcess};
@@ -273,15 +277,6 @@ fn stream_name(topic: &str) -> String {
     format!("flink/{topic}")
 }
 
-/// A routing key that lands in segment `partition` of `partitions`
-/// (segment i owns key positions [i/n, (i+1)/n)).
-fn key_for(partition: u32, partitions: u32) -> Result<String> {
-    (0..100_000)
-        .map(|j| format!("p{partition}-{j}"))
-        .find(|k| (key_position(k) * f64::from(partitions)) as u32 == partition)
-        .ok_or_else(|| anyhow!("no routing key found for segment {partition}"))
-}
-
 impl Target for AquiferNode {
     type P = AquiferProducer;
 
@@ -300,34 +295,8 @@ impl Target for AquiferNode {
         self.admin.admin().create_stream(&name, PARTITIONS).await?;
         let client = Client::connect(&self.server.addr()).await?;
         let writer = client.writer(&name, WriterConfig::default()).await?;
-        Ok(AquiferProducer {
-            writer,
-            keys: (0..PARTITIONS)
-                .map(|p| key_for(p, PARTITIONS))
-                .collect::<Result<_>>()?,
-        })
-    }
-}
-
-/// One `EventWriter` (`WriterConfig::default()`: 1 MiB batches, 1 ms
-/// linger) with a routing key per segment.
-struct AquiferProducer {
-    writer: EventWriter,
-    keys: Vec<String>,
-}
-
-impl Producer for AquiferProducer {
-    async fn send(&self, index: usize, events: Vec<Bytes>) -> Result<()> {
-        // Queue every event (the writer batches them), then wait for each ack.
-        let key = &self.keys[index];
-        let mut pending = Vec::with_capacity(events.len());
-        for event in events {
-            pending.push(self.writer.write_event(Some(key), event).await?);
-        }
-        for p in pending {
-            p.await?;
-        }
-        Ok(())
+        let partitions: Vec<u32> = (0..PARTITIONS).collect();
+        AquiferProducer::new(writer, &partitions, PARTITIONS)
     }
 }
 

@@ -47,17 +47,6 @@ tree_hash() {
         xargs -d '\n' sha256sum | sha256sum | cut -d' ' -f1
 }
 
-# mvn ... with its output in LOG; on failure the reason is WHAT and the
-# first error Maven reported (its last lines are only advice).
-mvn_quiet() {
-    local log="$1" what="$2"
-    shift 2
-    if ! "$@" >"$log" 2>&1; then
-        fail "$what failed: $(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -m 1 -E '^\[ERROR\] .+' ||
-            tail -n 1 "$log") (log: $log)"
-    fi
-}
-
 mkdir -p "$PEERS_DIR"
 CONNECTOR_STAMP="$( (cd "$CONNECTORS" && tree_hash .; cd "$ROOT/proto" && tree_hash .) | sha256sum | cut -d' ' -f1)"
 missing=0

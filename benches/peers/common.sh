@@ -21,3 +21,14 @@ quiet() {
         fail "$what failed: $(grep -v '^\s*$' "$log" | tail -n 1) (log: $log)"
     fi
 }
+
+# mvn ... with its output in LOG; on failure the reason is WHAT and the
+# first error Maven reported (its last lines are only advice).
+mvn_quiet() {
+    local log="$1" what="$2"
+    shift 2
+    if ! "$@" >"$log" 2>&1; then
+        fail "$what failed: $(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -m 1 -E '^\[ERROR\] .+' ||
+            tail -n 1 "$log") (log: $log)"
+    fi
+}

@@ -69,13 +69,7 @@ impl Broker for Aquifer {
         let client = Client::connect(&self.server.addr()).await?;
         let segments = client.admin().describe_stream(&name).await?.segments.len() as u32;
         let writer = client.writer(&name, WriterConfig::default()).await?;
-        Ok(AquiferProducer {
-            writer,
-            keys: partitions
-                .iter()
-                .map(|&p| key_for(p, segments))
-                .collect::<Result<_>>()?,
-        })
+        AquiferProducer::new(writer, partitions, segments)
     }
 
     async fn consumer(&self, topic: &str, _partitions: u32) -> Result<AquiferConsumer> {
@@ -91,6 +85,20 @@ pub struct AquiferProducer {
     writer: EventWriter,
     /// The routing key of each of the producer's partitions.
     keys: Vec<String>,
+}
+
+impl AquiferProducer {
+    /// A producer over `writer` whose partition i writes to segment
+    /// `partitions[i]` of `segments` (one routing key each).
+    pub fn new(writer: EventWriter, partitions: &[u32], segments: u32) -> Result<AquiferProducer> {
+        Ok(AquiferProducer {
+            writer,
+            keys: partitions
+                .iter()
+                .map(|&p| key_for(p, segments))
+                .collect::<Result<_>>()?,
+        })
+    }
 }
 
 impl Producer for AquiferProducer {

@@ -4,8 +4,6 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import io.aquifer.client.AquiferClient;
-import io.aquifer.client.AquiferServer;
 import io.aquifer.client.Event;
 import io.aquifer.client.EventWriter;
 import io.aquifer.client.SegmentReader;
@@ -17,50 +15,18 @@ import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
 import org.apache.flink.configuration.Configuration;
-import org.apache.flink.runtime.testutils.MiniClusterResourceConfiguration;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.JsonNode;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.ObjectMapper;
 import org.apache.flink.table.api.EnvironmentSettings;
 import org.apache.flink.table.api.TableEnvironment;
 import org.apache.flink.table.api.ValidationException;
-import org.apache.flink.test.junit5.MiniClusterExtension;
 import org.apache.flink.types.Row;
 import org.apache.flink.util.CloseableIterator;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
-import org.junit.jupiter.api.extension.RegisterExtension;
 
 /** The `aquifer` SQL connector on a MiniCluster against a real `aquifer serve`. */
-class SqlIT {
-  @RegisterExtension
-  static final MiniClusterExtension MINI =
-      new MiniClusterExtension(
-          new MiniClusterResourceConfiguration.Builder()
-              .setNumberTaskManagers(1)
-              .setNumberSlotsPerTaskManager(4)
-              .build());
-
+class SqlIT extends AquiferFlinkTestBase {
   private static final ObjectMapper JSON = new ObjectMapper();
-
-  static AquiferServer server;
-  static AquiferClient client;
-
-  @BeforeAll
-  static void start() throws Exception {
-    server = AquiferServer.start();
-    client = AquiferClient.connect(server.address());
-  }
-
-  @AfterAll
-  static void stop() {
-    if (client != null) {
-      client.close();
-    }
-    if (server != null) {
-      server.close();
-    }
-  }
 
   static TableEnvironment tableEnv() {
     Configuration conf = new Configuration();

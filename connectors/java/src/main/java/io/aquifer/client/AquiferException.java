@@ -2,7 +2,6 @@ package io.aquifer.client;
 
 import io.grpc.Metadata;
 import io.grpc.Status;
-import io.grpc.StatusRuntimeException;
 
 /**
  * An error from Aquifer: the gRPC status code, the server's {@code aquifer-reason} when it sent one

@@ -201,13 +201,11 @@ public final class EventWriter implements AutoCloseable {
       return best;
     }
     // Not covered (cannot happen with ranges covering [0, 1)): the rule of keys.rs.
-    Route low = routes.get(0);
-    for (Route r : routes) {
-      if (r.keyLow <= position && r.keyLow >= low.keyLow) {
-        low = r;
-      }
-    }
-    return low;
+    List<Route> sorted = new ArrayList<>(routes);
+    sorted.sort((a, b) -> Double.compare(a.keyLow, b.keyLow));
+    List<Double> lows = new ArrayList<>();
+    sorted.forEach(r -> lows.add(r.keyLow));
+    return sorted.get(KeyPositions.pick(lows, position));
   }
 
   private static int permitsFor(long bytes) {

@@ -52,7 +52,7 @@ public final class Transaction implements AutoCloseable {
   public TransactionInfo commit(boolean wait) {
     writer.flush();
     TransactionInfo out = owner.commit(id(), wait);
-    closeWriter();
+    writer.close();
     return out;
   }
 
@@ -69,10 +69,6 @@ public final class Transaction implements AutoCloseable {
 
   public TransactionState state() {
     return owner.status(id()).getState();
-  }
-
-  private void closeWriter() {
-    writer.close();
   }
 
   private void closeWriterQuietly() {
