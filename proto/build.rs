@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/aquifer/v1/segments.proto",
         "proto/aquifer/v1/groups.proto",
         "proto/aquifer/v1/transactions.proto",
+        "proto/aquifer/v1/access.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

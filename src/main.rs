@@ -43,6 +43,9 @@ struct Cli {
     )]
     addr: String,
 
+    #[command(flatten)]
+    security: cli::ConnectSecurity,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -90,6 +93,12 @@ enum Command {
     /// Write one with `aquifer write --txn`.
     #[command(subcommand)]
     Txn(TxnCommand),
+    /// Access control: grant, revoke and list ACLs; who am I.
+    #[command(subcommand)]
+    Acl(cli::acl::AclCommand),
+    /// Credentials for a node's auth config (hash a static token).
+    #[command(subcommand)]
+    Auth(cli::acl::AuthCommand),
 }
 
 fn main() -> ExitCode {
@@ -122,6 +131,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let addr = &cli.addr;
+    cli::set_security(cli.security);
     match cli.command {
         Command::Serve(args) => {
             init_logging("info");
@@ -134,6 +144,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(cmd) => client_command(cli::cluster::run(addr, cmd)).await,
         Command::Group(cmd) => client_command(cli::group::run(addr, cmd)).await,
         Command::Txn(cmd) => client_command(cli::txn::run(addr, cmd)).await,
+        Command::Acl(cmd) => client_command(cli::acl::run(addr, cmd)).await,
+        Command::Auth(cmd) => cli::acl::run_auth(cmd),
     }
 }
 

@@ -340,7 +340,7 @@ async fn nodes_are_added_and_removed_while_writing() {
     write_keyed_range(&writer, KEYS, 0, 100, 100).await;
 
     let joiner = cluster.spawn_joiner().await;
-    let addr = cluster.node(joiner).addr();
+    let addr = cluster.address_spec(joiner);
     client
         .admin()
         .add_node(joiner, &addr)

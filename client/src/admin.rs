@@ -319,13 +319,16 @@ impl Admin {
         Ok(answer.head_offset)
     }
 
-    /// Adds node `id`, listening at `address`, to the cluster: every group
-    /// adds it as a replica and sends it a snapshot. Start it first with
-    /// `aquifer serve --join`.
+    /// Adds node `id` to the cluster: every group adds it as a replica and
+    /// sends it a snapshot. `address` is `HOST:PORT` (clients), optionally
+    /// followed by `/HOST:PEER_PORT` (the other nodes; default PORT + 1).
+    /// Start it first with `aquifer serve --join`.
     pub async fn add_node(&self, id: u64, address: &str) -> Result<ClusterStatus, Error> {
+        let (client, peer) = address.split_once('/').unwrap_or((address, ""));
         let req = NodeInfo {
             node_id: id,
-            address: address.to_string(),
+            address: client.to_string(),
+            peer_address: peer.to_string(),
             ..Default::default()
         };
         self.call(|c| {

@@ -2,12 +2,14 @@
 //! after async-nats's `ConnectOptions`.
 //!
 //! Owns the defaults and the checks of the connection settings (timeouts,
-//! retry backoff). It must never hold a setting that does nothing: TLS and
-//! credentials get their methods when the server speaks them (the fields
-//! are private, so adding them breaks no caller).
+//! retry backoff, TLS, credentials), and reading them from the
+//! `AQUIFER_TLS_*` and `AQUIFER_TOKEN*` environment variables. It must never
+//! hold a setting that does nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use tonic::transport::{Certificate, Identity};
 
 use crate::conn::{Backoff, Settings};
 use crate::{Client, Error};
@@ -31,6 +33,9 @@ use crate::{Client, Error};
 pub struct ClientBuilder {
     addr: String,
     settings: Settings,
+    token: Option<String>,
+    /// What `from_env` could not use, reported by `connect`.
+    problems: Vec<String>,
 }
 
 impl ClientBuilder {
@@ -38,6 +43,8 @@ impl ClientBuilder {
         ClientBuilder {
             addr: addr.to_string(),
             settings: Settings::default(),
+            token: None,
+            problems: Vec::new(),
         }
     }
 
@@ -71,6 +78,82 @@ impl ClientBuilder {
         self
     }
 
+    /// Speaks TLS, trusting the CA certificate(s) in `ca_pem` (PEM) to sign
+    /// the nodes' certificates.
+    pub fn tls_ca(mut self, ca_pem: impl AsRef<[u8]>) -> Self {
+        let tls = self.settings.tls.take().unwrap_or_default();
+        self.settings.tls = Some(tls.ca_certificate(Certificate::from_pem(ca_pem)));
+        self
+    }
+
+    /// Presents this client certificate (PEM chain and key) in the TLS
+    /// handshake (for nodes that take certificates as credentials).
+    pub fn tls_identity(mut self, cert_pem: impl AsRef<[u8]>, key_pem: impl AsRef<[u8]>) -> Self {
+        let tls = self.settings.tls.take().unwrap_or_default();
+        self.settings.tls = Some(tls.identity(Identity::from_pem(cert_pem, key_pem)));
+        self
+    }
+
+    /// The name the nodes' certificates must carry, when it is not the
+    /// host the client dials.
+    pub fn tls_server_name(mut self, name: &str) -> Self {
+        let tls = self.settings.tls.take().unwrap_or_default();
+        self.settings.tls = Some(tls.domain_name(name));
+        self
+    }
+
+    /// Sends `token` (a static token or a JWT) as `authorization: Bearer`
+    /// on every call.
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.trim().to_string());
+        self
+    }
+
+    /// Takes TLS and credentials from the environment, where set:
+    /// `AQUIFER_TLS_CA` (CA file), `AQUIFER_TLS_CERT` and `AQUIFER_TLS_KEY`
+    /// (client certificate and key files), `AQUIFER_TLS_SERVER_NAME`,
+    /// `AQUIFER_TOKEN` (the token) or `AQUIFER_TOKEN_FILE` (a file holding
+    /// it). A named file that cannot be read fails `connect`.
+    pub fn from_env(mut self) -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let mut file = |name: &str| {
+            let path = var(name)?;
+            match std::fs::read(&path) {
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    self.problems.push(format!("{name}={path}: {e}"));
+                    None
+                }
+            }
+        };
+        let ca = file("AQUIFER_TLS_CA");
+        let cert = file("AQUIFER_TLS_CERT");
+        let key = file("AQUIFER_TLS_KEY");
+        let token_file = file("AQUIFER_TOKEN_FILE");
+        if let Some(ca) = ca {
+            self = self.tls_ca(ca);
+        }
+        match (cert, key) {
+            (Some(cert), Some(key)) => self = self.tls_identity(cert, key),
+            (None, None) => {}
+            _ => self
+                .problems
+                .push("AQUIFER_TLS_CERT and AQUIFER_TLS_KEY go together".into()),
+        }
+        if let Some(name) = var("AQUIFER_TLS_SERVER_NAME") {
+            self = self.tls_server_name(&name);
+        }
+        if let Some(token) = var("AQUIFER_TOKEN") {
+            self = self.token(&token);
+        } else if let Some(bytes) = token_file {
+            match String::from_utf8(bytes) {
+                Ok(t) => self = self.token(&t),
+                Err(_) => self.problems.push("AQUIFER_TOKEN_FILE is not UTF-8".into()),
+            }
+        }
+        self
+    }
+
     /// Connects to the node, eagerly (waits up to the connect timeout):
     /// [`Error::Unavailable`] ("cannot reach aquifer at ADDR") when nothing
     /// answers, [`Error::InvalidArgument`] for a bad address or settings.
@@ -78,12 +161,21 @@ impl ClientBuilder {
     ///
     /// In a cluster, any node will do: the client learns the others from it
     /// and follows each group's leader by itself (redirects, failover).
-    pub async fn connect(self) -> Result<Client, Error> {
+    pub async fn connect(mut self) -> Result<Client, Error> {
         self.check()?;
+        if let Some(token) = &self.token {
+            let value = format!("Bearer {token}").parse().map_err(|_| {
+                Error::InvalidArgument("the token holds characters a header cannot".into())
+            })?;
+            self.settings.credentials.bearer = Some(value);
+        }
         Client::from_settings(&self.addr, Arc::new(self.settings)).await
     }
 
     fn check(&self) -> Result<(), Error> {
+        if !self.problems.is_empty() {
+            return Err(Error::InvalidArgument(self.problems.join("; ")));
+        }
         let s = &self.settings;
         if s.connect_timeout.is_zero() || s.request_timeout.is_zero() {
             return Err(Error::InvalidArgument(

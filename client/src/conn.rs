@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::chain_message;
 use crate::proto::append_client::AppendClient;
@@ -48,6 +50,24 @@ impl Backoff {
     }
 }
 
+/// A channel with the client's credentials on every call.
+pub(crate) type Transport = InterceptedService<Channel, Credentials>;
+
+/// Puts the client's bearer token (if any) on every request.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Credentials {
+    pub(crate) bearer: Option<MetadataValue<Ascii>>,
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(b) = &self.bearer {
+            req.metadata_mut().insert("authorization", b.clone());
+        }
+        Ok(req)
+    }
+}
+
 /// What a [`crate::ClientBuilder`] set, shared by every connection of one
 /// client (the seed and the nodes learned from it).
 #[derive(Clone, Debug)]
@@ -58,6 +78,9 @@ pub(crate) struct Settings {
     /// retries together.
     pub(crate) request_timeout: Duration,
     pub(crate) backoff: Backoff,
+    /// TLS to every node (None: plaintext).
+    pub(crate) tls: Option<ClientTlsConfig>,
+    pub(crate) credentials: Credentials,
 }
 
 impl Default for Settings {
@@ -72,6 +95,8 @@ impl Default for Settings {
                 initial: Duration::from_millis(50),
                 max: Duration::from_millis(250),
             },
+            tls: None,
+            credentials: Credentials::default(),
         }
     }
 }
@@ -160,19 +185,32 @@ impl Conn {
 fn normalize(addr: &str) -> String {
     let addr = addr.trim();
     addr.strip_prefix("http://")
+        .or_else(|| addr.strip_prefix("https://"))
         .unwrap_or(addr)
         .trim_end_matches('/')
         .to_string()
 }
 
-fn endpoint(addr: &str, settings: &Settings) -> Result<Endpoint, Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| {
-            Error::InvalidArgument(format!(
-                "invalid server address {addr:?} (expected HOST:PORT): {}",
-                chain_message(&e)
-            ))
-        })?
+/// How to dial node `addr` with `settings` (the node status probe's
+/// endpoint too, so both speak TLS alike).
+pub(crate) fn endpoint(addr: &str, settings: &Settings) -> Result<Endpoint, Error> {
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "invalid server address {addr:?} (expected HOST:PORT): {}",
+            chain_message(&e)
+        ))
+    })?;
+    if let Some(tls) = &settings.tls {
+        endpoint = endpoint.tls_config(tls.clone()).map_err(|e| {
+            Error::InvalidArgument(format!("TLS settings for {addr}: {}", chain_message(&e)))
+        })?;
+    }
+    Ok(endpoint
         .connect_timeout(settings.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
@@ -217,10 +255,12 @@ impl Conn {
         req
     }
 
-    /// The current channel and its generation.
-    pub(crate) fn channel(&self) -> (u64, Channel) {
+    /// The current channel (with the client's credentials) and its
+    /// generation.
+    pub(crate) fn channel(&self) -> (u64, Transport) {
         let guard = self.channel.lock().unwrap_or_else(|p| p.into_inner());
-        (guard.0, guard.1.clone())
+        let transport = InterceptedService::new(guard.1.clone(), self.settings.credentials.clone());
+        (guard.0, transport)
     }
 
     /// Called by a retrying task after failed attempt number `attempt` on the
@@ -237,25 +277,25 @@ impl Conn {
         }
     }
 
-    pub(crate) fn admin(&self) -> StreamAdminClient<Channel> {
+    pub(crate) fn admin(&self) -> StreamAdminClient<Transport> {
         StreamAdminClient::new(self.channel().1)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX)
     }
 
-    pub(crate) fn append(channel: Channel) -> AppendClient<Channel> {
+    pub(crate) fn append(channel: Transport) -> AppendClient<Transport> {
         AppendClient::new(channel)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX)
     }
 
-    pub(crate) fn read(channel: Channel) -> ReadClient<Channel> {
+    pub(crate) fn read(channel: Transport) -> ReadClient<Transport> {
         ReadClient::new(channel)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX)
     }
 
-    pub(crate) fn segments(channel: Channel) -> SegmentsClient<Channel> {
+    pub(crate) fn segments(channel: Transport) -> SegmentsClient<Transport> {
         SegmentsClient::new(channel)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX)

@@ -255,7 +255,7 @@ pub struct ReaderGroup {
     group: String,
 }
 
-fn client(c: &Conn) -> ReaderGroupsClient<tonic::transport::Channel> {
+fn client(c: &Conn) -> ReaderGroupsClient<crate::conn::Transport> {
     ReaderGroupsClient::new(c.channel().1)
 }
 
@@ -280,7 +280,7 @@ impl ReaderGroup {
     async fn rpc<Q, R, F, Fut>(&self, req: &Q, call: F) -> Result<R, Error>
     where
         Q: Clone,
-        F: Fn(ReaderGroupsClient<tonic::transport::Channel>, tonic::Request<Q>) -> Fut,
+        F: Fn(ReaderGroupsClient<crate::conn::Transport>, tonic::Request<Q>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
         Admin::new(self.conn.clone())

@@ -28,6 +28,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![warn(missing_docs)]
 
+mod access;
 mod admin;
 mod batch;
 mod builder;
@@ -53,6 +54,7 @@ use std::time::Duration;
 
 use aquifer_proto::v1 as proto;
 
+pub use access::{Grant, Identity};
 pub use admin::{Admin, Scale};
 pub use aquifer_proto::wire::{CLIENT_MESSAGE_BYTES_MAX, WRITER_ID_BYTES_MAX};
 pub use builder::ClientBuilder;
@@ -288,10 +290,14 @@ async fn raw_status(conn: &conn::Conn) -> Result<proto::ClusterStatus, Error> {
 /// (A view must not wait long for a node that is down: at most 1 s to
 /// dial and 2 s to answer, shorter if the client's settings say so.)
 async fn node_status(addr: String, settings: &conn::Settings) -> Option<proto::ClusterStatus> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let endpoint = conn::endpoint(&addr, settings)
         .ok()?
         .connect_timeout(settings.connect_timeout.min(Duration::from_secs(1)));
-    let mut cluster = proto::cluster_client::ClusterClient::new(endpoint.connect_lazy());
+    let channel = tonic::service::interceptor::InterceptedService::new(
+        endpoint.connect_lazy(),
+        settings.credentials.clone(),
+    );
+    let mut cluster = proto::cluster_client::ClusterClient::new(channel);
     let mut req = tonic::Request::new(proto::ClusterStatusRequest {});
     req.set_timeout(settings.request_timeout.min(Duration::from_secs(2)));
     cluster

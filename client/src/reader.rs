@@ -556,7 +556,7 @@ impl SegmentRead {
     /// ends.
     async fn read_once(
         &mut self,
-        channel: tonic::transport::Channel,
+        channel: crate::conn::Transport,
         tx: &mpsc::Sender<Item>,
     ) -> Outcome {
         let request = ReadSegmentRequest {

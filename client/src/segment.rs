@@ -13,7 +13,6 @@ use std::time::Duration;
 use aquifer_proto::frame;
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use crate::conn::Conn;
 use crate::proto::segments_client::SegmentsClient;
@@ -153,7 +152,7 @@ pub(crate) async fn on_segment_leader<T, F, Fut>(
     call: F,
 ) -> Result<T, Error>
 where
-    F: Fn(SegmentsClient<Channel>, Duration) -> Fut,
+    F: Fn(SegmentsClient<crate::conn::Transport>, Duration) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     let nodes = conn.nodes();

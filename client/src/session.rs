@@ -456,7 +456,7 @@ impl Session {
     /// Starts the call and does the setup handshake.
     async fn setup(
         &self,
-        channel: tonic::transport::Channel,
+        channel: crate::conn::Transport,
     ) -> Result<
         (
             mpsc::UnboundedSender<AppendRequest>,

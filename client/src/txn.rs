@@ -158,7 +158,7 @@ impl TxnCalls {
     async fn rpc<Q, R, F, Fut>(&self, req: &Q, call: F) -> Result<R, Error>
     where
         Q: Clone,
-        F: Fn(TransactionsClient<tonic::transport::Channel>, tonic::Request<Q>) -> Fut,
+        F: Fn(TransactionsClient<crate::conn::Transport>, tonic::Request<Q>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
         Admin::new(self.conn.clone())

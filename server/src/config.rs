@@ -49,8 +49,10 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// This node's id in the cluster (1 on a single node).
     pub node_id: u64,
-    /// Every node of the cluster as `ID=HOST:PORT` (this one included);
-    /// empty: a single node.
+    /// Every node of the cluster as `ID=HOST:PORT/HOST:PEER_PORT` (this one
+    /// included): the address clients reach it at, and the one the other
+    /// nodes do (`/...` omitted: the same host at PORT + 1). Empty: a
+    /// single node.
     pub peers: Vec<String>,
     /// Replicas of each container (capped at the number of nodes). Taken
     /// from the node that first leads the metadata group when the cluster
@@ -62,6 +64,17 @@ pub struct ServerConfig {
     pub tier2: Tier2Config,
     pub raft: RaftConfig,
     pub scaling: ScalingConfig,
+    /// Where node-to-node services (raft, snapshots, forwarding) listen;
+    /// the client port never serves them. In a cluster it defaults to the
+    /// `listen` IP at the port of this node's peer address in `peers`; a
+    /// single node has no peer port unless this is set.
+    pub peer_listen: Option<SocketAddr>,
+    /// Serve a non-loopback address without TLS and authentication (or a
+    /// non-loopback peer port without peer TLS). Refused otherwise.
+    pub insecure: bool,
+    pub tls: crate::auth::config::TlsConfig,
+    pub peer_tls: crate::auth::config::PeerTlsConfig,
+    pub auth: crate::auth::config::AuthConfig,
 }
 
 /// How auto-scaling measures and waits. Production defaults are minutes
@@ -140,6 +153,11 @@ impl Default for ServerConfig {
             tier2: Tier2Config::default(),
             raft: RaftConfig::default(),
             scaling: ScalingConfig::default(),
+            peer_listen: None,
+            insecure: false,
+            tls: Default::default(),
+            peer_tls: Default::default(),
+            auth: Default::default(),
         }
     }
 }
@@ -331,7 +349,29 @@ impl ServerConfig {
         if self.raft.election_ticks <= self.raft.heartbeat_ticks {
             return bad("raft.election_ticks must be greater than raft.heartbeat_ticks".into());
         }
-        Ok(())
+        crate::auth::config::validate(self)
+    }
+
+    /// Where the peer port listens: `peer_listen`, else (in a cluster) the
+    /// `listen` IP at the port of this node's peer address; None on a
+    /// single node without `peer_listen`.
+    pub fn peer_listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.peer_listen.is_some() || self.peers.is_empty() {
+            return Ok(self.peer_listen);
+        }
+        let nodes = self.cluster()?;
+        let me = nodes.get(&self.node_id).map(String::as_str).unwrap_or("");
+        let peer = crate::addresses::peer_address(me);
+        let port = peer
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "node {}'s peer address {peer:?} has no port; write its peers entry as ID=HOST:PORT/HOST:PEER_PORT",
+                    self.node_id
+                ))
+            })?;
+        Ok(Some(SocketAddr::new(self.listen.ip(), port)))
     }
 
     /// What the node's byte budgets allow in memory: tail buffers, block

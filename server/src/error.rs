@@ -72,6 +72,14 @@ pub enum Error {
     OrphanChunk(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("{0}")]
+    AclNotFound(String),
+    /// No credentials, or ones that do not check out.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The principal may not do this (its ACLs).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// This node does not lead the group; `leader` is where to go, if known.
     #[error("{message}")]
     NotLeader {
@@ -117,7 +125,8 @@ impl From<Error> for Status {
             | Error::SegmentNotFound(_)
             | Error::GroupNotFound(_)
             | Error::ReaderUnknown(_)
-            | Error::TransactionNotFound(_) => Code::NotFound,
+            | Error::TransactionNotFound(_)
+            | Error::AclNotFound(_) => Code::NotFound,
             Error::StreamExists(_) | Error::GroupExists(_) => Code::AlreadyExists,
             Error::SegmentSealed(_)
             | Error::ConditionFailed { .. }
@@ -128,6 +137,8 @@ impl From<Error> for Status {
             Error::OffsetOutOfRange { .. } | Error::Truncated { .. } => Code::OutOfRange,
             Error::Corrupt(_) => Code::DataLoss,
             Error::Log(_) | Error::OrphanChunk(_) | Error::Internal(_) => Code::Internal,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
         };
         let mut status = Status::new(code, e.to_string());
         let reason = match &e {

@@ -29,11 +29,12 @@ pub(crate) mod read;
 pub(crate) mod retention;
 pub(crate) mod tier;
 
+pub use auth::authn::hash_token;
 pub use config::ServerConfig;
 pub use error::Error;
 
 /// Runs a node until `shutdown` resolves: replays the logs, then serves
-/// gRPC on `config.listen`.
+/// gRPC on `config.listen` (clients) and the peer port (other nodes).
 pub async fn serve(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -41,9 +42,11 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
+    let peer_listener = peer_listener(&config).await?;
     let metrics_listener = metrics_listener(&config).await?;
     let node = node::Node::open(config).await?;
     let addr = api::local_addr(&listener);
+    let peer_addr = peer_listener.as_ref().and_then(api::local_addr);
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = ?api::local_addr(&listener), "serving metrics at /metrics");
         let refreshed = node.clone();
@@ -58,6 +61,10 @@ pub async fn serve(
     }
     tracing::info!(
         addr = ?addr,
+        peer_addr = ?peer_addr,
+        tls = node.tls.client.is_some(),
+        peer_tls = node.tls.peer_server.is_some(),
+        auth = node.auth_on(),
         data_dir = %node.config.data_dir.display(),
         containers = node.config.containers,
         "aquifer serving"
@@ -68,10 +75,25 @@ pub async fn serve(
         tracing::info!("shutting down");
         closing.begin_close();
     };
-    let served = api::serve(node.clone(), listener, signal).await;
+    let served = api::serve(node.clone(), listener, peer_listener, signal).await;
     node.stop().await;
     tracing::info!("aquifer stopped");
     served.map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")))
+}
+
+/// The peer port's listener (a cluster's; a single node has none unless
+/// `peer_listen` is set).
+async fn peer_listener(config: &ServerConfig) -> Result<Option<tokio::net::TcpListener>, Error> {
+    let addr = config
+        .peer_listen_addr()
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|e| Error::Unavailable(format!("cannot listen for peers on {addr}: {e}")))
 }
 
 async fn metrics_listener(config: &ServerConfig) -> Result<Option<tokio::net::TcpListener>, Error> {

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 
-use aquifer_client::{Client, ClusterStatus};
+use aquifer_client::ClusterStatus;
 use clap::Subcommand;
 
 use super::{header, write_table};
@@ -27,7 +27,8 @@ pub enum ClusterCommand {
     AddNode {
         /// The new node's id (above 0, not used before).
         id: u64,
-        /// HOST:PORT where clients and nodes reach it.
+        /// HOST:PORT where clients reach it, then /HOST:PEER_PORT where the
+        /// other nodes do (its --peer-listen; default: PORT + 1).
         address: String,
     },
     /// Remove a node: its container replicas move to the other nodes (new
@@ -40,7 +41,7 @@ pub enum ClusterCommand {
 }
 
 pub async fn run(addr: &str, cmd: ClusterCommand) -> anyhow::Result<()> {
-    let client = Client::connect(addr).await?;
+    let client = super::connect(addr).await?;
     let status = match cmd {
         ClusterCommand::Status => client.cluster_view().await?,
         ClusterCommand::AddNode { id, address } => {

@@ -122,14 +122,14 @@ pub async fn run(addr: &str, cmd: GroupCommand) -> anyhow::Result<()> {
                 .start(start)
                 .reader_timeout(Duration::from_millis(reader_timeout))
                 .subscribe(subscribe);
-            let client = Client::connect(addr).await?;
+            let client = super::connect(addr).await?;
             let info = group(&client, &name)?.create(&streams, &config).await?;
             writeln!(out, "created reader group {name}")?;
             describe(&mut out, &info)?;
         }
         GroupCommand::Describe { name } => {
             group_name(&name)?;
-            let client = Client::connect(addr).await?;
+            let client = super::connect(addr).await?;
             let info = group(&client, &name)?.describe().await?;
             describe(&mut out, &info)?;
         }
@@ -145,7 +145,7 @@ pub async fn run(addr: &str, cmd: GroupCommand) -> anyhow::Result<()> {
                     .map_or(0, |d| d.as_millis());
                 format!("cp-{ms}")
             });
-            let client = Client::connect(addr).await?;
+            let client = super::connect(addr).await?;
             let g = group(&client, &name)?;
             g.checkpoint(&checkpoint).await?;
             let cut = g
@@ -155,7 +155,7 @@ pub async fn run(addr: &str, cmd: GroupCommand) -> anyhow::Result<()> {
         }
         GroupCommand::Reset { name, to } => {
             group_name(&name)?;
-            let client = Client::connect(addr).await?;
+            let client = super::connect(addr).await?;
             let g = group(&client, &name)?;
             let info = match StreamCut::parse(&to) {
                 Ok(cut) => g.reset_to_cut(&cut).await?,
@@ -166,7 +166,7 @@ pub async fn run(addr: &str, cmd: GroupCommand) -> anyhow::Result<()> {
         }
         GroupCommand::Delete { name } => {
             group_name(&name)?;
-            let client = Client::connect(addr).await?;
+            let client = super::connect(addr).await?;
             group(&client, &name)?.delete().await?;
             writeln!(out, "deleted reader group {name}")?;
         }
@@ -242,7 +242,7 @@ pub async fn read(addr: &str, name: &str, reader_id: &str, args: &ReadArgs) -> a
     if reader_id.is_empty() {
         bail!("--group needs --reader READER (this reader's id in the group)");
     }
-    let client = Client::connect(addr).await?;
+    let client = super::connect(addr).await?;
     let mut reader = group(&client, name)?
         .reader(reader_id)
         .await

@@ -6,6 +6,7 @@
 //! error itself or exit: errors go back to `main`, which prints the one
 //! `error: ...` line.
 
+pub mod acl;
 pub mod cluster;
 pub mod event_json;
 pub mod group;
@@ -18,6 +19,77 @@ pub mod units;
 pub mod write;
 
 use std::io::Write;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use anyhow::Context;
+use aquifer_client::Client;
+
+/// How client commands secure their connection (global flags, each with
+/// its environment variable).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ConnectSecurity {
+    /// CA certificate (PEM) that signed the nodes' certificates: speak TLS.
+    #[arg(long, global = true, env = "AQUIFER_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present (with --tls-key).
+    #[arg(
+        long,
+        global = true,
+        env = "AQUIFER_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "AQUIFER_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// File holding the bearer token (static token or JWT) to send; or set
+    /// AQUIFER_TOKEN to the token itself.
+    #[arg(long, global = true, env = "AQUIFER_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+static SECURITY: OnceLock<ConnectSecurity> = OnceLock::new();
+
+/// Records the global flags for [`connect`] (once, before any command).
+pub fn set_security(s: ConnectSecurity) {
+    let _ = SECURITY.set(s);
+}
+
+fn read_file(what: &str, path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+}
+
+/// Connects a client command to `addr` with the TLS and token settings of
+/// the flags (or their environment variables).
+pub async fn connect(addr: &str) -> anyhow::Result<Client> {
+    let s = SECURITY.get().cloned().unwrap_or_default();
+    let mut b = Client::builder(addr);
+    if let Some(ca) = &s.tls_ca {
+        b = b.tls_ca(read_file("--tls-ca", ca)?);
+    }
+    if let (Some(cert), Some(key)) = (&s.tls_cert, &s.tls_key) {
+        b = b.tls_identity(read_file("--tls-cert", cert)?, read_file("--tls-key", key)?);
+    }
+    if let Ok(name) = std::env::var("AQUIFER_TLS_SERVER_NAME") {
+        b = b.tls_server_name(&name);
+    }
+    if let Some(file) = &s.token_file {
+        let token = String::from_utf8(read_file("--token-file", file)?)
+            .context("the token file is not UTF-8")?;
+        b = b.token(&token);
+    } else if let Ok(token) = std::env::var("AQUIFER_TOKEN") {
+        b = b.token(&token);
+    }
+    Ok(b.connect().await?)
+}
 
 /// `""` for one, `"s"` otherwise.
 pub fn plural(n: u64) -> &'static str {

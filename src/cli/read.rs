@@ -7,7 +7,7 @@
 
 use std::io::Write;
 
-use aquifer_client::{Client, Event, ReaderConfig, StartFrom, StreamCut, StreamName};
+use aquifer_client::{Event, ReaderConfig, StartFrom, StreamCut, StreamName};
 use clap::{Args, ValueEnum};
 use futures::{FutureExt, TryStreamExt};
 
@@ -73,7 +73,7 @@ pub async fn run(addr: &str, args: ReadArgs) -> anyhow::Result<()> {
     }
     let name: StreamName = args.name.as_deref().unwrap_or_default().parse()?;
     let from_cut = args.from_cut.as_deref().map(StreamCut::parse).transpose()?;
-    let client = Client::connect(addr).await?;
+    let client = super::connect(addr).await?;
     let start = match (from_cut, args.from) {
         (Some(cut), _) => StartFrom::Positions(cut.positions),
         (None, From::Head) => StartFrom::Head,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::bail;
-use aquifer_client::{Client, ScanConfig, StreamCut, StreamName};
+use aquifer_client::{ScanConfig, StreamCut, StreamName};
 use bytes::Bytes;
 use clap::Args;
 use futures::TryStreamExt;
@@ -59,7 +59,7 @@ pub async fn run(addr: &str, args: ScanArgs) -> anyhow::Result<()> {
     let name: StreamName = args.name.parse()?;
     let from_cut = args.from_cut.as_deref().map(StreamCut::parse).transpose()?;
     let to_cut = args.to_cut.as_deref().map(StreamCut::parse).transpose()?;
-    let client = Client::connect(addr).await?;
+    let client = super::connect(addr).await?;
     let batch = client.batch();
     let from = match from_cut {
         Some(cut) => cut,

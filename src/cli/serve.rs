@@ -34,8 +34,9 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     node_id: Option<u64>,
     /// Every node of the cluster, this one included, as
-    /// ID=HOST:PORT,ID=HOST:PORT,... (the addresses clients and peers
-    /// reach them at). Omit for a single node.
+    /// ID=HOST:PORT/HOST:PEER_PORT,... (where clients reach each, then where
+    /// the other nodes do; /HOST:PEER_PORT omitted: PORT + 1). Omit for a
+    /// single node.
     #[arg(long, value_name = "PEERS", value_delimiter = ',')]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     peers: Vec<String>,
@@ -57,6 +58,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_listen: Option<SocketAddr>,
+    /// Where node-to-node services (raft, snapshots, forwarding) listen, apart
+    /// from clients [default in a cluster: the --listen IP at the port of this
+    /// node's peer address in --peers; a single node has none].
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_listen: Option<SocketAddr>,
+    /// Serve a non-loopback address without TLS and authentication (refused
+    /// otherwise, so a node is never exposed open by accident).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    insecure: bool,
     /// TOML configuration file (every key optional; unknown keys are errors).
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -130,9 +142,44 @@ mod tests {
             replication_factor: None,
             join: false,
             metrics_listen: None,
+            peer_listen: None,
+            insecure: false,
             config,
             containers: None,
         }
+    }
+
+    #[test]
+    fn every_flag_is_a_config_key() {
+        let all = ServeArgs {
+            data_dir: Some("d".into()),
+            listen: Some("127.0.0.1:9".parse().unwrap()),
+            node_id: Some(1),
+            peers: vec!["1=127.0.0.1:9/127.0.0.1:19".into()],
+            replication_factor: Some(1),
+            join: true,
+            metrics_listen: Some("127.0.0.1:10".parse().unwrap()),
+            peer_listen: Some("127.0.0.1:19".parse().unwrap()),
+            insecure: true,
+            config: None,
+            containers: Some(2),
+        };
+        let config = config(&all).unwrap();
+        assert_eq!(
+            config.peer_listen_addr().unwrap(),
+            Some("127.0.0.1:19".parse().unwrap())
+        );
+        assert!(config.insecure && config.join);
+    }
+
+    #[test]
+    fn a_public_address_needs_tls_and_auth_or_insecure() {
+        let mut open = args(None);
+        open.listen = Some("0.0.0.0:7450".parse().unwrap());
+        let err = format!("{:#}", config(&open).unwrap_err());
+        assert!(err.contains("--insecure"), "{err}");
+        open.insecure = true;
+        config(&open).unwrap();
     }
 
     #[test]

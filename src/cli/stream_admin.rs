@@ -11,9 +11,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::bail;
-use aquifer_client::{
-    Client, Retention, Scale, ScalingKind, ScalingPolicy, StreamInfo, StreamName,
-};
+use aquifer_client::{Retention, Scale, ScalingKind, ScalingPolicy, StreamInfo, StreamName};
 use clap::{Args, Subcommand};
 
 use super::units::{
@@ -335,7 +333,7 @@ pub async fn run(addr: &str, cmd: StreamCommand) -> anyhow::Result<()> {
             bail!("nothing to scale: give --split SEG[:N] and/or --merge SEG,SEG");
         }
     }
-    let client = Client::connect(addr).await?;
+    let client = super::connect(addr).await?;
     let admin = client.admin();
     let mut out = std::io::stdout().lock();
     match (cmd, name) {

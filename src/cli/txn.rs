@@ -58,7 +58,7 @@ pub async fn run(addr: &str, cmd: TxnCommand) -> anyhow::Result<()> {
     match cmd {
         TxnCommand::List { name } => {
             let name: StreamName = name.parse()?;
-            let client = Client::connect(addr).await?;
+            let client = super::connect(addr).await?;
             let txns = client
                 .transactional_writer(&name, "cli-txn-list")?
                 .list()
@@ -109,7 +109,7 @@ pub async fn run(addr: &str, cmd: TxnCommand) -> anyhow::Result<()> {
 
 async fn connect(addr: &str, name: &str) -> anyhow::Result<(Client, StreamName)> {
     let name: StreamName = name.parse()?;
-    Ok((Client::connect(addr).await?, name))
+    Ok((super::connect(addr).await?, name))
 }
 
 /// How long ago `ms` (since the epoch) was.

@@ -129,7 +129,7 @@ const STDIN_BUFFER: usize = 1024 * 1024;
 
 pub async fn run(addr: &str, args: WriteArgs) -> anyhow::Result<()> {
     let name: StreamName = args.name.parse()?;
-    let client = Client::connect(addr).await?;
+    let client = super::connect(addr).await?;
     let mut config = WriterConfig::default();
     if let Some(id) = &args.writer_id {
         config = config.writer_id(id.as_str());

@@ -6,11 +6,18 @@ use std::time::{Duration, Instant};
 use crate::process::{free_port, ServerOpts, ServerProcess};
 use crate::timing::POLL;
 
+/// A `peers` entry: the client port, then the peer port.
+fn peer_entry(id: u64, port: u16, peer_port: u16) -> String {
+    format!("\"{id}=127.0.0.1:{port}/127.0.0.1:{peer_port}\"")
+}
+
 /// A cluster of `aquifer serve` processes on loopback: node ids 1..=n,
 /// every group replicated on all, tier-2 in one shared directory (what S3
 /// is in production).
 pub struct TestCluster {
     pub nodes: Vec<ServerProcess>,
+    /// Each node's peer port (node-to-node services), by node id - 1.
+    pub peer_ports: Vec<u16>,
     /// Holds the shared tier-2 directory.
     shared: tempfile::TempDir,
 }
@@ -24,10 +31,9 @@ impl TestCluster {
             .tempdir()
             .expect("temp dir");
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let peers: Vec<String> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("\"{}=127.0.0.1:{p}\"", i + 1))
+        let peer_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peers: Vec<String> = (0..n)
+            .map(|i| peer_entry(i as u64 + 1, ports[i], peer_ports[i]))
             .collect();
         let mut nodes: Vec<ServerProcess> = ports
             .iter()
@@ -50,21 +56,27 @@ impl TestCluster {
         for node in &mut nodes {
             node.wait_ready().await;
         }
-        TestCluster { nodes, shared }
+        TestCluster {
+            nodes,
+            peer_ports,
+            shared,
+        }
     }
 
     /// Starts one more node with `--join` (not yet a member: add it with
     /// `add_node`) and returns its id.
     pub async fn spawn_joiner(&mut self) -> u64 {
         let id = self.nodes.len() as u64 + 1;
-        let port = free_port();
+        let (port, peer_port) = (free_port(), free_port());
         let mut peers: Vec<String> = self
             .nodes
             .iter()
+            .zip(&self.peer_ports)
             .enumerate()
-            .map(|(i, n)| format!("\"{}=127.0.0.1:{}\"", i + 1, n.port()))
+            .map(|(i, (n, &pp))| peer_entry(i as u64 + 1, n.port(), pp))
             .collect();
-        peers.push(format!("\"{id}=127.0.0.1:{port}\""));
+        peers.push(peer_entry(id, port, peer_port));
+        self.peer_ports.push(peer_port);
         let config = format!(
             "node_id = {id}\npeers = [{}]\njoin = true\n[raft]\nfault_injection = true\n\
              [tier2]\nurl = \"file://{}\"\n",
@@ -183,8 +195,16 @@ impl TestCluster {
         }
     }
 
+    /// Where node `id`'s peer port is (`cluster add-node`'s address takes
+    /// `CLIENT/PEER`).
+    pub fn address_spec(&self, id: u64) -> String {
+        let i = (id - 1) as usize;
+        format!("{}/127.0.0.1:{}", self.nodes[i].addr(), self.peer_ports[i])
+    }
+
+    /// Fault injection is served on the peer port only.
     async fn set_faults(&self, id: u64, faults: aquifer_proto::v1::Faults) {
-        let addr = self.nodes[(id - 1) as usize].addr();
+        let addr = format!("127.0.0.1:{}", self.peer_ports[(id - 1) as usize]);
         let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .expect("endpoint")
             .connect_timeout(Duration::from_millis(500))

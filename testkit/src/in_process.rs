@@ -43,10 +43,12 @@ impl InProcessCluster {
         let addrs: Vec<String> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
+        // Each node's peer port is a free port of its own (not PORT + 1,
+        // which may be taken).
         let peers: Vec<String> = addrs
             .iter()
             .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
+            .map(|(i, a)| format!("{}={a}/127.0.0.1:{}", i + 1, free_port()))
             .collect();
         let tier2 = dir.path().join("tier2");
         let mut nodes = Vec::new();

@@ -17,9 +17,12 @@ use aquifer_proto::v1::{
     ListStreamsRequest, ListStreamsResponse, ScaleStreamRequest, SealStreamRequest, SegmentInfo,
     StreamInfo, StreamName, UpdateStreamRequest,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::api::authn::PRINCIPAL_METADATA_KEY;
+use crate::auth::acl::{Permission, Resource};
+use crate::auth::Principal;
 use crate::container::SegmentView;
 use crate::controller::scaling::{self, Split};
 use crate::controller::{PolicyRecord, Retention, ScalingPolicy, StreamKey, StreamRecord};
@@ -62,15 +65,18 @@ impl AdminService {
             }) if !req.metadata().contains_key(FORWARDED) => addr,
             Err(e) => return Err(e.into()),
         };
+        // To the leader's peer port: the client port may want credentials
+        // this node does not have; the principal travels along instead.
+        let leader = self.node.addresses.peer_of(&leader);
         let channel = {
             let mut leaders = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
             match leaders.get(&leader) {
                 Some(c) => c.clone(),
                 None => {
-                    let endpoint = Endpoint::from_shared(format!("http://{leader}"))
-                        .map_err(|e| Status::internal(format!("leader address {leader}: {e}")))?
-                        .connect_timeout(Duration::from_secs(2));
-                    let c = endpoint.connect_lazy();
+                    let c =
+                        crate::cluster::peer_endpoint(&leader, self.node.tls.peer_client.as_ref())
+                            .map_err(Status::internal)?
+                            .connect_lazy();
                     leaders.insert(leader.clone(), c.clone());
                     c
                 }
@@ -80,12 +86,37 @@ impl AdminService {
         let client = StreamAdminClient::new(channel)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        let principal = Principal::of(&req);
         let mut forwarded = Request::new(req.into_inner());
         forwarded
             .metadata_mut()
             .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        if let Ok(name) = principal.name().parse() {
+            forwarded
+                .metadata_mut()
+                .insert(PRINCIPAL_METADATA_KEY, name);
+        }
         forwarded.set_timeout(FORWARD_TIMEOUT);
         call(client, forwarded).await.map(Routed::Answered)
+    }
+
+    /// Refuses `req` unless its principal may `permission` on stream
+    /// `name`.
+    fn allow<T>(
+        &self,
+        req: &Request<T>,
+        name: Option<&StreamName>,
+        permission: Permission,
+        operation: &str,
+    ) -> Result<(), Status> {
+        let name = name.ok_or_else(|| Status::invalid_argument("the request names no stream"))?;
+        self.node.authorize(
+            &Principal::of(req),
+            permission,
+            Resource::stream(&name.scope, &name.stream),
+            operation,
+        )?;
+        Ok(())
     }
 
     /// Answers `req` here on the metadata leader (with `here`), else relays
@@ -242,6 +273,12 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<CreateStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
+        self.allow(
+            &req,
+            req.get_ref().name.as_ref(),
+            Permission::Create,
+            "stream.create",
+        )?;
         self.answer(
             req,
             |mut c, r| async move { c.create_stream(r).await },
@@ -267,6 +304,7 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<ListStreamsRequest>,
     ) -> Result<Response<ListStreamsResponse>, Status> {
+        let principal = Principal::of(&req);
         self.answer(
             req,
             |mut c, r| async move { c.list_streams(r).await },
@@ -275,13 +313,28 @@ impl StreamAdmin for AdminService {
                 if !scope.is_empty() {
                     validate_name("scope", &scope)?;
                 }
+                // A principal sees only the streams it may read.
                 let streams: Vec<StreamRecord> = self
                     .node
                     .controller
                     .all()
                     .into_iter()
                     .filter(|s| !s.deleting && (scope.is_empty() || s.key.scope == scope))
+                    .filter(|s| {
+                        let r = Resource::stream(&s.key.scope, &s.key.stream);
+                        self.node.may(&principal, Permission::Read, r)
+                    })
                     .collect();
+                let target = if scope.is_empty() {
+                    Resource::CLUSTER
+                } else {
+                    Resource::scope(&scope)
+                };
+                if streams.is_empty() && !self.node.may(&principal, Permission::Read, target) {
+                    // Nothing to see, and no grant to see it: say so, not "empty".
+                    self.node
+                        .authorize(&principal, Permission::Read, target, "stream.list")?;
+                }
                 // One round of questions for every segment listed.
                 let ids: Vec<u64> = streams
                     .iter()
@@ -299,6 +352,12 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<DescribeStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
+        self.allow(
+            &req,
+            req.get_ref().name.as_ref(),
+            Permission::Read,
+            "stream.describe",
+        )?;
         self.answer(
             req,
             |mut c, r| async move { c.describe_stream(r).await },
@@ -315,6 +374,12 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<SealStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
+        self.allow(
+            &req,
+            req.get_ref().name.as_ref(),
+            Permission::Delete,
+            "stream.seal",
+        )?;
         self.answer(
             req,
             |mut c, r| async move { c.seal_stream(r).await },
@@ -332,6 +397,12 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<UpdateStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
+        self.allow(
+            &req,
+            req.get_ref().name.as_ref(),
+            Permission::Create,
+            "stream.update",
+        )?;
         self.answer(
             req,
             |mut c, r| async move { c.update_stream(r).await },
@@ -359,6 +430,12 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<DeleteStreamRequest>,
     ) -> Result<Response<DeleteStreamResponse>, Status> {
+        self.allow(
+            &req,
+            req.get_ref().name.as_ref(),
+            Permission::Delete,
+            "stream.delete",
+        )?;
         self.answer(
             req,
             |mut c, r| async move { c.delete_stream(r).await },
@@ -376,6 +453,12 @@ impl StreamAdmin for AdminService {
         &self,
         req: Request<ScaleStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
+        self.allow(
+            &req,
+            req.get_ref().name.as_ref(),
+            Permission::Create,
+            "stream.scale",
+        )?;
         self.answer(
             req,
             |mut c, r| async move { c.scale_stream(r).await },

@@ -27,6 +27,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::auth::acl::Permission;
+use crate::auth::Principal;
 use crate::container::command::{self, Cmd};
 use crate::container::state::Applied;
 use crate::container::{Container, Segment};
@@ -58,6 +60,7 @@ impl Append for AppendService {
         &self,
         req: Request<Streaming<AppendRequest>>,
     ) -> Result<Response<Self::AppendSessionStream>, Status> {
+        let principal = Principal::of(&req);
         let mut inbound = req.into_inner();
         let setup = match inbound.message().await? {
             Some(AppendRequest {
@@ -81,6 +84,13 @@ impl Append for AppendService {
                     .segment_id,
             )
         };
+        // A transaction's part is written as its parent segment's stream.
+        self.node.authorize_segment(
+            &principal,
+            Permission::Write,
+            txn_parent.unwrap_or(setup.segment_id),
+            "append.open",
+        )?;
         let (container, length, last) = match txn_parent {
             None => {
                 let (container, segment) = appendable(&self.node, setup.segment_id)?;

@@ -1,5 +1,7 @@
 //! The `Cluster` service: the nodes and every group's raft state as the
-//! answering node sees it (`aquifer cluster status`).
+//! answering node sees it (`aquifer cluster status`), membership changes
+//! (admins, client port), and the calls nodes make of each other (peer
+//! port only: on the client port they answer UNIMPLEMENTED).
 
 use std::sync::Arc;
 
@@ -12,6 +14,10 @@ use aquifer_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::addresses;
+use crate::api::Port;
+use crate::auth::acl::{Permission, Resource};
+use crate::auth::Principal;
 use crate::cluster::peers::SEGMENT_VIEWS_PER_CALL_MAX;
 use crate::controller::txns::TxnPart;
 use crate::group::GroupStatus;
@@ -19,11 +25,35 @@ use crate::node::Node;
 
 pub struct ClusterService {
     node: Arc<Node>,
+    port: Port,
 }
 
 impl ClusterService {
-    pub fn new(node: Arc<Node>) -> Self {
-        ClusterService { node }
+    pub fn new(node: Arc<Node>, port: Port) -> Self {
+        ClusterService { node, port }
+    }
+
+    /// Node-to-node calls are served on the peer port only.
+    fn peers_only(&self, call: &str) -> Result<(), Status> {
+        match self.port {
+            Port::Peer => Ok(()),
+            Port::Client => Err(Status::unimplemented(format!(
+                "Cluster.{call} is served on the peer port only (node to node)"
+            ))),
+        }
+    }
+
+    /// Membership changes come from an operator, on the client port.
+    fn admin<T>(&self, req: &Request<T>, operation: &str) -> Result<(), Status> {
+        if self.port == Port::Peer {
+            return Err(Status::unimplemented(format!(
+                "{operation} is served on the client port only"
+            )));
+        }
+        let principal = Principal::of(req);
+        self.node
+            .authorize(&principal, Permission::Admin, Resource::CLUSTER, operation)?;
+        Ok(())
     }
 }
 
@@ -60,13 +90,14 @@ impl ClusterService {
                 .addresses
                 .all()
                 .into_iter()
-                .map(|(node_id, address)| NodeInfo {
+                .map(|(node_id, spec)| NodeInfo {
                     health: match &self.node.transport {
                         Some(t) => t.health(node_id).as_str().to_string(),
                         None => "self".to_string(),
                     },
                     node_id,
-                    address,
+                    address: addresses::client_address(&spec).to_string(),
+                    peer_address: addresses::peer_address(&spec),
                 })
                 .collect(),
             groups,
@@ -95,6 +126,7 @@ impl Cluster for ClusterService {
     }
 
     async fn add_node(&self, req: Request<NodeInfo>) -> Result<Response<ClusterStatus>, Status> {
+        self.admin(&req, "cluster.add-node")?;
         self.check_membership()?;
         let n = req.into_inner();
         if n.node_id == 0 || n.address.trim().is_empty() {
@@ -102,18 +134,17 @@ impl Cluster for ClusterService {
                 "add-node needs a node id above 0 and the HOST:PORT it listens on",
             ));
         }
-        if self.node.controller.nodes().get(&n.node_id) == Some(&n.address) {
+        let spec = addresses::spec(n.address.trim(), Some(n.peer_address.trim()));
+        if self.node.controller.nodes().get(&n.node_id) == Some(&spec) {
             return Ok(Response::new(self.snapshot()));
         }
-        self.node
-            .controller
-            .set_node(n.node_id, n.address.trim())
-            .await?;
-        tracing::info!(node = n.node_id, address = %n.address, "node added to the cluster");
+        self.node.controller.set_node(n.node_id, &spec).await?;
+        tracing::info!(node = n.node_id, address = %n.address, peer_address = %addresses::peer_address(&spec), "node added to the cluster");
         Ok(Response::new(self.snapshot()))
     }
 
     async fn remove_node(&self, req: Request<NodeInfo>) -> Result<Response<ClusterStatus>, Status> {
+        self.admin(&req, "cluster.remove-node")?;
         self.check_membership()?;
         let id = req.into_inner().node_id;
         let members = self.node.controller.nodes();
@@ -132,6 +163,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<SegmentViewsRequest>,
     ) -> Result<Response<SegmentViewsResponse>, Status> {
+        self.peers_only("SegmentViews")?;
         let ids = req.into_inner().segment_ids;
         if ids.len() > SEGMENT_VIEWS_PER_CALL_MAX {
             return Err(Status::invalid_argument(format!(
@@ -146,6 +178,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<FinishPartsRequest>,
     ) -> Result<Response<FinishPartsResponse>, Status> {
+        self.peers_only("FinishTransactionParts")?;
         let req = req.into_inner();
         let action = match Action::try_from(req.action) {
             Ok(a @ (Action::Merge | Action::Drop | Action::Forget)) => a,
@@ -168,6 +201,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MovePartRequest>,
     ) -> Result<Response<FinishPartsResponse>, Status> {
+        self.peers_only("MoveTransactionPart")?;
         let req = req.into_inner();
         let p = req
             .part
@@ -185,11 +219,13 @@ impl Cluster for ClusterService {
         &self,
         req: Request<AppendPartRequest>,
     ) -> Result<Response<FinishPartsResponse>, Status> {
+        self.peers_only("AppendTransactionPart")?;
         self.node.local_append_part(req.into_inner()).await?;
         Ok(Response::new(FinishPartsResponse {}))
     }
 
     async fn set_faults(&self, req: Request<Faults>) -> Result<Response<Faults>, Status> {
+        self.peers_only("SetFaults")?;
         if !self.node.config.raft.fault_injection {
             return Err(Status::permission_denied(
                 "fault injection is off (raft.fault_injection = true turns it on, for tests only)",

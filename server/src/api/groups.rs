@@ -13,6 +13,8 @@ use aquifer_proto::v1 as pb;
 use aquifer_proto::v1::reader_groups_server::ReaderGroups;
 use tonic::{Request, Response, Status};
 
+use crate::auth::acl::{Permission, Resource};
+use crate::auth::Principal;
 use crate::controller::groups::{
     CheckpointState, GroupKey, GroupRecord, GroupStream, ReaderView, GROUP_NAME_BYTES_MAX,
 };
@@ -57,6 +59,42 @@ impl GroupService {
         })
     }
 
+    /// Refuses `principal` unless it may read every stream of `streams`
+    /// (`audited`: a call that opens something, else a repeated one).
+    fn allow_streams(
+        &self,
+        principal: &Principal,
+        streams: &[GroupStream],
+        operation: &str,
+        audited: bool,
+    ) -> Result<(), Error> {
+        for s in streams {
+            let r = Resource::stream(&s.scope, &s.stream);
+            if audited {
+                self.node
+                    .authorize(principal, Permission::Read, r, operation)?;
+            } else {
+                self.node.check(principal, Permission::Read, r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`GroupService::allow_streams`] for the streams group `key` reads.
+    fn allow(
+        &self,
+        principal: &Principal,
+        key: &GroupKey,
+        operation: &str,
+        audited: bool,
+    ) -> Result<(), Error> {
+        if !self.node.auth_on() {
+            return Ok(());
+        }
+        let g = self.node.controller.group_record(key)?;
+        self.allow_streams(principal, &g.streams, operation, audited)
+    }
+
     /// The group as users see it, with each segment's lag.
     async fn info(&self, key: &GroupKey) -> Result<pb::ReaderGroupInfo, Error> {
         let g = self.node.controller.group_record(key)?;
@@ -71,6 +109,7 @@ impl ReaderGroups for GroupService {
         &self,
         req: Request<pb::CreateGroupRequest>,
     ) -> Result<Response<pb::ReaderGroupInfo>, Status> {
+        let principal = Principal::of(&req);
         let req = req.into_inner();
         let key = self.key(req.group)?;
         if req.streams.is_empty() || req.streams.len() > GROUP_STREAMS_MAX {
@@ -90,6 +129,7 @@ impl ReaderGroups for GroupService {
         }
         streams.sort();
         streams.dedup();
+        self.allow_streams(&principal, &streams, "group.create", true)?;
         let timeout = match req.reader_timeout_ms {
             0 => READER_TIMEOUT_DEFAULT_MS,
             t if (READER_TIMEOUT_MIN_MS..=READER_TIMEOUT_MAX_MS).contains(&t) => t,
@@ -123,7 +163,9 @@ impl ReaderGroups for GroupService {
         &self,
         req: Request<pb::ReaderGroupRef>,
     ) -> Result<Response<pb::ReaderGroupInfo>, Status> {
+        let principal = Principal::of(&req);
         let key = self.key(Some(req.into_inner()))?;
+        self.allow(&principal, &key, "group.describe", true)?;
         Ok(Response::new(self.info(&key).await?))
     }
 
@@ -131,16 +173,22 @@ impl ReaderGroups for GroupService {
         &self,
         req: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let principal = Principal::of(&req);
         let scope = req.into_inner().scope;
         if !scope.is_empty() {
             validate_name("scope", &scope)?;
         }
         self.node.check_meta_leader()?;
+        // A principal sees only the groups whose streams it may read.
         let groups = self
             .node
             .controller
             .group_records(&scope)
             .iter()
+            .filter(|g| {
+                self.allow_streams(&principal, &g.streams, "", false)
+                    .is_ok()
+            })
             .map(|g| group_info(g, &HashMap::new()))
             .collect();
         Ok(Response::new(pb::ListGroupsResponse { groups }))
@@ -150,7 +198,9 @@ impl ReaderGroups for GroupService {
         &self,
         req: Request<pb::ReaderGroupRef>,
     ) -> Result<Response<pb::ReaderGroupInfo>, Status> {
+        let principal = Principal::of(&req);
         let key = self.key(Some(req.into_inner()))?;
+        self.allow(&principal, &key, "group.delete", true)?;
         let info = self.info(&key).await?;
         let op = GroupOp::Delete(ReaderRef::default());
         self.node.controller.group_change(&key, op).await?;
@@ -162,8 +212,10 @@ impl ReaderGroups for GroupService {
         &self,
         req: Request<pb::JoinGroupRequest>,
     ) -> Result<Response<pb::ReaderAssignment>, Status> {
+        let principal = Principal::of(&req);
         let req = req.into_inner();
         let key = self.key(req.group)?;
+        self.allow(&principal, &key, "group.join", true)?;
         check_id("reader id", &req.reader_id)?;
         self.node.reader_seen(&key, &req.reader_id);
         let op = GroupOp::Join(ReaderRef {
@@ -178,8 +230,10 @@ impl ReaderGroups for GroupService {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::ReaderAssignment>, Status> {
+        let principal = Principal::of(&req);
         let req = req.into_inner();
         let key = self.key(req.group)?;
+        self.allow(&principal, &key, "group.heartbeat", false)?;
         check_id("reader id", &req.reader_id)?;
         let reported = req.positions.len()
             + req.completed.len()
@@ -221,8 +275,10 @@ impl ReaderGroups for GroupService {
         &self,
         req: Request<pb::LeaveGroupRequest>,
     ) -> Result<Response<pb::ReaderGroupInfo>, Status> {
+        let principal = Principal::of(&req);
         let req = req.into_inner();
         let key = self.key(req.group)?;
+        self.allow(&principal, &key, "group.leave", false)?;
         check_id("reader id", &req.reader_id)?;
         let op = GroupOp::Leave(LeaveRecord {
             reader: req.reader_id.clone(),
@@ -237,8 +293,10 @@ impl ReaderGroups for GroupService {
         &self,
         req: Request<pb::CheckpointRequest>,
     ) -> Result<Response<pb::ReaderGroupInfo>, Status> {
+        let principal = Principal::of(&req);
         let req = req.into_inner();
         let key = self.key(req.group)?;
+        self.allow(&principal, &key, "group.checkpoint", true)?;
         check_id("checkpoint name", &req.name)?;
         let op = GroupOp::Checkpoint(CheckpointCmd {
             name: req.name,
@@ -252,8 +310,10 @@ impl ReaderGroups for GroupService {
         &self,
         req: Request<pb::ResetGroupRequest>,
     ) -> Result<Response<pb::ReaderGroupInfo>, Status> {
+        let principal = Principal::of(&req);
         let req = req.into_inner();
         let key = self.key(req.group)?;
+        self.allow(&principal, &key, "group.reset", true)?;
         let g = self.node.controller.group_record(&key)?;
         let cut = match req.to {
             Some(pb::reset_group_request::To::Checkpoint(name)) => {

@@ -1,4 +1,6 @@
-//! The `Read` service: one server stream per segment read.
+//! The `Read` service: one server stream per segment read (filtered to
+//! the routing keys a key-restricted reader may see), and where a range
+//! lies in tier-2 for direct scans (refused to key-restricted readers).
 
 use std::sync::Arc;
 
@@ -10,8 +12,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::acl::Permission;
+use crate::auth::Principal;
 use crate::error::Error;
 use crate::node::Node;
+use crate::read::filter::forward_visible;
 use crate::read::{stream_segment, ReadRange};
 
 /// Responses buffered per reader: with ~1 MiB each, bounds a slow reader.
@@ -35,7 +40,14 @@ impl Read for ReadService {
         &self,
         req: Request<ReadSegmentRequest>,
     ) -> Result<Response<Self::ReadSegmentStream>, Status> {
+        let principal = Principal::of(&req);
         let req = req.into_inner();
+        let access = self.node.authorize_segment(
+            &principal,
+            Permission::Read,
+            req.segment_id,
+            "read.open",
+        )?;
         let segment = self.node.segment(req.segment_id)?;
         if req.end_offset > 0 && req.end_offset < req.offset {
             return Err(Error::InvalidArgument(format!(
@@ -51,6 +63,16 @@ impl Read for ReadService {
             replicated: self.node.addresses.is_cluster(),
         };
         let (tx, rx) = mpsc::channel(READ_QUEUE_MAX);
+        // A key-restricted reader: what the segment sends passes a filter
+        // that forwards only the events it may see.
+        let tx = if access.is_all() {
+            tx
+        } else {
+            let (inner, filtered) = mpsc::channel(READ_QUEUE_MAX);
+            let max = self.node.config.event_bytes_max as usize;
+            tokio::spawn(forward_visible(filtered, tx, access, max));
+            inner
+        };
         let (node, id) = (self.node.clone(), req.segment_id);
         let gone = move || match node.segment(id) {
             Err(e) => e,
@@ -73,7 +95,23 @@ impl Read for ReadService {
         &self,
         req: Request<LocateRangeRequest>,
     ) -> Result<Response<RangeLocation>, Status> {
+        let principal = Principal::of(&req);
         let req = req.into_inner();
+        let access = self.node.authorize_segment(
+            &principal,
+            Permission::Read,
+            req.segment_id,
+            "scan.locate",
+        )?;
+        if !access.is_all() {
+            // The bytes would go straight from tier-2 to the reader, past
+            // the filter its grant needs.
+            return Err(Error::PermissionDenied(format!(
+                "principal {principal} may read only some routing keys of segment {}'s stream:                  direct tier-2 scans would bypass that filter; scan through the broker instead",
+                req.segment_id
+            ))
+            .into());
+        }
         let segment = self.node.segment(req.segment_id)?;
         let (slices, broker_offset) = segment.locate_range(req.start_offset, req.end_offset)?;
         let slices = slices

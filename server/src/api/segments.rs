@@ -21,6 +21,8 @@ use tonic::{Request, Response, Status};
 use super::append::{
     append_counters, appendable, check_event_number, check_events, check_writer_id,
 };
+use crate::auth::acl::Permission;
+use crate::auth::Principal;
 use crate::container::command::{self, Cmd};
 use crate::container::state::Applied;
 use crate::error::Error;
@@ -141,6 +143,13 @@ impl Segments for SegmentsService {
         &self,
         req: Request<AppendConditionalRequest>,
     ) -> Result<Response<AppendConditionalResponse>, Status> {
+        let id = req.get_ref().segment_id;
+        self.node.authorize_segment(
+            &Principal::of(&req),
+            Permission::Write,
+            id,
+            "append.conditional",
+        )?;
         Ok(Response::new(
             SegmentsService::append_conditional(self, req.into_inner()).await?,
         ))
@@ -150,6 +159,13 @@ impl Segments for SegmentsService {
         &self,
         req: Request<TruncateSegmentRequest>,
     ) -> Result<Response<TruncateSegmentResponse>, Status> {
+        let id = req.get_ref().segment_id;
+        self.node.authorize_segment(
+            &Principal::of(&req),
+            Permission::Delete,
+            id,
+            "segment.truncate",
+        )?;
         Ok(Response::new(
             SegmentsService::truncate_segment(self, req.into_inner()).await?,
         ))

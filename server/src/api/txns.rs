@@ -15,6 +15,8 @@ use aquifer_proto::v1::transactions_server::Transactions;
 use rand::Rng;
 use tonic::{Request, Response, Status};
 
+use crate::auth::acl::{Permission, Resource};
+use crate::auth::Principal;
 use crate::controller::txns::{
     check_owner, normalize_id, TxnPart, TxnRecord, TxnState, TXN_TIMEOUT_DEFAULT_MS,
     TXN_TIMEOUT_MAX_MS, TXN_TIMEOUT_MIN_MS,
@@ -47,6 +49,30 @@ impl TxnService {
             scope: scope.to_string(),
             stream: stream.to_string(),
         })
+    }
+
+    /// Refuses `principal` unless it may write `scope/stream` (status and
+    /// lists: write or read). `audited`: a call that changes something.
+    fn allow(
+        &self,
+        principal: &Principal,
+        scope: &str,
+        stream: &str,
+        operation: &str,
+        kind: Needs,
+    ) -> Result<(), Error> {
+        let r = Resource::stream(scope, stream);
+        match kind {
+            Needs::WriteAudited => self
+                .node
+                .authorize(principal, Permission::Write, r, operation)
+                .map(drop),
+            Needs::Write => self.node.check(principal, Permission::Write, r).map(drop),
+            Needs::WriteOrRead => match self.node.check(principal, Permission::Write, r) {
+                Ok(_) => Ok(()),
+                Err(_) => self.node.check(principal, Permission::Read, r).map(drop),
+            },
+        }
     }
 
     /// The stream and transaction a request names; the transaction must be
@@ -147,13 +173,32 @@ impl TxnService {
     }
 }
 
+/// What a transaction call needs of its principal.
+#[derive(Clone, Copy)]
+enum Needs {
+    /// Write, and the call is audited (begin, commit, abort).
+    WriteAudited,
+    /// Write, not audited (pings repeat through a transaction's life).
+    Write,
+    /// Write or read (status, list).
+    WriteOrRead,
+}
+
 #[tonic::async_trait]
 impl Transactions for TxnService {
     async fn begin_transaction(
         &self,
         req: Request<pb::BeginTransactionRequest>,
     ) -> Result<Response<pb::TransactionInfo>, Status> {
+        let principal = Principal::of(&req);
         let r = req.into_inner();
+        self.allow(
+            &principal,
+            &r.scope,
+            &r.stream,
+            "txn.begin",
+            Needs::WriteAudited,
+        )?;
         let key = self.stream(&r.scope, &r.stream)?;
         let timeout_ms = match r.timeout_ms {
             0 => TXN_TIMEOUT_DEFAULT_MS,
@@ -183,7 +228,15 @@ impl Transactions for TxnService {
         req: Request<pb::TransactionRequest>,
     ) -> Result<Response<pb::TransactionInfo>, Status> {
         let started = Instant::now();
+        let principal = Principal::of(&req);
         let r = req.into_inner();
+        self.allow(
+            &principal,
+            &r.scope,
+            &r.stream,
+            "txn.commit",
+            Needs::WriteAudited,
+        )?;
         let (key, t) = self.txn(&r)?;
         let mut t = self.change(TxnOp::Commit, &key, &t).await?;
         if r.wait {
@@ -204,7 +257,15 @@ impl Transactions for TxnService {
         &self,
         req: Request<pb::TransactionRequest>,
     ) -> Result<Response<pb::TransactionInfo>, Status> {
+        let principal = Principal::of(&req);
         let r = req.into_inner();
+        self.allow(
+            &principal,
+            &r.scope,
+            &r.stream,
+            "txn.abort",
+            Needs::WriteAudited,
+        )?;
         let (key, t) = self.txn(&r)?;
         let t = self.change(TxnOp::Abort, &key, &t).await?;
         let t = self.finish(t).await?;
@@ -215,7 +276,9 @@ impl Transactions for TxnService {
         &self,
         req: Request<pb::TransactionRequest>,
     ) -> Result<Response<pb::TransactionInfo>, Status> {
+        let principal = Principal::of(&req);
         let r = req.into_inner();
+        self.allow(&principal, &r.scope, &r.stream, "txn.ping", Needs::Write)?;
         let (_, t) = self.txn(&r)?;
         if t.state() != TxnState::Open {
             return Err(Error::from(crate::controller::txns::TxnError::NotOpen {
@@ -232,7 +295,16 @@ impl Transactions for TxnService {
         &self,
         req: Request<pb::TransactionRequest>,
     ) -> Result<Response<pb::TransactionInfo>, Status> {
-        let (_, t) = self.txn(&req.into_inner())?;
+        let principal = Principal::of(&req);
+        let r = req.into_inner();
+        self.allow(
+            &principal,
+            &r.scope,
+            &r.stream,
+            "txn.status",
+            Needs::WriteOrRead,
+        )?;
+        let (_, t) = self.txn(&r)?;
         Ok(Response::new(self.info(&t)))
     }
 
@@ -240,7 +312,15 @@ impl Transactions for TxnService {
         &self,
         req: Request<pb::ListTransactionsRequest>,
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
+        let principal = Principal::of(&req);
         let r = req.into_inner();
+        self.allow(
+            &principal,
+            &r.scope,
+            &r.stream,
+            "txn.list",
+            Needs::WriteOrRead,
+        )?;
         let key = self.stream(&r.scope, &r.stream)?;
         self.node.controller.get(&key)?;
         let mut txns: Vec<TxnRecord> = self

@@ -4,6 +4,11 @@
 //! extensions and that authorization and the audit log read back. It never
 //! decides what a principal may do.
 
+pub mod acl;
+pub mod authn;
+pub mod config;
+pub mod tls;
+
 use std::sync::Arc;
 
 /// The name a caller was authenticated as (`anonymous` while auth is off).

@@ -22,9 +22,9 @@ use aquifer_proto::v1::{Faults, RaftBatch, RaftEnvelope, SnapshotPiece};
 use protobuf::Message as _;
 use raft::prelude::Message;
 use tokio::sync::mpsc;
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
-use crate::addresses::NodeAddresses;
+use crate::addresses::{peer_address, NodeAddresses};
 use crate::group::{Outbox, SnapshotSent};
 
 /// Messages queued per destination node; past it they are dropped.
@@ -88,11 +88,17 @@ pub struct Transport {
     faults: RwLock<Faults>,
     /// Where each node is (snapshots are sent to the address known then).
     addresses: NodeAddresses,
+    /// Mutual TLS to the peer ports (None: plaintext).
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Transport {
     /// Starts a sender task per other node (needs a tokio runtime).
-    pub fn start(node_id: u64, addresses: NodeAddresses) -> Arc<Transport> {
+    pub fn start(
+        node_id: u64,
+        addresses: NodeAddresses,
+        tls: Option<ClientTlsConfig>,
+    ) -> Arc<Transport> {
         let transport = Arc::new(Transport {
             me: node_id,
             runtime: tokio::runtime::Handle::current(),
@@ -100,17 +106,22 @@ impl Transport {
             peers: RwLock::default(),
             faults: RwLock::default(),
             addresses,
+            tls,
         });
         transport.sync(&transport.addresses.all());
         transport
     }
 
-    /// Matches the sender tasks to `nodes`: starts one per new node (or
-    /// new address); a dropped queue ends its task.
+    /// Matches the sender tasks to `nodes` (address specs): starts one per
+    /// new node (or new peer address); a dropped queue ends its task.
     pub fn sync(&self, nodes: &BTreeMap<u64, String>) {
         let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        let nodes: BTreeMap<u64, String> = nodes
+            .iter()
+            .map(|(&id, spec)| (id, peer_address(spec)))
+            .collect();
         peers.retain(|id, (addr, _)| nodes.get(id) == Some(addr));
-        for (&id, addr) in nodes {
+        for (&id, addr) in &nodes {
             if id == self.me || peers.contains_key(&id) {
                 continue;
             }
@@ -118,7 +129,7 @@ impl Transport {
             self.runtime.spawn(send_loop(
                 self.me,
                 id,
-                addr.clone(),
+                peer_endpoint(addr, self.tls.as_ref()),
                 rx,
                 self.delivered.clone(),
             ));
@@ -196,9 +207,10 @@ impl Outbox for Transport {
             sent(false);
             return;
         }
-        match self.addresses.get(msg.to) {
+        match self.addresses.peer(msg.to) {
             Some(addr) => {
-                let send = send_snapshot(self.me, group.to_string(), addr, msg);
+                let endpoint = peer_endpoint(&addr, self.tls.as_ref());
+                let send = send_snapshot(self.me, group.to_string(), endpoint, msg);
                 self.runtime.spawn(async move { sent(send.await) });
             }
             None => sent(false),
@@ -206,23 +218,38 @@ impl Outbox for Transport {
     }
 }
 
+/// How this node reaches the peer port at `addr`: TLS with the cluster CA
+/// and this node's certificate when configured. An address that is no URI
+/// fails every call (with its reason).
+pub fn peer_endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| format!("peer address {addr}: {e}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true);
+    match tls {
+        Some(tls) => endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| format!("peer TLS for {addr}: {e}")),
+        None => Ok(endpoint),
+    }
+}
+
 async fn send_loop(
     from: u64,
     to: u64,
-    addr: String,
+    endpoint: Result<Endpoint, String>,
     mut rx: mpsc::Receiver<RaftEnvelope>,
     delivered: Arc<RwLock<HashMap<u64, Instant>>>,
 ) {
-    let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
-        Ok(e) => e
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(SEND_TIMEOUT)
-            .tcp_nodelay(true),
+    let endpoint = match endpoint {
+        Ok(e) => e.timeout(SEND_TIMEOUT),
         Err(e) => {
-            tracing::error!(node = to, addr, error = %e, "bad peer address; no raft messages go there");
+            tracing::error!(node = to, error = %e, "no raft messages go to this node");
             return;
         }
     };
+    let addr = endpoint.uri().to_string();
     let mut client = RaftTransportClient::new(endpoint.connect_lazy())
         .max_encoding_message_size(aquifer_proto::wire::RAFT_MESSAGE_BYTES_MAX)
         .max_decoding_message_size(aquifer_proto::wire::RAFT_MESSAGE_BYTES_MAX);
@@ -261,8 +288,13 @@ async fn send_loop(
     }
 }
 
-/// Streams one snapshot message to `addr` in pieces; whether it arrived.
-async fn send_snapshot(from: u64, group: String, addr: String, mut msg: Message) -> bool {
+/// Streams one snapshot message to `endpoint` in pieces; whether it arrived.
+async fn send_snapshot(
+    from: u64,
+    group: String,
+    endpoint: Result<Endpoint, String>,
+    mut msg: Message,
+) -> bool {
     let data = std::mem::take(&mut msg.mut_snapshot().data);
     let (to, index) = (msg.to, msg.get_snapshot().get_metadata().index);
     let Ok(message) = msg.write_to_bytes() else {
@@ -281,9 +313,8 @@ async fn send_snapshot(from: u64, group: String, addr: String, mut msg: Message)
             data: data.slice(at..(at + SNAPSHOT_PIECE_BYTES).min(data.len())),
             ..SnapshotPiece::default()
         });
-    let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
-        Ok(e) => e.connect_timeout(Duration::from_secs(1)),
-        Err(_) => return false,
+    let Ok(endpoint) = endpoint else {
+        return false;
     };
     let mut client = RaftTransportClient::new(endpoint.connect_lazy());
     let stream = tokio_stream::iter(std::iter::once(first).chain(pieces));

@@ -17,7 +17,7 @@ use aquifer_proto::v1::{
     AppendPartRequest, ClusterStatus, ClusterStatusRequest, FinishPart, FinishPartsRequest,
     MovePartRequest, MoveTarget, SegmentInfo, SegmentViewsRequest,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::addresses::NodeAddresses;
 use crate::error::Error;
@@ -33,24 +33,34 @@ pub(crate) const SEGMENT_VIEWS_PER_CALL_MAX: usize = 64 * 1024;
 const SEGMENT_INFO_BYTES_MAX: usize = 128;
 const _: () = assert!(SEGMENT_VIEWS_PER_CALL_MAX * SEGMENT_INFO_BYTES_MAX <= ANSWER_BYTES_MAX);
 
-#[derive(Default)]
 pub struct Peers {
+    /// Where the nodes' peer ports are: callers name a node by its client
+    /// address (what a redirect names), calls go to its peer port.
+    addresses: NodeAddresses,
+    tls: Option<ClientTlsConfig>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl Peers {
+    pub fn new(addresses: NodeAddresses, tls: Option<ClientTlsConfig>) -> Peers {
+        Peers {
+            addresses,
+            tls,
+            channels: Mutex::default(),
+        }
+    }
+
     fn client(&self, addr: &str) -> Result<ClusterClient<Channel>, Error> {
+        let addr = self.addresses.peer_of(addr);
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        let channel = match channels.get(addr) {
+        let channel = match channels.get(&addr) {
             Some(c) => c.clone(),
             None => {
-                let c = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| Error::Internal(format!("peer address {addr}: {e}")))?
-                    .connect_timeout(Duration::from_secs(1))
+                let c = crate::cluster::peer_endpoint(&addr, self.tls.as_ref())
+                    .map_err(Error::Internal)?
                     .timeout(CALL_TIMEOUT)
-                    .tcp_nodelay(true)
                     .connect_lazy();
-                channels.insert(addr.to_string(), c.clone());
+                channels.insert(addr.clone(), c.clone());
                 c
             }
         };
@@ -59,11 +69,16 @@ impl Peers {
 
     /// Every other node's view of the cluster (those that answer).
     pub async fn statuses(&self, addresses: &NodeAddresses, me: u64) -> Vec<ClusterStatus> {
-        let asks = addresses
-            .all()
-            .into_iter()
-            .filter(|(id, _)| *id != me)
-            .map(|(_, addr)| async move { self.status(&addr).await.ok() });
+        let asks =
+            addresses
+                .all()
+                .into_iter()
+                .filter(|(id, _)| *id != me)
+                .map(|(_, spec)| async move {
+                    self.status(crate::addresses::client_address(&spec))
+                        .await
+                        .ok()
+                });
         futures::future::join_all(asks)
             .await
             .into_iter()

@@ -5,7 +5,7 @@
 pub struct MetaCommand {
     #[prost(
         oneof = "MetaCmd",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17"
     )]
     pub cmd: Option<MetaCmd>,
 }
@@ -59,6 +59,19 @@ pub enum MetaCmd {
     /// A transaction change (see `txns.rs`).
     #[prost(message, tag = "16")]
     Txn(TxnCommand),
+    /// An ACL grant is added or revoked.
+    #[prost(message, tag = "17")]
+    Acl(AclCommand),
+}
+
+/// Adds (`revoke` false) or removes a grant (normalized by
+/// `auth::acl::normalize` before it is proposed).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AclCommand {
+    #[prost(bool, tag = "1")]
+    pub revoke: bool,
+    #[prost(message, optional, tag = "2")]
+    pub grant: Option<aquifer_proto::v1::AclGrant>,
 }
 
 /// What a [`TxnCommand`] does.
@@ -418,6 +431,8 @@ pub struct MetaSnapshot {
     pub groups: Vec<super::groups::GroupRecord>,
     #[prost(message, repeated, tag = "6")]
     pub txns: Vec<super::txns::TxnRecord>,
+    #[prost(message, repeated, tag = "7")]
+    pub acls: Vec<aquifer_proto::v1::AclGrant>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -40,6 +40,8 @@ impl From<MetaError> for Error {
             MetaError::Busy(why) => Error::FailedPrecondition(why),
             MetaError::GroupNotFound(name) => Error::GroupNotFound(name),
             MetaError::GroupExists(name) => Error::GroupExists(name),
+            e @ MetaError::AclNotFound(_) => Error::AclNotFound(e.to_string()),
+            MetaError::Full(why) => Error::ResourceExhausted(why),
             MetaError::Group(e @ groups::GroupError::ReaderUnknown { .. }) => {
                 Error::ReaderUnknown(e.to_string())
             }
@@ -79,6 +81,7 @@ pub struct Controller {
     placement: PlacementMap,
     groups: GroupMap,
     txns: TxnMap,
+    acls: state::AclMap,
     /// Every segment id below this was allocated by an applied entry.
     allocated: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -98,6 +101,7 @@ impl Controller {
             txns.clone(),
         );
         let allocated = state.allocated();
+        let acls = state.acls();
         let group = Group::start(group, state)?;
         Ok(Controller {
             group,
@@ -106,6 +110,7 @@ impl Controller {
             placement,
             groups,
             txns,
+            acls,
             allocated,
         })
     }
@@ -151,6 +156,41 @@ impl Controller {
     async fn propose_any(&self, cmd: MetaCmd) -> Result<Applied, Error> {
         let data = prost::Message::encode_to_vec(&MetaCommand { cmd: Some(cmd) });
         Ok(self.group.propose(data).await??)
+    }
+
+    /// The stream segment `id` belongs to (None: no stream known here has
+    /// it). Reads the map in place: asked on every session's open.
+    pub fn stream_of_segment(&self, id: u64) -> Option<StreamKey> {
+        self.streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(_, s)| s.segments.iter().any(|g| g.id == id))
+            .map(|(k, _)| k.clone())
+    }
+
+    /// The ACL grants as of the last applied entry.
+    pub fn acls(&self) -> Vec<aquifer_proto::v1::AclGrant> {
+        self.acls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads the grants without copying them (checked on every request).
+    pub fn with_acls<R>(&self, f: impl FnOnce(&[aquifer_proto::v1::AclGrant]) -> R) -> R {
+        f(&self.acls.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Adds (or with `revoke`, removes) a normalized grant.
+    pub async fn change_acl(
+        &self,
+        grant: aquifer_proto::v1::AclGrant,
+        revoke: bool,
+    ) -> Result<(), Error> {
+        self.propose_any(MetaCmd::Acl(command::AclCommand {
+            revoke,
+            grant: Some(grant),
+        }))
+        .await?;
+        Ok(())
     }
 
     /// The cluster's nodes as the metadata records them (empty until the

@@ -247,6 +247,11 @@ pub type PlacementMap = Arc<RwLock<Placement>>;
 pub type GroupMap = Arc<RwLock<BTreeMap<GroupKey, GroupRecord>>>;
 /// The transactions, by id.
 pub type TxnMap = Arc<RwLock<TxnTable>>;
+/// The ACL grants (normalized, each once).
+pub type AclMap = Arc<RwLock<Vec<aquifer_proto::v1::AclGrant>>>;
+/// Grants the metadata holds at most: every request is checked against
+/// them, so they stay few.
+pub const ACL_GRANTS_MAX: usize = 10_000;
 
 /// What applying a metadata command answers.
 #[derive(Debug, PartialEq)]
@@ -285,6 +290,10 @@ pub enum MetaError {
     GroupNotFound(String),
     #[error("reader group {0} already exists")]
     GroupExists(String),
+    #[error("no such grant: {0}")]
+    AclNotFound(String),
+    #[error("{0}")]
+    Full(String),
     #[error(transparent)]
     Group(#[from] GroupError),
     #[error(transparent)]
@@ -297,6 +306,7 @@ pub struct MetaState {
     placement: PlacementMap,
     groups: GroupMap,
     txns: TxnMap,
+    acls: AclMap,
     /// `next_segment_id` as of the last applied entry, for readers outside
     /// the group thread: every id below it was allocated here.
     allocated: Arc<std::sync::atomic::AtomicU64>,
@@ -318,9 +328,15 @@ impl MetaState {
             placement,
             groups,
             txns,
+            acls: AclMap::default(),
             allocated: Arc::new(std::sync::atomic::AtomicU64::new(1)),
             next_segment_id: 1,
         }
+    }
+
+    /// The ACL grants, shared with the controller's readers.
+    pub fn acls(&self) -> AclMap {
+        self.acls.clone()
     }
 
     /// The shared mirror of the next segment id (see `allocated`).
@@ -392,6 +408,7 @@ impl MetaState {
             prost::Message::decode(command).map_err(|e| MetaError::Malformed(e.to_string()))?;
         match cmd.cmd {
             Some(MetaCmd::Group(g)) => return self.apply_group(g),
+            Some(MetaCmd::Acl(a)) => return self.apply_acl(a),
             Some(MetaCmd::Txn(t)) => {
                 let mut changed = true;
                 let record = self.apply_txn(t, &mut changed)?;
@@ -434,6 +451,33 @@ impl MetaState {
         self.apply_stream(cmd.cmd).map(Applied::Stream)
     }
 
+    fn apply_acl(&mut self, a: super::command::AclCommand) -> Result<Applied, MetaError> {
+        let Some(grant) = a.grant else {
+            return Err(MetaError::Malformed(
+                "an ACL command without its grant".into(),
+            ));
+        };
+        let mut acls = self.acls.write().unwrap_or_else(|p| p.into_inner());
+        let at = acls.iter().position(|g| *g == grant);
+        match (a.revoke, at) {
+            (false, Some(_)) => {}
+            (false, None) if acls.len() >= ACL_GRANTS_MAX => return Err(MetaError::Full(format!(
+                "the cluster holds {ACL_GRANTS_MAX} grants, the most it keeps: revoke some first"
+            ))),
+            (false, None) => acls.push(grant),
+            (true, Some(i)) => {
+                acls.remove(i);
+            }
+            (true, None) => {
+                return Err(MetaError::AclNotFound(format!(
+                    "{} {} {}",
+                    grant.principal, grant.permission, grant.resource
+                )))
+            }
+        }
+        Ok(Applied::Nothing)
+    }
+
     fn snapshot_state(&self) -> MetaSnapshot {
         let mut snap = self.stream_snapshot();
         snap.nodes = self
@@ -462,6 +506,7 @@ impl MetaState {
             .values()
             .cloned()
             .collect();
+        snap.acls = self.acls.read().unwrap_or_else(|p| p.into_inner()).clone();
         snap
     }
 
@@ -476,6 +521,7 @@ impl MetaState {
             snap.placement.clone().map(Into::into).unwrap_or_default();
         *self.groups.write().unwrap_or_else(|p| p.into_inner()) =
             snap.groups.iter().map(|g| (g.key(), g.clone())).collect();
+        *self.acls.write().unwrap_or_else(|p| p.into_inner()) = snap.acls.clone();
         *self.txns.write().unwrap_or_else(|p| p.into_inner()) = snap
             .txns
             .iter()
@@ -615,7 +661,8 @@ impl MetaState {
                 | MetaCmd::SetPlacement(_)
                 | MetaCmd::Form(_)
                 | MetaCmd::Group(_)
-                | MetaCmd::Txn(_),
+                | MetaCmd::Txn(_)
+                | MetaCmd::Acl(_),
             )
             | None => Err(MetaError::Malformed("empty command".into())),
         }
@@ -1059,6 +1106,7 @@ impl MetaState {
             placement: None,
             groups: Vec::new(),
             txns: Vec::new(),
+            acls: Vec::new(),
         }
     }
 

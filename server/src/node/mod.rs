@@ -16,6 +16,7 @@
 //!
 //! The node never serves before every group replayed its log.
 
+mod access;
 mod admin;
 mod autoscale;
 mod data_dir;
@@ -88,6 +89,10 @@ pub struct Node {
     closing: watch::Sender<bool>,
     /// The node's tasks: storage writers, retention, reconciler, balancer.
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// TLS of the client and peer ports (loaded at start-up).
+    pub(crate) tls: crate::auth::tls::TlsSettings,
+    /// How client-port calls prove who they are.
+    pub(crate) authn: crate::auth::authn::Authenticator,
     /// Held for the node's life: one process per data directory.
     _lock: File,
 }
@@ -103,12 +108,19 @@ impl Node {
         let nodes = config
             .cluster()
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let tls = crate::auth::tls::load(&config)?;
+        let authn = crate::auth::authn::Authenticator::load(&config.auth)?;
         let addresses = NodeAddresses::new(nodes.clone());
         let metrics = Arc::new(Metrics::new());
         let log_context = LogContext::start();
         let clustered = nodes.len() > 1;
-        let transport =
-            clustered.then(|| crate::cluster::Transport::start(config.node_id, addresses.clone()));
+        let transport = clustered.then(|| {
+            crate::cluster::Transport::start(
+                config.node_id,
+                addresses.clone(),
+                tls.peer_client.clone(),
+            )
+        });
         let outbox = transport
             .clone()
             .map(|t| t as Arc<dyn crate::group::Outbox>);
@@ -185,7 +197,7 @@ impl Node {
             tier2.clone(),
             stopped.clone(),
         )));
-        let peers = Arc::new(Peers::default());
+        let peers = Arc::new(Peers::new(addresses.clone(), tls.peer_client.clone()));
         let membership = Arc::new(Membership::default());
         if let Some(transport) = &transport {
             let balancer = Balancer {
@@ -219,6 +231,8 @@ impl Node {
             stop,
             closing: watch::channel(false).0,
             tasks: std::sync::Mutex::new(tasks),
+            tls,
+            authn,
             _lock: lock,
         });
         if !clustered {

@@ -9,6 +9,8 @@
 //! Also answers whether an offset is an event boundary (for a client's
 //! truncation), by walking frames the same way. It never changes a segment.
 
+pub mod filter;
+
 use std::sync::Arc;
 
 use aquifer_proto::frame::whole_events_prefix;

@@ -1,0 +1,111 @@
+//! Authorization: what the caller's principal may do, decided from the
+//! ACLs the metadata group holds, and every decision audited.
+//!
+//! Owns the one entry the services call before they act
+//! ([`Node::authorize`]); the matching rule itself is `auth::acl`. It never
+//! authenticates (the interceptors did) and never blocks on the audit log.
+
+use crate::auth::acl::{self, Access, Permission, Resource};
+use crate::auth::Principal;
+use crate::error::Error;
+
+use super::Node;
+
+impl Node {
+    /// Whether auth is on: off, every caller may do everything.
+    pub(crate) fn auth_on(&self) -> bool {
+        self.authn.is_on()
+    }
+
+    /// What `principal` may see of `r` with `permission`, or why it may
+    /// not act; `operation` names the call in the audit log.
+    pub(crate) fn authorize(
+        &self,
+        principal: &Principal,
+        permission: Permission,
+        r: Resource<'_>,
+        operation: &str,
+    ) -> Result<Access, Error> {
+        if !self.auth_on() {
+            return Ok(Access::All);
+        }
+        let decided = self.decide(principal, permission, &r);
+        match &decided {
+            Ok(_) => tracing::debug!(%principal, operation, target = %r, "allowed"),
+            Err(e) => tracing::info!(%principal, operation, target = %r, error = %e, "denied"),
+        }
+        decided
+    }
+
+    /// [`Node::authorize`] for the stream segment `segment_id` belongs to.
+    pub(crate) fn authorize_segment(
+        &self,
+        principal: &Principal,
+        permission: Permission,
+        segment_id: u64,
+        operation: &str,
+    ) -> Result<Access, Error> {
+        if !self.auth_on() {
+            return Ok(Access::All);
+        }
+        let Some(key) = self.controller.stream_of_segment(segment_id) else {
+            // A stream created a moment ago may not have reached this
+            // node's metadata yet: worth a retry, not a verdict.
+            return Err(Error::Unavailable(format!(
+                "segment {segment_id} belongs to no stream this node knows yet; retry"
+            )));
+        };
+        self.authorize(
+            principal,
+            permission,
+            Resource::stream(&key.scope, &key.stream),
+            operation,
+        )
+    }
+
+    /// [`Node::authorize`] without the audit record: for calls a session
+    /// repeats (a reader's heartbeats) once its open was audited.
+    pub(crate) fn check(
+        &self,
+        principal: &Principal,
+        permission: Permission,
+        r: Resource<'_>,
+    ) -> Result<Access, Error> {
+        if !self.auth_on() {
+            return Ok(Access::All);
+        }
+        self.decide(principal, permission, &r)
+    }
+
+    /// Whether [`Node::check`] allows: filters (which streams a listing
+    /// shows).
+    pub(crate) fn may(
+        &self,
+        principal: &Principal,
+        permission: Permission,
+        r: Resource<'_>,
+    ) -> bool {
+        self.check(principal, permission, r).is_ok()
+    }
+
+    fn decide(
+        &self,
+        principal: &Principal,
+        permission: Permission,
+        r: &Resource<'_>,
+    ) -> Result<Access, Error> {
+        let superuser = self
+            .config
+            .auth
+            .superusers
+            .iter()
+            .any(|s| s == principal.name());
+        self.controller
+            .with_acls(|grants| acl::decide(grants, superuser, principal.name(), permission, r))
+    }
+
+    /// A call refused for its credentials (the interceptor's).
+    pub(crate) fn audit_unauthenticated(&self, from: &str, e: &Error) {
+        tracing::info!(from, error = %e, "unauthenticated call refused");
+    }
+}
