@@ -123,11 +123,13 @@ impl Conn {
         let timeout = settings.connect_timeout;
         let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
             Ok(Ok(channel)) => channel,
+            // The cause in the message itself: a TLS refusal (unknown CA,
+            // wrong name) is what the user must act on.
             Ok(Err(e)) => {
-                return Err(Error::unavailable_from(
-                    format!("cannot reach aquifer at {addr}"),
-                    e,
-                ))
+                return Err(Error::unavailable(format!(
+                    "cannot reach aquifer at {addr}: {}",
+                    chain_message(&e)
+                )))
             }
             Err(_) => {
                 return Err(Error::unavailable(format!(

@@ -103,6 +103,14 @@ pub enum Error {
         /// The server's message.
         message: String,
     },
+    /// The node wants credentials, or refused the ones sent
+    /// (`UNAUTHENTICATED`): set a token or a client certificate.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The client's principal may not do this (`PERMISSION_DENIED`): an
+    /// admin grants it with `aquifer acl grant`.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// Any other gRPC status: its code and message.
     #[error("{0}")]
     Server(String),
@@ -213,6 +221,8 @@ impl From<Status> for Error {
             Code::ResourceExhausted => Error::ResourceExhausted(msg),
             Code::DataLoss => Error::Corrupt(msg),
             Code::OutOfRange => Error::OutOfRange(msg),
+            Code::Unauthenticated => Error::Unauthenticated(format!("unauthenticated: {msg}")),
+            Code::PermissionDenied => Error::PermissionDenied(format!("permission denied: {msg}")),
             Code::Unavailable => match status
                 .metadata()
                 .get(wire::LEADER_METADATA_KEY)

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::pki::{CertFiles, TestCa};
 use crate::process::{free_port, ServerOpts, ServerProcess};
 use crate::timing::POLL;
 
@@ -18,6 +19,9 @@ pub struct TestCluster {
     pub nodes: Vec<ServerProcess>,
     /// Each node's peer port (node-to-node services), by node id - 1.
     pub peer_ports: Vec<u16>,
+    /// The cluster CA: the nodes talk to each other over mutual TLS with
+    /// certificates it signed, as in production.
+    pub ca: TestCa,
     /// Holds the shared tier-2 directory.
     shared: tempfile::TempDir,
 }
@@ -35,16 +39,18 @@ impl TestCluster {
         let peers: Vec<String> = (0..n)
             .map(|i| peer_entry(i as u64 + 1, ports[i], peer_ports[i]))
             .collect();
+        let ca = TestCa::new("aquifer test cluster CA");
         let mut nodes: Vec<ServerProcess> = ports
             .iter()
             .enumerate()
             .map(|(i, &port)| {
                 let config = format!(
                     "node_id = {}\npeers = [{}]\n{top}\n[raft]\nfault_injection = true\n\
-                     [tier2]\nurl = \"file://{}\"\n{tier2}\n",
+                     [tier2]\nurl = \"file://{}\"\n{tier2}\n{}",
                     i + 1,
                     peers.join(", "),
-                    shared.path().join("tier2").display()
+                    shared.path().join("tier2").display(),
+                    ca.peer_tls_toml(&ca.issue(&format!("node-{}", i + 1)))
                 );
                 ServerProcess::spawn(ServerOpts {
                     config: Some(config),
@@ -59,6 +65,7 @@ impl TestCluster {
         TestCluster {
             nodes,
             peer_ports,
+            ca,
             shared,
         }
     }
@@ -79,9 +86,10 @@ impl TestCluster {
         self.peer_ports.push(peer_port);
         let config = format!(
             "node_id = {id}\npeers = [{}]\njoin = true\n[raft]\nfault_injection = true\n\
-             [tier2]\nurl = \"file://{}\"\n",
+             [tier2]\nurl = \"file://{}\"\n{}",
             peers.join(", "),
-            self.shared.path().join("tier2").display()
+            self.shared.path().join("tier2").display(),
+            self.ca.peer_tls_toml(&self.ca.issue(&format!("node-{id}")))
         );
         let mut node = ServerProcess::spawn(ServerOpts {
             config: Some(config),
@@ -202,15 +210,30 @@ impl TestCluster {
         format!("{}/127.0.0.1:{}", self.nodes[i].addr(), self.peer_ports[i])
     }
 
-    /// Fault injection is served on the peer port only.
-    async fn set_faults(&self, id: u64, faults: aquifer_proto::v1::Faults) {
-        let addr = format!("127.0.0.1:{}", self.peer_ports[(id - 1) as usize]);
-        let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    /// A channel to node `id`'s peer port, as a node with certificate
+    /// `cert` of the cluster CA.
+    pub fn peer_endpoint(&self, id: u64, cert: &CertFiles) -> tonic::transport::Endpoint {
+        let port = self.peer_ports[(id - 1) as usize];
+        let read = |p: &std::path::Path| std::fs::read(p).expect("read PEM");
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(
+                &self.ca.ca_file,
+            )))
+            .identity(tonic::transport::Identity::from_pem(
+                read(&cert.cert_file),
+                read(&cert.key_file),
+            ));
+        tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
             .expect("endpoint")
+            .tls_config(tls)
+            .expect("TLS config")
             .connect_timeout(Duration::from_millis(500))
-            .connect()
-            .await
-        else {
+    }
+
+    /// Fault injection is served on the peer port only (as a peer would).
+    async fn set_faults(&self, id: u64, faults: aquifer_proto::v1::Faults) {
+        let cert = self.ca.issue("test-harness");
+        let Ok(channel) = self.peer_endpoint(id, &cert).connect().await else {
             return; // down: nothing to cut
         };
         aquifer_proto::v1::cluster_client::ClusterClient::new(channel)

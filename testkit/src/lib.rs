@@ -7,6 +7,7 @@
 //! - [`in_process`]: nodes of `aquifer_server` in the test's own process;
 //! - [`logs`]: the test process's own log, on demand;
 //! - [`metrics`]: a node's `/metrics`, scraped and parsed;
+//! - [`pki`]: test certificates (a CA and what it signs);
 //! - [`events`]: keyed test events, whole-stream reads, per-key order;
 //! - [`files`]: log files and the bytes tests damage in them;
 //! - [`timing`]: replayable seeds and bounded waits;
@@ -22,6 +23,7 @@ pub mod files;
 pub mod in_process;
 pub mod logs;
 pub mod metrics;
+pub mod pki;
 pub mod process;
 pub mod timing;
 pub mod workloads;

@@ -62,6 +62,30 @@ pub struct ServerOpts {
     /// Listen on this port instead of a free one (cluster members must know
     /// each other's addresses before they start).
     pub port: Option<u16>,
+    /// How the harness's own clients connect (readiness, `client()`): TLS
+    /// with this CA, this token.
+    pub connect_as: ConnectAs,
+}
+
+/// TLS trust and credentials of the harness's clients of a secured node.
+#[derive(Debug, Default, Clone)]
+pub struct ConnectAs {
+    pub ca_file: Option<PathBuf>,
+    pub token: Option<String>,
+}
+
+impl ConnectAs {
+    /// A client builder for `addr` with these settings.
+    pub fn builder(&self, addr: &str) -> aquifer_client::ClientBuilder {
+        let mut b = Client::builder(addr);
+        if let Some(ca) = &self.ca_file {
+            b = b.tls_ca(std::fs::read(ca).expect("read the CA file"));
+        }
+        if let Some(token) = &self.token {
+            b = b.token(token);
+        }
+        b
+    }
 }
 
 impl ServerOpts {
@@ -81,6 +105,7 @@ pub struct ServerProcess {
     config_path: Option<PathBuf>,
     stderr_path: PathBuf,
     env: Vec<(String, String)>,
+    connect_as: ConnectAs,
     /// Starts of this node so far (names the stderr file of each).
     starts: u32,
     /// Holds the stderr files, the config file and, unless one was passed
@@ -132,6 +157,7 @@ impl ServerProcess {
             config_path,
             stderr_path: PathBuf::new(),
             env: opts.env,
+            connect_as: opts.connect_as,
             starts: 0,
             temp,
         };
@@ -193,7 +219,7 @@ impl ServerProcess {
                 return Err(format!("the server exited during start-up with {status}"));
             }
             if TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
-                match Client::connect(&self.addr()).await {
+                match self.connect_as.builder(&self.addr()).connect().await {
                     Ok(client) => match client.admin().list_streams(None).await {
                         Ok(_) => return Ok(()),
                         Err(e) => last_error = format!("list_streams: {e}"),
@@ -246,7 +272,9 @@ impl ServerProcess {
 
     /// A fresh client of this node.
     pub async fn client(&self) -> Client {
-        Client::connect(&self.addr())
+        self.connect_as
+            .builder(&self.addr())
+            .connect()
             .await
             .unwrap_or_else(|e| panic!("connect to {}: {e}", self.addr()))
     }

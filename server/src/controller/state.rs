@@ -461,9 +461,11 @@ impl MetaState {
         let at = acls.iter().position(|g| *g == grant);
         match (a.revoke, at) {
             (false, Some(_)) => {}
-            (false, None) if acls.len() >= ACL_GRANTS_MAX => return Err(MetaError::Full(format!(
+            (false, None) if acls.len() >= ACL_GRANTS_MAX => {
+                return Err(MetaError::Full(format!(
                 "the cluster holds {ACL_GRANTS_MAX} grants, the most it keeps: revoke some first"
-            ))),
+            )))
+            }
             (false, None) => acls.push(grant),
             (true, Some(i)) => {
                 acls.remove(i);
