@@ -62,6 +62,8 @@ pub struct ServerConfig {
     pub tier2: Tier2Config,
     pub raft: RaftConfig,
     pub scaling: ScalingConfig,
+    /// The audit log (`[audit]`): on by default.
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// How auto-scaling measures and waits. Production defaults are minutes
@@ -140,6 +142,7 @@ impl Default for ServerConfig {
             tier2: Tier2Config::default(),
             raft: RaftConfig::default(),
             scaling: ScalingConfig::default(),
+            audit: Default::default(),
         }
     }
 }
@@ -331,6 +334,7 @@ impl ServerConfig {
         if self.raft.election_ticks <= self.raft.heartbeat_ticks {
             return bad("raft.election_ticks must be greater than raft.heartbeat_ticks".into());
         }
+        self.audit.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

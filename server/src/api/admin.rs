@@ -3,7 +3,8 @@
 //! Metadata is answered by the `meta` leader only, never by a stale replica:
 //! another node forwards the call to the leader once and relays its answer
 //! (a forwarded call is never forwarded again, so a stale view of who leads
-//! cannot make a loop).
+//! cannot make a loop). Every call is recorded in the audit log of the node
+//! the client called, with its outcome.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,8 @@ use aquifer_proto::v1::{
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::audit::{AuditRecord, Outcome};
+use crate::auth::Principal;
 use crate::container::SegmentView;
 use crate::controller::scaling::{self, Split};
 use crate::controller::{PolicyRecord, Retention, ScalingPolicy, StreamKey, StreamRecord};
@@ -89,23 +92,40 @@ impl AdminService {
     }
 
     /// Answers `req` here on the metadata leader (with `here`), else relays
-    /// the leader's answer to `forward`.
+    /// the leader's answer to `forward`; records the call as `op` in the
+    /// audit log of the node the client called (a forwarded call is not
+    /// recorded again by the leader).
     async fn answer<T, R, F, Fut, H, HFut>(
         &self,
+        op: &str,
         req: Request<T>,
         forward: F,
         here: H,
     ) -> Result<Response<R>, Status>
     where
+        T: Target,
         F: FnOnce(StreamAdminClient<Channel>, Request<T>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<R>, Status>>,
         H: FnOnce(T) -> HFut,
         HFut: std::future::Future<Output = Result<R, Status>>,
     {
-        match self.forward(req, forward).await? {
-            Routed::Answered(answer) => Ok(answer),
-            Routed::Here(req) => here(req.into_inner()).await.map(Response::new),
+        let audited = (!req.metadata().contains_key(FORWARDED))
+            .then(|| (Principal::of(&req), req.get_ref().target()));
+        let answer = match self.forward(req, forward).await {
+            Ok(Routed::Answered(answer)) => Ok(answer),
+            Ok(Routed::Here(req)) => here(req.into_inner()).await.map(Response::new),
+            Err(status) => Err(status),
+        };
+        if let Some((principal, target)) = audited {
+            self.node.audit.record(AuditRecord {
+                principal: &principal,
+                operation: op,
+                target,
+                outcome: Outcome::of(&answer),
+                bytes: 0,
+            });
         }
+        answer
     }
 
     /// The stream as users see it, with its segments' lengths as their
@@ -114,6 +134,40 @@ impl AdminService {
         let ids: Vec<u64> = s.segments.iter().map(|g| g.id).collect();
         let views = self.node.segment_views(&ids).await?;
         Ok(stream_info(s, &views))
+    }
+}
+
+/// What an admin request names, for its audit record.
+trait Target {
+    fn target(&self) -> String;
+}
+
+/// Requests that name one stream.
+macro_rules! stream_target {
+    ($($request:ty),*) => {$(
+        impl Target for $request {
+            fn target(&self) -> String {
+                self.name
+                    .as_ref()
+                    .map(|n| format!("{}/{}", n.scope, n.stream))
+                    .unwrap_or_default()
+            }
+        }
+    )*};
+}
+
+stream_target!(
+    CreateStreamRequest,
+    DescribeStreamRequest,
+    SealStreamRequest,
+    UpdateStreamRequest,
+    DeleteStreamRequest,
+    ScaleStreamRequest
+);
+
+impl Target for ListStreamsRequest {
+    fn target(&self) -> String {
+        self.scope.clone()
     }
 }
 
@@ -243,6 +297,7 @@ impl StreamAdmin for AdminService {
         req: Request<CreateStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
         self.answer(
+            "stream.create",
             req,
             |mut c, r| async move { c.create_stream(r).await },
             |req| async move {
@@ -268,6 +323,7 @@ impl StreamAdmin for AdminService {
         req: Request<ListStreamsRequest>,
     ) -> Result<Response<ListStreamsResponse>, Status> {
         self.answer(
+            "stream.list",
             req,
             |mut c, r| async move { c.list_streams(r).await },
             |req| async move {
@@ -300,6 +356,7 @@ impl StreamAdmin for AdminService {
         req: Request<DescribeStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
         self.answer(
+            "stream.describe",
             req,
             |mut c, r| async move { c.describe_stream(r).await },
             |req| async move {
@@ -316,6 +373,7 @@ impl StreamAdmin for AdminService {
         req: Request<SealStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
         self.answer(
+            "stream.seal",
             req,
             |mut c, r| async move { c.seal_stream(r).await },
             |req| async move {
@@ -333,6 +391,7 @@ impl StreamAdmin for AdminService {
         req: Request<UpdateStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
         self.answer(
+            "stream.update",
             req,
             |mut c, r| async move { c.update_stream(r).await },
             |req| async move {
@@ -360,6 +419,7 @@ impl StreamAdmin for AdminService {
         req: Request<DeleteStreamRequest>,
     ) -> Result<Response<DeleteStreamResponse>, Status> {
         self.answer(
+            "stream.delete",
             req,
             |mut c, r| async move { c.delete_stream(r).await },
             |req| async move {
@@ -377,6 +437,7 @@ impl StreamAdmin for AdminService {
         req: Request<ScaleStreamRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
         self.answer(
+            "stream.scale",
             req,
             |mut c, r| async move { c.scale_stream(r).await },
             |req| async move {

@@ -1,5 +1,7 @@
 //! The `Cluster` service: the nodes and every group's raft state as the
-//! answering node sees it (`aquifer cluster status`).
+//! answering node sees it (`aquifer cluster status`), and the calls nodes
+//! make of each other (segment views, transaction parts, the audit
+//! writer's appends and tail reads).
 
 use std::sync::Arc;
 
@@ -7,8 +9,8 @@ use aquifer_proto::v1::cluster_server::Cluster;
 use aquifer_proto::v1::finish_parts_request::Action;
 use aquifer_proto::v1::{
     AppendPartRequest, ClusterStatus, ClusterStatusRequest, Faults, FinishPartsRequest,
-    FinishPartsResponse, GroupInfo, MovePartRequest, NodeInfo, SegmentViewsRequest,
-    SegmentViewsResponse,
+    FinishPartsResponse, GroupInfo, InternalAppendRequest, InternalAppendResponse, MovePartRequest,
+    NodeInfo, SegmentTailRequest, SegmentTailResponse, SegmentViewsRequest, SegmentViewsResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -187,6 +189,34 @@ impl Cluster for ClusterService {
     ) -> Result<Response<FinishPartsResponse>, Status> {
         self.node.local_append_part(req.into_inner()).await?;
         Ok(Response::new(FinishPartsResponse {}))
+    }
+
+    async fn append_internal(
+        &self,
+        req: Request<InternalAppendRequest>,
+    ) -> Result<Response<InternalAppendResponse>, Status> {
+        let req = req.into_inner();
+        super::append::check_writer_id(&req.writer_id)?;
+        super::append::check_event_number(req.first_event_number)?;
+        super::append::check_events(&self.node, &req.events, req.event_count)?;
+        let duplicate = self.node.local_append_internal(req).await?;
+        Ok(Response::new(InternalAppendResponse { duplicate }))
+    }
+
+    async fn segment_tail(
+        &self,
+        req: Request<SegmentTailRequest>,
+    ) -> Result<Response<SegmentTailResponse>, Status> {
+        let req = req.into_inner();
+        super::append::check_writer_id(&req.writer_id)?;
+        let tail = self
+            .node
+            .local_segment_tail(req.segment_id, &req.writer_id)
+            .await?;
+        Ok(Response::new(SegmentTailResponse {
+            last_event_number: tail.last_event_number,
+            last_event: tail.last_event,
+        }))
     }
 
     async fn set_faults(&self, req: Request<Faults>) -> Result<Response<Faults>, Status> {

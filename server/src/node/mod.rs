@@ -9,7 +9,8 @@
 //! [`admin`] (stream admin spanning `meta` and the containers),
 //! [`reconcile`] (every node, every 250 ms, moves the containers it leads
 //! toward the metadata), [`autoscale`] (rates and scaling decisions),
-//! [`membership`] (the cluster's membership pass), [`groups`] (reader
+//! [`membership`] (the cluster's membership pass), [`audit`] (the audit
+//! streams and the audit writer's internal appends), [`groups`] (reader
 //! groups' start cuts and reader liveness), [`txns`] (transaction leases,
 //! and driving decided transactions to their end),
 //! [`data_dir`] (the directory's lock and fixed container count).
@@ -17,6 +18,7 @@
 //! The node never serves before every group replayed its log.
 
 mod admin;
+mod audit;
 mod autoscale;
 mod data_dir;
 mod describe;
@@ -37,6 +39,7 @@ use aquifer_proto::wire;
 use tokio::sync::watch;
 
 use crate::addresses::NodeAddresses;
+use crate::audit::Audit;
 use crate::cache::TailBudget;
 use crate::cluster::balance::Balancer;
 use crate::cluster::members::Membership;
@@ -69,6 +72,8 @@ pub struct Node {
     pub addresses: NodeAddresses,
     /// This node's metrics registry.
     pub metrics: Arc<Metrics>,
+    /// The audit log: `node.audit.record(...)` from any call path.
+    pub audit: Audit,
     /// Calls to other nodes (cluster only).
     pub(crate) peers: Arc<Peers>,
     /// Leaders heard from the other nodes, and the membership pass.
@@ -105,6 +110,7 @@ impl Node {
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let addresses = NodeAddresses::new(nodes.clone());
         let metrics = Arc::new(Metrics::new());
+        let (audit, audit_queue) = Audit::new(&config.audit, config.node_id, &metrics);
         let log_context = LogContext::start();
         let clustered = nodes.len() > 1;
         let transport =
@@ -211,6 +217,7 @@ impl Node {
             budget,
             addresses,
             metrics,
+            audit,
             peers,
             membership,
             reconciling: tokio::sync::Mutex::new(()),
@@ -230,11 +237,14 @@ impl Node {
         let autoscaler = tokio::spawn(autoscale::autoscale_loop(node.clone(), stopped.clone()));
         let liveness = tokio::spawn(groups::liveness_loop(node.clone(), stopped.clone()));
         let txn_driver = tokio::spawn(txns::drive_loop(node.clone(), stopped.clone()));
-        let reconciler = tokio::spawn(reconcile::reconcile_loop(node.clone(), stopped));
-        node.tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend([autoscaler, liveness, txn_driver, reconciler]);
+        let reconciler = tokio::spawn(reconcile::reconcile_loop(node.clone(), stopped.clone()));
+        let mut tasks = node.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.extend([autoscaler, liveness, txn_driver, reconciler]);
+        if let Some(queue) = audit_queue {
+            let log = audit::NodeAuditLog(node.clone());
+            tasks.push(tokio::spawn(crate::audit::writer::run(queue, log, stopped)));
+        }
+        drop(tasks);
         Ok(node)
     }
 
