@@ -6,6 +6,7 @@
 //! error itself or exit: errors go back to `main`, which prints the one
 //! `error: ...` line.
 
+pub mod audit;
 pub mod cluster;
 pub mod event_json;
 pub mod group;
