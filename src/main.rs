@@ -2,7 +2,8 @@
 //! streams (`stream ...`) and the cluster (`cluster ...`), writes stdin
 //! lines as events (`write`), reads events to stdout (`read`), scans
 //! streams in parallel (`scan`), administers reader groups (`group`) and
-//! transactions (`txn`; `write --txn` writes one).
+//! transactions (`txn`; `write --txn` writes one), and shows and checks
+//! the audit log (`audit`).
 //!
 //! This file owns the top level only: the command tree, dispatch, and exit
 //! codes: any failure exits non-zero with exactly one line,
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use cli::audit::AuditCommand;
 use cli::cluster::ClusterCommand;
 use cli::group::GroupCommand;
 use cli::read::ReadArgs;
@@ -99,6 +101,12 @@ enum Command {
     /// Credentials for a node's auth config (hash a static token).
     #[command(subcommand)]
     Auth(cli::acl::AuthCommand),
+    /// The audit log: every node records admin calls, session opens and
+    /// refused calls, with their outcome, in its stream
+    /// `_system/audit-<node id>`, each record hash-chained to the one
+    /// before. `tail` shows it, `verify` checks the chains.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -146,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Txn(cmd) => client_command(cli::txn::run(addr, cmd)).await,
         Command::Acl(cmd) => client_command(cli::acl::run(addr, cmd)).await,
         Command::Auth(cmd) => cli::acl::run_auth(cmd),
+        Command::Audit(cmd) => client_command(cli::audit::run(addr, cmd)).await,
     }
 }
 

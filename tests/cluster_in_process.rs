@@ -132,3 +132,52 @@ async fn three_nodes_in_one_process_elect_replicate_and_survive_a_stop() {
         assert_exactly(&read_through(&addr, &name).await, 200, &addr);
     }
 }
+
+/// Every node records the admin calls it takes in its own audit stream,
+/// created by the metadata leader and appended to at its container's
+/// leader wherever that is (here or through another node); every node's
+/// chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_node_audits_the_calls_it_takes_in_a_chain_of_its_own() {
+    let cluster = InProcessCluster::start(3, CONTAINERS).await;
+    cluster
+        .wait_for_leaders(&groups(), Duration::from_secs(30))
+        .await;
+    for id in cluster.running() {
+        let client = Client::connect(cluster.addr(id)).await.expect("connect");
+        let name: StreamName = format!("audited/from-{id}").parse().expect("name");
+        client
+            .admin()
+            .create_stream(&name, 1)
+            .await
+            .expect("create stream");
+    }
+    for id in cluster.running() {
+        let audit: StreamName = format!("_system/audit-{id}").parse().expect("name");
+        let wanted = format!(r#""op":"stream.create","target":"audited/from-{id}""#);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let events = read_through(cluster.addr(1), &audit).await;
+            let mut chain = aquifer_server::audit::record::Chain::new(
+                events.first().map_or(0, |e| e.position.segment_id),
+                true,
+            );
+            for e in &events {
+                let r = chain.push(&e.payload).expect("the chain verifies");
+                assert_eq!(r.node, id, "node {id}'s stream holds its own records");
+            }
+            let found = events
+                .iter()
+                .any(|e| String::from_utf8_lossy(&e.payload).contains(&wanted));
+            if found {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {id}'s audit stream lacks its create: {} records",
+                events.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

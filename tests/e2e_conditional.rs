@@ -330,12 +330,16 @@ async fn truncation_at_event_boundaries_inside_a_chunk() {
         .segments[0]
         .clone();
     assert_eq!((segment.head_offset, segment.chunk_count), (length, 0));
-    let chunks = server.data_dir().join("tier2").join("chunks");
+    // Its container's objects (other containers hold the audit log's).
+    let chunks = server
+        .data_dir()
+        .join("tier2")
+        .join("chunks")
+        .join(format!("c{}", segment.container));
     let objects: Vec<_> = std::fs::read_dir(chunks)
         .into_iter()
         .flatten()
         .flatten()
-        .flat_map(|c| std::fs::read_dir(c.path()).into_iter().flatten().flatten())
         .map(|e| e.path())
         .collect();
     assert!(objects.is_empty(), "deleted from tier-2: {objects:?}");

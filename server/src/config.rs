@@ -75,6 +75,8 @@ pub struct ServerConfig {
     pub tls: crate::auth::config::TlsConfig,
     pub peer_tls: crate::auth::config::PeerTlsConfig,
     pub auth: crate::auth::config::AuthConfig,
+    /// The audit log (`[audit]`): on by default.
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// How auto-scaling measures and waits. Production defaults are minutes
@@ -158,6 +160,7 @@ impl Default for ServerConfig {
             tls: Default::default(),
             peer_tls: Default::default(),
             auth: Default::default(),
+            audit: Default::default(),
         }
     }
 }
@@ -349,6 +352,7 @@ impl ServerConfig {
         if self.raft.election_ticks <= self.raft.heartbeat_ticks {
             return bad("raft.election_ticks must be greater than raft.heartbeat_ticks".into());
         }
+        self.audit.validate().map_err(ConfigError::Invalid)?;
         crate::auth::config::validate(self)
     }
 

@@ -13,6 +13,7 @@
 
 pub(crate) mod addresses;
 pub(crate) mod api;
+pub mod audit;
 pub(crate) mod auth;
 pub mod cache;
 pub(crate) mod cluster;

@@ -96,6 +96,10 @@ pub struct Metrics {
     pub txn_commit_seconds: Histogram,
     /// Bytes open transactions hold on this node.
     pub txn_bytes: Gauge,
+    /// Audit records this node stored in its audit stream, and those it
+    /// dropped because its audit queue was full.
+    pub audit_records_written: Counter,
+    pub audit_records_dropped: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -124,6 +128,8 @@ impl Metrics {
             txn_timeouts: Counter::default(),
             txn_commit_seconds: latency_histogram(),
             txn_bytes: Gauge::default(),
+            audit_records_written: Counter::default(),
+            audit_records_dropped: Counter::default(),
             append_events: Family::default(),
             append_bytes: Family::default(),
             append_ack_seconds: latency_histogram(),
@@ -283,6 +289,16 @@ impl Metrics {
             "transaction_bytes",
             "Bytes open transactions hold in this node's memory",
             m.txn_bytes.clone(),
+        );
+        r.register(
+            "audit_records_written",
+            "Audit records this node stored in its audit stream",
+            m.audit_records_written.clone(),
+        );
+        r.register(
+            "audit_records_dropped",
+            "Audit records dropped because the audit queue was full",
+            m.audit_records_dropped.clone(),
         );
         Metrics { registry: r, ..m }
     }

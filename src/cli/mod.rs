@@ -7,6 +7,7 @@
 //! `error: ...` line.
 
 pub mod acl;
+pub mod audit;
 pub mod cluster;
 pub mod event_json;
 pub mod group;

@@ -3,7 +3,8 @@
 //! Metadata is answered by the `meta` leader only, never by a stale replica:
 //! another node forwards the call to the leader once and relays its answer
 //! (a forwarded call is never forwarded again, so a stale view of who leads
-//! cannot make a loop).
+//! cannot make a loop). Every call is recorded in the audit log of the node
+//! the client called, with its outcome.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::api::authn::PRINCIPAL_METADATA_KEY;
+use crate::audit::{AuditRecord, Outcome};
 use crate::auth::acl::{Permission, Resource};
 use crate::auth::Principal;
 use crate::container::SegmentView;
@@ -101,7 +103,8 @@ impl AdminService {
     }
 
     /// Refuses `req` unless its principal may `permission` on stream
-    /// `name`.
+    /// `name`; a refusal is audited here (an allowed call is audited with
+    /// its outcome by `answer`), at the node the client called.
     fn allow<T>(
         &self,
         req: &Request<T>,
@@ -110,33 +113,54 @@ impl AdminService {
         operation: &str,
     ) -> Result<(), Status> {
         let name = name.ok_or_else(|| Status::invalid_argument("the request names no stream"))?;
-        self.node.authorize(
-            &Principal::of(req),
-            permission,
-            Resource::stream(&name.scope, &name.stream),
-            operation,
-        )?;
-        Ok(())
+        let principal = Principal::of(req);
+        let r = Resource::stream(&name.scope, &name.stream);
+        match self.node.check(&principal, permission, r) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if !req.metadata().contains_key(FORWARDED) {
+                    self.node.audit_denied(&principal, operation, &r, &e);
+                }
+                Err(e.into())
+            }
+        }
     }
 
     /// Answers `req` here on the metadata leader (with `here`), else relays
-    /// the leader's answer to `forward`.
+    /// the leader's answer to `forward`; records the call as `op` in the
+    /// audit log of the node the client called (a forwarded call is not
+    /// recorded again by the leader).
     async fn answer<T, R, F, Fut, H, HFut>(
         &self,
+        op: &str,
         req: Request<T>,
         forward: F,
         here: H,
     ) -> Result<Response<R>, Status>
     where
+        T: Target,
         F: FnOnce(StreamAdminClient<Channel>, Request<T>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<R>, Status>>,
         H: FnOnce(T) -> HFut,
         HFut: std::future::Future<Output = Result<R, Status>>,
     {
-        match self.forward(req, forward).await? {
-            Routed::Answered(answer) => Ok(answer),
-            Routed::Here(req) => here(req.into_inner()).await.map(Response::new),
+        let audited = (!req.metadata().contains_key(FORWARDED))
+            .then(|| (Principal::of(&req), req.get_ref().target()));
+        let answer = match self.forward(req, forward).await {
+            Ok(Routed::Answered(answer)) => Ok(answer),
+            Ok(Routed::Here(req)) => here(req.into_inner()).await.map(Response::new),
+            Err(status) => Err(status),
+        };
+        if let Some((principal, target)) = audited {
+            self.node.audit.record(AuditRecord {
+                principal: &principal,
+                operation: op,
+                target,
+                outcome: Outcome::of(&answer),
+                bytes: 0,
+            });
         }
+        answer
     }
 
     /// The stream as users see it, with its segments' lengths as their
@@ -145,6 +169,40 @@ impl AdminService {
         let ids: Vec<u64> = s.segments.iter().map(|g| g.id).collect();
         let views = self.node.segment_views(&ids).await?;
         Ok(stream_info(s, &views))
+    }
+}
+
+/// What an admin request names, for its audit record.
+trait Target {
+    fn target(&self) -> String;
+}
+
+/// Requests that name one stream.
+macro_rules! stream_target {
+    ($($request:ty),*) => {$(
+        impl Target for $request {
+            fn target(&self) -> String {
+                self.name
+                    .as_ref()
+                    .map(|n| format!("{}/{}", n.scope, n.stream))
+                    .unwrap_or_default()
+            }
+        }
+    )*};
+}
+
+stream_target!(
+    CreateStreamRequest,
+    DescribeStreamRequest,
+    SealStreamRequest,
+    UpdateStreamRequest,
+    DeleteStreamRequest,
+    ScaleStreamRequest
+);
+
+impl Target for ListStreamsRequest {
+    fn target(&self) -> String {
+        self.scope.clone()
     }
 }
 
@@ -280,6 +338,7 @@ impl StreamAdmin for AdminService {
             "stream.create",
         )?;
         self.answer(
+            "stream.create",
             req,
             |mut c, r| async move { c.create_stream(r).await },
             |req| async move {
@@ -306,6 +365,7 @@ impl StreamAdmin for AdminService {
     ) -> Result<Response<ListStreamsResponse>, Status> {
         let principal = Principal::of(&req);
         self.answer(
+            "stream.list",
             req,
             |mut c, r| async move { c.list_streams(r).await },
             |req| async move {
@@ -331,9 +391,9 @@ impl StreamAdmin for AdminService {
                     Resource::scope(&scope)
                 };
                 if streams.is_empty() && !self.node.may(&principal, Permission::Read, target) {
-                    // Nothing to see, and no grant to see it: say so, not "empty".
-                    self.node
-                        .authorize(&principal, Permission::Read, target, "stream.list")?;
+                    // Nothing to see, and no grant to see it: say so, not
+                    // "empty" (`answer` audits the refusal).
+                    self.node.check(&principal, Permission::Read, target)?;
                 }
                 // One round of questions for every segment listed.
                 let ids: Vec<u64> = streams
@@ -359,6 +419,7 @@ impl StreamAdmin for AdminService {
             "stream.describe",
         )?;
         self.answer(
+            "stream.describe",
             req,
             |mut c, r| async move { c.describe_stream(r).await },
             |req| async move {
@@ -381,6 +442,7 @@ impl StreamAdmin for AdminService {
             "stream.seal",
         )?;
         self.answer(
+            "stream.seal",
             req,
             |mut c, r| async move { c.seal_stream(r).await },
             |req| async move {
@@ -404,6 +466,7 @@ impl StreamAdmin for AdminService {
             "stream.update",
         )?;
         self.answer(
+            "stream.update",
             req,
             |mut c, r| async move { c.update_stream(r).await },
             |req| async move {
@@ -437,6 +500,7 @@ impl StreamAdmin for AdminService {
             "stream.delete",
         )?;
         self.answer(
+            "stream.delete",
             req,
             |mut c, r| async move { c.delete_stream(r).await },
             |req| async move {
@@ -460,6 +524,7 @@ impl StreamAdmin for AdminService {
             "stream.scale",
         )?;
         self.answer(
+            "stream.scale",
             req,
             |mut c, r| async move { c.scale_stream(r).await },
             |req| async move {

@@ -1,7 +1,8 @@
 //! The `Cluster` service: the nodes and every group's raft state as the
 //! answering node sees it (`aquifer cluster status`), membership changes
 //! (admins, client port), and the calls nodes make of each other (peer
-//! port only: on the client port they answer UNIMPLEMENTED).
+//! port only: segment views, transaction parts, the audit writer's appends
+//! and tail reads; on the client port they answer UNIMPLEMENTED).
 
 use std::sync::Arc;
 
@@ -9,8 +10,8 @@ use aquifer_proto::v1::cluster_server::Cluster;
 use aquifer_proto::v1::finish_parts_request::Action;
 use aquifer_proto::v1::{
     AppendPartRequest, ClusterStatus, ClusterStatusRequest, Faults, FinishPartsRequest,
-    FinishPartsResponse, GroupInfo, MovePartRequest, NodeInfo, SegmentViewsRequest,
-    SegmentViewsResponse,
+    FinishPartsResponse, GroupInfo, InternalAppendRequest, InternalAppendResponse, MovePartRequest,
+    NodeInfo, SegmentTailRequest, SegmentTailResponse, SegmentViewsRequest, SegmentViewsResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -222,6 +223,36 @@ impl Cluster for ClusterService {
         self.peers_only("AppendTransactionPart")?;
         self.node.local_append_part(req.into_inner()).await?;
         Ok(Response::new(FinishPartsResponse {}))
+    }
+
+    async fn append_internal(
+        &self,
+        req: Request<InternalAppendRequest>,
+    ) -> Result<Response<InternalAppendResponse>, Status> {
+        self.peers_only("AppendInternal")?;
+        let req = req.into_inner();
+        super::append::check_writer_id(&req.writer_id)?;
+        super::append::check_event_number(req.first_event_number)?;
+        super::append::check_events(&self.node, &req.events, req.event_count)?;
+        let duplicate = self.node.local_append_internal(req).await?;
+        Ok(Response::new(InternalAppendResponse { duplicate }))
+    }
+
+    async fn segment_tail(
+        &self,
+        req: Request<SegmentTailRequest>,
+    ) -> Result<Response<SegmentTailResponse>, Status> {
+        self.peers_only("SegmentTail")?;
+        let req = req.into_inner();
+        super::append::check_writer_id(&req.writer_id)?;
+        let tail = self
+            .node
+            .local_segment_tail(req.segment_id, &req.writer_id)
+            .await?;
+        Ok(Response::new(SegmentTailResponse {
+            last_event_number: tail.last_event_number,
+            last_event: tail.last_event,
+        }))
     }
 
     async fn set_faults(&self, req: Request<Faults>) -> Result<Response<Faults>, Status> {

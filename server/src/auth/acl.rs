@@ -88,6 +88,18 @@ impl<'a> Resource<'a> {
     }
 }
 
+impl Resource<'_> {
+    /// The resource as the audit log names it: `scope/stream`, `scope`, or
+    /// empty for the cluster.
+    pub fn target(&self) -> String {
+        match (self.scope, self.stream) {
+            (Some(scope), Some(stream)) => format!("{scope}/{stream}"),
+            (Some(scope), None) => scope.to_string(),
+            _ => String::new(),
+        }
+    }
+}
+
 impl fmt::Display for Resource<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.scope, self.stream) {

@@ -15,7 +15,8 @@ use aquifer_proto::v1::cluster_client::ClusterClient;
 use aquifer_proto::v1::finish_parts_request::Action;
 use aquifer_proto::v1::{
     AppendPartRequest, ClusterStatus, ClusterStatusRequest, FinishPart, FinishPartsRequest,
-    MovePartRequest, MoveTarget, SegmentInfo, SegmentViewsRequest,
+    InternalAppendRequest, MovePartRequest, MoveTarget, SegmentInfo, SegmentTailRequest,
+    SegmentTailResponse, SegmentViewsRequest,
 };
 use tonic::transport::{Channel, ClientTlsConfig};
 
@@ -158,6 +159,32 @@ impl Peers {
         let answer = self.client(addr)?.append_transaction_part(request).await;
         answer
             .map(|_| ())
+            .map_err(|s| Error::Unavailable(format!("node at {addr}: {}", s.message())))
+    }
+
+    /// Asks node `addr` (the leader of its container) to append a node's
+    /// own writer's batch; answers whether it was a duplicate.
+    pub async fn append_internal(
+        &self,
+        addr: &str,
+        request: InternalAppendRequest,
+    ) -> Result<bool, Error> {
+        let answer = self.client(addr)?.append_internal(request).await;
+        answer
+            .map(|r| r.into_inner().duplicate)
+            .map_err(|s| Error::Unavailable(format!("node at {addr}: {}", s.message())))
+    }
+
+    /// Asks node `addr` (the leader of its container) for a segment's last
+    /// event and a writer's last event number there.
+    pub async fn segment_tail(
+        &self,
+        addr: &str,
+        request: SegmentTailRequest,
+    ) -> Result<SegmentTailResponse, Error> {
+        let answer = self.client(addr)?.segment_tail(request).await;
+        answer
+            .map(tonic::Response::into_inner)
             .map_err(|s| Error::Unavailable(format!("node at {addr}: {}", s.message())))
     }
 }

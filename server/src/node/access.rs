@@ -1,10 +1,11 @@
 //! Authorization: what the caller's principal may do, decided from the
-//! ACLs the metadata group holds, and every decision audited.
+//! ACLs the metadata group holds; session opens and refusals audited.
 //!
 //! Owns the one entry the services call before they act
 //! ([`Node::authorize`]); the matching rule itself is `auth::acl`. It never
 //! authenticates (the interceptors did) and never blocks on the audit log.
 
+use crate::audit::{AuditRecord, Outcome};
 use crate::auth::acl::{self, Access, Permission, Resource};
 use crate::auth::Principal;
 use crate::error::Error;
@@ -18,7 +19,8 @@ impl Node {
     }
 
     /// What `principal` may see of `r` with `permission`, or why it may
-    /// not act; `operation` names the call in the audit log.
+    /// not act; the decision is audited as `operation` (with auth off too:
+    /// every session open is recorded, by `anonymous`).
     pub(crate) fn authorize(
         &self,
         principal: &Principal,
@@ -26,15 +28,45 @@ impl Node {
         r: Resource<'_>,
         operation: &str,
     ) -> Result<Access, Error> {
-        if !self.auth_on() {
-            return Ok(Access::All);
-        }
-        let decided = self.decide(principal, permission, &r);
-        match &decided {
-            Ok(_) => tracing::debug!(%principal, operation, target = %r, "allowed"),
-            Err(e) => tracing::info!(%principal, operation, target = %r, error = %e, "denied"),
-        }
+        let decided = if self.auth_on() {
+            self.decide(principal, permission, &r)
+        } else {
+            Ok(Access::All)
+        };
+        let outcome = match &decided {
+            Ok(_) => Outcome::Ok,
+            Err(e) => {
+                tracing::info!(%principal, operation, target = %r, error = %e, "denied");
+                Outcome::Denied(e.to_string())
+            }
+        };
+        self.audit.record(AuditRecord {
+            principal,
+            operation,
+            target: r.target(),
+            outcome,
+            bytes: 0,
+        });
         decided
+    }
+
+    /// Records a refusal [`Node::check`] made (callers that audit the
+    /// allowed case with its outcome themselves).
+    pub(crate) fn audit_denied(
+        &self,
+        principal: &Principal,
+        operation: &str,
+        r: &Resource<'_>,
+        e: &Error,
+    ) {
+        tracing::info!(%principal, operation, target = %r, error = %e, "denied");
+        self.audit.record(AuditRecord {
+            principal,
+            operation,
+            target: r.target(),
+            outcome: Outcome::Denied(e.to_string()),
+            bytes: 0,
+        });
     }
 
     /// [`Node::authorize`] for the stream segment `segment_id` belongs to.
@@ -104,8 +136,16 @@ impl Node {
             .with_acls(|grants| acl::decide(grants, superuser, principal.name(), permission, r))
     }
 
-    /// A call refused for its credentials (the interceptor's).
+    /// A call refused for its credentials (the interceptor's): the
+    /// principal is unknown, so the record names where it came from.
     pub(crate) fn audit_unauthenticated(&self, from: &str, e: &Error) {
         tracing::info!(from, error = %e, "unauthenticated call refused");
+        self.audit.record(AuditRecord {
+            principal: &Principal::named(&format!("unauthenticated@{from}")),
+            operation: "auth",
+            target: String::new(),
+            outcome: Outcome::Unauthenticated(e.to_string()),
+            bytes: 0,
+        });
     }
 }

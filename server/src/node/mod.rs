@@ -9,7 +9,8 @@
 //! [`admin`] (stream admin spanning `meta` and the containers),
 //! [`reconcile`] (every node, every 250 ms, moves the containers it leads
 //! toward the metadata), [`autoscale`] (rates and scaling decisions),
-//! [`membership`] (the cluster's membership pass), [`groups`] (reader
+//! [`membership`] (the cluster's membership pass), [`audit`] (the audit
+//! streams and the audit writer's internal appends), [`groups`] (reader
 //! groups' start cuts and reader liveness), [`txns`] (transaction leases,
 //! and driving decided transactions to their end),
 //! [`data_dir`] (the directory's lock and fixed container count).
@@ -18,6 +19,7 @@
 
 mod access;
 mod admin;
+mod audit;
 mod autoscale;
 mod data_dir;
 mod describe;
@@ -38,6 +40,7 @@ use aquifer_proto::wire;
 use tokio::sync::watch;
 
 use crate::addresses::NodeAddresses;
+use crate::audit::Audit;
 use crate::cache::TailBudget;
 use crate::cluster::balance::Balancer;
 use crate::cluster::members::Membership;
@@ -70,6 +73,8 @@ pub struct Node {
     pub addresses: NodeAddresses,
     /// This node's metrics registry.
     pub metrics: Arc<Metrics>,
+    /// The audit log: `node.audit.record(...)` from any call path.
+    pub audit: Audit,
     /// Calls to other nodes (cluster only).
     pub(crate) peers: Arc<Peers>,
     /// Leaders heard from the other nodes, and the membership pass.
@@ -112,6 +117,7 @@ impl Node {
         let authn = crate::auth::authn::Authenticator::load(&config.auth)?;
         let addresses = NodeAddresses::new(nodes.clone());
         let metrics = Arc::new(Metrics::new());
+        let (audit, audit_queue) = Audit::new(&config.audit, config.node_id, &metrics);
         let log_context = LogContext::start();
         let clustered = nodes.len() > 1;
         let transport = clustered.then(|| {
@@ -223,6 +229,7 @@ impl Node {
             budget,
             addresses,
             metrics,
+            audit,
             peers,
             membership,
             reconciling: tokio::sync::Mutex::new(()),
@@ -244,11 +251,14 @@ impl Node {
         let autoscaler = tokio::spawn(autoscale::autoscale_loop(node.clone(), stopped.clone()));
         let liveness = tokio::spawn(groups::liveness_loop(node.clone(), stopped.clone()));
         let txn_driver = tokio::spawn(txns::drive_loop(node.clone(), stopped.clone()));
-        let reconciler = tokio::spawn(reconcile::reconcile_loop(node.clone(), stopped));
-        node.tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend([autoscaler, liveness, txn_driver, reconciler]);
+        let reconciler = tokio::spawn(reconcile::reconcile_loop(node.clone(), stopped.clone()));
+        let mut tasks = node.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.extend([autoscaler, liveness, txn_driver, reconciler]);
+        if let Some(queue) = audit_queue {
+            let log = audit::NodeAuditLog(node.clone());
+            tasks.push(tokio::spawn(crate::audit::writer::run(queue, log, stopped)));
+        }
+        drop(tasks);
         Ok(node)
     }
 

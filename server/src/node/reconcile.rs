@@ -50,6 +50,7 @@ impl Node {
             self.reconcile_membership().await?;
         }
         self.sweep_orphan_parts().await;
+        self.ensure_audit_streams().await;
         for stream in self.controller.all() {
             for seg in &stream.segments {
                 let c = self.container_of(seg.id);

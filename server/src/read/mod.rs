@@ -7,13 +7,14 @@
 //! [`READ_RESPONSE_BYTES`] and the channel to the client holds a few.
 //!
 //! Also answers whether an offset is an event boundary (for a client's
-//! truncation), by walking frames the same way. It never changes a segment.
+//! truncation), and what a segment's last event is (the audit writer
+//! resuming), by walking frames the same way. It never changes a segment.
 
 pub mod filter;
 
 use std::sync::Arc;
 
-use aquifer_proto::frame::whole_events_prefix;
+use aquifer_proto::frame::{whole_events_prefix, FrameIter};
 use aquifer_proto::v1::ReadSegmentResponse;
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -211,6 +212,59 @@ pub async fn is_event_boundary(
         pos += whole as u64;
     }
     Ok(pos == offset)
+}
+
+/// The payload of `segment`'s last event (None: it holds none above its
+/// head): walks frames from the nearest boundary the segment knows below
+/// its end (the start of the last chunk or tail block), so it reads at most
+/// one chunk or batch.
+pub async fn last_event(segment: &Segment, tier2: &Tier2) -> Result<Option<Bytes>, Error> {
+    let length = segment.view().length;
+    let Some(before_end) = length.checked_sub(1) else {
+        return Ok(None);
+    };
+    let mut pos = segment.known_boundary_below(before_end);
+    let mut last = None;
+    while pos < length {
+        let events = match segment.locate(pos, READ_RESPONSE_BYTES) {
+            ReadSource::Tail(b) => b,
+            ReadSource::Tier2(chunk) => {
+                tier2
+                    .read(segment.id, &chunk, pos, READ_RESPONSE_BYTES)
+                    .await?
+            }
+            ReadSource::Truncated { head } => {
+                pos = head;
+                continue;
+            }
+            ReadSource::Deleted => return Err(Error::SegmentNotFound(segment.id)),
+            ReadSource::End { .. } | ReadSource::PastEnd { .. } => break,
+        };
+        let whole = whole_events_prefix(&events, usize::MAX);
+        if whole == 0 {
+            return Err(Error::Corrupt(format!(
+                "segment {}: no whole event at offset {pos}",
+                segment.id
+            )));
+        }
+        let mut at = 0;
+        for event in FrameIter::new(events.slice(..whole), pos, usize::MAX) {
+            match event {
+                Ok(event) => {
+                    at += event.framed_len;
+                    last = Some(event.payload);
+                }
+                // Damaged (its checksum fails): its raw bytes stand for it,
+                // so a writer resuming after it neither stops nor forks.
+                Err(_) => {
+                    last = Some(events.slice(at..whole));
+                    break;
+                }
+            }
+        }
+        pos += whole as u64;
+    }
+    Ok(last)
 }
 
 /// This replica has not applied up to `offset` yet: waits a little for it,
