@@ -99,6 +99,40 @@ impl Secured {
     }
 }
 
+impl Secured {
+    /// Waits until the audit log (read as root) holds a record matching
+    /// each of `wanted` (`op`, `principal` prefix, `target`, `outcome`),
+    /// and returns them all.
+    async fn audited(&self, wanted: &[(&str, &str, &str, &str)]) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.cli("root-token", &["audit", "tail", "--lines", "0", "--json"]);
+            let text = common::cli_ok(&out, "audit tail");
+            let records: Vec<serde_json::Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            let has = |(op, who, target, outcome): &(&str, &str, &str, &str)| {
+                records.iter().any(|r| {
+                    r["op"] == *op
+                        && r["principal"].as_str().is_some_and(|p| p.starts_with(who))
+                        && r["target"].as_str().is_some_and(|t| t.starts_with(target))
+                        && r["outcome"] == *outcome
+                })
+            };
+            let missing: Vec<_> = wanted.iter().filter(|w| !has(w)).collect();
+            if missing.is_empty() {
+                return records;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not in the audit log: {missing:?}\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
@@ -211,6 +245,23 @@ async fn calls_without_good_credentials_are_unauthenticated() {
     );
     // Authenticated is not authorized: no grant, no listing.
     assert!(is_denied(&carol.admin().describe_stream(&name).await));
+    // Every attempt is in the audit log with its outcome.
+    let records = node
+        .audited(&[
+            ("auth", "unauthenticated@", "", "unauthenticated"),
+            ("stream.create", "root", "sec/creds", "ok"),
+            ("stream.describe", "carol", "sec/creds", "denied"),
+        ])
+        .await;
+    let refused = records
+        .iter()
+        .filter(|r| r["outcome"] == "unauthenticated")
+        .count();
+    // Five bad credentials, six calls each (whoami, list, describe,
+    // create, read, append; some retried).
+    assert!(refused >= 5 * 6, "{refused} unauthenticated records");
+    let out = node.cli("root-token", &["audit", "verify"]);
+    common::cli_ok(&out, "audit verify");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,6 +470,13 @@ async fn a_key_restricted_reader_never_sees_another_keys_event() {
         "no event past the allowed ones"
     );
     check(&grouped, "group read");
+    node.audited(&[
+        ("read.open", "bob", "analytics/clicks", "ok"),
+        ("scan.locate", "bob", "analytics/clicks", "denied"),
+        ("group.create", "bob", "analytics/clicks", "ok"),
+        ("group.join", "bob", "analytics/clicks", "ok"),
+    ])
+    .await;
 }
 
 /// A raft message as a peer would send it: a vote request for a term far

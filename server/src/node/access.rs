@@ -28,10 +28,28 @@ impl Node {
         r: Resource<'_>,
         operation: &str,
     ) -> Result<Access, Error> {
-        let decided = if self.auth_on() {
-            self.decide(principal, permission, &r)
-        } else {
-            Ok(Access::All)
+        self.authorize_as(principal, permission, r, operation, false)
+    }
+
+    /// [`Node::authorize`]; with `whole`, a grant limited to some routing
+    /// keys is a refusal too (direct tier-2 reads would bypass the filter).
+    fn authorize_as(
+        &self,
+        principal: &Principal,
+        permission: Permission,
+        r: Resource<'_>,
+        operation: &str,
+        whole: bool,
+    ) -> Result<Access, Error> {
+        let decided = match self.auth_on() {
+            false => Ok(Access::All),
+            true => match self.decide(principal, permission, &r) {
+                Ok(Access::Keys(_)) if whole => Err(Error::PermissionDenied(format!(
+                    "principal {principal} may read only some routing keys of {r}: direct tier-2 \
+                     scans would bypass that filter; scan through the broker instead"
+                ))),
+                decided => decided,
+            },
         };
         let outcome = match &decided {
             Ok(_) => Outcome::Ok,
@@ -77,6 +95,29 @@ impl Node {
         segment_id: u64,
         operation: &str,
     ) -> Result<Access, Error> {
+        self.authorize_segment_as(principal, permission, segment_id, operation, false)
+    }
+
+    /// [`Node::authorize_segment`] for a read that must see every event of
+    /// the segment (a direct scan): a key-restricted grant refuses it.
+    pub(crate) fn authorize_segment_whole(
+        &self,
+        principal: &Principal,
+        segment_id: u64,
+        operation: &str,
+    ) -> Result<(), Error> {
+        self.authorize_segment_as(principal, Permission::Read, segment_id, operation, true)
+            .map(drop)
+    }
+
+    fn authorize_segment_as(
+        &self,
+        principal: &Principal,
+        permission: Permission,
+        segment_id: u64,
+        operation: &str,
+        whole: bool,
+    ) -> Result<Access, Error> {
         if !self.auth_on() {
             return Ok(Access::All);
         }
@@ -87,11 +128,12 @@ impl Node {
                 "segment {segment_id} belongs to no stream this node knows yet; retry"
             )));
         };
-        self.authorize(
+        self.authorize_as(
             principal,
             permission,
             Resource::stream(&key.scope, &key.stream),
             operation,
+            whole,
         )
     }
 
