@@ -169,6 +169,9 @@ pub fn normalize(mut g: AclGrant) -> Result<AclGrant, Error> {
     Ok(g)
 }
 
+/// The scope of the node's own streams (the audit log).
+pub const SYSTEM_SCOPE: &str = "_system";
+
 /// Whether name `pattern` (a trailing `*` matches any rest) matches `name`.
 fn name_matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_suffix('*') {
@@ -182,7 +185,9 @@ fn name_matches(pattern: &str, name: &str) -> bool {
 /// only its stream.
 fn covers(resource: &str, r: &Resource<'_>) -> bool {
     if resource == "*" {
-        return true;
+        // The audit log's scope is reserved: only a grant that names it
+        // (or admin) reaches it.
+        return r.scope != Some(SYSTEM_SCOPE);
     }
     let Some((scope, stream)) = resource.split_once('/') else {
         return false;
@@ -300,6 +305,12 @@ mod tests {
         )
         .is_err());
         assert!(decide(&[], true, "root", Permission::Admin, &Resource::CLUSTER).is_ok());
+        // `*` stops short of the audit log's scope; naming it reaches it.
+        let all = [grant("w", "write", "*", &[]), grant("a", "read", "_system", &[])];
+        let audit = Resource::stream("_system", "audit-1");
+        assert!(decide(&all, false, "w", Permission::Write, &audit).is_err());
+        assert!(decide(&all, false, "w", Permission::Write, &p).is_ok());
+        assert!(decide(&all, false, "a", Permission::Read, &audit).is_ok());
         // A stream grant does not cover listing its scope.
         let s = [grant("x", "read", "a/one", &[])];
         assert!(decide(&s, false, "x", Permission::Read, &Resource::scope("a")).is_err());
