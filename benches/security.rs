@@ -25,7 +25,7 @@ use common::{ServerOpts, ServerProcess};
 use workloads::{TailResult, Window, WriteLoad, WriteResult};
 
 /// Rounds per deployment: a and c alternate plaintext, secured, plaintext…
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 3;
 const TAIL_RATE: f64 = 10_000.0;
 const TOKEN: &str = "bench-writer-token";
 
