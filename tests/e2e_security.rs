@@ -442,7 +442,7 @@ async fn a_key_restricted_reader_never_sees_another_keys_event() {
     // A group read.
     let g = bob.reader_group("analytics", "bobs");
     g.create(
-        &[name.clone()],
+        std::slice::from_ref(&name),
         &aquifer_client::ReaderGroupConfig::default(),
     )
     .await

@@ -306,7 +306,10 @@ mod tests {
         .is_err());
         assert!(decide(&[], true, "root", Permission::Admin, &Resource::CLUSTER).is_ok());
         // `*` stops short of the audit log's scope; naming it reaches it.
-        let all = [grant("w", "write", "*", &[]), grant("a", "read", "_system", &[])];
+        let all = [
+            grant("w", "write", "*", &[]),
+            grant("a", "read", "_system", &[]),
+        ];
         let audit = Resource::stream("_system", "audit-1");
         assert!(decide(&all, false, "w", Permission::Write, &audit).is_err());
         assert!(decide(&all, false, "w", Permission::Write, &p).is_ok());

@@ -138,7 +138,8 @@ pub fn validate(c: &ServerConfig) -> Result<(), ConfigError> {
     }
     // Protected mode: a node reachable from other machines must not serve
     // everyone everything by accident.
-    if !is_loopback(c.listen) && !(c.tls.is_on() && c.auth.is_on()) {
+    let protected = c.tls.is_on() && c.auth.is_on();
+    if !is_loopback(c.listen) && !protected {
         return bad(format!(
             "listen {} is not a loopback address, but TLS and authentication are not both on; \
              set [tls] and [auth], or pass --insecure to serve it open anyway",
