@@ -353,7 +353,7 @@ impl ServerConfig {
             return bad("raft.election_ticks must be greater than raft.heartbeat_ticks".into());
         }
         self.audit.validate().map_err(ConfigError::Invalid)?;
-        crate::auth::config::validate(self)
+        validate_security(self)
     }
 
     /// Where the peer port listens: `peer_listen`, else (in a cluster) the
@@ -399,6 +399,69 @@ impl ServerConfig {
     pub fn message_bytes_max(&self) -> usize {
         self.event_bytes_max as usize + aquifer_proto::wire::MESSAGE_OVERHEAD_BYTES_MAX
     }
+}
+
+/// Checks the security keys of `c` (TLS, peer TLS, auth) and protected
+/// mode: a node reachable from other machines must not serve everyone
+/// everything by accident.
+fn validate_security(c: &ServerConfig) -> Result<(), ConfigError> {
+    let bad = |why: String| Err(ConfigError::Invalid(why));
+    if c.tls.cert_file.is_some() != c.tls.key_file.is_some() {
+        return bad("tls.cert_file and tls.key_file go together".into());
+    }
+    if c.tls.client_ca_file.is_some() && !c.tls.is_on() {
+        return bad("tls.client_ca_file needs tls.cert_file and tls.key_file".into());
+    }
+    let p = &c.peer_tls;
+    let set = [&p.cert_file, &p.key_file, &p.ca_file]
+        .iter()
+        .filter(|f| f.is_some())
+        .count();
+    if set != 0 && set != 3 {
+        return bad("peer_tls needs all of cert_file, key_file and ca_file".into());
+    }
+    if c.auth.certificates && c.tls.client_ca_file.is_none() {
+        return bad(
+            "auth.certificates needs tls.client_ca_file (the CA of client certificates)".into(),
+        );
+    }
+    if let Some(j) = &c.auth.jwt {
+        if !["HS256", "RS256", "ES256"].contains(&j.algorithm.as_str()) {
+            return bad(format!(
+                "auth.jwt.algorithm must be HS256, RS256 or ES256, not {:?}",
+                j.algorithm
+            ));
+        }
+        if j.issuer.is_empty() || j.audience.is_empty() {
+            return bad("auth.jwt needs an issuer and an audience".into());
+        }
+    }
+    if c.insecure {
+        return Ok(());
+    }
+    // Protected mode: a node reachable from other machines must not serve
+    // everyone everything by accident.
+    let protected = c.tls.is_on() && c.auth.is_on();
+    if !is_loopback(c.listen) && !protected {
+        return bad(format!(
+            "listen {} is not a loopback address, but TLS and authentication are not both on; \
+             set [tls] and [auth], or pass --insecure to serve it open anyway",
+            c.listen
+        ));
+    }
+    if let Some(peer) = c.peer_listen_addr()? {
+        if !is_loopback(peer) && !p.is_on() {
+            return bad(format!(
+                "peer_listen {peer} is not a loopback address, but peer_tls is off; \
+                 set [peer_tls], or pass --insecure"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().is_loopback()
 }
 
 #[cfg(test)]

@@ -2,15 +2,13 @@
 //! peer ports, how clients authenticate, and the rules that keep a node
 //! from being exposed by accident (protected mode).
 //!
-//! Owns these keys' defaults and their checks; it loads no files (see
-//! `tls.rs` and `authn.rs`) and never changes after validation.
+//! Owns these keys and their defaults (`ServerConfig::validate` checks
+//! them, with protected mode); it loads no files (see `tls.rs` and
+//! `authn.rs`) and never changes after validation.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
-
-use crate::config::{ConfigError, ServerConfig};
 
 /// TLS on the client port. Off unless `cert_file` is set.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -98,65 +96,4 @@ impl AuthConfig {
     pub fn is_on(&self) -> bool {
         self.tokens_file.is_some() || self.jwt.is_some() || self.certificates
     }
-}
-
-/// Checks the security keys of `c` (called by `ServerConfig::validate`).
-pub fn validate(c: &ServerConfig) -> Result<(), ConfigError> {
-    let bad = |why: String| Err(ConfigError::Invalid(why));
-    if c.tls.cert_file.is_some() != c.tls.key_file.is_some() {
-        return bad("tls.cert_file and tls.key_file go together".into());
-    }
-    if c.tls.client_ca_file.is_some() && !c.tls.is_on() {
-        return bad("tls.client_ca_file needs tls.cert_file and tls.key_file".into());
-    }
-    let p = &c.peer_tls;
-    let set = [&p.cert_file, &p.key_file, &p.ca_file]
-        .iter()
-        .filter(|f| f.is_some())
-        .count();
-    if set != 0 && set != 3 {
-        return bad("peer_tls needs all of cert_file, key_file and ca_file".into());
-    }
-    if c.auth.certificates && c.tls.client_ca_file.is_none() {
-        return bad(
-            "auth.certificates needs tls.client_ca_file (the CA of client certificates)".into(),
-        );
-    }
-    if let Some(j) = &c.auth.jwt {
-        if !["HS256", "RS256", "ES256"].contains(&j.algorithm.as_str()) {
-            return bad(format!(
-                "auth.jwt.algorithm must be HS256, RS256 or ES256, not {:?}",
-                j.algorithm
-            ));
-        }
-        if j.issuer.is_empty() || j.audience.is_empty() {
-            return bad("auth.jwt needs an issuer and an audience".into());
-        }
-    }
-    if c.insecure {
-        return Ok(());
-    }
-    // Protected mode: a node reachable from other machines must not serve
-    // everyone everything by accident.
-    let protected = c.tls.is_on() && c.auth.is_on();
-    if !is_loopback(c.listen) && !protected {
-        return bad(format!(
-            "listen {} is not a loopback address, but TLS and authentication are not both on; \
-             set [tls] and [auth], or pass --insecure to serve it open anyway",
-            c.listen
-        ));
-    }
-    if let Some(peer) = c.peer_listen_addr()? {
-        if !is_loopback(peer) && !p.is_on() {
-            return bad(format!(
-                "peer_listen {peer} is not a loopback address, but peer_tls is off; \
-                 set [peer_tls], or pass --insecure"
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn is_loopback(addr: SocketAddr) -> bool {
-    addr.ip().is_loopback()
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
-use crate::config::ServerConfig;
+use super::config::{PeerTlsConfig, TlsConfig};
 use crate::error::Error;
 
 /// The node's TLS settings, loaded once.
@@ -34,22 +34,22 @@ fn read(what: &str, path: &Path) -> Result<Vec<u8>, Error> {
         .map_err(|e| Error::InvalidArgument(format!("{what} {}: {e}", path.display())))
 }
 
-/// Reads every configured certificate, key and CA file.
-pub fn load(config: &ServerConfig) -> Result<TlsSettings, Error> {
+/// Reads every configured certificate, key and CA file of the client
+/// port's `client` and the peer port's `peer` settings.
+pub fn load(client: &TlsConfig, peer: &PeerTlsConfig) -> Result<TlsSettings, Error> {
     install_crypto_provider();
     let mut tls = TlsSettings::default();
-    if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
+    if let (Some(cert), Some(key)) = (&client.cert_file, &client.key_file) {
         let identity = Identity::from_pem(read("tls.cert_file", cert)?, read("tls.key_file", key)?);
         let mut server = ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &config.tls.client_ca_file {
+        if let Some(ca) = &client.client_ca_file {
             server = server
                 .client_ca_root(Certificate::from_pem(read("tls.client_ca_file", ca)?))
                 .client_auth_optional(true);
         }
         tls.client = Some(server);
     }
-    let p = &config.peer_tls;
-    if let (Some(cert), Some(key), Some(ca)) = (&p.cert_file, &p.key_file, &p.ca_file) {
+    if let (Some(cert), Some(key), Some(ca)) = (&peer.cert_file, &peer.key_file, &peer.ca_file) {
         let (cert, key) = (
             read("peer_tls.cert_file", cert)?,
             read("peer_tls.key_file", key)?,

@@ -113,7 +113,7 @@ impl Node {
         let nodes = config
             .cluster()
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let tls = crate::auth::tls::load(&config)?;
+        let tls = crate::auth::tls::load(&config.tls, &config.peer_tls)?;
         let authn = crate::auth::authn::Authenticator::load(&config.auth)?;
         let addresses = NodeAddresses::new(nodes.clone());
         let metrics = Arc::new(Metrics::new());
