@@ -912,7 +912,12 @@ async fn bad_transaction_calls_get_clear_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_part_of_a_forgotten_transaction_is_swept() {
     use aquifer_proto::v1 as pb;
-    let (server, port) = metered_server().await;
+    // A peer port, where node-to-node calls like the stray copy are served.
+    let (port, peer_port) = (common::free_port(), common::free_port());
+    let config = format!(
+        "metrics_listen = \"127.0.0.1:{port}\"\npeer_listen = \"127.0.0.1:{peer_port}\"\n"
+    );
+    let server = ServerProcess::start(ServerOpts::with_config(&config)).await;
     let client = server.client().await;
     let name = stream_name("txn/sweep");
     client
@@ -947,7 +952,7 @@ async fn a_part_of_a_forgotten_transaction_is_swept() {
     let mut events = bytes::BytesMut::new();
     aquifer_proto::frame::encode_event(&mut events, Some("k"), &[7u8; 4096]);
     let mut cluster =
-        pb::cluster_client::ClusterClient::connect(format!("http://{}", server.addr()))
+        pb::cluster_client::ClusterClient::connect(format!("http://127.0.0.1:{peer_port}"))
             .await
             .expect("connect");
     cluster
