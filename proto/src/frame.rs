@@ -112,8 +112,18 @@ impl FrameIter {
     }
 
     fn decode_next(&mut self) -> Result<FramedEvent, FrameError> {
+        // Fits: the previous event's end was checked below (or pos is 0).
         let offset = self.base_offset + self.pos as u64;
         let event = check_event(&self.data[self.pos..], offset, self.max_event_bytes)?;
+        // The caller's base offset comes off the wire too: an event ending
+        // past the largest offset would make every `offset + len` after it
+        // overflow.
+        if offset.checked_add(event.framed_len as u64).is_none() {
+            return Err(FrameError::Malformed {
+                offset,
+                why: "event ends past the largest segment offset",
+            });
+        }
         let at = |r: std::ops::Range<usize>| self.pos + r.start..self.pos + r.end;
         let routing_key = match event.key {
             Some(r) => Some(String::from_utf8_lossy(&self.data[at(r)]).into_owned()),
@@ -248,6 +258,7 @@ pub fn whole_events_prefix(data: &[u8], limit: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn round_trip_with_and_without_key() {
@@ -324,5 +335,129 @@ mod tests {
         assert_eq!(whole_events_prefix(&buf, one + 1), one);
         // A single event larger than the limit is still returned whole.
         assert_eq!(whole_events_prefix(&buf, 10), one);
+    }
+
+    /// Allocations unrelated to any claimed length: `Bytes`' shared header
+    /// once a buffer is cloned, an error's message.
+    const BOOKKEEPING_BYTES: usize = 1024;
+
+    /// Decodes `data` every way the crate can (iterator, count, prefix) and
+    /// checks the answers agree; returns the largest allocation made.
+    fn decode_all_ways(data: &Bytes, base: u64, max: usize) -> usize {
+        let ((), largest) = aquifer_alloc_probe::largest_allocation(|| {
+            let mut ok = 0u32;
+            let mut failed = false;
+            let mut end = base;
+            for item in FrameIter::new(data.clone(), base, max) {
+                match item {
+                    Ok(e) => {
+                        assert_eq!(e.offset, end, "events are contiguous");
+                        assert!(e.framed_len <= max && e.payload.len() < e.framed_len);
+                        end = e.offset + e.framed_len as u64;
+                        ok += 1;
+                    }
+                    Err(_) => failed = true,
+                }
+            }
+            // The count starts at offset 0, so only the base's overflow
+            // check can set the two apart.
+            match count_events(data, max) {
+                Ok(n) => assert!(failed || n == ok, "{n} counted, {ok} iterated"),
+                Err(_) => assert!(failed, "count refused what the iterator took"),
+            }
+            assert!(whole_events_prefix(data, max) <= data.len());
+        });
+        largest
+    }
+
+    /// Valid framings of up to 8 events.
+    fn framed_events() -> impl Strategy<Value = Vec<(Option<String>, Vec<u8>)>> {
+        proptest::collection::vec(
+            (
+                proptest::option::of("[a-z\\PC]{0,12}"),
+                proptest::collection::vec(any::<u8>(), 0..64),
+            ),
+            0..8,
+        )
+    }
+
+    fn encode_all(events: &[(Option<String>, Vec<u8>)]) -> BytesMut {
+        let mut buf = BytesMut::new();
+        for (k, p) in events {
+            encode_event(&mut buf, k.as_deref(), p);
+        }
+        buf
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_or_allocate_what_they_claim(
+            data in proptest::collection::vec(any::<u8>(), 0..512),
+            base in any::<u64>(),
+            max in prop_oneof![Just(usize::MAX), 0usize..1024],
+        ) {
+            let data = Bytes::from(data);
+            let largest = decode_all_ways(&data, base, max);
+            // A key is copied out, never more than the input holds.
+            prop_assert!(
+                largest <= data.len() + BOOKKEEPING_BYTES,
+                "{largest} bytes allocated for {}",
+                data.len()
+            );
+        }
+
+        #[test]
+        fn damaged_framings_never_panic_and_intact_ones_round_trip(
+            events in framed_events(),
+            flips in proptest::collection::vec((any::<usize>(), 1u8..), 0..4),
+            claim in proptest::option::of((any::<usize>(), any::<u32>())),
+            cut in proptest::option::of(any::<usize>()),
+            base in any::<u64>(),
+        ) {
+            let mut buf = encode_all(&events);
+            let intact = flips.is_empty() && claim.is_none() && cut.is_none();
+            if !buf.is_empty() {
+                for (at, x) in &flips {
+                    let at = at % buf.len();
+                    buf[at] ^= x;
+                }
+                // A length field (or anything) overwritten with a large claim.
+                if let Some((at, claimed)) = claim {
+                    let at = at % buf.len();
+                    let n = (buf.len() - at).min(4);
+                    buf[at..at + n].copy_from_slice(&claimed.to_le_bytes()[..n]);
+                }
+                if let Some(cut) = cut {
+                    buf.truncate(cut % buf.len());
+                }
+            }
+            let data = buf.freeze();
+            let largest = decode_all_ways(&data, base, usize::MAX);
+            prop_assert!(largest <= data.len() + BOOKKEEPING_BYTES);
+            if intact && base.checked_add(data.len() as u64).is_some() {
+                let back: Vec<_> = FrameIter::new(data, base, usize::MAX)
+                    .map(|e| e.map(|e| (e.routing_key, e.payload.to_vec())))
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                let want: Vec<_> = events
+                    .into_iter()
+                    .map(|(k, p)| (k.filter(|k| !k.is_empty()), p))
+                    .collect();
+                prop_assert_eq!(back, want);
+            }
+        }
+    }
+
+    #[test]
+    fn an_event_ending_past_the_largest_offset_is_refused() {
+        let mut buf = BytesMut::new();
+        encode_event(&mut buf, None, b"x");
+        let err = FrameIter::new(buf.freeze(), u64::MAX - 3, usize::MAX).next();
+        assert!(
+            matches!(err, Some(Err(FrameError::Malformed { .. }))),
+            "{err:?}"
+        );
     }
 }

@@ -8,6 +8,11 @@ pub mod keys;
 pub mod name;
 pub mod wire;
 
+// The decoders' property tests measure what decoding allocates.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC_PROBE: aquifer_alloc_probe::Probe = aquifer_alloc_probe::Probe;
+
 /// Generated messages and services of `aquifer.v1`.
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
