@@ -30,6 +30,11 @@ pub(crate) mod read;
 pub(crate) mod retention;
 pub(crate) mod tier;
 
+// The decoders' property tests measure what decoding allocates.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC_PROBE: aquifer_alloc_probe::Probe = aquifer_alloc_probe::Probe;
+
 pub use auth::authn::hash_token;
 pub use config::ServerConfig;
 pub use error::Error;

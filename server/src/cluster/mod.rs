@@ -26,6 +26,7 @@ use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::addresses::{peer_address, NodeAddresses};
 use crate::group::{Outbox, SnapshotSent};
+use crate::log::decode_raft;
 
 /// Messages queued per destination node; past it they are dropped.
 const PEER_QUEUE_MAX: usize = 4096;
@@ -330,9 +331,12 @@ async fn send_snapshot(
     }
 }
 
-/// Decodes a raft message from a peer. raft-rs's protobuf 2 decoder has a
-/// known advisory (RUSTSEC-2024-0437, deep recursion): only cluster peers
-/// reach this, never clients.
+/// Decodes a raft message from a peer, allocating nothing a length in it
+/// merely claims (see [`decode_raft`]). Its entries then share one copy of
+/// `bytes`: not the whole batch it came in, which the entry cache would
+/// otherwise keep alive through any one of them. RUSTSEC-2024-0437 (deep
+/// recursion in protobuf) is about unknown groups, which protobuf 2 skips
+/// without recursing, and messages nest only to raft's own depth.
 pub fn decode_message(bytes: &[u8]) -> Option<Message> {
-    Message::parse_from_bytes(bytes).ok()
+    decode_raft(&bytes::Bytes::copy_from_slice(bytes)).ok()
 }

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::gauge::Gauge;
-use protobuf::Message as _;
 use raft::prelude::{
     ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot,
 };
@@ -20,7 +19,7 @@ use super::{
     Command, GroupConfig, GroupStatus, LeaderConf, MemberChange, Outbox, ProposeError, Reply,
     SnapshotSent, StateMachine,
 };
-use crate::log::{LogError, LogStorage};
+use crate::log::{decode_raft, LogError, LogStorage};
 use crate::metrics::Metrics;
 
 /// Commands drained per loop turn before handling a Ready: bounds the time
@@ -628,9 +627,9 @@ impl<S: StateMachine> Runner<S> {
 
     fn apply_conf_change(&mut self, e: &Entry) {
         let applied = if e.get_entry_type() == EntryType::EntryConfChange {
-            ConfChange::parse_from_bytes(&e.data).map(|cc| self.node.apply_conf_change(&cc))
+            decode_raft::<ConfChange>(&e.data).map(|cc| self.node.apply_conf_change(&cc))
         } else {
-            ConfChangeV2::parse_from_bytes(&e.data).map(|cc| self.node.apply_conf_change(&cc))
+            decode_raft::<ConfChangeV2>(&e.data).map(|cc| self.node.apply_conf_change(&cc))
         };
         match applied {
             Ok(Ok(cs)) => {

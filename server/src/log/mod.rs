@@ -29,6 +29,8 @@ mod storage;
 
 use std::path::Path;
 
+use bytes::Bytes;
+
 pub use reclaim::Reclaimer;
 pub use snapshot::{SnapshotSends, SnapshotWriter};
 pub use storage::{LogError, LogStorage};
@@ -72,4 +74,17 @@ fn encode_message(
 ) -> std::io::Result<()> {
     record::encode_with(out, kind, |out| m.write_to_vec(out)).map_err(std::io::Error::other)?;
     Ok(())
+}
+
+/// Decodes a raft protobuf (rust-protobuf 2) from `bytes`, sharing them for
+/// its bytes fields. Every length the input claims is checked against what
+/// it holds before anything is allocated: `parse_from_bytes` on a slice
+/// believes a claim of up to 10 MB and allocates it before it finds the
+/// input short.
+pub(crate) fn decode_raft<M: protobuf::Message>(bytes: &Bytes) -> protobuf::ProtobufResult<M> {
+    let mut input = protobuf::CodedInputStream::from_carllerche_bytes(bytes);
+    input.push_limit(bytes.len() as u64)?;
+    let m = M::parse_from(&mut input)?;
+    input.check_eof()?;
+    Ok(m)
 }

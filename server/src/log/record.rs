@@ -159,6 +159,7 @@ pub fn valid_record_after(buf: &[u8], from: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn round_trip_and_damage() {
@@ -190,5 +191,77 @@ mod tests {
             Decoded::Invalid { .. }
         ));
         assert_eq!(valid_record_after(torn, second_at + 1), None);
+    }
+
+    /// Records of every kind (and a few unknown ones) around arbitrary
+    /// payloads, with valid checksums.
+    fn records() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            (1u8..=6, proptest::collection::vec(any::<u8>(), 0..48)),
+            0..6,
+        )
+        .prop_map(|records| {
+            let mut buf = Vec::new();
+            for (kind, payload) in records {
+                let at = buf.len();
+                encode(&mut buf, RecordKind::Entry, &payload);
+                // An unknown kind keeps a valid checksum: re-sum it.
+                buf[at + 12] = kind;
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(&buf[at + 4..at + 8]);
+                crc.update(&buf[at + 12..]);
+                let sum = crc.finalize().to_le_bytes();
+                buf[at + 8..at + 12].copy_from_slice(&sum);
+            }
+            buf
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_or_allocate(
+            buf in proptest::collection::vec(any::<u8>(), 0..256),
+            from in any::<usize>(),
+        ) {
+            let ((), largest) = aquifer_alloc_probe::largest_allocation(|| {
+                if let Decoded::Record { payload, framed_len, .. } = decode(&buf) {
+                    assert_eq!(framed_len, HEADER_BYTES + payload.len());
+                    assert!(framed_len <= buf.len());
+                }
+                let from = from % (buf.len() + 1);
+                if let Some(at) = valid_record_after(&buf, from) {
+                    assert!(at >= from && matches!(decode(&buf[at..]), Decoded::Record { .. }));
+                }
+            });
+            // Decoding borrows: it allocates nothing, whatever a length claims.
+            prop_assert_eq!(largest, 0);
+        }
+
+        #[test]
+        fn damaged_records_are_refused_or_found_whole(
+            buf in records(),
+            flips in proptest::collection::vec((any::<usize>(), 1u8..), 1..4),
+            claim in any::<u32>(),
+        ) {
+            let mut bad = buf.clone();
+            if !bad.is_empty() {
+                for (at, x) in &flips {
+                    let at = at % bad.len();
+                    bad[at] ^= x;
+                }
+                // A length field claiming up to 4 GiB.
+                if bad.len() >= 8 {
+                    bad[4..8].copy_from_slice(&claim.to_le_bytes());
+                }
+            }
+            let mut pos = 0;
+            while let Decoded::Record { framed_len, .. } = decode(&bad[pos..]) {
+                pos += framed_len;
+            }
+            prop_assert!(pos <= bad.len());
+            prop_assert!(valid_record_after(&bad, pos.min(bad.len())).is_none_or(|at| at < bad.len()));
+        }
     }
 }

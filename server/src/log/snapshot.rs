@@ -13,11 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use protobuf::Message as _;
 use raft::prelude::{ConfState, Snapshot};
 
 use super::record::{self, Decoded, RecordKind};
-use super::{encode_message, io_err, LogError, Reclaimer};
+use super::{decode_raft, encode_message, io_err, LogError, Reclaimer};
 
 const SNAPSHOT_PREFIX: &str = "snapshot-";
 
@@ -125,7 +124,7 @@ pub(super) fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, LogError> {
         return Ok(None);
     };
     let buf = match std::fs::read(&path) {
-        Ok(b) => b,
+        Ok(b) => Bytes::from(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(&path)(e)),
     };
@@ -139,7 +138,7 @@ pub(super) fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, LogError> {
             kind: RecordKind::Snapshot,
             payload,
             framed_len,
-        } if framed_len == buf.len() => Snapshot::parse_from_bytes(payload)
+        } if framed_len == buf.len() => decode_raft::<Snapshot>(&buf.slice_ref(payload))
             .map(Some)
             .map_err(|e| corrupt(format!("bad snapshot: {e}"))),
         Decoded::Record { .. } => Err(corrupt("not a single snapshot record".into())),
