@@ -498,11 +498,20 @@ impl StateMachine for ContainerState {
     fn restore(&mut self, snapshot: Bytes) -> Result<(), String> {
         let snap: ContainerSnapshot =
             prost::Message::decode(snapshot).map_err(|e| e.to_string())?;
+        // Checked whole before anything changes, so a refused snapshot
+        // leaves the state as it was.
+        let mut ids = std::collections::HashSet::new();
+        for g in snap.segments.iter().chain(&snap.txn_segments) {
+            if !ids.insert(g.segment_id) {
+                return Err(format!("segment {} is in the snapshot twice", g.segment_id));
+            }
+            check_segment_snapshot(g)?;
+        }
         self.objects.clear();
         let segments = self.segments.clone();
-        self.restore_map(&segments, snap.segments, false)?;
+        self.restore_map(&segments, snap.segments, false);
         let parts = self.parts.clone();
-        self.restore_map(&parts, snap.txn_segments, true)?;
+        self.restore_map(&parts, snap.txn_segments, true);
         self.restore_closed(snap.closed_txns);
         Ok(())
     }
@@ -511,12 +520,7 @@ impl StateMachine for ContainerState {
 impl ContainerState {
     /// Makes `map` hold exactly the snapshot's segments (`parts`: the
     /// transaction parts, whose memory also counts as transaction bytes).
-    fn restore_map(
-        &mut self,
-        map: &SegmentMap,
-        snap: Vec<SegmentSnapshot>,
-        parts: bool,
-    ) -> Result<(), String> {
+    fn restore_map(&mut self, map: &SegmentMap, snap: Vec<SegmentSnapshot>, parts: bool) {
         let mut map = map.write().unwrap_or_else(|p| p.into_inner());
         let (add, release) = if parts {
             (
@@ -572,14 +576,6 @@ impl ContainerState {
                 events_per_second: rates_from(&g.events_per_second),
                 bytes_per_second: rates_from(&g.bytes_per_second),
             };
-            let tail_len: u64 = s.tail.iter().map(|(_, b)| b.len()).sum();
-            if tail_len != s.tail_bytes() {
-                return Err(format!(
-                    "segment {} tail holds {tail_len} bytes, expected {}",
-                    g.segment_id,
-                    s.tail_bytes()
-                ));
-            }
             add(&self.budget, s.tail_mem_bytes());
             drop(s);
             seg.notify();
@@ -594,8 +590,65 @@ impl ContainerState {
             gone.notify();
         }
         *map = kept;
-        Ok(())
     }
+}
+
+/// Refuses a segment's snapshot whose offsets do not line up as applying
+/// keeps them (see [`super::segment`]): head and tier-2 length within the
+/// length, chunks back to back up to the tier-2 length, tail blocks back to
+/// back from there to the length, rate counters at or above their last
+/// tick. Reads, flushes and ticks do arithmetic on these, and a snapshot
+/// comes from disk or from a peer: a bad one must stop here, not panic a
+/// reader later.
+fn check_segment_snapshot(g: &SegmentSnapshot) -> Result<(), String> {
+    let bad = |why: String| Err(format!("segment {} in the snapshot: {why}", g.segment_id));
+    if g.head > g.length || g.tier2_length > g.length {
+        return bad(format!(
+            "head {} or tier-2 length {} past its length {}",
+            g.head, g.tier2_length, g.length
+        ));
+    }
+    if g.ticked_events > g.events_total || g.ticked_bytes > g.bytes_total {
+        return bad("rate counters below their last tick".into());
+    }
+    let chunk_len = |c: &ChunkFlushed| {
+        (c.start <= c.end && c.object_offset.checked_add(c.end - c.start).is_some())
+            .then(|| c.end - c.start)
+    };
+    let mut end = None;
+    for c in &g.chunks {
+        if chunk_len(c).is_none() || end.is_some_and(|e| e != c.start) {
+            return bad(format!("chunk [{}, {}) out of line", c.start, c.end));
+        }
+        end = Some(c.end);
+    }
+    if end.is_some_and(|e| e != g.tier2_length) {
+        return bad(format!(
+            "chunks end short of tier-2 length {}",
+            g.tier2_length
+        ));
+    }
+    let mut at = g.tier2_length;
+    for b in &g.tail {
+        let len = match &b.chunk {
+            Some(c) if c.start == b.offset => chunk_len(c),
+            Some(_) => None,
+            None => Some(b.events.len() as u64),
+        };
+        match len.and_then(|len| at.checked_add(len)) {
+            Some(next) if b.offset == at => at = next,
+            _ => {
+                return bad(format!(
+                    "tail block at {} out of line (expected {at})",
+                    b.offset
+                ))
+            }
+        }
+    }
+    if at != g.length {
+        return bad(format!("tail ends at {at}, not at its length {}", g.length));
+    }
+    Ok(())
 }
 
 /// A segment's (or a part's) state in the snapshot.
@@ -679,6 +732,7 @@ fn chunk_of(c: ChunkFlushed) -> Chunk {
 mod tests {
     use super::super::command::{ChunksFlushed, SegmentRef};
     use super::*;
+    use proptest::prelude::*;
 
     /// The flush of one chunk, as the storage writer proposes it.
     fn one_chunk(c: ChunkFlushed) -> Cmd {
@@ -1126,5 +1180,191 @@ mod tests {
                 objects: vec!["shared".to_string()]
             }
         );
+    }
+
+    /// A snapshot with most of what a segment can hold: segment 7 with a
+    /// chunk, tail bytes and a tier-2 block (as a merged spilled part
+    /// leaves), and segment 8 with tail bytes only.
+    fn rich_snapshot() -> ContainerSnapshot {
+        let (mut s, _) = state();
+        apply(&mut s, Cmd::Create(SegmentRef { segment_id: 7 })).unwrap();
+        apply(&mut s, append("w", 1, 2)).unwrap();
+        let first = s.segment(7).unwrap().unflushed(1).unwrap();
+        apply(
+            &mut s,
+            one_chunk(ChunkFlushed {
+                segment_id: 7,
+                start: 0,
+                end: first.len,
+                name: "c".into(),
+                flushed_at_ms: 0,
+                object_offset: 0,
+            }),
+        )
+        .unwrap();
+        apply(&mut s, append("w", 3, 2)).unwrap();
+        apply(&mut s, Cmd::Create(SegmentRef { segment_id: 8 })).unwrap();
+        let Cmd::Append(a) = append("v", 1, 3) else {
+            unreachable!()
+        };
+        apply(&mut s, Cmd::Append(Append { segment_id: 8, ..a })).unwrap();
+        let mut snap = s.snapshot();
+        let g = &mut snap.segments[0];
+        g.tail.push(TailBlock {
+            offset: g.length,
+            events: Bytes::new(),
+            chunk: Some(ChunkFlushed {
+                segment_id: 7,
+                start: g.length,
+                end: g.length + 100,
+                name: "spilled".into(),
+                flushed_at_ms: 0,
+                object_offset: 0,
+            }),
+        });
+        g.length += 100;
+        snap
+    }
+
+    /// Every number of `snap` a bad snapshot could get wrong.
+    fn numbers(snap: &mut ContainerSnapshot) -> Vec<&mut u64> {
+        let mut out = Vec::new();
+        for g in snap.segments.iter_mut().chain(snap.txn_segments.iter_mut()) {
+            out.extend([
+                &mut g.segment_id,
+                &mut g.length,
+                &mut g.tier2_length,
+                &mut g.head,
+                &mut g.events_total,
+                &mut g.bytes_total,
+                &mut g.ticked_events,
+                &mut g.ticked_bytes,
+            ]);
+            let tail_chunks = g.tail.iter_mut().flat_map(|b| {
+                std::iter::once(&mut b.offset).chain(
+                    b.chunk
+                        .iter_mut()
+                        .flat_map(|c| [&mut c.start, &mut c.end, &mut c.object_offset]),
+                )
+            });
+            out.extend(tail_chunks);
+            for c in &mut g.chunks {
+                out.extend([&mut c.start, &mut c.end, &mut c.object_offset]);
+            }
+        }
+        out
+    }
+
+    /// Reads a restored state every way the read path and the storage
+    /// writer do, and restores its snapshot again.
+    fn use_restored(s: &ContainerState, snap: &ContainerSnapshot) {
+        for g in &snap.segments {
+            let seg = s.segment(g.segment_id).unwrap();
+            let v = seg.view();
+            let mut offsets = vec![0, v.head, v.tier2_length, v.length, v.length + 1];
+            offsets.extend(g.tail.iter().flat_map(|b| [b.offset, b.offset + 1]));
+            offsets.extend(g.chunks.iter().flat_map(|c| [c.start, c.end]));
+            for o in offsets {
+                let _ = seg.locate(o, 1024);
+                let _ = seg.locate_range(v.head, o.max(v.head));
+                if o >= v.head {
+                    seg.known_boundary_below(o);
+                }
+            }
+            let _ = seg.unflushed(1 << 20);
+            seg.referenced_objects();
+        }
+        let (mut again, _) = state();
+        again
+            .restore(prost::Message::encode_to_vec(&s.snapshot()).into())
+            .unwrap();
+    }
+
+    fn offset() -> impl Strategy<Value = u64> {
+        prop_oneof![4 => 0u64..600, 1 => u64::MAX - 2.., 1 => any::<u64>()]
+    }
+
+    /// Restores `bytes` into a fresh state; uses what it accepted. Returns
+    /// the largest allocation restoring made.
+    fn restore_and_use(bytes: Vec<u8>) -> usize {
+        let (mut s, _) = state();
+        let len = bytes.len();
+        let (restored, largest) =
+            aquifer_alloc_probe::largest_allocation(|| s.restore(bytes.into()).is_ok());
+        if restored {
+            let snap = s.snapshot();
+            use_restored(&s, &snap);
+        }
+        // Decoded messages grow vectors of their fields; each element
+        // costs at least two input bytes.
+        assert!(
+            largest <= 256 * len + 64 * 1024,
+            "{largest} bytes for {len}"
+        );
+        largest
+    }
+
+    proptest::proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn arbitrary_snapshot_bytes_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            restore_and_use(bytes);
+        }
+
+        #[test]
+        fn damaged_snapshots_are_refused_or_read_safely(
+            edits in proptest::collection::vec((any::<usize>(), offset()), 0..3),
+            flips in proptest::collection::vec((any::<usize>(), 1u8..), 0..3),
+        ) {
+            let mut snap = rich_snapshot();
+            {
+                let mut fields = numbers(&mut snap);
+                for (which, value) in &edits {
+                    let n = fields.len();
+                    *fields[which % n] = *value;
+                }
+            }
+            let mut bytes = prost::Message::encode_to_vec(&snap);
+            for (at, x) in &flips {
+                let at = at % bytes.len();
+                bytes[at] ^= x;
+            }
+            restore_and_use(bytes);
+        }
+    }
+
+    #[test]
+    fn snapshots_out_of_line_are_refused_and_change_nothing() {
+        let snap = rich_snapshot();
+        let (mut s, _) = state();
+        s.restore(prost::Message::encode_to_vec(&snap).into())
+            .unwrap();
+        use_restored(&s, &snap);
+        let before = s.snapshot();
+        let refused = |edit: &dyn Fn(&mut ContainerSnapshot)| {
+            let mut bad = snap.clone();
+            edit(&mut bad);
+            let (mut t, _) = state();
+            t.restore(prost::Message::encode_to_vec(&before).into())
+                .unwrap();
+            let err = t
+                .restore(prost::Message::encode_to_vec(&bad).into())
+                .unwrap_err();
+            assert_eq!(t.snapshot(), before, "{err}");
+            err
+        };
+        let e = refused(&|s| s.segments[0].tier2_length = s.segments[0].length + 1);
+        assert!(e.contains("past its length"), "{e}");
+        let e = refused(&|s| s.segments[0].chunks[0].end += 1);
+        assert!(e.contains("out of line") || e.contains("short"), "{e}");
+        let e = refused(&|s| s.segments[1].tail[0].offset += 1);
+        assert!(e.contains("tail block"), "{e}");
+        let e = refused(&|s| s.segments[0].ticked_events = s.segments[0].events_total + 1);
+        assert!(e.contains("rate counters"), "{e}");
+        let e = refused(&|s| s.segments[1].segment_id = 7);
+        assert!(e.contains("twice"), "{e}");
     }
 }

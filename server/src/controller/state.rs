@@ -1188,6 +1188,7 @@ impl MetaState {
 mod tests {
     use super::super::command::CreateStream;
     use super::*;
+    use proptest::prelude::*;
 
     fn apply(s: &mut MetaState, cmd: MetaCmd) -> Result<StreamRecord, MetaError> {
         s.apply(
@@ -1504,5 +1505,101 @@ mod tests {
         assert_eq!(s.apply(2, again.into()), Ok(Applied::Nothing));
         assert_eq!(nodes.read().unwrap().len(), 3);
         assert_eq!(*placement.read().unwrap(), placed);
+    }
+
+    fn fresh() -> MetaState {
+        MetaState::new(
+            StreamMap::default(),
+            NodeMap::default(),
+            PlacementMap::default(),
+            GroupMap::default(),
+            TxnMap::default(),
+        )
+    }
+
+    fn create(name: &str, segment_count: u32) -> MetaCmd {
+        MetaCmd::Create(CreateStream {
+            scope: "sc".into(),
+            stream: name.into(),
+            segment_count,
+            containers: 4,
+            ..Default::default()
+        })
+    }
+
+    /// Two streams, two nodes and a placement.
+    fn rich_snapshot() -> MetaSnapshot {
+        let mut s = fresh();
+        apply(&mut s, create("a", 3)).unwrap();
+        apply(&mut s, create("b", 1)).unwrap();
+        let placed = Placement {
+            replication_factor: 2,
+            meta_voters: vec![1, 2],
+            containers: vec![vec![1, 2]; 4],
+        };
+        for cmd in [
+            MetaCmd::SetNode(NodeRecord {
+                id: 1,
+                address: "a:1".into(),
+            }),
+            MetaCmd::SetNode(NodeRecord {
+                id: 2,
+                address: "b:2".into(),
+            }),
+            MetaCmd::SetPlacement((&placed).into()),
+        ] {
+            let cmd = prost::Message::encode_to_vec(&MetaCommand { cmd: Some(cmd) });
+            s.apply(0, cmd.into()).unwrap();
+        }
+        s.snapshot()
+    }
+
+    /// Restores `bytes` into a fresh state and, if it took them, goes on
+    /// applying and snapshotting; returns the largest allocation restoring
+    /// made.
+    fn restore_and_use(bytes: Vec<u8>) -> usize {
+        let mut s = fresh();
+        let len = bytes.len();
+        let (restored, largest) =
+            aquifer_alloc_probe::largest_allocation(|| s.restore(bytes.into()).is_ok());
+        if restored {
+            let _ = apply(&mut s, create("later", 2));
+            round_trip(&s);
+        }
+        // Decoded messages grow vectors of their fields; each element
+        // costs at least two input bytes.
+        assert!(
+            largest <= 256 * len + 64 * 1024,
+            "{largest} bytes for {len}"
+        );
+        largest
+    }
+
+    proptest::proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn arbitrary_snapshot_bytes_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            restore_and_use(bytes);
+        }
+
+        #[test]
+        fn damaged_snapshots_are_refused_or_used_safely(
+            next in proptest::option::of(prop_oneof![0u64..16, u64::MAX - 2.., any::<u64>()]),
+            flips in proptest::collection::vec((any::<usize>(), 1u8..), 0..3),
+        ) {
+            let mut snap = rich_snapshot();
+            if let Some(next) = next {
+                snap.next_segment_id = next;
+            }
+            let mut bytes = prost::Message::encode_to_vec(&snap);
+            for (at, x) in &flips {
+                let at = at % bytes.len();
+                bytes[at] ^= x;
+            }
+            restore_and_use(bytes);
+        }
     }
 }

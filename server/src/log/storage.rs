@@ -10,7 +10,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
@@ -73,7 +72,6 @@ const INDEX_MAX: u64 = 1 << 62;
 
 /// A raft group's log on disk. Owned by the group's thread (raft-rs's
 /// `RawNode` is single threaded), so no locks.
-
 pub struct LogStorage {
     dir: PathBuf,
     hard_state: HardState,
@@ -647,6 +645,7 @@ mod tests {
     use crate::log::entry_cache::ENTRY_CACHE_BYTES_MAX;
     use crate::log::snapshot::SNAPSHOTS_SENDING_MAX;
     use proptest::prelude::*;
+    use protobuf::Message as _;
     use raft::Storage;
 
     fn open(dir: &Path) -> Result<LogStorage, LogError> {
