@@ -5,7 +5,7 @@
 //!
 //! A test binary installs [`Probe`] as its global allocator once:
 //!
-//! ```ignore
+//! ```text
 //! #[global_allocator]
 //! static PROBE: aquifer_alloc_probe::Probe = aquifer_alloc_probe::Probe;
 //! ```

@@ -28,6 +28,11 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![warn(missing_docs)]
 
+// The decoders' property tests measure what decoding allocates.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC_PROBE: aquifer_alloc_probe::Probe = aquifer_alloc_probe::Probe;
+
 mod access;
 mod admin;
 mod batch;

@@ -706,4 +706,30 @@ mod tests {
         assert!(matches!(err, Some(Error::Corrupt(_))));
         assert_eq!(r.offset, lens[0] as u64);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_segment_bytes_never_panic_or_allocate_what_they_claim(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            base in proptest::prelude::any::<u64>(),
+            resume in proptest::prelude::any::<u64>(),
+            end in proptest::prelude::any::<u64>(),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let _entered = runtime.enter();
+            let mut r = read_state(resume, end);
+            let len = data.len();
+            let ((events, _), largest) =
+                aquifer_alloc_probe::largest_allocation(|| r.decode(data.into(), base));
+            for e in &events {
+                proptest::prop_assert!(e.position.offset >= resume && e.next_offset > e.position.offset);
+            }
+            // The events' vector (each at least a header of input) and
+            // their keys, never what a length field claims.
+            let bound = len + len / frame::HEADER_BYTES * 2 * std::mem::size_of::<Event>() + 1024;
+            proptest::prop_assert!(largest <= bound, "{largest} bytes for {len}");
+        }
+    }
 }

@@ -208,4 +208,22 @@ mod tests {
         let fits = vec![0u8; RECORD_BYTES_MAX - 1 - LEN_BYTES];
         assert_eq!(encode_state(&fits).unwrap().len(), RECORD_BYTES_MAX);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_records_never_panic_or_allocate_what_they_claim(
+            record in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        ) {
+            let (decoded, largest) = aquifer_alloc_probe::largest_allocation(|| decode(&record).is_ok());
+            // An update count is checked against the bytes left before the
+            // updates' vector is allocated.
+            let bound = record.len() / LEN_BYTES * std::mem::size_of::<&[u8]>() + 1024;
+            proptest::prop_assert!(largest <= bound, "{largest} bytes for {}", record.len());
+            if decoded {
+                proptest::prop_assert!(!record.is_empty());
+            }
+        }
+    }
 }
