@@ -914,9 +914,8 @@ async fn a_part_of_a_forgotten_transaction_is_swept() {
     use aquifer_proto::v1 as pb;
     // A peer port, where node-to-node calls like the stray copy are served.
     let (port, peer_port) = (common::free_port(), common::free_port());
-    let config = format!(
-        "metrics_listen = \"127.0.0.1:{port}\"\npeer_listen = \"127.0.0.1:{peer_port}\"\n"
-    );
+    let config =
+        format!("metrics_listen = \"127.0.0.1:{port}\"\npeer_listen = \"127.0.0.1:{peer_port}\"\n");
     let server = ServerProcess::start(ServerOpts::with_config(&config)).await;
     let client = server.client().await;
     let name = stream_name("txn/sweep");

@@ -131,12 +131,7 @@ impl Conn {
                     chain_message(&e)
                 )))
             }
-            Err(_) => {
-                return Err(Error::unavailable(format!(
-                    "cannot reach aquifer at {addr}: no answer within {:.1} s",
-                    timeout.as_secs_f64()
-                )))
-            }
+            Err(_) => return Err(no_answer(&addr, timeout)),
         };
         Ok(Conn {
             addr,
@@ -184,6 +179,14 @@ impl Conn {
 }
 
 /// `host:port` without a scheme, the form nodes name each other in.
+/// The error of a node that did not answer within the connect timeout.
+pub(crate) fn no_answer(addr: &str, timeout: Duration) -> Error {
+    Error::unavailable(format!(
+        "cannot reach aquifer at {addr}: no answer within {:.1} s",
+        timeout.as_secs_f64()
+    ))
+}
+
 fn normalize(addr: &str) -> String {
     let addr = addr.trim();
     addr.strip_prefix("http://")

@@ -134,10 +134,16 @@ impl Client {
         addr: &str,
         settings: Arc<conn::Settings>,
     ) -> Result<Client, Error> {
+        let timeout = settings.connect_timeout;
         let conn = conn::Nodes::with_seed(conn::Conn::connect(addr, settings).await?);
-        // Older servers and test doubles have no Cluster service: then this
-        // node is all the client knows.
-        if let (Ok(status), Some(nodes)) = (raw_status(&conn).await, conn.nodes()) {
+        // The first answer is part of connecting: a node whose port takes
+        // the connection but never answers (its accept backlog, a flood) is
+        // unreachable, not slow. Older servers and test doubles have no
+        // Cluster service: then this node is all the client knows.
+        let status = tokio::time::timeout(timeout, raw_status(&conn))
+            .await
+            .map_err(|_| conn::no_answer(conn.addr(), timeout))?;
+        if let (Ok(status), Some(nodes)) = (status, conn.nodes()) {
             for node in status.nodes {
                 nodes.learn(&node.address);
             }

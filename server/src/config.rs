@@ -41,7 +41,10 @@ pub struct ServerConfig {
     /// and drops its log once this many bytes were applied since the last
     /// snapshot: bounds local log disk and replay time.
     pub snapshot_log_bytes: u64,
-    /// Open client connections; past it new ones wait to be accepted.
+    /// Open client connections. At the limit a new one takes the place of
+    /// one that has not completed its handshake, else of the one idle
+    /// longest, else it is refused at once; it never waits to be accepted.
+    /// Loopback clients (an operator on the node) have a few slots more.
     #[serde(alias = "max_connections")]
     pub connections_max: usize,
     /// Where to serve Prometheus metrics over HTTP (`GET /metrics`);
@@ -77,6 +80,17 @@ pub struct ServerConfig {
     pub auth: crate::auth::config::AuthConfig,
     /// The audit log (`[audit]`): on by default.
     pub audit: crate::audit::AuditConfig,
+    /// A client connection that has not sent the HTTP/2 preface and the
+    /// header of its first frame within this time is closed: a socket that
+    /// connects and sends nothing holds a slot no longer.
+    pub handshake_timeout_ms: u64,
+    /// A client connection with no request open for this long is closed
+    /// (a client reconnects by itself on its next call).
+    pub connection_idle_timeout_ms: u64,
+    /// Open client connections from one IP address; past it that address's
+    /// new connections are refused at once, so one host cannot take every
+    /// slot.
+    pub connections_per_address_max: usize,
 }
 
 /// How auto-scaling measures and waits. Production defaults are minutes
@@ -161,6 +175,9 @@ impl Default for ServerConfig {
             peer_tls: Default::default(),
             auth: Default::default(),
             audit: Default::default(),
+            handshake_timeout_ms: 5_000,
+            connection_idle_timeout_ms: 600_000,
+            connections_per_address_max: 256,
         }
     }
 }
@@ -315,8 +332,13 @@ impl ServerConfig {
                 self.in_flight_bytes_max
             ));
         }
-        if self.connections_max == 0 {
-            return bad("connections_max must be at least 1".into());
+        if self.connections_max == 0 || self.connections_per_address_max == 0 {
+            return bad(
+                "connections_max and connections_per_address_max must be at least 1".into(),
+            );
+        }
+        if self.handshake_timeout_ms == 0 || self.connection_idle_timeout_ms == 0 {
+            return bad("handshake_timeout_ms and connection_idle_timeout_ms must be > 0".into());
         }
         if self.snapshot_log_bytes < MIB {
             return bad(format!(

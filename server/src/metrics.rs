@@ -49,6 +49,12 @@ pub struct TierLabels {
     pub tier: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// Why the node closed a connection itself (see `api::connections`).
+    pub reason: &'static str,
+}
+
 type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 /// Every series the node exports.
@@ -79,6 +85,9 @@ pub struct Metrics {
     pub tier2_flush_lag_seconds: Family<GroupLabels, FloatGauge>,
     pub read_bytes: Family<TierLabels, Counter>,
     pub connections: Gauge,
+    /// Connections the node closed itself: refused at the limits, evicted
+    /// to make room, or timed out (handshake, idle).
+    pub connections_closed: Family<ConnectionLabels, Counter>,
     /// Active segments per stream: what a compute engine's autoscaler
     /// follows.
     pub stream_active_segments: Family<StreamLabels, Gauge>,
@@ -150,6 +159,7 @@ impl Metrics {
             tier2_flush_lag_seconds: Family::default(),
             read_bytes: Family::default(),
             connections: Gauge::default(),
+            connections_closed: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -239,6 +249,11 @@ impl Metrics {
             "connections",
             "Open client connections",
             m.connections.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Client connections the node closed itself, by reason",
+            m.connections_closed.clone(),
         );
         r.register(
             "stream_active_segments",

@@ -75,15 +75,21 @@ fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpI
 fn builder(
     tls: Option<&tonic::transport::ServerTlsConfig>,
     port: &str,
+    config: &crate::config::ServerConfig,
 ) -> Result<tonic::transport::Server, tonic::transport::Error> {
     let mut b = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = tls {
-        b = b.tls_config(tls.clone()).inspect_err(|e| {
-            tracing::error!(port, error = %e, "the TLS certificate or key does not load");
-        })?;
+        // A TLS handshake has the connection handshake's time too: a
+        // ClientHello and silence must not hold a slot until idle.
+        let handshake = Duration::from_millis(config.handshake_timeout_ms);
+        b = b
+            .tls_config(tls.clone().timeout(handshake))
+            .inspect_err(|e| {
+                tracing::error!(port, error = %e, "the TLS certificate or key does not load");
+            })?;
     }
     Ok(b)
 }
@@ -95,8 +101,7 @@ async fn serve_clients(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let max = node.config.message_bytes_max();
-    let connections_max = node.config.connections_max;
-    let open_connections = node.metrics.connections.clone();
+    let connection_rules = connections::Rules::of(&node.config, &node.metrics);
     let auth = authn::Authenticate { node: node.clone() };
     fn guarded<S>(
         svc: S,
@@ -158,8 +163,9 @@ async fn serve_clients(
             None
         }
     };
-    let incoming = connections::limit(incoming(listener), connections_max, open_connections);
-    builder(node.tls.client.as_ref(), "client")?
+    let (incoming, count_requests) = connections::guard(incoming(listener), connection_rules);
+    builder(node.tls.client.as_ref(), "client", &node.config)?
+        .layer(count_requests)
         .add_service(guarded(admin, &auth))
         .add_service(guarded(append, &auth))
         .add_service(guarded(read, &auth))
@@ -194,9 +200,10 @@ async fn serve_peers(
     let admin = StreamAdminServer::new(admin::AdminService::new(node.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let open = prometheus_client::metrics::gauge::Gauge::default();
-    let incoming = connections::limit(incoming(listener), PEER_CONNECTIONS_MAX, open);
-    builder(node.tls.peer_server.as_ref(), "peer")?
+    let rules = connections::Rules::for_peers(&node.config, PEER_CONNECTIONS_MAX);
+    let (incoming, count_requests) = connections::guard(incoming(listener), rules);
+    builder(node.tls.peer_server.as_ref(), "peer", &node.config)?
+        .layer(count_requests)
         .add_service(raft)
         .add_service(cluster)
         .add_service(InterceptedService::new(admin, authn::Forwarded))
