@@ -8,11 +8,12 @@ use aquifer_testkit as common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use aquifer_client::Client;
+use aquifer_client::{Client, ReaderConfig, StartFrom};
+use futures::TryStreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use common::{cli_ok, ServerOpts, ServerProcess};
+use common::{cli_ok, stream_name, ServerOpts, ServerProcess};
 
 /// The client preface and an empty SETTINGS frame: an HTTP/2 handshake
 /// from a client that then never sends anything more.
@@ -146,4 +147,75 @@ async fn one_address_cannot_take_every_slot() {
     assert_eq!(count_closed(&mut flood, deadline).await, 12);
     // Another address still gets in.
     client_gets_in(&server).await;
+}
+
+/// At `connections_max` (here 2, under its old name; all test clients are
+/// loopback, so 8 more) connections with a request open are never closed
+/// for a newcomer, which is refused at once instead of waiting; once one
+/// closes, a new client gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_connections_keep_their_slots_and_newcomers_are_refused_at_once() {
+    let server = ServerProcess::start(ServerOpts::with_config("max_connections = 2\n")).await;
+    let name = stream_name("floods/busy");
+    Client::connect(&server.addr())
+        .await
+        .expect("connect")
+        .admin()
+        .create_stream(&name, 1)
+        .await
+        .expect("create");
+    // Each holds a following read open on its own connection.
+    let mut busy = Vec::new();
+    for _ in 0..2 + 8 {
+        let client = Client::connect(&server.addr()).await.expect("connect");
+        let mut reader = client
+            .reader(
+                &name,
+                ReaderConfig::default().start(StartFrom::Head).follow(true),
+            )
+            .await
+            .expect("a following reader");
+        let reading = tokio::spawn(async move { reader.try_next().await.map(|_| ()) });
+        busy.push((client, reading));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = Instant::now();
+    let mut refused = TcpStream::connect(server.addr()).await.expect("connect");
+    assert!(
+        closed_by(&mut refused, started + Duration::from_secs(1)).await,
+        "a connection past the limit was kept waiting"
+    );
+    let third = tokio::time::timeout(Duration::from_secs(3), async {
+        let c = Client::connect(&server.addr()).await?;
+        c.admin().list_streams(None).await
+    })
+    .await;
+    assert!(!matches!(third, Ok(Ok(_))), "served past the limit");
+    let log = server.stderr_text();
+    assert!(log.contains("refused_limit"), "{log}");
+
+    let (gone, reading) = busy.pop().expect("a busy client");
+    reading.abort();
+    drop(gone);
+    let newcomer = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(c) = Client::connect(&server.addr()).await {
+                if c.admin().list_streams(None).await.is_ok() {
+                    return c;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("a slot frees once a client closes");
+    drop(newcomer);
+    for (client, _) in &busy {
+        client
+            .admin()
+            .list_streams(None)
+            .await
+            .expect("a busy client is still served");
+    }
 }
