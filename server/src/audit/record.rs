@@ -367,4 +367,35 @@ mod tests {
         chain.push(&records[2]).unwrap();
         assert!(chain.push(&records[4]).is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Audit records come back from tier-2, where tampering is the
+        /// point: arbitrary and damaged bytes break the chain, never panic
+        /// or allocate past what they hold.
+        #[test]
+        fn arbitrary_and_damaged_records_never_panic_or_allocate_what_they_claim(
+            arbitrary in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            flips in proptest::collection::vec((proptest::prelude::any::<usize>(), 1u8..), 0..3),
+            which in 0usize..5,
+        ) {
+            let mut records = chain_of_five();
+            let damaged = &mut records[which];
+            for (at, x) in &flips {
+                let at = at % damaged.len();
+                damaged[at] ^= x;
+            }
+            let input = records.iter().map(Vec::len).sum::<usize>() + arbitrary.len();
+            let (ok, largest) = aquifer_alloc_probe::largest_allocation(|| {
+                let mut chain = Chain::new(9, true);
+                let ok = records.iter().all(|r| chain.push(r).is_ok());
+                let _ = Chain::new(9, false).push(&arbitrary);
+                ok
+            });
+            proptest::prop_assert_eq!(ok, flips.is_empty() || records == chain_of_five());
+            // Decoding copies strings out and re-encodes to compare.
+            proptest::prop_assert!(largest <= 4 * input + 4096, "{largest} bytes for {input}");
+        }
+    }
 }
