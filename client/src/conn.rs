@@ -178,7 +178,6 @@ impl Conn {
     }
 }
 
-/// `host:port` without a scheme, the form nodes name each other in.
 /// The error of a node that did not answer within the connect timeout.
 pub(crate) fn no_answer(addr: &str, timeout: Duration) -> Error {
     Error::unavailable(format!(
@@ -187,6 +186,7 @@ pub(crate) fn no_answer(addr: &str, timeout: Duration) -> Error {
     ))
 }
 
+/// `host:port` without a scheme, the form nodes name each other in.
 fn normalize(addr: &str) -> String {
     let addr = addr.trim();
     addr.strip_prefix("http://")
