@@ -126,10 +126,8 @@ impl Conn {
             // The cause in the message itself: a TLS refusal (unknown CA,
             // wrong name) is what the user must act on.
             Ok(Err(e)) => {
-                return Err(Error::unavailable(format!(
-                    "cannot reach aquifer at {addr}: {}",
-                    chain_message(&e)
-                )))
+                let message = format!("cannot reach aquifer at {addr}: {}", chain_message(&e));
+                return Err(Error::unavailable_from(message, e));
             }
             Err(_) => return Err(no_answer(&addr, timeout)),
         };
@@ -423,7 +421,12 @@ mod tests {
         // Port 1 on localhost: nothing listens there.
         match Conn::connect("127.0.0.1:1", Arc::default()).await {
             Err(e @ Error::Unavailable { .. }) => {
-                assert_eq!(e.to_string(), "cannot reach aquifer at 127.0.0.1:1");
+                // The cause follows, and stays the error's source.
+                let message = e.to_string();
+                assert!(
+                    message.starts_with("cannot reach aquifer at 127.0.0.1:1: "),
+                    "{message}"
+                );
                 assert!(std::error::Error::source(&e).is_some());
             }
             other => panic!("expected Unavailable, got {other:?}"),
