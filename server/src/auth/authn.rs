@@ -335,6 +335,47 @@ mod tests {
     }
 
     #[test]
+    fn es256_jwts_are_checked_against_the_public_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let public = dir.path().join("jwt.pub");
+        std::fs::write(&public, key.public_key_pem()).unwrap();
+        let config = JwtConfig {
+            algorithm: "ES256".into(),
+            key_file: public,
+            issuer: "iss".into(),
+            audience: "aquifer".into(),
+            leeway_secs: 0,
+        };
+        let a = Authenticator {
+            on: true,
+            tokens: HashMap::new(),
+            jwt: Some(jwt(&config).unwrap()),
+            certificates: false,
+        };
+        let claims = Out {
+            sub: "erin",
+            iss: "iss",
+            aud: "aquifer",
+            exp: now() + 60,
+        };
+        let signing = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+        let token = encode(&Header::new(Algorithm::ES256), &claims, &signing).unwrap();
+        assert_eq!(
+            a.authenticate(&bearer(&token), None).unwrap().name(),
+            "erin"
+        );
+        // Signed by another key: refused.
+        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let forged = EncodingKey::from_ec_pem(other.serialize_pem().as_bytes()).unwrap();
+        let token = encode(&Header::new(Algorithm::ES256), &claims, &forged).unwrap();
+        assert!(matches!(
+            a.authenticate(&bearer(&token), None),
+            Err(Error::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
     fn a_client_certificate_names_its_common_name() {
         let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
         params
