@@ -6,7 +6,7 @@
 use aquifer_testkit as common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aquifer_client::{Client, Error, GroupEvent, ScanConfig};
@@ -553,20 +553,7 @@ async fn the_peer_port_takes_only_the_clusters_nodes() {
     );
     let stranger_ca = TestCa::new("not the cluster CA");
     let stranger = stranger_ca.issue("node-2");
-    let read_pem = |p: &PathBuf| read(p);
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(read_pem(
-            &cluster.ca.ca_file,
-        )))
-        .identity(tonic::transport::Identity::from_pem(
-            read_pem(&stranger.cert_file),
-            read_pem(&stranger.key_file),
-        ));
-    let foreign = tonic::transport::Endpoint::from_shared(format!("https://{peer}"))
-        .expect("endpoint")
-        .tls_config(tls)
-        .expect("tls")
-        .connect_timeout(Duration::from_secs(1));
+    let foreign = cluster.peer_endpoint(1, &stranger);
     if let Ok(ch) = foreign.connect().await {
         let sent = RaftTransportClient::new(ch)
             .send(batch(forged_vote()))
@@ -577,7 +564,7 @@ async fn the_peer_port_takes_only_the_clusters_nodes() {
         );
     }
     let no_cert = tonic::transport::ClientTlsConfig::new().ca_certificate(
-        tonic::transport::Certificate::from_pem(read_pem(&cluster.ca.ca_file)),
+        tonic::transport::Certificate::from_pem(read(&cluster.ca.ca_file)),
     );
     let anonymous = tonic::transport::Endpoint::from_shared(format!("https://{peer}"))
         .expect("endpoint")

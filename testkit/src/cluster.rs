@@ -22,6 +22,8 @@ pub struct TestCluster {
     /// The cluster CA: the nodes talk to each other over mutual TLS with
     /// certificates it signed, as in production.
     pub ca: TestCa,
+    /// The harness's own peer certificate (fault injection is a peer call).
+    harness: CertFiles,
     /// Holds the shared tier-2 directory.
     shared: tempfile::TempDir,
 }
@@ -62,10 +64,12 @@ impl TestCluster {
         for node in &mut nodes {
             node.wait_ready().await;
         }
+        let harness = ca.issue("test-harness");
         TestCluster {
             nodes,
             peer_ports,
             ca,
+            harness,
             shared,
         }
     }
@@ -210,8 +214,8 @@ impl TestCluster {
         format!("{}/127.0.0.1:{}", self.nodes[i].addr(), self.peer_ports[i])
     }
 
-    /// A channel to node `id`'s peer port, as a node with certificate
-    /// `cert` of the cluster CA.
+    /// A channel to node `id`'s peer port trusting the cluster CA and
+    /// presenting `cert` (one of the cluster CA's, or a stranger's).
     pub fn peer_endpoint(&self, id: u64, cert: &CertFiles) -> tonic::transport::Endpoint {
         let port = self.peer_ports[(id - 1) as usize];
         let read = |p: &std::path::Path| std::fs::read(p).expect("read PEM");
@@ -232,8 +236,7 @@ impl TestCluster {
 
     /// Fault injection is served on the peer port only (as a peer would).
     async fn set_faults(&self, id: u64, faults: aquifer_proto::v1::Faults) {
-        let cert = self.ca.issue("test-harness");
-        let Ok(channel) = self.peer_endpoint(id, &cert).connect().await else {
+        let Ok(channel) = self.peer_endpoint(id, &self.harness).connect().await else {
             return; // down: nothing to cut
         };
         aquifer_proto::v1::cluster_client::ClusterClient::new(channel)

@@ -235,6 +235,24 @@ mod tests {
         exp: u64,
     }
 
+    /// An authenticator of JWTs only: `algorithm` with `key_file`, issuer
+    /// `iss`, audience `aquifer`, no leeway.
+    fn jwt_only(algorithm: &str, key_file: std::path::PathBuf) -> Authenticator {
+        let config = JwtConfig {
+            algorithm: algorithm.into(),
+            key_file,
+            issuer: "iss".into(),
+            audience: "aquifer".into(),
+            leeway_secs: 0,
+        };
+        Authenticator {
+            on: true,
+            tokens: HashMap::new(),
+            jwt: Some(jwt(&config).unwrap()),
+            certificates: false,
+        }
+    }
+
     fn now() -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -276,19 +294,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("secret");
         std::fs::write(&key, "k3y\n").unwrap();
-        let config = JwtConfig {
-            algorithm: "HS256".into(),
-            key_file: key,
-            issuer: "iss".into(),
-            audience: "aquifer".into(),
-            leeway_secs: 0,
-        };
-        let a = Authenticator {
-            on: true,
-            tokens: HashMap::new(),
-            jwt: Some(jwt(&config).unwrap()),
-            certificates: false,
-        };
+        let a = jwt_only("HS256", key);
         let sign = |secret: &[u8], claims: &Out| {
             encode(
                 &Header::default(),
@@ -340,19 +346,7 @@ mod tests {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let public = dir.path().join("jwt.pub");
         std::fs::write(&public, key.public_key_pem()).unwrap();
-        let config = JwtConfig {
-            algorithm: "ES256".into(),
-            key_file: public,
-            issuer: "iss".into(),
-            audience: "aquifer".into(),
-            leeway_secs: 0,
-        };
-        let a = Authenticator {
-            on: true,
-            tokens: HashMap::new(),
-            jwt: Some(jwt(&config).unwrap()),
-            certificates: false,
-        };
+        let a = jwt_only("ES256", public);
         let claims = Out {
             sub: "erin",
             iss: "iss",

@@ -270,10 +270,8 @@ impl Node {
     /// The stream a segment belongs to, as `scope/stream` (metrics labels).
     pub fn stream_of(&self, segment_id: u64) -> Option<String> {
         self.controller
-            .all()
-            .into_iter()
-            .find(|s| s.segments.iter().any(|g| g.id == segment_id))
-            .map(|s| s.key.to_string())
+            .stream_of_segment(segment_id)
+            .map(|k| k.to_string())
     }
 
     /// Sets the gauges of state that is read rather than counted.
