@@ -41,6 +41,18 @@ pub struct ServerConfig {
     /// and drops its log once this many bytes were applied since the last
     /// snapshot: bounds local log disk and replay time.
     pub snapshot_log_bytes: u64,
+    /// Appends are refused (RESOURCE_EXHAUSTED, naming the disk) while the
+    /// data dir's filesystem, or a local tier-2's, has less free than this;
+    /// they resume once space is freed. Reads, tier-2 flushes, truncation
+    /// and retention go on below it. 0 turns the check off.
+    pub disk_free_bytes_min: u64,
+    /// A writer id that appended nothing to a segment for this long is
+    /// forgotten there (Kafka's `producer.id.expiration.ms`), so many
+    /// short-lived writers do not grow the dedup table and its snapshots
+    /// without bound. Checked at each rate tick (`scaling.tick_ms`). A
+    /// writer that comes back later starts again at event number 1; a
+    /// batch it retries from before is refused as a gap. 0: never.
+    pub writer_id_expiry_ms: u64,
     /// Open client connections. At the limit a new one takes the place of
     /// one that has not completed its handshake, else of the one idle
     /// longest, else it is refused at once; it never waits to be accepted.
@@ -160,6 +172,8 @@ impl Default for ServerConfig {
             cache_bytes_max: 256 * MIB,
             in_flight_bytes_max: 16 * MIB,
             snapshot_log_bytes: 256 * MIB,
+            disk_free_bytes_min: 1024 * MIB,
+            writer_id_expiry_ms: 24 * 60 * 60 * 1000,
             connections_max: 1024,
             metrics_listen: None,
             node_id: 1,

@@ -28,6 +28,7 @@ pub(crate) mod metrics;
 pub(crate) mod node;
 pub(crate) mod read;
 pub(crate) mod retention;
+pub(crate) mod space;
 pub(crate) mod tier;
 
 // The decoders' property tests measure what decoding allocates.

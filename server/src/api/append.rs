@@ -179,6 +179,7 @@ impl Session {
                             if self.txn_parent.is_some() {
                                 self.check_txn_room(bytes)?;
                             }
+                            self.node.space.admit(u64::from(bytes))?;
                             self.node.budget.wait_for_room(u64::from(bytes)).await;
                             let outcome = self.container.submit(cmd, bytes).await?;
                             let m = &self.node.metrics;

@@ -79,6 +79,11 @@ pub struct RateTick {
     /// One per rate window, shortest first.
     #[prost(uint64, repeated, tag = "2")]
     pub windows_ms: Vec<u64>,
+    /// Writer ids that wrote nothing for longer than this (by the
+    /// segments' tick time) are forgotten; 0 keeps them
+    /// (`writer_id_expiry_ms`).
+    #[prost(uint64, tag = "3")]
+    pub writer_idle_ms: u64,
 }
 
 /// The storage writer put one object holding each chunk's bytes at its
@@ -229,6 +234,9 @@ pub struct WriterPosition {
     pub writer_id: String,
     #[prost(int64, tag = "2")]
     pub last_event_number: i64,
+    /// The segment's tick time at its last append (`WriterMark`).
+    #[prost(uint64, tag = "3")]
+    pub seen_ms: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -94,7 +94,9 @@ impl From<ApplyError> for Error {
                 actual,
                 message: e.to_string(),
             },
-            ApplyError::EventNumberGap { .. } => Error::Unavailable(e.to_string()),
+            ApplyError::EventNumberGap { .. } | ApplyError::UnknownWriterGap { .. } => {
+                Error::Unavailable(e.to_string())
+            }
             ApplyError::StaleChunk { .. } => Error::OrphanChunk(e.to_string()),
             ApplyError::TxnPartClosed { .. } => Error::TransactionState {
                 reason: aquifer_proto::wire::REASON_TRANSACTION_NOT_OPEN,

@@ -44,12 +44,23 @@ pub(crate) struct SegmentState {
     pub chunks: Vec<Chunk>,
     /// `(offset, block)` per applied batch, covering `[tier2_length, length)`.
     pub tail: VecDeque<(u64, Block)>,
-    /// Last applied event number per writer id.
-    pub writers: HashMap<String, i64>,
+    /// Last applied event number per writer id, and when it last wrote.
+    pub writers: HashMap<String, WriterMark>,
     /// Traffic counters and moving averages (replicated state).
     pub rates: Rates,
     /// For a transaction part: its parent segment (0: a stream segment).
     pub part_of: u64,
+}
+
+/// What a segment remembers of one writer id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterMark {
+    /// Its last applied event number.
+    pub last: i64,
+    /// The segment's tick time (`rates.ticked_ms`) at its last append: the
+    /// replicated clock, so every replica forgets it at the same entry (0:
+    /// before any tick, adopted by the next).
+    pub seen_ms: u64,
 }
 
 /// One block of a tail buffer.
@@ -80,6 +91,26 @@ impl Block {
 }
 
 impl SegmentState {
+    /// Last applied event number of `writer` (0: none, or forgotten).
+    pub fn last_event_number(&self, writer: &str) -> i64 {
+        self.writers.get(writer).map_or(0, |w| w.last)
+    }
+
+    /// Forgets the writer ids that wrote nothing for longer than
+    /// `idle_ms` by the segment's tick time (0: keeps them all); returns
+    /// how many it forgot.
+    pub fn expire_writers(&mut self, idle_ms: u64) -> usize {
+        let now = self.rates.ticked_ms;
+        let before = self.writers.len();
+        self.writers.retain(|_, w| {
+            if w.seen_ms == 0 {
+                w.seen_ms = now;
+            }
+            idle_ms == 0 || now.saturating_sub(w.seen_ms) <= idle_ms
+        });
+        before - self.writers.len()
+    }
+
     pub fn tail_bytes(&self) -> u64 {
         self.length - self.tier2_length
     }

@@ -14,7 +14,7 @@ use super::command::{
     TailBlock, Truncate, WriterPosition,
 };
 use super::rates::{rates_from, Rates, RATE_WINDOWS};
-use super::segment::{Block, Chunk, Segment, SegmentState};
+use super::segment::{Block, Chunk, Segment, SegmentState, WriterMark};
 use crate::cache::TailBudget;
 use crate::group::StateMachine;
 
@@ -84,6 +84,8 @@ pub enum ApplyError {
         first: i64,
         expected: i64,
     },
+    #[error("batch of writer {writer} starts at event number {first} but nothing of this writer id is applied on this segment: an earlier batch was not applied (reconnect and resend from event number 1), or the writer id wrote nothing here for longer than writer_id_expiry_ms and was forgotten (reopen the writer: it starts again at event number 1)")]
+    UnknownWriterGap { writer: String, first: i64 },
     #[error("conditional append of writer {writer} has event number {first} but {expected} is next: number a writer's conditional appends 1, 2, 3, … and resend a failed one with the number it had")]
     ConditionalEventNumberGap {
         writer: String,
@@ -117,7 +119,8 @@ pub(super) fn push_batch(s: &mut SegmentState, a: Append, last: i64) -> (u64, u6
     let len = a.events.len() as u64;
     s.length += len;
     s.tail.push_back((offset, Block::Mem(a.events)));
-    s.writers.insert(a.writer_id, last);
+    let seen_ms = s.rates.ticked_ms;
+    s.writers.insert(a.writer_id, WriterMark { last, seen_ms });
     s.rates.record(a.event_count, len);
     (offset, len)
 }
@@ -165,6 +168,7 @@ pub(super) fn check_numbers(applied: i64, a: &Append) -> Result<Numbered, ApplyE
                 first,
                 expected,
             },
+            None if applied == 0 => ApplyError::UnknownWriterGap { writer, first },
             None => ApplyError::EventNumberGap {
                 writer,
                 first,
@@ -237,7 +241,7 @@ impl ContainerState {
         if s.deleted {
             return Err(ApplyError::SegmentNotFound(segment));
         }
-        Ok(s.writers.get(writer).copied().unwrap_or(0))
+        Ok(s.last_event_number(writer))
     }
 
     fn create(&mut self, id: u64) -> Applied {
@@ -255,7 +259,7 @@ impl ContainerState {
         if s.deleted {
             return Err(ApplyError::SegmentNotFound(a.segment_id));
         }
-        let applied = s.writers.get(&a.writer_id).copied().unwrap_or(0);
+        let applied = s.last_event_number(&a.writer_id);
         let last = match check_numbers(applied, &a)? {
             Numbered::Duplicate => {
                 return Ok(Applied::Appended {
@@ -396,8 +400,17 @@ impl ContainerState {
     fn rate_tick(&mut self, t: &RateTick) -> Applied {
         let windows = windows_of_ms(&t.windows_ms);
         let map = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        let mut expired = 0;
         for seg in map.values() {
-            seg.lock().rates.tick(t.now_ms, &windows);
+            let mut s = seg.lock();
+            s.rates.tick(t.now_ms, &windows);
+            expired += s.expire_writers(t.writer_idle_ms);
+        }
+        if expired > 0 {
+            tracing::debug!(
+                expired,
+                "writer ids idle past writer_id_expiry_ms forgotten"
+            );
         }
         Applied::RatesTicked
     }
@@ -554,7 +567,13 @@ impl ContainerState {
             s.writers = g
                 .writers
                 .into_iter()
-                .map(|w| (w.writer_id, w.last_event_number))
+                .map(|w| {
+                    let mark = WriterMark {
+                        last: w.last_event_number,
+                        seen_ms: w.seen_ms,
+                    };
+                    (w.writer_id, mark)
+                })
                 .collect();
             s.tail = g
                 .tail
@@ -659,9 +678,10 @@ fn segment_snapshot(seg: &Segment) -> SegmentSnapshot {
     let mut writers: Vec<WriterPosition> = s
         .writers
         .iter()
-        .map(|(w, n)| WriterPosition {
+        .map(|(w, mark)| WriterPosition {
             writer_id: w.clone(),
-            last_event_number: *n,
+            last_event_number: mark.last,
+            seen_ms: mark.seen_ms,
         })
         .collect();
     writers.sort_by(|a, b| a.writer_id.cmp(&b.writer_id));
@@ -972,6 +992,50 @@ mod tests {
         assert_eq!(s.last_event_number(7, "w").unwrap(), 4);
         let seg = s.segment(7).unwrap();
         assert_eq!(budget.used(), seg.view().length);
+    }
+
+    fn tick(now_ms: u64, writer_idle_ms: u64) -> Cmd {
+        Cmd::RateTick(RateTick {
+            now_ms,
+            windows_ms: vec![1000],
+            writer_idle_ms,
+        })
+    }
+
+    /// Idle writer ids are forgotten by the replicated tick time, the same
+    /// on every replica and across a snapshot; one that comes back with a
+    /// later number is refused as a gap naming the expiry, one that starts
+    /// again at 1 is a new writer.
+    #[test]
+    fn idle_writer_ids_are_forgotten_at_a_rate_tick() {
+        let (mut s, _) = state();
+        apply(&mut s, Cmd::Create(SegmentRef { segment_id: 7 })).unwrap();
+        apply(&mut s, append("old", 1, 2)).unwrap(); // before any tick: adopted
+        apply(&mut s, tick(1_000, 10_000)).unwrap();
+        apply(&mut s, tick(6_000, 10_000)).unwrap();
+        apply(&mut s, append("new", 1, 1)).unwrap(); // seen at 6 000
+        let snap = s.snapshot();
+        let (mut r, _) = state();
+        r.restore(prost::Message::encode_to_vec(&snap).into())
+            .unwrap();
+        for s in [&mut s, &mut r] {
+            apply(s, tick(11_000, 10_000)).unwrap();
+            assert_eq!(s.last_event_number(7, "old").unwrap(), 2, "idle 10 s: kept");
+            apply(s, tick(11_001, 10_000)).unwrap();
+            assert_eq!(s.last_event_number(7, "old").unwrap(), 0, "idle past 10 s");
+            assert_eq!(s.last_event_number(7, "new").unwrap(), 1);
+            let e = apply(s, append("old", 3, 1)).unwrap_err();
+            assert!(
+                matches!(e, ApplyError::UnknownWriterGap { first: 3, .. }),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains("writer_id_expiry_ms"), "{e}");
+            apply(s, append("old", 1, 1)).unwrap();
+            // 0 keeps every writer id, however idle.
+            apply(s, tick(1_000_000, 0)).unwrap();
+            assert_eq!(s.last_event_number(7, "new").unwrap(), 1);
+        }
+        assert_eq!(s.snapshot(), r.snapshot(), "replicas agree");
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl ContainerState {
                 s.part_of
             )));
         }
-        let applied = s.writers.get(&a.writer_id).copied().unwrap_or(0);
+        let applied = s.last_event_number(&a.writer_id);
         let last = match check_numbers(applied, &a)? {
             Numbered::Duplicate => {
                 return Ok(Applied::Appended {
@@ -112,7 +112,7 @@ impl ContainerState {
         }
         Ok(self
             .part(id)
-            .and_then(|p| p.lock().writers.get(writer).copied())
+            .map(|p| p.lock().last_event_number(writer))
             .unwrap_or(0))
     }
 

@@ -47,6 +47,7 @@ impl Node {
         let tick = RateTick {
             now_ms: now_ms(),
             windows_ms: self.config.scaling.windows_ms.to_vec(),
+            writer_idle_ms: self.config.writer_id_expiry_ms,
         };
         for c in self.containers.iter().filter(|c| c.leader_term().is_some()) {
             if let Err(e) = c.propose(Cmd::RateTick(tick.clone())).await {

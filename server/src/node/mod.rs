@@ -58,6 +58,9 @@ use crate::tier::Tier2;
 
 /// The least raft's `max_uncommitted_size` may be: raft wants it above
 /// `max_size_per_msg`, or a large proposal could never be accepted.
+/// How often the free-space floor looks at the disks: a burst between two
+/// looks is counted as it is admitted.
+const DISK_LOOK_EVERY: Duration = Duration::from_secs(1);
 const UNCOMMITTED_BYTES_MIN: u64 = 4 * 1024 * 1024;
 const _: () = assert!(crate::group::RAFT_MSG_BYTES_MAX < UNCOMMITTED_BYTES_MIN);
 
@@ -69,6 +72,8 @@ pub struct Node {
     pub containers: Containers,
     pub tier2: Arc<Tier2>,
     pub budget: Arc<TailBudget>,
+    /// The free-space floor appends are admitted against.
+    pub(crate) space: crate::space::DiskSpace,
     /// Every node and the address clients reach it at.
     pub addresses: NodeAddresses,
     /// This node's metrics registry.
@@ -158,6 +163,11 @@ impl Node {
         };
         let budget = TailBudget::new(config.tail_buffer_bytes_max);
         let tier2 = Arc::new(Tier2::open(&config, metrics.clone())?);
+        let mut disks = vec![("the data dir", config.data_dir.clone())];
+        if let Some(root) = tier2.local_root() {
+            disks.push(("local tier-2", root.to_path_buf()));
+        }
+        let space = crate::space::DiskSpace::new(disks, config.disk_free_bytes_min);
         let controller = Arc::new(Controller::start(group(wire::META_GROUP.into()))?);
         let mut containers = Vec::new();
         for id in 0..config.containers {
@@ -197,6 +207,9 @@ impl Node {
                 tokio::spawn(w.run(stopped.clone()))
             })
             .collect();
+        tasks.push(tokio::spawn(
+            space.clone().watch(DISK_LOOK_EVERY, stopped.clone()),
+        ));
         tasks.push(tokio::spawn(crate::retention::run(
             controller.clone(),
             containers.clone(),
@@ -227,6 +240,7 @@ impl Node {
             containers,
             tier2,
             budget,
+            space,
             addresses,
             metrics,
             audit,

@@ -16,7 +16,7 @@
 
 pub mod writer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -166,6 +166,11 @@ impl Tier2 {
     /// The node's metrics registry (tier-2 and read series).
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The directory of a local tier-2 (None for object storage).
+    pub fn local_root(&self) -> Option<&Path> {
+        self.local_root.as_deref()
     }
 
     fn local(root: PathBuf) -> Result<(Arc<dyn ObjectStore>, Option<PathBuf>), Error> {

@@ -108,6 +108,11 @@ public final class AquiferServer implements AutoCloseable {
     process.destroyForcibly().waitFor();
   }
 
+  /** Whether the node's process is alive (false after {@link #kill}). */
+  public boolean isRunning() {
+    return process != null && process.isAlive();
+  }
+
   /** Starts the node again on the same port and data directory. */
   public void restart() throws IOException {
     launch();

@@ -53,8 +53,20 @@ final class AquiferChangelogStorage implements StateChangelogStorage<ChangelogSt
   private final Duration retentionAfterClose;
   private final long inFlightMax;
   private final AtomicLong inFlight = new AtomicLong();
+  /**
+   * Flink's helper is not thread-safe, and its {@code resetAvailable} drops the future a task waits
+   * on without completing it: every change goes through {@link #overBudget} and {@link
+   * #underBudget}, under this lock.
+   */
+  private final Object availabilityLock = new Object();
   private final AvailabilityProvider.AvailabilityHelper availability =
       new AvailabilityProvider.AvailabilityHelper();
+  private final AvailabilityProvider availabilityView =
+      () -> {
+        synchronized (availabilityLock) {
+          return availability.getAvailableFuture();
+        }
+      };
   /** Writer → first sequence number of each placed event → {last sqn, segment, offset}. */
   private final Map<String, TreeMap<Long, long[]>> placements = new HashMap<>();
   /** In-flight append → the segments' ends when it began. */
@@ -103,7 +115,7 @@ final class AquiferChangelogStorage implements StateChangelogStorage<ChangelogSt
                 .writerId("changelog-" + suffix)
                 .linger(config.get(AquiferChangelogOptions.PERSIST_DELAY))
                 .inFlightBytesMax(2 * inFlightMax));
-    availability.resetAvailable();
+    underBudget();
     LOG.info("state changelog for job {} in {}", job, stream);
   }
 
@@ -139,9 +151,8 @@ final class AquiferChangelogStorage implements StateChangelogStorage<ChangelogSt
       // Until it is placed, no head moves past where the segments end now.
       inFlightFloors.put(id, new HashMap<>(ends));
     }
-    if (inFlight.addAndGet(bytes) > inFlightMax) {
-      availability.resetUnavailable();
-    }
+    inFlight.addAndGet(bytes);
+    overBudget();
     int keyBytes = writerKey.getBytes(StandardCharsets.UTF_8).length;
     String name = stream.toString();
     CompletableFuture<Locator> placedAt = new CompletableFuture<>();
@@ -177,10 +188,30 @@ final class AquiferChangelogStorage implements StateChangelogStorage<ChangelogSt
             .put(firstSqn, new long[] {lastSqn, at.segmentId, at.offset});
       }
     }
-    if (inFlight.addAndGet(-bytes) <= inFlightMax / 2) {
-      // Complete the waiters outside any lock of ours.
-      CompletableFuture.runAsync(availability::resetAvailable);
+    inFlight.addAndGet(-bytes);
+    underBudget();
+  }
+
+  /** Over the in-flight budget: unavailable (Flink back-pressures the tasks). */
+  private void overBudget() {
+    synchronized (availabilityLock) {
+      if (inFlight.get() > inFlightMax) {
+        availability.resetUnavailable();
+      }
     }
+  }
+
+  /** Down to half the budget: available again, and the tasks waiting are woken. */
+  private void underBudget() {
+    CompletableFuture<?> waiting;
+    synchronized (availabilityLock) {
+      if (inFlight.get() > inFlightMax / 2 || availability.isAvailable()) {
+        return;
+      }
+      waiting = availability.getUnavailableToResetAvailable();
+    }
+    // Acks arrive under the client's locks: the waiters run on another thread.
+    CompletableFuture.runAsync(() -> waiting.complete(null));
   }
 
   /**
@@ -226,7 +257,7 @@ final class AquiferChangelogStorage implements StateChangelogStorage<ChangelogSt
 
   @Override
   public AvailabilityProvider getAvailabilityProvider() {
-    return availability;
+    return availabilityView;
   }
 
   @Override

@@ -258,13 +258,25 @@ class AquiferChangelogStorageIT {
       java.util.concurrent.CompletableFuture<?> persisted = w.persist(SequenceNumber.of(0), 1);
       assertTrue(!storage.getAvailabilityProvider().isAvailable(), "over budget: unavailable");
       Thread.sleep(300);
-      assertTrue(!persisted.isDone(), "the node is down: nothing acknowledged");
+      assertTrue(!persisted.isDone(), () -> "the node is down, yet the persist ended: " + outcome(persisted));
       server.restart();
       persisted.get(60, java.util.concurrent.TimeUnit.SECONDS);
       storage.getAvailabilityProvider().getAvailableFuture().get(10, java.util.concurrent.TimeUnit.SECONDS);
       assertEquals(100, restore(w.persist(SequenceNumber.of(0), 2).get().getJobManagerOwnedSnapshot()).size());
     } finally {
+      // The other tests need the node, whatever failed here.
+      if (!server.isRunning()) {
+        server.restart();
+      }
       storage.close();
+    }
+  }
+
+  static String outcome(java.util.concurrent.CompletableFuture<?> f) {
+    try {
+      return "completed with " + f.getNow(null);
+    } catch (Exception e) {
+      return "failed with " + e;
     }
   }
 
