@@ -79,7 +79,7 @@ impl WriteAck {
 ///     .linger(Duration::from_millis(5))
 ///     .in_flight_bytes_max(64 << 20);
 /// assert_eq!(config.writer_id, "orders-importer-1");
-/// assert_eq!(config.batch_bytes_max, 1 << 20); // the default
+/// assert_eq!(config.batch_bytes_max, 256 << 10); // the default
 /// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -90,12 +90,17 @@ pub struct WriterConfig {
     /// it between concurrent writers. Default: 16 random hex characters.
     pub writer_id: String,
     /// A batch is sent once it holds this many bytes of framed events
-    /// (an event larger than this travels alone). Default: 1 MiB.
+    /// (an event larger than this travels alone). Default: 256 KiB, so the
+    /// in-flight budget holds several batches in flight at once.
     pub batch_bytes_max: usize,
     /// ... or once its first event has waited this long. Default: 1 ms.
     pub linger: Duration,
     /// Framed bytes queued or waiting for an ack, over all segments; at the
-    /// limit `write_event` waits. Default: 32 MiB.
+    /// limit `write_event` waits. Default: 2 MiB. An ack waits behind what
+    /// is in flight before it, so this bounds ack latency at saturation
+    /// (about the bytes in flight over the node's throughput) and passes
+    /// back-pressure to the caller; raise it for a writer far from the
+    /// node (throughput ≤ this / round trip).
     pub in_flight_bytes_max: usize,
     /// How long to keep retrying a segment after a retryable failure (with
     /// no ack since) before failing its pending writes. Default: 60 s.
@@ -106,9 +111,9 @@ impl Default for WriterConfig {
     fn default() -> Self {
         WriterConfig {
             writer_id: random_writer_id(),
-            batch_bytes_max: 1024 * 1024,
+            batch_bytes_max: 256 * 1024,
             linger: Duration::from_millis(1),
-            in_flight_bytes_max: 32 * 1024 * 1024,
+            in_flight_bytes_max: 2 * 1024 * 1024,
             retry_timeout: Duration::from_secs(60),
         }
     }
@@ -404,9 +409,9 @@ mod tests {
         assert_eq!(c.writer_id.len(), 16);
         assert!(c.writer_id.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(c.writer_id, WriterConfig::default().writer_id);
-        assert_eq!(c.batch_bytes_max, 1 << 20);
+        assert_eq!(c.batch_bytes_max, 256 << 10);
         assert_eq!(c.linger, Duration::from_millis(1));
-        assert_eq!(c.in_flight_bytes_max, 32 << 20);
+        assert_eq!(c.in_flight_bytes_max, 2 << 20);
         assert_eq!(c.retry_timeout, Duration::from_secs(60));
     }
 

@@ -9,9 +9,9 @@ public final class WriterConfig implements Serializable {
   private static final long serialVersionUID = 1L;
 
   private String writerId = "java-" + UUID.randomUUID().toString().replace("-", "");
-  private int batchBytesMax = 1024 * 1024;
+  private int batchBytesMax = 256 * 1024;
   private Duration linger = Duration.ofMillis(1);
-  private long inFlightBytesMax = 32L * 1024 * 1024;
+  private long inFlightBytesMax = 2L * 1024 * 1024;
   private Duration retryTimeout = Duration.ofSeconds(60);
 
   /**
@@ -26,7 +26,7 @@ public final class WriterConfig implements Serializable {
     return this;
   }
 
-  /** A batch is sent once it holds this many framed bytes... Default: 1 MiB. */
+  /** A batch is sent once it holds this many framed bytes... Default: 256 KiB. */
   public WriterConfig batchBytesMax(int bytes) {
     if (bytes < 1) {
       throw new IllegalArgumentException("batchBytesMax must be positive");
@@ -41,7 +41,11 @@ public final class WriterConfig implements Serializable {
     return this;
   }
 
-  /** Framed bytes queued or unacknowledged; at the limit writes wait. Default: 32 MiB. */
+  /**
+   * Framed bytes queued or unacknowledged; at the limit writes wait. Default: 2 MiB, which bounds
+   * ack latency at saturation (about this over the node's throughput); raise it for a writer far
+   * from the node (throughput is at most this per round trip).
+   */
   public WriterConfig inFlightBytesMax(long bytes) {
     if (bytes < 1) {
       throw new IllegalArgumentException("inFlightBytesMax must be positive");
