@@ -132,3 +132,80 @@ async fn metrics_health_and_reflection() {
         assert!(names.iter().any(|n| n == expected), "{names:?}");
     }
 }
+
+/// Many short-lived writers: each writer id stays in the dedup table
+/// (`aquifer_writer_ids`) until it has been idle for `writer_id_expiry_ms`,
+/// then goes, so the table does not grow with every writer ever seen; a
+/// writer that opens again under a forgotten id starts afresh and its event
+/// is kept, not taken for a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_writer_ids_expire_so_the_dedup_table_stays_bounded() {
+    let port = free_port();
+    let config = format!(
+        "metrics_listen = \"127.0.0.1:{port}\"\nwriter_id_expiry_ms = 5000\n[scaling]\ntick_ms = 200\n"
+    );
+    let server = ServerProcess::start(ServerOpts::with_config(&config)).await;
+    let client = server.client().await;
+    let name = stream_name("ops/many-writers");
+    client
+        .admin()
+        .create_stream(&name, 1)
+        .await
+        .expect("create");
+    const WRITERS: usize = 50;
+    for w in 0..WRITERS {
+        let writer = client
+            .writer(
+                &name,
+                aquifer_client::WriterConfig::default().writer_id(format!("short-lived-{w}")),
+            )
+            .await
+            .expect("writer");
+        writer
+            .write_event(Some("k"), format!("event of {w}").into_bytes())
+            .await
+            .expect("queue")
+            .await
+            .expect("ack");
+        writer.close().await.expect("close");
+    }
+    // Every node-wide writer id, over the containers this node leads (the
+    // audit log's own writer among them).
+    let writer_ids = || async move {
+        samples(&scrape(port).await)
+            .iter()
+            .filter(|(k, _)| k.starts_with("aquifer_writer_ids{"))
+            .map(|(_, v)| *v)
+            .sum::<f64>()
+    };
+    common::wait_for(
+        "the writers in the table",
+        Duration::from_secs(4),
+        || async { writer_ids().await >= WRITERS as f64 },
+    )
+    .await;
+    common::wait_for(
+        "idle writer ids to expire",
+        Duration::from_secs(30),
+        || async { writer_ids().await <= 2.0 },
+    )
+    .await;
+    // A forgotten id opens again: it starts at event number 1 as a new
+    // writer, and its event is appended.
+    let again = client
+        .writer(
+            &name,
+            aquifer_client::WriterConfig::default().writer_id("short-lived-0"),
+        )
+        .await
+        .expect("writer");
+    let ack = again
+        .write_event(Some("k"), b"back after expiry".to_vec())
+        .await
+        .expect("queue")
+        .await
+        .expect("ack");
+    assert!(ack.offset.is_some(), "appended, not taken for a duplicate");
+    let events = read_all(&client, &name, Duration::from_secs(30)).await;
+    assert_eq!(events.len(), WRITERS + 1);
+}

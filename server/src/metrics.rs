@@ -83,6 +83,8 @@ pub struct Metrics {
     pub tier2_put_errors: Counter,
     /// Age of the oldest unflushed byte per container (leaders only).
     pub tier2_flush_lag_seconds: Family<GroupLabels, FloatGauge>,
+    /// Writer ids a container's segments remember (its leader's view).
+    pub writer_ids: Family<GroupLabels, Gauge>,
     pub read_bytes: Family<TierLabels, Counter>,
     pub connections: Gauge,
     /// Connections the node closed itself: refused at the limits, evicted
@@ -157,6 +159,7 @@ impl Metrics {
             tier2_puts: Counter::default(),
             tier2_put_errors: Counter::default(),
             tier2_flush_lag_seconds: Family::default(),
+            writer_ids: Family::default(),
             read_bytes: Family::default(),
             connections: Gauge::default(),
             connections_closed: Family::default(),
@@ -239,6 +242,11 @@ impl Metrics {
             "tier2_flush_lag_seconds",
             "Age of the oldest unflushed byte per container",
             m.tier2_flush_lag_seconds.clone(),
+        );
+        r.register(
+            "writer_ids",
+            "Writer ids a container's segments remember for exactly-once (on its leader; bounded by writer_id_expiry_ms)",
+            m.writer_ids.clone(),
         );
         r.register(
             "read_bytes",

@@ -53,6 +53,11 @@ impl Node {
             if let Err(e) = c.propose(Cmd::RateTick(tick.clone())).await {
                 tracing::debug!(container = c.id, error = %e, "rate tick not applied; the next one folds its traffic in");
             }
+            let writers: usize = c.segments().iter().map(|s| s.lock().writers.len()).sum();
+            let m = &self.metrics;
+            m.writer_ids
+                .get_or_create(&m.group(&aquifer_proto::wire::container_group(c.id)))
+                .set(i64::try_from(writers).unwrap_or(i64::MAX));
         }
     }
 
