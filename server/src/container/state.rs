@@ -49,8 +49,11 @@ pub enum Applied {
     Truncated {
         objects: Vec<String>,
     },
-    /// Every segment's rates took the tick.
-    RatesTicked,
+    /// Every segment's rates took the tick; `writers` ids remain in the
+    /// segments' writer tables after it forgot the idle ones.
+    RatesTicked {
+        writers: usize,
+    },
     /// A transaction's part joined its parent at `offset` (None: it had
     /// been merged before).
     TxnMerged {
@@ -400,11 +403,12 @@ impl ContainerState {
     fn rate_tick(&mut self, t: &RateTick) -> Applied {
         let windows = windows_of_ms(&t.windows_ms);
         let map = self.segments.read().unwrap_or_else(|p| p.into_inner());
-        let mut expired = 0;
+        let (mut expired, mut writers) = (0, 0);
         for seg in map.values() {
             let mut s = seg.lock();
             s.rates.tick(t.now_ms, &windows);
             expired += s.expire_writers(t.writer_idle_ms);
+            writers += s.writers.len();
         }
         if expired > 0 {
             tracing::debug!(
@@ -412,7 +416,7 @@ impl ContainerState {
                 "writer ids idle past writer_id_expiry_ms forgotten"
             );
         }
-        Applied::RatesTicked
+        Applied::RatesTicked { writers }
     }
 
     fn truncate(&mut self, t: Truncate) -> Result<Applied, ApplyError> {

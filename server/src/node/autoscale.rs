@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::container::command::{Cmd, RateTick};
+use crate::container::state::Applied;
 use crate::controller::scaling::{decide, Load};
 use crate::controller::{ScalingKind, StreamRecord};
 use crate::error::Error;
@@ -50,14 +51,18 @@ impl Node {
             writer_idle_ms: self.config.writer_id_expiry_ms,
         };
         for c in self.containers.iter().filter(|c| c.leader_term().is_some()) {
-            if let Err(e) = c.propose(Cmd::RateTick(tick.clone())).await {
-                tracing::debug!(container = c.id, error = %e, "rate tick not applied; the next one folds its traffic in");
+            match c.propose(Cmd::RateTick(tick.clone())).await {
+                Ok(Applied::RatesTicked { writers }) => {
+                    let m = &self.metrics;
+                    m.writer_ids
+                        .get_or_create(&m.group(&aquifer_proto::wire::container_group(c.id)))
+                        .set(i64::try_from(writers).unwrap_or(i64::MAX));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(container = c.id, error = %e, "rate tick not applied; the next one folds its traffic in");
+                }
             }
-            let writers: usize = c.segments().iter().map(|s| s.lock().writers.len()).sum();
-            let m = &self.metrics;
-            m.writer_ids
-                .get_or_create(&m.group(&aquifer_proto::wire::container_group(c.id)))
-                .set(i64::try_from(writers).unwrap_or(i64::MAX));
         }
     }
 
