@@ -34,7 +34,7 @@ pub type Source = Arc<dyn StdError + Send + Sync + 'static>;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A scope or stream name breaks the naming rule (`[A-Za-z0-9_-]{1,255}`).
+    /// A scope or stream name breaks the naming rule (`[A-Za-z0-9._-]{1,255}`, not `.` or `..`).
     #[error("{0}")]
     InvalidName(String),
     /// The stream, scope or segment does not exist (`NOT_FOUND`).

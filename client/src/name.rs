@@ -1,7 +1,7 @@
 //! Stream names: parsing and validating `scope/stream`.
 //!
 //! Owns the naming rule shared by the CLI and every API call: scope and
-//! stream are each 1 to 255 characters of `A-Z a-z 0-9 _ -`.
+//! stream are each 1 to 255 characters of `A-Z a-z 0-9 . _ -` (not `.` or `..`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -37,7 +37,7 @@ pub struct StreamName {
 
 impl StreamName {
     /// Builds a name from its parts, checking each against the naming rule
-    /// (`[A-Za-z0-9_-]{1,255}`); a bad part is [`Error::InvalidName`].
+    /// (`[A-Za-z0-9._-]{1,255}`, not `.` or `..`); a bad part is [`Error::InvalidName`].
     pub fn new(scope: impl Into<String>, stream: impl Into<String>) -> Result<Self, Error> {
         let scope = scope.into();
         let stream = stream.into();

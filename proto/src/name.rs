@@ -5,15 +5,19 @@
 pub const NAME_BYTES_MAX: usize = 255;
 
 /// The rule in words, for error messages.
-pub const NAME_RULE: &str = "use 1 to 255 characters from A-Z a-z 0-9 _ -";
+pub const NAME_RULE: &str = "use 1 to 255 characters from A-Z a-z 0-9 . _ - (not . or ..)";
 
-/// Whether `name` is a valid scope or stream name: `[A-Za-z0-9_-]{1,255}`.
+/// Whether `name` is a valid scope or stream name: `[A-Za-z0-9._-]{1,255}`
+/// but not `.` or `..` (the dot is there because Kafka topic names have
+/// it; the two names that would read as directories are not).
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= NAME_BYTES_MAX
+        && name != "."
+        && name != ".."
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 #[cfg(test)]
@@ -23,6 +27,10 @@ mod tests {
     #[test]
     fn accepts_the_rule_and_nothing_else() {
         assert!(is_valid_name("a-Z_09"));
+        assert!(is_valid_name("orders.v2"));
+        assert!(is_valid_name("..."));
+        assert!(!is_valid_name("."));
+        assert!(!is_valid_name(".."));
         assert!(is_valid_name(&"x".repeat(255)));
         assert!(!is_valid_name(""));
         assert!(!is_valid_name(&"x".repeat(256)));

@@ -99,6 +99,13 @@ pub struct ServerConfig {
     /// A client connection with no request open for this long is closed
     /// (a client reconnects by itself on its next call).
     pub connection_idle_timeout_ms: u64,
+    /// Where to serve the Kafka wire protocol (Kafka clients read and
+    /// write streams of `kafka_scope` as topics); absent: not served. It
+    /// has no TLS or authentication yet, so it is refused while `[auth]`
+    /// is on, and on a non-loopback address without `insecure`.
+    pub kafka_listen: Option<SocketAddr>,
+    /// The scope whose streams are the Kafka listener's topics.
+    pub kafka_scope: String,
     /// Open client connections from one IP address; past it that address's
     /// new connections are refused at once, so one host cannot take every
     /// slot.
@@ -192,6 +199,8 @@ impl Default for ServerConfig {
             handshake_timeout_ms: 5_000,
             connection_idle_timeout_ms: 600_000,
             connections_per_address_max: 256,
+            kafka_listen: None,
+            kafka_scope: "kafka".into(),
         }
     }
 }
@@ -470,6 +479,27 @@ fn validate_security(c: &ServerConfig) -> Result<(), ConfigError> {
         }
         if j.issuer.is_empty() || j.audience.is_empty() {
             return bad("auth.jwt needs an issuer and an audience".into());
+        }
+    }
+    if let Some(kafka) = c.kafka_listen {
+        if c.auth.is_on() {
+            return bad(format!(
+                "kafka_listen {kafka}: the Kafka listener has no authentication yet, so it cannot \
+                 be served while [auth] is on (it would bypass it); remove kafka_listen or [auth]"
+            ));
+        }
+        if !aquifer_proto::name::is_valid_name(&c.kafka_scope) {
+            return bad(format!(
+                "kafka_scope {:?} is not a valid scope name: {}",
+                c.kafka_scope,
+                aquifer_proto::name::NAME_RULE
+            ));
+        }
+        if !c.insecure && !is_loopback(kafka) {
+            return bad(format!(
+                "kafka_listen {kafka} is not a loopback address and the Kafka listener has no TLS \
+                 or authentication yet; pass --insecure to serve it open anyway"
+            ));
         }
     }
     if c.insecure {

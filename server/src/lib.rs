@@ -23,6 +23,7 @@ pub(crate) mod controller;
 mod durable;
 pub mod error;
 pub(crate) mod group;
+pub(crate) mod kafka;
 pub mod log;
 pub(crate) mod metrics;
 pub(crate) mod node;
@@ -51,7 +52,16 @@ pub async fn serve(
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
     let peer_listener = peer_listener(&config).await?;
     let metrics_listener = metrics_listener(&config).await?;
+    let kafka_listener = match config.kafka_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            Error::Unavailable(format!("cannot listen for Kafka clients on {addr}: {e}"))
+        })?),
+        None => None,
+    };
     let node = node::Node::open(config).await?;
+    if let Some(listener) = kafka_listener {
+        tokio::spawn(kafka::serve(node.clone(), listener));
+    }
     let addr = api::local_addr(&listener);
     let peer_addr = peer_listener.as_ref().and_then(api::local_addr);
     if let Some(listener) = metrics_listener {

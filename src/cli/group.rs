@@ -89,7 +89,7 @@ pub enum GroupCommand {
 fn group_name(name: &str) -> anyhow::Result<(String, String)> {
     let parsed: StreamName = name
         .parse()
-        .map_err(|_| anyhow::anyhow!("invalid group name {name:?}: expected SCOPE/GROUP, each part 1-255 characters of A-Z a-z 0-9 _ -"))?;
+        .map_err(|_| anyhow::anyhow!("invalid group name {name:?}: expected SCOPE/GROUP, each part 1-255 characters of A-Z a-z 0-9 . _ - (not . or ..)"))?;
     Ok((parsed.scope, parsed.stream))
 }
 

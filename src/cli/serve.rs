@@ -58,6 +58,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve the Kafka wire protocol at ADDR: Kafka clients (kcat,
+    /// librdkafka, the Java clients) read and write the streams of the
+    /// scope `kafka` as topics [default: off, or the config file's
+    /// kafka_listen].
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kafka_listen: Option<SocketAddr>,
     /// Where node-to-node services (raft, snapshots, forwarding) listen, apart
     /// from clients [default in a cluster: the --listen IP at the port of this
     /// node's peer address in --peers; a single node has none].
@@ -142,6 +149,7 @@ mod tests {
             replication_factor: None,
             join: false,
             metrics_listen: None,
+            kafka_listen: None,
             peer_listen: None,
             insecure: false,
             config,
@@ -159,6 +167,7 @@ mod tests {
             replication_factor: Some(1),
             join: true,
             metrics_listen: Some("127.0.0.1:10".parse().unwrap()),
+            kafka_listen: Some("127.0.0.1:11".parse().unwrap()),
             peer_listen: Some("127.0.0.1:19".parse().unwrap()),
             insecure: true,
             config: None,
@@ -170,6 +179,7 @@ mod tests {
             Some("127.0.0.1:19".parse().unwrap())
         );
         assert!(config.insecure && config.join);
+        assert_eq!(config.kafka_listen, Some("127.0.0.1:11".parse().unwrap()));
     }
 
     #[test]

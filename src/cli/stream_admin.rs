@@ -24,7 +24,7 @@ pub enum StreamCommand {
     /// Create a stream whose key space is split evenly over N segments.
     Create {
         /// The stream to create, as SCOPE/STREAM (each part 1-255 characters
-        /// of A-Z a-z 0-9 _ -).
+        /// of A-Z a-z 0-9 . _ -, not . or ..).
         #[arg(value_name = "SCOPE/STREAM")]
         name: String,
         /// Number of segments (parallelism of writes and reads).

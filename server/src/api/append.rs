@@ -247,6 +247,7 @@ impl Session {
             events: batch.events,
             expected_length: None,
             txn_parent: self.txn_parent,
+            append_ms: crate::tier::writer::now_ms(),
         });
         Ok(Checked { cmd, bytes, last })
     }
@@ -292,7 +293,7 @@ pub(super) fn check_event_number(first: i64) -> Result<(), Error> {
 /// The container hosting `segment_id` and the segment, if this node's
 /// replica leads it and the segment takes appends now; otherwise where to
 /// go (a redirect) or why not.
-pub(super) fn appendable(
+pub(crate) fn appendable(
     node: &Node,
     segment_id: u64,
 ) -> Result<(Arc<Container>, Arc<Segment>), Error> {
@@ -339,7 +340,7 @@ pub(super) fn check_events(node: &Node, events: &[u8], event_count: u32) -> Resu
 }
 
 /// The append counters (events, bytes) of the stream holding `segment_id`.
-pub(super) fn append_counters(node: &Node, segment_id: u64) -> (Counter, Counter) {
+pub(crate) fn append_counters(node: &Node, segment_id: u64) -> (Counter, Counter) {
     let m = &node.metrics;
     let labels = crate::metrics::StreamLabels {
         stream: node
@@ -363,7 +364,9 @@ struct Checked {
 
 fn ack(applied: Applied, last_event_number: i64) -> Result<AppendResponse, Error> {
     match applied {
-        Applied::Appended { offset, duplicate } => Ok(AppendResponse {
+        Applied::Appended {
+            offset, duplicate, ..
+        } => Ok(AppendResponse {
             kind: Some(ResponseKind::Ack(AppendAck {
                 last_event_number,
                 offset,

@@ -12,7 +12,7 @@
 
 mod access;
 mod admin;
-mod append;
+pub(crate) mod append;
 mod authn;
 mod cluster;
 mod connections;

@@ -60,6 +60,7 @@ impl SegmentsService {
             events: req.event,
             expected_length: Some(expected),
             txn_parent: None,
+            append_ms: crate::tier::writer::now_ms(),
         });
         self.node.budget.wait_for_room(u64::from(bytes)).await;
         let applied = container.submit(cmd, bytes).await?.await?;

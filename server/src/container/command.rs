@@ -138,6 +138,10 @@ pub struct Append {
     /// part was merged or dropped).
     #[prost(uint64, optional, tag = "7")]
     pub txn_parent: Option<u64>,
+    /// When the leader took the batch (ms since the epoch): the event
+    /// index's append time (0: the segment's tick time).
+    #[prost(uint64, tag = "8")]
+    pub append_ms: u64,
 }
 
 /// The storage writer put `[start, end)` of a segment to tier-2 in object
@@ -226,6 +230,21 @@ pub struct SegmentSnapshot {
     /// A transaction part: its parent segment (0: a stream segment).
     #[prost(uint64, tag = "16")]
     pub part_of: u64,
+    /// The event index's marks, in offset order (`EventIndex`).
+    #[prost(message, repeated, tag = "17")]
+    pub index_marks: Vec<IndexMarkSnapshot>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IndexMarkSnapshot {
+    #[prost(uint64, tag = "1")]
+    pub offset: u64,
+    #[prost(uint64, tag = "2")]
+    pub index: u64,
+    #[prost(uint64, tag = "3")]
+    pub first_ms: u64,
+    #[prost(uint64, tag = "4")]
+    pub last_ms: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -7,6 +7,7 @@
 //! in-flight byte budget (bytes proposed but not yet applied).
 
 pub mod command;
+pub mod index;
 pub mod rates;
 pub mod segment;
 pub mod state;

@@ -8,6 +8,7 @@
 //! spilled to tier-2 — a chunk already in tier-2, which becomes one of the
 //! segment's chunks (no copy) once everything before it is flushed.
 
+use super::index::{EventIndex, IndexMark};
 use super::rates::{Rates, RATE_WINDOWS};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -50,6 +51,9 @@ pub(crate) struct SegmentState {
     pub rates: Rates,
     /// For a transaction part: its parent segment (0: a stream segment).
     pub part_of: u64,
+    /// Marks from event index to offset (`index.rs`); the event count is
+    /// `rates.events_total`.
+    pub index: EventIndex,
 }
 
 /// What a segment remembers of one writer id.
@@ -150,6 +154,16 @@ pub struct SegmentView {
     pub bytes_per_second: [f64; RATE_WINDOWS],
 }
 
+/// A segment by event index at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexView {
+    /// The first event index a reader can reach (retention moves it).
+    pub first: u64,
+    /// One past the last event's index: the segment's event count.
+    pub end: u64,
+    pub deleted: bool,
+}
+
 /// Where the bytes at a read offset are.
 #[derive(Debug)]
 pub enum ReadSource {
@@ -226,6 +240,40 @@ impl Segment {
             .map(|c| c.name.clone())
             .chain(tail)
             .collect()
+    }
+
+    /// The segment by event index: the first index a reader can reach and
+    /// the index one past its last event (its event count).
+    pub fn index_view(&self) -> IndexView {
+        let s = self.lock();
+        let end = s.rates.events_total;
+        IndexView {
+            first: s.index.first_index(end),
+            end,
+            deleted: s.deleted,
+        }
+    }
+
+    /// Up to `max` marks from the one at or below event `index` on (where
+    /// to start reading to reach it, and the append times after it).
+    pub fn marks_from(&self, index: u64, max: usize) -> Vec<IndexMark> {
+        self.lock()
+            .index
+            .starting_at(index)
+            .take(max)
+            .copied()
+            .collect()
+    }
+
+    /// The first mark that may cover an event appended at or after
+    /// `time_ms` (`EventIndex::by_time`).
+    pub fn mark_by_time(&self, time_ms: u64) -> Option<IndexMark> {
+        self.lock().index.by_time(time_ms)
+    }
+
+    /// The last mark (for the latest append time).
+    pub fn last_mark(&self) -> Option<IndexMark> {
+        self.lock().index.marks().last().copied()
     }
 
     /// The chunks that make up the segment in tier-2, oldest first.

@@ -10,9 +10,10 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use super::command::{
-    Append, ChunkFlushed, Cmd, ContainerCommand, ContainerSnapshot, RateTick, SegmentSnapshot,
-    TailBlock, Truncate, WriterPosition,
+    Append, ChunkFlushed, Cmd, ContainerCommand, ContainerSnapshot, IndexMarkSnapshot, RateTick,
+    SegmentSnapshot, TailBlock, Truncate, WriterPosition,
 };
+use super::index::{EventIndex, IndexMark};
 use super::rates::{rates_from, Rates, RATE_WINDOWS};
 use super::segment::{Block, Chunk, Segment, SegmentState, WriterMark};
 use crate::cache::TailBudget;
@@ -25,9 +26,11 @@ pub type SegmentMap = Arc<RwLock<HashMap<u64, Arc<Segment>>>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     Created,
-    /// `offset` of the batch's first event; a duplicate was applied before.
+    /// `offset` and event `index` of the batch's first event; a duplicate
+    /// was applied before (its offset and index are 0: not known).
     Appended {
         offset: u64,
+        index: u64,
         duplicate: bool,
     },
     Sealed {
@@ -116,16 +119,25 @@ pub enum ApplyError {
 }
 
 /// Applies a checked batch (`last`: its last event number) to the end of
-/// `s`; its offset and length.
-pub(super) fn push_batch(s: &mut SegmentState, a: Append, last: i64) -> (u64, u64) {
+/// `s`; its offset, its first event's index and its length.
+pub(super) fn push_batch(s: &mut SegmentState, a: Append, last: i64) -> (u64, u64, u64) {
     let offset = s.length;
+    let index = s.rates.events_total;
     let len = a.events.len() as u64;
+    let append_ms = if a.append_ms == 0 {
+        s.rates.ticked_ms
+    } else {
+        a.append_ms
+    };
+    s.index.push(offset, index, append_ms);
     s.length += len;
     s.tail.push_back((offset, Block::Mem(a.events)));
-    let seen_ms = s.rates.ticked_ms;
-    s.writers.insert(a.writer_id, WriterMark { last, seen_ms });
+    if !a.writer_id.is_empty() {
+        let seen_ms = s.rates.ticked_ms;
+        s.writers.insert(a.writer_id, WriterMark { last, seen_ms });
+    }
     s.rates.record(a.event_count, len);
-    (offset, len)
+    (offset, index, len)
 }
 
 /// How a transaction part ended (its tombstone; `txn.rs`).
@@ -262,15 +274,22 @@ impl ContainerState {
         if s.deleted {
             return Err(ApplyError::SegmentNotFound(a.segment_id));
         }
-        let applied = s.last_event_number(&a.writer_id);
-        let last = match check_numbers(applied, &a)? {
-            Numbered::Duplicate => {
-                return Ok(Applied::Appended {
-                    offset: 0,
-                    duplicate: true,
-                })
+        // No writer id (the Kafka listener's producers without
+        // idempotence): applied as it comes, at least once, never numbered.
+        let last = if a.writer_id.is_empty() {
+            0
+        } else {
+            let applied = s.last_event_number(&a.writer_id);
+            match check_numbers(applied, &a)? {
+                Numbered::Duplicate => {
+                    return Ok(Applied::Appended {
+                        offset: 0,
+                        index: 0,
+                        duplicate: true,
+                    })
+                }
+                Numbered::Next(last) => last,
             }
-            Numbered::Next(last) => last,
         };
         if s.sealed {
             return Err(ApplyError::SegmentSealed(a.segment_id));
@@ -285,12 +304,13 @@ impl ContainerState {
                 actual: s.length,
             });
         }
-        let (offset, len) = push_batch(&mut s, a, last);
+        let (offset, index, len) = push_batch(&mut s, a, last);
         drop(s);
         self.budget.add(len);
         seg.notify();
         Ok(Applied::Appended {
             offset,
+            index,
             duplicate: false,
         })
     }
@@ -385,6 +405,7 @@ impl ContainerState {
             return Err(stale);
         }
         s.tier2_length = c.end;
+        s.index.flushed(c.start, c.end);
         *self.objects.entry(c.name.clone()).or_default() += 1;
         s.chunks.push(chunk_of(c));
         // A merged part's spilled chunks right after it join tier-2 too.
@@ -453,6 +474,7 @@ impl ContainerState {
         };
         let chunks: Vec<Chunk> = s.chunks.drain(..below).collect();
         s.head = t.head;
+        s.index.truncated(t.head);
         drop(s);
         seg.notify();
         Ok(Applied::Truncated {
@@ -599,6 +621,7 @@ impl ContainerState {
                 events_per_second: rates_from(&g.events_per_second),
                 bytes_per_second: rates_from(&g.bytes_per_second),
             };
+            s.index = EventIndex::from_marks(g.index_marks.into_iter().map(mark_of).collect());
             add(&self.budget, s.tail_mem_bytes());
             drop(s);
             seg.notify();
@@ -633,6 +656,10 @@ fn check_segment_snapshot(g: &SegmentSnapshot) -> Result<(), String> {
     }
     if g.ticked_events > g.events_total || g.ticked_bytes > g.bytes_total {
         return bad("rate counters below their last tick".into());
+    }
+    let index = EventIndex::from_marks(g.index_marks.iter().cloned().map(mark_of).collect());
+    if let Err(why) = index.check(g.head, g.length, g.events_total) {
+        return bad(why);
     }
     let chunk_len = |c: &ChunkFlushed| {
         (c.start <= c.end && c.object_offset.checked_add(c.end - c.start).is_some())
@@ -729,6 +756,25 @@ fn segment_snapshot(seg: &Segment) -> SegmentSnapshot {
         events_per_second: s.rates.events_per_second.to_vec(),
         bytes_per_second: s.rates.bytes_per_second.to_vec(),
         part_of: s.part_of,
+        index_marks: s
+            .index
+            .marks()
+            .map(|m| IndexMarkSnapshot {
+                offset: m.offset,
+                index: m.index,
+                first_ms: m.first_ms,
+                last_ms: m.last_ms,
+            })
+            .collect(),
+    }
+}
+
+fn mark_of(m: IndexMarkSnapshot) -> IndexMark {
+    IndexMark {
+        offset: m.offset,
+        index: m.index,
+        first_ms: m.first_ms,
+        last_ms: m.last_ms,
     }
 }
 
@@ -793,6 +839,7 @@ mod tests {
             events: events.freeze(),
             expected_length: None,
             txn_parent: None,
+            append_ms: 0,
         })
     }
 
@@ -804,6 +851,7 @@ mod tests {
         Cmd::Append(Append {
             expected_length: Some(at),
             txn_parent: None,
+            append_ms: 0,
             ..a
         })
     }
@@ -820,6 +868,7 @@ mod tests {
             apply(&mut s, append_at("a", 1, 0)).unwrap(),
             Applied::Appended {
                 offset: 0,
+                index: 0,
                 duplicate: false
             }
         );
@@ -850,6 +899,7 @@ mod tests {
             apply(&mut s, append_at("b", 1, one)).unwrap(),
             Applied::Appended {
                 offset: one,
+                index: 1,
                 duplicate: false
             }
         );
@@ -950,6 +1000,94 @@ mod tests {
     }
 
     #[test]
+    fn event_indexes_are_dense_through_flushes_truncation_and_snapshots() {
+        let (mut s, _) = state();
+        apply(&mut s, Cmd::Create(SegmentRef { segment_id: 7 })).unwrap();
+        let mut starts = Vec::new();
+        for (i, count) in [3u32, 2, 4].into_iter().enumerate() {
+            let Cmd::Append(mut a) = append("w", [1, 4, 6][i], count) else {
+                unreachable!()
+            };
+            a.append_ms = 100 * (i as u64 + 1);
+            match apply(&mut s, Cmd::Append(a)).unwrap() {
+                Applied::Appended { offset, index, .. } => starts.push((offset, index)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            starts.iter().map(|s| s.1).collect::<Vec<_>>(),
+            vec![0, 3, 5]
+        );
+        // Unnumbered (no writer id): applied every time, never a duplicate.
+        for _ in 0..2 {
+            let Cmd::Append(mut a) = append("", 0, 1) else {
+                unreachable!()
+            };
+            a.append_ms = 400;
+            assert!(matches!(
+                apply(&mut s, Cmd::Append(a)).unwrap(),
+                Applied::Appended {
+                    duplicate: false,
+                    ..
+                }
+            ));
+        }
+        let seg = s.segment(7).unwrap();
+        assert_eq!(seg.index_view().end, 11);
+        assert!(seg.lock().writers.get("").is_none());
+        // The first two batches become one chunk: one mark for it, with
+        // the later append time.
+        apply(
+            &mut s,
+            one_chunk(ChunkFlushed {
+                segment_id: 7,
+                start: 0,
+                end: starts[2].0,
+                name: "a".into(),
+                flushed_at_ms: 1,
+                object_offset: 0,
+            }),
+        )
+        .unwrap();
+        let marks = seg.marks_from(4, 10);
+        assert_eq!(
+            marks
+                .iter()
+                .map(|m| (m.index, m.first_ms, m.last_ms))
+                .collect::<Vec<_>>(),
+            vec![(0, 100, 200), (5, 300, 300), (9, 400, 400), (10, 400, 400)]
+        );
+        assert_eq!(seg.mark_by_time(150).map(|m| m.index), Some(0));
+        assert_eq!(seg.mark_by_time(250).map(|m| m.index), Some(5));
+        // A snapshot keeps the marks; retention past the chunk drops its.
+        let (mut restored, _) = state();
+        restored
+            .restore(prost::Message::encode_to_vec(&s.snapshot()).into())
+            .unwrap();
+        let again = restored.segment(7).unwrap();
+        assert_eq!(again.marks_from(0, 10), seg.marks_from(0, 10));
+        assert_eq!(again.index_view().end, 11);
+        apply(
+            &mut restored,
+            Cmd::Truncate(Truncate {
+                segment_id: 7,
+                head: starts[2].0,
+                at_event_boundary: false,
+            }),
+        )
+        .unwrap();
+        assert_eq!(again.index_view().first, 5);
+        // A snapshot whose marks are out of line is refused.
+        let mut bad = s.snapshot();
+        bad.segments[0].index_marks.swap(0, 1);
+        let refused = state()
+            .0
+            .restore(prost::Message::encode_to_vec(&bad).into())
+            .unwrap_err();
+        assert!(refused.contains("event index mark"), "{refused}");
+    }
+
+    #[test]
     fn retried_batches_apply_once() {
         let (mut s, budget) = state();
         apply(&mut s, Cmd::Create(SegmentRef { segment_id: 7 })).unwrap();
@@ -958,6 +1096,7 @@ mod tests {
             first,
             Applied::Appended {
                 offset: 0,
+                index: 0,
                 duplicate: false
             }
         );
@@ -966,6 +1105,7 @@ mod tests {
             again,
             Applied::Appended {
                 offset: 0,
+                index: 0,
                 duplicate: true
             }
         );
@@ -981,6 +1121,7 @@ mod tests {
         assert!(matches!(
             next,
             Applied::Appended {
+                index: 3,
                 duplicate: false,
                 ..
             }

@@ -83,6 +83,7 @@ impl ContainerState {
             Numbered::Duplicate => {
                 return Ok(Applied::Appended {
                     offset: 0,
+                    index: 0,
                     duplicate: true,
                 })
             }
@@ -95,11 +96,12 @@ impl ContainerState {
                 merged: true,
             });
         }
-        let (offset, len) = push_batch(&mut s, a, last);
+        let (offset, index, len) = push_batch(&mut s, a, last);
         drop(s);
         self.budget.add_txn(len);
         Ok(Applied::Appended {
             offset,
+            index,
             duplicate: false,
         })
     }
@@ -158,6 +160,15 @@ impl ContainerState {
             if let Some(part) = self.take_part(id) {
                 let mut t = part.lock();
                 let base = s.length;
+                // Its events take the next indexes; a part whose marks do
+                // not start at its first byte (restored from an older
+                // snapshot) gets one there.
+                let base_index = s.rates.events_total;
+                if t.index.marks().next().is_none_or(|m| m.offset != 0) && t.length > 0 {
+                    let ms = s.rates.ticked_ms;
+                    s.index.push(base, base_index, ms);
+                }
+                s.index.append_shifted(&t.index, base, base_index);
                 // Its chunks, then its memory blocks: offsets shift by where
                 // the part lands; the tier-2 objects stay referenced.
                 for c in t.chunks.drain(..) {
@@ -342,6 +353,7 @@ mod tests {
             events: events.freeze(),
             expected_length: None,
             txn_parent: part.map(|_| PARENT),
+            append_ms: 0,
         })
     }
 
@@ -392,6 +404,18 @@ mod tests {
         );
         assert_eq!(parent_length(&s), before + held);
         assert_eq!((budget.txn_used(), budget.used()), (0, before + held));
+        // The parts' events take the next event indexes, their marks
+        // shifted to where they landed: 2 plain, then 3 and 2.
+        let parent = s.segment(PARENT).unwrap();
+        assert_eq!(parent.index_view().end, 7);
+        let marks: Vec<(u64, u64)> = parent
+            .marks_from(0, 10)
+            .iter()
+            .map(|m| (m.offset, m.index))
+            .collect();
+        assert_eq!(marks.len(), 3);
+        assert_eq!(marks[..2], [(0, 0), (before, 2)]);
+        assert_eq!(marks[2].1, 5);
         // Again: nothing more; appends to a merged part are refused.
         assert_eq!(
             apply(&mut s, merge(&[100, 101, 102])).unwrap(),

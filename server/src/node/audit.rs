@@ -192,6 +192,7 @@ impl Node {
             events: req.events,
             expected_length: None,
             txn_parent: None,
+            append_ms: crate::tier::writer::now_ms(),
         });
         match c.submit(cmd, bytes).await?.await? {
             Applied::Appended { duplicate, .. } => Ok(duplicate),

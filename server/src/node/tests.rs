@@ -53,6 +53,7 @@ async fn delete_succeeds_while_other_reconcile_passes_run() {
                 events,
                 expected_length: None,
                 txn_parent: None,
+                append_ms: 0,
             }))
             .await
             .unwrap();
@@ -107,6 +108,7 @@ async fn scales_seal_predecessors_and_open_successors() {
                     events: event(),
                     expected_length: None,
                     txn_parent: None,
+                    append_ms: 0,
                 }))
                 .await
         }
@@ -204,6 +206,7 @@ async fn a_rate_policy_splits_under_load_and_merges_when_quiet() {
                     events: events.clone(),
                     expected_length: None,
                     txn_parent: None,
+                    append_ms: 0,
                 }))
                 .await;
             // A segment sealed by a scale under way refuses; the others
@@ -267,6 +270,7 @@ async fn retention_drops_a_whole_expired_predecessor() {
             events: event(),
             expected_length: None,
             txn_parent: None,
+            append_ms: 0,
         }))
         .await
         .unwrap();

@@ -507,6 +507,7 @@ impl Node {
             events: req.events,
             expected_length: None,
             txn_parent: Some(part.segment_id),
+            append_ms: crate::tier::writer::now_ms(),
         });
         c.submit(cmd, bytes).await?.await?;
         Ok(())

@@ -14,10 +14,12 @@ public final class StreamName implements Serializable {
     this.scope = Objects.requireNonNull(scope, "scope");
     this.stream = Objects.requireNonNull(stream, "stream");
     for (String part : new String[] {scope, stream}) {
-      if (!part.matches("[A-Za-z0-9_-]{1,255}")) {
+      // The server's rule (aquifer_proto::name): the dot is allowed for
+      // Kafka topic names, but not the names "." and "..".
+      if (!part.matches("[A-Za-z0-9._-]{1,255}") || part.equals(".") || part.equals("..")) {
         throw new IllegalArgumentException(
             "bad name \"" + part + "\" in " + scope + "/" + stream
-                + ": use 1 to 255 characters from A-Z a-z 0-9 _ -");
+                + ": use 1 to 255 characters from A-Z a-z 0-9 . _ - (not . or ..)");
       }
     }
   }

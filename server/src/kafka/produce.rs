@@ -1,0 +1,147 @@
+//! Produce: a partition's records appended as one batch of events.
+//!
+//! Each partition's records become one append, checked and admitted as
+//! the gRPC appends are (free-space floor, tail budget, in-flight budget)
+//! and acknowledged only once applied, that is committed on a quorum and
+//! fsynced: so `acks=1` is as durable as `acks=all` here. The partitions
+//! of one request are appended concurrently. Appends through Kafka carry
+//! no writer id: they are at least once, as a Kafka producer without
+//! idempotence is (a retried request may be appended twice).
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use kafka_protocol::messages::produce_request::PartitionProduceData;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::StrBytes;
+
+use super::records::events_of;
+use super::{codes, topics, Kafka};
+use crate::container::command::{self, Cmd};
+use crate::container::state::Applied;
+use crate::error::Error;
+
+/// The longest a produce waits for its appends, whatever it asks.
+const PRODUCE_WAIT_MAX: Duration = Duration::from_secs(120);
+
+impl Kafka {
+    pub(super) async fn produce(&self, req: ProduceRequest, version: i16) -> ProduceResponse {
+        let wait = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0))
+            .clamp(Duration::from_millis(1), PRODUCE_WAIT_MAX);
+        let mut r = ProduceResponse::default();
+        for t in req.topic_data {
+            let topic = t.name.0.to_string();
+            let answers = join_all(
+                t.partition_data
+                    .into_iter()
+                    .map(|p| self.produce_partition(&topic, p, wait, version)),
+            )
+            .await;
+            r.responses.push(
+                TopicProduceResponse::default()
+                    .with_name(t.name)
+                    .with_partition_responses(answers),
+            );
+        }
+        r
+    }
+
+    async fn produce_partition(
+        &self,
+        topic: &str,
+        p: PartitionProduceData,
+        wait: Duration,
+        version: i16,
+    ) -> PartitionProduceResponse {
+        let answer = PartitionProduceResponse::default()
+            .with_index(p.index)
+            .with_base_offset(-1)
+            .with_log_append_time_ms(-1);
+        let outcome = match tokio::time::timeout(wait, self.append(topic, p)).await {
+            Ok(o) => o,
+            Err(_) => Err((
+                codes::REQUEST_TIMED_OUT,
+                format!("not acknowledged within {} ms", wait.as_millis()),
+            )),
+        };
+        match outcome {
+            Ok((base, start)) if version >= 5 => {
+                answer.with_base_offset(base).with_log_start_offset(start)
+            }
+            Ok((base, _)) => answer.with_base_offset(base),
+            Err((code, message)) => {
+                tracing::debug!(topic, error = %message, "Kafka produce refused");
+                // The error message field exists from v8 on.
+                let answer = answer.with_error_code(code);
+                if version >= 8 {
+                    answer.with_error_message(Some(StrBytes::from_string(message)))
+                } else {
+                    answer
+                }
+            }
+        }
+    }
+
+    /// Appends one partition's records; the base offset and log start.
+    async fn append(
+        &self,
+        topic: &str,
+        p: PartitionProduceData,
+    ) -> Result<(i64, i64), (i16, String)> {
+        let parts =
+            topics::partitions(self, topic).map_err(|c| (c, format!("no topic {topic}")))?;
+        let part = usize::try_from(p.index)
+            .ok()
+            .and_then(|i| parts.get(i))
+            .ok_or((
+                codes::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("topic {topic} has no partition {}", p.index),
+            ))?;
+        let records = p
+            .records
+            .ok_or((codes::CORRUPT_MESSAGE, "no records".to_string()))?;
+        let produced = events_of(records, self.node.config.event_bytes_max)?;
+        let failed = |e: Error| (codes::code_of(&e), e.to_string());
+        let (container, segment) =
+            crate::api::append::appendable(&self.node, part.segment).map_err(failed)?;
+        let bytes = u32::try_from(produced.events.len())
+            .map_err(|_| (codes::INVALID_RECORD, "records over 4 GiB".to_string()))?;
+        self.node.space.admit(u64::from(bytes)).map_err(failed)?;
+        self.node.budget.wait_for_room(u64::from(bytes)).await;
+        let count = produced.count;
+        let cmd = Cmd::Append(command::Append {
+            segment_id: part.segment,
+            // No writer id: applied as it comes, never numbered.
+            writer_id: String::new(),
+            first_event_number: 0,
+            event_count: count,
+            events: produced.events,
+            expected_length: None,
+            txn_parent: None,
+            append_ms: crate::tier::writer::now_ms(),
+        });
+        let applied = container
+            .submit(cmd, bytes)
+            .await
+            .map_err(failed)?
+            .await
+            .map_err(failed)?;
+        match applied {
+            Applied::Appended { index, .. } => {
+                let (events, appended) =
+                    crate::api::append::append_counters(&self.node, part.segment);
+                events.inc_by(u64::from(count));
+                appended.inc_by(u64::from(bytes));
+                let start = segment.index_view().first;
+                Ok((
+                    i64::try_from(index).unwrap_or(i64::MAX),
+                    i64::try_from(start).unwrap_or(0),
+                ))
+            }
+            other => Err(failed(Error::Internal(format!(
+                "append answered {other:?}"
+            )))),
+        }
+    }
+}
