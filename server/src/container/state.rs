@@ -1034,7 +1034,7 @@ mod tests {
         }
         let seg = s.segment(7).unwrap();
         assert_eq!(seg.index_view().end, 11);
-        assert!(seg.lock().writers.get("").is_none());
+        assert!(!seg.lock().writers.contains_key(""));
         // The first two batches become one chunk: one mark for it, with
         // the later append time.
         apply(
