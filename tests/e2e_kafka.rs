@@ -464,3 +464,217 @@ async fn kcat_produces_consumes_and_lists() {
     server.restart().await;
     assert_eq!(consume("beginning"), expected);
 }
+
+/// One Kafka connection speaking raw requests (what no client here lets a
+/// test send on purpose: a resent sequence, a gap).
+struct Raw {
+    stream: std::net::TcpStream,
+    correlation: i32,
+}
+
+impl Raw {
+    fn connect(port: u16) -> Raw {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Raw {
+            stream,
+            correlation: 0,
+        }
+    }
+
+    fn call<Req, Resp>(
+        &mut self,
+        key: kafka_protocol::messages::ApiKey,
+        version: i16,
+        req: &Req,
+    ) -> Resp
+    where
+        Req: kafka_protocol::protocol::Encodable,
+        Resp: kafka_protocol::protocol::Decodable,
+    {
+        use kafka_protocol::protocol::{Decodable, Encodable};
+        self.correlation += 1;
+        let header = kafka_protocol::messages::RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation);
+        let mut body = bytes::BytesMut::new();
+        header
+            .encode(&mut body, key.request_header_version(version))
+            .unwrap();
+        req.encode(&mut body, version).unwrap();
+        self.stream
+            .write_all(&(body.len() as u32).to_be_bytes())
+            .unwrap();
+        self.stream.write_all(&body).unwrap();
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).unwrap();
+        let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut reply).unwrap();
+        let mut reply = bytes::Bytes::from(reply);
+        let header = kafka_protocol::messages::ResponseHeader::decode(
+            &mut reply,
+            key.response_header_version(version),
+        )
+        .unwrap();
+        assert_eq!(header.correlation_id, self.correlation);
+        Resp::decode(&mut reply, version).unwrap()
+    }
+
+    fn init_producer(&mut self) -> i64 {
+        use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse};
+        let req = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000);
+        let r: InitProducerIdResponse = self.call(ApiKey::InitProducerId, 4, &req);
+        assert_eq!((r.error_code, r.producer_epoch), (0, 0));
+        assert!(r.producer_id.0 > 0);
+        r.producer_id.0
+    }
+
+    /// Produces `count` records of producer `pid` from `sequence` to
+    /// partition 0 of `topic`: (error code, base offset).
+    fn produce(&mut self, topic: &str, pid: i64, sequence: i32, count: i32) -> (i16, i64) {
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+        use kafka_protocol::protocol::StrBytes;
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let records: Vec<Record> = (0..count)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: pid,
+                producer_epoch: 0,
+                timestamp_type: TimestampType::Creation,
+                offset: i64::from(i),
+                sequence: sequence + i,
+                timestamp: 0,
+                key: Some(bytes::Bytes::from(format!("key-{}", sequence + i))),
+                value: Some(bytes::Bytes::from(format!("seq-{}", sequence + i))),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut batch = bytes::BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut batch, records.iter(), &options).unwrap();
+        let partition = PartitionProduceData::default()
+            .with_index(0)
+            .with_records(Some(batch.freeze()));
+        let req = ProduceRequest::default()
+            .with_transactional_id(None)
+            .with_acks(-1)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.into())))
+                .with_partition_data(vec![partition])]);
+        let r: ProduceResponse = self.call(ApiKey::Produce, 7, &req);
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    }
+}
+
+/// Idempotent producers: a resent batch is answered DUPLICATE_SEQUENCE
+/// and not appended again, also after kill -9; a gap is
+/// OUT_OF_ORDER_SEQUENCE; a producer nothing is known of that starts past
+/// sequence 0 is UNKNOWN_PRODUCER_ID; kcat with enable.idempotence writes
+/// dense offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producers_append_each_batch_once() {
+    let kafka_port = free_port();
+    let mut server = ServerProcess::start(ServerOpts::with_config(&config(kafka_port))).await;
+    let native = server.client().await;
+    native
+        .admin()
+        .create_stream(&stream_name("kafka/idem"), 1)
+        .await
+        .unwrap();
+    let mut raw = Raw::connect(kafka_port);
+    let pid = raw.init_producer();
+    assert!(
+        raw.init_producer() > pid,
+        "producer ids are never given twice"
+    );
+    assert_eq!(raw.produce("idem", pid, 0, 3), (0, 0));
+    assert_eq!(raw.produce("idem", pid, 3, 2), (0, 3));
+    assert_eq!(
+        raw.produce("idem", pid, 3, 2).0,
+        46,
+        "a resend is a duplicate"
+    );
+    assert_eq!(raw.produce("idem", pid, 0, 3).0, 46);
+    assert_eq!(
+        raw.produce("idem", pid, 9, 1).0,
+        45,
+        "a gap is out of order"
+    );
+    assert_eq!(
+        raw.produce("idem", pid, 4, 2).0,
+        45,
+        "an overlap is out of order"
+    );
+    let other = raw.init_producer();
+    assert_eq!(raw.produce("idem", other, 5, 1).0, 59, "unknown producer");
+    assert_eq!(raw.produce("idem", other, 0, 1), (0, 5));
+
+    server.kill9();
+    server.restart().await;
+    let mut raw = Raw::connect(kafka_port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let resent = loop {
+        let r = raw.produce("idem", pid, 3, 2);
+        if r.0 != 5 && r.0 != 6 || Instant::now() > deadline {
+            break r; // past the election after the restart
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(resent.0, 46, "still a duplicate after kill -9");
+    assert_eq!(raw.produce("idem", pid, 5, 1), (0, 6));
+    let events = read_all(&native, &stream_name("kafka/idem"), Duration::from_secs(30)).await;
+    let payloads: Vec<String> = events
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.payload).into_owned())
+        .collect();
+    assert_eq!(
+        payloads,
+        ["seq-0", "seq-1", "seq-2", "seq-3", "seq-4", "seq-0", "seq-5"]
+    );
+
+    // librdkafka's idempotent producer.
+    let Some(kcat) = kcat() else { return };
+    let b = format!("127.0.0.1:{kafka_port}");
+    let lines: String = (0..200).map(|i| format!("k{i}:v{i}\n")).collect();
+    run_kcat(
+        &kcat,
+        &[
+            "-b",
+            &b,
+            "-P",
+            "-t",
+            "idem",
+            "-p",
+            "0",
+            "-K:",
+            "-X",
+            "enable.idempotence=true",
+        ],
+        &lines,
+    );
+    let got = run_kcat(
+        &kcat,
+        &[
+            "-b", &b, "-C", "-t", "idem", "-p", "0", "-o", "7", "-e", "-f", "%o %s\\n",
+        ],
+        "",
+    );
+    let expected: Vec<String> = (0..200).map(|i| format!("{} v{i}", 7 + i)).collect();
+    assert_eq!(got.lines().collect::<Vec<_>>(), expected);
+}

@@ -242,6 +242,11 @@ impl Segment {
             .collect()
     }
 
+    /// Last applied event number of `writer` here (0: none, or forgotten).
+    pub fn last_event_number(&self, writer: &str) -> i64 {
+        self.lock().last_event_number(writer)
+    }
+
     /// The segment by event index: the first index a reader can reach and
     /// the index one past its last event (its event count).
     pub fn index_view(&self) -> IndexView {

@@ -16,6 +16,7 @@
 mod codes;
 mod fetch;
 mod produce;
+mod producers;
 mod records;
 mod topics;
 mod versions;
@@ -49,6 +50,7 @@ pub(crate) struct Kafka {
     request_bytes: Semaphore,
     connections: Arc<Semaphore>,
     cursors: fetch::Cursors,
+    producer_ids: producers::ProducerIds,
 }
 
 /// Serves the Kafka protocol on `listener` until the node closes.
@@ -64,6 +66,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         request_bytes: Semaphore::new(REQUEST_BYTES_IN_FLIGHT_MAX),
         connections: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
         cursors: fetch::Cursors::new(),
+        producer_ids: producers::ProducerIds::new(node.config.node_id),
     });
     let closed = node.closed();
     tokio::pin!(closed);
@@ -195,6 +198,9 @@ impl Kafka {
                 handle!(m::ListOffsetsRequest, |r| self.list_offsets(r, version))
             }
             ApiKey::Fetch => handle!(m::FetchRequest, |r| self.fetch(r, version)),
+            ApiKey::InitProducerId => {
+                handle!(m::InitProducerIdRequest, |r| self.init_producer_id(r))
+            }
             ApiKey::Produce => {
                 let req = m::ProduceRequest::decode(&mut body, version)
                     .map_err(|e| ConnectionError::Malformed(e.to_string()))?;

@@ -4,9 +4,10 @@
 //! the gRPC appends are (free-space floor, tail budget, in-flight budget)
 //! and acknowledged only once applied, that is committed on a quorum and
 //! fsynced: so `acks=1` is as durable as `acks=all` here. The partitions
-//! of one request are appended concurrently. Appends through Kafka carry
-//! no writer id: they are at least once, as a Kafka producer without
-//! idempotence is (a retried request may be appended twice).
+//! of one request are appended concurrently. An idempotent producer's
+//! batch is a numbered append of its writer id (`producers`): exactly
+//! once. Without a producer id the append carries no writer id: at least
+//! once, as a Kafka producer without idempotence is.
 
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::records::events_of;
-use super::{codes, topics, Kafka};
+use super::{codes, producers, topics, Kafka};
 use crate::container::command::{self, Cmd};
 use crate::container::state::Applied;
 use crate::error::Error;
@@ -110,11 +111,20 @@ impl Kafka {
         self.node.space.admit(u64::from(bytes)).map_err(failed)?;
         self.node.budget.wait_for_room(u64::from(bytes)).await;
         let count = produced.count;
+        // An idempotent producer's batch is checked against what its
+        // writer id has applied here first; without a producer id, no
+        // writer id: applied as it comes, never numbered.
+        let (writer_id, first_event_number) = match &produced.sequenced {
+            None => (String::new(), 0),
+            Some(s) => {
+                producers::check(s, segment.last_event_number(&s.writer_id))?;
+                (s.writer_id.clone(), s.first)
+            }
+        };
         let cmd = Cmd::Append(command::Append {
             segment_id: part.segment,
-            // No writer id: applied as it comes, never numbered.
-            writer_id: String::new(),
-            first_event_number: 0,
+            writer_id,
+            first_event_number,
             event_count: count,
             events: produced.events,
             expected_length: None,
@@ -128,6 +138,13 @@ impl Kafka {
             .await
             .map_err(failed)?;
         match applied {
+            // Applied meanwhile by a retry on another connection.
+            Applied::Appended {
+                duplicate: true, ..
+            } => Err((
+                kafka_protocol::ResponseError::DuplicateSequenceNumber.code(),
+                "the batch was appended before".into(),
+            )),
             Applied::Appended { index, .. } => {
                 let (events, appended) =
                     crate::api::append::append_counters(&self.node, part.segment);

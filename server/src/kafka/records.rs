@@ -13,6 +13,7 @@ use kafka_protocol::records::{
 };
 
 use super::codes;
+use super::producers::{sequenced, Sequenced};
 use aquifer_proto::frame::{encode_event, framed_len, ROUTING_KEY_BYTES_MAX};
 
 /// A produce request's records for one partition, as framed events.
@@ -20,6 +21,8 @@ use aquifer_proto::frame::{encode_event, framed_len, ROUTING_KEY_BYTES_MAX};
 pub(super) struct Produced {
     pub events: Bytes,
     pub count: u32,
+    /// The idempotent producer's writer id and event numbers, if any.
+    pub sequenced: Option<Sequenced>,
 }
 
 /// The events of a partition's record batches (any compression), each
@@ -32,12 +35,15 @@ pub(super) fn events_of(records: Bytes, event_bytes_max: u64) -> Result<Produced
             format!("record batch does not decode: {e}"),
         )
     })?;
+    let records: Vec<&Record> = sets
+        .iter()
+        .flat_map(|s| &s.records)
+        .filter(|r| !r.control)
+        .collect();
+    let sequenced = sequenced(&records)?;
     let mut out = BytesMut::new();
     let mut count = 0u32;
-    for record in sets.iter().flat_map(|s| &s.records) {
-        if record.control {
-            continue;
-        }
+    for record in records {
         let key = match &record.key {
             None => None,
             Some(k) if k.is_empty() => None,
@@ -71,6 +77,7 @@ pub(super) fn events_of(records: Bytes, event_bytes_max: u64) -> Result<Produced
     Ok(Produced {
         events: out.freeze(),
         count,
+        sequenced,
     })
 }
 

@@ -19,6 +19,7 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 pub(super) fn supported(api: ApiKey, version: i16) -> bool {
@@ -62,6 +63,7 @@ mod tests {
             ApiKey::ApiVersions => m::ApiVersionsRequest::VERSIONS,
             ApiKey::CreateTopics => m::CreateTopicsRequest::VERSIONS,
             ApiKey::DeleteTopics => m::DeleteTopicsRequest::VERSIONS,
+            ApiKey::InitProducerId => m::InitProducerIdRequest::VERSIONS,
             other => panic!("{other:?} has no codec range here"),
         };
         for (k, lo, hi) in SUPPORTED {
