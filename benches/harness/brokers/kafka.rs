@@ -67,7 +67,7 @@ const JVM_OPTS: &[&str] = &[
 ];
 
 pub struct Kafka {
-    server: ServerChild,
+    server: Served,
     bootstrap: String,
     port: u16,
     /// The connection that creates topics.
@@ -77,6 +77,22 @@ pub struct Kafka {
     /// Warnings and errors to stderr: the broker's log4j2 configuration,
     /// also the transactional producer's.
     log4j: PathBuf,
+}
+
+/// The process behind the Kafka protocol: Apache Kafka, or an Aquifer
+/// node's Kafka listener (the same client on two brokers).
+enum Served {
+    Kafka(ServerChild),
+    Aquifer(crate::common::ServerProcess),
+}
+
+impl Served {
+    fn pid(&self) -> u32 {
+        match self {
+            Served::Kafka(s) => s.pid(),
+            Served::Aquifer(s) => s.pid().unwrap_or(0),
+        }
+    }
 }
 
 /// One run of [`Kafka::transactional_producer`].
@@ -174,7 +190,7 @@ impl Kafka {
         let admin = ClientBuilder::new(vec![bootstrap.clone()]).build().await?;
         Ok((
             Kafka {
-                server,
+                server: Served::Kafka(server),
                 bootstrap,
                 port,
                 admin,
@@ -182,6 +198,35 @@ impl Kafka {
                 log4j,
             },
             version,
+        ))
+    }
+
+    /// An Aquifer node (release build, the memory budgets of the aquifer
+    /// entry) serving the Kafka protocol, driven by this same client: the
+    /// Kafka path of Aquifer next to its native one. Returns it and a
+    /// version line.
+    pub async fn aquifer_listener() -> Result<(Kafka, String)> {
+        use crate::brokers::aquifer::{CACHE_BYTES_MAX, TAIL_BUFFER_BYTES_MAX};
+        let port = free_port();
+        let config = format!(
+            "tail_buffer_bytes_max = {TAIL_BUFFER_BYTES_MAX}\ncache_bytes_max = {CACHE_BYTES_MAX}\n\
+             kafka_listen = \"127.0.0.1:{port}\"\n"
+        );
+        let server =
+            crate::common::ServerProcess::start(crate::common::ServerOpts::with_config(&config))
+                .await;
+        let bootstrap = format!("127.0.0.1:{port}");
+        let admin = ClientBuilder::new(vec![bootstrap.clone()]).build().await?;
+        Ok((
+            Kafka {
+                server: Served::Aquifer(server),
+                bootstrap,
+                port,
+                admin,
+                lib: PathBuf::new(),
+                log4j: PathBuf::new(),
+            },
+            "the aquifer build above, its Kafka listener".into(),
         ))
     }
 
