@@ -209,7 +209,7 @@ async fn run(args: &Args) -> (Vec<Entry>, String, Vec<(String, String)>) {
         let started = versioned(
             &mut versions,
             "aquifer-kafka",
-            Kafka::aquifer_listener().await,
+            Kafka::aquifer_listener(&Aquifer::config()).await,
         );
         let note = Some("Aquifer through its Kafka listener, driven by the Kafka client");
         entries.push(bench("aquifer-kafka", note, started, full).await);

@@ -25,11 +25,15 @@ pub struct Aquifer {
 }
 
 impl Aquifer {
-    pub async fn start() -> Result<Aquifer> {
-        let config = format!(
+    /// The node's configuration (also of `aquifer-kafka` in compare).
+    pub fn config() -> String {
+        format!(
             "tail_buffer_bytes_max = {TAIL_BUFFER_BYTES_MAX}\ncache_bytes_max = {CACHE_BYTES_MAX}\n"
-        );
-        let server = ServerProcess::start(ServerOpts::with_config(&config)).await;
+        )
+    }
+
+    pub async fn start() -> Result<Aquifer> {
+        let server = ServerProcess::start(ServerOpts::with_config(&Aquifer::config())).await;
         let admin = Client::connect(&server.addr()).await?;
         Ok(Aquifer { server, admin })
     }

@@ -83,6 +83,7 @@ pub struct Kafka {
 /// node's Kafka listener (the same client on two brokers).
 enum Served {
     Kafka(ServerChild),
+    #[allow(dead_code)] // made by aquifer_listener (benches/compare.rs only)
     Aquifer(crate::common::ServerProcess),
 }
 
@@ -201,17 +202,13 @@ impl Kafka {
         ))
     }
 
-    /// An Aquifer node (release build, the memory budgets of the aquifer
-    /// entry) serving the Kafka protocol, driven by this same client: the
-    /// Kafka path of Aquifer next to its native one. Returns it and a
-    /// version line.
-    pub async fn aquifer_listener() -> Result<(Kafka, String)> {
-        use crate::brokers::aquifer::{CACHE_BYTES_MAX, TAIL_BUFFER_BYTES_MAX};
+    /// An Aquifer node with `config` (the aquifer entry's budgets) serving
+    /// the Kafka protocol, driven by this same client: the Kafka path of
+    /// Aquifer next to its native one. Returns it and a version line.
+    #[allow(dead_code)] // called by benches/compare.rs only
+    pub async fn aquifer_listener(config: &str) -> Result<(Kafka, String)> {
         let port = free_port();
-        let config = format!(
-            "tail_buffer_bytes_max = {TAIL_BUFFER_BYTES_MAX}\ncache_bytes_max = {CACHE_BYTES_MAX}\n\
-             kafka_listen = \"127.0.0.1:{port}\"\n"
-        );
+        let config = format!("{config}kafka_listen = \"127.0.0.1:{port}\"\n");
         let server =
             crate::common::ServerProcess::start(crate::common::ServerOpts::with_config(&config))
                 .await;
