@@ -131,7 +131,8 @@ mod tests {
             "/stream",
             "a/b/c",
             "sc ope/s",
-            "s/str.eam",
+            "s/..",
+            "./s",
             "s/ström",
             "s\n/x",
         ] {
