@@ -24,7 +24,8 @@ pub use aquifer_proto::name::NAME_BYTES_MAX;
 /// assert_eq!(name.scope, "analytics");
 /// assert_eq!(name, StreamName::new("analytics", "clicks")?);
 /// assert_eq!(name.to_string(), "analytics/clicks");
-/// assert!("analytics/clicks.v2".parse::<StreamName>().is_err()); // '.' breaks the rule
+/// assert!("analytics/clicks.v2".parse::<StreamName>().is_ok()); // dots are allowed
+/// assert!("analytics/..".parse::<StreamName>().is_err()); // but not `.` or `..`
 /// # Ok::<(), aquifer_client::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
