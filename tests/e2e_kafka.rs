@@ -678,3 +678,64 @@ async fn idempotent_producers_append_each_batch_once() {
     let expected: Vec<String> = (0..200).map(|i| format!("{} v{i}", 7 + i)).collect();
     assert_eq!(got.lines().collect::<Vec<_>>(), expected);
 }
+
+/// confluent-kafka's python, in a virtualenv made by the project's
+/// script; None (the test says why and skips) where it cannot be made.
+fn confluent_python() -> Option<String> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/benches/peers/install-confluent-kafka.sh"
+    );
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "skipping: confluent-kafka unavailable: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(str::to_owned)
+}
+
+/// Runs a phase of tests/kafka/groups.py, bounded in time, and asserts it
+/// passed.
+fn run_groups_phase(python: &str, broker: &str, phase: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka/groups.py");
+    let out = std::process::Command::new("timeout")
+        .args(["180", python, script, broker, phase])
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("OK"),
+        "groups.py {phase} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A librdkafka consumer group (confluent-kafka 2.16): two members, a
+/// third joins, one leaves, every record read with offsets committed as
+/// it goes; after kill -9 and a restart a new member resumes at the
+/// committed offsets (they are metadata, durable once answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_groups_rebalance_commit_and_resume_after_kill_9() {
+    let Some(python) = confluent_python() else {
+        return;
+    };
+    let kafka_port = free_port();
+    let mut server = ServerProcess::start(ServerOpts::with_config(&config(kafka_port))).await;
+    let broker = format!("127.0.0.1:{kafka_port}");
+    let _ = kafka_client(kafka_port).await;
+    run_groups_phase(&python, &broker, "rebalance");
+    server.kill9();
+    server.restart().await;
+    let _ = kafka_client(kafka_port).await;
+    run_groups_phase(&python, &broker, "resume");
+    drop(server);
+}

@@ -5,7 +5,7 @@
 pub struct MetaCommand {
     #[prost(
         oneof = "MetaCmd",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18"
     )]
     pub cmd: Option<MetaCmd>,
 }
@@ -62,6 +62,10 @@ pub enum MetaCmd {
     /// An ACL grant is added or revoked.
     #[prost(message, tag = "17")]
     Acl(AclCommand),
+    /// Kafka consumer-group offsets are committed or deleted (see
+    /// `kafka_offsets.rs`).
+    #[prost(message, tag = "18")]
+    KafkaOffsets(super::kafka_offsets::KafkaOffsetsCommand),
 }
 
 /// Adds (`revoke` false) or removes a grant (normalized by
@@ -433,6 +437,8 @@ pub struct MetaSnapshot {
     pub txns: Vec<super::txns::TxnRecord>,
     #[prost(message, repeated, tag = "7")]
     pub acls: Vec<aquifer_proto::v1::AclGrant>,
+    #[prost(message, repeated, tag = "8")]
+    pub kafka_offsets: Vec<super::kafka_offsets::KafkaGroupOffsets>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

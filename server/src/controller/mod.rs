@@ -10,6 +10,7 @@
 
 mod command;
 pub mod groups;
+pub mod kafka_offsets;
 pub mod placement;
 pub(crate) mod scaling;
 mod state;
@@ -82,6 +83,7 @@ pub struct Controller {
     groups: GroupMap,
     txns: TxnMap,
     acls: state::AclMap,
+    kafka_offsets: state::KafkaOffsetMap,
     /// Every segment id below this was allocated by an applied entry.
     allocated: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -102,6 +104,7 @@ impl Controller {
         );
         let allocated = state.allocated();
         let acls = state.acls();
+        let kafka_offsets = state.kafka_offsets();
         let group = Group::start(group, state)?;
         Ok(Controller {
             group,
@@ -111,6 +114,7 @@ impl Controller {
             groups,
             txns,
             acls,
+            kafka_offsets,
             allocated,
         })
     }
@@ -191,6 +195,33 @@ impl Controller {
         }))
         .await?;
         Ok(())
+    }
+
+    /// Records Kafka consumer-group commits (or with `delete`, drops the
+    /// group's offsets): answered once replicated and applied.
+    pub async fn kafka_offsets_change(
+        &self,
+        change: kafka_offsets::KafkaOffsetsCommand,
+    ) -> Result<(), Error> {
+        self.propose_any(MetaCmd::KafkaOffsets(change)).await?;
+        Ok(())
+    }
+
+    /// Group `group`'s committed Kafka offsets as of the last applied
+    /// entry.
+    pub fn kafka_offsets(&self, group: &str) -> Vec<kafka_offsets::KafkaOffset> {
+        self.kafka_offsets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .of(group)
+    }
+
+    /// The Kafka consumer groups that have committed offsets.
+    pub fn kafka_offset_groups(&self) -> Vec<String> {
+        self.kafka_offsets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .groups()
     }
 
     /// The cluster's nodes as the metadata records them (empty until the

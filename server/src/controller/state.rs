@@ -252,6 +252,8 @@ pub type AclMap = Arc<RwLock<Vec<aquifer_proto::v1::AclGrant>>>;
 /// Grants the metadata holds at most: every request is checked against
 /// them, so they stay few.
 pub const ACL_GRANTS_MAX: usize = 10_000;
+/// Kafka consumer groups' committed offsets.
+pub type KafkaOffsetMap = Arc<RwLock<super::kafka_offsets::KafkaOffsets>>;
 
 /// What applying a metadata command answers.
 #[derive(Debug, PartialEq)]
@@ -307,6 +309,7 @@ pub struct MetaState {
     groups: GroupMap,
     txns: TxnMap,
     acls: AclMap,
+    kafka_offsets: KafkaOffsetMap,
     /// `next_segment_id` as of the last applied entry, for readers outside
     /// the group thread: every id below it was allocated here.
     allocated: Arc<std::sync::atomic::AtomicU64>,
@@ -329,6 +332,7 @@ impl MetaState {
             groups,
             txns,
             acls: AclMap::default(),
+            kafka_offsets: KafkaOffsetMap::default(),
             allocated: Arc::new(std::sync::atomic::AtomicU64::new(1)),
             next_segment_id: 1,
         }
@@ -337,6 +341,11 @@ impl MetaState {
     /// The ACL grants, shared with the controller's readers.
     pub fn acls(&self) -> AclMap {
         self.acls.clone()
+    }
+
+    /// The committed Kafka offsets, shared with the controller's readers.
+    pub fn kafka_offsets(&self) -> KafkaOffsetMap {
+        self.kafka_offsets.clone()
     }
 
     /// The shared mirror of the next segment id (see `allocated`).
@@ -409,6 +418,20 @@ impl MetaState {
         match cmd.cmd {
             Some(MetaCmd::Group(g)) => return self.apply_group(g),
             Some(MetaCmd::Acl(a)) => return self.apply_acl(a),
+            Some(MetaCmd::KafkaOffsets(k)) => {
+                let mut t = self
+                    .kafka_offsets
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner());
+                return t.apply(k).map(|()| Applied::Nothing);
+            }
+            Some(MetaCmd::Remove(ref r)) => {
+                let mut t = self
+                    .kafka_offsets
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner());
+                t.drop_stream(&r.scope, &r.stream);
+            }
             Some(MetaCmd::Txn(t)) => {
                 let mut changed = true;
                 let record = self.apply_txn(t, &mut changed)?;
@@ -509,6 +532,11 @@ impl MetaState {
             .cloned()
             .collect();
         snap.acls = self.acls.read().unwrap_or_else(|p| p.into_inner()).clone();
+        snap.kafka_offsets = self
+            .kafka_offsets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot();
         snap
     }
 
@@ -524,6 +552,11 @@ impl MetaState {
         *self.groups.write().unwrap_or_else(|p| p.into_inner()) =
             snap.groups.iter().map(|g| (g.key(), g.clone())).collect();
         *self.acls.write().unwrap_or_else(|p| p.into_inner()) = snap.acls.clone();
+        *self
+            .kafka_offsets
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) =
+            super::kafka_offsets::KafkaOffsets::restore(snap.kafka_offsets.clone());
         *self.txns.write().unwrap_or_else(|p| p.into_inner()) = snap
             .txns
             .iter()
@@ -663,6 +696,7 @@ impl MetaState {
                 | MetaCmd::SetPlacement(_)
                 | MetaCmd::Form(_)
                 | MetaCmd::Group(_)
+                | MetaCmd::KafkaOffsets(_)
                 | MetaCmd::Txn(_)
                 | MetaCmd::Acl(_),
             )
@@ -1109,6 +1143,7 @@ impl MetaState {
             groups: Vec::new(),
             txns: Vec::new(),
             acls: Vec::new(),
+            kafka_offsets: Vec::new(),
         }
     }
 

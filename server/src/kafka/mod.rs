@@ -9,12 +9,15 @@
 //!
 //! This module owns the connections (framing, the request-byte budget,
 //! one request at a time per connection, answered in order) and the
-//! dispatch by API key; `versions`, `topics`, `produce` and `fetch` answer
-//! the requests. It never holds segment state, and never writes an event
+//! dispatch by API key; `versions`, `topics`, `produce`, `fetch`, `groups`
+//! (the group coordinator) and `offsets` answer the requests. It never holds segment state, and never writes an event
 //! another path could not.
 
 mod codes;
 mod fetch;
+mod groups;
+mod membership;
+mod offsets;
 mod produce;
 mod producers;
 mod records;
@@ -51,6 +54,7 @@ pub(crate) struct Kafka {
     connections: Arc<Semaphore>,
     cursors: fetch::Cursors,
     producer_ids: producers::ProducerIds,
+    coordinator: groups::Coordinator,
 }
 
 /// Serves the Kafka protocol on `listener` until the node closes.
@@ -67,7 +71,18 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         connections: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
         cursors: fetch::Cursors::new(),
         producer_ids: producers::ProducerIds::new(node.config.node_id),
+        coordinator: groups::Coordinator::new(),
     });
+    {
+        let kafka = kafka.clone();
+        let closed = node.closed();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = kafka.run_coordinator() => {}
+                _ = closed => {}
+            }
+        });
+    }
     let closed = node.closed();
     tokio::pin!(closed);
     loop {
@@ -94,7 +109,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         tokio::spawn(async move {
             let _slot = slot;
             tokio::select! {
-                r = kafka.connection(stream) => if let Err(e) = r {
+                r = kafka.connection(stream, peer) => if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "Kafka connection closed");
                 },
                 _ = closed => {}
@@ -119,7 +134,11 @@ enum ConnectionError {
 }
 
 impl Kafka {
-    async fn connection(&self, stream: TcpStream) -> Result<(), ConnectionError> {
+    async fn connection(
+        &self,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+    ) -> Result<(), ConnectionError> {
         let (rd, wr) = stream.into_split();
         let (mut rd, mut wr) = (BufReader::new(rd), BufWriter::new(wr));
         loop {
@@ -140,7 +159,7 @@ impl Kafka {
                 .map_err(|_| ConnectionError::Malformed("shutting down".into()))?;
             let mut body = BytesMut::zeroed(len);
             rd.read_exact(&mut body).await?;
-            if let Some(reply) = self.answer(body.freeze()).await? {
+            if let Some(reply) = self.answer(body.freeze(), peer).await? {
                 // Fits: responses are bounded by the request's limits.
                 wr.write_u32(reply.len() as u32).await?;
                 wr.write_all(&reply).await?;
@@ -151,7 +170,11 @@ impl Kafka {
 
     /// The response to one request, header included (None: the client
     /// expects none, a produce with `acks=0`).
-    async fn answer(&self, mut body: Bytes) -> Result<Option<BytesMut>, ConnectionError> {
+    async fn answer(
+        &self,
+        mut body: Bytes,
+        peer: std::net::SocketAddr,
+    ) -> Result<Option<BytesMut>, ConnectionError> {
         if body.len() < 4 {
             return Err(ConnectionError::Malformed("shorter than its header".into()));
         }
@@ -201,6 +224,29 @@ impl Kafka {
             ApiKey::InitProducerId => {
                 handle!(m::InitProducerIdRequest, |r| self.init_producer_id(r))
             }
+            ApiKey::FindCoordinator => handle!(m::FindCoordinatorRequest, |r| self
+                .find_coordinator(r, version)),
+            ApiKey::JoinGroup => {
+                let client = header.client_id.map(|c| c.to_string()).unwrap_or_default();
+                let host = format!("/{}", peer.ip());
+                handle!(m::JoinGroupRequest, |r| self
+                    .join_group(r, version, client, host))
+            }
+            ApiKey::SyncGroup => handle!(m::SyncGroupRequest, |r| self.sync_group(r, version)),
+            ApiKey::Heartbeat => handle!(m::HeartbeatRequest, |r| self.heartbeat(r)),
+            ApiKey::LeaveGroup => handle!(m::LeaveGroupRequest, |r| self.leave_group(r, version)),
+            ApiKey::OffsetCommit => {
+                handle!(m::OffsetCommitRequest, |r| self.offset_commit(r, version))
+            }
+            ApiKey::OffsetFetch => {
+                handle!(m::OffsetFetchRequest, |r| self.offset_fetch(r, version))
+            }
+            ApiKey::DescribeGroups => {
+                handle!(m::DescribeGroupsRequest, |r| self
+                    .describe_groups(r, version))
+            }
+            ApiKey::ListGroups => handle!(m::ListGroupsRequest, |r| self.list_groups(r, version)),
+            ApiKey::DeleteGroups => handle!(m::DeleteGroupsRequest, |r| self.delete_groups(r)),
             ApiKey::Produce => {
                 let req = m::ProduceRequest::decode(&mut body, version)
                     .map_err(|e| ConnectionError::Malformed(e.to_string()))?;

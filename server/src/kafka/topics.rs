@@ -69,7 +69,7 @@ impl Kafka {
         }
     }
 
-    fn broker_id(&self) -> BrokerId {
+    pub(super) fn broker_id(&self) -> BrokerId {
         BrokerId(i32::try_from(self.node.config.node_id).unwrap_or(i32::MAX))
     }
 

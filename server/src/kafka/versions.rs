@@ -20,6 +20,16 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DeleteGroups, 0, 2),
 ];
 
 pub(super) fn supported(api: ApiKey, version: i16) -> bool {
@@ -64,6 +74,16 @@ mod tests {
             ApiKey::CreateTopics => m::CreateTopicsRequest::VERSIONS,
             ApiKey::DeleteTopics => m::DeleteTopicsRequest::VERSIONS,
             ApiKey::InitProducerId => m::InitProducerIdRequest::VERSIONS,
+            ApiKey::FindCoordinator => m::FindCoordinatorRequest::VERSIONS,
+            ApiKey::JoinGroup => m::JoinGroupRequest::VERSIONS,
+            ApiKey::SyncGroup => m::SyncGroupRequest::VERSIONS,
+            ApiKey::Heartbeat => m::HeartbeatRequest::VERSIONS,
+            ApiKey::LeaveGroup => m::LeaveGroupRequest::VERSIONS,
+            ApiKey::OffsetCommit => m::OffsetCommitRequest::VERSIONS,
+            ApiKey::OffsetFetch => m::OffsetFetchRequest::VERSIONS,
+            ApiKey::DescribeGroups => m::DescribeGroupsRequest::VERSIONS,
+            ApiKey::ListGroups => m::ListGroupsRequest::VERSIONS,
+            ApiKey::DeleteGroups => m::DeleteGroupsRequest::VERSIONS,
             other => panic!("{other:?} has no codec range here"),
         };
         for (k, lo, hi) in SUPPORTED {

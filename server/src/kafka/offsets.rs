@@ -1,0 +1,308 @@
+//! OffsetCommit and OffsetFetch: consumer groups' committed offsets,
+//! stored as metadata (`controller::kafka_offsets`), so a commit is
+//! answered once it is replicated and applied on a quorum, and a new
+//! coordinator has every commit the old one answered.
+//!
+//! This module owns the checks and the mapping between requests and the
+//! table. It never changes membership; whether a member may commit is
+//! `membership`'s answer.
+
+use std::collections::HashMap;
+
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError as K;
+
+use super::membership::Code;
+use super::{codes, topics, Kafka};
+use crate::controller::kafka_offsets::{KafkaOffset, KafkaOffsetsCommand, METADATA_BYTES_MAX};
+use crate::error::Error;
+
+/// The code for a failed metadata change: NOT_COORDINATOR if this node no
+/// longer leads `meta` (the client finds the new coordinator).
+pub(super) fn coordinator_code(e: &Error) -> Code {
+    match e {
+        Error::NotLeader { .. } | Error::Unavailable(_) => K::NotCoordinator.code(),
+        other => codes::code_of(other),
+    }
+}
+
+/// One group's committed offsets, by (topic, partition).
+type Committed = HashMap<(String, i32), KafkaOffset>;
+
+impl Kafka {
+    pub(super) async fn offset_commit(
+        &self,
+        req: OffsetCommitRequest,
+        version: i16,
+    ) -> OffsetCommitResponse {
+        let group = req.group_id.0.to_string();
+        let member = req.member_id.to_string();
+        let generation = req.generation_id_or_member_epoch;
+        // Whether this member may commit: a group unknown here takes
+        // commits from outside it only (generation -1).
+        let allowed = if group.is_empty() {
+            Err(K::InvalidGroupId.code())
+        } else {
+            self.with_group(&group, generation < 0, |g| {
+                g.may_commit(&member, generation)
+            })
+            .map_err(|code| {
+                if code == K::UnknownMemberId.code() && generation >= 0 {
+                    K::IllegalGeneration.code()
+                } else {
+                    code
+                }
+            })
+        };
+        let now = crate::tier::writer::now_ms();
+        let scope = self.node.config.kafka_scope.clone();
+        // Per partition: its code so far, and the offset to record.
+        let mut answers: Vec<(TopicName, Vec<(i32, Code)>)> = Vec::new();
+        let mut offsets = Vec::new();
+        for t in req.topics {
+            let topic = t.name.0.to_string();
+            let parts = topics::partitions(self, &topic);
+            let mut codes_of = Vec::new();
+            for p in t.partitions {
+                let metadata = p
+                    .committed_metadata
+                    .map(|m| m.to_string())
+                    .unwrap_or_default();
+                let code = match (&allowed, &parts) {
+                    (Err(code), _) => *code,
+                    (_, Err(_)) => K::UnknownTopicOrPartition.code(),
+                    (_, Ok(parts))
+                        if usize::try_from(p.partition_index)
+                            .map_or(true, |i| i >= parts.len()) =>
+                    {
+                        K::UnknownTopicOrPartition.code()
+                    }
+                    _ if metadata.len() > METADATA_BYTES_MAX => K::OffsetMetadataTooLarge.code(),
+                    _ => {
+                        offsets.push(KafkaOffset {
+                            scope: scope.clone(),
+                            stream: topic.clone(),
+                            partition: p.partition_index,
+                            offset: p.committed_offset,
+                            leader_epoch: if version >= 6 {
+                                p.committed_leader_epoch
+                            } else {
+                                -1
+                            },
+                            metadata,
+                            commit_ms: now,
+                        });
+                        0
+                    }
+                };
+                codes_of.push((p.partition_index, code));
+            }
+            answers.push((t.name, codes_of));
+        }
+        let failed = if offsets.is_empty() {
+            0
+        } else {
+            let change = KafkaOffsetsCommand {
+                group,
+                offsets,
+                delete: false,
+            };
+            match self.node.controller.kafka_offsets_change(change).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::debug!(error = %e, "Kafka offset commit failed");
+                    coordinator_code(&e)
+                }
+            }
+        };
+        let mut r = OffsetCommitResponse::default();
+        r.topics = answers
+            .into_iter()
+            .map(|(name, parts)| {
+                OffsetCommitResponseTopic::default()
+                    .with_name(name)
+                    .with_partitions(
+                        parts
+                            .into_iter()
+                            .map(|(index, code)| {
+                                OffsetCommitResponsePartition::default()
+                                    .with_partition_index(index)
+                                    .with_error_code(if code == 0 { failed } else { code })
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        r
+    }
+
+    pub(super) async fn offset_fetch(
+        &self,
+        req: OffsetFetchRequest,
+        version: i16,
+    ) -> OffsetFetchResponse {
+        let mut r = OffsetFetchResponse::default();
+        if version >= 8 {
+            for g in req.groups {
+                let wanted = g.topics.map(|ts| {
+                    ts.into_iter()
+                        .map(|t| (t.name, t.partition_indexes))
+                        .collect::<Vec<_>>()
+                });
+                let mut group =
+                    OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
+                match self.committed(&g.group_id.0) {
+                    Err(code) => group.error_code = code,
+                    Ok(committed) => {
+                        group.topics = answer(&committed, wanted, version)
+                            .into_iter()
+                            .map(|(name, parts)| {
+                                OffsetFetchResponseTopics::default()
+                                    .with_name(name)
+                                    .with_partitions(
+                                        parts
+                                            .into_iter()
+                                            .map(|p| {
+                                                OffsetFetchResponsePartitions::default()
+                                                    .with_partition_index(p.0)
+                                                    .with_committed_offset(p.1)
+                                                    .with_committed_leader_epoch(p.2)
+                                                    .with_metadata(Some(StrBytes::from_string(p.3)))
+                                            })
+                                            .collect(),
+                                    )
+                            })
+                            .collect();
+                    }
+                }
+                r.groups.push(group);
+            }
+            return r;
+        }
+        let wanted = req.topics.map(|ts| {
+            ts.into_iter()
+                .map(|t| (t.name, t.partition_indexes))
+                .collect::<Vec<_>>()
+        });
+        match self.committed(&req.group_id.0) {
+            // Before v2 the error is per partition.
+            Err(code) if version < 2 => {
+                r.topics = wanted
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(name, parts)| {
+                        OffsetFetchResponseTopic::default()
+                            .with_name(name)
+                            .with_partitions(
+                                parts
+                                    .into_iter()
+                                    .map(|i| {
+                                        OffsetFetchResponsePartition::default()
+                                            .with_partition_index(i)
+                                            .with_committed_offset(-1)
+                                            .with_error_code(code)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect();
+            }
+            Err(code) => r.error_code = code,
+            Ok(committed) => {
+                r.topics = answer(&committed, wanted, version)
+                    .into_iter()
+                    .map(|(name, parts)| {
+                        OffsetFetchResponseTopic::default()
+                            .with_name(name)
+                            .with_partitions(
+                                parts
+                                    .into_iter()
+                                    .map(|p| {
+                                        OffsetFetchResponsePartition::default()
+                                            .with_partition_index(p.0)
+                                            .with_committed_offset(p.1)
+                                            .with_committed_leader_epoch(p.2)
+                                            .with_metadata(Some(StrBytes::from_string(p.3)))
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect();
+            }
+        }
+        r
+    }
+
+    /// Group `group`'s committed offsets in this listener's scope, if this
+    /// node is its coordinator.
+    fn committed(&self, group: &str) -> Result<Committed, Code> {
+        self.check_coordinator()?;
+        let scope = &self.node.config.kafka_scope;
+        Ok(self
+            .node
+            .controller
+            .kafka_offsets(group)
+            .into_iter()
+            .filter(|o| &o.scope == scope)
+            .map(|o| ((o.stream.clone(), o.partition), o))
+            .collect())
+    }
+}
+
+/// A partition's answer: (partition, offset, leader epoch, metadata).
+type Answered = (i32, i64, i32, String);
+
+/// (partition, offset, leader epoch, metadata) per topic: of the wanted
+/// partitions (-1: none committed), or all committed if none are named.
+fn answer(
+    committed: &Committed,
+    wanted: Option<Vec<(TopicName, Vec<i32>)>>,
+    version: i16,
+) -> Vec<(TopicName, Vec<Answered>)> {
+    // The leader epoch field exists from v5 on.
+    let epoch = |o: &KafkaOffset| if version >= 5 { o.leader_epoch } else { -1 };
+    match wanted {
+        Some(topics) => topics
+            .into_iter()
+            .map(|(name, parts)| {
+                let found = parts
+                    .into_iter()
+                    .map(|i| match committed.get(&(name.0.to_string(), i)) {
+                        Some(o) => (i, o.offset, epoch(o), o.metadata.clone()),
+                        None => (i, -1, -1, String::new()),
+                    })
+                    .collect();
+                (name, found)
+            })
+            .collect(),
+        None => {
+            let mut by_topic: std::collections::BTreeMap<String, Vec<Answered>> =
+                Default::default();
+            for ((topic, i), o) in committed {
+                by_topic.entry(topic.clone()).or_default().push((
+                    *i,
+                    o.offset,
+                    epoch(o),
+                    o.metadata.clone(),
+                ));
+            }
+            by_topic
+                .into_iter()
+                .map(|(t, mut parts)| {
+                    parts.sort_by_key(|p| p.0);
+                    (TopicName(StrBytes::from_string(t)), parts)
+                })
+                .collect()
+        }
+    }
+}
