@@ -308,17 +308,15 @@ async fn bad_topics_are_refused_with_kafka_errors() {
     drop(server);
 }
 
-/// kcat installed by the project's script; None (the test says why and
-/// skips) where it cannot be (not root and not installed).
-fn kcat() -> Option<String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peers/install-kcat.sh");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .output()
-        .ok()?;
+/// What the project's install script `benches/peers/<script>` prints
+/// last (the path of what it installed); None (the test says why and
+/// skips) where it cannot install it.
+fn installed(script: &str, what: &str) -> Option<String> {
+    let path = format!("{}/benches/peers/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("bash").arg(path).output().ok()?;
     if !out.status.success() {
         eprintln!(
-            "skipping: kcat unavailable: {}",
+            "skipping: {what} unavailable: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
         return None;
@@ -327,6 +325,11 @@ fn kcat() -> Option<String> {
         .lines()
         .last()
         .map(str::to_owned)
+}
+
+/// kcat installed by the project's script.
+fn kcat() -> Option<String> {
+    installed("install-kcat.sh", "kcat")
 }
 
 /// Runs kcat with `args` (and `stdin`), bounded in time; its stdout.
@@ -680,27 +683,9 @@ async fn idempotent_producers_append_each_batch_once() {
 }
 
 /// confluent-kafka's python, in a virtualenv made by the project's
-/// script; None (the test says why and skips) where it cannot be made.
+/// script.
 fn confluent_python() -> Option<String> {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/benches/peers/install-confluent-kafka.sh"
-    );
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!(
-            "skipping: confluent-kafka unavailable: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        return None;
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .map(str::to_owned)
+    installed("install-confluent-kafka.sh", "confluent-kafka")
 }
 
 /// Runs a phase of tests/kafka/groups.py, bounded in time, and asserts it
