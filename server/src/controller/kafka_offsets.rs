@@ -10,8 +10,6 @@
 
 use std::collections::BTreeMap;
 
-use super::state::MetaError;
-
 /// Committed offsets the cluster keeps, over all groups: every one is in
 /// every metadata snapshot.
 pub const KAFKA_OFFSETS_MAX: usize = 100_000;
@@ -73,10 +71,20 @@ fn key_of(o: &KafkaOffset) -> PartitionKey {
     (o.scope.clone(), o.stream.clone(), o.partition)
 }
 
+/// Why a commit is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KafkaOffsetsError {
+    #[error("{0}")]
+    Invalid(String),
+    /// The cluster keeps [`KAFKA_OFFSETS_MAX`] offsets at most.
+    #[error("{0}")]
+    Full(String),
+}
+
 impl KafkaOffsets {
     /// Applies one command; deleting a group that has no offsets is no
     /// error (the coordinator decides whether the group existed).
-    pub fn apply(&mut self, c: KafkaOffsetsCommand) -> Result<(), MetaError> {
+    pub fn apply(&mut self, c: KafkaOffsetsCommand) -> Result<(), KafkaOffsetsError> {
         if c.delete {
             if let Some(g) = self.groups.remove(&c.group) {
                 self.count -= g.len();
@@ -88,7 +96,7 @@ impl KafkaOffsets {
             .iter()
             .find(|o| o.metadata.len() > METADATA_BYTES_MAX)
         {
-            return Err(MetaError::Invalid(format!(
+            return Err(KafkaOffsetsError::Invalid(format!(
                 "offset metadata of {} bytes: the most is {METADATA_BYTES_MAX}",
                 o.metadata.len()
             )));
@@ -100,7 +108,7 @@ impl KafkaOffsets {
             .filter(|o| group.is_none_or(|g| !g.contains_key(&key_of(o))))
             .count();
         if self.count + new > KAFKA_OFFSETS_MAX {
-            return Err(MetaError::Full(format!(
+            return Err(KafkaOffsetsError::Full(format!(
                 "the cluster holds {KAFKA_OFFSETS_MAX} committed Kafka offsets, the most it keeps: \
                  delete unused consumer groups first"
             )));
@@ -231,13 +239,13 @@ mod tests {
         t.apply(commit("g", vec![offset("a", 0, 1)])).unwrap();
         assert!(matches!(
             t.apply(commit("h", vec![offset("a", 0, 1)])),
-            Err(MetaError::Full(_))
+            Err(KafkaOffsetsError::Full(_))
         ));
         let mut big = offset("a", 0, 1);
         big.metadata = "m".repeat(METADATA_BYTES_MAX + 1);
         assert!(matches!(
             t.apply(commit("g", vec![big])),
-            Err(MetaError::Invalid(_))
+            Err(KafkaOffsetsError::Invalid(_))
         ));
     }
 }

@@ -48,6 +48,12 @@ impl From<MetaError> for Error {
             }
             MetaError::Group(groups::GroupError::Invalid(why)) => Error::InvalidArgument(why),
             MetaError::Group(groups::GroupError::Full(why)) => Error::ResourceExhausted(why),
+            MetaError::KafkaOffsets(kafka_offsets::KafkaOffsetsError::Invalid(why)) => {
+                Error::InvalidArgument(why)
+            }
+            MetaError::KafkaOffsets(kafka_offsets::KafkaOffsetsError::Full(why)) => {
+                Error::ResourceExhausted(why)
+            }
             MetaError::Txn(e) => match e {
                 txns::TxnError::NotFound(_) => Error::TransactionNotFound(e.to_string()),
                 txns::TxnError::Committed { .. } => Error::TransactionState {

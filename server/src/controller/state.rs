@@ -300,6 +300,8 @@ pub enum MetaError {
     Group(#[from] GroupError),
     #[error(transparent)]
     Txn(#[from] TxnError),
+    #[error(transparent)]
+    KafkaOffsets(#[from] super::kafka_offsets::KafkaOffsetsError),
 }
 
 pub struct MetaState {
@@ -423,7 +425,8 @@ impl MetaState {
                     .kafka_offsets
                     .write()
                     .unwrap_or_else(|p| p.into_inner());
-                return t.apply(k).map(|()| Applied::Nothing);
+                t.apply(k)?;
+                return Ok(Applied::Nothing);
             }
             Some(MetaCmd::Remove(ref r)) => {
                 let mut t = self
