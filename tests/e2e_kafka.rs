@@ -526,6 +526,21 @@ impl Raw {
         Resp::decode(&mut reply, version).unwrap()
     }
 
+    /// The broker ids this node's metadata names.
+    fn brokers(&mut self) -> Vec<i32> {
+        use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
+        let r: MetadataResponse = self.call(ApiKey::Metadata, 4, &MetadataRequest::default());
+        r.brokers.iter().map(|b| b.node_id.0).collect()
+    }
+
+    /// The coordinator of group `g` as this node names it: (error, node, port).
+    fn coordinator(&mut self, g: &str) -> (i16, i32, i32) {
+        use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+        let req = FindCoordinatorRequest::default().with_key(g.to_string().into());
+        let r: FindCoordinatorResponse = self.call(ApiKey::FindCoordinator, 3, &req);
+        (r.error_code, r.node_id.0, r.port)
+    }
+
     fn init_producer(&mut self) -> i64 {
         use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse};
         let req = InitProducerIdRequest::default()
@@ -585,8 +600,9 @@ impl Raw {
     }
 }
 
-/// Idempotent producers: a resent batch is answered DUPLICATE_SEQUENCE
-/// and not appended again, also after kill -9; a gap is
+/// Idempotent producers: a resent batch is acknowledged at its original
+/// offset and not appended again, also after kill -9 (one older than the
+/// producer's last five batches: DUPLICATE_SEQUENCE); a gap is
 /// OUT_OF_ORDER_SEQUENCE; a producer nothing is known of that starts past
 /// sequence 0 is UNKNOWN_PRODUCER_ID; kcat with enable.idempotence writes
 /// dense offsets.
@@ -609,11 +625,11 @@ async fn idempotent_producers_append_each_batch_once() {
     assert_eq!(raw.produce("idem", pid, 0, 3), (0, 0));
     assert_eq!(raw.produce("idem", pid, 3, 2), (0, 3));
     assert_eq!(
-        raw.produce("idem", pid, 3, 2).0,
-        46,
-        "a resend is a duplicate"
+        raw.produce("idem", pid, 3, 2),
+        (0, 3),
+        "a resend is acknowledged at its original offset"
     );
-    assert_eq!(raw.produce("idem", pid, 0, 3).0, 46);
+    assert_eq!(raw.produce("idem", pid, 0, 3), (0, 0));
     assert_eq!(
         raw.produce("idem", pid, 9, 1).0,
         45,
@@ -639,8 +655,20 @@ async fn idempotent_producers_append_each_batch_once() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(resent.0, 46, "still a duplicate after kill -9");
+    assert_eq!(
+        resent,
+        (0, 3),
+        "still a duplicate after kill -9, at its offset"
+    );
     assert_eq!(raw.produce("idem", pid, 5, 1), (0, 6));
+    for seq in 6..11 {
+        assert_eq!(raw.produce("idem", pid, seq, 1), (0, i64::from(seq) + 1));
+    }
+    assert_eq!(
+        raw.produce("idem", pid, 5, 1).0,
+        46,
+        "a batch older than the last five is a duplicate without its offset"
+    );
     let events = read_all(&native, &stream_name("kafka/idem"), Duration::from_secs(30)).await;
     let payloads: Vec<String> = events
         .iter()
@@ -648,7 +676,10 @@ async fn idempotent_producers_append_each_batch_once() {
         .collect();
     assert_eq!(
         payloads,
-        ["seq-0", "seq-1", "seq-2", "seq-3", "seq-4", "seq-0", "seq-5"]
+        [
+            "seq-0", "seq-1", "seq-2", "seq-3", "seq-4", "seq-0", "seq-5", "seq-6", "seq-7",
+            "seq-8", "seq-9", "seq-10"
+        ]
     );
 
     // librdkafka's idempotent producer.
@@ -674,11 +705,11 @@ async fn idempotent_producers_append_each_batch_once() {
     let got = run_kcat(
         &kcat,
         &[
-            "-b", &b, "-C", "-t", "idem", "-p", "0", "-o", "7", "-e", "-f", "%o %s\\n",
+            "-b", &b, "-C", "-t", "idem", "-p", "0", "-o", "12", "-e", "-f", "%o %s\\n",
         ],
         "",
     );
-    let expected: Vec<String> = (0..200).map(|i| format!("{} v{i}", 7 + i)).collect();
+    let expected: Vec<String> = (0..200).map(|i| format!("{} v{i}", 12 + i)).collect();
     assert_eq!(got.lines().collect::<Vec<_>>(), expected);
 }
 
@@ -723,4 +754,321 @@ async fn consumer_groups_rebalance_commit_and_resume_after_kill_9() {
     let _ = kafka_client(kafka_port).await;
     run_groups_phase(&python, &broker, "resume");
     drop(server);
+}
+
+/// Runs tests/kafka/idempotent.py against `brokers` while `fault`
+/// strikes (it starts producing about a second in, for about 12 s), and
+/// asserts every record landed exactly once, in order, at the offset its
+/// delivery report named.
+async fn idempotent_producer_through<F: std::future::Future<Output = ()>>(
+    python: &str,
+    brokers: &str,
+    fault: F,
+) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka/idempotent.py");
+    let producer = std::process::Command::new("timeout")
+        .args(["180", python, script, brokers])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    fault.await;
+    let out = tokio::task::spawn_blocking(move || producer.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("idempotent.py: {stdout}");
+    assert!(
+        out.status.success() && stdout.contains("OK"),
+        "idempotent.py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A librdkafka idempotent producer (confluent-kafka 2.16) through a
+/// `kill -9` and restart of the node in the middle of its run: every
+/// record is in its partition exactly once, in the order produced, at the
+/// offset its delivery report named (retried batches that had been
+/// applied are acknowledged at their original offsets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producer_through_kill_9_writes_each_record_once() {
+    let Some(python) = confluent_python() else {
+        return;
+    };
+    let kafka_port = free_port();
+    let mut server = ServerProcess::start(ServerOpts::with_config(&config(kafka_port))).await;
+    let broker = format!("127.0.0.1:{kafka_port}");
+    let _ = kafka_client(kafka_port).await;
+    idempotent_producer_through(&python, &broker, async {
+        server.kill9();
+        server.restart().await;
+    })
+    .await;
+    drop(server);
+}
+
+/// Three nodes, each with a Kafka listener: metadata names every node's
+/// listener and each partition's leader, FindCoordinator the metadata
+/// leader's. librdkafka's idempotent producer runs through a `kill -9` of
+/// the node leading the partitions' container (finding the new leader
+/// through fresh metadata) with the same exactly-once result; then Kafka's
+/// own Java VerifiableProducer and VerifiableConsumer do, through another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_serves_kafka_through_kill_9_of_the_partition_leader() {
+    let (python, jars) = (confluent_python(), kafka_jars());
+    if python.is_none() && jars.is_none() {
+        return;
+    }
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut cluster = common::TestCluster::start_with(
+        3,
+        |id| {
+            format!(
+                "containers = 1\nkafka_listen = \"127.0.0.1:{}\"",
+                ports[(id - 1) as usize]
+            )
+        },
+        "chunk_bytes = 65536\nflush_interval_ms = 100",
+    )
+    .await;
+    let brokers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let victim = cluster.leader_of("container-0").await;
+    let meta = cluster.leader_of("meta").await;
+    // Every node's metadata names all three listeners once they reported,
+    // and every node sends a group to the metadata leader's.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for &port in &ports {
+        let mut raw = Raw::connect(port);
+        while raw.brokers().len() < 3 || raw.coordinator("g").0 != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "metadata of node at {port} lacks brokers"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut brokers = raw.brokers();
+        brokers.sort();
+        assert_eq!(brokers, [1, 2, 3]);
+        let leader_port = i32::from(ports[(meta - 1) as usize]);
+        assert_eq!(raw.coordinator("g"), (0, meta as i32, leader_port));
+    }
+    if let Some(python) = python {
+        idempotent_producer_through(&python, &brokers.join(","), async {
+            cluster.node(victim).kill9();
+        })
+        .await;
+        cluster.node(victim).restart().await;
+    }
+    if let Some(jars) = jars {
+        // Right after the restart the controller may still be electing.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let created = match kafka_client(ports[0]).await.controller_client() {
+                Ok(c) => c.create_topic("verifiable", 3, 1, 10_000).await,
+                Err(e) => Err(e),
+            };
+            match created {
+                Ok(()) => break,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("create topic: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("create topic: {e}"),
+            }
+        }
+        let victim = cluster.leader_of("container-0").await;
+        java_clients_through(&jars, &brokers.join(","), "verifiable", async {
+            cluster.node(victim).kill9();
+        })
+        .await;
+    }
+    drop(cluster);
+}
+
+/// Kafka's own jars (broker and tools, kafka 4.4.0), fetched from Maven
+/// Central by the project's script: the folder holding `lib/`.
+fn kafka_jars() -> Option<String> {
+    installed("install-kafka.sh", "Kafka 4.4.0 jars")
+}
+
+/// A Java tool's process, killed when dropped (also on a failed assert).
+struct Tool(std::process::Child);
+
+impl Tool {
+    /// Waits up to `limit` for it to exit; its status, or None (still running).
+    async fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.0.try_wait().expect("wait tool") {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Tool {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One of Kafka's Verifiable tools, its JSON lines on stdout sent to
+/// `lines` as they come.
+fn verifiable(
+    jars: &str,
+    tool: &str,
+    args: &[&str],
+    lines: std::sync::mpsc::Sender<serde_json::Value>,
+) -> Tool {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("java")
+        .args(["-cp", &format!("{jars}/lib/*")])
+        .arg(format!("org.apache.kafka.tools.{tool}"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run java");
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str(&line) {
+                if lines.send(v).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Tool(child)
+}
+
+/// (partition, offset) → value, of the JSON lines named `name`.
+fn placed_values(lines: &[serde_json::Value], name: &str) -> Vec<((i64, i64), String)> {
+    lines
+        .iter()
+        .filter(|v| v["name"] == name)
+        .map(|v| {
+            let value = v["value"].as_str().unwrap_or_default().to_string();
+            let at = (
+                v["partition"].as_i64().unwrap_or(-1),
+                v["offset"].as_i64().unwrap_or(-1),
+            );
+            (at, value)
+        })
+        .collect()
+}
+
+/// Kafka's VerifiableProducer (idempotent, acks=all) and VerifiableConsumer
+/// (a group, committing as it goes) on `brokers` while `fault` strikes:
+/// every acknowledged value is in its partition once, at the offset it
+/// was acknowledged at, the offsets dense (nothing written twice), and the
+/// consumer reads each one there.
+async fn java_clients_through<F: std::future::Future<Output = ()>>(
+    jars: &str,
+    brokers: &str,
+    topic: &str,
+    fault: F,
+) {
+    const N: usize = 3000;
+    let config = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        config.path(),
+        // The tool sets retries=0, which idempotence refuses.
+        "enable.idempotence=true\nretries=2147483647\ndelivery.timeout.ms=120000\n\
+         reconnect.backoff.max.ms=500\n",
+    )
+    .expect("producer config");
+    let (consumed_tx, consumed) = std::sync::mpsc::channel();
+    let consumer = verifiable(
+        jars,
+        "VerifiableConsumer",
+        &[
+            "--bootstrap-server",
+            brokers,
+            "--topic",
+            topic,
+            "--group-id",
+            "verifiable",
+            "--reset-policy",
+            "earliest",
+            "--verbose",
+        ],
+        consumed_tx,
+    );
+    let (produced_tx, produced) = std::sync::mpsc::channel();
+    let max = N.to_string();
+    let mut producer = verifiable(
+        jars,
+        "VerifiableProducer",
+        &[
+            "--bootstrap-server",
+            brokers,
+            "--topic",
+            topic,
+            "--max-messages",
+            &max,
+            "--throughput",
+            "300",
+            "--acks",
+            "-1",
+            "--command-config",
+            &config.path().display().to_string(),
+        ],
+        produced_tx,
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    fault.await;
+    let status = producer.wait(Duration::from_secs(150)).await;
+    let produced: Vec<serde_json::Value> = produced.try_iter().collect();
+    let errors: Vec<_> = produced
+        .iter()
+        .filter(|v| v["name"] == "producer_send_error")
+        .collect();
+    assert!(
+        status.is_some_and(|s| s.success()) && errors.is_empty(),
+        "VerifiableProducer: {status:?}, errors: {errors:?}"
+    );
+    let acked = placed_values(&produced, "producer_send_success");
+    assert_eq!(acked.len(), N, "every record acknowledged");
+    let mut by_partition: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for ((p, o), _) in &acked {
+        by_partition.entry(*p).or_default().push(*o);
+    }
+    for (p, offsets) in &mut by_partition {
+        offsets.sort();
+        let dense: Vec<i64> = (0..offsets.len() as i64).collect();
+        assert_eq!(
+            offsets, &dense,
+            "partition {p}: acknowledged offsets are dense"
+        );
+    }
+    // The consumer reads on until it saw every acknowledged record.
+    let acked: BTreeMap<(i64, i64), String> = acked.into_iter().collect();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut read: BTreeMap<(i64, i64), String> = BTreeMap::new();
+    while read.len() < acked.len() && Instant::now() < deadline {
+        seen.extend(consumed.try_iter());
+        read.extend(placed_values(&seen, "record_data"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(consumer);
+    eprintln!(
+        "Java clients: {} records acknowledged in {} partitions, {} read",
+        acked.len(),
+        by_partition.len(),
+        read.len()
+    );
+    assert_eq!(read.len(), acked.len(), "the consumer read every record");
+    for (at, value) in &acked {
+        assert_eq!(read.get(at), Some(value), "record at {at:?}");
+    }
 }

@@ -32,6 +32,12 @@ impl TestCluster {
     /// Starts `n` nodes and waits until every one serves. `top` and `tier2`
     /// are extra TOML lines for the top level and the `[tier2]` table.
     pub async fn start(n: usize, top: &str, tier2: &str) -> TestCluster {
+        TestCluster::start_with(n, |_| top.to_string(), tier2).await
+    }
+
+    /// Like [`start`](Self::start), with top-level TOML lines of each
+    /// node's own: `top(id)` (a listener port of its own, say).
+    pub async fn start_with(n: usize, top: impl Fn(u64) -> String, tier2: &str) -> TestCluster {
         let shared = tempfile::Builder::new()
             .prefix("aquifer-cluster-")
             .tempdir()
@@ -47,10 +53,11 @@ impl TestCluster {
             .enumerate()
             .map(|(i, &port)| {
                 let config = format!(
-                    "node_id = {}\npeers = [{}]\n{top}\n[raft]\nfault_injection = true\n\
+                    "node_id = {}\npeers = [{}]\n{}\n[raft]\nfault_injection = true\n\
                      [tier2]\nurl = \"file://{}\"\n{tier2}\n{}",
                     i + 1,
                     peers.join(", "),
+                    top(i as u64 + 1),
                     shared.path().join("tier2").display(),
                     ca.peer_tls_toml(&ca.issue(&format!("node-{}", i + 1)))
                 );

@@ -102,6 +102,12 @@ impl ClusterService {
                 })
                 .collect(),
             groups,
+            kafka_address: self
+                .node
+                .config
+                .kafka_listen
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
         }
     }
 

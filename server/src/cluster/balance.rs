@@ -1,6 +1,6 @@
 //! The balancer: spreads container leadership evenly over the nodes, and
 //! hears from every node which groups it leads (the leader hints that
-//! redirects use).
+//! redirects use) and where its Kafka listener is.
 //!
 //! It only ever asks a group to transfer leadership; it never changes
 //! members or placement.
@@ -52,7 +52,11 @@ pub(crate) async fn balance_loop(node: Balancer, mut stop: watch::Receiver<bool>
             leaders.insert(c.group().name().to_string(), me);
             *led.entry(me).or_default() += 1;
         }
+        let mut kafka_listeners = HashMap::new();
         for status in node.peers.statuses(&node.addresses, me).await {
+            if !status.kafka_address.is_empty() {
+                kafka_listeners.insert(status.node_id, status.kafka_address.clone());
+            }
             let leading = status.groups.iter().filter(|g| {
                 g.leader_id == status.node_id
                     && aquifer_proto::wire::parse_container_group(&g.name).is_some()
@@ -63,6 +67,7 @@ pub(crate) async fn balance_loop(node: Balancer, mut stop: watch::Receiver<bool>
             }
         }
         node.membership.set_leaders(leaders);
+        node.membership.set_kafka_listeners(kafka_listeners);
         let share = node.containers.len().div_ceil(nodes.len().max(1));
         let mine = led.get(&me).copied().unwrap_or(0);
         if mine <= share {

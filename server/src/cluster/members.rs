@@ -73,6 +73,8 @@ pub fn next_move(
 pub struct Membership {
     /// Leader of each group, as the leaders themselves report it.
     leaders: std::sync::RwLock<HashMap<String, u64>>,
+    /// Each other node's Kafka listener, as it last reported it.
+    kafka_listeners: std::sync::RwLock<HashMap<u64, String>>,
     /// When each container's removed-replica check last ran.
     checked: std::sync::Mutex<HashMap<u32, Instant>>,
     /// The configured replication factor differs from the recorded one
@@ -88,6 +90,21 @@ impl Membership {
 
     pub(crate) fn set_leaders(&self, leaders: HashMap<String, u64>) {
         *self.leaders.write().unwrap_or_else(|p| p.into_inner()) = leaders;
+    }
+
+    pub fn kafka_listeners(&self) -> HashMap<u64, String> {
+        let listeners = self
+            .kafka_listeners
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        listeners.clone()
+    }
+
+    pub(crate) fn set_kafka_listeners(&self, listeners: HashMap<u64, String>) {
+        *self
+            .kafka_listeners
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = listeners;
     }
 
     /// True at most once per [`REMOVED_CHECK_INTERVAL`] per container.

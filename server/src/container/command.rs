@@ -256,6 +256,18 @@ pub struct WriterPosition {
     /// The segment's tick time at its last append (`WriterMark`).
     #[prost(uint64, tag = "3")]
     pub seen_ms: u64,
+    /// Its recent batches, newest first (`WriterMark::recent`).
+    #[prost(message, repeated, tag = "4")]
+    pub recent: Vec<RecentBatch>,
+}
+
+/// Where one of a writer's recent batches was applied.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RecentBatch {
+    #[prost(int64, tag = "1")]
+    pub first_event_number: i64,
+    #[prost(uint64, tag = "2")]
+    pub first_index: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -65,6 +65,38 @@ pub struct WriterMark {
     /// replicated clock, so every replica forgets it at the same entry (0:
     /// before any tick, adopted by the next).
     pub seen_ms: u64,
+    /// Its last [`RECENT_BATCHES`] batches, newest first, as (first event
+    /// number, first event index; 0, 0 where there is none yet): where a
+    /// retried batch was applied, so a duplicate is answered with its
+    /// original place (Kafka's producers expect their last 5 batches'
+    /// offsets back). The index is of the segment the batch was applied
+    /// to: a transaction part's own, before its merge.
+    pub recent: [(i64, u64); RECENT_BATCHES],
+}
+
+/// How many batches per writer id a segment remembers the place of:
+/// Kafka's limit of in-flight requests per idempotent producer.
+pub const RECENT_BATCHES: usize = 5;
+
+impl WriterMark {
+    /// The mark after a batch of event numbers `first..=last` was applied
+    /// at event index `index` (to `before`, the writer's previous mark).
+    pub fn after(
+        before: Option<&WriterMark>,
+        first: i64,
+        last: i64,
+        index: u64,
+        seen_ms: u64,
+    ) -> Self {
+        let mut recent = before.map_or([(0, 0); RECENT_BATCHES], |m| m.recent);
+        recent.rotate_right(1);
+        recent[0] = (first, index);
+        WriterMark {
+            last,
+            seen_ms,
+            recent,
+        }
+    }
 }
 
 /// One block of a tail buffer.
@@ -98,6 +130,16 @@ impl SegmentState {
     /// Last applied event number of `writer` (0: none, or forgotten).
     pub fn last_event_number(&self, writer: &str) -> i64 {
         self.writers.get(writer).map_or(0, |w| w.last)
+    }
+
+    /// The event index where `writer`'s batch starting at event number
+    /// `first` was applied, if it is one of its recent batches.
+    pub fn batch_index(&self, writer: &str, first: i64) -> Option<u64> {
+        let mark = self.writers.get(writer)?;
+        mark.recent
+            .iter()
+            .find(|&&(number, _)| number == first && number > 0)
+            .map(|&(_, index)| index)
     }
 
     /// Forgets the writer ids that wrote nothing for longer than
@@ -245,6 +287,12 @@ impl Segment {
     /// Last applied event number of `writer` here (0: none, or forgotten).
     pub fn last_event_number(&self, writer: &str) -> i64 {
         self.lock().last_event_number(writer)
+    }
+
+    /// Where `writer`'s recent batch from event number `first` was
+    /// applied (its first event's index), if it is still remembered.
+    pub fn batch_index(&self, writer: &str, first: i64) -> Option<u64> {
+        self.lock().batch_index(writer, first)
     }
 
     /// The segment by event index: the first index a reader can reach and

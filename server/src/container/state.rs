@@ -11,11 +11,11 @@ use bytes::Bytes;
 
 use super::command::{
     Append, ChunkFlushed, Cmd, ContainerCommand, ContainerSnapshot, IndexMarkSnapshot, RateTick,
-    SegmentSnapshot, TailBlock, Truncate, WriterPosition,
+    RecentBatch, SegmentSnapshot, TailBlock, Truncate, WriterPosition,
 };
 use super::index::{EventIndex, IndexMark};
 use super::rates::{rates_from, Rates, RATE_WINDOWS};
-use super::segment::{Block, Chunk, Segment, SegmentState, WriterMark};
+use super::segment::{Block, Chunk, Segment, SegmentState, WriterMark, RECENT_BATCHES};
 use crate::cache::TailBudget;
 use crate::group::StateMachine;
 
@@ -133,8 +133,14 @@ pub(super) fn push_batch(s: &mut SegmentState, a: Append, last: i64) -> (u64, u6
     s.length += len;
     s.tail.push_back((offset, Block::Mem(a.events)));
     if !a.writer_id.is_empty() {
-        let seen_ms = s.rates.ticked_ms;
-        s.writers.insert(a.writer_id, WriterMark { last, seen_ms });
+        let mark = WriterMark::after(
+            s.writers.get(&a.writer_id),
+            a.first_event_number,
+            last,
+            index,
+            s.rates.ticked_ms,
+        );
+        s.writers.insert(a.writer_id, mark);
     }
     s.rates.record(a.event_count, len);
     (offset, index, len)
@@ -594,9 +600,14 @@ impl ContainerState {
                 .writers
                 .into_iter()
                 .map(|w| {
+                    let mut recent = [(0, 0); RECENT_BATCHES];
+                    for (slot, b) in recent.iter_mut().zip(&w.recent) {
+                        *slot = (b.first_event_number, b.first_index);
+                    }
                     let mark = WriterMark {
                         last: w.last_event_number,
                         seen_ms: w.seen_ms,
+                        recent,
                     };
                     (w.writer_id, mark)
                 })
@@ -713,6 +724,15 @@ fn segment_snapshot(seg: &Segment) -> SegmentSnapshot {
             writer_id: w.clone(),
             last_event_number: mark.last,
             seen_ms: mark.seen_ms,
+            recent: mark
+                .recent
+                .iter()
+                .take_while(|&&(first, _)| first > 0)
+                .map(|&(first_event_number, first_index)| RecentBatch {
+                    first_event_number,
+                    first_index,
+                })
+                .collect(),
         })
         .collect();
     writers.sort_by(|a, b| a.writer_id.cmp(&b.writer_id));
@@ -1214,6 +1234,29 @@ mod tests {
         assert_eq!(v, seg.view());
         assert_eq!(budget.used(), v.tail_bytes);
         assert_eq!(restored.last_event_number(7, "w").unwrap(), 3);
+        let restored = restored.segment(7).unwrap();
+        assert_eq!(restored.batch_index("w", 1), Some(0));
+        assert_eq!(restored.batch_index("w", 3), Some(2));
+    }
+
+    #[test]
+    fn a_writer_s_last_five_batches_keep_their_place() {
+        let (mut s, _) = state();
+        apply(&mut s, Cmd::Create(SegmentRef { segment_id: 7 })).unwrap();
+        apply(&mut s, append("other", 1, 1)).unwrap();
+        for first in (1..=13).step_by(2) {
+            apply(&mut s, append("w", first, 2)).unwrap();
+        }
+        let seg = s.segment(7).unwrap();
+        // Seven batches of two after one other event: batch k (from 0)
+        // starts at index 1 + 2k; the two oldest are forgotten.
+        assert_eq!(seg.batch_index("w", 1), None);
+        assert_eq!(seg.batch_index("w", 3), None);
+        for (k, first) in (1..=13).step_by(2).enumerate().skip(2) {
+            assert_eq!(seg.batch_index("w", first), Some(1 + 2 * k as u64));
+        }
+        assert_eq!(seg.batch_index("w", 2), None, "not a batch start");
+        assert_eq!(seg.batch_index("other", 1), Some(0));
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! The coordinator of every group is the node that leads `meta`, because
 //! committed offsets are metadata (`controller::kafka_offsets`): a commit
 //! is answered by the node that can make it durable. Membership lives in
-//! memory there (`membership`), as in Kafka; when `meta`'s leader changes,
-//! members get NOT_COORDINATOR, find the new leader and rejoin.
+//! memory there (`membership`), as in Kafka; FindCoordinator on any node
+//! names it (`brokers`). When `meta`'s leader changes, members get
+//! NOT_COORDINATOR, find the new leader and rejoin.
 //!
 //! This module owns the groups' membership and the waiting a JoinGroup
 //! and a follower's SyncGroup do; it never writes offsets (`offsets`
@@ -23,15 +24,16 @@ use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{
-    DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
-    FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse,
-    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
-    ListGroupsResponse, SyncGroupRequest, SyncGroupResponse,
+    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
+    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError as K;
 use tokio::sync::watch;
 
+use super::brokers::{broker_id, Listener};
 use super::membership::{self, Code, Group, State};
 use super::Kafka;
 use crate::controller::kafka_offsets::KafkaOffsetsCommand;
@@ -209,57 +211,58 @@ impl Kafka {
         req: FindCoordinatorRequest,
         version: i16,
     ) -> FindCoordinatorResponse {
-        let answer = |key: &str| -> (Code, String) {
-            match req.key_type {
-                0 if self.node.controller.is_leader() => (0, String::new()),
-                0 => (
+        let brokers = self.brokers();
+        // Every group's coordinator is the `meta` leader, wherever it is.
+        let coordinator = self
+            .leader_of(self.node.controller.group(), &brokers)
+            .and_then(|l| Some((l.node, brokers.get(&l.node)?)));
+        let answer = |key: &str| -> Result<(BrokerId, &Listener), (Code, String)> {
+            match (req.key_type, coordinator) {
+                (0, Some((node, listener))) => Ok((broker_id(node), listener)),
+                (0, None) => Err((
                     K::CoordinatorNotAvailable.code(),
                     format!(
-                        "the group coordinator for {key:?} is the metadata leader; this node \
-                         does not lead it and other nodes' Kafka listeners are not advertised yet"
+                        "the group coordinator for {key:?} is the metadata leader, and none is \
+                         known with a Kafka listener now (an election?); retry"
                     ),
-                ),
-                _ => (
+                )),
+                _ => Err((
                     K::CoordinatorNotAvailable.code(),
                     "Kafka transactions are not supported yet".to_string(),
-                ),
+                )),
             }
         };
-        let host = StrBytes::from_string(self.advertised.ip().to_string());
-        let port = i32::from(self.advertised.port());
         let mut r = FindCoordinatorResponse::default();
         if version >= 4 {
             for key in req.coordinator_keys {
-                let (code, message) = answer(&key);
-                let mut c = FoundCoordinator::default().with_key(key);
-                if code == 0 {
-                    c = c
-                        .with_node_id(self.broker_id())
-                        .with_host(host.clone())
-                        .with_port(port);
-                } else {
-                    c = c
+                let c = FoundCoordinator::default();
+                let c = match answer(&key) {
+                    Ok((id, l)) => c
+                        .with_node_id(id)
+                        .with_host(l.host.clone())
+                        .with_port(l.port),
+                    Err((code, message)) => c
                         .with_node_id((-1).into())
                         .with_error_code(code)
-                        .with_error_message(Some(StrBytes::from_string(message)));
-                }
-                r.coordinators.push(c);
+                        .with_error_message(Some(StrBytes::from_string(message))),
+                };
+                r.coordinators.push(c.with_key(key));
             }
             return r;
         }
-        let (code, message) = answer(&req.key);
-        if code == 0 {
-            r = r
-                .with_node_id(self.broker_id())
-                .with_host(host)
-                .with_port(port);
-        } else {
-            r = r.with_node_id((-1).into()).with_error_code(code);
-            if version >= 1 {
-                r.error_message = Some(StrBytes::from_string(message));
+        match answer(&req.key) {
+            Ok((id, l)) => r
+                .with_node_id(id)
+                .with_host(l.host.clone())
+                .with_port(l.port),
+            Err((code, message)) => {
+                r = r.with_node_id((-1).into()).with_error_code(code);
+                if version >= 1 {
+                    r.error_message = Some(StrBytes::from_string(message));
+                }
+                r
             }
         }
-        r
     }
 
     pub(super) async fn join_group(

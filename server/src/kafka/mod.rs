@@ -10,9 +10,11 @@
 //! This module owns the connections (framing, the request-byte budget,
 //! one request at a time per connection, answered in order) and the
 //! dispatch by API key; `versions`, `topics`, `produce`, `fetch`, `groups`
-//! (the group coordinator) and `offsets` answer the requests. It never holds segment state, and never writes an event
+//! (the group coordinator) and `offsets` answer the requests, `brokers`
+//! says which node is which broker. It never holds segment state, and never writes an event
 //! another path could not.
 
+mod brokers;
 mod codes;
 mod fetch;
 mod groups;

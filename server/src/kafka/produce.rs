@@ -17,9 +17,11 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use super::producers::{Checked, Sequenced};
 use super::records::events_of;
 use super::{codes, producers, topics, Kafka};
 use crate::container::command::{self, Cmd};
+use crate::container::segment::Segment;
 use crate::container::state::Applied;
 use crate::error::Error;
 
@@ -116,10 +118,10 @@ impl Kafka {
         // writer id: applied as it comes, never numbered.
         let (writer_id, first_event_number) = match &produced.sequenced {
             None => (String::new(), 0),
-            Some(s) => {
-                producers::check(s, segment.last_event_number(&s.writer_id))?;
-                (s.writer_id.clone(), s.first)
-            }
+            Some(s) => match producers::check(s, segment.last_event_number(&s.writer_id))? {
+                Checked::Append => (s.writer_id.clone(), s.first),
+                Checked::Duplicate => return acknowledged_before(&segment, s),
+            },
         };
         let cmd = Cmd::Append(command::Append {
             segment_id: part.segment,
@@ -137,28 +139,39 @@ impl Kafka {
             .map_err(failed)?
             .await
             .map_err(failed)?;
-        match applied {
+        match (applied, &produced.sequenced) {
             // Applied meanwhile by a retry on another connection.
-            Applied::Appended {
-                duplicate: true, ..
-            } => Err((
-                kafka_protocol::ResponseError::DuplicateSequenceNumber.code(),
-                "the batch was appended before".into(),
-            )),
-            Applied::Appended { index, .. } => {
+            (
+                Applied::Appended {
+                    duplicate: true, ..
+                },
+                Some(s),
+            ) => acknowledged_before(&segment, s),
+            (Applied::Appended { index, .. }, _) => {
                 let (events, appended) =
                     crate::api::append::append_counters(&self.node, part.segment);
                 events.inc_by(u64::from(count));
                 appended.inc_by(u64::from(bytes));
-                let start = segment.index_view().first;
                 Ok((
                     i64::try_from(index).unwrap_or(i64::MAX),
-                    i64::try_from(start).unwrap_or(0),
+                    log_start(&segment),
                 ))
             }
-            other => Err(failed(Error::Internal(format!(
+            (other, _) => Err(failed(Error::Internal(format!(
                 "append answered {other:?}"
             )))),
         }
     }
+}
+
+/// A batch its producer's writer id applied before: its base offset (if
+/// still known) and the log start.
+fn acknowledged_before(segment: &Segment, s: &Sequenced) -> Result<(i64, i64), (i16, String)> {
+    let base = producers::duplicate(s, segment.batch_index(&s.writer_id, s.first))?;
+    Ok((base, log_start(segment)))
+}
+
+/// The partition's log start offset: the first index a reader can reach.
+fn log_start(segment: &Segment) -> i64 {
+    i64::try_from(segment.index_view().first).unwrap_or(0)
 }

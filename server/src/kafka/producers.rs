@@ -103,21 +103,22 @@ pub(super) fn sequenced(records: &[&Record]) -> Result<Option<Sequenced>, (i16, 
     }))
 }
 
-/// Against the writer's last applied event number: Ok to append, or the
-/// Kafka error (duplicate, out of order, unknown producer).
-pub(super) fn check(s: &Sequenced, applied: i64) -> Result<(), (i16, String)> {
+/// What to do with a batch, against its writer's last applied number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Checked {
+    Append,
+    /// Applied before: acknowledged again, never appended twice.
+    Duplicate,
+}
+
+/// Against the writer's last applied event number: append, a duplicate,
+/// or the Kafka error (out of order, unknown producer).
+pub(super) fn check(s: &Sequenced, applied: i64) -> Result<Checked, (i16, String)> {
     if s.last <= applied {
-        return Err((
-            K::DuplicateSequenceNumber.code(),
-            format!(
-                "sequences {}..{} were appended before",
-                s.first - 1,
-                s.last - 1
-            ),
-        ));
+        return Ok(Checked::Duplicate);
     }
     if s.first == applied + 1 {
-        return Ok(());
+        return Ok(Checked::Append);
     }
     if applied == 0 && s.first > 1 {
         // Nothing of this producer here: never written, or its writer id
@@ -134,6 +135,25 @@ pub(super) fn check(s: &Sequenced, applied: i64) -> Result<(), (i16, String)> {
         K::OutOfOrderSequenceNumber.code(),
         format!("sequence {} arrived, {} was expected", s.first - 1, applied),
     ))
+}
+
+/// A duplicate's answer: the offset the batch was appended at, when it is
+/// one of the producer's last five batches in the partition (`original`,
+/// from the writer table), as Kafka answers them; an older one is
+/// `DUPLICATE_SEQUENCE_NUMBER`, which clients also take as success, with
+/// no offset.
+pub(super) fn duplicate(s: &Sequenced, original: Option<u64>) -> Result<i64, (i16, String)> {
+    match original {
+        Some(index) => Ok(i64::try_from(index).unwrap_or(i64::MAX)),
+        None => Err((
+            K::DuplicateSequenceNumber.code(),
+            format!(
+                "sequences {}..{} were appended before",
+                s.first - 1,
+                s.last - 1
+            ),
+        )),
+    }
 }
 
 impl Kafka {
@@ -185,9 +205,12 @@ mod tests {
             first,
             last,
         };
-        assert!(check(&s(1, 3), 0).is_ok());
-        assert!(check(&s(4, 5), 3).is_ok());
-        assert_eq!(check(&s(1, 3), 3).unwrap_err().0, 46);
+        assert_eq!(check(&s(1, 3), 0), Ok(Checked::Append));
+        assert_eq!(check(&s(4, 5), 3), Ok(Checked::Append));
+        assert_eq!(check(&s(1, 3), 3), Ok(Checked::Duplicate));
+        assert_eq!(check(&s(2, 3), 5), Ok(Checked::Duplicate));
+        assert_eq!(duplicate(&s(1, 3), Some(7)), Ok(7));
+        assert_eq!(duplicate(&s(1, 3), None).unwrap_err().0, 46);
         assert_eq!(check(&s(2, 4), 3).unwrap_err().0, 45);
         assert_eq!(check(&s(6, 7), 3).unwrap_err().0, 45);
         assert_eq!(check(&s(6, 7), 0).unwrap_err().0, 59);

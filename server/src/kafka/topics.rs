@@ -8,6 +8,8 @@
 //! set changes, Kafka's partitions may only grow) and is refused as an
 //! invalid topic until a design for it exists.
 
+use std::collections::BTreeMap;
+
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::metadata_response::{
@@ -19,8 +21,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::codes;
-use super::Kafka;
+use super::{brokers, codes, Kafka};
 use crate::controller::{Retention, ScalingKind, ScalingPolicy, StreamKey, StreamRecord};
 use crate::error::Error;
 
@@ -69,10 +70,6 @@ impl Kafka {
         }
     }
 
-    pub(super) fn broker_id(&self) -> BrokerId {
-        BrokerId(i32::try_from(self.node.config.node_id).unwrap_or(i32::MAX))
-    }
-
     /// This node's part of a partition: the leader epoch (the container's
     /// raft term) if it leads the partition's container.
     pub(super) fn leader_epoch(&self, segment: u64) -> Option<i32> {
@@ -81,22 +78,27 @@ impl Kafka {
     }
 
     pub(super) async fn metadata(&self, req: MetadataRequest, version: i16) -> MetadataResponse {
-        let me = self.broker_id();
+        let brokers = self.brokers();
         let mut r = MetadataResponse::default();
-        r.brokers = vec![MetadataResponseBroker::default()
-            .with_node_id(me)
-            .with_host(StrBytes::from_string(self.advertised.ip().to_string()))
-            .with_port(i32::from(self.advertised.port()))];
+        r.brokers = brokers
+            .iter()
+            .map(|(&id, l)| {
+                MetadataResponseBroker::default()
+                    .with_node_id(brokers::broker_id(id))
+                    .with_host(l.host.clone())
+                    .with_port(l.port)
+            })
+            .collect();
         // Fields a version lacks must stay at their defaults (the codec
         // refuses to encode them otherwise).
         if version >= 2 {
             r.cluster_id = Some(StrBytes::from_static_str("aquifer"));
         }
-        r.controller_id = if self.node.controller.is_leader() {
-            me
-        } else {
-            BrokerId(-1)
-        };
+        // The controller is the `meta` leader: it creates and deletes
+        // topics.
+        r.controller_id = self
+            .leader_of(self.node.controller.group(), &brokers)
+            .map_or(BrokerId(-1), |l| brokers::broker_id(l.node));
         let scope = &self.node.config.kafka_scope;
         let names: Vec<String> = match req.topics {
             // All topics (v0 asks with an empty list, later with null).
@@ -118,7 +120,7 @@ impl Kafka {
                     topic.partitions = parts
                         .iter()
                         .enumerate()
-                        .map(|(i, p)| self.partition_metadata(i, p, me, version))
+                        .map(|(i, p)| self.partition_metadata(i, p, &brokers, version))
                         .collect();
                 }
                 Err(code) => topic.error_code = code,
@@ -132,21 +134,32 @@ impl Kafka {
         &self,
         i: usize,
         p: &Partition,
-        me: BrokerId,
+        brokers: &BTreeMap<u64, brokers::Listener>,
         version: i16,
     ) -> MetadataResponsePartition {
         let index = i32::try_from(i).unwrap_or(i32::MAX);
         let part = MetadataResponsePartition::default().with_partition_index(index);
-        match self.leader_epoch(p.segment) {
-            Some(epoch) => part
-                .with_leader_id(me)
-                .with_leader_epoch(if version >= 7 { epoch } else { -1 })
-                .with_replica_nodes(vec![me])
-                .with_isr_nodes(vec![me]),
-            // Led elsewhere (or electing): clients retry with fresh
-            // metadata. Other nodes' Kafka listeners are not advertised
-            // yet, so a cluster serves Kafka from each container's leader
-            // only to clients that reach that node.
+        let container = self.node.container_of(p.segment);
+        match self.leader_of(container.group(), brokers) {
+            Some(leader) => {
+                let id = brokers::broker_id(leader.node);
+                // The container's replicas where the placement is known
+                // (a cluster), the leader alone otherwise; the in-sync set
+                // is the replicas as far as Kafka clients need it (they
+                // only ever talk to the leader).
+                let replicas: Vec<BrokerId> = match self.node.placed(container.id) {
+                    Some(r) if r.contains(&leader.node) => {
+                        r.iter().map(|&n| brokers::broker_id(n)).collect()
+                    }
+                    _ => vec![id],
+                };
+                part.with_leader_id(id)
+                    .with_leader_epoch(if version >= 7 { leader.epoch } else { -1 })
+                    .with_replica_nodes(replicas.clone())
+                    .with_isr_nodes(replicas)
+            }
+            // Electing, or led by a node whose listener is not known yet:
+            // clients retry with fresh metadata.
             None => part
                 .with_error_code(codes::LEADER_NOT_AVAILABLE)
                 .with_leader_id(BrokerId(-1)),

@@ -112,7 +112,7 @@ impl Node {
 
     /// The nodes container `id` is placed on; None on a single node or
     /// before the cluster placed it (every node then holds every group).
-    pub(super) fn placed(&self, id: u32) -> Option<Vec<u64>> {
+    pub(crate) fn placed(&self, id: u32) -> Option<Vec<u64>> {
         self.transport.as_ref()?;
         let placement = self.controller.placement();
         (!placement.is_empty()).then(|| placement.replicas(id).to_vec())
