@@ -526,6 +526,42 @@ impl Raw {
         Resp::decode(&mut reply, version).unwrap()
     }
 
+    /// Commits `offset` for partition 0 of `topic` from outside group
+    /// `g` (generation -1, as Flink does): the error code.
+    fn offset_commit(&mut self, g: &str, topic: &str, offset: i64) -> i16 {
+        use kafka_protocol::messages::offset_commit_request::{
+            OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+        };
+        use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, OffsetCommitResponse};
+        let req = OffsetCommitRequest::default()
+            .with_group_id(kafka_protocol::protocol::StrBytes::from_string(g.to_string()).into())
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(
+                    kafka_protocol::protocol::StrBytes::from_string(topic.to_string()).into(),
+                )
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(offset)])]);
+        let r: OffsetCommitResponse = self.call(ApiKey::OffsetCommit, 2, &req);
+        r.topics[0].partitions[0].error_code
+    }
+
+    /// Group `g`'s committed offset of partition 0 of `topic` (-1: none).
+    fn offset_fetch(&mut self, g: &str, topic: &str) -> i64 {
+        use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+        use kafka_protocol::messages::{ApiKey, OffsetFetchRequest, OffsetFetchResponse};
+        let req = OffsetFetchRequest::default()
+            .with_group_id(kafka_protocol::protocol::StrBytes::from_string(g.to_string()).into())
+            .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                .with_name(
+                    kafka_protocol::protocol::StrBytes::from_string(topic.to_string()).into(),
+                )
+                .with_partition_indexes(vec![0])]));
+        let r: OffsetFetchResponse = self.call(ApiKey::OffsetFetch, 1, &req);
+        r.topics[0].partitions[0].committed_offset
+    }
+
     /// The broker ids this node's metadata names.
     fn brokers(&mut self) -> Vec<i32> {
         use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
@@ -1071,4 +1107,39 @@ async fn java_clients_through<F: std::future::Future<Output = ()>>(
     for (at, value) in &acked {
         assert_eq!(read.get(at), Some(value), "record at {at:?}");
     }
+}
+
+/// A group with no members loses its committed offsets once its newest
+/// commit is older than `kafka_offsets_retention_ms`; one that commits
+/// again keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_of_a_group_without_members_expire() {
+    let kafka_port = free_port();
+    let config = format!("kafka_offsets_retention_ms = 3000\n{}", config(kafka_port));
+    let server = ServerProcess::start(ServerOpts::with_config(&config)).await;
+    let native = server.client().await;
+    native
+        .admin()
+        .create_stream(&stream_name("kafka/expiring"), 1)
+        .await
+        .unwrap();
+    let mut raw = Raw::connect(kafka_port);
+    assert_eq!(raw.offset_commit("gone", "expiring", 5), 0);
+    assert_eq!(raw.offset_commit("kept", "expiring", 7), 0);
+    assert_eq!(raw.offset_fetch("gone", "expiring"), 5);
+    // "kept" commits every second; "gone" never again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut commits = 0;
+    while raw.offset_fetch("gone", "expiring") != -1 {
+        assert!(Instant::now() < deadline, "the offsets never expired");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        commits += 1;
+        assert_eq!(raw.offset_commit("kept", "expiring", 7 + commits), 0);
+    }
+    assert!(
+        commits >= 2,
+        "expired after {commits} s, before the retention"
+    );
+    assert_eq!(raw.offset_fetch("kept", "expiring"), 7 + commits);
+    drop(server);
 }

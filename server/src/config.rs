@@ -106,6 +106,10 @@ pub struct ServerConfig {
     pub kafka_listen: Option<SocketAddr>,
     /// The scope whose streams are the Kafka listener's topics.
     pub kafka_scope: String,
+    /// A Kafka consumer group with no members whose newest committed
+    /// offset is older than this loses its offsets (Kafka's
+    /// `offsets.retention.minutes`, 7 days by default); 0: kept forever.
+    pub kafka_offsets_retention_ms: u64,
     /// Open client connections from one IP address; past it that address's
     /// new connections are refused at once, so one host cannot take every
     /// slot.
@@ -201,6 +205,7 @@ impl Default for ServerConfig {
             connections_per_address_max: 256,
             kafka_listen: None,
             kafka_scope: "kafka".into(),
+            kafka_offsets_retention_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }

@@ -3,7 +3,9 @@ listener. Phase `rebalance`: two members share a topic, a third joins,
 one leaves, and every record is read with offsets committed as it goes.
 Phase `resume` (tests/e2e_kafka.rs runs it after a kill -9 and restart
 of the node): a new member of the group resumes at the committed
-offsets and reads exactly the records produced since. Exits non-zero on
+offsets and reads exactly the records produced since. Phase `rebalance`
+ends with static members (group.instance.id): one restarts and takes its
+partitions back without rebalancing the other. Exits non-zero on
 any loss or a resume from the wrong place."""
 import sys
 import time
@@ -30,17 +32,23 @@ def produce(first, count):
         fail("records not acknowledged")
 
 
-def consumer(name):
-    c = Consumer({
+def consumer(name, group="g", instance=None, on_assign=None):
+    config = {
         "bootstrap.servers": BOOT,
-        "group.id": "g",
+        "group.id": group,
         "client.id": name,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 500,
-    })
-    c.subscribe([TOPIC])
+    }
+    if instance is not None:
+        config["group.instance.id"] = instance
+    c = Consumer(config)
+    if on_assign is None:
+        c.subscribe([TOPIC])
+    else:
+        c.subscribe([TOPIC], on_assign=on_assign)
     return c
 
 
@@ -98,6 +106,29 @@ while len(seen) < N:
 if seen != set(range(N)):
     fail(f"records lost: {sorted(set(range(N)) - seen)[:10]}")
 print("read all", N, "records across the rebalances", flush=True)
+for c in members:
+    c.close()
+
+# Static members: s2 restarts (a close sends no LeaveGroup for a static
+# member) and comes back with its instance id within its session: it takes
+# its partitions back and s1 is not rebalanced.
+assigned = []
+seen = set()
+s1 = consumer("s1", "gs", "ia", on_assign=lambda c, parts: assigned.append(len(parts)))
+s2 = consumer("s2", "gs", "ib")
+members = [s1, s2]
+while len(seen) < N // 2 or not all(c.assignment() for c in members):
+    poll_all(members, seen)
+before = len(assigned)
+s2.close()
+members = [s1, consumer("s2-again", "gs", "ib")]
+while len(seen) < N:
+    poll_all(members, seen)
+if seen != set(range(N)):
+    fail(f"static members lost records: {sorted(set(range(N)) - seen)[:10]}")
+if len(assigned) != before:
+    fail(f"s1 was rebalanced when s2 came back ({assigned})")
+print("a static member came back without a rebalance", flush=True)
 for c in members:
     c.close()
 

@@ -141,6 +141,17 @@ impl KafkaOffsets {
             .unwrap_or_default()
     }
 
+    /// The groups whose newest commit is older than `before_ms` (wall
+    /// clock ms), at most `max` of them.
+    pub fn committed_before(&self, before_ms: u64, max: usize) -> Vec<String> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.values().all(|o| o.commit_ms < before_ms))
+            .map(|(group, _)| group.clone())
+            .take(max)
+            .collect()
+    }
+
     /// The groups that have offsets.
     pub fn groups(&self) -> Vec<String> {
         self.groups.keys().cloned().collect()
@@ -192,6 +203,22 @@ mod tests {
             offsets,
             delete: false,
         }
+    }
+
+    #[test]
+    fn groups_are_old_by_their_newest_commit() {
+        let at = |p, ms| KafkaOffset {
+            commit_ms: ms,
+            ..offset("a", p, 0)
+        };
+        let mut t = KafkaOffsets::default();
+        t.apply(commit("old", vec![at(0, 10), at(1, 20)])).unwrap();
+        t.apply(commit("mixed", vec![at(0, 10), at(1, 500)]))
+            .unwrap();
+        t.apply(commit("new", vec![at(0, 600)])).unwrap();
+        assert_eq!(t.committed_before(100, 10), ["old"]);
+        assert_eq!(t.committed_before(1000, 10), ["mixed", "new", "old"]);
+        assert_eq!(t.committed_before(1000, 1).len(), 1);
     }
 
     #[test]

@@ -222,6 +222,15 @@ impl Controller {
             .of(group)
     }
 
+    /// The Kafka consumer groups whose newest commit is older than
+    /// `before_ms`, at most `max`.
+    pub fn kafka_offset_groups_before(&self, before_ms: u64, max: usize) -> Vec<String> {
+        self.kafka_offsets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .committed_before(before_ms, max)
+    }
+
     /// The Kafka consumer groups that have committed offsets.
     pub fn kafka_offset_groups(&self) -> Vec<String> {
         self.kafka_offsets

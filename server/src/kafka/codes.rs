@@ -26,6 +26,17 @@ pub(super) fn code_of(e: &Error) -> i16 {
     k.code()
 }
 
+/// The code for a failed metadata call (a topic change, an offset
+/// commit): `not_leader` (NOT_CONTROLLER or NOT_COORDINATOR) when this
+/// node does not lead `meta` (or lost it meanwhile), so the client asks
+/// the node the metadata names; else the error's own code.
+pub(super) fn meta_code(e: &Error, not_leader: i16) -> i16 {
+    match e {
+        Error::NotLeader { .. } | Error::Unavailable(_) => not_leader,
+        other => code_of(other),
+    }
+}
+
 pub(super) const NONE: i16 = 0;
 pub(super) const OFFSET_OUT_OF_RANGE: i16 = K::OffsetOutOfRange.code();
 pub(super) const UNKNOWN_TOPIC_OR_PARTITION: i16 = K::UnknownTopicOrPartition.code();

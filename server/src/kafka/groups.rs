@@ -44,6 +44,11 @@ const GROUPS_MAX: usize = 10_000;
 const GROUP_ID_BYTES_MAX: usize = 255;
 /// How often sessions and rebalance deadlines are checked.
 const TICK: Duration = Duration::from_millis(200);
+/// How often the coordinator looks for groups whose offsets expired (at
+/// most), and how many it deletes at most per look (one `meta` entry
+/// each).
+const EXPIRY_EVERY: Duration = Duration::from_secs(60);
+const EXPIRED_PER_PASS: usize = 100;
 /// Slack past a member's rebalance timeout before its JoinGroup gives up
 /// waiting (the deadline itself completes the rebalance).
 const JOIN_WAIT_SLACK: Duration = Duration::from_secs(5);
@@ -179,8 +184,16 @@ impl Kafka {
     pub(super) async fn run_coordinator(&self) {
         let mut every = tokio::time::interval(TICK);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A short retention (tests) is looked at as often as it lapses.
+        let look = Duration::from_millis(self.node.config.kafka_offsets_retention_ms)
+            .clamp(TICK, EXPIRY_EVERY);
+        let mut expiry = tokio::time::Instant::now() + look;
         loop {
             every.tick().await;
+            if tokio::time::Instant::now() >= expiry {
+                expiry += look;
+                self.expire_offsets().await;
+            }
             let changed = match self.coordinating() {
                 Err(_) => {
                     // Not the coordinator (any more): waiters must learn.
@@ -202,6 +215,34 @@ impl Kafka {
             };
             if changed {
                 self.coordinator.bump();
+            }
+        }
+    }
+
+    /// Deletes the offsets of groups with no members whose newest commit
+    /// is older than `kafka_offsets_retention_ms`, as Kafka expires them
+    /// (on the coordinator only; a failed delete is tried next pass).
+    async fn expire_offsets(&self) {
+        let retention = self.node.config.kafka_offsets_retention_ms;
+        let now = crate::tier::writer::now_ms();
+        if retention == 0 || now <= retention {
+            return;
+        }
+        let candidates = self
+            .node
+            .controller
+            .kafka_offset_groups_before(now - retention, EXPIRED_PER_PASS);
+        let expired: Vec<String> = match self.coordinating() {
+            Ok(inner) => candidates
+                .into_iter()
+                .filter(|g| inner.groups.get(g).is_none_or(Group::is_idle))
+                .collect(),
+            Err(_) => return,
+        };
+        for group in expired {
+            match self.delete_offsets(&group).await {
+                Ok(()) => tracing::info!(group, "Kafka group's offsets expired"),
+                Err(e) => tracing::warn!(group, error = %e, "expiring Kafka offsets failed"),
             }
         }
     }
@@ -287,6 +328,7 @@ impl Kafka {
         }
         let join = membership::Join {
             member_id: req.member_id.to_string(),
+            instance_id: req.group_instance_id.as_ref().map(|i| i.to_string()),
             require_known_id: version >= 4,
             client_id,
             client_host,
@@ -349,6 +391,7 @@ impl Kafka {
     ) -> SyncGroupResponse {
         let group = req.group_id.0.to_string();
         let member = req.member_id.to_string();
+        let instance = req.group_instance_id.as_ref().map(|i| i.to_string());
         let generation = req.generation_id;
         let assignments: Vec<(String, Bytes)> = req
             .assignments
@@ -356,6 +399,7 @@ impl Kafka {
             .map(|a| (a.member_id.to_string(), a.assignment))
             .collect();
         let synced = match self.with_group(&group, false, |g| {
+            g.check_instance(&member, instance.as_deref())?;
             g.sync(&member, generation, assignments, Instant::now())
         }) {
             Ok(Some(a)) => Ok(a),
@@ -389,7 +433,9 @@ impl Kafka {
     pub(super) async fn heartbeat(&self, req: HeartbeatRequest) -> HeartbeatResponse {
         let group = req.group_id.0.to_string();
         let member = req.member_id.to_string();
+        let instance = req.group_instance_id.as_ref().map(|i| i.to_string());
         let beat = self.with_group(&group, false, |g| {
+            g.check_instance(&member, instance.as_deref())?;
             g.heartbeat(&member, req.generation_id, Instant::now())
         });
         HeartbeatResponse::default().with_error_code(beat.err().unwrap_or(0))
@@ -403,13 +449,18 @@ impl Kafka {
         let group = req.group_id.0.to_string();
         let mut r = LeaveGroupResponse::default();
         if version < 3 {
-            let left = self.with_group(&group, false, |g| g.leave(&req.member_id, Instant::now()));
+            let left = self.with_group(&group, false, |g| {
+                g.leave(&req.member_id, None, Instant::now())
+            });
             r.error_code = left.err().unwrap_or(0);
             return r;
         }
         for m in req.members {
             let id = m.member_id.to_string();
-            let left = self.with_group(&group, false, |g| g.leave(&id, Instant::now()));
+            let instance = m.group_instance_id.as_ref().map(|i| i.to_string());
+            let left = self.with_group(&group, false, |g| {
+                g.leave(&id, instance.as_deref(), Instant::now())
+            });
             match left {
                 Err(code) if code == K::NotCoordinator.code() => r.error_code = code,
                 outcome => r.members.push(
@@ -452,7 +503,15 @@ impl Kafka {
                                     .and_then(|p| m.protocols.iter().find(|(n, _)| n == p))
                                     .map(|(_, md)| md.clone())
                                     .unwrap_or_default();
-                                DescribedGroupMember::default()
+                                let member = DescribedGroupMember::default();
+                                // The instance id exists from v4 on.
+                                let member = match &m.instance_id {
+                                    Some(i) if version >= 4 => member.with_group_instance_id(Some(
+                                        StrBytes::from_string(i.clone()),
+                                    )),
+                                    _ => member,
+                                };
+                                member
                                     .with_member_id(StrBytes::from_string(mid.clone()))
                                     .with_client_id(StrBytes::from_string(m.client_id.clone()))
                                     .with_client_host(StrBytes::from_string(m.client_host.clone()))
@@ -559,14 +618,18 @@ impl Kafka {
                 return Err(K::GroupIdNotFound.code());
             }
         }
-        self.node
-            .controller
-            .kafka_offsets_change(KafkaOffsetsCommand {
-                group: name.to_string(),
-                offsets: vec![],
-                delete: true,
-            })
+        self.delete_offsets(name)
             .await
-            .map_err(|e| super::offsets::coordinator_code(&e))
+            .map_err(|e| super::codes::meta_code(&e, K::NotCoordinator.code()))
+    }
+
+    /// Deletes every committed offset of `group` (one `meta` entry).
+    async fn delete_offsets(&self, group: &str) -> Result<(), crate::error::Error> {
+        let delete = KafkaOffsetsCommand {
+            group: group.to_string(),
+            offsets: vec![],
+            delete: true,
+        };
+        self.node.controller.kafka_offsets_change(delete).await
     }
 }

@@ -3,6 +3,13 @@
 //! the rebalance that JoinGroup, LeaveGroup and expired sessions start and
 //! the leader's SyncGroup ends.
 //!
+//! A static member (`group.instance.id`, KIP-345) keeps its place across
+//! restarts: rejoining with its instance id and no member id replaces its
+//! old member id (which is fenced from then on, `FENCED_INSTANCE_ID`), and
+//! a follower doing so while the group is stable takes its old assignment
+//! back without a rebalance. It leaves only by LeaveGroup or its session
+//! timeout, as in Kafka.
+//!
 //! Kafka's coordinator keeps membership in memory and so does this one:
 //! after the coordinator moves, members find it again and rejoin (their
 //! committed offsets are durable, in the metadata). This module owns no
@@ -46,6 +53,8 @@ impl State {
 pub(super) struct Join {
     /// Empty: a new member.
     pub member_id: String,
+    /// A static member's `group.instance.id` (JoinGroup v5 and up).
+    pub instance_id: Option<String>,
     /// The client must learn its id first (JoinGroup v4 and up).
     pub require_known_id: bool,
     pub client_id: String,
@@ -72,6 +81,7 @@ pub(super) struct Joined {
 
 #[derive(Debug)]
 pub(super) struct Member {
+    pub instance_id: Option<String>,
     pub client_id: String,
     pub client_host: String,
     session_timeout: Duration,
@@ -93,6 +103,8 @@ pub(super) struct Group {
     pub protocol: Option<String>,
     pub leader: Option<String>,
     pub members: BTreeMap<String, Member>,
+    /// Static members: instance id → its current member id.
+    statics: HashMap<String, String>,
     /// Member ids handed out with MEMBER_ID_REQUIRED: the member has a
     /// session timeout to join with it.
     pending: HashMap<String, Instant>,
@@ -119,6 +131,7 @@ impl Group {
             protocol: None,
             leader: None,
             members: BTreeMap::new(),
+            statics: HashMap::new(),
             pending: HashMap::new(),
             rebalance_deadline: None,
             next_member: 0,
@@ -152,6 +165,9 @@ impl Group {
                 return Err((K::InconsistentGroupProtocol.code(), String::new()));
             }
         }
+        if let Some(instance) = j.instance_id.clone() {
+            return self.join_static(instance, j, session, rebalance, now);
+        }
         let known = self.members.contains_key(&j.member_id);
         if !known {
             if self.members.len() + self.pending.len() >= MEMBERS_MAX {
@@ -174,6 +190,82 @@ impl Group {
         Ok(self.add(id, j, session, rebalance, now))
     }
 
+    /// A static member joins: with no member id it gets a new one,
+    /// replacing (fencing) the one its instance had; with one, it must be
+    /// its instance's current id.
+    fn join_static(
+        &mut self,
+        instance: String,
+        j: Join,
+        session: Duration,
+        rebalance: Duration,
+        now: Instant,
+    ) -> Result<String, (Code, String)> {
+        let current = self.statics.get(&instance).cloned();
+        if !j.member_id.is_empty() {
+            return match current {
+                Some(id) if id == j.member_id => Ok(self.add(id, j, session, rebalance, now)),
+                Some(_) => Err((K::FencedInstanceId.code(), String::new())),
+                None => Err((K::UnknownMemberId.code(), String::new())),
+            };
+        }
+        if current.is_none() && self.members.len() + self.pending.len() >= MEMBERS_MAX {
+            return Err((K::GroupMaxSizeReached.code(), String::new()));
+        }
+        self.next_member += 1;
+        let id = format!("{}-{}-{}", j.client_id, self.serial, self.next_member);
+        self.statics.insert(instance, id.clone());
+        let Some(old) = current.and_then(|old| Some((old.clone(), self.members.remove(&old)?)))
+        else {
+            return Ok(self.add(id, j, session, rebalance, now));
+        };
+        let (old_id, old) = old;
+        // A follower back while the group is stable: it takes its old
+        // place and assignment, and nothing rebalances, unless the group
+        // would now choose another protocol (Kafka's rule; the metadata
+        // itself may differ, as a restarted consumer owns no partitions).
+        if self.state == State::Stable && self.leader.as_deref() != Some(old_id.as_str()) {
+            let kept = self.protocol.clone();
+            self.members.insert(
+                id.clone(),
+                Member {
+                    answer: Some(Joined {
+                        generation: self.generation,
+                        protocol_type: self.protocol_type.clone(),
+                        protocol: kept.clone().unwrap_or_default(),
+                        leader: self.leader.clone().unwrap_or_default(),
+                        member_id: id.clone(),
+                        members: vec![],
+                    }),
+                    last_heard: now,
+                    client_id: j.client_id.clone(),
+                    client_host: j.client_host.clone(),
+                    session_timeout: session,
+                    rebalance_timeout: rebalance,
+                    protocols: j.protocols.clone(),
+                    ..old
+                },
+            );
+            if kept.as_deref() == Some(self.choose_protocol().as_str()) {
+                return Ok(id);
+            }
+            self.members.remove(&id);
+        }
+        if self.leader.as_deref() == Some(old_id.as_str()) {
+            self.leader = None;
+        }
+        Ok(self.add(id, j, session, rebalance, now))
+    }
+
+    /// Whether a request naming `instance` comes from its current member
+    /// id: `FENCED_INSTANCE_ID` if the instance has rejoined since.
+    pub(super) fn check_instance(&self, member: &str, instance: Option<&str>) -> Result<(), Code> {
+        match instance.and_then(|i| self.statics.get(i)) {
+            Some(current) if current != member => Err(K::FencedInstanceId.code()),
+            _ => Ok(()),
+        }
+    }
+
     fn add(
         &mut self,
         id: String,
@@ -189,6 +281,7 @@ impl Group {
         self.members.insert(
             id.clone(),
             Member {
+                instance_id: j.instance_id,
                 client_id: j.client_id,
                 client_host: j.client_host,
                 session_timeout: session,
@@ -229,6 +322,7 @@ impl Group {
             return;
         }
         self.members.retain(|_, m| m.joined);
+        self.forget_gone_statics();
         self.generation = self.generation.wrapping_add(1).max(1);
         self.rebalance_deadline = None;
         if self.members.is_empty() {
@@ -374,16 +468,35 @@ impl Group {
         self.check(member, generation)
     }
 
-    pub(super) fn leave(&mut self, member: &str, now: Instant) -> Result<(), Code> {
-        if self.members.remove(member).is_none() {
+    /// A member leaves; a static one may name only its instance (its
+    /// member id empty), as LeaveGroup v3 and up allow.
+    pub(super) fn leave(
+        &mut self,
+        member: &str,
+        instance: Option<&str>,
+        now: Instant,
+    ) -> Result<(), Code> {
+        let member = match instance.and_then(|i| self.statics.get(i)) {
+            Some(current) if member.is_empty() || current == member => current.clone(),
+            Some(_) => return Err(K::FencedInstanceId.code()),
+            None => member.to_string(),
+        };
+        if self.members.remove(&member).is_none() {
             return Err(K::UnknownMemberId.code());
         }
         self.removed(now);
         Ok(())
     }
 
+    /// Static instances whose member is gone are free again.
+    fn forget_gone_statics(&mut self) {
+        let members = &self.members;
+        self.statics.retain(|_, id| members.contains_key(id));
+    }
+
     /// A member is gone: the others rebalance.
     fn removed(&mut self, now: Instant) {
+        self.forget_gone_statics();
         if self
             .leader
             .as_ref()
@@ -463,6 +576,7 @@ mod tests {
     fn join(id: &str, protocols: &[&str]) -> Join {
         Join {
             member_id: id.into(),
+            instance_id: None,
             require_known_id: true,
             client_id: "c".into(),
             client_host: "/127.0.0.1".into(),
@@ -526,7 +640,7 @@ mod tests {
         assert_eq!(g.may_commit("", -1), Err(K::UnknownMemberId.code()));
 
         // b leaves: a alone in generation 3 after it rejoins.
-        g.leave(&b, t0).unwrap();
+        g.leave(&b, None, t0).unwrap();
         assert_eq!(g.state, State::PreparingRebalance);
         g.join(join(&a, &["range"]), t0).unwrap();
         assert_eq!(g.take_joined(&a).unwrap().unwrap().generation, 3);
@@ -592,6 +706,69 @@ mod tests {
         assert_eq!(
             g.join(join(&id, &["range"]), t0).map_err(|e| e.0),
             Err(K::UnknownMemberId.code())
+        );
+    }
+
+    fn join_static(id: &str, instance: &str) -> Join {
+        Join {
+            instance_id: Some(instance.into()),
+            ..join(id, &["range"])
+        }
+    }
+
+    #[test]
+    fn a_static_member_keeps_its_place_across_restarts() {
+        let t0 = Instant::now();
+        let mut g = Group::new(1);
+        // Static members join without learning an id first.
+        let a = g.join(join_static("", "ia"), t0).unwrap();
+        let b = g.join(join_static("", "ib"), t0).unwrap();
+        assert_eq!(g.join(join_static(&a, "ia"), t0), Ok(a.clone()));
+        let gen = g.generation;
+        assert_eq!(g.state, State::CompletingRebalance);
+        assert_eq!(g.leader.as_deref(), Some(a.as_str()));
+        let assignments = vec![
+            (a.clone(), Bytes::from("pa")),
+            (b.clone(), Bytes::from("pb")),
+        ];
+        g.sync(&a, gen, assignments, t0).unwrap();
+        assert_eq!(g.state, State::Stable);
+
+        // The follower restarts: a new member id, its old assignment, the
+        // same generation, no rebalance; the old id is fenced.
+        let b2 = g.join(join_static("", "ib"), t0).unwrap();
+        assert_ne!(b2, b);
+        assert_eq!(g.state, State::Stable);
+        let joined = g.take_joined(&b2).unwrap().unwrap();
+        assert_eq!(
+            (joined.generation, joined.leader.as_str()),
+            (gen, a.as_str())
+        );
+        assert_eq!(g.sync(&b2, gen, vec![], t0), Ok(Some(Bytes::from("pb"))));
+        assert_eq!(
+            g.check_instance(&b, Some("ib")),
+            Err(K::FencedInstanceId.code())
+        );
+        assert_eq!(g.check_instance(&b2, Some("ib")), Ok(()));
+        assert_eq!(
+            g.join(join_static(&b, "ib"), t0).map_err(|e| e.0),
+            Err(K::FencedInstanceId.code())
+        );
+
+        // The leader restarting rebalances (the assignment is its to make).
+        let a2 = g.join(join_static("", "ia"), t0).unwrap();
+        assert_eq!(g.state, State::PreparingRebalance);
+        assert_eq!(g.join(join_static(&b2, "ib"), t0), Ok(b2.clone()));
+        assert_eq!(g.state, State::CompletingRebalance);
+        assert!(g.members.contains_key(&a2) && !g.members.contains_key(&a));
+
+        // Leaving by instance id alone; then the instance is free.
+        assert_eq!(g.leave("", Some("ib"), t0), Ok(()));
+        assert!(!g.members.contains_key(&b2));
+        assert_eq!(g.check_instance("anyone", Some("ib")), Ok(()));
+        assert_eq!(
+            g.leave(&b2, Some("ia"), t0),
+            Err(K::FencedInstanceId.code())
         );
     }
 }

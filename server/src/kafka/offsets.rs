@@ -25,19 +25,33 @@ use kafka_protocol::ResponseError as K;
 use super::membership::Code;
 use super::{codes, topics, Kafka};
 use crate::controller::kafka_offsets::{KafkaOffset, KafkaOffsetsCommand, METADATA_BYTES_MAX};
-use crate::error::Error;
-
-/// The code for a failed metadata change: NOT_COORDINATOR if this node no
-/// longer leads `meta` (the client finds the new coordinator).
-pub(super) fn coordinator_code(e: &Error) -> Code {
-    match e {
-        Error::NotLeader { .. } | Error::Unavailable(_) => K::NotCoordinator.code(),
-        other => codes::code_of(other),
-    }
-}
 
 /// One group's committed offsets, by (topic, partition).
 type Committed = HashMap<(String, i32), KafkaOffset>;
+
+/// The answer's topics as response types of one OffsetFetch form (the
+/// v8+ groups' or v1–7's): distinct types with the same fields.
+macro_rules! fetched_topics {
+    ($topic:ty, $partition:ty, $answer:expr) => {
+        $answer
+            .into_iter()
+            .map(|(name, parts)| {
+                <$topic>::default().with_name(name).with_partitions(
+                    parts
+                        .into_iter()
+                        .map(|p| {
+                            <$partition>::default()
+                                .with_partition_index(p.0)
+                                .with_committed_offset(p.1)
+                                .with_committed_leader_epoch(p.2)
+                                .with_metadata(Some(StrBytes::from_string(p.3)))
+                        })
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+}
 
 impl Kafka {
     pub(super) async fn offset_commit(
@@ -53,7 +67,9 @@ impl Kafka {
         let allowed = if group.is_empty() {
             Err(K::InvalidGroupId.code())
         } else {
+            let instance = req.group_instance_id.as_ref().map(|i| i.to_string());
             self.with_group(&group, generation < 0, |g| {
+                g.check_instance(&member, instance.as_deref())?;
                 g.may_commit(&member, generation)
             })
             .map_err(|code| {
@@ -121,7 +137,7 @@ impl Kafka {
                 Ok(()) => 0,
                 Err(e) => {
                     tracing::debug!(error = %e, "Kafka offset commit failed");
-                    coordinator_code(&e)
+                    codes::meta_code(&e, K::NotCoordinator.code())
                 }
             }
         };
@@ -164,25 +180,11 @@ impl Kafka {
                 match self.committed(&g.group_id.0) {
                     Err(code) => group.error_code = code,
                     Ok(committed) => {
-                        group.topics = answer(&committed, wanted, version)
-                            .into_iter()
-                            .map(|(name, parts)| {
-                                OffsetFetchResponseTopics::default()
-                                    .with_name(name)
-                                    .with_partitions(
-                                        parts
-                                            .into_iter()
-                                            .map(|p| {
-                                                OffsetFetchResponsePartitions::default()
-                                                    .with_partition_index(p.0)
-                                                    .with_committed_offset(p.1)
-                                                    .with_committed_leader_epoch(p.2)
-                                                    .with_metadata(Some(StrBytes::from_string(p.3)))
-                                            })
-                                            .collect(),
-                                    )
-                            })
-                            .collect();
+                        group.topics = fetched_topics!(
+                            OffsetFetchResponseTopics,
+                            OffsetFetchResponsePartitions,
+                            answer(&committed, wanted, version)
+                        );
                     }
                 }
                 r.groups.push(group);
@@ -219,25 +221,11 @@ impl Kafka {
             }
             Err(code) => r.error_code = code,
             Ok(committed) => {
-                r.topics = answer(&committed, wanted, version)
-                    .into_iter()
-                    .map(|(name, parts)| {
-                        OffsetFetchResponseTopic::default()
-                            .with_name(name)
-                            .with_partitions(
-                                parts
-                                    .into_iter()
-                                    .map(|p| {
-                                        OffsetFetchResponsePartition::default()
-                                            .with_partition_index(p.0)
-                                            .with_committed_offset(p.1)
-                                            .with_committed_leader_epoch(p.2)
-                                            .with_metadata(Some(StrBytes::from_string(p.3)))
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect();
+                r.topics = fetched_topics!(
+                    OffsetFetchResponseTopic,
+                    OffsetFetchResponsePartition,
+                    answer(&committed, wanted, version)
+                );
             }
         }
         r

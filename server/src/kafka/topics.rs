@@ -192,7 +192,7 @@ impl Kafka {
                 Ok((segments, retention)) => self
                     .create(&name, segments, retention)
                     .await
-                    .map_err(|e| (code_or_controller(&e), e.to_string())),
+                    .map_err(|e| (codes::meta_code(&e, codes::NOT_CONTROLLER), e.to_string())),
             };
             match outcome {
                 Ok(()) if version >= 7 => {
@@ -299,7 +299,7 @@ impl Kafka {
             let outcome = match partitions(self, &topic) {
                 Err(code) => Err((code, format!("no topic {topic}"))),
                 Ok(_) => match self.node.check_meta_leader() {
-                    Err(e) => Err((code_or_controller(&e), e.to_string())),
+                    Err(e) => Err((codes::meta_code(&e, codes::NOT_CONTROLLER), e.to_string())),
                     Ok(()) => self
                         .node
                         .delete_stream(&self.key(&topic))
@@ -316,15 +316,6 @@ impl Kafka {
             r.responses.push(result);
         }
         r
-    }
-}
-
-/// NOT_CONTROLLER for a node that does not lead the metadata (the client
-/// asks the controller the metadata names), else the error's code.
-fn code_or_controller(e: &Error) -> i16 {
-    match e {
-        Error::NotLeader { .. } => codes::NOT_CONTROLLER,
-        other => codes::code_of(other),
     }
 }
 
