@@ -758,15 +758,31 @@ fn confluent_python() -> Option<String> {
 /// Runs a phase of tests/kafka/groups.py, bounded in time, and asserts it
 /// passed.
 fn run_groups_phase(python: &str, broker: &str, phase: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka/groups.py");
-    let out = std::process::Command::new("timeout")
-        .args(["180", python, script, broker, phase])
-        .output()
-        .expect("run python");
+    let out = python_script(python, "groups.py", &[broker, phase])
+        .wait_with_output()
+        .expect("wait python");
+    assert_script_passed(&format!("groups.py {phase}"), &out);
+}
+
+/// Starts tests/kafka/`script` with `args`, bounded to 180 s.
+fn python_script(python: &str, script: &str, args: &[&str]) -> std::process::Child {
+    let path = format!("{}/tests/kafka/{script}", env!("CARGO_MANIFEST_DIR"));
+    std::process::Command::new("timeout")
+        .args(["180", python, &path])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python")
+}
+
+/// A script passes by exiting 0 after printing OK.
+fn assert_script_passed(what: &str, out: &std::process::Output) {
     let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{what}: {stdout}");
     assert!(
         out.status.success() && stdout.contains("OK"),
-        "groups.py {phase} failed:\n{stdout}\n{}",
+        "{what} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -801,26 +817,14 @@ async fn idempotent_producer_through<F: std::future::Future<Output = ()>>(
     brokers: &str,
     fault: F,
 ) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka/idempotent.py");
-    let producer = std::process::Command::new("timeout")
-        .args(["180", python, script, brokers])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run python");
+    let producer = python_script(python, "idempotent.py", &[brokers]);
     tokio::time::sleep(Duration::from_secs(4)).await;
     fault.await;
     let out = tokio::task::spawn_blocking(move || producer.wait_with_output())
         .await
         .expect("join")
         .expect("wait python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("idempotent.py: {stdout}");
-    assert!(
-        out.status.success() && stdout.contains("OK"),
-        "idempotent.py failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_script_passed("idempotent.py", &out);
 }
 
 /// A librdkafka idempotent producer (confluent-kafka 2.16) through a

@@ -115,9 +115,13 @@ for c in members:
 assigned = []
 seen = set()
 s1 = consumer("s1", "gs", "ia", on_assign=lambda c, parts: assigned.append(len(parts)))
+# s1 holds every partition before s2 joins, so s1 leads the group and s2,
+# the one that restarts, follows (a returning leader rebalances).
+while not s1.assignment():
+    poll_all([s1], seen)
 s2 = consumer("s2", "gs", "ib")
 members = [s1, s2]
-while len(seen) < N // 2 or not all(c.assignment() for c in members):
+while len(seen) < N // 2 or len(assigned) < 2 or not s2.assignment():
     poll_all(members, seen)
 before = len(assigned)
 s2.close()
