@@ -1147,3 +1147,134 @@ async fn offsets_of_a_group_without_members_expire() {
     assert_eq!(raw.offset_fetch("kept", "expiring"), 7 + commits);
     drop(server);
 }
+
+/// Every version ApiVersions advertises of the metadata, offset and group
+/// APIs answers a request on one connection, which stays open: the
+/// responses never carry a field their version lacks (the codec would
+/// refuse to encode it and the connection would close), in error answers
+/// and in answers about a group with a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_advertised_version_answers_on_one_connection() {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::leave_group_request::MemberIdentity;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    let kafka_port = free_port();
+    let server = ServerProcess::start(ServerOpts::with_config(&config(kafka_port))).await;
+    server
+        .client()
+        .await
+        .admin()
+        .create_stream(&stream_name("kafka/versions"), 2)
+        .await
+        .unwrap();
+    let s = |v: &str| StrBytes::from_string(v.to_string());
+    let mut raw = Raw::connect(kafka_port);
+    let advertised: ApiVersionsResponse =
+        raw.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    assert_eq!(advertised.error_code, 0);
+    let mut answered = 0;
+    for range in &advertised.api_keys {
+        let Ok(api) = ApiKey::try_from(range.api_key) else {
+            continue;
+        };
+        for v in range.min_version..=range.max_version {
+            let group = || GroupId(s("g"));
+            match api {
+                ApiKey::Metadata => {
+                    let _: MetadataResponse = raw.call(api, v, &MetadataRequest::default());
+                }
+                ApiKey::FindCoordinator => {
+                    let req = if v >= 4 {
+                        FindCoordinatorRequest::default().with_coordinator_keys(vec![s("g")])
+                    } else {
+                        FindCoordinatorRequest::default().with_key(s("g"))
+                    };
+                    let _: FindCoordinatorResponse = raw.call(api, v, &req);
+                }
+                ApiKey::JoinGroup => {
+                    // Before v4 this joins (and the group has a member for
+                    // the describes below); from v4 it is MEMBER_ID_REQUIRED.
+                    let req = JoinGroupRequest::default()
+                        .with_group_id(group())
+                        .with_session_timeout_ms(6000)
+                        .with_rebalance_timeout_ms(1000)
+                        .with_protocol_type(s("consumer"))
+                        .with_protocols(vec![JoinGroupRequestProtocol::default()
+                            .with_name(s("range"))
+                            .with_metadata(bytes::Bytes::from_static(b"md"))]);
+                    let _: JoinGroupResponse = raw.call(api, v, &req);
+                }
+                ApiKey::SyncGroup => {
+                    let req = SyncGroupRequest::default().with_group_id(group());
+                    let _: SyncGroupResponse = raw.call(api, v, &req);
+                }
+                ApiKey::Heartbeat => {
+                    let req = HeartbeatRequest::default().with_group_id(group());
+                    let _: HeartbeatResponse = raw.call(api, v, &req);
+                }
+                ApiKey::LeaveGroup => {
+                    let req = if v >= 3 {
+                        LeaveGroupRequest::default()
+                            .with_group_id(group())
+                            .with_members(vec![MemberIdentity::default().with_member_id(s("x"))])
+                    } else {
+                        LeaveGroupRequest::default()
+                            .with_group_id(group())
+                            .with_member_id(s("x"))
+                    };
+                    let _: LeaveGroupResponse = raw.call(api, v, &req);
+                }
+                ApiKey::OffsetCommit => {
+                    let req = OffsetCommitRequest::default()
+                        .with_group_id(GroupId(s("outside")))
+                        .with_generation_id_or_member_epoch(-1)
+                        .with_topics(vec![OffsetCommitRequestTopic::default()
+                            .with_name(TopicName(s("versions")))
+                            .with_partitions(vec![OffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(1)])]);
+                    let r: OffsetCommitResponse = raw.call(api, v, &req);
+                    assert_eq!(r.topics[0].partitions[0].error_code, 0, "OffsetCommit v{v}");
+                }
+                ApiKey::OffsetFetch => {
+                    let req = if v >= 8 {
+                        OffsetFetchRequest::default()
+                            .with_groups(vec![OffsetFetchRequestGroup::default()
+                                .with_group_id(GroupId(s("outside")))])
+                    } else {
+                        OffsetFetchRequest::default().with_group_id(GroupId(s("outside")))
+                    };
+                    let _: OffsetFetchResponse = raw.call(api, v, &req);
+                }
+                ApiKey::DescribeGroups => {
+                    let req = DescribeGroupsRequest::default().with_groups(vec![
+                        group(),
+                        GroupId(s("outside")),
+                        GroupId(s("none")),
+                    ]);
+                    let _: DescribeGroupsResponse = raw.call(api, v, &req);
+                }
+                ApiKey::ListGroups => {
+                    let _: ListGroupsResponse = raw.call(api, v, &ListGroupsRequest::default());
+                }
+                ApiKey::DeleteGroups => {
+                    let req =
+                        DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("none"))]);
+                    let _: DeleteGroupsResponse = raw.call(api, v, &req);
+                }
+                _ => continue,
+            }
+            answered += 1;
+        }
+    }
+    // Metadata 0-12, FindCoordinator 0-6, JoinGroup 0-9, SyncGroup 0-5,
+    // Heartbeat 0-4, LeaveGroup 0-5, OffsetCommit 2-9, OffsetFetch 1-9,
+    // DescribeGroups 0-5, ListGroups 0-4, DeleteGroups 0-2.
+    assert_eq!(answered, 13 + 7 + 10 + 6 + 5 + 6 + 8 + 9 + 6 + 5 + 3);
+    drop(server);
+}
