@@ -749,6 +749,15 @@ async fn idempotent_producers_append_each_batch_once() {
     assert_eq!(got.lines().collect::<Vec<_>>(), expected);
 }
 
+/// One node with a Kafka listener, once a Kafka client reaches it: the
+/// process and the listener's port.
+async fn kafka_node() -> (ServerProcess, u16) {
+    let kafka_port = free_port();
+    let server = ServerProcess::start(ServerOpts::with_config(&config(kafka_port))).await;
+    let _ = kafka_client(kafka_port).await;
+    (server, kafka_port)
+}
+
 /// confluent-kafka's python, in a virtualenv made by the project's
 /// script.
 fn confluent_python() -> Option<String> {
@@ -796,10 +805,8 @@ async fn consumer_groups_rebalance_commit_and_resume_after_kill_9() {
     let Some(python) = confluent_python() else {
         return;
     };
-    let kafka_port = free_port();
-    let mut server = ServerProcess::start(ServerOpts::with_config(&config(kafka_port))).await;
+    let (mut server, kafka_port) = kafka_node().await;
     let broker = format!("127.0.0.1:{kafka_port}");
-    let _ = kafka_client(kafka_port).await;
     run_groups_phase(&python, &broker, "rebalance");
     server.kill9();
     server.restart().await;
@@ -837,10 +844,8 @@ async fn idempotent_producer_through_kill_9_writes_each_record_once() {
     let Some(python) = confluent_python() else {
         return;
     };
-    let kafka_port = free_port();
-    let mut server = ServerProcess::start(ServerOpts::with_config(&config(kafka_port))).await;
+    let (mut server, kafka_port) = kafka_node().await;
     let broker = format!("127.0.0.1:{kafka_port}");
-    let _ = kafka_client(kafka_port).await;
     idempotent_producer_through(&python, &broker, async {
         server.kill9();
         server.restart().await;

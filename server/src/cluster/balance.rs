@@ -54,8 +54,9 @@ pub(crate) async fn balance_loop(node: Balancer, mut stop: watch::Receiver<bool>
         }
         let mut kafka_listeners = HashMap::new();
         for status in node.peers.statuses(&node.addresses, me).await {
-            if !status.kafka_address.is_empty() {
-                kafka_listeners.insert(status.node_id, status.kafka_address.clone());
+            // Empty: the node serves no Kafka listener.
+            if let Ok(addr) = status.kafka_address.parse() {
+                kafka_listeners.insert(status.node_id, addr);
             }
             let leading = status.groups.iter().filter(|g| {
                 g.leader_id == status.node_id

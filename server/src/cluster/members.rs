@@ -74,7 +74,7 @@ pub struct Membership {
     /// Leader of each group, as the leaders themselves report it.
     leaders: std::sync::RwLock<HashMap<String, u64>>,
     /// Each other node's Kafka listener, as it last reported it.
-    kafka_listeners: std::sync::RwLock<HashMap<u64, String>>,
+    kafka_listeners: std::sync::RwLock<HashMap<u64, std::net::SocketAddr>>,
     /// When each container's removed-replica check last ran.
     checked: std::sync::Mutex<HashMap<u32, Instant>>,
     /// The configured replication factor differs from the recorded one
@@ -92,7 +92,7 @@ impl Membership {
         *self.leaders.write().unwrap_or_else(|p| p.into_inner()) = leaders;
     }
 
-    pub fn kafka_listeners(&self) -> HashMap<u64, String> {
+    pub fn kafka_listeners(&self) -> HashMap<u64, std::net::SocketAddr> {
         let listeners = self
             .kafka_listeners
             .read()
@@ -100,7 +100,7 @@ impl Membership {
         listeners.clone()
     }
 
-    pub(crate) fn set_kafka_listeners(&self, listeners: HashMap<u64, String>) {
+    pub(crate) fn set_kafka_listeners(&self, listeners: HashMap<u64, std::net::SocketAddr>) {
         *self
             .kafka_listeners
             .write()

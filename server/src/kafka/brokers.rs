@@ -62,12 +62,11 @@ impl Kafka {
             .kafka_listeners()
             .into_iter()
             .filter(|(id, _)| *id != me)
-            .filter_map(|(id, addr)| {
-                let addr: SocketAddr = addr.parse().ok()?;
-                Some((
+            .map(|(id, addr)| {
+                (
                     id,
                     listener_at(addr, self.node.addresses.get(id).as_deref()),
-                ))
+                )
             })
             .collect();
         all.insert(
