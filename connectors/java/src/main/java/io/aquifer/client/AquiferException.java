@@ -45,8 +45,27 @@ public class AquiferException extends RuntimeException {
     Metadata trailers = Status.trailersFromThrowable(t);
     String reason = trailers == null ? null : trailers.get(REASON);
     String description = status.getDescription() == null ? "" : status.getDescription();
-    return new AquiferException(
-        status.getCode(), reason, what + ": " + status.getCode() + ": " + description, t);
+    Status.Code code = status.getCode();
+    // grpc-java's Netty transport reports a connection that closed under a
+    // call as UNKNOWN "channel closed" (a ClosedChannelException): the node
+    // went away, which is what UNAVAILABLE says, and is retried like it.
+    if (code == Status.Code.UNKNOWN && closedChannel(t)) {
+      code = Status.Code.UNAVAILABLE;
+    }
+    return new AquiferException(code, reason, what + ": " + code + ": " + description, t);
+  }
+
+  private static boolean closedChannel(Throwable t) {
+    for (Throwable c = t; c != null; c = c.getCause() == c ? null : c.getCause()) {
+      if (c instanceof java.nio.channels.ClosedChannelException) {
+        return true;
+      }
+      Status s = Status.fromThrowable(c);
+      if (s.getCause() instanceof java.nio.channels.ClosedChannelException) {
+        return true;
+      }
+    }
+    return false;
   }
 
   /** The node a refusal named as the one to ask instead, if any. */
