@@ -147,20 +147,7 @@ async fn kafka_clients_produce_and_fetch_streams() {
     };
     check(&fetch_all(&p0, 0, n).await, 0);
     // Partition 0 is the segment lowest in key order.
-    let admin = native.admin();
-    common::timing::wait_for("partition 0 all in tier-2", Duration::from_secs(30), || {
-        let (admin, name) = (admin.clone(), name.clone());
-        async move {
-            admin.describe_stream(&name).await.is_ok_and(|i| {
-                let p0 = i
-                    .segments
-                    .iter()
-                    .min_by(|a, b| a.key_low.total_cmp(&b.key_low));
-                p0.is_some_and(|s| s.length > 0 && s.tier2_length == s.length)
-            })
-        }
-    })
-    .await;
+    wait_in_tier2(&native, &name).await;
     check(&fetch_all(&p0, 0, n).await, 0);
     check(&fetch_all(&p0, 1234, n).await, 1234);
     let past = p0.fetch_records(n + 5, 1..1024, 10).await.unwrap_err();
@@ -281,6 +268,122 @@ async fn kafka_clients_produce_and_fetch_streams() {
     assert!(native.admin().describe_stream(&name).await.is_err());
 }
 
+/// Waits until partition 0 (the segment lowest in key order) of `name`
+/// is all in tier-2.
+async fn wait_in_tier2(native: &aquifer_client::Client, name: &aquifer_client::StreamName) {
+    let admin = native.admin();
+    common::timing::wait_for("partition 0 all in tier-2", Duration::from_secs(30), || {
+        let (admin, name) = (admin.clone(), name.clone());
+        async move {
+            admin.describe_stream(&name).await.is_ok_and(|i| {
+                let p0 = i
+                    .segments
+                    .iter()
+                    .min_by(|a, b| a.key_low.total_cmp(&b.key_low));
+                p0.is_some_and(|s| s.length > 0 && s.tier2_length == s.length)
+            })
+        }
+    })
+    .await;
+}
+
+/// Keys that are not UTF-8, empty keys, null values, headers and the
+/// producer's timestamps come back through Kafka as written — from the
+/// tail, from tier-2 and after kill -9 — and native readers see each key
+/// (base64 where it is not UTF-8) and value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_come_back_with_headers_timestamps_and_byte_keys() {
+    let kafka_port = free_port();
+    let mut server = ServerProcess::start(ServerOpts::with_config(&config(kafka_port))).await;
+    let native = server.client().await;
+    let kafka = kafka_client(kafka_port).await;
+    kafka
+        .controller_client()
+        .expect("controller")
+        .create_topic("records", 1, 1, 10_000)
+        .await
+        .expect("create topic");
+    let at = |ms: i64| rskafka::chrono::DateTime::from_timestamp_millis(ms).expect("a time");
+    let headers = |pairs: &[(&str, &[u8])]| -> BTreeMap<String, Vec<u8>> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect()
+    };
+    let written = vec![
+        Record {
+            key: Some(vec![0xff, 0x00, 0x01]),
+            value: Some(b"binary key".to_vec()),
+            headers: headers(&[("trace", b"\x00\x01\xfe"), ("empty", b"")]),
+            timestamp: at(1_577_836_800_000),
+        },
+        Record {
+            key: Some(Vec::new()),
+            value: None,
+            headers: headers(&[("tombstone", b"yes")]),
+            timestamp: at(1_600_000_000_123),
+        },
+        Record {
+            key: None,
+            value: Some(Vec::new()),
+            headers: BTreeMap::new(),
+            timestamp: at(42),
+        },
+        Record {
+            // Kafka times are milliseconds: Utc::now() would not compare.
+            timestamp: at(1_700_000_000_000),
+            ..record("text", "plain".into())
+        },
+    ];
+    let p0 = partition(&kafka, "records", 0).await;
+    let offsets = p0
+        .produce(written.clone(), Compression::NoCompression)
+        .await
+        .expect("produce");
+    assert_eq!(offsets, vec![0, 1, 2, 3]);
+    let fetch = |p: PartitionClient| async move {
+        let (records, _) = p
+            .fetch_records(0, 1..1024 * 1024, 1_000)
+            .await
+            .expect("fetch");
+        records.into_iter().map(|r| r.record).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        fetch(partition(&kafka, "records", 0).await).await,
+        written,
+        "from the tail"
+    );
+
+    let name = stream_name("kafka/records");
+    let events = read_all(&native, &name, Duration::from_secs(30)).await;
+    let seen: Vec<(Option<&str>, &[u8])> = events
+        .iter()
+        .map(|e| (e.routing_key.as_deref(), &e.payload[..]))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (Some("/wAB"), &b"binary key"[..]),
+            (None, &b""[..]),
+            (None, &b""[..]),
+            (Some("text"), &b"plain"[..]),
+        ],
+        "natives see keys (base64 if not UTF-8) and values"
+    );
+
+    wait_in_tier2(&native, &name).await;
+    assert_eq!(
+        fetch(partition(&kafka, "records", 0).await).await,
+        written,
+        "from tier-2"
+    );
+    server.kill9();
+    server.restart().await;
+    let kafka = kafka_client(kafka_port).await;
+    let p0 = partition(&kafka, "records", 0).await;
+    assert_eq!(fetch(p0).await, written, "after kill -9");
+}
+
 /// Bad topic names, partition counts and a second create get Kafka's
 /// errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,60 +478,58 @@ async fn kcat_produces_consumes_and_lists() {
     let lines: String = (0..300)
         .map(|i| format!("key{}:value-{i}\n", i % 5))
         .collect();
-    run_kcat(
-        &kcat,
-        &[
+    let produce = |args: &[&str], input: &str| {
+        let args: Vec<&str> = ["-b", b, "-P", "-t", "events.kc", "-K:"]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect();
+        run_kcat(&kcat, &args, input);
+    };
+    let consume_as = |p: &str, from: &str, fmt: &str| -> String {
+        let args = [
             "-b",
             b,
-            "-P",
+            "-C",
             "-t",
             "events.kc",
             "-p",
-            "0",
-            "-K:",
-            "-z",
-            "gzip",
-        ],
-        &lines,
-    );
-    run_kcat(
-        &kcat,
-        &["-b", b, "-P", "-t", "events.kc", "-p", "0", "-K:"],
-        "last:one\n",
-    );
+            p,
+            "-o",
+            from,
+            "-e",
+            "-f",
+            fmt,
+        ];
+        run_kcat(&kcat, &args, "")
+    };
+    produce(&["-p", "0", "-z", "gzip"], &lines);
+    produce(&["-p", "0"], "last:one\n");
     let expected: Vec<String> = (0..300)
         .map(|i| format!("{i} key{} value-{i}", i % 5))
         .chain(["300 last one".to_string()])
         .collect();
     let consume = |from: &str| -> Vec<String> {
-        let fmt = "%o %k %s\\n";
-        run_kcat(
-            &kcat,
-            &[
-                "-b",
-                b,
-                "-C",
-                "-t",
-                "events.kc",
-                "-p",
-                "0",
-                "-o",
-                from,
-                "-e",
-                "-f",
-                fmt,
-            ],
-            "",
-        )
-        .lines()
-        .map(str::to_owned)
-        .collect()
+        consume_as("0", from, "%o %k %s\\n")
+            .lines()
+            .map(str::to_owned)
+            .collect()
     };
     assert_eq!(consume("beginning"), expected);
     assert_eq!(consume("-2"), expected[299..].to_vec());
     assert_eq!(consume("end"), Vec::<String>::new());
     assert_eq!(consume("s@1000"), expected);
     assert_eq!(consume("250"), expected[250..].to_vec());
+
+    // Headers come back as written.
+    produce(
+        &["-p", "1", "-H", "trace=t-1", "-H", "app=kcat"],
+        "hk:with headers\n",
+    );
+    assert_eq!(
+        consume_as("1", "beginning", "%k|%s|%h\\n"),
+        "hk|with headers|trace=t-1,app=kcat\n"
+    );
 
     let listed = run_kcat(&kcat, &["-b", b, "-L", "-t", "events.kc"], "");
     assert!(

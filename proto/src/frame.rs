@@ -11,8 +11,15 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub const HEADER_BYTES: usize = 8;
 /// The routing key's length prefix inside the body.
 pub const KEY_LEN_BYTES: usize = 2;
-/// Longest routing key, in bytes of UTF-8.
-pub const ROUTING_KEY_BYTES_MAX: usize = u16::MAX as usize;
+/// The key length that says the body is extended: the key's real length
+/// and the attributes' length follow (see `aquifer.proto`).
+pub const EXTENDED: u16 = u16::MAX;
+/// What an extended body adds after [`EXTENDED`]: u16 key length, u32
+/// attributes length.
+pub const EXTENSION_BYTES: usize = 6;
+/// Longest routing key, in bytes of UTF-8 (the largest length is
+/// [`EXTENDED`]'s).
+pub const ROUTING_KEY_BYTES_MAX: usize = u16::MAX as usize - 1;
 
 /// Why a run of bytes is not a valid sequence of framed events.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,14 +42,19 @@ pub enum FrameError {
     },
 }
 
-/// One decoded event, borrowing nothing: key and payload share the input's
-/// buffer.
+/// One decoded event, borrowing nothing: attributes and payload share the
+/// input's buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FramedEvent {
     /// Offset of the event's first byte in its segment.
     pub offset: u64,
     /// None when the event was written without a routing key.
     pub routing_key: Option<String>,
+    /// Bytes the store keeps with the event but never reads (empty: none):
+    /// their first byte names their format (1: a Kafka record's timestamp,
+    /// headers and key, `server/src/kafka/attributes.rs`); a reader skips
+    /// a format it does not know.
+    pub attributes: Bytes,
     pub payload: Bytes,
     /// Total framed size, header included.
     pub framed_len: usize,
@@ -50,14 +62,40 @@ pub struct FramedEvent {
 
 /// Framed size of an event with this key and payload.
 pub fn framed_len(routing_key: Option<&str>, payload_len: usize) -> usize {
-    HEADER_BYTES + KEY_LEN_BYTES + routing_key.map_or(0, str::len) + payload_len
+    framed_len_with(routing_key, 0, payload_len)
+}
+
+/// Framed size of an event with this key, `attributes_len` bytes of
+/// attributes and the payload.
+pub fn framed_len_with(
+    routing_key: Option<&str>,
+    attributes_len: usize,
+    payload_len: usize,
+) -> usize {
+    let extension = if attributes_len > 0 {
+        EXTENSION_BYTES + attributes_len
+    } else {
+        0
+    };
+    HEADER_BYTES + KEY_LEN_BYTES + extension + routing_key.map_or(0, str::len) + payload_len
 }
 
 /// Appends one framed event to `out`. Keys longer than
 /// [`ROUTING_KEY_BYTES_MAX`] are the caller's to reject first.
 pub fn encode_event(out: &mut BytesMut, routing_key: Option<&str>, payload: &[u8]) {
+    encode_event_with(out, routing_key, &[], payload)
+}
+
+/// Appends one framed event with `attributes` (none if empty: then the
+/// frame is the plain one [`encode_event`] writes).
+pub fn encode_event_with(
+    out: &mut BytesMut,
+    routing_key: Option<&str>,
+    attributes: &[u8],
+    payload: &[u8],
+) {
     let key = routing_key.unwrap_or("").as_bytes();
-    // Both lengths are the caller's to check (keys against
+    // Every length is the caller's to check (keys against
     // ROUTING_KEY_BYTES_MAX, events against the server's limit, far below
     // 4 GiB): a frame whose length field wrapped would corrupt the batch.
     assert!(
@@ -65,23 +103,37 @@ pub fn encode_event(out: &mut BytesMut, routing_key: Option<&str>, payload: &[u8
         "routing key of {} bytes is over {ROUTING_KEY_BYTES_MAX}",
         key.len()
     );
-    let body_len = KEY_LEN_BYTES + key.len() + payload.len();
-    let body_len_field = u32::try_from(body_len);
+    let framed = framed_len_with(routing_key, attributes.len(), payload.len());
+    let body_len_field = u32::try_from(framed - HEADER_BYTES);
     assert!(
         body_len_field.is_ok(),
-        "event of {body_len} bytes does not fit a frame"
+        "event of {framed} bytes does not fit a frame"
     );
-    let mut crc = crc32fast::Hasher::new();
-    // Fits: checked against ROUTING_KEY_BYTES_MAX (u16::MAX) above.
+    // Fits: checked against ROUTING_KEY_BYTES_MAX (below u16::MAX) above.
     let key_len = (key.len() as u16).to_le_bytes();
-    crc.update(&key_len);
+    let mut prefix = [0u8; KEY_LEN_BYTES + EXTENSION_BYTES];
+    let prefix = if attributes.is_empty() {
+        prefix[..KEY_LEN_BYTES].copy_from_slice(&key_len);
+        &prefix[..KEY_LEN_BYTES]
+    } else {
+        // Fits: the whole body's length fits a u32 (checked above).
+        let attributes_len = (attributes.len() as u32).to_le_bytes();
+        prefix[..2].copy_from_slice(&EXTENDED.to_le_bytes());
+        prefix[2..4].copy_from_slice(&key_len);
+        prefix[4..].copy_from_slice(&attributes_len);
+        &prefix[..]
+    };
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(prefix);
     crc.update(key);
+    crc.update(attributes);
     crc.update(payload);
-    out.reserve(HEADER_BYTES + body_len);
+    out.reserve(framed);
     out.put_u32_le(body_len_field.unwrap_or(u32::MAX));
     out.put_u32_le(crc.finalize());
-    out.put_slice(&key_len);
+    out.put_slice(prefix);
     out.put_slice(key);
+    out.put_slice(attributes);
     out.put_slice(payload);
 }
 
@@ -129,11 +181,16 @@ impl FrameIter {
             Some(r) => Some(String::from_utf8_lossy(&self.data[at(r)]).into_owned()),
             None => None,
         };
+        let attributes = match event.attributes {
+            Some(r) => self.data.slice(at(r)),
+            None => Bytes::new(),
+        };
         let payload = self.data.slice(at(event.payload));
         self.pos += event.framed_len;
         Ok(FramedEvent {
             offset,
             routing_key,
+            attributes,
             payload,
             framed_len: event.framed_len,
         })
@@ -144,6 +201,7 @@ impl FrameIter {
 struct CheckedEvent {
     framed_len: usize,
     key: Option<std::ops::Range<usize>>,
+    attributes: Option<std::ops::Range<usize>>,
     payload: std::ops::Range<usize>,
 }
 
@@ -188,15 +246,33 @@ fn check_event(
             why: "body shorter than its key length field",
         });
     }
-    let key_len = u16::from_le_bytes([body[0], body[1]]) as usize;
-    if body.len() < KEY_LEN_BYTES + key_len {
+    let mut key_len = u16::from_le_bytes([body[0], body[1]]) as usize;
+    let mut key_start = HEADER_BYTES + KEY_LEN_BYTES;
+    let mut attributes_len = 0usize;
+    if key_len == EXTENDED as usize {
+        let Some(ext) = body.get(KEY_LEN_BYTES..KEY_LEN_BYTES + EXTENSION_BYTES) else {
+            return Err(FrameError::Malformed {
+                offset,
+                why: "body shorter than its extension",
+            });
+        };
+        key_len = u16::from_le_bytes([ext[0], ext[1]]) as usize;
+        attributes_len = u32::from_le_bytes([ext[2], ext[3], ext[4], ext[5]]) as usize;
+        key_start += EXTENSION_BYTES;
+    }
+    // No overflow: each is below 2^32 and the sum is compared, not kept.
+    if (body.len() as u64)
+        < (key_start - HEADER_BYTES) as u64 + key_len as u64 + attributes_len as u64
+    {
         return Err(FrameError::Malformed {
             offset,
-            why: "routing key runs past the body",
+            why: "routing key or attributes run past the body",
         });
     }
-    let key_start = HEADER_BYTES + KEY_LEN_BYTES;
     let key = (key_len > 0).then_some(key_start..key_start + key_len);
+    let attributes_start = key_start + key_len;
+    let payload_start = attributes_start + attributes_len;
+    let attributes = (attributes_len > 0).then_some(attributes_start..payload_start);
     if let Some(k) = &key {
         if std::str::from_utf8(&rest[k.clone()]).is_err() {
             return Err(FrameError::Malformed {
@@ -208,7 +284,8 @@ fn check_event(
     Ok(CheckedEvent {
         framed_len: framed,
         key,
-        payload: key_start + key_len..framed,
+        attributes,
+        payload: payload_start..framed,
     })
 }
 
@@ -281,6 +358,84 @@ mod tests {
             whole_events_prefix(&data[..data.len() - 1], usize::MAX),
             events[0].framed_len
         );
+    }
+
+    #[test]
+    fn attributes_extend_the_body_and_plain_readers_of_lengths_skip_them() {
+        let mut buf = BytesMut::new();
+        encode_event_with(&mut buf, Some("k1"), b"\x01attrs", b"value");
+        encode_event_with(&mut buf, None, b"\x01a", b"");
+        encode_event_with(&mut buf, Some("k3"), b"", b"plain");
+        let data = buf.freeze();
+        let events: Vec<_> = FrameIter::new(data.clone(), 0, 1 << 20)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(events[0].routing_key.as_deref(), Some("k1"));
+        assert_eq!(&events[0].attributes[..], b"\x01attrs");
+        assert_eq!(&events[0].payload[..], b"value");
+        assert_eq!(
+            events[0].framed_len,
+            framed_len_with(Some("k1"), 6, 5),
+            "header, key length, extension, key, attributes, payload"
+        );
+        assert_eq!(
+            events[0].framed_len,
+            framed_len(Some("k1"), 5) + EXTENSION_BYTES + 6
+        );
+        assert_eq!(events[1].routing_key, None);
+        assert_eq!(&events[1].attributes[..], b"\x01a");
+        assert!(events[1].payload.is_empty());
+        assert!(events[2].attributes.is_empty());
+        assert_eq!(events[2].framed_len, framed_len(Some("k3"), 5));
+        assert_eq!(count_events(&data, 1 << 20), Ok(3));
+        assert_eq!(whole_events_prefix(&data, usize::MAX), data.len());
+
+        // An extension claiming more than its body holds is malformed.
+        let mut bad = BytesMut::new();
+        encode_event_with(&mut bad, Some("k"), b"\x01", b"");
+        let mut bad = bad.to_vec();
+        bad[12..16].copy_from_slice(&1000u32.to_le_bytes());
+        let crc = crc32fast::hash(&bad[HEADER_BYTES..]);
+        bad[4..8].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            FrameIter::new(bad.into(), 0, 1 << 20).next(),
+            Some(Err(FrameError::Malformed { .. }))
+        ));
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// The vectors the Java client's FramingTest checks too.
+    #[test]
+    fn framings_match_the_shared_vectors() {
+        let file = include_str!("../testdata/framed-events.tsv");
+        let mut checked = 0;
+        for line in file
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let f: Vec<&str> = line.split('\t').collect();
+            assert_eq!(f.len(), 4, "KEY, ATTRIBUTES, PAYLOAD, FRAME: {line}");
+            let key = (!f[0].is_empty()).then_some(f[0]);
+            let (attributes, payload) = (unhex(f[1]), unhex(f[2]));
+            let mut buf = BytesMut::new();
+            encode_event_with(&mut buf, key, &attributes, &payload);
+            assert_eq!(&buf[..], &unhex(f[3])[..], "{line}");
+            let event = FrameIter::new(buf.freeze(), 0, 1 << 20)
+                .next()
+                .unwrap()
+                .unwrap();
+            assert_eq!(event.routing_key.as_deref(), key);
+            assert_eq!(event.attributes, attributes);
+            assert_eq!(event.payload, payload);
+            checked += 1;
+        }
+        assert!(checked >= 5, "{checked} vectors");
     }
 
     #[test]
@@ -370,21 +525,28 @@ mod tests {
         largest
     }
 
-    /// Valid framings of up to 8 events.
-    fn framed_events() -> impl Strategy<Value = Vec<(Option<String>, Vec<u8>)>> {
+    /// A routing key, attributes and a payload.
+    type Parts = (Option<String>, Vec<u8>, Vec<u8>);
+
+    /// Valid framings of up to 8 events, with and without attributes.
+    fn framed_events() -> impl Strategy<Value = Vec<Parts>> {
         proptest::collection::vec(
             (
                 proptest::option::of("[a-z\\PC]{0,12}"),
+                prop_oneof![
+                    Just(Vec::new()),
+                    proptest::collection::vec(any::<u8>(), 1..16)
+                ],
                 proptest::collection::vec(any::<u8>(), 0..64),
             ),
             0..8,
         )
     }
 
-    fn encode_all(events: &[(Option<String>, Vec<u8>)]) -> BytesMut {
+    fn encode_all(events: &[Parts]) -> BytesMut {
         let mut buf = BytesMut::new();
-        for (k, p) in events {
-            encode_event(&mut buf, k.as_deref(), p);
+        for (k, a, p) in events {
+            encode_event_with(&mut buf, k.as_deref(), a, p);
         }
         buf
     }
@@ -438,12 +600,12 @@ mod tests {
             prop_assert!(largest <= data.len() + BOOKKEEPING_BYTES);
             if intact && base.checked_add(data.len() as u64).is_some() {
                 let back: Vec<_> = FrameIter::new(data, base, usize::MAX)
-                    .map(|e| e.map(|e| (e.routing_key, e.payload.to_vec())))
+                    .map(|e| e.map(|e| (e.routing_key, e.attributes.to_vec(), e.payload.to_vec())))
                     .collect::<Result<_, _>>()
                     .unwrap();
                 let want: Vec<_> = events
                     .into_iter()
-                    .map(|(k, p)| (k.filter(|k| !k.is_empty()), p))
+                    .map(|(k, a, p)| (k.filter(|k| !k.is_empty()), a, p))
                     .collect();
                 prop_assert_eq!(back, want);
             }

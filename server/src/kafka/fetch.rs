@@ -242,6 +242,7 @@ impl Kafka {
                     out.push(Fetched {
                         index,
                         key: event.routing_key,
+                        attributes: event.attributes,
                         payload: event.payload,
                         append_ms: marks[mark].first_ms,
                     });

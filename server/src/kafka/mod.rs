@@ -14,6 +14,7 @@
 //! says which node is which broker. It never holds segment state, and never writes an event
 //! another path could not.
 
+mod attributes;
 mod brokers;
 mod codes;
 mod fetch;

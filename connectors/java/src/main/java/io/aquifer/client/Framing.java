@@ -9,15 +9,19 @@ import java.util.zip.CRC32;
 
 /**
  * The event framing, a wire rule (top of {@code aquifer.proto}): {@code u32 LE body_len, u32 LE
- * crc32(body), body = u16 LE key_len, key, payload}. Owns encoding and checked decoding; never
- * accepts a frame whose length or checksum does not hold.
+ * crc32(body), body = u16 LE key_len, key, payload}, or an extended body ({@code 0xFFFF, u16 LE
+ * key_len, u32 LE attr_len, key, attributes, payload}) whose attributes this client skips. Owns
+ * encoding and checked decoding; never accepts a frame whose length or checksum does not hold.
  */
 public final class Framing {
   /** Bytes before the body. */
   public static final int HEADER_BYTES = 8;
 
-  /** Longest routing key, in UTF-8 bytes (its length is a u16). */
-  public static final int KEY_BYTES_MAX = 0xffff;
+  /** Longest routing key, in UTF-8 bytes (its length is a u16 whose largest value is EXTENDED). */
+  public static final int KEY_BYTES_MAX = 0xfffe;
+
+  /** The key length that says the body is extended. */
+  private static final int EXTENDED = 0xffff;
 
   private Framing() {}
 
@@ -82,8 +86,18 @@ public final class Framing {
         throw corrupt(segmentId, at, "a frame's checksum does not match");
       }
       int keyLen = Short.toUnsignedInt(in.getShort());
-      if (keyLen > bodyLen - 2) {
-        throw corrupt(segmentId, at, "a key is longer than its frame");
+      long prefix = 2;
+      long attributesLen = 0;
+      if (keyLen == EXTENDED) {
+        if (bodyLen < 8) {
+          throw corrupt(segmentId, at, "a frame is shorter than its extension");
+        }
+        keyLen = Short.toUnsignedInt(in.getShort());
+        attributesLen = Integer.toUnsignedLong(in.getInt());
+        prefix = 8;
+      }
+      if (keyLen + attributesLen > bodyLen - prefix) {
+        throw corrupt(segmentId, at, "a key or its attributes are longer than their frame");
       }
       String key = null;
       if (keyLen > 0) {
@@ -91,7 +105,9 @@ public final class Framing {
         in.get(k);
         key = new String(k, StandardCharsets.UTF_8);
       }
-      byte[] payload = new byte[(int) bodyLen - 2 - keyLen];
+      // Attributes are another reader's (a Kafka record's headers, say).
+      in.position(in.position() + (int) attributesLen);
+      byte[] payload = new byte[(int) (bodyLen - prefix - keyLen - attributesLen)];
       in.get(payload);
       long next = at + HEADER_BYTES + bodyLen;
       events.add(new Event(segmentId, at, next, key, payload));
