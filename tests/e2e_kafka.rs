@@ -916,6 +916,32 @@ async fn consumer_groups_rebalance_commit_and_resume_after_kill_9() {
     drop(server);
 }
 
+/// librdkafka's transactional producer (tests/kafka/transactions.py):
+/// committed transactions are read whole by a read_committed consumer,
+/// aborted and fenced ones never, offsets sent with a transaction are
+/// committed with it; a transaction left open over a kill -9 is aborted
+/// by the next producer of its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_producers_commit_abort_and_fence_through_kill_9() {
+    let Some(python) = confluent_python() else {
+        return;
+    };
+    let (mut server, kafka_port) = kafka_node().await;
+    let broker = format!("127.0.0.1:{kafka_port}");
+    let run = |phase: &str| {
+        let out = python_script(&python, "transactions.py", &[&broker, phase])
+            .wait_with_output()
+            .expect("wait python");
+        assert_script_passed(&format!("transactions.py {phase}"), &out);
+    };
+    run("before");
+    server.kill9();
+    server.restart().await;
+    let _ = kafka_client(kafka_port).await;
+    run("after");
+    drop(server);
+}
+
 /// Runs tests/kafka/idempotent.py against `brokers` while `fault`
 /// strikes (it starts producing about a second in, for about 12 s), and
 /// asserts every record landed exactly once, in order, at the offset its

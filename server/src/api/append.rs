@@ -177,7 +177,7 @@ impl Session {
                             let count = batch.event_count;
                             let Checked { cmd, bytes, last } = self.check(batch)?;
                             if self.txn_parent.is_some() {
-                                self.check_txn_room(bytes)?;
+                                check_txn_room(&self.node, bytes)?;
                             }
                             self.node.space.admit(u64::from(bytes))?;
                             self.node.budget.wait_for_room(u64::from(bytes)).await;
@@ -251,23 +251,20 @@ impl Session {
         });
         Ok(Checked { cmd, bytes, last })
     }
+}
 
-    /// Refuses a transactional batch that would take this node's open
-    /// transactions past their byte limit (they leave memory only by a
-    /// commit or an abort, so waiting could wait forever).
-    fn check_txn_room(&self, bytes: u32) -> Result<(), Error> {
-        let (used, limit) = (
-            self.node.budget.txn_used(),
-            self.node.config.txn_bytes_limit(),
-        );
-        if used + u64::from(bytes) > limit {
-            return Err(Error::ResourceExhausted(format!(
-                "open transactions hold {used} bytes on this node, the most allowed is {limit} \
-                 (transaction_bytes_max): commit or abort transactions, or write less per transaction"
-            )));
-        }
-        Ok(())
+/// Refuses a transactional batch that would take this node's open
+/// transactions past their byte limit (they leave memory only by a
+/// commit or an abort, so waiting could wait forever).
+pub(crate) fn check_txn_room(node: &Node, bytes: u32) -> Result<(), Error> {
+    let (used, limit) = (node.budget.txn_used(), node.config.txn_bytes_limit());
+    if used + u64::from(bytes) > limit {
+        return Err(Error::ResourceExhausted(format!(
+            "open transactions hold {used} bytes on this node, the most allowed is {limit} \
+             (transaction_bytes_max): commit or abort transactions, or write less per transaction"
+        )));
     }
+    Ok(())
 }
 
 /// Refuses a writer id outside 1..=[`WRITER_ID_BYTES_MAX`] bytes.

@@ -224,6 +224,19 @@ impl Container {
 
     /// The last event number applied for `writer` on transaction segment
     /// `id` (0: none).
+    /// The writer of part `id` whose id starts with `prefix`, and its
+    /// last applied event number.
+    pub async fn txn_writer_like(
+        &self,
+        id: u64,
+        prefix: String,
+    ) -> Result<Option<(String, i64)>, Error> {
+        Ok(self
+            .group
+            .query(move |s| s.txn_writer_like(id, &prefix))
+            .await??)
+    }
+
     pub async fn txn_last_event_number(&self, id: u64, writer: String) -> Result<i64, Error> {
         Ok(self
             .group

@@ -118,6 +118,25 @@ impl ContainerState {
             .unwrap_or(0))
     }
 
+    /// The writer of part `id` whose id starts with `prefix` (one at most
+    /// by its writer's naming), with its last applied event number.
+    pub fn txn_writer_like(
+        &self,
+        id: u64,
+        prefix: &str,
+    ) -> Result<Option<(String, i64)>, ApplyError> {
+        if let Some(e) = self.closed_error(id) {
+            return Err(e);
+        }
+        Ok(self.part(id).and_then(|p| {
+            let s = p.lock();
+            s.writers
+                .iter()
+                .find(|(w, _)| w.starts_with(prefix))
+                .map(|(w, m)| (w.clone(), m.last))
+        }))
+    }
+
     /// Bytes (logical: memory and tier-2) the open parts of this container
     /// hold (tests).
     #[cfg(test)]

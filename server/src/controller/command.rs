@@ -5,7 +5,7 @@
 pub struct MetaCommand {
     #[prost(
         oneof = "MetaCmd",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
     )]
     pub cmd: Option<MetaCmd>,
 }
@@ -66,6 +66,9 @@ pub enum MetaCmd {
     /// `kafka_offsets.rs`).
     #[prost(message, tag = "18")]
     KafkaOffsets(super::kafka_offsets::KafkaOffsetsCommand),
+    /// A Kafka transactional producer's change (see `kafka_txns.rs`).
+    #[prost(message, tag = "19")]
+    KafkaTxn(super::kafka_txns::KafkaTxnCommand),
 }
 
 /// Adds (`revoke` false) or removes a grant (normalized by
@@ -439,6 +442,8 @@ pub struct MetaSnapshot {
     pub acls: Vec<aquifer_proto::v1::AclGrant>,
     #[prost(message, repeated, tag = "8")]
     pub kafka_offsets: Vec<super::kafka_offsets::KafkaGroupOffsets>,
+    #[prost(message, repeated, tag = "9")]
+    pub kafka_txns: Vec<super::kafka_txns::KafkaTxnRecord>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -11,6 +11,7 @@
 mod command;
 pub mod groups;
 pub mod kafka_offsets;
+pub mod kafka_txns;
 pub mod placement;
 pub(crate) mod scaling;
 mod state;
@@ -54,6 +55,11 @@ impl From<MetaError> for Error {
             MetaError::KafkaOffsets(kafka_offsets::KafkaOffsetsError::Full(why)) => {
                 Error::ResourceExhausted(why)
             }
+            MetaError::KafkaTxns(e) => match e {
+                kafka_txns::KafkaTxnsError::Full(why) => Error::ResourceExhausted(why),
+                kafka_txns::KafkaTxnsError::Invalid(why) => Error::InvalidArgument(why),
+                e => Error::FailedPrecondition(e.to_string()),
+            },
             MetaError::Txn(e) => match e {
                 txns::TxnError::NotFound(_) => Error::TransactionNotFound(e.to_string()),
                 txns::TxnError::Committed { .. } => Error::TransactionState {
@@ -90,6 +96,7 @@ pub struct Controller {
     txns: TxnMap,
     acls: state::AclMap,
     kafka_offsets: state::KafkaOffsetMap,
+    kafka_txns: state::KafkaTxnMap,
     /// Every segment id below this was allocated by an applied entry.
     allocated: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -111,6 +118,7 @@ impl Controller {
         let allocated = state.allocated();
         let acls = state.acls();
         let kafka_offsets = state.kafka_offsets();
+        let kafka_txns = state.kafka_txns();
         let group = Group::start(group, state)?;
         Ok(Controller {
             group,
@@ -121,6 +129,7 @@ impl Controller {
             txns,
             acls,
             kafka_offsets,
+            kafka_txns,
             allocated,
         })
     }
@@ -229,6 +238,48 @@ impl Controller {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .committed_before(before_ms, max)
+    }
+
+    /// Applies a Kafka transactional producer's change once replicated:
+    /// the id's record after it and whether its transaction had timed out
+    /// (`Ok(Err)`: the rules refused it, nothing changed).
+    pub async fn kafka_txn_change(
+        &self,
+        mut change: kafka_txns::KafkaTxnCommand,
+    ) -> Result<Result<(kafka_txns::KafkaTxnRecord, bool), kafka_txns::KafkaTxnsError>, Error> {
+        change.now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let data = prost::Message::encode_to_vec(&MetaCommand {
+            cmd: Some(MetaCmd::KafkaTxn(change)),
+        });
+        match self.group.propose(data).await? {
+            Ok(Applied::KafkaTxn { record, timed_out }) => Ok(Ok((record, timed_out))),
+            Ok(other) => Err(Error::Internal(format!(
+                "a Kafka transaction command answered {other:?}"
+            ))),
+            Err(MetaError::KafkaTxns(e)) => Ok(Err(e)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Kafka transactional id `id` as of the last applied entry.
+    pub fn kafka_txn(&self, id: &str) -> Option<kafka_txns::KafkaTxnRecord> {
+        self.kafka_txns
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// The transactional id producer `producer_id` is, as of the last
+    /// applied entry.
+    pub fn kafka_txn_of_producer(&self, producer_id: i64) -> Option<kafka_txns::KafkaTxnRecord> {
+        self.kafka_txns
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .of_producer(producer_id)
+            .cloned()
     }
 
     /// The Kafka consumer groups that have committed offsets.

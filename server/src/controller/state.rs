@@ -254,6 +254,8 @@ pub type AclMap = Arc<RwLock<Vec<aquifer_proto::v1::AclGrant>>>;
 pub const ACL_GRANTS_MAX: usize = 10_000;
 /// Kafka consumer groups' committed offsets.
 pub type KafkaOffsetMap = Arc<RwLock<super::kafka_offsets::KafkaOffsets>>;
+/// Kafka transactional ids.
+pub type KafkaTxnMap = Arc<RwLock<super::kafka_txns::KafkaTxns>>;
 
 /// What applying a metadata command answers.
 #[derive(Debug, PartialEq)]
@@ -270,6 +272,12 @@ pub enum Applied {
     Txn {
         record: Option<TxnRecord>,
         changed: bool,
+    },
+    /// A Kafka transactional id as it is after the change, and whether its
+    /// transaction had timed out (aborted, the epoch bumped).
+    KafkaTxn {
+        record: super::kafka_txns::KafkaTxnRecord,
+        timed_out: bool,
     },
 }
 
@@ -302,6 +310,8 @@ pub enum MetaError {
     Txn(#[from] TxnError),
     #[error(transparent)]
     KafkaOffsets(#[from] super::kafka_offsets::KafkaOffsetsError),
+    #[error(transparent)]
+    KafkaTxns(#[from] super::kafka_txns::KafkaTxnsError),
 }
 
 pub struct MetaState {
@@ -312,6 +322,7 @@ pub struct MetaState {
     txns: TxnMap,
     acls: AclMap,
     kafka_offsets: KafkaOffsetMap,
+    kafka_txns: KafkaTxnMap,
     /// `next_segment_id` as of the last applied entry, for readers outside
     /// the group thread: every id below it was allocated here.
     allocated: Arc<std::sync::atomic::AtomicU64>,
@@ -335,6 +346,7 @@ impl MetaState {
             txns,
             acls: AclMap::default(),
             kafka_offsets: KafkaOffsetMap::default(),
+            kafka_txns: KafkaTxnMap::default(),
             allocated: Arc::new(std::sync::atomic::AtomicU64::new(1)),
             next_segment_id: 1,
         }
@@ -348,6 +360,11 @@ impl MetaState {
     /// The committed Kafka offsets, shared with the controller's readers.
     pub fn kafka_offsets(&self) -> KafkaOffsetMap {
         self.kafka_offsets.clone()
+    }
+
+    /// The Kafka transactional ids, shared with the controller's readers.
+    pub fn kafka_txns(&self) -> KafkaTxnMap {
+        self.kafka_txns.clone()
     }
 
     /// The shared mirror of the next segment id (see `allocated`).
@@ -428,6 +445,7 @@ impl MetaState {
                 t.apply(k)?;
                 return Ok(Applied::Nothing);
             }
+            Some(MetaCmd::KafkaTxn(k)) => return self.apply_kafka_txn(k),
             Some(MetaCmd::Remove(ref r)) => {
                 let mut t = self
                     .kafka_offsets
@@ -540,6 +558,11 @@ impl MetaState {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .snapshot();
+        snap.kafka_txns = self
+            .kafka_txns
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot();
         snap
     }
 
@@ -560,6 +583,8 @@ impl MetaState {
             .write()
             .unwrap_or_else(|p| p.into_inner()) =
             super::kafka_offsets::KafkaOffsets::restore(snap.kafka_offsets.clone());
+        *self.kafka_txns.write().unwrap_or_else(|p| p.into_inner()) =
+            super::kafka_txns::KafkaTxns::restore(snap.kafka_txns.clone());
         *self.txns.write().unwrap_or_else(|p| p.into_inner()) = snap
             .txns
             .iter()
@@ -700,6 +725,7 @@ impl MetaState {
                 | MetaCmd::Form(_)
                 | MetaCmd::Group(_)
                 | MetaCmd::KafkaOffsets(_)
+                | MetaCmd::KafkaTxn(_)
                 | MetaCmd::Txn(_)
                 | MetaCmd::Acl(_),
             )
@@ -962,6 +988,61 @@ impl MetaState {
         Ok(Some(t.clone()))
     }
 
+    /// Applies a Kafka transactional producer's change with what it plans:
+    /// an Aquifer transaction begun, or every one of the Kafka
+    /// transaction's committed or aborted with its offsets, all in this
+    /// one entry. A refusal changes nothing.
+    fn apply_kafka_txn(
+        &mut self,
+        c: super::kafka_txns::KafkaTxnCommand,
+    ) -> Result<Applied, MetaError> {
+        let table = self.kafka_txns.clone();
+        let mut table = table.write().unwrap_or_else(|p| p.into_inner());
+        let (record, plan) = {
+            let txns = self.txns.read().unwrap_or_else(|p| p.into_inner());
+            table.plan(&c, |id| txns.get(id).map(TxnRecord::state))?
+        };
+        if let Some(b) = plan.begin {
+            let begin = TxnCommand {
+                id: b.txn_id,
+                op: TxnOp::Begin as i32,
+                scope: b.scope,
+                stream: b.stream,
+                timeout_ms: b.timeout_ms,
+                now_ms: c.now_ms,
+                txn_segment_id: 0,
+                owner: b.owner,
+            };
+            self.apply_txn(begin, &mut true)?;
+        }
+        {
+            let mut offsets = self
+                .kafka_offsets
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            for o in plan.offsets {
+                offsets.apply(o)?;
+            }
+        }
+        let mut txns = self.txns.write().unwrap_or_else(|p| p.into_inner());
+        for (id, commit) in plan.end {
+            // Planned only for open ones, so neither change can fail.
+            if let Some(t) = txns.get_mut(&id) {
+                let change = if commit {
+                    Change::Commit
+                } else {
+                    Change::Abort
+                };
+                txns::apply_change(t, change, c.now_ms)?;
+            }
+        }
+        table.put(record.clone());
+        Ok(Applied::KafkaTxn {
+            record,
+            timed_out: plan.timed_out,
+        })
+    }
+
     /// The successors (by the metadata now) of the parent of part
     /// `txn_segment_id` of `t`.
     fn successors_of(&self, t: &TxnRecord, txn_segment_id: u64) -> Result<Vec<u64>, MetaError> {
@@ -1147,6 +1228,7 @@ impl MetaState {
             txns: Vec::new(),
             acls: Vec::new(),
             kafka_offsets: Vec::new(),
+            kafka_txns: Vec::new(),
         }
     }
 
@@ -1563,6 +1645,110 @@ mod tests {
             containers: 4,
             ..Default::default()
         })
+    }
+
+    /// A Kafka transaction over two streams: each add begins an Aquifer
+    /// transaction, the end commits both and applies the offsets in the
+    /// same entry, and the ids survive a snapshot.
+    #[test]
+    fn a_kafka_transaction_ends_all_its_streams_and_offsets_in_one_entry() {
+        use super::super::kafka_offsets::KafkaOffset;
+        use super::super::kafka_txns::{KafkaTxnCommand, KafkaTxnOp};
+        let mut s = fresh();
+        apply(&mut s, create("a", 2)).unwrap();
+        apply(&mut s, create("b", 1)).unwrap();
+        let kafka = |s: &mut MetaState, c: KafkaTxnCommand| {
+            let cmd = MetaCommand {
+                cmd: Some(MetaCmd::KafkaTxn(KafkaTxnCommand {
+                    transactional_id: "t".into(),
+                    producer_id: 9,
+                    ..c
+                })),
+            };
+            s.apply(0, prost::Message::encode_to_vec(&cmd).into())
+        };
+        let init = KafkaTxnCommand {
+            op: KafkaTxnOp::Init as i32,
+            timeout_ms: 60_000,
+            ..Default::default()
+        };
+        kafka(&mut s, init).unwrap();
+        for (stream, id) in [("a", "aa"), ("b", "bb")] {
+            kafka(
+                &mut s,
+                KafkaTxnCommand {
+                    op: KafkaTxnOp::AddStream as i32,
+                    scope: "sc".into(),
+                    stream: stream.into(),
+                    txn_id: id.repeat(16),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        }
+        kafka(
+            &mut s,
+            KafkaTxnCommand {
+                op: KafkaTxnOp::Offsets as i32,
+                group: "g".into(),
+                offsets: vec![KafkaOffset {
+                    scope: "sc".into(),
+                    stream: "a".into(),
+                    partition: 1,
+                    offset: 33,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // A stream that is not there: refused, and nothing changes.
+        assert!(kafka(
+            &mut s,
+            KafkaTxnCommand {
+                op: KafkaTxnOp::AddStream as i32,
+                scope: "sc".into(),
+                stream: "none".into(),
+                txn_id: "cc".repeat(16),
+                ..Default::default()
+            }
+        )
+        .is_err());
+        let restored = round_trip(&s);
+        let end = KafkaTxnCommand {
+            op: KafkaTxnOp::End as i32,
+            commit: true,
+            ..Default::default()
+        };
+        let out = kafka(&mut s, end).unwrap();
+        assert!(
+            matches!(
+                out,
+                Applied::KafkaTxn {
+                    timed_out: false,
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+        let txns = s.txns.read().unwrap();
+        assert_eq!(txns.len(), 2, "one Aquifer transaction per stream");
+        assert!(txns.values().all(|t| t.state() == TxnState::Committing));
+        assert!(txns.values().all(|t| t.owner == "kafka-txn:t"));
+        drop(txns);
+        let offsets = s.kafka_offsets.read().unwrap().of("g");
+        assert_eq!(offsets.len(), 1);
+        assert_eq!(offsets[0].offset, 33);
+        // The snapshot before the end has the open transaction.
+        let r = restored
+            .kafka_txns
+            .read()
+            .unwrap()
+            .get("t")
+            .cloned()
+            .unwrap();
+        assert_eq!(r.streams.len(), 2);
+        assert_eq!(r.offsets.len(), 1);
     }
 
     /// Two streams, two nodes and a placement.

@@ -253,23 +253,26 @@ impl Kafka {
         version: i16,
     ) -> FindCoordinatorResponse {
         let brokers = self.brokers();
-        // Every group's coordinator is the `meta` leader, wherever it is.
+        // Every group's and transactional id's coordinator is the `meta`
+        // leader, wherever it is.
         let coordinator = self
             .leader_of(self.node.controller.group(), &brokers)
             .and_then(|l| Some((l.node, brokers.get(&l.node)?)));
         let answer = |key: &str| -> Result<(BrokerId, &Listener), (Code, String)> {
             match (req.key_type, coordinator) {
-                (0, Some((node, listener))) => Ok((broker_id(node), listener)),
-                (0, None) => Err((
+                (0 | 1, Some((node, listener))) => Ok((broker_id(node), listener)),
+                (0 | 1, None) => Err((
                     K::CoordinatorNotAvailable.code(),
                     format!(
-                        "the group coordinator for {key:?} is the metadata leader, and none is \
+                        "the coordinator for {key:?} is the metadata leader, and none is \
                          known with a Kafka listener now (an election?); retry"
                     ),
                 )),
-                _ => Err((
-                    K::CoordinatorNotAvailable.code(),
-                    "Kafka transactions are not supported yet".to_string(),
+                (other, _) => Err((
+                    K::InvalidRequest.code(),
+                    format!(
+                        "coordinator key type {other} is not one of 0 (group), 1 (transaction)"
+                    ),
                 )),
             }
         };

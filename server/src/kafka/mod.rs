@@ -25,6 +25,7 @@ mod produce;
 mod producers;
 mod records;
 mod topics;
+mod txns;
 mod versions;
 
 use std::sync::Arc;
@@ -225,7 +226,8 @@ impl Kafka {
             }
             ApiKey::Fetch => handle!(m::FetchRequest, |r| self.fetch(r, version)),
             ApiKey::InitProducerId => {
-                handle!(m::InitProducerIdRequest, |r| self.init_producer_id(r))
+                handle!(m::InitProducerIdRequest, |r| self
+                    .init_producer_id(r, version))
             }
             ApiKey::FindCoordinator => handle!(m::FindCoordinatorRequest, |r| self
                 .find_coordinator(r, version)),
@@ -250,6 +252,13 @@ impl Kafka {
             }
             ApiKey::ListGroups => handle!(m::ListGroupsRequest, |r| self.list_groups(r, version)),
             ApiKey::DeleteGroups => handle!(m::DeleteGroupsRequest, |r| self.delete_groups(r)),
+            ApiKey::AddPartitionsToTxn => handle!(m::AddPartitionsToTxnRequest, |r| self
+                .add_partitions_to_txn(r, version)),
+            ApiKey::AddOffsetsToTxn => handle!(m::AddOffsetsToTxnRequest, |r| self
+                .add_offsets_to_txn(r, version)),
+            ApiKey::TxnOffsetCommit => handle!(m::TxnOffsetCommitRequest, |r| self
+                .txn_offset_commit(r, version)),
+            ApiKey::EndTxn => handle!(m::EndTxnRequest, |r| self.end_txn(r, version)),
             ApiKey::Produce => {
                 let req = m::ProduceRequest::decode(&mut body, version)
                     .map_err(|e| ConnectionError::Malformed(e.to_string()))?;

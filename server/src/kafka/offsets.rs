@@ -26,6 +26,19 @@ use super::membership::Code;
 use super::{codes, topics, Kafka};
 use crate::controller::kafka_offsets::{KafkaOffset, KafkaOffsetsCommand, METADATA_BYTES_MAX};
 
+/// One partition's commit, as OffsetCommit and TxnOffsetCommit both
+/// carry it.
+pub(super) struct Commit {
+    pub partition: i32,
+    pub offset: i64,
+    /// -1: none.
+    pub leader_epoch: i32,
+    pub metadata: String,
+}
+
+/// Each topic's partitions and their codes, as commit answers list them.
+pub(super) type PartitionCodes = Vec<(TopicName, Vec<(i32, Code)>)>;
+
 /// One group's committed offsets, by (topic, partition).
 type Committed = HashMap<(String, i32), KafkaOffset>;
 
@@ -60,71 +73,38 @@ impl Kafka {
         version: i16,
     ) -> OffsetCommitResponse {
         let group = req.group_id.0.to_string();
-        let member = req.member_id.to_string();
-        let generation = req.generation_id_or_member_epoch;
-        // Whether this member may commit: a group unknown here takes
-        // commits from outside it only (generation -1).
-        let allowed = if group.is_empty() {
-            Err(K::InvalidGroupId.code())
-        } else {
-            let instance = req.group_instance_id.as_ref().map(|i| i.to_string());
-            self.with_group(&group, generation < 0, |g| {
-                g.check_instance(&member, instance.as_deref())?;
-                g.may_commit(&member, generation)
+        let instance = req.group_instance_id.as_ref().map(|i| i.to_string());
+        let allowed = self.commit_rights(
+            &group,
+            &req.member_id,
+            req.generation_id_or_member_epoch,
+            instance.as_deref(),
+        );
+        let topics = req
+            .topics
+            .into_iter()
+            .map(|t| {
+                let commits = t
+                    .partitions
+                    .into_iter()
+                    .map(|p| Commit {
+                        partition: p.partition_index,
+                        offset: p.committed_offset,
+                        leader_epoch: if version >= 6 {
+                            p.committed_leader_epoch
+                        } else {
+                            -1
+                        },
+                        metadata: p
+                            .committed_metadata
+                            .map(|m| m.to_string())
+                            .unwrap_or_default(),
+                    })
+                    .collect();
+                (t.name, commits)
             })
-            .map_err(|code| {
-                if code == K::UnknownMemberId.code() && generation >= 0 {
-                    K::IllegalGeneration.code()
-                } else {
-                    code
-                }
-            })
-        };
-        let now = crate::tier::writer::now_ms();
-        let scope = self.node.config.kafka_scope.clone();
-        // Per partition: its code so far, and the offset to record.
-        let mut answers: Vec<(TopicName, Vec<(i32, Code)>)> = Vec::new();
-        let mut offsets = Vec::new();
-        for t in req.topics {
-            let topic = t.name.0.to_string();
-            let parts = topics::partitions(self, &topic);
-            let mut codes_of = Vec::new();
-            for p in t.partitions {
-                let metadata = p
-                    .committed_metadata
-                    .map(|m| m.to_string())
-                    .unwrap_or_default();
-                let code = match (&allowed, &parts) {
-                    (Err(code), _) => *code,
-                    (_, Err(_)) => K::UnknownTopicOrPartition.code(),
-                    (_, Ok(parts))
-                        if usize::try_from(p.partition_index)
-                            .map_or(true, |i| i >= parts.len()) =>
-                    {
-                        K::UnknownTopicOrPartition.code()
-                    }
-                    _ if metadata.len() > METADATA_BYTES_MAX => K::OffsetMetadataTooLarge.code(),
-                    _ => {
-                        offsets.push(KafkaOffset {
-                            scope: scope.clone(),
-                            stream: topic.clone(),
-                            partition: p.partition_index,
-                            offset: p.committed_offset,
-                            leader_epoch: if version >= 6 {
-                                p.committed_leader_epoch
-                            } else {
-                                -1
-                            },
-                            metadata,
-                            commit_ms: now,
-                        });
-                        0
-                    }
-                };
-                codes_of.push((p.partition_index, code));
-            }
-            answers.push((t.name, codes_of));
-        }
+            .collect();
+        let (answers, offsets) = self.checked_commits(topics, &allowed);
         let failed = if offsets.is_empty() {
             0
         } else {
@@ -160,6 +140,77 @@ impl Kafka {
             })
             .collect();
         r
+    }
+
+    /// Whether `member` of `group` at `generation` may commit now: a group
+    /// unknown here takes commits from outside it only (generation -1).
+    pub(super) fn commit_rights(
+        &self,
+        group: &str,
+        member: &str,
+        generation: i32,
+        instance: Option<&str>,
+    ) -> Result<(), Code> {
+        if group.is_empty() {
+            return Err(K::InvalidGroupId.code());
+        }
+        self.with_group(group, generation < 0, |g| {
+            g.check_instance(member, instance)?;
+            g.may_commit(member, generation)
+        })
+        .map_err(|code| {
+            if code == K::UnknownMemberId.code() && generation >= 0 {
+                K::IllegalGeneration.code()
+            } else {
+                code
+            }
+        })
+    }
+
+    /// Each partition's code so far, and the offsets to record of those
+    /// that may be committed (`allowed`, a known partition, metadata
+    /// within bounds).
+    pub(super) fn checked_commits(
+        &self,
+        topics: Vec<(TopicName, Vec<Commit>)>,
+        allowed: &Result<(), Code>,
+    ) -> (PartitionCodes, Vec<KafkaOffset>) {
+        let now = crate::tier::writer::now_ms();
+        let scope = self.node.config.kafka_scope.clone();
+        let mut answers = Vec::new();
+        let mut offsets = Vec::new();
+        for (name, commits) in topics {
+            let topic = name.0.to_string();
+            let parts = topics::partitions(self, &topic);
+            let mut codes_of = Vec::new();
+            for c in commits {
+                let code = match (allowed, &parts) {
+                    (Err(code), _) => *code,
+                    (_, Err(_)) => K::UnknownTopicOrPartition.code(),
+                    (_, Ok(parts))
+                        if usize::try_from(c.partition).map_or(true, |i| i >= parts.len()) =>
+                    {
+                        K::UnknownTopicOrPartition.code()
+                    }
+                    _ if c.metadata.len() > METADATA_BYTES_MAX => K::OffsetMetadataTooLarge.code(),
+                    _ => {
+                        offsets.push(KafkaOffset {
+                            scope: scope.clone(),
+                            stream: topic.clone(),
+                            partition: c.partition,
+                            offset: c.offset,
+                            leader_epoch: c.leader_epoch,
+                            metadata: c.metadata,
+                            commit_ms: now,
+                        });
+                        0
+                    }
+                };
+                codes_of.push((c.partition, code));
+            }
+            answers.push((name, codes_of));
+        }
+        (answers, offsets)
     }
 
     pub(super) async fn offset_fetch(

@@ -16,10 +16,11 @@ use kafka_protocol::messages::produce_request::PartitionProduceData;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError as K;
 
 use super::producers::{Checked, Sequenced};
-use super::records::events_of;
-use super::{codes, producers, topics, Kafka};
+use super::records::{events_of, Produced};
+use super::{codes, producers, topics, txns, Kafka};
 use crate::container::command::{self, Cmd};
 use crate::container::segment::Segment;
 use crate::container::state::Applied;
@@ -112,6 +113,11 @@ impl Kafka {
             .map_err(|_| (codes::INVALID_RECORD, "records over 4 GiB".to_string()))?;
         self.node.space.admit(u64::from(bytes)).map_err(failed)?;
         self.node.budget.wait_for_room(u64::from(bytes)).await;
+        if produced.sequenced.as_ref().is_some_and(|s| s.transactional) {
+            return self
+                .append_to_txn(topic, part.segment, produced, bytes)
+                .await;
+        }
         let count = produced.count;
         // An idempotent producer's batch is checked against what its
         // writer id has applied here first; without a producer id, no
@@ -158,6 +164,90 @@ impl Kafka {
                 ))
             }
             (other, _) => Err(failed(Error::Internal(format!(
+                "append answered {other:?}"
+            )))),
+        }
+    }
+}
+
+impl Kafka {
+    /// Appends a transactional producer's batch to its transaction's part
+    /// of the partition: invisible until EndTxn commits it, so it has no
+    /// offset yet (the answer's base offset is -1, which clients take as
+    /// unknown). Exactly once by writer id, as in the partition itself.
+    ///
+    /// A producer's sequences run on across its transactions, while each
+    /// transaction's part starts empty, so the part's writer id carries
+    /// the sequence of its first batch (`<writer>+<sequence>`) and numbers
+    /// batches from there. A batch before that first one (its first try
+    /// failed while a later batch went in) is out of order, which aborts
+    /// the transaction, never a duplicate that would drop it.
+    async fn append_to_txn(
+        &self,
+        topic: &str,
+        parent: u64,
+        produced: Produced,
+        bytes: u32,
+    ) -> Result<(i64, i64), (i16, String)> {
+        let Some(s) = produced.sequenced else {
+            return Err((codes::INVALID_RECORD, "no producer id".into()));
+        };
+        let key = self.key(topic);
+        let part = self
+            .txn_part_of(s.producer_id, s.epoch, &key.scope, &key.stream, parent)
+            .await?;
+        let failed = |e: Error| (txns::part_append_code(&e), e.to_string());
+        let (container, segment) =
+            crate::api::append::appendable(&self.node, parent).map_err(failed)?;
+        crate::api::append::check_txn_room(&self.node, bytes).map_err(failed)?;
+        let prefix = format!("{}+", s.writer_id);
+        let sequence = s.first - 1;
+        let (writer_id, base, applied) = match container
+            .txn_writer_like(part.txn_segment_id, prefix.clone())
+            .await
+            .map_err(failed)?
+        {
+            Some((w, last)) => {
+                let base = w[prefix.len()..].parse::<i64>().unwrap_or(0);
+                (w, base, last)
+            }
+            None => (format!("{prefix}{sequence}"), sequence, 0),
+        };
+        if sequence < base {
+            return Err((
+                K::OutOfOrderSequenceNumber.code(),
+                format!(
+                    "sequence {sequence} precedes {base}, this transaction's first in the partition"
+                ),
+            ));
+        }
+        let numbered = Sequenced {
+            first: s.first - base,
+            last: s.last - base,
+            ..s
+        };
+        if producers::check(&numbered, applied)? == Checked::Duplicate {
+            return Ok((-1, log_start(&segment)));
+        }
+        let cmd = Cmd::Append(command::Append {
+            segment_id: part.txn_segment_id,
+            writer_id,
+            first_event_number: numbered.first,
+            event_count: produced.count,
+            events: produced.events,
+            expected_length: None,
+            txn_parent: Some(parent),
+            append_ms: crate::tier::writer::now_ms(),
+        });
+        match container
+            .submit(cmd, bytes)
+            .await
+            .map_err(failed)?
+            .await
+            .map_err(failed)?
+        {
+            Applied::Appended { .. } => Ok((-1, log_start(&segment))),
+            other => Err(failed(Error::Internal(format!(
                 "append answered {other:?}"
             )))),
         }

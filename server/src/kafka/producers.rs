@@ -38,7 +38,7 @@ impl ProducerIds {
         }
     }
 
-    fn next(&self) -> i64 {
+    pub(super) fn next(&self) -> i64 {
         let now =
             i64::try_from(crate::tier::writer::now_ms()).unwrap_or(0) << NODE_BITS | self.node;
         let step = 1 << NODE_BITS;
@@ -60,6 +60,10 @@ impl ProducerIds {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Sequenced {
     pub writer_id: String,
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// A transactional producer's batch: it goes to its transaction.
+    pub transactional: bool,
     /// Event numbers: Kafka's sequences plus one.
     pub first: i64,
     pub last: i64,
@@ -71,12 +75,6 @@ pub(super) fn sequenced(records: &[&Record]) -> Result<Option<Sequenced>, (i16, 
     let Some(first) = records.first() else {
         return Ok(None);
     };
-    if first.transactional {
-        return Err((
-            K::TransactionalIdAuthorizationFailed.code(),
-            "transactional producers are not supported by this Kafka listener yet".into(),
-        ));
-    }
     if first.producer_id < 0 {
         return Ok(None);
     }
@@ -84,6 +82,7 @@ pub(super) fn sequenced(records: &[&Record]) -> Result<Option<Sequenced>, (i16, 
     for r in records {
         if r.producer_id != first.producer_id
             || r.producer_epoch != first.producer_epoch
+            || r.transactional != first.transactional
             || i64::from(r.sequence) != next
         {
             return Err((
@@ -98,6 +97,9 @@ pub(super) fn sequenced(records: &[&Record]) -> Result<Option<Sequenced>, (i16, 
             "kafka-producer-{}.{}",
             first.producer_id, first.producer_epoch
         ),
+        producer_id: first.producer_id,
+        epoch: first.producer_epoch,
+        transactional: first.transactional,
         first: i64::from(first.sequence) + 1,
         last: next,
     }))
@@ -160,17 +162,13 @@ impl Kafka {
     pub(super) async fn init_producer_id(
         &self,
         req: InitProducerIdRequest,
+        version: i16,
     ) -> InitProducerIdResponse {
         let r = InitProducerIdResponse::default();
-        if req
-            .transactional_id
-            .as_ref()
-            .is_some_and(|t| !t.0.is_empty())
-        {
-            return r
-                .with_error_code(K::TransactionalIdAuthorizationFailed.code())
-                .with_producer_id(ProducerId(-1))
-                .with_producer_epoch(-1);
+        if let Some(tid) = req.transactional_id.as_ref().filter(|t| !t.0.is_empty()) {
+            return self
+                .init_transactional(tid.0.to_string(), req.transaction_timeout_ms, version)
+                .await;
         }
         // A producer bumping its own epoch (KIP-360) keeps its id while
         // the epoch lasts.
@@ -202,6 +200,9 @@ mod tests {
     fn batches_are_classified_like_kafka_does() {
         let s = |first: i64, last: i64| Sequenced {
             writer_id: "w".into(),
+            producer_id: 1,
+            epoch: 0,
+            transactional: false,
             first,
             last,
         };

@@ -30,6 +30,11 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DeleteGroups, 0, 2),
+    // Transactions as Kafka before KIP-890's version 2 (no implicit adds).
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
 ];
 
 pub(super) fn supported(api: ApiKey, version: i16) -> bool {
@@ -84,6 +89,10 @@ mod tests {
             ApiKey::DescribeGroups => m::DescribeGroupsRequest::VERSIONS,
             ApiKey::ListGroups => m::ListGroupsRequest::VERSIONS,
             ApiKey::DeleteGroups => m::DeleteGroupsRequest::VERSIONS,
+            ApiKey::AddPartitionsToTxn => m::AddPartitionsToTxnRequest::VERSIONS,
+            ApiKey::AddOffsetsToTxn => m::AddOffsetsToTxnRequest::VERSIONS,
+            ApiKey::TxnOffsetCommit => m::TxnOffsetCommitRequest::VERSIONS,
+            ApiKey::EndTxn => m::EndTxnRequest::VERSIONS,
             other => panic!("{other:?} has no codec range here"),
         };
         for (k, lo, hi) in SUPPORTED {
