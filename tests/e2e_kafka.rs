@@ -1280,19 +1280,23 @@ async fn offsets_of_a_group_without_members_expire() {
     drop(server);
 }
 
-/// Every version ApiVersions advertises of the metadata, offset and group
-/// APIs answers a request on one connection, which stays open: the
+/// Every version ApiVersions advertises of the metadata, offset, group
+/// and transaction APIs answers a request on one connection, which stays open: the
 /// responses never carry a field their version lacks (the codec would
 /// refuse to encode it and the connection would close), in error answers
 /// and in answers about a group with a member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_advertised_version_answers_on_one_connection() {
+    use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
     use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
     use kafka_protocol::messages::leave_group_request::MemberIdentity;
     use kafka_protocol::messages::offset_commit_request::{
         OffsetCommitRequestPartition, OffsetCommitRequestTopic,
     };
     use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
     use kafka_protocol::messages::*;
     use kafka_protocol::protocol::StrBytes;
     let kafka_port = free_port();
@@ -1310,6 +1314,8 @@ async fn every_advertised_version_answers_on_one_connection() {
         raw.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
     assert_eq!(advertised.error_code, 0);
     let mut answered = 0;
+    let tid = || TransactionalId(s("tv"));
+    let mut producer = (ProducerId(-1), -1i16);
     for range in &advertised.api_keys {
         let Ok(api) = ApiKey::try_from(range.api_key) else {
             continue;
@@ -1399,6 +1405,69 @@ async fn every_advertised_version_answers_on_one_connection() {
                         DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("none"))]);
                     let _: DeleteGroupsResponse = raw.call(api, v, &req);
                 }
+                // One transaction through every version: each InitProducerId
+                // bumps the epoch, the rest use the last.
+                ApiKey::InitProducerId => {
+                    let req = InitProducerIdRequest::default()
+                        .with_transactional_id(Some(tid()))
+                        .with_transaction_timeout_ms(60_000);
+                    let r: InitProducerIdResponse = raw.call(api, v, &req);
+                    assert_eq!(r.error_code, 0, "InitProducerId v{v}");
+                    producer = (r.producer_id, r.producer_epoch);
+                }
+                ApiKey::AddPartitionsToTxn => {
+                    let req = AddPartitionsToTxnRequest::default()
+                        .with_v3_and_below_transactional_id(tid())
+                        .with_v3_and_below_producer_id(producer.0)
+                        .with_v3_and_below_producer_epoch(producer.1)
+                        .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
+                            .with_name(TopicName(s("versions")))
+                            .with_partitions(vec![0, 1])]);
+                    let r: AddPartitionsToTxnResponse = raw.call(api, v, &req);
+                    let codes: Vec<i16> = r.results_by_topic_v3_and_below[0]
+                        .results_by_partition
+                        .iter()
+                        .map(|p| p.partition_error_code)
+                        .collect();
+                    assert_eq!(codes, vec![0, 0], "AddPartitionsToTxn v{v}");
+                }
+                ApiKey::AddOffsetsToTxn => {
+                    let req = AddOffsetsToTxnRequest::default()
+                        .with_transactional_id(tid())
+                        .with_producer_id(producer.0)
+                        .with_producer_epoch(producer.1)
+                        .with_group_id(GroupId(s("outside")));
+                    let r: AddOffsetsToTxnResponse = raw.call(api, v, &req);
+                    assert_eq!(r.error_code, 0, "AddOffsetsToTxn v{v}");
+                }
+                ApiKey::TxnOffsetCommit => {
+                    let req = TxnOffsetCommitRequest::default()
+                        .with_transactional_id(tid())
+                        .with_group_id(GroupId(s("outside")))
+                        .with_producer_id(producer.0)
+                        .with_producer_epoch(producer.1)
+                        .with_generation_id(-1)
+                        .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+                            .with_name(TopicName(s("versions")))
+                            .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(7)])]);
+                    let r: TxnOffsetCommitResponse = raw.call(api, v, &req);
+                    assert_eq!(
+                        r.topics[0].partitions[0].error_code, 0,
+                        "TxnOffsetCommit v{v}"
+                    );
+                }
+                ApiKey::EndTxn => {
+                    // The first commits; the others repeat it, answered alike.
+                    let req = EndTxnRequest::default()
+                        .with_transactional_id(tid())
+                        .with_producer_id(producer.0)
+                        .with_producer_epoch(producer.1)
+                        .with_committed(true);
+                    let r: EndTxnResponse = raw.call(api, v, &req);
+                    assert_eq!(r.error_code, 0, "EndTxn v{v}");
+                }
                 _ => continue,
             }
             answered += 1;
@@ -1406,7 +1475,14 @@ async fn every_advertised_version_answers_on_one_connection() {
     }
     // Metadata 0-12, FindCoordinator 0-6, JoinGroup 0-9, SyncGroup 0-5,
     // Heartbeat 0-4, LeaveGroup 0-5, OffsetCommit 2-9, OffsetFetch 1-9,
-    // DescribeGroups 0-5, ListGroups 0-4, DeleteGroups 0-2.
-    assert_eq!(answered, 13 + 7 + 10 + 6 + 5 + 6 + 8 + 9 + 6 + 5 + 3);
+    // DescribeGroups 0-5, ListGroups 0-4, DeleteGroups 0-2, InitProducerId
+    // 0-4, AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit and EndTxn
+    // 0-3.
+    assert_eq!(
+        answered,
+        13 + 7 + 10 + 6 + 5 + 6 + 8 + 9 + 6 + 5 + 3 + 5 + 4 * 4
+    );
+    // The transaction's offset came with its commit (OffsetCommit had 1).
+    assert_eq!(raw.offset_fetch("outside", "versions"), 7);
     drop(server);
 }

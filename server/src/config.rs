@@ -110,6 +110,11 @@ pub struct ServerConfig {
     /// offset is older than this loses its offsets (Kafka's
     /// `offsets.retention.minutes`, 7 days by default); 0: kept forever.
     pub kafka_offsets_retention_ms: u64,
+    /// A Kafka transactional id not used for this long (nor for its
+    /// transaction timeout) is forgotten (Kafka's
+    /// `transactional.id.expiration.ms`, 7 days by default); 0: only when
+    /// the cluster's bound of ids is reached, the longest unused first.
+    pub kafka_transactional_id_expiry_ms: u64,
     /// Open client connections from one IP address; past it that address's
     /// new connections are refused at once, so one host cannot take every
     /// slot.
@@ -206,6 +211,7 @@ impl Default for ServerConfig {
             kafka_listen: None,
             kafka_scope: "kafka".into(),
             kafka_offsets_retention_ms: 7 * 24 * 3600 * 1000,
+            kafka_transactional_id_expiry_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }

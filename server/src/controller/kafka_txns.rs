@@ -10,19 +10,24 @@
 //! commits (or aborts) every one of those transactions and applies the
 //! offsets, so a commit is all or nothing across topics.
 //!
+//! Ids are forgotten when unused for `expiry_ms` (and their transaction
+//! timeout), looked for at each InitProducerId, so replicas forget the same
+//! ids at the same entry; at the bound, the id unused longest goes first.
+//! A forgotten id's old producer is then unknown (`Mapping`), never let in.
+//!
 //! This module owns the table and its rules, and plans what else an entry
 //! changes (Aquifer transactions to begin or end, offsets to apply); the
 //! meta state carries the plan out. It never reads segments and never
 //! decides whether a stream exists (the Aquifer begin does).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::kafka_offsets::{KafkaOffset, KafkaOffsetsCommand};
 use super::txns::TxnState;
 
 /// Transactional ids the cluster keeps: every one is in every metadata
-/// snapshot.
-pub const KAFKA_TXN_IDS_MAX: usize = 10_000;
+/// snapshot (about 100 bytes each).
+pub const KAFKA_TXN_IDS_MAX: usize = 100_000;
 /// Streams (topics) one Kafka transaction may write.
 pub const STREAMS_PER_TXN_MAX: usize = 256;
 /// Consumer groups one Kafka transaction may commit offsets for.
@@ -82,6 +87,10 @@ pub struct KafkaTxnCommand {
     /// The proposer's clock.
     #[prost(uint64, tag = "12")]
     pub now_ms: u64,
+    /// Init: ids unused this long (and their timeout) are forgotten first
+    /// (0: only at the bound).
+    #[prost(uint64, tag = "13")]
+    pub expiry_ms: u64,
 }
 
 /// A stream the open Kafka transaction writes, and its Aquifer transaction.
@@ -195,11 +204,13 @@ pub struct Plan {
     pub timed_out: bool,
 }
 
-/// Every transactional id, and which id each producer id is.
+/// Every transactional id, which id each producer id is, and the ids by
+/// when they were last used.
 #[derive(Debug, Default)]
 pub struct KafkaTxns {
     ids: BTreeMap<String, KafkaTxnRecord>,
     producers: HashMap<i64, String>,
+    by_use: BTreeSet<(u64, String)>,
 }
 
 impl KafkaTxns {
@@ -226,12 +237,43 @@ impl KafkaTxns {
 
     /// Stores `r` (as a plan was carried out).
     pub fn put(&mut self, r: KafkaTxnRecord) {
-        if let Some(old) = self.ids.get(&r.transactional_id) {
-            self.producers.remove(&old.producer_id);
-        }
+        self.remove(&r.transactional_id);
         self.producers
             .insert(r.producer_id, r.transactional_id.clone());
+        self.by_use
+            .insert((r.updated_ms, r.transactional_id.clone()));
         self.ids.insert(r.transactional_id.clone(), r);
+    }
+
+    fn remove(&mut self, transactional_id: &str) {
+        if let Some(old) = self.ids.remove(transactional_id) {
+            self.producers.remove(&old.producer_id);
+            self.by_use.remove(&(old.updated_ms, old.transactional_id));
+        }
+    }
+
+    /// Before Init `c` of a new id: forgets the ids unused for its
+    /// `expiry_ms` and their timeout, and at the bound the one unused
+    /// longest whose timeout has passed (its transaction is over); how
+    /// many it forgot.
+    pub fn make_room(&mut self, c: &KafkaTxnCommand) -> usize {
+        let over = |r: &KafkaTxnRecord, idle_ms: u64| {
+            r.updated_ms.saturating_add(idle_ms.max(r.timeout_ms)) < c.now_ms
+        };
+        let mut gone = Vec::new();
+        for (_, id) in &self.by_use {
+            let Some(r) = self.ids.get(id) else { continue };
+            let expired = c.expiry_ms > 0 && over(r, c.expiry_ms);
+            let evicted = gone.is_empty() && self.ids.len() >= KAFKA_TXN_IDS_MAX && over(r, 0);
+            if !(expired || evicted) {
+                break;
+            }
+            gone.push(id.clone());
+        }
+        for id in &gone {
+            self.remove(id);
+        }
+        gone.len()
     }
 
     /// The record after `c` and what else changes with it; nothing here
@@ -372,7 +414,8 @@ impl KafkaTxns {
                 if self.ids.len() >= KAFKA_TXN_IDS_MAX {
                     return Err(KafkaTxnsError::Full(format!(
                         "the cluster keeps {KAFKA_TXN_IDS_MAX} transactional ids, the most it \
-                         holds: reuse ids rather than making new ones"
+                         holds, and none is unused past its transaction timeout: reuse ids \
+                         rather than making new ones"
                     )));
                 }
                 KafkaTxnRecord {
@@ -575,6 +618,29 @@ mod tests {
         run(&mut t, cmd(KafkaTxnOp::Init, 55, 0), &states).unwrap();
         assert_eq!(t.of_producer(55).map(|r| r.epoch), Some(0));
         assert!(t.of_producer(7).is_none());
+    }
+
+    #[test]
+    fn unused_ids_are_forgotten_and_the_bound_makes_room() {
+        let mut t = KafkaTxns::default();
+        let states = HashMap::new();
+        let init = |id: &str, now_ms: u64, expiry_ms: u64| KafkaTxnCommand {
+            transactional_id: id.into(),
+            now_ms,
+            expiry_ms,
+            timeout_ms: 1_000,
+            ..cmd(KafkaTxnOp::Init, now_ms as i64, 0)
+        };
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            run(&mut t, init(id, 10_000 * (i as u64 + 1), 0), &states).unwrap();
+        }
+        // Unused for 15 s at 40 s: a (10 s) and b (20 s), not c (30 s).
+        assert_eq!(t.make_room(&init("d", 40_000, 15_000)), 2);
+        assert!(t.get("a").is_none() && t.get("b").is_none());
+        assert!(t.get("c").is_some());
+        assert!(t.of_producer(10_000).is_none(), "its producer is unknown");
+        // Never, without expiry, below the bound.
+        assert_eq!(t.make_room(&init("e", 10_000_000, 0)), 0);
     }
 
     #[test]

@@ -998,6 +998,9 @@ impl MetaState {
     ) -> Result<Applied, MetaError> {
         let table = self.kafka_txns.clone();
         let mut table = table.write().unwrap_or_else(|p| p.into_inner());
+        if c.op == super::kafka_txns::KafkaTxnOp::Init as i32 {
+            table.make_room(&c);
+        }
         let (record, plan) = {
             let txns = self.txns.read().unwrap_or_else(|p| p.into_inner());
             table.plan(&c, |id| txns.get(id).map(TxnRecord::state))?

@@ -146,6 +146,7 @@ impl Kafka {
             op: KafkaTxnOp::Init as i32,
             producer_id: self.producer_ids.next(),
             timeout_ms: timeout,
+            expiry_ms: self.node.config.kafka_transactional_id_expiry_ms,
             ..Default::default()
         };
         match self.txn_change(c, fenced(version, 4)).await {
