@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds the Flink job of tests/e2e_kafka.rs (tests/kafka/flink-job/: Flink
+# 2.2.1 and flink-connector-kafka 5.0.0-2.2 from Maven Central) into the
+# cache and prints the path of a file holding its runtime classpath (classes
+# first, then every jar), for `java -cp "$(cat FILE)" KafkaExactlyOnceJob ...`.
+# Idempotent: a build whose .complete marker holds the hash of the job's
+# sources is reused.
+source "$(dirname "$0")/common.sh"
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+JOB="$(cd "$HERE/../../tests/kafka/flink-job" && pwd)"
+DIR="$PEERS_DIR/flink-kafka-job"
+
+command -v mvn >/dev/null || fail "mvn is not installed (needed to build the Flink job)"
+command -v java >/dev/null || fail "java is not installed (needed to run the Flink job)"
+
+STAMP="$(cd "$JOB" && find pom.xml src -type f -print | LC_ALL=C sort |
+    xargs -d '\n' sha256sum | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$DIR/.complete" 2>/dev/null)" != "$STAMP" ]; then
+    rm -rf "$DIR"
+    mkdir -p "$DIR"
+    mvn_quiet "$PEERS_DIR/flink-kafka-job-mvn.log" "mvn compile (flink-kafka-job)" \
+        mvn -B -q -f "$JOB/pom.xml" -Djob.build.dir="$DIR/build" \
+        compile dependency:build-classpath -Dmdep.outputFile="$DIR/deps.txt" \
+        -Dmdep.includeScope=runtime
+    [ -d "$DIR/build/classes" ] || fail "mvn left no $DIR/build/classes"
+    printf '%s:%s\n' "$DIR/build/classes" "$(cat "$DIR/deps.txt")" >"$DIR/classpath.txt"
+    echo "$STAMP" >"$DIR/.complete"
+fi
+echo "$DIR/classpath.txt"
