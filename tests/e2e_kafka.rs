@@ -1059,6 +1059,59 @@ async fn a_cluster_serves_kafka_through_kill_9_of_the_partition_leader() {
     drop(cluster);
 }
 
+/// Kafka transactions on a 3-node cluster: tests/kafka/transactions.py's
+/// first phase, `kill -9` of the transaction coordinator (the `meta`
+/// leader) while a transaction is open, then its second phase against the
+/// survivors: the new coordinator knows every transactional id, the open
+/// transaction is aborted by the next producer of its id, and exactly the
+/// committed records and offsets are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_transactions_survive_kill_9_of_the_coordinator() {
+    let Some(python) = confluent_python() else {
+        return;
+    };
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut cluster = common::TestCluster::start_with(
+        3,
+        |id| format!("kafka_listen = \"127.0.0.1:{}\"", ports[(id - 1) as usize]),
+        "chunk_bytes = 65536\nflush_interval_ms = 100",
+    )
+    .await;
+    // Every node names all three brokers before clients start.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for &port in &ports {
+        let mut raw = Raw::connect(port);
+        while raw.brokers().len() < 3 {
+            assert!(Instant::now() < deadline, "node at {port} lacks brokers");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let coordinator = cluster.leader_of("meta").await;
+    let run = |brokers: String, phase: &'static str| {
+        let python = python.clone();
+        async move {
+            let out = tokio::task::spawn_blocking(move || {
+                python_script(&python, "transactions.py", &[&brokers, phase]).wait_with_output()
+            })
+            .await
+            .expect("join")
+            .expect("wait python");
+            assert_script_passed(&format!("transactions.py {phase}"), &out);
+        }
+    };
+    let all: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    run(all.join(","), "before").await;
+    cluster.node(coordinator).kill9();
+    let survivors: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u64 + 1 != coordinator)
+        .map(|(_, p)| format!("127.0.0.1:{p}"))
+        .collect();
+    run(survivors.join(","), "after").await;
+    drop(cluster);
+}
+
 /// Kafka's own jars (broker and tools, kafka 4.4.0), fetched from Maven
 /// Central by the project's script: the folder holding `lib/`.
 fn kafka_jars() -> Option<String> {
