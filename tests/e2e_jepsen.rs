@@ -18,6 +18,12 @@
 //!   committed transaction's events in a segment all together, and all).
 //!   A commit or abort whose answer was lost is resolved at the end from
 //!   the transaction's status; committed events count as acknowledged.
+//! - Kafka transactions (a transactional producer through every node's
+//!   Kafka listener, `aquifer_testkit::kafka`, on a 2-partition topic the
+//!   nemesis never scales): a committed one not whole, an aborted one with
+//!   any record visible, one whose answer was lost neither whole nor
+//!   absent, a record twice, or a transaction's records in a partition not
+//!   one run in the order sent.
 //!
 //! Pass = zero of each. The short run is part of the suite; the soak:
 //! `AQUIFER_JEPSEN_SECS=600 cargo test --release --test e2e_jepsen -- --ignored`
@@ -51,6 +57,13 @@ const IN_FLIGHT_MAX: usize = 512;
 const TXN_WRITERS: u64 = 2;
 const TXN_KEYS: u64 = 4;
 const TXN_EVENTS_PER_KEY: u64 = 8;
+/// The Kafka transactions' topic (the stream `kafka/<it>`), its
+/// partitions, and each transaction's batches per partition and records
+/// per batch.
+const KAFKA_TOPIC: &str = "jepsen.kafka";
+const KAFKA_PARTITIONS: i32 = 2;
+const KAFKA_BATCHES: usize = 2;
+const KAFKA_BATCH_RECORDS: usize = 4;
 
 #[derive(Default)]
 struct History {
@@ -73,6 +86,150 @@ struct History {
     /// Every transaction: its tag, id, events and how it ended as far as
     /// its writer knows.
     txns: Vec<TxnOutcome>,
+    /// Every Kafka transaction, as its producer knows it.
+    kafka_txns: Vec<KafkaTxnOutcome>,
+}
+
+/// One Kafka transaction of the checker: the records it sent
+/// (`kt<n>:<partition>:<i>`), and how it ended as far as its producer
+/// knows (None: the EndTxn commit's answer was lost).
+struct KafkaTxnOutcome {
+    records: Vec<String>,
+    committed: Option<bool>,
+}
+
+/// Writes Kafka transactions through `brokers` until `until`: each adds
+/// both partitions, sends `KAFKA_BATCHES` batches to each, and commits
+/// (about two in three) or aborts. A failed step ends the transaction as
+/// aborted (it never asked to commit; the next InitProducerId aborts it);
+/// a commit whose answer was lost is unknown.
+async fn write_kafka_txns_until(
+    brokers: Vec<String>,
+    until: Instant,
+    seed: u64,
+    history: Arc<Mutex<History>>,
+) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut producer = common::kafka::TxnProducer::new(brokers, "jepsen-kafka", 60_000);
+    let mut n = 0u64;
+    while Instant::now() < until {
+        if !producer.ready() {
+            if let Err(e) = producer.init().await {
+                eprintln!("jepsen: Kafka InitProducerId: {e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        n += 1;
+        let tag = format!("kt{n}");
+        let mut records = Vec::new();
+        let partitions: Vec<i32> = (0..KAFKA_PARTITIONS).collect();
+        let mut sent = producer.add_partitions(KAFKA_TOPIC, &partitions).await;
+        'batches: for b in 0..KAFKA_BATCHES {
+            for &p in &partitions {
+                if sent.is_err() {
+                    break 'batches;
+                }
+                let batch: Vec<String> = (0..KAFKA_BATCH_RECORDS)
+                    .map(|i| format!("{tag}:{p}:{}", b * KAFKA_BATCH_RECORDS + i))
+                    .collect();
+                records.extend(batch.iter().cloned());
+                sent = producer.produce(KAFKA_TOPIC, p, &batch).await;
+            }
+        }
+        let commit = rng.random_bool(0.67);
+        let committed = match sent {
+            Err(e) => {
+                eprintln!("jepsen: Kafka transaction {tag} failed before its end: {e:?}");
+                producer.reset();
+                Some(false)
+            }
+            Ok(()) => match producer.end(commit).await {
+                Ok(()) => Some(commit),
+                Err(e) => {
+                    eprintln!("jepsen: Kafka EndTxn of {tag} (commit {commit}): {e:?}");
+                    producer.reset();
+                    // An abort that failed never commits.
+                    if commit {
+                        None
+                    } else {
+                        Some(false)
+                    }
+                }
+            },
+        };
+        history
+            .lock()
+            .unwrap()
+            .kafka_txns
+            .push(KafkaTxnOutcome { records, committed });
+    }
+}
+
+/// What the Kafka checks found in the final read.
+struct KafkaChecked {
+    committed: usize,
+    aborted: usize,
+    /// Commits whose answer was lost.
+    unknown: usize,
+    /// Must all be 0: not whole, aborted but seen, lost answer neither
+    /// whole nor absent, duplicated, interleaved or out of order.
+    bad: (usize, usize, usize, usize, usize),
+}
+
+/// The Kafka checks of the final read of `events` (the topic's stream).
+fn check_kafka(h: &History, events: &[aquifer_client::Event]) -> KafkaChecked {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut order: Vec<(u64, String)> = Vec::new();
+    let mut last_index: HashMap<(u64, String), u64> = HashMap::new();
+    let mut out_of_order = 0;
+    for e in events {
+        let text = String::from_utf8_lossy(&e.payload).into_owned();
+        let mut parts = text.split(':');
+        let (Some(tag), Some(_), Some(i)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let i: u64 = i.parse().unwrap_or(0);
+        let at = (e.position.segment_id, tag.to_string());
+        if last_index.get(&at).is_some_and(|&l| i <= l) {
+            out_of_order += 1;
+        }
+        last_index.insert(at.clone(), i);
+        order.push(at);
+        *seen.entry(text).or_default() += 1;
+    }
+    let duplicated = seen.values().filter(|&&n| n > 1).count();
+    let (mut committed, mut aborted, mut unknown) = (0, 0, 0);
+    let (mut not_whole, mut aborted_seen, mut unknown_partial) = (0, 0, 0);
+    for t in &h.kafka_txns {
+        let visible = t.records.iter().filter(|r| seen.contains_key(*r)).count();
+        match t.committed {
+            Some(true) => {
+                committed += 1;
+                not_whole += usize::from(visible != t.records.len());
+            }
+            Some(false) => {
+                aborted += 1;
+                aborted_seen += usize::from(visible > 0);
+            }
+            None => {
+                unknown += 1;
+                unknown_partial += usize::from(visible != 0 && visible != t.records.len());
+            }
+        }
+    }
+    KafkaChecked {
+        committed,
+        aborted,
+        unknown,
+        bad: (
+            not_whole,
+            aborted_seen,
+            unknown_partial,
+            duplicated,
+            interleaved(&order) + out_of_order,
+        ),
+    }
 }
 
 /// One transaction of the checker.
@@ -370,7 +527,18 @@ async fn run(fault_secs: u64) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    let mut cluster = TestCluster::start(nodes as usize, "", "flush_interval_ms = 1000").await;
+    let kafka_ports: Vec<u16> = (0..nodes).map(|_| common::free_port()).collect();
+    let mut cluster = TestCluster::start_with(
+        nodes as usize,
+        |id| {
+            format!(
+                "kafka_listen = \"127.0.0.1:{}\"",
+                kafka_ports[(id - 1) as usize]
+            )
+        },
+        "flush_interval_ms = 1000",
+    )
+    .await;
     let client = Client::connect(&cluster.node(1).addr())
         .await
         .expect("connect");
@@ -380,6 +548,12 @@ async fn run(fault_secs: u64) {
         .create_stream(&name, 4)
         .await
         .expect("create");
+    let kafka_name = stream_name(&format!("kafka/{KAFKA_TOPIC}"));
+    client
+        .admin()
+        .create_stream(&kafka_name, KAFKA_PARTITIONS as u32)
+        .await
+        .expect("create the Kafka topic");
     let history = Arc::new(Mutex::new(History::default()));
     let until = Instant::now() + Duration::from_secs(fault_secs);
 
@@ -449,6 +623,16 @@ async fn run(fault_secs: u64) {
         })
         .collect();
 
+    let kafka_writer = tokio::spawn(write_kafka_txns_until(
+        kafka_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect(),
+        until,
+        seed.rotate_left(17),
+        history.clone(),
+    ));
+
     // The nemesis: one fault at a time, each healed before the next.
     let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
     while Instant::now() + Duration::from_secs(4) < until {
@@ -493,6 +677,7 @@ async fn run(fault_secs: u64) {
     for w in txn_writers {
         w.await.expect("transactional writer task");
     }
+    kafka_writer.await.expect("Kafka writer task");
     // Transactions whose end is unknown are resolved from their status;
     // a committed one's events count as acknowledged from here on.
     let unknown: Vec<(usize, String)> = history
@@ -562,7 +747,14 @@ async fn run(fault_secs: u64) {
         .await
         .expect("connect");
     let events = read_all(&reader, &name, Duration::from_secs(120)).await;
+    let kafka_events = read_all(&reader, &kafka_name, Duration::from_secs(120)).await;
     let h = history.lock().unwrap();
+    let KafkaChecked {
+        committed: k_committed,
+        aborted: k_aborted,
+        unknown: k_unknown,
+        bad: kafka_bad,
+    } = check_kafka(&h, &kafka_events);
     let mut seen: HashMap<(String, u64), u32> = HashMap::new();
     let mut last: HashMap<String, u64> = HashMap::new();
     let mut reordered = 0u64;
@@ -623,7 +815,9 @@ async fn run(fault_secs: u64) {
          lost {lost}, duplicated {duplicated}, reordered {reordered}, vanished {vanished}; \
          group: {} handed on, missed {missed}, re-read {reread}, {} markers, {checkpoints} checkpoints complete (of the last kept), {} read errors; \
          transactions: {committed} committed ({} with a lost answer), {aborted} aborted; not whole {not_whole}, aborted but seen {aborted_seen}, \
-         interleaved {interleaved_final} (tailed {interleaved_tail}), partial in the tail {tail_partial}",
+         interleaved {interleaved_final} (tailed {interleaved_tail}), partial in the tail {tail_partial}; \
+         Kafka transactions: {k_committed} committed, {k_aborted} aborted, {k_unknown} with a lost commit answer, {} records read; \
+         not whole, aborted but seen, lost answer partial, duplicated, interleaved or out of order {kafka_bad:?}",
         h.acked.len(),
         h.failed,
         events.len(),
@@ -631,7 +825,8 @@ async fn run(fault_secs: u64) {
         h.grouped.len(),
         h.markers,
         h.group_errors,
-        unknown.len()
+        unknown.len(),
+        kafka_events.len()
     );
     assert!(!h.acked.is_empty(), "the writers made progress");
     assert_eq!(
@@ -657,6 +852,16 @@ async fn run(fault_secs: u64) {
         (not_whole, aborted_seen, interleaved_final, interleaved_tail, tail_partial),
         (0, 0, 0, 0, 0),
         "transactions not whole, aborted but seen, interleaved (final, tailed), partial in the tail (seed {seed})"
+    );
+    assert!(
+        k_committed > 0 && k_aborted > 0,
+        "Kafka transactions ran both ways"
+    );
+    assert_eq!(
+        kafka_bad,
+        (0, 0, 0, 0, 0),
+        "Kafka transactions not whole, aborted but seen, lost answer partial, duplicated, \
+         interleaved or out of order (seed {seed})"
     );
 }
 

@@ -598,33 +598,14 @@ impl Raw {
         Req: kafka_protocol::protocol::Encodable,
         Resp: kafka_protocol::protocol::Decodable,
     {
-        use kafka_protocol::protocol::{Decodable, Encodable};
         self.correlation += 1;
-        let header = kafka_protocol::messages::RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation);
-        let mut body = bytes::BytesMut::new();
-        header
-            .encode(&mut body, key.request_header_version(version))
-            .unwrap();
-        req.encode(&mut body, version).unwrap();
-        self.stream
-            .write_all(&(body.len() as u32).to_be_bytes())
-            .unwrap();
-        self.stream.write_all(&body).unwrap();
+        let frame = common::kafka::request_frame(key, version, self.correlation, req).unwrap();
+        self.stream.write_all(&frame).unwrap();
         let mut len = [0u8; 4];
         self.stream.read_exact(&mut len).unwrap();
         let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
         self.stream.read_exact(&mut reply).unwrap();
-        let mut reply = bytes::Bytes::from(reply);
-        let header = kafka_protocol::messages::ResponseHeader::decode(
-            &mut reply,
-            key.response_header_version(version),
-        )
-        .unwrap();
-        assert_eq!(header.correlation_id, self.correlation);
-        Resp::decode(&mut reply, version).unwrap()
+        common::kafka::response(reply.into(), key, version, self.correlation).unwrap()
     }
 
     /// Commits `offset` for partition 0 of `topic` from outside group

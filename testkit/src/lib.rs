@@ -5,6 +5,8 @@
 //! - [`process`]: the real `aquifer` binary on loopback, and the CLI;
 //! - [`cluster`]: clusters of real processes;
 //! - [`in_process`]: nodes of `aquifer_server` in the test's own process;
+//! - [`kafka`]: a small Kafka client (frames, a connection, a
+//!   transactional producer that retries);
 //! - [`logs`]: the test process's own log, on demand;
 //! - [`metrics`]: a node's `/metrics`, scraped and parsed;
 //! - [`pki`]: test certificates (a CA and what it signs);
@@ -21,6 +23,7 @@ pub mod cluster;
 pub mod events;
 pub mod files;
 pub mod in_process;
+pub mod kafka;
 pub mod logs;
 pub mod metrics;
 pub mod pki;
