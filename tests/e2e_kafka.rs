@@ -651,6 +651,21 @@ impl Raw {
         r.brokers.iter().map(|b| b.node_id.0).collect()
     }
 
+    /// Metadata of `topic`, asking to create it if it does not exist:
+    /// (the topic's error code, its partitions).
+    fn metadata_creating(&mut self, topic: &str) -> (i16, usize) {
+        use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+        use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
+        let name = kafka_protocol::protocol::StrBytes::from_string(topic.to_string());
+        let req = MetadataRequest::default()
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(name.into()))
+            ]))
+            .with_allow_auto_topic_creation(true);
+        let r: MetadataResponse = self.call(ApiKey::Metadata, 4, &req);
+        (r.topics[0].error_code, r.topics[0].partitions.len())
+    }
+
     /// The coordinator of group `g` as this node names it: (error, node, port).
     fn coordinator(&mut self, g: &str) -> (i16, i32, i32) {
         use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
@@ -897,6 +912,28 @@ async fn consumer_groups_rebalance_commit_and_resume_after_kill_9() {
     drop(server);
 }
 
+/// confluent-kafka's AdminClient (tests/kafka/admin.py): DescribeConfigs
+/// of a topic and a broker, and auto-create on (3 partitions): a producer
+/// writes to a topic that did not exist and a consumer reads it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_clients_describe_configs_and_topics_auto_create() {
+    let Some(python) = confluent_python() else {
+        return;
+    };
+    let kafka_port = free_port();
+    let config = format!(
+        "kafka_auto_create_topics = true\nkafka_auto_create_partitions = 3\n{}",
+        config(kafka_port)
+    );
+    let server = ServerProcess::start(ServerOpts::with_config(&config)).await;
+    let _ = kafka_client(kafka_port).await;
+    let out = python_script(&python, "admin.py", &[&format!("127.0.0.1:{kafka_port}")])
+        .wait_with_output()
+        .expect("wait python");
+    assert_script_passed("admin.py", &out);
+    drop(server);
+}
+
 /// librdkafka's transactional producer (tests/kafka/transactions.py):
 /// committed transactions are read whole by a read_committed consumer,
 /// aborted and fenced ones never, offsets sent with a transaction are
@@ -1045,7 +1082,9 @@ async fn a_cluster_serves_kafka_through_kill_9_of_the_partition_leader() {
 /// leader) while a transaction is open, then its second phase against the
 /// survivors: the new coordinator knows every transactional id, the open
 /// transaction is aborted by the next producer of its id, and exactly the
-/// committed records and offsets are there.
+/// committed records and offsets are there. Before it, a Metadata request
+/// to a node that does not lead the metadata auto-creates a topic there
+/// (`CreateKafkaTopic` to the leader).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_transactions_survive_kill_9_of_the_coordinator() {
     let Some(python) = confluent_python() else {
@@ -1054,7 +1093,13 @@ async fn kafka_transactions_survive_kill_9_of_the_coordinator() {
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let mut cluster = common::TestCluster::start_with(
         3,
-        |id| format!("kafka_listen = \"127.0.0.1:{}\"", ports[(id - 1) as usize]),
+        |id| {
+            format!(
+                "kafka_listen = \"127.0.0.1:{}\"\nkafka_auto_create_topics = true\n\
+                 kafka_auto_create_partitions = 2",
+                ports[(id - 1) as usize]
+            )
+        },
         "chunk_bytes = 65536\nflush_interval_ms = 100",
     )
     .await;
@@ -1068,6 +1113,19 @@ async fn kafka_transactions_survive_kill_9_of_the_coordinator() {
         }
     }
     let coordinator = cluster.leader_of("meta").await;
+    let follower = (1..=3u64).find(|&n| n != coordinator).unwrap_or(1);
+    let mut raw = Raw::connect(ports[(follower - 1) as usize]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, partitions) = raw.metadata_creating("auto.cluster");
+        if code == 0 && partitions == 2 {
+            break;
+        }
+        // LEADER_NOT_AVAILABLE while it is created and its leaders elected.
+        assert_eq!(code, 5, "auto-create at a follower");
+        assert!(Instant::now() < deadline, "auto.cluster never appeared");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let run = |brokers: String, phase: &'static str| {
         let python = python.clone();
         async move {
@@ -1322,6 +1380,7 @@ async fn offsets_of_a_group_without_members_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_advertised_version_answers_on_one_connection() {
     use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
     use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
     use kafka_protocol::messages::leave_group_request::MemberIdentity;
     use kafka_protocol::messages::offset_commit_request::{
@@ -1439,6 +1498,25 @@ async fn every_advertised_version_answers_on_one_connection() {
                         DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("none"))]);
                     let _: DeleteGroupsResponse = raw.call(api, v, &req);
                 }
+                ApiKey::DescribeConfigs => {
+                    let req = DescribeConfigsRequest::default().with_resources(vec![
+                        DescribeConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(s("versions")),
+                        DescribeConfigsResource::default()
+                            .with_resource_type(4)
+                            .with_resource_name(s("1")),
+                    ]);
+                    let r: DescribeConfigsResponse = raw.call(api, v, &req);
+                    assert!(
+                        r.results.iter().all(|r| r.error_code == 0),
+                        "DescribeConfigs v{v}"
+                    );
+                    assert!(r.results[0]
+                        .configs
+                        .iter()
+                        .any(|c| c.name.as_str() == "retention.ms"));
+                }
                 // One transaction through every version: each InitProducerId
                 // bumps the epoch, the rest use the last.
                 ApiKey::InitProducerId => {
@@ -1511,10 +1589,10 @@ async fn every_advertised_version_answers_on_one_connection() {
     // Heartbeat 0-4, LeaveGroup 0-5, OffsetCommit 2-9, OffsetFetch 1-9,
     // DescribeGroups 0-5, ListGroups 0-4, DeleteGroups 0-2, InitProducerId
     // 0-4, AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit and EndTxn
-    // 0-3.
+    // 0-3, DescribeConfigs 1-4.
     assert_eq!(
         answered,
-        13 + 7 + 10 + 6 + 5 + 6 + 8 + 9 + 6 + 5 + 3 + 5 + 4 * 4
+        13 + 7 + 10 + 6 + 5 + 6 + 8 + 9 + 6 + 5 + 3 + 5 + 4 * 4 + 4
     );
     // The transaction's offset came with its commit (OffsetCommit had 1).
     assert_eq!(raw.offset_fetch("outside", "versions"), 7);

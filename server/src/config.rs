@@ -115,6 +115,12 @@ pub struct ServerConfig {
     /// `transactional.id.expiration.ms`, 7 days by default); 0: only when
     /// the cluster's bound of ids is reached, the longest unused first.
     pub kafka_transactional_id_expiry_ms: u64,
+    /// Whether a Kafka Metadata request naming a topic that does not exist
+    /// creates it (Kafka's `auto.create.topics.enable`; off here: a typo
+    /// then makes no stream).
+    pub kafka_auto_create_topics: bool,
+    /// Partitions of an auto-created topic (Kafka's `num.partitions`).
+    pub kafka_auto_create_partitions: u32,
     /// Open client connections from one IP address; past it that address's
     /// new connections are refused at once, so one host cannot take every
     /// slot.
@@ -212,6 +218,8 @@ impl Default for ServerConfig {
             kafka_scope: "kafka".into(),
             kafka_offsets_retention_ms: 7 * 24 * 3600 * 1000,
             kafka_transactional_id_expiry_ms: 7 * 24 * 3600 * 1000,
+            kafka_auto_create_topics: false,
+            kafka_auto_create_partitions: 1,
         }
     }
 }
@@ -504,6 +512,12 @@ fn validate_security(c: &ServerConfig) -> Result<(), ConfigError> {
                 "kafka_scope {:?} is not a valid scope name: {}",
                 c.kafka_scope,
                 aquifer_proto::name::NAME_RULE
+            ));
+        }
+        if !(1..=1024).contains(&c.kafka_auto_create_partitions) {
+            return bad(format!(
+                "kafka_auto_create_partitions {} is outside 1..=1024 (a topic's partitions)",
+                c.kafka_auto_create_partitions
             ));
         }
         if !c.insecure && !is_loopback(kafka) {

@@ -10,8 +10,9 @@ use aquifer_proto::v1::cluster_server::Cluster;
 use aquifer_proto::v1::finish_parts_request::Action;
 use aquifer_proto::v1::{
     AppendPartRequest, ClusterStatus, ClusterStatusRequest, Faults, FinishPartsRequest,
-    FinishPartsResponse, GroupInfo, InternalAppendRequest, InternalAppendResponse, MovePartRequest,
-    NodeInfo, SegmentTailRequest, SegmentTailResponse, SegmentViewsRequest, SegmentViewsResponse,
+    FinishPartsResponse, GroupInfo, InternalAppendRequest, InternalAppendResponse,
+    KafkaTopicRequest, KafkaTopicResponse, MovePartRequest, NodeInfo, SegmentTailRequest,
+    SegmentTailResponse, SegmentViewsRequest, SegmentViewsResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -242,6 +243,15 @@ impl Cluster for ClusterService {
         super::append::check_events(&self.node, &req.events, req.event_count)?;
         let duplicate = self.node.local_append_internal(req).await?;
         Ok(Response::new(InternalAppendResponse { duplicate }))
+    }
+
+    async fn create_kafka_topic(
+        &self,
+        req: Request<KafkaTopicRequest>,
+    ) -> Result<Response<KafkaTopicResponse>, Status> {
+        self.peers_only("CreateKafkaTopic")?;
+        crate::kafka::auto_create_here(&self.node, &req.into_inner().topic).await?;
+        Ok(Response::new(KafkaTopicResponse {}))
     }
 
     async fn segment_tail(

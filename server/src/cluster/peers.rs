@@ -175,6 +175,18 @@ impl Peers {
             .map_err(|s| Error::Unavailable(format!("node at {addr}: {}", s.message())))
     }
 
+    /// Asks node `addr` (the metadata leader) to auto-create Kafka topic
+    /// `topic`.
+    pub async fn create_kafka_topic(&self, addr: &str, topic: &str) -> Result<(), Error> {
+        let request = aquifer_proto::v1::KafkaTopicRequest {
+            topic: topic.to_string(),
+        };
+        let answer = self.client(addr)?.create_kafka_topic(request).await;
+        answer
+            .map(|_| ())
+            .map_err(|s| Error::Unavailable(format!("node at {addr}: {}", s.message())))
+    }
+
     /// Asks node `addr` (the leader of its container) for a segment's last
     /// event and a writer's last event number there.
     pub async fn segment_tail(

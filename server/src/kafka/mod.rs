@@ -17,6 +17,7 @@
 mod attributes;
 mod brokers;
 mod codes;
+mod configs;
 mod fetch;
 mod groups;
 mod membership;
@@ -25,6 +26,7 @@ mod produce;
 mod producers;
 mod records;
 mod topics;
+pub(crate) use topics::auto_create_here;
 mod txns;
 mod versions;
 
@@ -259,6 +261,8 @@ impl Kafka {
             ApiKey::TxnOffsetCommit => handle!(m::TxnOffsetCommitRequest, |r| self
                 .txn_offset_commit(r, version)),
             ApiKey::EndTxn => handle!(m::EndTxnRequest, |r| self.end_txn(r, version)),
+            ApiKey::DescribeConfigs => handle!(m::DescribeConfigsRequest, |r| self
+                .describe_configs(r, version)),
             ApiKey::Produce => {
                 let req = m::ProduceRequest::decode(&mut body, version)
                     .map_err(|e| ConnectionError::Malformed(e.to_string()))?;

@@ -24,6 +24,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::{brokers, codes, Kafka};
 use crate::controller::{Retention, ScalingKind, ScalingPolicy, StreamKey, StreamRecord};
 use crate::error::Error;
+use crate::node::Node;
 
 /// One partition of a topic: its segment and where its container is led.
 #[derive(Debug, Clone, Copy)]
@@ -100,6 +101,9 @@ impl Kafka {
             .leader_of(self.node.controller.group(), &brokers)
             .map_or(BrokerId(-1), |l| brokers::broker_id(l.node));
         let scope = &self.node.config.kafka_scope;
+        // Before v4 every Metadata request may create topics.
+        let may_create = self.node.config.kafka_auto_create_topics
+            && (version < 4 || req.allow_auto_topic_creation);
         let names: Vec<String> = match req.topics {
             // All topics (v0 asks with an empty list, later with null).
             None => self.all_topics(),
@@ -112,7 +116,11 @@ impl Kafka {
         for name in names {
             let mut topic = MetadataResponseTopic::default()
                 .with_name(Some(TopicName(StrBytes::from_string(name.clone()))));
-            match partitions(self, &name) {
+            let mut found = partitions(self, &name);
+            if may_create && found.as_ref().err() == Some(&codes::UNKNOWN_TOPIC_OR_PARTITION) {
+                found = self.auto_create(&name).await;
+            }
+            match found {
                 Ok(parts) => {
                     if version >= 10 {
                         topic.topic_id = topic_id(scope, &name);
@@ -164,6 +172,29 @@ impl Kafka {
                 .with_error_code(codes::LEADER_NOT_AVAILABLE)
                 .with_leader_id(BrokerId(-1)),
         }
+    }
+
+    /// Creates topic `name` for a Metadata request (auto-create on), here
+    /// if this node leads the metadata, else at the node that does: its
+    /// partitions, or the code a client retries with (the new topic's
+    /// leaders are being elected, or this node's metadata has not seen it
+    /// yet: `LEADER_NOT_AVAILABLE`, as Kafka answers a topic it just
+    /// created), or why it cannot be.
+    async fn auto_create(&self, name: &str) -> Result<Vec<Partition>, i16> {
+        if !is_valid_topic(name) || name == "." || name == ".." {
+            return Err(codes::INVALID_TOPIC);
+        }
+        let created = match auto_create_here(&self.node, name).await {
+            Err(Error::NotLeader {
+                leader: Some(addr), ..
+            }) => self.node.peers.create_kafka_topic(&addr, name).await,
+            other => other,
+        };
+        if let Err(e) = created {
+            tracing::debug!(topic = name, error = %e, "Kafka topic auto-create failed");
+            return Err(codes::LEADER_NOT_AVAILABLE);
+        }
+        partitions(self, name).map_err(|_| codes::LEADER_NOT_AVAILABLE)
     }
 
     fn all_topics(&self) -> Vec<String> {
@@ -316,6 +347,45 @@ impl Kafka {
             r.responses.push(result);
         }
         r
+    }
+}
+
+/// Creates Kafka topic `name` on this node, the metadata leader, as
+/// auto-create does (`kafka_auto_create_partitions` partitions, no
+/// retention, fixed); an existing topic is no error.
+pub(crate) async fn auto_create_here(node: &Node, name: &str) -> Result<(), Error> {
+    if !is_valid_topic(name) || name == "." || name == ".." {
+        return Err(Error::InvalidArgument(format!(
+            "invalid topic name {name:?}: use 1 to 249 characters from a-z A-Z 0-9 . _ -"
+        )));
+    }
+    if !node.config.kafka_auto_create_topics {
+        return Err(Error::FailedPrecondition(
+            "kafka_auto_create_topics is off on the metadata leader".into(),
+        ));
+    }
+    node.check_meta_leader()?;
+    let key = StreamKey {
+        scope: node.config.kafka_scope.clone(),
+        stream: name.to_string(),
+    };
+    let segments = node.config.kafka_auto_create_partitions;
+    match node
+        .create_stream(
+            &key,
+            segments,
+            Retention::default(),
+            ScalingPolicy::default(),
+        )
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(topic = name, segments, "Kafka topic auto-created");
+            Ok(())
+        }
+        // Created meanwhile by another request: it is there.
+        Err(Error::StreamExists(_)) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
