@@ -20,6 +20,12 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
+/// Kafka's topic rule, which stream names widen: a valid name of at most
+/// 249 characters.
+pub fn is_valid_kafka_topic(name: &str) -> bool {
+    name.len() <= 249 && is_valid_name(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

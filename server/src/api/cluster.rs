@@ -250,7 +250,9 @@ impl Cluster for ClusterService {
         req: Request<KafkaTopicRequest>,
     ) -> Result<Response<KafkaTopicResponse>, Status> {
         self.peers_only("CreateKafkaTopic")?;
-        crate::kafka::auto_create_here(&self.node, &req.into_inner().topic).await?;
+        self.node
+            .create_kafka_topic(&req.into_inner().topic)
+            .await?;
         Ok(Response::new(KafkaTopicResponse {}))
     }
 

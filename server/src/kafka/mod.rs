@@ -26,7 +26,6 @@ mod produce;
 mod producers;
 mod records;
 mod topics;
-pub(crate) use topics::auto_create_here;
 mod txns;
 mod versions;
 

@@ -24,7 +24,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::{brokers, codes, Kafka};
 use crate::controller::{Retention, ScalingKind, ScalingPolicy, StreamKey, StreamRecord};
 use crate::error::Error;
-use crate::node::Node;
+use aquifer_proto::name::is_valid_kafka_topic as is_valid_topic;
 
 /// One partition of a topic: its segment and where its container is led.
 #[derive(Debug, Clone, Copy)]
@@ -55,12 +55,6 @@ fn partitions_of(stream: &StreamRecord) -> Result<Vec<Partition>, i16> {
         .into_iter()
         .map(|s| Partition { segment: s.id })
         .collect())
-}
-
-/// Kafka's topic rule: Aquifer's stream names plus the dot, at most 249
-/// characters, never `.` or `..`.
-fn is_valid_topic(name: &str) -> bool {
-    name.len() <= 249 && aquifer_proto::name::is_valid_name(name)
 }
 
 impl Kafka {
@@ -181,10 +175,10 @@ impl Kafka {
     /// yet: `LEADER_NOT_AVAILABLE`, as Kafka answers a topic it just
     /// created), or why it cannot be.
     async fn auto_create(&self, name: &str) -> Result<Vec<Partition>, i16> {
-        if !is_valid_topic(name) || name == "." || name == ".." {
+        if !is_valid_topic(name) {
             return Err(codes::INVALID_TOPIC);
         }
-        let created = match auto_create_here(&self.node, name).await {
+        let created = match self.node.create_kafka_topic(name).await {
             Err(Error::NotLeader {
                 leader: Some(addr), ..
             }) => self.node.peers.create_kafka_topic(&addr, name).await,
@@ -254,7 +248,7 @@ impl Kafka {
         partitions: i32,
         configs: &[kafka_protocol::messages::create_topics_request::CreatableTopicConfig],
     ) -> Result<(u32, Retention), (i16, String)> {
-        if !is_valid_topic(name) || name == "." || name == ".." {
+        if !is_valid_topic(name) {
             return Err((
                 codes::INVALID_TOPIC,
                 format!(
@@ -347,45 +341,6 @@ impl Kafka {
             r.responses.push(result);
         }
         r
-    }
-}
-
-/// Creates Kafka topic `name` on this node, the metadata leader, as
-/// auto-create does (`kafka_auto_create_partitions` partitions, no
-/// retention, fixed); an existing topic is no error.
-pub(crate) async fn auto_create_here(node: &Node, name: &str) -> Result<(), Error> {
-    if !is_valid_topic(name) || name == "." || name == ".." {
-        return Err(Error::InvalidArgument(format!(
-            "invalid topic name {name:?}: use 1 to 249 characters from a-z A-Z 0-9 . _ -"
-        )));
-    }
-    if !node.config.kafka_auto_create_topics {
-        return Err(Error::FailedPrecondition(
-            "kafka_auto_create_topics is off on the metadata leader".into(),
-        ));
-    }
-    node.check_meta_leader()?;
-    let key = StreamKey {
-        scope: node.config.kafka_scope.clone(),
-        stream: name.to_string(),
-    };
-    let segments = node.config.kafka_auto_create_partitions;
-    match node
-        .create_stream(
-            &key,
-            segments,
-            Retention::default(),
-            ScalingPolicy::default(),
-        )
-        .await
-    {
-        Ok(_) => {
-            tracing::info!(topic = name, segments, "Kafka topic auto-created");
-            Ok(())
-        }
-        // Created meanwhile by another request: it is there.
-        Err(Error::StreamExists(_)) => Ok(()),
-        Err(e) => Err(e),
     }
 }
 

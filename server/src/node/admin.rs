@@ -67,6 +67,45 @@ impl Node {
         }
     }
 
+    /// Creates Kafka topic `name` on this node, the metadata leader, as the
+    /// Kafka listener's auto-create does (`kafka_auto_create_partitions`
+    /// partitions, no retention, fixed); an existing topic is no error.
+    pub async fn create_kafka_topic(&self, name: &str) -> Result<(), Error> {
+        if !aquifer_proto::name::is_valid_kafka_topic(name) {
+            return Err(Error::InvalidArgument(format!(
+                "invalid topic name {name:?}: use 1 to 249 characters from a-z A-Z 0-9 . _ -"
+            )));
+        }
+        if !self.config.kafka_auto_create_topics {
+            return Err(Error::FailedPrecondition(
+                "kafka_auto_create_topics is off on the metadata leader".into(),
+            ));
+        }
+        self.check_meta_leader()?;
+        let key = StreamKey {
+            scope: self.config.kafka_scope.clone(),
+            stream: name.to_string(),
+        };
+        let segments = self.config.kafka_auto_create_partitions;
+        match self
+            .create_stream(
+                &key,
+                segments,
+                Retention::default(),
+                ScalingPolicy::default(),
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(topic = name, segments, "Kafka topic auto-created");
+                Ok(())
+            }
+            // Created meanwhile by another request: it is there.
+            Err(Error::StreamExists(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn create_stream(
         &self,
         key: &StreamKey,
