@@ -10,6 +10,7 @@ source "$(dirname "$0")/common.sh"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 JOB="$(cd "$HERE/../../tests/kafka/flink-job" && pwd)"
 DIR="$PEERS_DIR/flink-kafka-job"
+lock flink-kafka-job
 
 command -v mvn >/dev/null || fail "mvn is not installed (needed to build the Flink job)"
 command -v java >/dev/null || fail "java is not installed (needed to run the Flink job)"

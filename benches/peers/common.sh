@@ -7,6 +7,14 @@ set -euo pipefail
 PEERS_DIR="${AQUIFER_PEERS_DIR:-$HOME/.cache/aquifer-peers}"
 mkdir -p "$PEERS_DIR"
 
+# lock NAME: holds an exclusive lock on $PEERS_DIR/NAME.lock until the
+# script exits, so scripts that tests call at once from many threads install
+# once, and none removes what another is using.
+lock() {
+    exec 9>"$PEERS_DIR/$1.lock"
+    flock 9
+}
+
 fail() {
     echo "$*" >&2
     exit 1

@@ -7,7 +7,9 @@ source "$(dirname "$0")/common.sh"
 
 VENV="$PEERS_DIR/confluent-kafka-venv"
 VERSION=2.16.1
-if ! "$VENV/bin/python" -c "import confluent_kafka, sys; sys.exit(confluent_kafka.version()[0] != '$VERSION')" 2>/dev/null; then
+lock confluent-kafka
+# version() is the version string (older releases answered a tuple).
+if ! "$VENV/bin/python" -c "import confluent_kafka, sys; v = confluent_kafka.version(); sys.exit((v[0] if isinstance(v, tuple) else v) != '$VERSION')" 2>/dev/null; then
     command -v python3 >/dev/null || fail "python3 is needed to run the confluent-kafka tests"
     rm -rf "$VENV"
     quiet "$PEERS_DIR/confluent-kafka-venv.log" "python3 -m venv" python3 -m venv "$VENV"

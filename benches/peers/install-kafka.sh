@@ -9,6 +9,7 @@ VERSION="${KAFKA_VERSION:-4.4.0}"
 DIR="$PEERS_DIR/kafka-$VERSION"
 POM="$(dirname "$0")/kafka-pom.xml"
 STAMP="$(sha256sum "$POM" | cut -d' ' -f1)"
+lock "kafka-$VERSION"
 if [ "$(cat "$DIR/.complete" 2>/dev/null)" != "$STAMP" ]; then
     command -v mvn >/dev/null || fail "mvn is not installed (needed to fetch kafka_2.13 $VERSION)"
     command -v java >/dev/null || fail "java is not installed (needed to run kafka $VERSION)"

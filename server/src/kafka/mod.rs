@@ -9,10 +9,12 @@
 //!
 //! This module owns the connections (framing, the request-byte budget,
 //! one request at a time per connection, answered in order) and the
-//! dispatch by API key; `versions`, `topics`, `produce`, `fetch`, `groups`
-//! (the group coordinator) and `offsets` answer the requests, `brokers`
-//! says which node is which broker. It never holds segment state, and never writes an event
-//! another path could not.
+//! dispatch by API key; `versions`, `topics`, `configs`, `produce`,
+//! `fetch`, `groups` (the group coordinator), `offsets` and `txns` (the
+//! transaction coordinator) answer the requests, `records` and
+//! `attributes` turn records into events and back, `brokers` says which
+//! node is which broker. It never holds segment state, and never writes an
+//! event another path could not.
 
 mod attributes;
 mod brokers;
