@@ -12,7 +12,7 @@
 //! count × (u32 key_len, key, i32 value_len (-1: null), value)]`. A flag
 //! says whether each optional part is there.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 
 /// The format byte of a Kafka record's attributes.
 const FORMAT: u8 = 1;
@@ -58,17 +58,20 @@ impl RecordAttributes {
 
     /// The attributes' bytes; empty when there is nothing to keep, so the
     /// event is framed plainly.
+    #[cfg(test)]
     pub fn encode(&self) -> Bytes {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        Bytes::from(out)
+    }
+
+    /// Appends the attributes' bytes to `out` (nothing when there is
+    /// nothing to keep).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         let flags = self.flags();
         if flags == 0 {
-            return Bytes::new();
+            return;
         }
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(k, v)| 8 + k.len() + v.as_ref().map_or(0, Bytes::len))
-            .sum();
-        let mut out = BytesMut::with_capacity(2 + 8 + 4 + headers);
         out.put_u8(FORMAT);
         out.put_u8(flags);
         if let Some(ts) = self.timestamp {
@@ -90,7 +93,6 @@ impl RecordAttributes {
                 }
             }
         }
-        out.freeze()
     }
 
     /// The record attributes in `attributes`: none for empty ones, for

@@ -9,6 +9,8 @@
 //! one written natively has its routing key as key and its append time (to
 //! the event index's precision) as timestamp.
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
@@ -52,8 +54,10 @@ pub(super) fn events_of(records: Bytes, event_bytes_max: u64) -> Result<Produced
     let sequenced = sequenced(&records)?;
     let mut out = BytesMut::new();
     let mut count = 0u32;
+    // One buffer for every record's attributes: no allocation per record.
+    let mut attributes = Vec::new();
     for record in records {
-        let (key, attributes) = event_parts(record);
+        let (key, kept) = event_parts(record);
         if key
             .as_ref()
             .is_some_and(|k| k.len() > ROUTING_KEY_BYTES_MAX)
@@ -63,7 +67,8 @@ pub(super) fn events_of(records: Bytes, event_bytes_max: u64) -> Result<Produced
                 format!("record key over {ROUTING_KEY_BYTES_MAX} bytes (as a routing key)"),
             ));
         }
-        let attributes = attributes.encode();
+        attributes.clear();
+        kept.encode_into(&mut attributes);
         let value = record.value.as_deref().unwrap_or(&[]);
         let size = framed_len_with(key.as_deref(), attributes.len(), value.len()) as u64;
         if size > event_bytes_max {
@@ -86,7 +91,7 @@ pub(super) fn events_of(records: Bytes, event_bytes_max: u64) -> Result<Produced
 }
 
 /// A record's routing key and the attributes that keep the rest of it.
-fn event_parts(record: &Record) -> (Option<String>, RecordAttributes) {
+fn event_parts(record: &Record) -> (Option<Cow<'_, str>>, RecordAttributes) {
     let mut kept = RecordAttributes {
         value_null: record.value.is_none(),
         timestamp: (record.timestamp != NO_TIMESTAMP).then_some(record.timestamp),
@@ -104,10 +109,10 @@ fn event_parts(record: &Record) -> (Option<String>, RecordAttributes) {
             None
         }
         Some(k) => Some(match std::str::from_utf8(k) {
-            Ok(text) => text.to_owned(),
+            Ok(text) => Cow::Borrowed(text),
             Err(_) => {
                 kept.key_base64 = true;
-                BASE64.encode(k)
+                Cow::Owned(BASE64.encode(k))
             }
         }),
     };
