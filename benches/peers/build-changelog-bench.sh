@@ -41,12 +41,6 @@ command -v rsync >/dev/null || fail "rsync is not installed (needed to copy conn
 [ -d "$CONNECTORS/changelog" ] || fail "no $CONNECTORS/changelog (the aquifer changelog storage)"
 [ -d "$ROOT/proto" ] || fail "no $ROOT/proto"
 
-# The hash of every file under the given folders (not their build output).
-tree_hash() {
-    find "$@" -name target -prune -o -type f -print | LC_ALL=C sort |
-        xargs -d '\n' sha256sum | sha256sum | cut -d' ' -f1
-}
-
 mkdir -p "$PEERS_DIR"
 CONNECTOR_STAMP="$( (cd "$CONNECTORS" && tree_hash .; cd "$ROOT/proto" && tree_hash .) | sha256sum | cut -d' ' -f1)"
 missing=0
@@ -62,15 +56,5 @@ if [ "$(cat "$DIR-connectors.complete" 2>/dev/null)" != "$CONNECTOR_STAMP" ] || 
 fi
 
 STAMP="$( (cd "$JOB" && tree_hash pom.xml src; sha256sum "${JARS[@]}") | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$DIR/.complete" 2>/dev/null)" != "$STAMP" ]; then
-    rm -rf "$DIR"
-    mkdir -p "$DIR"
-    mvn_quiet "$PEERS_DIR/changelog-bench-mvn.log" "mvn compile (changelog-bench)" \
-        mvn -B -q -f "$JOB/pom.xml" -Dbench.build.dir="$DIR/build" \
-        compile dependency:build-classpath -Dmdep.outputFile="$DIR/deps.txt" \
-        -Dmdep.includeScope=runtime
-    [ -d "$DIR/build/classes" ] || fail "mvn left no $DIR/build/classes"
-    printf '%s:%s\n' "$DIR/build/classes" "$(cat "$DIR/deps.txt")" >"$DIR/classpath.txt"
-    echo "$STAMP" >"$DIR/.complete"
-fi
+job_classpath changelog-bench "$JOB/pom.xml" "$DIR" "$STAMP"
 echo "$DIR/classpath.txt"

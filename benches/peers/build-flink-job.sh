@@ -25,12 +25,6 @@ command -v mvn >/dev/null || fail "mvn is not installed (needed to build the Fli
 command -v java >/dev/null || fail "java is not installed (needed to run the Flink job)"
 [ -f "$CONNECTORS/pom.xml" ] || fail "no $CONNECTORS/pom.xml"
 
-# The hash of every file under the given folders (not their build output).
-tree_hash() {
-    find "$@" -name target -prune -o -type f -print | LC_ALL=C sort |
-        xargs -d '\n' sha256sum | sha256sum | cut -d' ' -f1
-}
-
 CONNECTOR_STAMP="$(cd "$CONNECTORS" && tree_hash pom.xml .mvn java flink)"
 if [ "$(cat "$DIR-connector.complete" 2>/dev/null)" != "$CONNECTOR_STAMP" ] ||
     [ ! -f "$FLINK_JAR" ] || [ ! -f "$CLIENT_JAR" ]; then
@@ -41,15 +35,5 @@ if [ "$(cat "$DIR-connector.complete" 2>/dev/null)" != "$CONNECTOR_STAMP" ] ||
 fi
 
 STAMP="$( (cd "$JOB" && tree_hash pom.xml src; sha256sum "$FLINK_JAR" "$CLIENT_JAR") | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$DIR/.complete" 2>/dev/null)" != "$STAMP" ]; then
-    rm -rf "$DIR"
-    mkdir -p "$DIR"
-    mvn_quiet "$PEERS_DIR/flink-job-mvn.log" "mvn compile (flink-job)" \
-        mvn -B -q -f "$JOB/pom.xml" -Dbench.build.dir="$DIR/build" \
-        compile dependency:build-classpath -Dmdep.outputFile="$DIR/deps.txt" \
-        -Dmdep.includeScope=runtime
-    [ -d "$DIR/build/classes" ] || fail "mvn left no $DIR/build/classes"
-    printf '%s:%s\n' "$DIR/build/classes" "$(cat "$DIR/deps.txt")" >"$DIR/classpath.txt"
-    echo "$STAMP" >"$DIR/.complete"
-fi
+job_classpath flink-job "$JOB/pom.xml" "$DIR" "$STAMP"
 echo "$DIR/classpath.txt"

@@ -15,17 +15,6 @@ lock flink-kafka-job
 command -v mvn >/dev/null || fail "mvn is not installed (needed to build the Flink job)"
 command -v java >/dev/null || fail "java is not installed (needed to run the Flink job)"
 
-STAMP="$(cd "$JOB" && find pom.xml src -type f -print | LC_ALL=C sort |
-    xargs -d '\n' sha256sum | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$DIR/.complete" 2>/dev/null)" != "$STAMP" ]; then
-    rm -rf "$DIR"
-    mkdir -p "$DIR"
-    mvn_quiet "$PEERS_DIR/flink-kafka-job-mvn.log" "mvn compile (flink-kafka-job)" \
-        mvn -B -q -f "$JOB/pom.xml" -Djob.build.dir="$DIR/build" \
-        compile dependency:build-classpath -Dmdep.outputFile="$DIR/deps.txt" \
-        -Dmdep.includeScope=runtime
-    [ -d "$DIR/build/classes" ] || fail "mvn left no $DIR/build/classes"
-    printf '%s:%s\n' "$DIR/build/classes" "$(cat "$DIR/deps.txt")" >"$DIR/classpath.txt"
-    echo "$STAMP" >"$DIR/.complete"
-fi
+STAMP="$(cd "$JOB" && tree_hash pom.xml src)"
+job_classpath flink-kafka-job "$JOB/pom.xml" "$DIR" "$STAMP"
 echo "$DIR/classpath.txt"

@@ -66,6 +66,61 @@ macro_rules! fetched_topics {
     };
 }
 
+/// A commit request's topics (OffsetCommit's or TxnOffsetCommit's: distinct
+/// types with the same fields) as [`Commit`]s by topic; `with_epoch`: the
+/// version carries the leader epoch.
+macro_rules! commits_of {
+    ($topics:expr, $with_epoch:expr) => {
+        $topics
+            .into_iter()
+            .map(|t| {
+                let commits = t
+                    .partitions
+                    .into_iter()
+                    .map(|p| $crate::kafka::offsets::Commit {
+                        partition: p.partition_index,
+                        offset: p.committed_offset,
+                        leader_epoch: if $with_epoch {
+                            p.committed_leader_epoch
+                        } else {
+                            -1
+                        },
+                        metadata: p
+                            .committed_metadata
+                            .map(|m| m.to_string())
+                            .unwrap_or_default(),
+                    })
+                    .collect();
+                (t.name, commits)
+            })
+            .collect()
+    };
+}
+pub(super) use commits_of;
+
+/// A commit's answer topics of one response form from each partition's
+/// code so far (`failed` where that was 0: the commit's own outcome).
+macro_rules! commit_answers {
+    ($topic:ty, $partition:ty, $answers:expr, $failed:expr) => {
+        $answers
+            .into_iter()
+            .map(|(name, parts)| {
+                <$topic>::default().with_name(name).with_partitions(
+                    parts
+                        .into_iter()
+                        .map(|(index, code)| {
+                            <$partition>::default()
+                                .with_partition_index(index)
+                                .with_error_code(if code == 0 { $failed } else { code })
+                        })
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+}
+pub(super) use commit_answers;
+
 impl Kafka {
     pub(super) async fn offset_commit(
         &self,
@@ -80,30 +135,8 @@ impl Kafka {
             req.generation_id_or_member_epoch,
             instance.as_deref(),
         );
-        let topics = req
-            .topics
-            .into_iter()
-            .map(|t| {
-                let commits = t
-                    .partitions
-                    .into_iter()
-                    .map(|p| Commit {
-                        partition: p.partition_index,
-                        offset: p.committed_offset,
-                        leader_epoch: if version >= 6 {
-                            p.committed_leader_epoch
-                        } else {
-                            -1
-                        },
-                        metadata: p
-                            .committed_metadata
-                            .map(|m| m.to_string())
-                            .unwrap_or_default(),
-                    })
-                    .collect();
-                (t.name, commits)
-            })
-            .collect();
+        // The leader epoch field exists from v6 on.
+        let topics = commits_of!(req.topics, version >= 6);
         let (answers, offsets) = self.checked_commits(topics, &allowed);
         let failed = if offsets.is_empty() {
             0
@@ -122,23 +155,12 @@ impl Kafka {
             }
         };
         let mut r = OffsetCommitResponse::default();
-        r.topics = answers
-            .into_iter()
-            .map(|(name, parts)| {
-                OffsetCommitResponseTopic::default()
-                    .with_name(name)
-                    .with_partitions(
-                        parts
-                            .into_iter()
-                            .map(|(index, code)| {
-                                OffsetCommitResponsePartition::default()
-                                    .with_partition_index(index)
-                                    .with_error_code(if code == 0 { failed } else { code })
-                            })
-                            .collect(),
-                    )
-            })
-            .collect();
+        r.topics = commit_answers!(
+            OffsetCommitResponseTopic,
+            OffsetCommitResponsePartition,
+            answers,
+            failed
+        );
         r
     }
 

@@ -29,7 +29,7 @@ use kafka_protocol::ResponseError as K;
 use rand::Rng;
 
 use super::membership::Code;
-use super::offsets::Commit;
+use super::offsets::{commit_answers, commits_of};
 use super::{codes, topics, Kafka};
 use crate::controller::kafka_txns::{KafkaTxnCommand, KafkaTxnOp, KafkaTxnRecord, KafkaTxnsError};
 use crate::controller::txns::{TxnPart, TxnState, TXN_TIMEOUT_MAX_MS, TXN_TIMEOUT_MIN_MS};
@@ -254,30 +254,8 @@ impl Kafka {
             req.generation_id,
             instance.as_deref(),
         );
-        let topics = req
-            .topics
-            .into_iter()
-            .map(|t| {
-                let commits = t
-                    .partitions
-                    .into_iter()
-                    .map(|p| Commit {
-                        partition: p.partition_index,
-                        offset: p.committed_offset,
-                        leader_epoch: if version >= 2 {
-                            p.committed_leader_epoch
-                        } else {
-                            -1
-                        },
-                        metadata: p
-                            .committed_metadata
-                            .map(|m| m.to_string())
-                            .unwrap_or_default(),
-                    })
-                    .collect();
-                (t.name, commits)
-            })
-            .collect();
+        // The leader epoch field exists from v2 on.
+        let topics = commits_of!(req.topics, version >= 2);
         let (answers, offsets) = self.checked_commits(topics, &allowed);
         let failed = if offsets.is_empty() {
             codes::NONE
@@ -297,23 +275,12 @@ impl Kafka {
             }
         };
         let mut r = TxnOffsetCommitResponse::default();
-        r.topics = answers
-            .into_iter()
-            .map(|(name, parts)| {
-                TxnOffsetCommitResponseTopic::default()
-                    .with_name(name)
-                    .with_partitions(
-                        parts
-                            .into_iter()
-                            .map(|(index, code)| {
-                                TxnOffsetCommitResponsePartition::default()
-                                    .with_partition_index(index)
-                                    .with_error_code(if code == 0 { failed } else { code })
-                            })
-                            .collect(),
-                    )
-            })
-            .collect();
+        r.topics = commit_answers!(
+            TxnOffsetCommitResponseTopic,
+            TxnOffsetCommitResponsePartition,
+            answers,
+            failed
+        );
         r
     }
 
