@@ -61,6 +61,8 @@ struct Args {
     quick: bool,
     write_results: bool,
     only: Option<Vec<String>>,
+    /// `--workloads a,d,k`: only these run (not with --write-results).
+    workloads: Option<Vec<String>>,
 }
 
 fn parse_args() -> Args {
@@ -68,6 +70,7 @@ fn parse_args() -> Args {
         quick: false,
         write_results: false,
         only: None,
+        workloads: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -76,6 +79,11 @@ fn parse_args() -> Args {
             "--write-results" => args.write_results = true,
             "--only" => {
                 args.only = it
+                    .next()
+                    .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+            }
+            "--workloads" => {
+                args.workloads = it
                     .next()
                     .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
             }
@@ -89,6 +97,14 @@ fn parse_args() -> Args {
 
 fn main() {
     let args = parse_args();
+    if args.write_results && args.workloads.is_some() {
+        eprintln!("compare: --write-results writes the whole suite; leave out --workloads");
+        std::process::exit(2);
+    }
+    // Thousands of producers (k) need descriptors; the servers started
+    // from here inherit the limit.
+    let fds = drive::raise_fd_limit();
+    eprintln!("compare: open-file limit {fds}");
     if let Some(only) = &args.only {
         for name in only {
             if !BROKERS.contains(&name.as_str()) {
@@ -178,8 +194,14 @@ async fn run(args: &Args) -> (Vec<Entry>, String, Vec<(String, String)>) {
             .as_ref()
             .is_none_or(|o| o.iter().any(|n| n == name))
     };
-    let full = suite::plan(args.quick, false);
-    let slow = suite::plan(args.quick, true);
+    let full = suite::Plan {
+        only: args.workloads.clone(),
+        ..suite::plan(args.quick, false)
+    };
+    let slow = suite::Plan {
+        only: args.workloads.clone(),
+        ..suite::plan(args.quick, true)
+    };
 
     // The disk probe, on the filesystem the brokers' temporary data dirs
     // are on, before any broker runs.
@@ -202,7 +224,7 @@ async fn run(args: &Args) -> (Vec<Entry>, String, Vec<(String, String)>) {
     let mut entries = Vec::new();
     if want("aquifer") {
         eprintln!("compare: starting aquifer");
-        entries.push(bench("aquifer", None, Aquifer::start().await, full).await);
+        entries.push(bench("aquifer", None, Aquifer::start().await, full.clone()).await);
     }
     if want("aquifer-kafka") {
         eprintln!("compare: starting aquifer's Kafka listener");
@@ -212,7 +234,7 @@ async fn run(args: &Args) -> (Vec<Entry>, String, Vec<(String, String)>) {
             Kafka::aquifer_listener(&Aquifer::config()).await,
         );
         let note = Some("Aquifer through its Kafka listener, driven by the Kafka client");
-        entries.push(bench("aquifer-kafka", note, started, full).await);
+        entries.push(bench("aquifer-kafka", note, started, full.clone()).await);
     }
     if want("redis") {
         eprintln!("compare: starting redis");
@@ -220,19 +242,19 @@ async fn run(args: &Args) -> (Vec<Entry>, String, Vec<(String, String)>) {
         if started.is_ok() {
             versions.push(("redis".into(), Redis::version()));
         }
-        entries.push(bench("redis", None, started, full).await);
+        entries.push(bench("redis", None, started, full.clone()).await);
     }
     if want("nats") {
         eprintln!("compare: starting nats");
         let started = versioned(&mut versions, "nats", Nats::start().await);
-        entries.push(bench("nats", None, started, slow).await);
+        entries.push(bench("nats", None, started, slow.clone()).await);
     }
     for (name, durable) in [("kafka", true), ("kafka-defaults", false)] {
         if want(name) {
             eprintln!("compare: starting {name}");
             let started = versioned(&mut versions, name, Kafka::start(durable).await);
             let note = (!durable).then_some("not durable per ack");
-            entries.push(bench(name, note, started, full).await);
+            entries.push(bench(name, note, started, full.clone()).await);
         }
     }
     if versions.iter().any(|(n, _)| n.starts_with("kafka")) {

@@ -232,8 +232,9 @@ async fn wait_for_progress(ledger: &Ledger, above: u64, what: &str) {
     }
 }
 
-/// Writes `w{w}-k*` keys at a steady rate until `stop`; returns the number of
-/// events queued per key (sequence numbers 0..n).
+/// Writes `w{w}-k*` keys at a steady rate until `stop` (odd writers a batch
+/// per tick, even ones event by event); returns the number of events queued
+/// per key (sequence numbers 0..n).
 async fn run_writer(
     w: usize,
     writer: EventWriter,
@@ -249,6 +250,53 @@ async fn run_writer(
     let mut i = 0usize;
     'writing: while !stop.load(Ordering::SeqCst) {
         tick.tick().await;
+        if w % 2 == 1 {
+            // Odd writers write each tick's events as one batch of one key
+            // (`write_batch`), so kills land inside batches too.
+            let permits = in_flight
+                .clone()
+                .acquire_many_owned(EVENTS_PER_TICK as u32)
+                .await
+                .expect("semaphore open");
+            let k = i % KEYS_PER_WRITER;
+            i += 1;
+            let key = keys[k].clone();
+            let seqs = next[k]..next[k] + EVENTS_PER_TICK as u64;
+            let batch: Vec<_> = seqs
+                .clone()
+                .map(|seq| keyed_payload(&key, seq, &writer_id))
+                .collect();
+            match writer.write_batch(Some(key.as_str()), &batch).await {
+                Ok(pending) => {
+                    next[k] = seqs.end;
+                    let ledger = ledger.clone();
+                    tokio::spawn(async move {
+                        match pending.await {
+                            Ok(ack) => {
+                                assert_eq!(ack.events, seqs.clone().count());
+                                ledger
+                                    .acked
+                                    .lock()
+                                    .expect("lock")
+                                    .entry(key)
+                                    .or_default()
+                                    .extend(seqs.clone());
+                                ledger
+                                    .acked_count
+                                    .fetch_add(ack.events as u64, Ordering::SeqCst);
+                            }
+                            Err(e) => ledger.error(format!("ack of {key}:{seqs:?}: {e}")),
+                        }
+                        drop(permits);
+                    });
+                }
+                Err(e) => {
+                    ledger.error(format!("{writer_id}: write {key}:{seqs:?}: {e}"));
+                    break 'writing;
+                }
+            }
+            continue;
+        }
         for _ in 0..EVENTS_PER_TICK {
             let permit = in_flight
                 .clone()

@@ -23,6 +23,15 @@ pub trait Broker: Send + Sync + 'static {
     type Producer: Producer;
     type Consumer: Consumer;
 
+    /// Sockets one producer holds open in the load generator (and in the
+    /// server): what decides how many producers the file-descriptor limit
+    /// allows (see `drive::fd_budget`).
+    const SOCKETS_PER_PRODUCER: usize = 1;
+
+    /// Called once a workload's producers are all open, before its clock
+    /// starts.
+    fn producers_opened(&self) {}
+
     /// The server process whose CPU, memory and disk writes are measured.
     fn pid(&self) -> u32;
 

@@ -36,10 +36,12 @@ const EVENTS_PER_PRODUCER_MAX: u64 = 50_000_000;
 #[derive(Debug, Clone)]
 pub struct Load {
     pub topic: String,
-    /// Producers, each its own connection.
+    /// Producers, each its own connection as far as the file-descriptor
+    /// limit allows (beyond it they share connections; see `fd_budget`).
     pub producers: u32,
-    /// Partitions of the topic (at least `producers`): producer i writes
-    /// partitions i, i + producers, ..., one batch to each in turn.
+    /// Partitions of the topic: producer i writes partitions i, i +
+    /// producers, ..., one batch to each in turn (with more producers than
+    /// partitions, producer i writes partition i mod partitions).
     pub partitions: u32,
     pub payload_bytes: usize,
     /// Events per send.
@@ -47,6 +49,8 @@ pub struct Load {
     /// Sends in flight per producer.
     pub depth: usize,
     /// Total events/s over all producers; None: as fast as acks allow.
+    /// Paced producers are spread evenly over one event's interval, not
+    /// due at the same instants.
     pub rate: Option<f64>,
     /// Payloads start with 8 bytes: the due time in ns since `base`.
     pub timestamped: bool,
@@ -55,10 +59,54 @@ pub struct Load {
 impl Load {
     /// The partitions producer `i` writes.
     fn partitions_of(&self, i: u32) -> Vec<u32> {
+        if self.producers > self.partitions {
+            return vec![i % self.partitions];
+        }
         (i..self.partitions)
             .step_by(self.producers as usize)
             .collect()
     }
+}
+
+/// Producers opened at once while a workload starts.
+const OPENING_AT_ONCE: usize = 64;
+/// File descriptors left to everything but producers' sockets, in the load
+/// generator and in the server (its files, peers, listeners).
+const FDS_SPARE: usize = 2048;
+
+/// Sockets the load generator may hold for producers: its open-file limit
+/// (raised to the hard limit by `raise_fd_limit`) less `FDS_SPARE`. The
+/// server under test has the same limit and one socket per client socket.
+pub fn fd_budget() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if rc != 0 {
+        return 1024usize.saturating_sub(FDS_SPARE).max(64);
+    }
+    (lim.rlim_cur as usize).saturating_sub(FDS_SPARE).max(64)
+}
+
+/// Raises this process's open-file limit to its hard limit (inherited by
+/// the servers it starts); returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    lim.rlim_cur
 }
 
 #[derive(Debug)]
@@ -75,6 +123,9 @@ pub struct ProduceResult {
     pub first_error: Option<String>,
     pub measure_from: Instant,
     pub measure_to: Instant,
+    /// Producer connections opened (fewer than producers when the
+    /// file-descriptor limit made them share).
+    pub connections: u32,
 }
 
 impl ProduceResult {
@@ -134,33 +185,57 @@ pub async fn produce<B: Broker>(
     base: Instant,
 ) -> ProduceResult {
     assert!(
-        (1..=load.partitions).contains(&load.producers),
-        "1 to {} producers, not {}",
-        load.partitions,
-        load.producers
+        load.producers >= 1 && load.partitions >= 1,
+        "a load needs producers and partitions"
     );
+    let tally_for = |start: Instant| {
+        Arc::new(Tally {
+            measure_from: start + window.warmup,
+            measure_to: start + window.warmup + window.measure,
+            ack_us: std::sync::Mutex::new(histogram()),
+            events: AtomicU64::new(0),
+            total_acked: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            first_error: std::sync::Mutex::new(None),
+        })
+    };
+    // Every connection opens before the clock starts (thousands take a
+    // while); past the descriptor budget producers share them.
+    let connections =
+        (fd_budget() / B::SOCKETS_PER_PRODUCER.max(1)).clamp(1, load.producers as usize) as u32;
+    let shared = Load {
+        producers: connections,
+        ..load.clone()
+    };
+    let opened: Vec<(u32, Result<B::Producer>)> = futures::stream::iter(0..connections)
+        .map(|c| {
+            let partitions = shared.partitions_of(c);
+            async move { (c, broker.producer(&load.topic, &partitions).await) }
+        })
+        .buffer_unordered(OPENING_AT_ONCE)
+        .collect()
+        .await;
+    broker.producers_opened();
     let start = Instant::now();
-    let tally = Arc::new(Tally {
-        measure_from: start + window.warmup,
-        measure_to: start + window.warmup + window.measure,
-        ack_us: std::sync::Mutex::new(histogram()),
-        events: AtomicU64::new(0),
-        total_acked: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        first_error: std::sync::Mutex::new(None),
-    });
+    let tally = tally_for(start);
+    let mut conns: Vec<Option<(Arc<B::Producer>, usize)>> =
+        (0..connections).map(|_| None).collect();
+    for (c, opened) in opened {
+        match opened {
+            Ok(p) => conns[c as usize] = Some((Arc::new(p), shared.partitions_of(c).len())),
+            Err(e) => tally.error(format!("open producer {c}: {e:#}")),
+        }
+    }
     let mut tasks = Vec::new();
     for i in 0..load.producers {
-        let partitions = load.partitions_of(i);
-        match broker.producer(&load.topic, &partitions).await {
-            Ok(producer) => {
-                let (load, tally) = (load.clone(), tally.clone());
-                tasks.push(tokio::spawn(async move {
-                    produce_loop(producer, partitions.len(), load, tally, start, base).await
-                }));
-            }
-            Err(e) => tally.error(format!("open producer {i}: {e:#}")),
-        }
+        let Some((producer, partitions)) = &conns[(i % connections) as usize] else {
+            continue;
+        };
+        let (producer, partitions) = (producer.clone(), *partitions);
+        let (load, tally) = (load.clone(), tally.clone());
+        tasks.push(tokio::spawn(async move {
+            produce_loop(producer, partitions, i, load, tally, start, base).await
+        }));
     }
     for t in tasks {
         if let Err(e) = t.await {
@@ -180,13 +255,15 @@ pub async fn produce<B: Broker>(
         first_error,
         measure_from: tally.measure_from,
         measure_to: tally.measure_to,
+        connections,
     }
 }
 
-/// One producer's sends, a batch to each of its `partitions` in turn.
+/// Producer `index`'s sends, a batch to each of its `partitions` in turn.
 async fn produce_loop<P: Producer>(
-    producer: P,
+    producer: Arc<P>,
     partitions: usize,
+    index: u32,
     load: Load,
     tally: Arc<Tally>,
     start: Instant,
@@ -194,8 +271,10 @@ async fn produce_loop<P: Producer>(
 ) {
     let fixed = Bytes::from(vec![b'x'; load.payload_bytes]);
     let rate = load.rate.map(|r| r / f64::from(load.producers));
+    // Producer i's events are due `i / producers` of an interval late.
+    let phase = f64::from(index) / f64::from(load.producers);
     let due_at = |n: u64| match rate {
-        Some(r) => start + Duration::from_secs_f64(n as f64 / r),
+        Some(r) => start + Duration::from_secs_f64((n as f64 + phase) / r),
         None => start,
     };
     let mut in_flight = FuturesUnordered::new();
@@ -209,7 +288,8 @@ async fn produce_loop<P: Producer>(
         while in_flight.len() < load.depth {
             let due_now = match rate {
                 None => load.batch_max as u64,
-                Some(r) => (((now - start).as_secs_f64() * r) as u64 + 1).saturating_sub(n),
+                Some(r) => (((now - start).as_secs_f64() * r - phase).max(0.0) as u64 + 1)
+                    .saturating_sub(n),
             };
             let count = due_now.min(load.batch_max as u64);
             if count == 0 || due_at(n) > now {

@@ -122,19 +122,60 @@ pub const C_PAYLOAD: usize = 100;
 pub const C_DEPTH: usize = 4;
 pub const C_BATCH: usize = 1024;
 
+/// k: many small writers (Pravega's IoT case), each its own producer
+/// (connection and writer id) over `K_PARTITIONS` partitions, `K_RATE`
+/// events/s each, events of `K_PAYLOAD` bytes, up to `K_DEPTH` sends in
+/// flight; events due while all wait go out together (up to `K_BATCH`).
+pub const K_WRITERS: [u32; 2] = [1_000, 10_000];
+pub const K_RATE: f64 = 10.0;
+pub const K_PAYLOAD: usize = 100;
+pub const K_PARTITIONS: u32 = 16;
+pub const K_DEPTH: usize = 4;
+pub const K_BATCH: usize = 16;
+
+/// The k workload of `writers` writers.
+pub fn k_load(writers: u32) -> Load {
+    Load {
+        topic: format!("k-{writers}"),
+        producers: writers,
+        partitions: K_PARTITIONS,
+        payload_bytes: K_PAYLOAD,
+        batch_max: K_BATCH,
+        depth: K_DEPTH,
+        rate: Some(K_RATE * f64::from(writers)),
+        timestamped: false,
+    }
+}
+
 /// Why a plan skips a workload.
 pub const SKIP_WHY: &str = "one fsync per message";
 
 /// How long each workload runs, how much backlog d reads, what is skipped.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     /// a, b, c, d.
     pub window: Window,
     /// e–j.
     pub short: Window,
+    /// k (longer warm-up: thousands of writers settle).
+    pub many: Window,
     pub catch_up_bytes_max: u64,
     /// Produce workloads left out (for `SKIP_WHY`).
     pub skip: &'static [&'static str],
+    /// Only these workloads run (by letter; `--workloads`), if set.
+    pub only: Option<Vec<String>>,
+}
+
+impl Plan {
+    /// Whether workload `id` runs.
+    pub fn runs(&self, id: &str) -> bool {
+        self.only.as_ref().is_none_or(|o| o.iter().any(|w| w == id))
+    }
+}
+
+/// What a workload left out by `--workloads` holds.
+fn not_run() -> anyhow::Error {
+    anyhow!("not run (--workloads)")
 }
 
 /// A workload's cost to the broker's server process (and to the load
@@ -180,6 +221,8 @@ pub struct Suite {
     pub produce: Vec<Produced>,
     pub d: Result<(CatchUp, Usage)>,
     pub c: Result<(TailResult, Usage)>,
+    /// k, by number of writers (`K_WRITERS`).
+    pub k: Vec<(u32, Result<(ProduceResult, Usage)>)>,
 }
 
 impl Suite {
@@ -299,6 +342,9 @@ async fn produce<B: Broker>(
         rate,
         outcome,
     };
+    if !plan.runs(spec.id) {
+        return produced(Outcome::Failed(not_run()));
+    }
     eprintln!("compare: {name}: {}", label(spec, rate));
     if plan.skip.contains(&spec.id) {
         return produced(Outcome::Skipped(SKIP_WHY));
@@ -339,9 +385,10 @@ pub async fn run<B: Broker>(name: &str, broker: &B, plan: Plan) -> Suite {
     let a = produce(name, broker, &A, &plan, None, base).await;
     let a_events_s = a.done().map(ProduceResult::events_s);
 
-    step("d. catch-up read of a's backlog");
     let d = match a.done() {
+        _ if !plan.runs("d") => Err(not_run()),
         Some(a) => {
+            step("d. catch-up read of a's backlog");
             let events = (plan.catch_up_bytes_max / A.payload_bytes as u64).min(a.total_acked);
             measured(
                 pid,
@@ -354,7 +401,6 @@ pub async fn run<B: Broker>(name: &str, broker: &B, plan: Plan) -> Suite {
 
     let b = produce(name, broker, &B, &plan, a_events_s, base).await;
 
-    step("c. tail latency at 10,000 events/s");
     let c_load = Load {
         topic: "c-tail".into(),
         producers: 1,
@@ -365,13 +411,35 @@ pub async fn run<B: Broker>(name: &str, broker: &B, plan: Plan) -> Suite {
         rate: Some(C_RATE),
         timestamped: true,
     };
-    let c = measured(pid, drive::tail(broker, &c_load, plan.window)).await;
+    let c = if plan.runs("c") {
+        step("c. tail latency at 10,000 events/s");
+        measured(pid, drive::tail(broker, &c_load, plan.window)).await
+    } else {
+        Err(not_run())
+    };
 
     let mut all = vec![a, b];
     for spec in PRODUCE.into_iter().filter(|s| !s.long) {
         all.push(produce(name, broker, spec, &plan, a_events_s, base).await);
     }
-    Suite { produce: all, d, c }
+
+    let mut k = Vec::new();
+    for writers in K_WRITERS.into_iter().filter(|_| plan.runs("k")) {
+        step(&format!("k. {writers} writers, {K_RATE:.0} events/s each"));
+        let load = k_load(writers);
+        let result = measured(pid, async {
+            broker.create(&load.topic, load.partitions).await?;
+            Ok(drive::produce(broker, &load, plan.many, base).await)
+        })
+        .await;
+        k.push((writers, result));
+    }
+    Suite {
+        produce: all,
+        d,
+        c,
+        k,
+    }
 }
 
 /// Windows for a full or quick run; `slow` brokers (one fsync per message)
@@ -388,10 +456,13 @@ pub fn plan(quick: bool, slow: bool) -> Plan {
         (true, false) => ((1.0, 4.0), (1.0, 2.0)),
         (true, true) => ((1.0, 3.0), (1.0, 2.0)),
     };
+    let many = if quick { (2.0, 3.0) } else { (4.0, 10.0) };
     Plan {
         window: secs(long),
         short: secs(short),
+        many: secs(many),
         catch_up_bytes_max: if quick { 64 << 20 } else { 512 << 20 },
         skip: if slow { &["e"] } else { &[] },
+        only: None,
     }
 }

@@ -231,8 +231,63 @@ pub fn render(entries: &[Entry], disk: &DiskProbe, fs_type: &str) -> String {
             }
         }
     }
+    many(&mut out, entries);
     ratios(&mut out, entries);
     out
+}
+
+/// Server CPU per event acknowledged, µs.
+fn cpu_us_per_event(r: &ProduceResult, u: &Usage) -> Option<f64> {
+    (r.total_acked > 0).then(|| u.server_cpu_s * 1e6 / r.total_acked as f64)
+}
+
+/// The k section: many small writers.
+fn many(out: &mut String, entries: &[Entry]) {
+    let _ = writeln!(
+        out,
+        "\n## Many small writers (k: {} B events, {:.0} events/s per writer, each writer its own producer over {} partitions)\n\n\
+         Each writer is its own producer: its own connection (and, for Aquifer, its own writer id), as far as the \
+         open-file limit allows; past it writers share connections (the connections column says how many there \
+         were). Latency from the time each event was due to its ack; writers are spread evenly over the \
+         {:.0} ms between their events. Server CPU per event: the server's CPU over the whole workload \
+         (warm-up, start-up of the connections and drain included) per event acknowledged.\n",
+        suite::K_PAYLOAD,
+        suite::K_RATE,
+        suite::K_PARTITIONS,
+        1e3 / suite::K_RATE
+    );
+    let _ = writeln!(
+        out,
+        "| writers | broker | connections | acked/s | ack p50 | p99 | p99.9 | max | server CPU µs/event | server CPU s | client CPU s | peak RSS | disk/acked | errors |"
+    );
+    let _ = writeln!(
+        out,
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
+    for writers in suite::K_WRITERS {
+        for e in entries {
+            let Ok(s) = &e.outcome else { continue };
+            let Some((_, result)) = s.k.iter().find(|(w, _)| *w == writers) else {
+                continue;
+            };
+            let row = match result {
+                Ok((r, u)) => {
+                    let [p50, p99, p999, max] = quantiles(&r.ack_us);
+                    let per_event =
+                        cpu_us_per_event(r, u).map_or("-".into(), |c| format!("{c:.1}"));
+                    format!(
+                        "{} | {:.0} | {p50} | {p99} | {p999} | {max} | {per_event} | {} | {}",
+                        r.connections,
+                        r.events_s(),
+                        usage_cells(u, r.total_acked * suite::K_PAYLOAD as u64),
+                        errors(r)
+                    )
+                }
+                Err(err) => failed(err),
+            };
+            let _ = writeln!(out, "| {writers} | {} | {row} |", label(e));
+        }
+    }
 }
 
 /// The figures the headline ratio table compares, if the workload ran.
@@ -244,6 +299,9 @@ struct Key {
     c_e2e_p99: Option<f64>,
     d_mb_s: Option<f64>,
     j_ack_p99: Option<f64>,
+    /// k's ack p99 and server CPU per event, by `suite::K_WRITERS`.
+    k_ack_p99: Vec<Option<f64>>,
+    k_cpu: Vec<Option<f64>>,
 }
 
 fn p99(h: &Histogram<u64>) -> Option<f64> {
@@ -261,7 +319,22 @@ fn key(s: &Suite) -> Key {
         c_e2e_p99: s.c.as_ref().ok().and_then(|(c, _)| p99(&c.e2e_us)),
         d_mb_s: s.d.as_ref().ok().map(|(d, _)| d.mb_s()),
         j_ack_p99: ack_p99(suite::J.id),
+        k_ack_p99: k_figure(s, |r, _| p99(&r.ack_us)),
+        k_cpu: k_figure(s, cpu_us_per_event),
     }
+}
+
+/// `f` of each k run, in `suite::K_WRITERS` order.
+fn k_figure(s: &Suite, f: impl Fn(&ProduceResult, &Usage) -> Option<f64>) -> Vec<Option<f64>> {
+    suite::K_WRITERS
+        .iter()
+        .map(|w| {
+            s.k.iter()
+                .find(|(n, _)| n == w)
+                .and_then(|(_, r)| r.as_ref().ok())
+                .and_then(|(r, u)| f(r, u))
+        })
+        .collect()
 }
 
 fn ratio(ours: Option<f64>, theirs: Option<f64>) -> String {
@@ -291,23 +364,40 @@ fn ratios(out: &mut String, entries: &[Entry]) {
     let _ = writeln!(
         out,
         "\n## Aquifer / peer\n\n\
-         Throughput and catch-up: above 1× Aquifer is faster. Latency: below 1× Aquifer is lower \
-         (j: each broker at half of its own a rate).\n"
+         Throughput and catch-up: above 1× Aquifer is faster. Latency and CPU per event: below 1× Aquifer is \
+         lower (j: each broker at half of its own a rate).\n"
+    );
+    let k_heads: String = suite::K_WRITERS
+        .iter()
+        .map(|w| format!(" k{w} ack p99 | k{w} CPU/event |"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "| peer | a events/s | b events/s | a ack p99 | c ack p99 | c e2e p99 | d catch-up MB/s | j ack p99 |{k_heads}"
     );
     let _ = writeln!(
         out,
-        "| peer | a events/s | b events/s | a ack p99 | c ack p99 | c e2e p99 | d catch-up MB/s | j ack p99 |"
+        "|---|---:|---:|---:|---:|---:|---:|---:|{}",
+        "---:|".repeat(2 * suite::K_WRITERS.len())
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for (peer, s) in &peers {
         let Some(s) = s else {
             let _ = writeln!(out, "| {peer} | unavailable | | | | | | |");
             continue;
         };
         let t = key(s);
+        let k_cells: String = (0..suite::K_WRITERS.len())
+            .map(|i| {
+                format!(
+                    " {} | {} |",
+                    ratio(mine.k_ack_p99[i], t.k_ack_p99[i]),
+                    ratio(mine.k_cpu[i], t.k_cpu[i])
+                )
+            })
+            .collect();
         let _ = writeln!(
             out,
-            "| {peer} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {peer} | {} | {} | {} | {} | {} | {} | {} |{k_cells}",
             ratio(mine.a_events_s, t.a_events_s),
             ratio(mine.b_events_s, t.b_events_s),
             ratio(mine.a_ack_p99, t.a_ack_p99),

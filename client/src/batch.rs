@@ -4,15 +4,19 @@
 //! the exactly-once rules are unit-tested here without a server.
 //!
 //! Rules it enforces:
-//! - a batch holds whole framed events, at most `max_batch_bytes` of them
-//!   unless a single event is larger (then it travels alone);
+//! - what is pushed is a run: one or more framed events of one routing key,
+//!   with one token (a writer's `write_batch` call, or a single event);
+//! - a batch holds whole runs, at most `max_batch_bytes` of them unless a
+//!   single run is larger (then it travels alone); a run of over half a
+//!   batch that finds no batch open travels alone too, in the buffer it
+//!   was framed into (no copy);
 //! - event numbers are given out once, when a batch is first sent, in send
 //!   order and contiguously; a batch keeps its numbers and its bytes forever
 //!   (never renumbered, never re-batched);
 //! - after a reconnect, batches whose last number is at or below the
 //!   server's last applied number are done (duplicates); the rest are sent
 //!   again in their original order;
-//! - tokens (one per event) come out in the order the events went in.
+//! - tokens (one per run) come out in the order the runs went in.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -21,11 +25,28 @@ use bytes::{Bytes, BytesMut};
 
 use crate::proto::AppendBatch;
 
+/// Framed events of one routing key, back to back: what one push adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Events {
+    pub framed: Bytes,
+    /// How many events `framed` holds (at least 1).
+    pub count: u32,
+}
+
+/// One pushed run's place in its batch.
+#[derive(Debug)]
+struct Run<T> {
+    len: u32,
+    count: u32,
+    token: T,
+}
+
 /// A batch under construction.
 #[derive(Debug)]
 struct Open<T> {
     data: BytesMut,
-    events: Vec<(u32, T)>,
+    count: u32,
+    runs: Vec<Run<T>>,
     opened_at: Instant,
 }
 
@@ -35,21 +56,23 @@ struct Batch<T> {
     /// Given out when the batch is first sent.
     first_event_number: Option<i64>,
     data: Bytes,
-    /// Framed length and token of each event, in order.
-    events: Vec<(u32, T)>,
+    /// Events in `data`.
+    count: u32,
+    /// Its runs, in order.
+    runs: Vec<Run<T>>,
 }
 
-// A batch's event count and each event's framed length fit a u32 (and its
-// count an i64): an event is at most CLIENT_EVENT_BYTES_MAX (the writer
-// refuses larger ones before they reach a batch), and a batch of framed
-// events, each at least a frame header long, holds fewer events than bytes.
+// A batch's event count and each run's framed length fit a u32 (and its
+// count an i64): a run is at most CLIENT_EVENT_BYTES_MAX (the writer cuts
+// runs at the batch size and refuses larger events before they reach a
+// batch), and a batch of framed events, each at least a frame header long,
+// holds fewer events than bytes.
 const _: () = assert!(crate::writer::CLIENT_EVENT_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(aquifer_proto::wire::CLIENT_MESSAGE_BYTES_MAX <= u32::MAX as usize);
 
 impl<T> Batch<T> {
     fn count(&self) -> i64 {
-        // Fits: see the checks above the impl.
-        self.events.len() as i64
+        i64::from(self.count)
     }
 
     /// Last event number, if numbered.
@@ -60,19 +83,18 @@ impl<T> Batch<T> {
     fn to_proto(&self, first: i64) -> AppendBatch {
         AppendBatch {
             first_event_number: first,
-            // Fits: see the checks above the impl.
-            event_count: self.events.len() as u32,
+            event_count: self.count,
             events: self.data.clone(),
         }
     }
 
-    /// Tokens with each event's offset: consecutive from `base`, or all
-    /// unknown.
+    /// Tokens with the offset of each run's first event: consecutive from
+    /// `base`, or all unknown.
     fn resolve(self, base: Option<u64>, out: &mut Vec<(T, Option<u64>)>) {
         let mut offset = base;
-        for (len, token) in self.events {
-            out.push((token, offset));
-            offset = offset.map(|o| o.saturating_add(u64::from(len)));
+        for run in self.runs {
+            out.push((run.token, offset));
+            offset = offset.map(|o| o.saturating_add(u64::from(run.len)));
         }
     }
 }
@@ -111,26 +133,44 @@ impl<T> BatchQueue<T> {
         }
     }
 
-    /// Adds one framed event. It joins the open batch if it fits, else the
-    /// open batch is sealed and a new one started; an event of at least
-    /// `max_batch_bytes` is sealed alone at once.
-    pub fn push(&mut self, framed: &[u8], token: T, now: Instant) {
-        let len = framed.len();
+    /// Adds one run of framed events. It joins the open batch if it fits,
+    /// else the open batch is sealed and a new one started; a run of at
+    /// least `max_batch_bytes` is sealed alone at once, and so is one of over
+    /// half of it that finds no batch open (in its own buffer).
+    pub fn push(&mut self, events: Events, token: T, now: Instant) {
+        let len = events.framed.len();
+        // Fits: the writer cuts runs at the batch size and refuses events
+        // over CLIENT_EVENT_BYTES_MAX.
+        let run = Run {
+            len: len as u32,
+            count: events.count,
+            token,
+        };
+        self.pushed += 1;
         if let Some(open) = &self.open {
             if open.data.len() + len > self.max_batch_bytes {
                 self.seal();
             }
         }
+        if self.open.is_none() && len.saturating_mul(2) > self.max_batch_bytes {
+            self.ready.push_back(Batch {
+                first_event_number: None,
+                data: events.framed,
+                count: run.count,
+                runs: vec![run],
+            });
+            return;
+        }
         let max = self.max_batch_bytes;
         let open = self.open.get_or_insert_with(|| Open {
             data: BytesMut::with_capacity(len.max(max.min(64 * 1024))),
-            events: Vec::new(),
+            count: 0,
+            runs: Vec::new(),
             opened_at: now,
         });
-        open.data.extend_from_slice(framed);
-        // Fits: the writer refuses events over CLIENT_EVENT_BYTES_MAX.
-        open.events.push((len as u32, token));
-        self.pushed += 1;
+        open.data.extend_from_slice(&events.framed);
+        open.count = open.count.saturating_add(run.count);
+        open.runs.push(run);
         if open.data.len() >= self.max_batch_bytes {
             self.seal();
         }
@@ -139,11 +179,12 @@ impl<T> BatchQueue<T> {
     /// Seals the open batch (linger expired, flush, close).
     pub fn seal(&mut self) {
         if let Some(open) = self.open.take() {
-            if !open.events.is_empty() {
+            if !open.runs.is_empty() {
                 self.ready.push_back(Batch {
                     first_event_number: None,
                     data: open.data.freeze(),
-                    events: open.events,
+                    count: open.count,
+                    runs: open.runs,
                 });
             }
         }
@@ -179,7 +220,7 @@ impl<T> BatchQueue<T> {
 
     /// Handles an ack: resolves the acked batch (and, leniently, earlier
     /// batches the ack also covers). Each token comes with its event's
-    /// offset (`None` for duplicates).
+    /// first event's offset (`None` for duplicates).
     pub fn on_ack(
         &mut self,
         last_event_number: i64,
@@ -263,26 +304,30 @@ impl<T> BatchQueue<T> {
         self.seal();
         let mut out = Vec::new();
         for batch in self.ready.drain(..) {
-            out.extend(batch.events.into_iter().map(|(_, t)| t));
+            out.extend(batch.runs.into_iter().map(|r| r.token));
         }
         self.resolved += out.len() as u64;
         out
     }
 
     /// Like [`drain_all`](Self::drain_all), but each token comes with its
-    /// framed event (a slice of its batch's bytes, no copy), in the order
-    /// the events were pushed: what a writer moves to a sealed segment's
+    /// run's framed events (a slice of its batch's bytes, no copy), in the
+    /// order they were pushed: what a writer moves to a sealed segment's
     /// successors. Call it only after `on_setup` told what the server has
     /// (else applied events would be moved, hence duplicated).
-    pub fn drain_all_framed(&mut self) -> Vec<(Bytes, T)> {
+    pub fn drain_all_framed(&mut self) -> Vec<(Events, T)> {
         self.on_disconnect();
         self.seal();
         let mut out = Vec::new();
         for batch in self.ready.drain(..) {
             let mut at = 0usize;
-            for (len, token) in batch.events {
-                let end = at + len as usize;
-                out.push((batch.data.slice(at..end), token));
+            for run in batch.runs {
+                let end = at + run.len as usize;
+                let events = Events {
+                    framed: batch.data.slice(at..end),
+                    count: run.count,
+                };
+                out.push((events, run.token));
                 at = end;
             }
         }
@@ -290,18 +335,18 @@ impl<T> BatchQueue<T> {
         out
     }
 
-    /// Events pushed so far.
+    /// Runs pushed so far.
     pub fn pushed(&self) -> u64 {
         self.pushed
     }
 
-    /// Events resolved (acked, duplicate or drained) so far; tokens resolve
-    /// in push order, so every event up to this count is done.
+    /// Runs resolved (acked, duplicate or drained) so far; tokens resolve
+    /// in push order, so every run up to this count is done.
     pub fn resolved(&self) -> u64 {
         self.resolved
     }
 
-    /// No event is waiting for anything.
+    /// No run is waiting for anything.
     pub fn is_empty(&self) -> bool {
         self.pushed == self.resolved
     }
@@ -323,10 +368,13 @@ mod tests {
     use crate::proto;
     use aquifer_proto::frame;
 
-    fn framed(payload: &[u8]) -> Vec<u8> {
+    fn framed(payload: &[u8]) -> Events {
         let mut b = BytesMut::new();
         frame::encode_event(&mut b, None, payload);
-        b.to_vec()
+        Events {
+            framed: b.freeze(),
+            count: 1,
+        }
     }
 
     fn tokens(v: Vec<(u32, Option<u64>)>) -> Vec<u32> {
@@ -336,18 +384,18 @@ mod tests {
     #[test]
     fn cuts_batches_by_size_and_keeps_big_events_alone() {
         let ev = framed(&[7u8; 90]); // 100 bytes framed
-        assert_eq!(ev.len(), 100);
+        assert_eq!(ev.framed.len(), 100);
         let now = Instant::now();
         let mut q = BatchQueue::new(250);
-        q.push(&ev, 1, now);
-        q.push(&ev, 2, now);
+        q.push(ev.clone(), 1, now);
+        q.push(ev.clone(), 2, now);
         assert!(!q.has_ready());
-        q.push(&ev, 3, now); // would make 300 > 250: seals [1, 2]
+        q.push(ev.clone(), 3, now); // would make 300 > 250: seals [1, 2]
         assert!(q.has_ready());
         let big = framed(&[1u8; 500]);
-        q.push(&big, 4, now); // seals [3], then [4] alone at once
+        q.push(big.clone(), 4, now); // seals [3], then [4] alone at once
         assert!(q.open_since().is_none());
-        q.push(&ev, 5, now);
+        q.push(ev.clone(), 5, now);
         q.seal();
         assert!(q.open_since().is_none());
 
@@ -359,7 +407,12 @@ mod tests {
             .collect();
         assert_eq!(
             shape,
-            vec![(1, 2, 200), (3, 1, 100), (4, 1, big.len()), (5, 1, 100)]
+            vec![
+                (1, 2, 200),
+                (3, 1, 100),
+                (4, 1, big.framed.len()),
+                (5, 1, 100)
+            ]
         );
         // The bytes are the framed events, decodable.
         let evs: Vec<_> = frame::FrameIter::new(sent[0].events.clone(), 0, 1 << 20)
@@ -374,7 +427,7 @@ mod tests {
         let now = Instant::now();
         let mut q = BatchQueue::new(40);
         for t in 0..5 {
-            q.push(&ev, t, now);
+            q.push(ev.clone(), t, now);
         }
         q.seal();
         // Nothing goes out before setup tells the numbering.
@@ -409,7 +462,7 @@ mod tests {
         let now = Instant::now();
         let mut q = BatchQueue::new(40);
         for t in 0..6 {
-            q.push(&ev, t, now);
+            q.push(ev.clone(), t, now);
         }
         q.seal();
         q.on_setup(0);
@@ -425,8 +478,8 @@ mod tests {
         // flight, and two more events arrive meanwhile.
         assert_eq!(tokens(q.on_ack(2, 0, false).unwrap()), vec![0, 1]);
         q.on_disconnect();
-        q.push(&ev, 6, now);
-        q.push(&ev, 7, now);
+        q.push(ev.clone(), 6, now);
+        q.push(ev.clone(), 7, now);
         q.seal();
         // The server had applied 3-4 before dying: they are done.
         let dups = q.on_setup(4);
@@ -452,8 +505,8 @@ mod tests {
         let ev = framed(b"x");
         let now = Instant::now();
         let mut q = BatchQueue::new(1);
-        q.push(&ev, 0, now);
-        q.push(&ev, 1, now);
+        q.push(ev.clone(), 0, now);
+        q.push(ev.clone(), 1, now);
         q.on_setup(10);
         let a = q.next_to_send().unwrap();
         let b = q.next_to_send().unwrap();
@@ -474,7 +527,7 @@ mod tests {
         assert_eq!(tokens(dups), vec![0, 1]);
         assert!(q.is_empty());
         // New events continue after 12.
-        q.push(&ev, 2, now);
+        q.push(ev.clone(), 2, now);
         assert_eq!(q.next_to_send().unwrap().first_event_number, 13);
     }
 
@@ -484,10 +537,10 @@ mod tests {
         let now = Instant::now();
         let mut q = BatchQueue::<u32>::new(1);
         q.on_setup(0);
-        q.push(&ev, 0, now);
+        q.push(ev.clone(), 0, now);
         assert_eq!(q.next_to_send().unwrap().first_event_number, 1);
         assert_eq!(tokens(q.on_ack(1, 0, false).unwrap()), vec![0]);
-        q.push(&ev, 1, now);
+        q.push(ev.clone(), 1, now);
         assert!(q.on_setup(100).is_empty());
         assert_eq!(q.next_to_send().unwrap().first_event_number, 101);
     }
@@ -496,9 +549,9 @@ mod tests {
     fn drain_all_returns_every_pending_token_in_order() {
         let ev = framed(b"abc");
         let now = Instant::now();
-        let mut q = BatchQueue::new(ev.len() * 2);
+        let mut q = BatchQueue::new(ev.framed.len() * 2);
         for t in 0..5 {
-            q.push(&ev, t, now);
+            q.push(ev.clone(), t, now);
         }
         q.on_setup(0);
         let _ = q.next_to_send();
@@ -511,10 +564,10 @@ mod tests {
     #[test]
     fn drain_all_framed_keeps_what_the_server_lacks_in_order_with_its_bytes() {
         let now = Instant::now();
-        let evs: Vec<Vec<u8>> = (0..5u8).map(|i| framed(&[i; 10])).collect();
-        let mut q = BatchQueue::new(evs[0].len() * 2);
+        let evs: Vec<Events> = (0..5u8).map(|i| framed(&[i; 10])).collect();
+        let mut q = BatchQueue::new(evs[0].framed.len() * 2);
         for (t, e) in evs.iter().enumerate() {
-            q.push(e, t as u32, now);
+            q.push(e.clone(), t as u32, now);
         }
         q.on_setup(0);
         let _ = q.next_to_send(); // 1-2
@@ -526,9 +579,75 @@ mod tests {
             left.iter().map(|(_, t)| *t).collect::<Vec<_>>(),
             vec![2, 3, 4]
         );
-        for (bytes, t) in &left {
-            assert_eq!(&bytes[..], &evs[*t as usize][..]);
+        for (events, t) in &left {
+            assert_eq!(events, &evs[*t as usize]);
         }
         assert!(q.is_empty());
+    }
+
+    /// `count` events of `payload` framed back to back, as one run.
+    fn run(payload: &[u8], count: u32) -> Events {
+        let mut b = BytesMut::new();
+        for _ in 0..count {
+            frame::encode_event(&mut b, Some("k"), payload);
+        }
+        Events {
+            framed: b.freeze(),
+            count,
+        }
+    }
+
+    #[test]
+    fn runs_count_their_events_and_resolve_with_their_first_offset() {
+        let now = Instant::now();
+        let three = run(b"abc", 3);
+        let one = framed(b"z");
+        let mut q = BatchQueue::new(1000);
+        q.push(three.clone(), 0, now);
+        q.push(one.clone(), 1, now);
+        q.push(run(b"de", 2), 2, now);
+        q.seal();
+        assert_eq!(q.pushed(), 3);
+        q.on_setup(9);
+        let b = q.next_to_send().unwrap();
+        assert_eq!((b.first_event_number, b.event_count), (10, 6));
+        let evs: Vec<_> = frame::FrameIter::new(b.events.clone(), 0, 1 << 20)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(evs.len(), 6);
+        let at1 = 500 + three.framed.len() as u64;
+        let at2 = at1 + one.framed.len() as u64;
+        assert_eq!(
+            q.on_ack(15, 500, false).unwrap(),
+            vec![(0, Some(500)), (1, Some(at1)), (2, Some(at2))]
+        );
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_run_over_half_a_batch_travels_in_its_own_buffer() {
+        let now = Instant::now();
+        let big = run(&[5u8; 100], 4);
+        let mut q = BatchQueue::new(big.framed.len() * 2 - 1);
+        q.push(big.clone(), 0, now);
+        assert!(q.open_since().is_none());
+        // With a batch open it is copied in after it, if it fits.
+        q.push(framed(b"a"), 1, now);
+        q.push(big.clone(), 2, now);
+        q.seal();
+        q.on_setup(0);
+        let first = q.next_to_send().unwrap();
+        assert_eq!(first.events.as_ptr(), big.framed.as_ptr());
+        assert_eq!(first.event_count, 4);
+        let second = q.next_to_send().unwrap();
+        assert_eq!((second.first_event_number, second.event_count), (5, 5));
+        // A sealed segment's hand-over gets the runs back whole.
+        assert_eq!(tokens(q.on_setup(4)), vec![0]);
+        let left = q.drain_all_framed();
+        assert_eq!(
+            left.iter().map(|(e, t)| (e.count, *t)).collect::<Vec<_>>(),
+            vec![(1, 1), (4, 2)]
+        );
+        assert_eq!(left[1].0, big);
     }
 }

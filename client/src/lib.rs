@@ -83,7 +83,8 @@ pub use txn::{
     TransactionalWriter, TRANSACTION_TIMEOUT_DEFAULT,
 };
 pub use writer::{
-    EventWriter, PendingWrite, Position, WriteAck, WriterConfig, CLIENT_EVENT_BYTES_MAX,
+    BatchAck, EventWriter, PendingBatch, PendingWrite, Position, WriteAck, WriterConfig,
+    CLIENT_EVENT_BYTES_MAX,
 };
 
 /// A connection to one Aquifer node; clone it freely (clones share the

@@ -19,11 +19,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
+use crate::batch::Events;
 use crate::conn::Conn;
 use crate::routing::Router;
 use crate::session::{Cmd, EventToken, Session, SessionConfig};
@@ -86,12 +86,13 @@ impl Shared {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Routes one event by its key position and sends it to its segment's
-    /// session, starting the session on demand. The segment's error if its
-    /// session failed for good (the token is dropped: its budget returns).
-    pub(crate) fn send_event(
+    /// Routes a run of events by its key position and sends it to its
+    /// segment's session, starting the session on demand. The segment's
+    /// error if its session failed for good (the token is dropped: its
+    /// budget returns).
+    pub(crate) fn send_events(
         self: &Arc<Self>,
-        framed: Bytes,
+        events: Events,
         token: EventToken,
     ) -> Result<(), Error> {
         let mut table = self.table();
@@ -102,7 +103,7 @@ impl Shared {
         }
         handle
             .cmds
-            .send(Cmd::Event { framed, token })
+            .send(Cmd::Event { events, token })
             .map_err(|_| Error::Closed)
     }
 
@@ -156,7 +157,7 @@ impl Shared {
     }
 
     /// Hands sealed segment `sealed_id` over to `successors`: `events` (its
-    /// unacknowledged events, in order, none of them applied there) and
+    /// unacknowledged runs of events, in order, none applied there) and
     /// then whatever was sent to it meanwhile (still in `cmds`) go, in that
     /// order, to the successor owning each key (keyless ones round-robin
     /// over the successors); its pending flushes then wait for the
@@ -165,14 +166,14 @@ impl Shared {
         self: &Arc<Self>,
         sealed_id: u64,
         successors: &[SegmentInfo],
-        mut events: Vec<(Bytes, EventToken)>,
+        mut events: Vec<(Events, EventToken)>,
         cmds: &mut mpsc::UnboundedReceiver<Cmd>,
         mut flushes: Vec<FlushReply>,
     ) {
         let mut table = self.table();
         while let Ok(cmd) = cmds.try_recv() {
             match cmd {
-                Cmd::Event { framed, token } => events.push((framed, token)),
+                Cmd::Event { events: run, token } => events.push((run, token)),
                 Cmd::Flush(reply) => flushes.push(reply),
             }
         }
@@ -185,7 +186,7 @@ impl Shared {
         let successor_ids: Vec<u64> = successors.iter().map(|s| s.segment_id).collect();
         let mut keyless = 0usize;
         let mut targets = BTreeSet::new();
-        for (framed, token) in events {
+        for (run, token) in events {
             let id = match token.position {
                 Some(_) => table.router.route(token.position),
                 None => {
@@ -206,7 +207,7 @@ impl Shared {
                 continue;
             }
             if let Err(mpsc::error::SendError(Cmd::Event { token, .. })) =
-                handle.cmds.send(Cmd::Event { framed, token })
+                handle.cmds.send(Cmd::Event { events: run, token })
             {
                 let _ = token.tx.send(Err(Error::Closed));
             }

@@ -17,13 +17,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Streaming;
 
-use crate::batch::BatchQueue;
+use crate::batch::{BatchQueue, Events};
 use crate::conn::Conn;
 use crate::proto::{append_request, append_response, AppendRequest, AppendResponse, SetupAppend};
 use crate::reroute::Shared;
@@ -37,14 +36,15 @@ const DRAIN_MAX: usize = 4096;
 
 /// What the writer hands a session.
 pub(crate) enum Cmd {
-    /// One framed event and how to report it.
-    Event { framed: Bytes, token: EventToken },
+    /// A run of framed events (one routing key) and how to report it.
+    Event { events: Events, token: EventToken },
     /// Answer once every event sent before this command is resolved.
     Flush(oneshot::Sender<Result<(), Error>>),
 }
 
-/// Completion of one event: resolving it answers the `PendingWrite`;
-/// dropping it returns the event's bytes to the writer's in-flight budget.
+/// Completion of one run of events: resolving it answers the
+/// `PendingWrite` (or a part of the `PendingBatch`); dropping it returns
+/// the run's bytes to the writer's in-flight budget.
 pub(crate) struct EventToken {
     pub(crate) tx: oneshot::Sender<Result<WriteAck, Error>>,
     pub(crate) _permit: OwnedSemaphorePermit,
@@ -216,12 +216,12 @@ impl Session {
 
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Event { framed, token } => {
+            Cmd::Event { events, token } => {
                 if let Some(e) = self.failed.get() {
                     let _ = token.tx.send(Err(e.clone()));
                     return;
                 }
-                self.queue.push(&framed, token, std::time::Instant::now());
+                self.queue.push(events, token, std::time::Instant::now());
             }
             Cmd::Flush(reply) => {
                 self.queue.seal();

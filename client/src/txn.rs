@@ -22,7 +22,9 @@ use bytes::Bytes;
 
 use crate::admin::Admin;
 use crate::conn::Conn;
-use crate::{Error, EventWriter, PendingWrite, SegmentInfo, StreamName, WriterConfig};
+use crate::{
+    Error, EventWriter, PendingBatch, PendingWrite, SegmentInfo, StreamName, WriterConfig,
+};
 
 use std::sync::Arc;
 
@@ -411,6 +413,17 @@ impl Transaction {
         payload: impl Into<Bytes>,
     ) -> Result<PendingWrite, Error> {
         self.writer.write_event(routing_key, payload).await
+    }
+
+    /// Queues events of one key as batches (see
+    /// [`EventWriter::write_batch`]): durable once the returned batch
+    /// resolves, visible at commit.
+    pub async fn write_batch<P: AsRef<[u8]>>(
+        &self,
+        routing_key: Option<&str>,
+        payloads: &[P],
+    ) -> Result<PendingBatch, Error> {
+        self.writer.write_batch(routing_key, payloads).await
     }
 
     /// Waits until every event written so far is acknowledged.

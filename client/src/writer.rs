@@ -17,6 +17,7 @@ use aquifer_proto::frame;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{oneshot, Semaphore};
 
+use crate::batch::Events;
 use crate::conn::{Conn, MESSAGE_BYTES_MAX};
 use crate::reroute::Shared;
 use crate::routing::{key_position, writable_segments};
@@ -232,6 +233,9 @@ pub struct EventWriter {
     budget: Arc<Semaphore>,
     /// Permits in the budget (what one event may take at most).
     budget_total: u32,
+    /// `write_batch` cuts its events into runs of at most this many framed
+    /// bytes: a batch's size, so a run always fits one batch.
+    run_bytes_max: usize,
 }
 
 impl EventWriter {
@@ -277,9 +281,10 @@ impl EventWriter {
             .in_flight_bytes_max
             .min(Semaphore::MAX_PERMITS)
             .min(u32::MAX as usize) as u32;
+        let run_bytes_max = config.batch_bytes_max.min(CLIENT_EVENT_BYTES_MAX);
         let session_config = SessionConfig {
             writer_id: config.writer_id.clone(),
-            batch_bytes_max: config.batch_bytes_max.min(CLIENT_EVENT_BYTES_MAX),
+            batch_bytes_max: run_bytes_max,
             linger: config.linger,
             retry_timeout: config.retry_timeout,
             transaction_id,
@@ -292,6 +297,7 @@ impl EventWriter {
             shared,
             budget: Arc::new(Semaphore::new(budget_total as usize)),
             budget_total,
+            run_bytes_max,
         })
     }
 
@@ -314,23 +320,88 @@ impl EventWriter {
     ) -> Result<PendingWrite, Error> {
         let payload: Bytes = payload.into();
         let len = sendable_framed_len(routing_key, payload.len())?;
-        let cost = (len.min(self.budget_total as usize) as u32).max(1);
+        let mut framed = BytesMut::with_capacity(len);
+        frame::encode_event(&mut framed, routing_key, &payload);
+        let rx = self.send_run(routing_key, framed, 1).await?;
+        Ok(PendingWrite { rx })
+    }
+
+    /// Queues `payloads` as events of one routing key, in order, framed
+    /// straight into batch-sized buffers: one future, one budget wait and
+    /// one hand-off to the segment's session per batch instead of per
+    /// event (the way to write many small events). Waits while the
+    /// in-flight budget is used up, as [`write_event`](Self::write_event)
+    /// does.
+    ///
+    /// Every event is checked before any is queued: one the client cannot
+    /// send fails the call with [`Error::InvalidArgument`] and queues
+    /// nothing. Keyless batches go to one segment (round-robin per call,
+    /// not per event). Await the returned [`PendingBatch`] for the
+    /// [`BatchAck`] once every event is durable.
+    pub async fn write_batch<P: AsRef<[u8]>>(
+        &self,
+        routing_key: Option<&str>,
+        payloads: &[P],
+    ) -> Result<PendingBatch, Error> {
+        let mut total = 0usize;
+        for p in payloads {
+            total += sendable_framed_len(routing_key, p.as_ref().len())?;
+        }
+        let mut parts = Vec::with_capacity(total / self.run_bytes_max + 1);
+        let mut run = BytesMut::new();
+        let mut count = 0u32;
+        for p in payloads {
+            let p = p.as_ref();
+            let len = frame::framed_len(routing_key, p.len());
+            if count > 0 && run.len() + len > self.run_bytes_max {
+                parts.push(self.send_run(routing_key, run.split(), count).await?);
+                count = 0;
+            }
+            if run.capacity() - run.len() < len {
+                run.reserve(len.max(self.run_bytes_max.min(total)));
+            }
+            frame::encode_event(&mut run, routing_key, p);
+            total -= len;
+            count += 1;
+        }
+        if count > 0 {
+            parts.push(self.send_run(routing_key, run, count).await?);
+        }
+        Ok(PendingBatch {
+            parts,
+            events: payloads.len(),
+            first: None,
+        })
+    }
+
+    /// Takes `framed`'s bytes from the in-flight budget (waiting while it
+    /// is used up) and hands the run of `count` events to its segment's
+    /// session; the receiver answers once they are durable.
+    async fn send_run(
+        &self,
+        routing_key: Option<&str>,
+        framed: BytesMut,
+        count: u32,
+    ) -> Result<oneshot::Receiver<Result<WriteAck, Error>>, Error> {
+        let cost = (framed.len().min(self.budget_total as usize) as u32).max(1);
         let permit = self
             .budget
             .clone()
             .acquire_many_owned(cost)
             .await
             .map_err(|_| Error::Closed)?;
-        let mut framed = BytesMut::with_capacity(len);
-        frame::encode_event(&mut framed, routing_key, &payload);
         let (tx, rx) = oneshot::channel();
         let token = EventToken {
             tx,
             _permit: permit,
             position: routing_key.map(key_position),
         };
-        self.shared.send_event(framed.freeze(), token)?;
-        Ok(PendingWrite { rx })
+        let events = Events {
+            framed: framed.freeze(),
+            count,
+        };
+        self.shared.send_events(events, token)?;
+        Ok(rx)
     }
 
     /// Waits until every event queued so far (by any caller) is durable;
@@ -399,6 +470,53 @@ impl Future for PendingWrite {
     }
 }
 
+/// What a [`PendingBatch`] resolves to: every event of the batch is
+/// durable, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct BatchAck {
+    /// Events in the batch.
+    pub events: usize,
+    /// The first event's ack (None for an empty batch). The others follow
+    /// it in order; a scale that seals its segment while the batch is on
+    /// its way moves the rest, still in order, to the successor.
+    pub first: Option<WriteAck>,
+}
+
+/// A batch on its way (see [`EventWriter::write_batch`]): resolves to its
+/// [`BatchAck`] once every event is durable, or to the first error that
+/// stopped one of them.
+///
+/// Dropping it does not cancel the writes.
+pub struct PendingBatch {
+    /// One answer per run, in order; those already answered are gone.
+    parts: Vec<oneshot::Receiver<Result<WriteAck, Error>>>,
+    events: usize,
+    first: Option<WriteAck>,
+}
+
+impl Future for PendingBatch {
+    type Output = Result<BatchAck, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        while let Some(rx) = this.parts.first_mut() {
+            let ack = match Pin::new(rx).poll(cx) {
+                Poll::Ready(Ok(Ok(ack))) => ack,
+                Poll::Ready(Ok(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(Error::Closed)),
+                Poll::Pending => return Poll::Pending,
+            };
+            this.first.get_or_insert(ack);
+            this.parts.remove(0);
+        }
+        Poll::Ready(Ok(BatchAck {
+            events: this.events,
+            first: this.first,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,5 +539,6 @@ mod tests {
     fn writer_is_send_and_sync() {
         assert_send_sync::<EventWriter>();
         assert_send_sync::<PendingWrite>();
+        assert_send_sync::<PendingBatch>();
     }
 }

@@ -121,6 +121,9 @@ pub struct ServerConfig {
     pub kafka_auto_create_topics: bool,
     /// Partitions of an auto-created topic (Kafka's `num.partitions`).
     pub kafka_auto_create_partitions: u32,
+    /// Open Kafka connections (a pool of their own, beside
+    /// `connections_max`); past it new ones are closed at once.
+    pub kafka_connections_max: usize,
     /// Open client connections from one IP address; past it that address's
     /// new connections are refused at once, so one host cannot take every
     /// slot.
@@ -220,6 +223,7 @@ impl Default for ServerConfig {
             kafka_transactional_id_expiry_ms: 7 * 24 * 3600 * 1000,
             kafka_auto_create_topics: false,
             kafka_auto_create_partitions: 1,
+            kafka_connections_max: 4096,
         }
     }
 }
@@ -519,6 +523,9 @@ fn validate_security(c: &ServerConfig) -> Result<(), ConfigError> {
                 "kafka_auto_create_partitions {} is outside 1..=1024 (a topic's partitions)",
                 c.kafka_auto_create_partitions
             ));
+        }
+        if c.kafka_connections_max == 0 {
+            return bad("kafka_connections_max must be at least 1".into());
         }
         if !c.insecure && !is_loopback(kafka) {
             return bad(format!(

@@ -141,16 +141,20 @@ pub async fn write_paced(
     let mut seq = seqs.start;
     while seq < seqs.end {
         tick.tick().await;
-        for _ in 0..per_tick.min(seqs.end - seq) {
-            for k in 0..keys {
-                let key = format!("k{k}");
-                writer
-                    .write_event(Some(&key), keyed_payload(&key, seq, "w"))
-                    .await
-                    .expect("queued");
-            }
-            seq += 1;
+        let n = per_tick.min(seqs.end - seq);
+        // Each key's sequences of this tick are one batch (`write_batch`):
+        // scales and failovers land between and inside batches.
+        for k in 0..keys {
+            let key = format!("k{k}");
+            let batch: Vec<bytes::Bytes> = (seq..seq + n)
+                .map(|s| keyed_payload(&key, s, "w"))
+                .collect();
+            writer
+                .write_batch(Some(&key), &batch)
+                .await
+                .expect("queued");
         }
+        seq += n;
     }
     writer.flush().await.expect("every write acknowledged");
     writer.close().await.expect("closed");

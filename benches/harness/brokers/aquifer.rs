@@ -18,6 +18,9 @@ use crate::common::{ServerOpts, ServerProcess};
 /// The node's memory budgets (as in benches/core.rs).
 pub const TAIL_BUFFER_BYTES_MAX: u64 = 256 << 20;
 pub const CACHE_BYTES_MAX: u64 = 256 << 20;
+/// Client (and Kafka) connections the node accepts: the open-file limit
+/// caps what the load generator opens below this.
+const CONNECTIONS_MAX: usize = 32_768;
 
 pub struct Aquifer {
     server: ServerProcess,
@@ -25,10 +28,14 @@ pub struct Aquifer {
 }
 
 impl Aquifer {
-    /// The node's configuration (also of `aquifer-kafka` in compare).
+    /// The node's configuration (also of `aquifer-kafka` in compare):
+    /// the memory budgets, and connection limits above k's writers (every
+    /// one of them comes from 127.0.0.1).
     pub fn config() -> String {
         format!(
-            "tail_buffer_bytes_max = {TAIL_BUFFER_BYTES_MAX}\ncache_bytes_max = {CACHE_BYTES_MAX}\n"
+            "tail_buffer_bytes_max = {TAIL_BUFFER_BYTES_MAX}\ncache_bytes_max = {CACHE_BYTES_MAX}\n\
+             connections_max = {CONNECTIONS_MAX}\nconnections_per_address_max = {CONNECTIONS_MAX}\n\
+             kafka_connections_max = {CONNECTIONS_MAX}\n"
         )
     }
 
@@ -107,16 +114,10 @@ impl AquiferProducer {
 
 impl Producer for AquiferProducer {
     async fn send(&self, index: usize, events: Vec<Bytes>) -> Result<()> {
-        // Queue every event first (the writer batches them), then wait for
-        // each acknowledgement.
+        // The events of one send are one batch: framed into batch-sized
+        // buffers, one future for all.
         let key = &self.keys[index];
-        let mut pending = Vec::with_capacity(events.len());
-        for event in events {
-            pending.push(self.writer.write_event(Some(key), event).await?);
-        }
-        for p in pending {
-            p.await?;
-        }
+        self.writer.write_batch(Some(key), &events).await?.await?;
         Ok(())
     }
 }

@@ -314,10 +314,13 @@ impl Kafka {
 
     /// A client of its own (as a separate producer or consumer has) and
     /// its partition clients for `partitions` of `topic`.
+    /// Clients of `partitions` over one connection; `nodelay`: set
+    /// TCP_NODELAY on them now (producers get it in `producers_opened`).
     async fn partition_clients(
         &self,
         topic: &str,
         partitions: &[u32],
+        nodelay: bool,
     ) -> Result<Vec<PartitionClient>> {
         let client = ClientBuilder::new(vec![self.bootstrap.clone()])
             .build()
@@ -332,7 +335,9 @@ impl Kafka {
             partition.get_offset(OffsetAt::Latest).await?;
             out.push(partition);
         }
-        nodelay_to(self.port);
+        if nodelay {
+            nodelay_to(self.port);
+        }
         Ok(out)
     }
 }
@@ -453,6 +458,16 @@ impl Broker for Kafka {
     type Producer = KafkaProducer;
     type Consumer = KafkaConsumer;
 
+    /// rskafka keeps its bootstrap connection beside the one to the
+    /// partition's leader.
+    const SOCKETS_PER_PRODUCER: usize = 2;
+
+    /// One pass over this process's sockets for every producer opened
+    /// (one per producer would be quadratic with thousands of them).
+    fn producers_opened(&self) {
+        nodelay_to(self.port);
+    }
+
     fn pid(&self) -> u32 {
         self.server.pid()
     }
@@ -467,7 +482,7 @@ impl Broker for Kafka {
 
     async fn producer(&self, topic: &str, partitions: &[u32]) -> Result<KafkaProducer> {
         Ok(KafkaProducer {
-            partitions: self.partition_clients(topic, partitions).await?,
+            partitions: self.partition_clients(topic, partitions, false).await?,
         })
     }
 
@@ -475,7 +490,7 @@ impl Broker for Kafka {
         let (tx, rx) = mpsc::channel(CONSUMER_QUEUE);
         let mut fetchers = Vec::new();
         let all: Vec<u32> = (0..partitions).collect();
-        for client in self.partition_clients(topic, &all).await? {
+        for client in self.partition_clients(topic, &all, true).await? {
             let client = Arc::new(client);
             let tx = tx.clone();
             fetchers.push(tokio::spawn(async move {

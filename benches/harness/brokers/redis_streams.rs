@@ -42,7 +42,9 @@ impl Redis {
             .arg("--dir")
             .arg(dir.path())
             .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .args(["--save", "", "--daemonize", "no", "--protected-mode", "no"]);
+            .args(["--save", "", "--daemonize", "no", "--protected-mode", "no"])
+            // k's writers (Redis caps it at what its open-file limit allows).
+            .args(["--maxclients", "32768"]);
         let mut server = ServerChild::spawn(cmd, dir)?;
         let url = format!("redis://127.0.0.1:{port}/");
         server

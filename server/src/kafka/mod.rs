@@ -49,8 +49,6 @@ const REQUEST_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Bytes of requests all connections may hold at once: a connection
 /// waits for room before it reads a request's body.
 const REQUEST_BYTES_IN_FLIGHT_MAX: usize = 256 * 1024 * 1024;
-/// Open Kafka connections; past it new ones are closed at once.
-const CONNECTIONS_MAX: usize = 4096;
 
 /// What every connection shares.
 pub(crate) struct Kafka {
@@ -75,7 +73,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         node: node.clone(),
         advertised,
         request_bytes: Semaphore::new(REQUEST_BYTES_IN_FLIGHT_MAX),
-        connections: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
+        connections: Arc::new(Semaphore::new(node.config.kafka_connections_max)),
         cursors: fetch::Cursors::new(),
         producer_ids: producers::ProducerIds::new(node.config.node_id),
         coordinator: groups::Coordinator::new(),
@@ -107,7 +105,11 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
             },
         };
         let Ok(slot) = kafka.connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "Kafka connection refused: {CONNECTIONS_MAX} open");
+            tracing::warn!(
+                %peer,
+                open = node.config.kafka_connections_max,
+                "Kafka connection refused: kafka_connections_max are open"
+            );
             continue;
         };
         let _ = stream.set_nodelay(true);
