@@ -32,6 +32,18 @@ pub trait Broker: Send + Sync + 'static {
     /// starts.
     fn producers_opened(&self) {}
 
+    /// Writer ids the broker remembers for exactly-once, if it has such a
+    /// table (Aquifer's dedup table; k shows it bounded).
+    fn writer_ids(&self) -> impl Future<Output = Option<u64>> + Send {
+        async { None }
+    }
+
+    /// How long after its last write an idle writer id is surely forgotten,
+    /// if the broker forgets them within a run.
+    fn writer_id_expiry(&self) -> Option<Duration> {
+        None
+    }
+
     /// The server process whose CPU, memory and disk writes are measured.
     fn pid(&self) -> u32;
 

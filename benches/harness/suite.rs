@@ -223,6 +223,9 @@ pub struct Suite {
     pub c: Result<(TailResult, Usage)>,
     /// k, by number of writers (`K_WRITERS`).
     pub k: Vec<(u32, Result<(ProduceResult, Usage)>)>,
+    /// The broker's writer-id table after each k run, then once idle ids
+    /// expired (when, the wait), if it has one.
+    pub writer_ids: Vec<(String, u64)>,
 }
 
 impl Suite {
@@ -424,6 +427,7 @@ pub async fn run<B: Broker>(name: &str, broker: &B, plan: Plan) -> Suite {
     }
 
     let mut k = Vec::new();
+    let mut writer_ids = Vec::new();
     for writers in K_WRITERS.into_iter().filter(|_| plan.runs("k")) {
         step(&format!("k. {writers} writers, {K_RATE:.0} events/s each"));
         let load = k_load(writers);
@@ -433,12 +437,23 @@ pub async fn run<B: Broker>(name: &str, broker: &B, plan: Plan) -> Suite {
         })
         .await;
         k.push((writers, result));
+        if let Some(ids) = broker.writer_ids().await {
+            writer_ids.push((format!("after k with {writers} writers"), ids));
+        }
+    }
+    if let (Some(wait), false) = (broker.writer_id_expiry(), writer_ids.is_empty()) {
+        step("k. waiting for idle writer ids to expire");
+        tokio::time::sleep(wait).await;
+        if let Some(ids) = broker.writer_ids().await {
+            writer_ids.push((format!("{:.0} s later, idle", wait.as_secs_f64()), ids));
+        }
     }
     Suite {
         produce: all,
         d,
         c,
         k,
+        writer_ids,
     }
 }
 

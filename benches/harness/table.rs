@@ -288,6 +288,23 @@ fn many(out: &mut String, entries: &[Entry]) {
             let _ = writeln!(out, "| {writers} | {} | {row} |", label(e));
         }
     }
+    for e in entries {
+        let Ok(s) = &e.outcome else { continue };
+        if s.writer_ids.is_empty() {
+            continue;
+        }
+        let seen: Vec<String> = s
+            .writer_ids
+            .iter()
+            .map(|(when, ids)| format!("{ids} {when}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\n{}: writer ids in the dedup table (all containers): {}.",
+            label(e),
+            seen.join(", ")
+        );
+    }
 }
 
 /// The figures the headline ratio table compares, if the workload ran.

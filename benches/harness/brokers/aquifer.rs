@@ -13,7 +13,8 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 
 use crate::broker::{Broker, Consumer, Producer};
-use crate::common::{ServerOpts, ServerProcess};
+use crate::common::metrics::{samples, scrape};
+use crate::common::{free_port, ServerOpts, ServerProcess};
 
 /// The node's memory budgets (as in benches/core.rs).
 pub const TAIL_BUFFER_BYTES_MAX: u64 = 256 << 20;
@@ -25,7 +26,15 @@ const CONNECTIONS_MAX: usize = 32_768;
 pub struct Aquifer {
     server: ServerProcess,
     admin: Client,
+    /// Where the node serves `/metrics` (k reads its writer-id table).
+    metrics_port: u16,
 }
+
+/// Writer ids idle this long are forgotten (`writer_id_expiry_ms`; the
+/// default is a day): short, so k shows the table shrinking back.
+pub const WRITER_ID_EXPIRY: std::time::Duration = std::time::Duration::from_secs(30);
+/// The node's rate tick (`scaling.tick_ms`), at which expiry is checked.
+pub const RATE_TICK: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Aquifer {
     /// The node's configuration (also of `aquifer-kafka` in compare):
@@ -40,9 +49,19 @@ impl Aquifer {
     }
 
     pub async fn start() -> Result<Aquifer> {
-        let server = ServerProcess::start(ServerOpts::with_config(&Aquifer::config())).await;
+        let metrics_port = free_port();
+        let config = format!(
+            "{}metrics_listen = \"127.0.0.1:{metrics_port}\"\nwriter_id_expiry_ms = {}\n",
+            Aquifer::config(),
+            WRITER_ID_EXPIRY.as_millis()
+        );
+        let server = ServerProcess::start(ServerOpts::with_config(&config)).await;
         let admin = Client::connect(&server.addr()).await?;
-        Ok(Aquifer { server, admin })
+        Ok(Aquifer {
+            server,
+            admin,
+            metrics_port,
+        })
     }
 }
 
@@ -65,6 +84,20 @@ impl Broker for Aquifer {
 
     fn pid(&self) -> u32 {
         self.server.pid().unwrap_or(0)
+    }
+
+    async fn writer_ids(&self) -> Option<u64> {
+        let text = scrape(self.metrics_port).await;
+        let ids = samples(&text)
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("aquifer_writer_ids{"))
+            .map(|(_, v)| v as u64)
+            .sum();
+        Some(ids)
+    }
+
+    fn writer_id_expiry(&self) -> Option<std::time::Duration> {
+        Some(WRITER_ID_EXPIRY + 2 * RATE_TICK)
     }
 
     async fn create(&self, topic: &str, partitions: u32) -> Result<()> {
