@@ -36,8 +36,8 @@ use crate::container::Chunk;
 use crate::error::Error;
 use crate::metrics::Metrics;
 
-/// Blocks fetched by one GET on a cache miss: the block asked for and the
-/// ones after it (readahead for sequential catch-up readers).
+/// Blocks fetched on a cache miss, one GET each, at once: the block asked
+/// for and the ones after it (readahead for sequential catch-up readers).
 const READAHEAD_BLOCKS: u64 = 4;
 
 pub struct Tier2 {
@@ -312,7 +312,10 @@ impl Tier2 {
     }
 
     /// Whole events of `chunk` from `offset` on, about `max_bytes` (at least
-    /// one event).
+    /// one event). Mostly a slice of one cached block, not a copy: the
+    /// whole events from `offset` to the end of the block holding it. Only
+    /// an event that runs past its block's end (or past `max_bytes`) is
+    /// copied together, alone.
     pub async fn read(
         &self,
         segment_id: u64,
@@ -320,14 +323,26 @@ impl Tier2 {
         offset: u64,
         max_bytes: usize,
     ) -> Result<Bytes, Error> {
-        let end = chunk.end.min(offset + max_bytes as u64);
-        let data = self.read_range(segment_id, chunk, offset, end).await?;
-        let whole = aquifer_proto::frame::whole_events_prefix(&data, usize::MAX);
-        if whole > 0 {
-            return Ok(data.slice(..whole));
+        let end = chunk.end.min(offset.saturating_add(max_bytes as u64));
+        let b = (offset - chunk.start) / BLOCK_BYTES;
+        let block = self.block(segment_id, chunk, b).await?;
+        let block_start = chunk.start + b * BLOCK_BYTES;
+        let from = (offset - block_start) as usize;
+        let to = ((end - block_start) as usize).min(block.len());
+        if from >= to {
+            return Err(self.short(chunk));
         }
-        // The first event is longer than max_bytes: read all of it.
-        let framed = match data.get(..4) {
+        let whole = aquifer_proto::frame::whole_events_prefix(&block[from..to], usize::MAX);
+        if whole > 0 {
+            return Ok(block.slice(from..from + whole));
+        }
+        // The first event runs past this block (or past max_bytes): its
+        // length from its header (which may straddle too), then all of it.
+        let header_end = (offset + aquifer_proto::frame::HEADER_BYTES as u64).min(chunk.end);
+        let header = self
+            .read_range(segment_id, chunk, offset, header_end)
+            .await?;
+        let framed = match header.get(..4) {
             Some(b) => {
                 aquifer_proto::frame::HEADER_BYTES as u64
                     + u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -342,6 +357,10 @@ impl Tier2 {
         }
         self.read_range(segment_id, chunk, offset, offset + framed)
             .await
+    }
+
+    fn short(&self, chunk: &Chunk) -> Error {
+        Error::Corrupt(format!("chunk {} is shorter than recorded", chunk.name))
     }
 
     async fn read_range(
@@ -360,10 +379,7 @@ impl Tier2 {
             let from = (pos - block_start) as usize;
             let to = ((end - block_start) as usize).min(block.len());
             if from >= to {
-                return Err(Error::Corrupt(format!(
-                    "chunk {} is shorter than recorded",
-                    chunk.name
-                )));
+                return Err(self.short(chunk));
             }
             out.extend_from_slice(&block[from..to]);
             pos = block_start + to as u64;
@@ -394,12 +410,19 @@ impl Tier2 {
         }
         let blocks = (chunk.end - chunk.start).div_ceil(BLOCK_BYTES);
         let last = (b + READAHEAD_BLOCKS).min(blocks);
-        let range = b * BLOCK_BYTES..(last * BLOCK_BYTES).min(chunk.end - chunk.start);
-        let expected = range.end - range.start;
-        let range = chunk.object_offset + range.start..chunk.object_offset + range.end;
         let object = ObjectPath::from(chunk.name.as_str());
-        let get = self.store.get_range(&object, range);
-        let data = match tokio::time::timeout(self.request_timeout, get).await {
+        // One GET per block, all at once: each block arrives in a buffer of
+        // its own (no copy, and evicting it frees it, so the cache holds
+        // what it counts).
+        let gets = (b..last).map(|i| {
+            let start = i * BLOCK_BYTES;
+            let len = BLOCK_BYTES.min(chunk.end - chunk.start - start);
+            let at = chunk.object_offset + start;
+            let get = self.store.get_range(&object, at..at + len);
+            async move { get.await.map(|data| (i, len, data)) }
+        });
+        let got = futures::future::try_join_all(gets);
+        let got = match tokio::time::timeout(self.request_timeout, got).await {
             Err(_) => {
                 return Err(Error::Tier2(format!(
                     "tier-2 did not answer a read of chunk {} of segment {segment_id} within {} ms (tier2.request_timeout_ms); retry once it is back",
@@ -407,7 +430,7 @@ impl Tier2 {
                     self.request_timeout.as_millis()
                 )))
             }
-            Ok(Ok(d)) => d,
+            Ok(Ok(got)) => got,
             Ok(Err(object_store::Error::NotFound { .. })) => {
                 return Err(Error::Corrupt(format!(
                     "tier-2 chunk {} of segment {segment_id} is missing",
@@ -416,23 +439,17 @@ impl Tier2 {
             }
             Ok(Err(e)) => return Err(e.into()),
         };
-        if data.len() as u64 != expected {
-            return Err(Error::Corrupt(format!(
-                "tier-2 chunk {} of segment {segment_id} is shorter than recorded",
-                chunk.name
-            )));
-        }
-        m.read_from("tier2", expected);
         let mut first = None;
-        for (i, at) in (0..expected).step_by(BLOCK_BYTES as usize).enumerate() {
-            // A block of its own: a slice would keep the whole readahead
-            // buffer alive after its neighbours are evicted, and the cache
-            // would hold more than it counts.
-            let block = Bytes::copy_from_slice(
-                &data[at as usize..((at + BLOCK_BYTES).min(expected)) as usize],
-            );
+        for (i, len, block) in got {
+            if block.len() as u64 != len {
+                return Err(Error::Corrupt(format!(
+                    "tier-2 chunk {} of segment {segment_id} is shorter than recorded",
+                    chunk.name
+                )));
+            }
+            m.read_from("tier2", len);
             first.get_or_insert_with(|| block.clone());
-            self.cache.insert(key(b + i as u64), block);
+            self.cache.insert(key(i), block);
         }
         first.ok_or_else(|| Error::Corrupt(format!("empty read of chunk {}", chunk.name)))
     }
