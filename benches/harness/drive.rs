@@ -70,13 +70,17 @@ impl Load {
 
 /// Producers opened at once while a workload starts.
 const OPENING_AT_ONCE: usize = 64;
+/// How long one producer may take to open before it counts as an error.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// File descriptors left to everything but producers' sockets, in the load
 /// generator and in the server (its files, peers, listeners).
 const FDS_SPARE: usize = 2048;
 
-/// Sockets the load generator may hold for producers: its open-file limit
-/// (raised to the hard limit by `raise_fd_limit`) less `FDS_SPARE`. The
-/// server under test has the same limit and one socket per client socket.
+/// Sockets the load generator may still open for producers: its open-file
+/// limit (raised to the hard limit by `raise_fd_limit`) less what it holds
+/// open now (a client library may keep a closed broker's sockets a while)
+/// and `FDS_SPARE`. The server under test has the same limit and one
+/// socket per client socket.
 pub fn fd_budget() -> usize {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -84,10 +88,9 @@ pub fn fd_budget() -> usize {
     };
     // SAFETY: getrlimit writes the struct it is given.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    if rc != 0 {
-        return 1024usize.saturating_sub(FDS_SPARE).max(64);
-    }
-    (lim.rlim_cur as usize).saturating_sub(FDS_SPARE).max(64)
+    let limit = if rc == 0 { lim.rlim_cur as usize } else { 1024 };
+    let open = std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
+    limit.saturating_sub(open + FDS_SPARE).max(64)
 }
 
 /// Raises this process's open-file limit to its hard limit (inherited by
@@ -210,7 +213,14 @@ pub async fn produce<B: Broker>(
     let opened: Vec<(u32, Result<B::Producer>)> = futures::stream::iter(0..connections)
         .map(|c| {
             let partitions = shared.partitions_of(c);
-            async move { (c, broker.producer(&load.topic, &partitions).await) }
+            async move {
+                let open =
+                    tokio::time::timeout(OPEN_TIMEOUT, broker.producer(&load.topic, &partitions));
+                let opened = open
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow!("not open after {OPEN_TIMEOUT:?}")));
+                (c, opened)
+            }
         })
         .buffer_unordered(OPENING_AT_ONCE)
         .collect()
