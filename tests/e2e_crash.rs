@@ -67,6 +67,18 @@ impl Ledger {
         self.acked_count.load(Ordering::SeqCst)
     }
 
+    /// Records the acknowledged sequences `seqs` of `key`.
+    fn acked(&self, key: String, seqs: impl IntoIterator<Item = u64>) {
+        let mut acked = self.acked.lock().expect("lock");
+        let set = acked.entry(key).or_default();
+        let mut n = 0u64;
+        for seq in seqs {
+            set.insert(seq);
+            n += 1;
+        }
+        self.acked_count.fetch_add(n, Ordering::SeqCst);
+    }
+
     fn error(&self, e: String) {
         eprintln!("writer error: {e}");
         self.errors.lock().expect("lock").push(e);
@@ -274,16 +286,7 @@ async fn run_writer(
                         match pending.await {
                             Ok(ack) => {
                                 assert_eq!(ack.events, seqs.clone().count());
-                                ledger
-                                    .acked
-                                    .lock()
-                                    .expect("lock")
-                                    .entry(key)
-                                    .or_default()
-                                    .extend(seqs.clone());
-                                ledger
-                                    .acked_count
-                                    .fetch_add(ack.events as u64, Ordering::SeqCst);
+                                ledger.acked(key, seqs.clone());
                             }
                             Err(e) => ledger.error(format!("ack of {key}:{seqs:?}: {e}")),
                         }
@@ -317,16 +320,7 @@ async fn run_writer(
                     let key = key.clone();
                     tokio::spawn(async move {
                         match pending.await {
-                            Ok(_) => {
-                                ledger
-                                    .acked
-                                    .lock()
-                                    .expect("lock")
-                                    .entry(key)
-                                    .or_default()
-                                    .insert(seq);
-                                ledger.acked_count.fetch_add(1, Ordering::SeqCst);
-                            }
+                            Ok(_) => ledger.acked(key, [seq]),
                             Err(e) => ledger.error(format!("ack of {key}:{seq}: {e}")),
                         }
                         drop(permit);

@@ -191,17 +191,6 @@ pub async fn produce<B: Broker>(
         load.producers >= 1 && load.partitions >= 1,
         "a load needs producers and partitions"
     );
-    let tally_for = |start: Instant| {
-        Arc::new(Tally {
-            measure_from: start + window.warmup,
-            measure_to: start + window.warmup + window.measure,
-            ack_us: std::sync::Mutex::new(histogram()),
-            events: AtomicU64::new(0),
-            total_acked: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            first_error: std::sync::Mutex::new(None),
-        })
-    };
     // Every connection opens before the clock starts (thousands take a
     // while); past the descriptor budget producers share them.
     let connections =
@@ -227,7 +216,15 @@ pub async fn produce<B: Broker>(
         .await;
     broker.producers_opened();
     let start = Instant::now();
-    let tally = tally_for(start);
+    let tally = Arc::new(Tally {
+        measure_from: start + window.warmup,
+        measure_to: start + window.warmup + window.measure,
+        ack_us: std::sync::Mutex::new(histogram()),
+        events: AtomicU64::new(0),
+        total_acked: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        first_error: std::sync::Mutex::new(None),
+    });
     let mut conns: Vec<Option<(Arc<B::Producer>, usize)>> =
         (0..connections).map(|_| None).collect();
     for (c, opened) in opened {

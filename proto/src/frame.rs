@@ -317,13 +317,18 @@ impl Iterator for FrameIter {
     }
 }
 
+/// The framed length the event starting at `data` claims (its length field
+/// plus the header), unchecked; None while `data` is shorter than a header.
+pub fn claimed_framed_len(data: &[u8]) -> Option<usize> {
+    let b = data.get(..HEADER_BYTES)?;
+    Some(HEADER_BYTES + u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+}
+
 /// Length of the longest prefix of `data` made of whole events, reading only
 /// the length fields (no checksums): used to cut reads at event boundaries.
 pub fn whole_events_prefix(data: &[u8], limit: usize) -> usize {
     let mut pos = 0usize;
-    while data.len() - pos >= HEADER_BYTES {
-        let b = &data[pos..pos + 4];
-        let framed = HEADER_BYTES + u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    while let Some(framed) = claimed_framed_len(&data[pos..]) {
         if data.len() - pos < framed || (pos + framed > limit && pos > 0) {
             break;
         }

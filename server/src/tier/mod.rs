@@ -324,14 +324,7 @@ impl Tier2 {
         max_bytes: usize,
     ) -> Result<Bytes, Error> {
         let end = chunk.end.min(offset.saturating_add(max_bytes as u64));
-        let b = (offset - chunk.start) / BLOCK_BYTES;
-        let block = self.block(segment_id, chunk, b).await?;
-        let block_start = chunk.start + b * BLOCK_BYTES;
-        let from = (offset - block_start) as usize;
-        let to = ((end - block_start) as usize).min(block.len());
-        if from >= to {
-            return Err(self.short(chunk));
-        }
+        let (block, from, to) = self.piece(segment_id, chunk, offset, end).await?;
         let whole = aquifer_proto::frame::whole_events_prefix(&block[from..to], usize::MAX);
         if whole > 0 {
             return Ok(block.slice(from..from + whole));
@@ -342,13 +335,8 @@ impl Tier2 {
         let header = self
             .read_range(segment_id, chunk, offset, header_end)
             .await?;
-        let framed = match header.get(..4) {
-            Some(b) => {
-                aquifer_proto::frame::HEADER_BYTES as u64
-                    + u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            }
-            None => u64::MAX,
-        };
+        let framed =
+            aquifer_proto::frame::claimed_framed_len(&header).map_or(u64::MAX, |n| n as u64);
         if offset.saturating_add(framed) > chunk.end {
             return Err(Error::Corrupt(format!(
                 "chunk {} holds no whole event at offset {offset} of segment {segment_id}",
@@ -357,6 +345,26 @@ impl Tier2 {
         }
         self.read_range(segment_id, chunk, offset, offset + framed)
             .await
+    }
+
+    /// The cached block holding `pos` and the part of it in `[pos, end)`,
+    /// as (block, from, to) within the block.
+    async fn piece(
+        &self,
+        segment_id: u64,
+        chunk: &Chunk,
+        pos: u64,
+        end: u64,
+    ) -> Result<(Bytes, usize, usize), Error> {
+        let b = (pos - chunk.start) / BLOCK_BYTES;
+        let block = self.block(segment_id, chunk, b).await?;
+        let block_start = chunk.start + b * BLOCK_BYTES;
+        let from = (pos - block_start) as usize;
+        let to = ((end - block_start) as usize).min(block.len());
+        if from >= to {
+            return Err(self.short(chunk));
+        }
+        Ok((block, from, to))
     }
 
     fn short(&self, chunk: &Chunk) -> Error {
@@ -373,16 +381,9 @@ impl Tier2 {
         let mut out = BytesMut::with_capacity((end - start) as usize);
         let mut pos = start;
         while pos < end {
-            let b = (pos - chunk.start) / BLOCK_BYTES;
-            let block = self.block(segment_id, chunk, b).await?;
-            let block_start = chunk.start + b * BLOCK_BYTES;
-            let from = (pos - block_start) as usize;
-            let to = ((end - block_start) as usize).min(block.len());
-            if from >= to {
-                return Err(self.short(chunk));
-            }
+            let (block, from, to) = self.piece(segment_id, chunk, pos, end).await?;
             out.extend_from_slice(&block[from..to]);
-            pos = block_start + to as u64;
+            pos += (to - from) as u64;
         }
         Ok(out.freeze())
     }
