@@ -517,11 +517,30 @@ async fn the_peer_port_takes_only_the_clusters_nodes() {
     let name = stream_name("peer/s");
     let writer = common::stream_with_writer(&client, &name, 2).await;
     write_keyed_range(&writer, 2, 0, 20, 10).await;
-    let terms_before: Vec<(String, u64)> = cluster.statuses().await[0]
-        .groups
-        .iter()
-        .map(|g| (g.name.clone(), g.term))
-        .collect();
+    let terms = || async {
+        cluster.statuses().await[0]
+            .groups
+            .iter()
+            .map(|g| (g.name.clone(), g.term))
+            .collect::<Vec<(String, u64)>>()
+    };
+    // Settled first: a group still electing its first leader moves its
+    // term on its own (every group led, the terms unchanged over a second).
+    common::wait_for(
+        "every group led at a steady term",
+        Duration::from_secs(30),
+        || async {
+            let led = cluster.statuses().await[0]
+                .groups
+                .iter()
+                .all(|g| g.leader_id != 0);
+            let before = terms().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            led && before == terms().await
+        },
+    )
+    .await;
+    let terms_before = terms().await;
 
     // Raft on the client port: not served there at all.
     let channel = plain(&cluster.nodes[0].addr())
@@ -581,11 +600,7 @@ async fn the_peer_port_takes_only_the_clusters_nodes() {
 
     // Nothing changed: the same terms, and the stream still serves.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let terms_after: Vec<(String, u64)> = cluster.statuses().await[0]
-        .groups
-        .iter()
-        .map(|g| (g.name.clone(), g.term))
-        .collect();
+    let terms_after = terms().await;
     assert_eq!(terms_before, terms_after, "no forged vote got through");
     assert!(terms_after.iter().all(|(_, t)| *t < 1_000_000));
     write_keyed_range(&writer, 2, 20, 30, 10).await;
