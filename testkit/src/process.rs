@@ -375,13 +375,22 @@ fn with_addr(args: &[&str], addr: &str) -> Vec<String> {
 /// kernel handed out for `:0`).
 const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
 
-/// A loopback port below the ephemeral range that nobody listens on now.
+/// A loopback port below the ephemeral range that nobody listens on now
+/// and that this process has not handed out before (two picks made before
+/// either is bound, a node's client and peer ports, could otherwise be
+/// the same).
 pub fn free_port() -> u16 {
     use rand::Rng;
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut rng = rand::rng();
     for _ in 0..1000 {
         let port = rng.random_range(TEST_PORTS);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }
