@@ -212,16 +212,19 @@ fn drive(c: &dyn Candidate, shape: &Shape, rounds_max: u64, time_max: Duration) 
                         let entries: Vec<Entry> = (0..shape.entries)
                             .map(|_| {
                                 index += 1;
-                                let mut e = Entry::default();
-                                e.index = index;
-                                e.term = 1;
-                                e.data = data.clone();
-                                e
+                                Entry {
+                                    index,
+                                    term: 1,
+                                    data: data.clone(),
+                                    ..Default::default()
+                                }
                             })
                             .collect();
-                        let mut hs = HardState::default();
-                        hs.term = 1;
-                        hs.commit = index;
+                        let hs = HardState {
+                            term: 1,
+                            commit: index,
+                            ..Default::default()
+                        };
                         let t = Instant::now();
                         persist(&entries, &hs);
                         let _ = hist.record(t.elapsed().as_micros() as u64);
@@ -259,11 +262,31 @@ fn main() {
         (20_000, Duration::from_secs(6))
     };
     let shapes = [
-        Shape { groups: 1, entries: 16, bytes: 1024 },
-        Shape { groups: 4, entries: 16, bytes: 1024 },
-        Shape { groups: 4, entries: 1, bytes: 100 },
-        Shape { groups: 4, entries: 1, bytes: 64 * 1024 },
-        Shape { groups: 16, entries: 4, bytes: 1024 },
+        Shape {
+            groups: 1,
+            entries: 16,
+            bytes: 1024,
+        },
+        Shape {
+            groups: 4,
+            entries: 16,
+            bytes: 1024,
+        },
+        Shape {
+            groups: 4,
+            entries: 1,
+            bytes: 100,
+        },
+        Shape {
+            groups: 4,
+            entries: 1,
+            bytes: 64 * 1024,
+        },
+        Shape {
+            groups: 16,
+            entries: 4,
+            bytes: 1024,
+        },
     ];
     let mut report = String::from(
         "| groups × (entries × bytes) per round | log | rounds/s | MB/s | round p50 ms | round p99 ms | fdatasyncs per round |\n\
@@ -305,7 +328,11 @@ fn main() {
                 ms(0.99),
                 syncs
             );
-            eprintln!("wal bench: {} groups, {}: {per_s:.0} rounds/s", shape.groups, c.name());
+            eprintln!(
+                "wal bench: {} groups, {}: {per_s:.0} rounds/s",
+                shape.groups,
+                c.name()
+            );
         }
     }
     args::finish("wal", &args, started, &report, "RESULTS-wal.md", || {

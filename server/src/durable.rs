@@ -11,9 +11,18 @@ use std::path::Path;
 /// Writes `bytes` to a temporary file, fsyncs it, renames it over `path`,
 /// then fsyncs the directory so the rename itself is durable.
 pub(crate) fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_with(path, |f| f.write_all(bytes))
+}
+
+/// [`write`] for contents that `fill` writes into the temporary file
+/// itself (a large snapshot streamed, never whole in memory).
+pub(crate) fn write_with(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
+    fill(&mut f)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     match path.parent() {

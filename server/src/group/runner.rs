@@ -581,7 +581,7 @@ impl<S: StateMachine> Runner<S> {
         let spawned = std::thread::Builder::new()
             .name(format!("snap-{}", self.name))
             .spawn(move || {
-                let _ = tx.send(writer.write(prost::Message::encode_to_vec(&state)));
+                let _ = tx.send(writer.write(&state));
             });
         if let Err(e) = spawned {
             fatal(&self.name, "cannot start the snapshot thread", &e);

@@ -60,6 +60,15 @@ pub fn encode_with<E>(
     out.extend_from_slice(&[0u8; HEADER_BYTES]);
     write(out)?;
     let payload_len = out.len() - start - HEADER_BYTES;
+    let mut crc = payload_crc(kind, payload_len);
+    crc.update(&out[start + HEADER_BYTES..]);
+    out[start..start + HEADER_BYTES].copy_from_slice(&header(kind, payload_len, crc));
+    Ok(())
+}
+
+/// The checksum of a record of `kind` with a payload of `payload_len`
+/// bytes, before the payload is fed to it.
+fn payload_crc(kind: RecordKind, payload_len: usize) -> crc32fast::Hasher {
     // Callers bound what they write far below this (raft entries by the
     // message limit, snapshots by the tail budget); past it the record
     // could never be read back, so writing it would be a silent loss.
@@ -67,18 +76,134 @@ pub fn encode_with<E>(
         payload_len <= PAYLOAD_BYTES_MAX,
         "log record payload of {payload_len} bytes is over {PAYLOAD_BYTES_MAX}"
     );
-    // Fits: PAYLOAD_BYTES_MAX fits the u32 length field (checked below).
-    let len = (payload_len as u32).to_le_bytes();
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&len);
+    // Fits: PAYLOAD_BYTES_MAX fits the u32 length field (checked above).
+    crc.update(&(payload_len as u32).to_le_bytes());
     crc.update(&[kind as u8]);
-    crc.update(&out[start + HEADER_BYTES..]);
-    let header = &mut out[start..start + HEADER_BYTES];
-    header[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-    header[4..8].copy_from_slice(&len);
-    header[8..12].copy_from_slice(&crc.finalize().to_le_bytes());
-    header[12] = kind as u8;
-    Ok(())
+    crc
+}
+
+fn header(kind: RecordKind, payload_len: usize, crc: crc32fast::Hasher) -> [u8; HEADER_BYTES] {
+    let mut h = [0u8; HEADER_BYTES];
+    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    h[4..8].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    h[8..12].copy_from_slice(&crc.finalize().to_le_bytes());
+    h[12] = kind as u8;
+    h
+}
+
+/// A record written to the start of a file as its payload is produced
+/// (a prost message encodes straight into it, as a `BufMut`), so the
+/// payload is never whole in memory: it goes out `STREAM_BUFFER_BYTES` at a
+/// time, checksummed on the way, and [`RecordStream::finish`] writes the
+/// header last. A snapshot of a 256 MiB tail costs 1 MiB here, not 256.
+pub struct RecordStream<'f> {
+    file: &'f mut std::fs::File,
+    kind: RecordKind,
+    payload_len: usize,
+    written: usize,
+    buf: Vec<u8>,
+    crc: crc32fast::Hasher,
+    /// The first write error; later writes are dropped and `finish` says so.
+    error: Option<std::io::Error>,
+}
+
+const STREAM_BUFFER_BYTES: usize = 1024 * 1024;
+
+impl<'f> RecordStream<'f> {
+    /// Starts a record of `kind` whose payload will be exactly
+    /// `payload_len` bytes, at the start of the (empty) `file`.
+    pub fn start(
+        file: &'f mut std::fs::File,
+        kind: RecordKind,
+        payload_len: usize,
+    ) -> std::io::Result<Self> {
+        use std::io::Write;
+        let crc = payload_crc(kind, payload_len);
+        file.write_all(&[0u8; HEADER_BYTES])?;
+        Ok(RecordStream {
+            file,
+            kind,
+            payload_len,
+            written: 0,
+            buf: Vec::with_capacity(STREAM_BUFFER_BYTES),
+            crc,
+            error: None,
+        })
+    }
+
+    fn write_out(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.crc.update(bytes);
+        self.written += bytes.len();
+        if self.error.is_none() {
+            if let Err(e) = self.file.write_all(bytes) {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    fn flush_buf(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        self.write_out(&buf);
+        self.buf = buf;
+        self.buf.clear();
+    }
+
+    /// Writes what is buffered and the header: the record is whole in the
+    /// file (not yet synced) if the payload came to the promised length.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.flush_buf();
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        if self.written != self.payload_len {
+            return Err(std::io::Error::other(format!(
+                "record payload came to {} bytes, not the {} promised",
+                self.written, self.payload_len
+            )));
+        }
+        let header = header(self.kind, self.payload_len, self.crc.clone());
+        self.file.write_all_at(&header, 0)
+    }
+}
+
+// SAFETY: every method delegates to `Vec<u8>`'s `BufMut`, which upholds
+// the trait's contract; `advance_mut` only adds a flush of the bytes the
+// caller has just initialised.
+unsafe impl bytes::BufMut for RecordStream<'_> {
+    fn remaining_mut(&self) -> usize {
+        // What the record may still take: prost checks it before encoding.
+        self.payload_len
+            .saturating_sub(self.written + self.buf.len())
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        // SAFETY: the caller initialised `cnt` bytes of `chunk_mut`, which
+        // is the vector's spare capacity.
+        unsafe { self.buf.advance_mut(cnt) };
+        if self.buf.len() >= STREAM_BUFFER_BYTES {
+            self.flush_buf();
+        }
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        self.buf.chunk_mut()
+    }
+
+    fn put_slice(&mut self, src: &[u8]) {
+        if src.len() >= STREAM_BUFFER_BYTES {
+            // A large field (a tail chunk) goes out from where it is.
+            self.flush_buf();
+            self.write_out(src);
+        } else {
+            self.buf.extend_from_slice(src);
+            if self.buf.len() >= STREAM_BUFFER_BYTES {
+                self.flush_buf();
+            }
+        }
+    }
 }
 
 /// The result of decoding at the start of a buffer.
@@ -160,6 +285,40 @@ pub fn valid_record_after(buf: &[u8], from: usize) -> Option<usize> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_streamed_record_is_the_encoded_one_and_holds_a_buffer_not_the_payload() {
+        use bytes::BufMut as _;
+        let payload: Vec<u8> = (0..5 * STREAM_BUFFER_BYTES + 77)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut want = Vec::new();
+        encode(&mut want, RecordKind::Snapshot, &payload);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let ((), largest) = aquifer_alloc_probe::largest_allocation(|| {
+            let mut out =
+                RecordStream::start(&mut file, RecordKind::Snapshot, payload.len()).unwrap();
+            // Small puts buffer, a large one goes out from where it is.
+            out.put_slice(&payload[..10]);
+            out.put_u8(payload[10]);
+            out.put_slice(&payload[11..3 * STREAM_BUFFER_BYTES]);
+            out.put_slice(&payload[3 * STREAM_BUFFER_BYTES..]);
+            out.finish().unwrap();
+        });
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+        assert!(
+            largest <= 2 * STREAM_BUFFER_BYTES,
+            "{largest} bytes allocated"
+        );
+
+        // A payload shorter than promised is an error, not a record.
+        let mut file = std::fs::File::create(&path).unwrap();
+        let mut out = RecordStream::start(&mut file, RecordKind::Snapshot, 100).unwrap();
+        out.put_slice(&[1; 99]);
+        assert!(out.finish().is_err());
+    }
 
     #[test]
     fn round_trip_and_damage() {

@@ -12,11 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use bytes::BufMut as _;
 use bytes::Bytes;
-use raft::prelude::{ConfState, Snapshot};
+use protobuf::Message as _;
+use raft::prelude::{ConfState, Snapshot, SnapshotMetadata};
 
-use super::record::{self, Decoded, RecordKind};
-use super::{decode_raft, encode_message, io_err, LogError, Reclaimer};
+use super::record::{self, Decoded, RecordKind, RecordStream};
+use super::{decode_raft, io_err, LogError, Reclaimer};
 
 const SNAPSHOT_PREFIX: &str = "snapshot-";
 
@@ -112,10 +114,40 @@ pub(super) fn remove_snapshots_below(
 
 /// Writes `snap` as the snapshot file of its index, durably.
 pub(super) fn write_snapshot(dir: &Path, snap: &Snapshot) -> Result<(), LogError> {
-    let path = snapshot_path(dir, snap.get_metadata().index);
-    let mut buf = Vec::new();
-    encode_message(&mut buf, RecordKind::Snapshot, snap).map_err(io_err(&path))?;
-    crate::durable::write(&path, &buf).map_err(io_err(&path))
+    write_snapshot_file(dir, snap.get_metadata(), snap.data.len(), |out| {
+        out.put_slice(&snap.data);
+        Ok(())
+    })
+}
+
+/// Writes the snapshot file of `meta` durably, its `data_len` bytes of data
+/// put by `data` straight into the file's record as they are produced: a
+/// snapshot never holds a second copy of the state (or of its unflushed
+/// tail, up to the tail budget) in memory.
+fn write_snapshot_file(
+    dir: &Path,
+    meta: &SnapshotMetadata,
+    data_len: usize,
+    data: impl FnOnce(&mut RecordStream<'_>) -> std::io::Result<()>,
+) -> Result<(), LogError> {
+    let path = snapshot_path(dir, meta.index);
+    // The record's payload is a raft `Snapshot`: its metadata, then its
+    // data field's key and length, then the data (protobuf reads fields in
+    // any order).
+    let mut head = Vec::new();
+    let mut snap = Snapshot::default();
+    snap.set_metadata(meta.clone());
+    snap.write_to_vec(&mut head)
+        .map_err(|e| io_err(&path)(std::io::Error::other(e)))?;
+    prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut head);
+    prost::encoding::encode_varint(data_len as u64, &mut head);
+    crate::durable::write_with(&path, |file| {
+        let mut out = RecordStream::start(file, RecordKind::Snapshot, head.len() + data_len)?;
+        out.put_slice(&head);
+        data(&mut out)?;
+        out.finish()
+    })
+    .map_err(io_err(&path))
 }
 
 /// The newest snapshot file in `dir`, if any.
@@ -155,18 +187,19 @@ pub struct SnapshotWriter {
 }
 
 impl SnapshotWriter {
-    /// Writes the state machine's `data`; returns the snapshot's index and
-    /// term for [`super::LogStorage::compact`].
-    pub fn write(self, data: Vec<u8>) -> Result<(u64, u64), LogError> {
-        let mut snap = Snapshot {
-            data: data.into(),
+    /// Writes the state machine's `state` (encoded into the file as it
+    /// goes); returns the snapshot's index and term for
+    /// [`super::LogStorage::compact`].
+    pub fn write(self, state: &impl prost::Message) -> Result<(u64, u64), LogError> {
+        let mut meta = SnapshotMetadata {
+            index: self.index,
+            term: self.term,
             ..Default::default()
         };
-        let meta = snap.mut_metadata();
-        meta.index = self.index;
-        meta.term = self.term;
         meta.set_conf_state(self.conf_state);
-        write_snapshot(&self.dir, &snap)?;
+        write_snapshot_file(&self.dir, &meta, state.encoded_len(), |out| {
+            state.encode(out).map_err(std::io::Error::other)
+        })?;
         Ok((self.index, self.term))
     }
 }

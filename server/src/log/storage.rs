@@ -762,7 +762,7 @@ mod tests {
             let (index, term) = log
                 .snapshot_writer(75)
                 .unwrap()
-                .write(b"state".to_vec())
+                .write(&b"state".to_vec())
                 .unwrap();
             log.compact(index, term).unwrap();
             assert!(log.disk_bytes() < before / 2, "old log files are removed");
@@ -776,7 +776,9 @@ mod tests {
         }
         let log = open(dir.path()).unwrap();
         let (index, data) = log.load_snapshot().unwrap().unwrap();
-        assert_eq!((index, &data[..]), (75, &b"state"[..]));
+        // The state as prost encodes it (a `Vec<u8>` is a `BytesValue`).
+        let state = prost::Message::encode_to_vec(&b"state".to_vec());
+        assert_eq!((index, &data[..]), (75, &state[..]));
         assert_eq!(log.first_index().unwrap(), 76);
         assert_eq!(log.last_index().unwrap(), 81);
         assert_eq!(log.hard_state().commit, 81);
@@ -784,6 +786,35 @@ mod tests {
             .entries(76, 82, None, GetEntriesContext::empty(false))
             .unwrap();
         assert_eq!(es.len(), 6);
+    }
+
+    /// A state machine's snapshot shaped like a container's tail: pieces.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Pieces {
+        #[prost(bytes = "bytes", repeated, tag = "1")]
+        pieces: Vec<Bytes>,
+    }
+
+    #[test]
+    fn a_large_snapshot_is_streamed_to_its_file_never_copied_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path()).unwrap();
+        log.persist(&[entry(1, 1, b"x")], Some(&hs(1, 1))).unwrap();
+        let state = Pieces {
+            pieces: (0..4u8).map(|i| Bytes::from(vec![i; 8 << 20])).collect(),
+        };
+        let writer = log.snapshot_writer(1).unwrap();
+        let (written, largest) = aquifer_alloc_probe::largest_allocation(|| writer.write(&state));
+        assert_eq!(written.unwrap(), (1, 1));
+        assert!(
+            largest <= 4 << 20,
+            "{largest} bytes allocated for a 32 MiB snapshot"
+        );
+        drop(log);
+        let log = open(dir.path()).unwrap();
+        let (index, data) = log.load_snapshot().unwrap().unwrap();
+        assert_eq!(index, 1);
+        assert_eq!(<Pieces as prost::Message>::decode(data).unwrap(), state);
     }
 
     #[test]
