@@ -37,7 +37,6 @@ use aquifer_server::log::{LogContext, LogStorage};
 use aquifer_testkit::bench::{self as args, parse_args};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use protobuf::Message as _;
 use raft::prelude::{Entry, HardState};
 
 /// What one group runner does per `Ready`: persist entries and hard state,
@@ -157,17 +156,17 @@ impl Candidate for SharedFile {
         Box::new(move |entries, hs| {
             // The group id leads each record's payload, as replay would need.
             let mut out = Vec::new();
-            let mut payload = Vec::new();
+            let mut put = |kind, m: &dyn protobuf::Message| {
+                record::encode_with(&mut out, kind, |o| {
+                    o.extend_from_slice(&g.to_le_bytes());
+                    m.write_to_vec(o)
+                })
+                .expect("encode record");
+            };
             for e in entries {
-                payload.clear();
-                payload.extend_from_slice(&g.to_le_bytes());
-                e.write_to_vec(&mut payload).expect("encode entry");
-                record::encode(&mut out, RecordKind::Entry, &payload);
+                put(RecordKind::Entry, e);
             }
-            payload.clear();
-            payload.extend_from_slice(&g.to_le_bytes());
-            hs.write_to_vec(&mut payload).expect("encode hard state");
-            record::encode(&mut out, RecordKind::HardState, &payload);
+            put(RecordKind::HardState, hs);
             let (done, wait) = mpsc::sync_channel(1);
             queue.send((out, done)).expect("committer alive");
             wait.recv().expect("committed");

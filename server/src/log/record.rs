@@ -164,7 +164,7 @@ impl<'f> RecordStream<'f> {
                 self.written, self.payload_len
             )));
         }
-        let header = header(self.kind, self.payload_len, self.crc.clone());
+        let header = header(self.kind, self.payload_len, self.crc);
         self.file.write_all_at(&header, 0)
     }
 }
@@ -189,19 +189,22 @@ unsafe impl bytes::BufMut for RecordStream<'_> {
     }
 
     fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        if self.buf.len() == self.buf.capacity() {
+            self.flush_buf(); // rather than let the vector grow
+        }
         self.buf.chunk_mut()
     }
 
     fn put_slice(&mut self, src: &[u8]) {
+        // The buffer never grows past its first allocation.
+        if self.buf.len() + src.len() > STREAM_BUFFER_BYTES {
+            self.flush_buf();
+        }
         if src.len() >= STREAM_BUFFER_BYTES {
             // A large field (a tail chunk) goes out from where it is.
-            self.flush_buf();
             self.write_out(src);
         } else {
             self.buf.extend_from_slice(src);
-            if self.buf.len() >= STREAM_BUFFER_BYTES {
-                self.flush_buf();
-            }
         }
     }
 }
